@@ -1,0 +1,107 @@
+// Package agent wires configuration into the tunnel's parts: forward
+// listeners, TLS, mux sessions, and the pipe. tunnel-server and
+// tunnel-client are each one agent with Run(ctx) error.
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"net"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/tunnelworks/tunnel/config"
+	"github.com/tunnelworks/tunnel/forward"
+	"github.com/tunnelworks/tunnel/mux"
+	"github.com/tunnelworks/tunnel/transport/ssl"
+)
+
+// Version is the agents' version, sent in the hello and printed by `version`.
+var Version = "0.1.0-dev"
+
+// services builds the accept-side lookup from configured services. allowAll
+// is for the client, whose only peer is the verified server: a client
+// service without an allow list accepts it.
+func services(list []config.Service, dialTimeout time.Duration, allowAll bool) mux.Lookup {
+	m := make(map[string]mux.Service, len(list))
+	for _, svc := range list {
+		allow := svc.Allow
+		target := svc.Target
+		allowed := func(id ssl.Identity) bool { return id.Allowed(allow) }
+		if allowAll && len(allow) == 0 {
+			allowed = func(ssl.Identity) bool { return true }
+		}
+		m[svc.Name] = mux.Service{
+			Allowed: allowed,
+			Dial: func(ctx context.Context) (net.Conn, error) {
+				return forward.Dial(ctx, target, dialTimeout)
+			},
+		}
+	}
+	return func(name string) (mux.Service, bool) {
+		s, ok := m[name]
+		return s, ok
+	}
+}
+
+// pipeAndLog copies between a local connection and a stream and writes the
+// one log line every stream gets when it ends.
+func pipeAndLog(ctx context.Context, log hclog.Logger, direction, name string, stream *mux.Stream, local net.Conn) {
+	start := time.Now()
+	res := forward.Pipe(ctx, local, stream)
+	fields := []any{
+		direction, name,
+		"service", stream.Service(),
+		"peer", stream.Session().Peer.Name(),
+		"local", local.RemoteAddr().String(),
+		"bytes_to_peer", res.AToB,
+		"bytes_from_peer", res.BToA,
+		"duration", time.Since(start).Round(time.Millisecond),
+	}
+	var open *mux.OpenError
+	switch {
+	case res.Err == nil:
+		log.Info("stream closed", append(fields, "ended", "closed")...)
+	case errors.As(res.Err, &open):
+		log.Warn("stream refused by peer", append(fields, "ended", "refused", "reason", open.Code.String(), "error", open.Msg)...)
+	case errors.Is(res.Err, context.Canceled):
+		log.Info("stream closed", append(fields, "ended", "agent stopping")...)
+	default:
+		log.Warn("stream failed", append(fields, "ended", forward.Classify(res.Err), "error", res.Err)...)
+	}
+}
+
+func muxConfig(log hclog.Logger, helloTimeout time.Duration) mux.Config {
+	return mux.Config{Agent: Version, HelloTimeout: helloTimeout, Logger: log}
+}
+
+// newLogger makes the agent's root logger from config.
+func NewLogger(name, level, format string, out interface{ Write([]byte) (int, error) }) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       name,
+		Level:      hclog.LevelFromString(level),
+		JSONFormat: format == "json",
+		Output:     out,
+	})
+}
+
+// establish runs the TLS handshake and the hello on a raw connection.
+// The caller bounds the whole with timeout.
+func establish(ctx context.Context, conn *tls.Conn, role string, timeout time.Duration, log hclog.Logger) (*mux.Session, error) {
+	if err := ssl.Handshake(ctx, conn, timeout); err != nil {
+		return nil, err
+	}
+	id, err := ssl.PeerIdentity(conn.ConnectionState())
+	if err != nil {
+		return nil, err
+	}
+	sess, err := mux.Establish(ctx, conn, role, id, muxConfig(log, timeout))
+	if err != nil {
+		// In TLS 1.3 a client learns that the server refused its
+		// certificate only here, on its first read: name the cause.
+		return nil, errors.New(ssl.Describe(err))
+	}
+	return sess, nil
+}

@@ -1,0 +1,246 @@
+// Package cli is the command line shared by tunnel-server and tunnel-client:
+// run, validate, version and demo. It only wires configuration into the
+// agent and handles signals.
+package cli
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/tunnelworks/tunnel/agent"
+	"github.com/tunnelworks/tunnel/config"
+	"github.com/tunnelworks/tunnel/transport/ssl"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1 // the agent failed while running
+	exitUsage   = 2 // bad command line, config or certificates: fix and retry
+)
+
+// Role is which agent a binary is.
+type Role string
+
+const (
+	Server Role = "server"
+	Client Role = "client"
+)
+
+// Main runs the binary for role with args (without the program name).
+func Main(role Role, args []string, stdout, stderr io.Writer) int {
+	prog := "tunnel-" + string(role)
+	if len(args) == 0 {
+		usage(prog, stderr)
+		return exitUsage
+	}
+	switch args[0] {
+	case "run":
+		return run(role, prog, args[1:], stderr)
+	case "validate":
+		return validate(role, prog, args[1:], stdout, stderr)
+	case "version":
+		fmt.Fprintf(stdout, "%s %s (tunnel protocol %d)\n", prog, agent.Version, 1)
+		return exitOK
+	case "demo":
+		return demo(prog, args[1:], stdout, stderr)
+	case "help", "-h", "-help", "--help":
+		usage(prog, stdout)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "%s: unknown command %q\n", prog, args[0])
+	usage(prog, stderr)
+	return exitUsage
+}
+
+func usage(prog string, w io.Writer) {
+	fmt.Fprintf(w, `usage: %[1]s <command> [flags]
+
+commands:
+  run -config FILE        run the agent (SIGINT/SIGTERM stop it gracefully)
+  validate -config FILE   check the config and its certificates, list every problem
+  demo                    run a server and a client on loopback with a throwaway CA
+  version                 print the version
+`, prog)
+}
+
+type runFlags struct {
+	config    string
+	logLevel  string
+	logFormat string
+}
+
+func parseFlags(prog, cmd string, args []string, stderr io.Writer, withLog bool) (runFlags, bool) {
+	var f runFlags
+	fs := flag.NewFlagSet(prog+" "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.config, "config", "", "config file (required)")
+	if withLog {
+		fs.StringVar(&f.logLevel, "log-level", "", "override log_level: trace, debug, info, warn, error")
+		fs.StringVar(&f.logFormat, "log-format", "", "override log_format: text or json")
+	}
+	if err := fs.Parse(args); err != nil {
+		return f, false
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s %s: unexpected argument %q\n", prog, cmd, fs.Arg(0))
+		return f, false
+	}
+	if f.config == "" {
+		fmt.Fprintf(stderr, "%s %s: -config FILE is required\n", prog, cmd)
+		return f, false
+	}
+	switch f.logLevel {
+	case "", "trace", "debug", "info", "warn", "error":
+	default:
+		fmt.Fprintf(stderr, "%s %s: -log-level %q: want trace, debug, info, warn or error\n", prog, cmd, f.logLevel)
+		return f, false
+	}
+	switch f.logFormat {
+	case "", "text", "json":
+	default:
+		fmt.Fprintf(stderr, "%s %s: -log-format %q: want text or json\n", prog, cmd, f.logFormat)
+		return f, false
+	}
+	return f, true
+}
+
+// runner is what both agents are.
+type runner interface{ Run(context.Context) error }
+
+func run(role Role, prog string, args []string, stderr io.Writer) int {
+	f, ok := parseFlags(prog, "run", args, stderr, true)
+	if !ok {
+		return exitUsage
+	}
+	var (
+		a             runner
+		level, format string
+		err           error
+	)
+	switch role {
+	case Server:
+		var cfg *config.Server
+		if cfg, err = config.LoadServer(f.config); err == nil {
+			level, format = pick(f.logLevel, cfg.LogLevel), pick(f.logFormat, cfg.LogFormat)
+			a, err = agent.NewServer(cfg, agent.NewLogger(prog, level, format, stderr))
+		}
+	case Client:
+		var cfg *config.Client
+		if cfg, err = config.LoadClient(f.config); err == nil {
+			level, format = pick(f.logLevel, cfg.LogLevel), pick(f.logFormat, cfg.LogFormat)
+			a, err = agent.NewClient(cfg, agent.NewLogger(prog, level, format, stderr))
+		}
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", prog, err)
+		return exitUsage
+	}
+	ctx, stop := signalContext(stderr, prog)
+	defer stop()
+	if err := a.Run(ctx); err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", prog, err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func pick(flagValue, configValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	return configValue
+}
+
+// signalContext is cancelled by the first SIGINT or SIGTERM (graceful stop);
+// a second one exits at once.
+func signalContext(stderr io.Writer, prog string) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case s := <-sigs:
+			fmt.Fprintf(stderr, "%s: %s received, stopping (send again to exit at once)\n", prog, s)
+			cancel()
+		case <-done:
+			return
+		}
+		select {
+		case <-sigs:
+			fmt.Fprintf(stderr, "%s: second signal, exiting now\n", prog)
+			os.Exit(exitFailure)
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel()
+	}
+}
+
+func validate(role Role, prog string, args []string, stdout, stderr io.Writer) int {
+	f, ok := parseFlags(prog, "validate", args, stderr, false)
+	if !ok {
+		return exitUsage
+	}
+	var (
+		tlsConf config.TLS
+		usage   x509.ExtKeyUsage
+		summary string
+		err     error
+	)
+	switch role {
+	case Server:
+		var cfg *config.Server
+		if cfg, err = config.LoadServer(f.config); err == nil {
+			tlsConf, usage = cfg.TLS, x509.ExtKeyUsageServerAuth
+			summary = fmt.Sprintf("listen %s, %d services, %d forwards", cfg.Listen, len(cfg.Services), len(cfg.Forwards))
+		}
+	case Client:
+		var cfg *config.Client
+		if cfg, err = config.LoadClient(f.config); err == nil {
+			tlsConf, usage = cfg.TLS, x509.ExtKeyUsageClientAuth
+			summary = fmt.Sprintf("servers %v, %d forwards, %d services", cfg.Servers, len(cfg.Forwards), len(cfg.Services))
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitUsage
+	}
+	m, err := ssl.LoadMaterial(tlsConf.Cert, tlsConf.Key, tlsConf.CA)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: tls: %v\n", f.config, err)
+		return exitUsage
+	}
+	if problems := m.Check(time.Now(), usage); len(problems) > 0 {
+		fmt.Fprintf(stderr, "%s: tls: %v\n", f.config, errors.Join(problems...))
+		return exitUsage
+	}
+	fmt.Fprintf(stdout, "%s: ok (%s; certificate %q valid until %s)\n", f.config, summary, m.Leaf.Subject.CommonName, m.Leaf.NotAfter.UTC().Format(time.DateOnly))
+	return exitOK
+}
+
+func demo(prog string, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		fmt.Fprintf(stderr, "%s demo: takes no arguments\n", prog)
+		return exitUsage
+	}
+	ctx, stop := signalContext(stderr, prog)
+	defer stop()
+	if err := agent.RunDemo(ctx, stdout, agent.NewLogger(prog, "info", "text", stderr)); err != nil {
+		fmt.Fprintf(stderr, "%s demo: %v\n", prog, err)
+		return exitFailure
+	}
+	return exitOK
+}

@@ -1,0 +1,99 @@
+package forward
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// Serve accepts connections on ln and hands each to handle, on the calling
+// goroutine: handle must not block for long (start a goroutine), or may
+// block on purpose to apply back-pressure. Temporary accept errors (out of
+// file descriptors, aborted connections) back off instead of spinning.
+// Serve closes ln and returns nil when ctx is cancelled.
+func Serve(ctx context.Context, ln net.Listener, log hclog.Logger, handle func(net.Conn)) error {
+	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
+	defer stop()
+	defer ln.Close()
+	var delay time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err == nil {
+			delay = 0
+			handle(conn)
+			continue
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !temporary(err) {
+			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+		}
+		delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+		log.Warn("accept failed; backing off", "listen", ln.Addr().String(), "delay", delay, "error", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+		}
+	}
+}
+
+func temporary(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED, syscall.EINTR} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// Listen opens a TCP listener; the error names the address and a likely fix.
+func Listen(ctx context.Context, addr string) (net.Listener, error) {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("listen on %s: address already in use (another process, or another forward, holds it)", addr)
+		}
+		if errors.Is(err, syscall.EACCES) {
+			return nil, fmt.Errorf("listen on %s: permission denied (ports below 1024 need CAP_NET_BIND_SERVICE)", addr)
+		}
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+// Dial connects to a target within timeout. TCP_NODELAY is on (Go's
+// default): the tunnel must not add Nagle delay to small control messages.
+func Dial(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout, KeepAlive: 15 * time.Second}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) && oe.Err != nil {
+			return nil, fmt.Errorf("dial %s: %s", addr, unwrapSyscall(oe.Err))
+		}
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	return conn, nil
+}
+
+// unwrapSyscall shortens "connect: connection refused" to "connection refused".
+func unwrapSyscall(err error) string {
+	var se *net.DNSError
+	if errors.As(err, &se) {
+		return se.Error()
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	return err.Error()
+}

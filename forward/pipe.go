@@ -1,0 +1,150 @@
+// Package forward moves bytes between a local TCP connection and a tunnel
+// stream: the listeners that accept local connections, the dialer that
+// reaches targets, and the pipe that copies both ways with half-close.
+package forward
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+)
+
+const bufSize = 32 * 1024
+
+// Buffers are pooled: an idle connection holds none, a busy one holds one per
+// direction only while it copies.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+// Result says what a pipe moved and how it ended.
+type Result struct {
+	AToB, BToA int64
+	// Err is the error that ended the pipe first (the cause: the other
+	// direction then fails only because we closed it), nil if both
+	// directions ended with a clean EOF.
+	Err error
+}
+
+// Pipe copies a→b and b→a until both directions end, then closes both.
+// A clean EOF in one direction half-closes the other side's write direction
+// and lets the opposite direction finish, so request/response protocols that
+// half-close get their whole reply. An error in either direction aborts both.
+// Cancelling ctx aborts both.
+func Pipe(ctx context.Context, a, b net.Conn) Result {
+	var (
+		res   Result
+		abort sync.Once
+	)
+	closeBoth := func(cause error) {
+		abort.Do(func() {
+			res.Err = cause
+			resetOnClose(a)
+			resetOnClose(b)
+			_ = a.Close()
+			_ = b.Close()
+		})
+	}
+	stop := context.AfterFunc(ctx, func() { closeBoth(ctx.Err()) })
+	defer stop()
+
+	var wg sync.WaitGroup
+	var bToA int64
+	wg.Go(func() {
+		var err error
+		bToA, err = copyHalf(a, b)
+		if err != nil {
+			closeBoth(err)
+		}
+	})
+	aToB, err := copyHalf(b, a)
+	if err != nil {
+		closeBoth(err)
+	}
+	wg.Wait()
+	// Both directions are done; this Once-guarded read is ordered after
+	// every write to res.Err by wg.Wait.
+	abort.Do(func() {})
+	_ = a.Close()
+	_ = b.Close()
+	res.AToB, res.BToA = aToB, bToA
+	return res
+}
+
+// copyHalf copies src to dst; on clean EOF it half-closes dst.
+func copyHalf(dst, src net.Conn) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	buf := *bp
+	var n int64
+	for {
+		nr, rerr := src.Read(buf)
+		if nr > 0 {
+			nw, werr := dst.Write(buf[:nr])
+			n += int64(nw)
+			if werr != nil {
+				return n, &WriteError{Err: werr}
+			}
+		}
+		if rerr == io.EOF {
+			return n, closeWrite(dst)
+		}
+		if rerr != nil {
+			return n, &ReadError{Err: rerr}
+		}
+	}
+}
+
+// closeWrite half-closes c: TCP FIN, or a tunnel stream's FIN.
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) && !errors.Is(err, syscall.ENOTCONN) {
+			return &WriteError{Err: err}
+		}
+		return nil
+	}
+	return c.Close()
+}
+
+// resetOnClose makes the close of a TCP connection abortive (RST), so the
+// local application learns that its connection failed instead of seeing a
+// clean end of data.
+func resetOnClose(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+}
+
+// ReadError and WriteError say which side of a copy failed.
+type ReadError struct{ Err error }
+
+func (e *ReadError) Error() string { return "read: " + e.Err.Error() }
+func (e *ReadError) Unwrap() error { return e.Err }
+
+type WriteError struct{ Err error }
+
+func (e *WriteError) Error() string { return "write: " + e.Err.Error() }
+func (e *WriteError) Unwrap() error { return e.Err }
+
+// Classify names how a connection ended, for the one log line per stream.
+// Routine endings are not errors.
+func Classify(err error) string {
+	var ne net.Error
+	switch {
+	case err == nil:
+		return "closed"
+	case errors.Is(err, context.Canceled):
+		return "cancelled"
+	case errors.Is(err, net.ErrClosed):
+		return "closed locally"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "reset"
+	case errors.Is(err, syscall.EPIPE):
+		return "broken pipe"
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	}
+	return "error"
+}

@@ -1,0 +1,453 @@
+// Package mux carries many TCP streams over one authenticated connection:
+// a versioned hello in each direction, then one yamux session in which every
+// stream starts with a header naming the service it wants.
+package mux
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/yamux"
+
+	"github.com/tunnelworks/tunnel/transport/ssl"
+)
+
+// Config tunes a session. Zero values take the defaults below.
+type Config struct {
+	Agent        string        // our version, sent in the hello
+	HelloTimeout time.Duration // bound on the hello exchange; default 10s
+	// Liveness: when nothing has been received for PingAfter we ping; when
+	// nothing at all has been received for DeadAfter the peer is declared
+	// dead. Any byte counts, so a bulk transfer that delays a ping reply
+	// never kills a healthy session (yamux's own keepalive would).
+	PingAfter time.Duration // default 10s
+	DeadAfter time.Duration // default 30s
+	// OpenTimeout bounds how long a stream waits for the peer's reply to
+	// its header (the peer dials the target meanwhile); default 30s.
+	OpenTimeout time.Duration
+	Logger      hclog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.HelloTimeout <= 0 {
+		c.HelloTimeout = 10 * time.Second
+	}
+	if c.PingAfter <= 0 {
+		c.PingAfter = 10 * time.Second
+	}
+	if c.DeadAfter <= 0 {
+		c.DeadAfter = 30 * time.Second
+	}
+	if c.OpenTimeout <= 0 {
+		c.OpenTimeout = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = hclog.NewNullLogger()
+	}
+	return c
+}
+
+// yamuxConfig is the same on both sides: the receive window must agree
+// (a frame beyond it kills the whole session) and so should the backlog.
+func yamuxConfig(log hclog.Logger) *yamux.Config {
+	return &yamux.Config{
+		// Both sides alike; our accept loop never blocks (each stream is
+		// handled on its own goroutine), so the backlog only absorbs bursts.
+		AcceptBacklog: 256,
+		// Off: yamux declares the peer dead when one ping reply waits behind
+		// bulk data for ConnectionWriteTimeout. Session.watch does liveness
+		// on any received byte instead.
+		EnableKeepAlive:   false,
+		KeepAliveInterval: 30 * time.Second, // unused, but VerifyConfig wants it > 0
+		// How long a stream write may wait for the shared send queue before
+		// failing. Generous: on a slow link a burst can legitimately queue.
+		ConnectionWriteTimeout: 30 * time.Second,
+		// 256 KiB per stream: enough for loopback and LAN line rate; larger
+		// windows make small messages queue longer behind bulk (PITFALLS.md).
+		MaxStreamWindowSize: 256 * 1024,
+		// Off: a timer here resets a half-closed stream whose reply runs
+		// long and the reader sees a clean EOF — silent truncation. A
+		// half-closed stream lives until its peer finishes.
+		StreamCloseTimeout: 0,
+		// An unanswered open closes the session; the peer acks on accept,
+		// which never waits, so this only fires on a wedged peer.
+		StreamOpenTimeout: 75 * time.Second,
+		Logger:            log.Named("yamux").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+	}
+}
+
+// Session is one authenticated connection to a peer agent.
+type Session struct {
+	Peer      ssl.Identity
+	PeerHello Hello
+
+	y      *yamux.Session
+	conn   *countingConn
+	cfg    Config
+	log    hclog.Logger
+	closed chan struct{}
+
+	wg        sync.WaitGroup // every goroutine the session starts
+	closeOnce sync.Once
+	reason    atomic.Pointer[error]
+}
+
+// Client and Server name which end of the yamux session we are: the agent
+// that dialed the TCP connection is the client.
+const (
+	RoleClient = "client"
+	RoleServer = "server"
+)
+
+// Establish exchanges hellos on conn (already authenticated by TLS) and starts
+// the yamux session. role is RoleClient or RoleServer.
+func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identity, cfg Config) (*Session, error) {
+	cfg = cfg.withDefaults()
+	hello, err := exchangeHello(ctx, conn, Hello{Role: role, Agent: cfg.Agent}, cfg.HelloTimeout)
+	if err != nil {
+		return nil, err
+	}
+	if hello.Role == role {
+		return nil, fmt.Errorf("peer is also a %s agent (connect a tunnel-client to a tunnel-server)", role)
+	}
+	cc := &countingConn{Conn: conn}
+	cc.touch()
+	var y *yamux.Session
+	if role == RoleClient {
+		y, err = yamux.Client(cc, yamuxConfig(cfg.Logger))
+	} else {
+		y, err = yamux.Server(cc, yamuxConfig(cfg.Logger))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("start yamux: %w", err)
+	}
+	s := &Session{Peer: peer, PeerHello: hello, y: y, conn: cc, cfg: cfg, log: cfg.Logger, closed: make(chan struct{})}
+	s.wg.Go(s.watch)
+	return s, nil
+}
+
+func exchangeHello(ctx context.Context, conn net.Conn, ours Hello, timeout time.Duration) (Hello, error) {
+	deadline := time.Now().Add(timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = conn.SetDeadline(deadline)
+	defer conn.SetDeadline(time.Time{})
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	msg, err := encodeHello(ours)
+	if err != nil {
+		return Hello{}, err
+	}
+	// Both sides write first, then read: a hello is far smaller than any
+	// socket buffer, so this cannot deadlock, and each side learns the
+	// other's version even when they differ.
+	if _, err := conn.Write(msg); err != nil {
+		return Hello{}, fmt.Errorf("send hello: %w", err)
+	}
+	theirs, err := readHello(conn)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return Hello{}, fmt.Errorf("peer sent no hello within %s", timeout)
+		}
+		return Hello{}, err
+	}
+	if theirs.Version != ProtocolVersion {
+		return Hello{}, fmt.Errorf("peer speaks tunnel protocol version %d, we speak %d: run the same agent version on both ends", theirs.Version, ProtocolVersion)
+	}
+	return theirs, nil
+}
+
+// watch declares the peer dead after DeadAfter without a single byte from
+// it, pinging when the line has been quiet for PingAfter.
+func (s *Session) watch() {
+	tick := time.NewTicker(s.cfg.PingAfter / 4)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.y.CloseChan():
+			s.finish(nil)
+			return
+		case <-tick.C:
+		}
+		quiet := s.conn.quietFor()
+		switch {
+		case quiet >= s.cfg.DeadAfter:
+			s.finish(fmt.Errorf("peer silent for %s (dead after %s)", quiet.Round(time.Second), s.cfg.DeadAfter))
+			return
+		case quiet >= s.cfg.PingAfter:
+			// Ping blocks until the reply or ConnectionWriteTimeout; its
+			// failure proves nothing (the reply may sit behind bulk data),
+			// only silence does.
+			_, _ = s.y.Ping()
+		}
+	}
+}
+
+// finish closes the session once, remembering why.
+func (s *Session) finish(reason error) {
+	s.closeOnce.Do(func() {
+		if reason != nil {
+			s.reason.Store(&reason)
+		}
+		_ = s.y.Close()
+		close(s.closed)
+	})
+}
+
+// Done is closed when the session has ended.
+func (s *Session) Done() <-chan struct{} { return s.closed }
+
+// Err says why the session ended: nil while it runs or after our own Close.
+func (s *Session) Err() error {
+	if p := s.reason.Load(); p != nil {
+		return *p
+	}
+	select {
+	case <-s.closed:
+		return errors.New("connection closed")
+	default:
+		return nil
+	}
+}
+
+// Close ends the session and every stream on it, and waits for the
+// session's own goroutines.
+func (s *Session) Close() error {
+	s.finish(nil)
+	s.wg.Wait()
+	return nil
+}
+
+// CloseWithReason ends the session, recording why (for logs).
+func (s *Session) CloseWithReason(reason error) {
+	s.finish(reason)
+	s.wg.Wait()
+}
+
+// NumStreams is the number of streams open on the session.
+func (s *Session) NumStreams() int { return s.y.NumStreams() }
+
+// Open opens a stream to the peer's service. It does not wait for the peer's
+// answer: the first Read returns it (an *OpenError if refused), so the
+// opening side may send data at once and saves a round trip per stream.
+func (s *Session) Open(ctx context.Context, service string) (*Stream, error) {
+	hdr, err := encodeHeader(service)
+	if err != nil {
+		return nil, err
+	}
+	y, err := s.y.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("open stream: %w", s.explain(err))
+	}
+	_ = y.SetWriteDeadline(time.Now().Add(s.cfg.OpenTimeout))
+	if _, err := y.Write(hdr); err != nil {
+		_ = y.Close()
+		return nil, fmt.Errorf("open stream: write header: %w", s.explain(err))
+	}
+	_ = y.SetWriteDeadline(time.Time{})
+	_ = y.SetReadDeadline(time.Now().Add(s.cfg.OpenTimeout))
+	return &Stream{y: y, sess: s, service: service, awaitReply: true}, nil
+}
+
+// explain replaces yamux's generic shutdown error with why the session ended.
+func (s *Session) explain(err error) error {
+	if errors.Is(err, yamux.ErrSessionShutdown) {
+		if r := s.Err(); r != nil {
+			return fmt.Errorf("session closed: %w", r)
+		}
+	}
+	return err
+}
+
+// Service is what the accepting side offers under a name.
+type Service struct {
+	// Allowed decides whether the session's peer may open it. It is asked on
+	// every stream open, so a changed rule applies to the very next stream.
+	Allowed func(ssl.Identity) bool
+	// Dial connects to the target.
+	Dial func(ctx context.Context) (net.Conn, error)
+}
+
+// Lookup finds a service by name for the accept loop.
+type Lookup func(name string) (Service, bool)
+
+// Accepted is called, on its own goroutine, for every stream whose service
+// was allowed and whose target answered. It owns both connections.
+type Accepted func(ctx context.Context, service string, stream *Stream, target net.Conn)
+
+// Serve accepts streams until the session ends or ctx is cancelled, and
+// returns why the session ended (nil if by ctx or our own Close).
+func (s *Session) Serve(ctx context.Context, lookup Lookup, accepted Accepted) error {
+	stop := context.AfterFunc(ctx, func() { s.finish(nil) })
+	defer stop()
+	var streams sync.WaitGroup
+	defer streams.Wait()
+	for {
+		y, err := s.y.AcceptStream()
+		if err != nil {
+			s.finish(nil)
+			if ctx.Err() != nil {
+				return nil
+			}
+			return s.Err()
+		}
+		streams.Go(func() { s.handle(ctx, y, lookup, accepted) })
+	}
+}
+
+func (s *Session) handle(ctx context.Context, y *yamux.Stream, lookup Lookup, accepted Accepted) {
+	_ = y.SetReadDeadline(time.Now().Add(s.cfg.OpenTimeout))
+	name, err := readHeader(y)
+	if err != nil {
+		s.log.Warn("stream refused: bad header", "peer", s.Peer.Name(), "error", err)
+		s.refuse(y, CodeBadHeader, err.Error())
+		return
+	}
+	_ = y.SetReadDeadline(time.Time{})
+	svc, ok := lookup(name)
+	if !ok {
+		s.log.Warn("stream refused: unknown service", "peer", s.Peer.Name(), "service", name)
+		s.refuse(y, CodeUnknownService, fmt.Sprintf("no service %q here", name))
+		return
+	}
+	if svc.Allowed == nil || !svc.Allowed(s.Peer) {
+		s.log.Warn("stream refused: denied", "peer", s.Peer.Name(), "service", name)
+		s.refuse(y, CodeDenied, fmt.Sprintf("%q may not open service %q", s.Peer.Name(), name))
+		return
+	}
+	target, err := svc.Dial(ctx)
+	if err != nil {
+		s.log.Warn("stream refused: dial failed", "peer", s.Peer.Name(), "service", name, "error", err)
+		s.refuse(y, CodeDialFailed, err.Error())
+		return
+	}
+	if _, err := y.Write(encodeReply(CodeOK, "")); err != nil {
+		s.log.Debug("stream lost before reply", "peer", s.Peer.Name(), "service", name, "error", err)
+		_ = y.Close()
+		_ = target.Close()
+		return
+	}
+	accepted(ctx, name, &Stream{y: y, sess: s, service: name}, target)
+}
+
+func (s *Session) refuse(y *yamux.Stream, code Code, msg string) {
+	_ = y.SetWriteDeadline(time.Now().Add(s.cfg.OpenTimeout))
+	_, _ = y.Write(encodeReply(code, msg))
+	_ = y.Close()
+}
+
+// OpenError is the peer's refusal of a stream.
+type OpenError struct {
+	Service string
+	Code    Code
+	Msg     string
+}
+
+func (e *OpenError) Error() string {
+	if e.Msg == "" {
+		return fmt.Sprintf("peer refused stream to %q: %s", e.Service, e.Code)
+	}
+	return fmt.Sprintf("peer refused stream to %q: %s: %s", e.Service, e.Code, e.Msg)
+}
+
+// ErrSessionLost is returned by a stream read when the session ended under
+// it: yamux reports that as a clean EOF, which would hide lost data.
+var ErrSessionLost = errors.New("tunnel session lost")
+
+// Stream is one tunnelled TCP connection. Close is yamux's half-close (FIN),
+// so CloseWrite is the same call; reads continue until the peer's FIN.
+type Stream struct {
+	y          *yamux.Stream
+	sess       *Session
+	service    string
+	awaitReply bool // opener side: the first Read consumes the peer's answer
+}
+
+// Service is the name the stream was opened for.
+func (st *Stream) Service() string { return st.service }
+
+// Session is the session carrying the stream.
+func (st *Stream) Session() *Session { return st.sess }
+
+func (st *Stream) Read(p []byte) (int, error) {
+	if st.awaitReply {
+		code, msg, err := readReply(st.y)
+		if err != nil {
+			return 0, fmt.Errorf("waiting for the peer's answer: %w", st.readErr(err))
+		}
+		st.awaitReply = false
+		_ = st.y.SetReadDeadline(time.Time{})
+		if code != CodeOK {
+			return 0, &OpenError{Service: st.service, Code: code, Msg: msg}
+		}
+	}
+	n, err := st.y.Read(p)
+	if err != nil {
+		err = st.readErr(err)
+	}
+	return n, err
+}
+
+func (st *Stream) readErr(err error) error {
+	if err == io.EOF || errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, yamux.ErrStreamClosed) {
+		// A real FIN and a dead session look the same from yamux: ask the session.
+		if st.sess.y.IsClosed() {
+			if r := st.sess.Err(); r != nil {
+				return fmt.Errorf("%w: %w", ErrSessionLost, r)
+			}
+			return ErrSessionLost
+		}
+	}
+	return err
+}
+
+func (st *Stream) Write(p []byte) (int, error) {
+	n, err := st.y.Write(p)
+	if err != nil {
+		err = st.sess.explain(err)
+	}
+	return n, err
+}
+
+// CloseWrite sends FIN: the peer reads EOF, and we can still read.
+func (st *Stream) CloseWrite() error { return st.y.Close() }
+
+// Close is the same FIN (yamux has no abort); the stream is freed once
+// the peer has closed its side too.
+func (st *Stream) Close() error { return st.y.Close() }
+
+func (st *Stream) LocalAddr() net.Addr                { return st.y.LocalAddr() }
+func (st *Stream) RemoteAddr() net.Addr               { return st.y.RemoteAddr() }
+func (st *Stream) SetDeadline(t time.Time) error      { return st.y.SetDeadline(t) }
+func (st *Stream) SetReadDeadline(t time.Time) error  { return st.y.SetReadDeadline(t) }
+func (st *Stream) SetWriteDeadline(t time.Time) error { return st.y.SetWriteDeadline(t) }
+
+// countingConn remembers when the peer last sent anything.
+type countingConn struct {
+	net.Conn
+	last atomic.Int64 // unix nanoseconds
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.touch()
+	}
+	return n, err
+}
+
+func (c *countingConn) touch() { c.last.Store(time.Now().UnixNano()) }
+
+func (c *countingConn) quietFor() time.Duration {
+	return time.Since(time.Unix(0, c.last.Load()))
+}

@@ -1,0 +1,181 @@
+package mux
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// The wire format of the session protocol. Everything here parses bytes
+// from the network and is fuzzed (wire_test.go).
+//
+// Hello, sent by each side once, right after the TLS handshake:
+//
+//	"TUNL" | version (1 byte) | body length (2 bytes, big endian) | JSON body
+//
+// Stream header, the first bytes the opening side writes on a stream:
+//
+//	kind (1 byte, 1 = open) | name length (1 byte) | service name
+//
+// Stream reply, the first bytes the accepting side writes back:
+//
+//	code (1 byte) | message length (1 byte) | message
+
+// ProtocolVersion is the version of the session protocol spoken here.
+// A peer with another version is refused with a clear error on both sides.
+const ProtocolVersion = 1
+
+var helloMagic = [4]byte{'T', 'U', 'N', 'L'}
+
+const (
+	maxHelloBody   = 4096
+	maxServiceName = 64
+	headerOpen     = 1
+)
+
+// Hello is what each agent says about itself before the session starts.
+type Hello struct {
+	Version      int      `json:"-"`
+	Role         string   `json:"role"`  // "client" or "server"
+	Agent        string   `json:"agent"` // the agent's version, for messages
+	Capabilities []string `json:"caps,omitempty"`
+}
+
+// ErrNotTunnel means the peer completed TLS but did not speak this protocol.
+var ErrNotTunnel = errors.New("peer does not speak the tunnel protocol")
+
+func encodeHello(h Hello) ([]byte, error) {
+	body, err := json.Marshal(h)
+	if err != nil {
+		return nil, fmt.Errorf("encode hello: %w", err)
+	}
+	if len(body) > maxHelloBody {
+		return nil, fmt.Errorf("encode hello: %d bytes is over the %d byte limit", len(body), maxHelloBody)
+	}
+	buf := make([]byte, 0, 7+len(body))
+	buf = append(buf, helloMagic[:]...)
+	buf = append(buf, ProtocolVersion)
+	buf = binary.BigEndian.AppendUint16(buf, uint16(len(body)))
+	return append(buf, body...), nil
+}
+
+func readHello(r io.Reader) (Hello, error) {
+	var head [7]byte
+	if _, err := io.ReadFull(r, head[:]); err != nil {
+		return Hello{}, fmt.Errorf("read hello: %w", err)
+	}
+	if [4]byte(head[:4]) != helloMagic {
+		return Hello{}, fmt.Errorf("%w (hello starts with %q)", ErrNotTunnel, head[:4])
+	}
+	h := Hello{Version: int(head[4])}
+	n := binary.BigEndian.Uint16(head[5:])
+	if n > maxHelloBody {
+		return Hello{}, fmt.Errorf("%w: hello body of %d bytes is over the %d byte limit", ErrNotTunnel, n, maxHelloBody)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return Hello{}, fmt.Errorf("read hello body: %w", err)
+	}
+	if h.Version != ProtocolVersion {
+		// The body of another version may not be JSON we understand: report
+		// the version, which is what the operator must fix.
+		return h, nil
+	}
+	if err := json.Unmarshal(body, &h); err != nil {
+		return Hello{}, fmt.Errorf("%w: malformed hello body: %v", ErrNotTunnel, err)
+	}
+	return h, nil
+}
+
+func encodeHeader(service string) ([]byte, error) {
+	if err := checkName(service); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 0, 2+len(service))
+	buf = append(buf, headerOpen, byte(len(service)))
+	return append(buf, service...), nil
+}
+
+func readHeader(r io.Reader) (string, error) {
+	var head [2]byte
+	if _, err := io.ReadFull(r, head[:]); err != nil {
+		return "", fmt.Errorf("read stream header: %w", err)
+	}
+	if head[0] != headerOpen {
+		return "", fmt.Errorf("malformed stream header: unknown kind %d", head[0])
+	}
+	name := make([]byte, head[1])
+	if _, err := io.ReadFull(r, name); err != nil {
+		return "", fmt.Errorf("read stream header: %w", err)
+	}
+	if err := checkName(string(name)); err != nil {
+		return "", fmt.Errorf("malformed stream header: %w", err)
+	}
+	return string(name), nil
+}
+
+func checkName(name string) error {
+	if name == "" || len(name) > maxServiceName {
+		return fmt.Errorf("service name must be 1 to %d bytes, got %d", maxServiceName, len(name))
+	}
+	for _, c := range []byte(name) {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
+		if !ok {
+			return fmt.Errorf("service name %q has a character other than letters, digits, '.', '_', '-'", name)
+		}
+	}
+	return nil
+}
+
+// Code is the accepting side's answer to a stream open.
+type Code byte
+
+const (
+	CodeOK             Code = 0
+	CodeDenied         Code = 1
+	CodeUnknownService Code = 2
+	CodeDialFailed     Code = 3
+	CodeBadHeader      Code = 4
+	CodeBusy           Code = 5
+)
+
+func (c Code) String() string {
+	switch c {
+	case CodeOK:
+		return "ok"
+	case CodeDenied:
+		return "denied"
+	case CodeUnknownService:
+		return "unknown service"
+	case CodeDialFailed:
+		return "dial failed"
+	case CodeBadHeader:
+		return "bad stream header"
+	case CodeBusy:
+		return "busy"
+	}
+	return fmt.Sprintf("code %d", byte(c))
+}
+
+func encodeReply(code Code, msg string) []byte {
+	if len(msg) > 255 {
+		msg = msg[:255]
+	}
+	buf := make([]byte, 0, 2+len(msg))
+	buf = append(buf, byte(code), byte(len(msg)))
+	return append(buf, msg...)
+}
+
+func readReply(r io.Reader) (Code, string, error) {
+	var head [2]byte
+	if _, err := io.ReadFull(r, head[:]); err != nil {
+		return 0, "", err
+	}
+	msg := make([]byte, head[1])
+	if _, err := io.ReadFull(r, msg); err != nil {
+		return 0, "", err
+	}
+	return Code(head[0]), string(msg), nil
+}

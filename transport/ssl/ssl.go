@@ -1,0 +1,253 @@
+// Package ssl builds the TLS configuration of both agents, performs the
+// handshake under a deadline and names the peer's identity. Every failure is
+// translated into words an operator can act on.
+package ssl
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"time"
+)
+
+// ALPN is the application protocol both agents insist on, so that a TLS
+// peer speaking something else (HTTPS, another tunnel) is refused during the
+// handshake with a clear reason instead of failing later on garbage.
+const ALPN = "tunnel/1"
+
+// Material is what one agent holds: its own certificate chain and key, and the
+// trust anchors for its peer. It is immutable once built.
+type Material struct {
+	Cert tls.Certificate
+	Leaf *x509.Certificate
+	CAs  *x509.CertPool
+	// CAFile and CertFile are kept for messages.
+	CertFile, CAFile string
+}
+
+// LoadMaterial reads and checks a certificate chain, its private key and a CA bundle.
+func LoadMaterial(certFile, keyFile, caFile string) (*Material, error) {
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("read certificate: %w", err)
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("read key: %w", err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		// Never echo key bytes: the standard errors don't, and we add only file names.
+		return nil, fmt.Errorf("certificate %s with key %s: %w", certFile, keyFile, err)
+	}
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("read CA bundle: %w", err)
+	}
+	pool, n, err := parseCAs(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("CA bundle %s: %w", caFile, err)
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("CA bundle %s: no CERTIFICATE blocks found (want PEM)", caFile)
+	}
+	return &Material{Cert: pair, Leaf: pair.Leaf, CAs: pool, CertFile: certFile, CAFile: caFile}, nil
+}
+
+func parseCAs(data []byte) (*x509.CertPool, int, error) {
+	pool := x509.NewCertPool()
+	n := 0
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			return pool, n, nil
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, n, fmt.Errorf("certificate %d: %w", n+1, err)
+		}
+		pool.AddCert(c)
+		n++
+	}
+}
+
+// Check verifies offline what a handshake would: the certificate is valid now and
+// chains to a CA the peer trusts (ourCA is used as the best guess: both agents
+// usually share one CA). usage is x509.ExtKeyUsageServerAuth or ClientAuth.
+// It returns every problem found.
+func (m *Material) Check(now time.Time, usage x509.ExtKeyUsage) []error {
+	var errs []error
+	leaf := m.Leaf
+	if now.Before(leaf.NotBefore) {
+		errs = append(errs, fmt.Errorf("certificate %s (%s) is not valid until %s", m.CertFile, leaf.Subject.CommonName, leaf.NotBefore.UTC().Format(time.RFC3339)))
+	}
+	if now.After(leaf.NotAfter) {
+		errs = append(errs, fmt.Errorf("certificate %s (%s) expired on %s", m.CertFile, leaf.Subject.CommonName, leaf.NotAfter.UTC().Format(time.RFC3339)))
+	}
+	inter := x509.NewCertPool()
+	for _, der := range m.Cert.Certificate[1:] {
+		if c, err := x509.ParseCertificate(der); err == nil {
+			inter.AddCert(c)
+		}
+	}
+	_, err := leaf.Verify(x509.VerifyOptions{Roots: m.CAs, Intermediates: inter, CurrentTime: leaf.NotBefore.Add(time.Second), KeyUsages: []x509.ExtKeyUsage{usage}})
+	if err != nil {
+		errs = append(errs, fmt.Errorf("certificate %s does not verify against CA bundle %s: %s", m.CertFile, m.CAFile, Describe(err)))
+	}
+	return errs
+}
+
+// AEAD-only suites for TLS 1.2; TLS 1.3 suites are not configurable and all AEAD.
+var tls12Suites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+func base(m *Material) *tls.Config {
+	return &tls.Config{
+		// Set explicitly: a GODEBUG setting could otherwise lower the default.
+		MinVersion:   tls.VersionTLS12,
+		MaxVersion:   tls.VersionTLS13,
+		CipherSuites: tls12Suites,
+		Certificates: []tls.Certificate{m.Cert},
+		NextProtos:   []string{ALPN},
+	}
+}
+
+// ServerConfig requires and verifies a client certificate against m.CAs only
+// (never the system roots: the pool is never nil here).
+func ServerConfig(m *Material) *tls.Config {
+	c := base(m)
+	c.ClientAuth = tls.RequireAndVerifyClientCert
+	c.ClientCAs = m.CAs
+	return c
+}
+
+// ClientConfig verifies the server's certificate against m.CAs and serverName.
+func ClientConfig(m *Material, serverName string) *tls.Config {
+	c := base(m)
+	c.RootCAs = m.CAs
+	c.ServerName = serverName
+	return c
+}
+
+// Handshake runs the TLS handshake on conn within timeout (or until ctx ends),
+// then checks the negotiated protocol. The returned error is already in
+// operator words (see Describe).
+func Handshake(ctx context.Context, conn *tls.Conn, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := conn.HandshakeContext(ctx); err != nil {
+		if ctx.Err() == context.DeadlineExceeded {
+			return fmt.Errorf("tls handshake: peer did not complete it within %s", timeout)
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("tls handshake: %w", ctx.Err())
+		}
+		return &HandshakeError{Err: err}
+	}
+	if p := conn.ConnectionState().NegotiatedProtocol; p != ALPN {
+		return &HandshakeError{Err: fmt.Errorf("peer does not speak %s (ALPN %q)", ALPN, p)}
+	}
+	return nil
+}
+
+// HandshakeError is a TLS failure; Error gives the operator's wording, Unwrap the original.
+type HandshakeError struct{ Err error }
+
+func (e *HandshakeError) Error() string { return "tls handshake: " + Describe(e.Err) }
+func (e *HandshakeError) Unwrap() error { return e.Err }
+
+// Describe turns a TLS or X.509 error into a sentence an operator can act on.
+// Errors it does not recognise keep their own text.
+func Describe(err error) string {
+	var (
+		unknown  x509.UnknownAuthorityError
+		invalid  x509.CertificateInvalidError
+		hostname x509.HostnameError
+		alert    tls.AlertError
+		record   tls.RecordHeaderError
+		verify   *tls.CertificateVerificationError
+	)
+	switch {
+	case errors.As(err, &unknown):
+		issuer := "?"
+		if unknown.Cert != nil {
+			issuer = unknown.Cert.Issuer.String()
+		}
+		return fmt.Sprintf("we refused the peer's certificate: signed by an unknown CA (issuer %q); check that tls.ca holds the CA that issued it", issuer)
+	case errors.As(err, &invalid):
+		c := invalid.Cert
+		switch invalid.Reason {
+		case x509.Expired:
+			return fmt.Sprintf("we refused the peer's certificate %q: expired or not yet valid (valid from %s to %s)", c.Subject.CommonName, c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339))
+		case x509.IncompatibleUsage:
+			return fmt.Sprintf("we refused the peer's certificate %q: not issued for this use (a server needs serverAuth, a client clientAuth)", c.Subject.CommonName)
+		}
+		return "we refused the peer's certificate: " + invalid.Error()
+	case errors.As(err, &hostname):
+		names := slices.Clone(hostname.Certificate.DNSNames)
+		for _, ip := range hostname.Certificate.IPAddresses {
+			names = append(names, ip.String())
+		}
+		return fmt.Sprintf("we refused the server's certificate: name mismatch: wanted %q, certificate has %v (set tls.server_name or reissue the certificate)", hostname.Host, names)
+	case errors.As(err, &alert):
+		return "the peer refused us: " + describeAlert(alert)
+	case errors.As(err, &record):
+		return "the peer is not speaking TLS (is this the tunnel's port?)"
+	case errors.As(err, &verify):
+		return "we refused the peer's certificate: " + verify.Err.Error()
+	}
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "client didn't provide a certificate"):
+		return "we refused the client: it sent no certificate (configure tls.cert and tls.key on the client)"
+	case strings.Contains(msg, "unsupported versions"), strings.Contains(msg, "protocol version not supported"):
+		return "we refused the peer: it offered only TLS versions older than 1.2"
+	case strings.Contains(msg, "no application protocol"):
+		return "the peer does not speak " + ALPN
+	case errors.Is(err, net.ErrClosed), strings.Contains(msg, "EOF"), strings.Contains(msg, "connection reset"):
+		return "the peer closed the connection during the handshake (" + msg + ")"
+	}
+	return msg
+}
+
+func describeAlert(a tls.AlertError) string {
+	switch uint8(a) {
+	case 42, 43: // bad_certificate, unsupported_certificate
+		return "it rejected our certificate (bad certificate)"
+	case 44:
+		return "it says our certificate is revoked"
+	case 45:
+		return "it says our certificate has expired"
+	case 46:
+		return "it rejected our certificate (certificate unknown)"
+	case 48:
+		return "it does not trust the CA that issued our certificate (unknown CA)"
+	case 70:
+		return "it refused our TLS version (protocol version)"
+	case 116:
+		return "it requires a client certificate and we sent none"
+	case 120:
+		return "it does not speak " + ALPN + " (no application protocol)"
+	case 40:
+		return "handshake failure (no common cipher suite or parameters)"
+	}
+	return "tls alert: " + a.Error()
+}
+
