@@ -250,4 +250,3 @@ func describeAlert(a tls.AlertError) string {
 	}
 	return "tls alert: " + a.Error()
 }
-
