@@ -34,8 +34,12 @@ func Serve(ctx context.Context, ln net.Listener, log hclog.Logger, handle func(n
 		if !temporary(err) {
 			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
 		}
+		if delay == 0 {
+			// Once per burst: a process out of file descriptors would
+			// otherwise log hundreds of lines a second.
+			log.Warn("accept failing; backing off until it recovers", "listen", ln.Addr().String(), "error", err)
+		}
 		delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-		log.Warn("accept failed; backing off", "listen", ln.Addr().String(), "delay", delay, "error", err)
 		select {
 		case <-ctx.Done():
 			return nil

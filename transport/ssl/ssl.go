@@ -101,7 +101,11 @@ func (m *Material) Check(now time.Time, usage x509.ExtKeyUsage) []error {
 			inter.AddCert(c)
 		}
 	}
-	_, err := leaf.Verify(x509.VerifyOptions{Roots: m.CAs, Intermediates: inter, CurrentTime: leaf.NotBefore.Add(time.Second), KeyUsages: []x509.ExtKeyUsage{usage}})
+	_, err := leaf.Verify(x509.VerifyOptions{Roots: m.CAs, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage}})
+	var invalid x509.CertificateInvalidError
+	if errors.As(err, &invalid) && invalid.Reason == x509.Expired && len(errs) > 0 {
+		err = nil // the leaf's dates are reported above; don't say it twice
+	}
 	if err != nil {
 		errs = append(errs, fmt.Errorf("certificate %s does not verify against CA bundle %s: %s", m.CertFile, m.CAFile, Describe(err)))
 	}
@@ -143,6 +147,11 @@ func ClientConfig(m *Material, serverName string) *tls.Config {
 	c := base(m)
 	c.RootCAs = m.CAs
 	c.ServerName = serverName
+	// Always present our certificate. Go's default sends none when its
+	// issuer is not among the CAs the server asks for, and the server could
+	// then only say "no certificate" instead of naming the unknown CA.
+	cert := m.Cert
+	c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
 	return c
 }
 
@@ -207,19 +216,29 @@ func Describe(err error) string {
 		}
 		return fmt.Sprintf("we refused the server's certificate: name mismatch: wanted %q, certificate has %v (set tls.server_name or reissue the certificate)", hostname.Host, names)
 	case errors.As(err, &alert):
-		return "the peer refused us: " + describeAlert(alert)
+		return "the peer refused us: " + describeAlert(uint8(alert))
 	case errors.As(err, &record):
 		return "the peer is not speaking TLS (is this the tunnel's port?)"
 	case errors.As(err, &verify):
 		return "we refused the peer's certificate: " + verify.Err.Error()
 	}
 	msg := err.Error()
+	// Alerts received over TCP are an unexported type: match their text.
+	if i := strings.Index(msg, "remote error: tls: "); i >= 0 {
+		text := msg[i+len("remote error: tls: "):]
+		for code, name := range alertNames {
+			if text == name {
+				return "the peer refused us: " + describeAlert(code)
+			}
+		}
+		return "the peer refused us: " + text
+	}
 	switch {
 	case strings.Contains(msg, "client didn't provide a certificate"):
 		return "we refused the client: it sent no certificate (configure tls.cert and tls.key on the client)"
 	case strings.Contains(msg, "unsupported versions"), strings.Contains(msg, "protocol version not supported"):
 		return "we refused the peer: it offered only TLS versions older than 1.2"
-	case strings.Contains(msg, "no application protocol"):
+	case strings.Contains(msg, "no application protocol"), strings.Contains(msg, "unsupported application protocols"):
 		return "the peer does not speak " + ALPN
 	case errors.Is(err, net.ErrClosed), strings.Contains(msg, "EOF"), strings.Contains(msg, "connection reset"):
 		return "the peer closed the connection during the handshake (" + msg + ")"
@@ -227,8 +246,16 @@ func Describe(err error) string {
 	return msg
 }
 
-func describeAlert(a tls.AlertError) string {
-	switch uint8(a) {
+// alertNames are crypto/tls's texts for the alerts describeAlert knows.
+var alertNames = map[uint8]string{
+	40: "handshake failure", 42: "bad certificate", 43: "unsupported certificate",
+	44: "revoked certificate", 45: "expired certificate", 46: "unknown certificate",
+	48: "unknown certificate authority", 70: "protocol version not supported",
+	116: "certificate required", 120: "no application protocol",
+}
+
+func describeAlert(a uint8) string {
+	switch a {
 	case 42, 43: // bad_certificate, unsupported_certificate
 		return "it rejected our certificate (bad certificate)"
 	case 44:
@@ -236,7 +263,8 @@ func describeAlert(a tls.AlertError) string {
 	case 45:
 		return "it says our certificate has expired"
 	case 46:
-		return "it rejected our certificate (certificate unknown)"
+		// Go sends this for every verification failure, unknown CA included.
+		return "it rejected our certificate (its log says why: often a CA it does not trust)"
 	case 48:
 		return "it does not trust the CA that issued our certificate (unknown CA)"
 	case 70:
@@ -248,5 +276,5 @@ func describeAlert(a tls.AlertError) string {
 	case 40:
 		return "handshake failure (no common cipher suite or parameters)"
 	}
-	return "tls alert: " + a.Error()
+	return "tls alert: " + tls.AlertError(a).Error()
 }
