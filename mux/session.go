@@ -172,6 +172,7 @@ func exchangeHello(ctx context.Context, conn net.Conn, ours Hello, timeout time.
 func (s *Session) watch() {
 	tick := time.NewTicker(s.cfg.PingAfter / 4)
 	defer tick.Stop()
+	var pinging atomic.Bool
 	for {
 		select {
 		case <-s.y.CloseChan():
@@ -185,10 +186,15 @@ func (s *Session) watch() {
 			s.finish(fmt.Errorf("peer silent for %s (dead after %s)", quiet.Round(time.Second), s.cfg.DeadAfter))
 			return
 		case quiet >= s.cfg.PingAfter:
-			// Ping blocks until the reply or ConnectionWriteTimeout; its
-			// failure proves nothing (the reply may sit behind bulk data),
-			// only silence does.
-			_, _ = s.y.Ping()
+			// Ping blocks until the reply or ConnectionWriteTimeout, so it
+			// runs aside, one at a time. Its failure proves nothing (the
+			// reply may sit behind bulk data); only silence does.
+			if pinging.CompareAndSwap(false, true) {
+				s.wg.Go(func() {
+					defer pinging.Store(false)
+					_, _ = s.y.Ping()
+				})
+			}
 		}
 	}
 }

@@ -1,0 +1,385 @@
+package mux
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"go.uber.org/goleak"
+
+	"github.com/tunnelworks/tunnel/transport/ssl"
+	"github.com/tunnelworks/tunnel/transport/ssl/pki"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// tlsPair returns a handshaken server and client TLS connection over real
+// loopback TCP, with the peers' identities.
+func tlsPair(t *testing.T, clientName string) (srv, cli *tls.Conn, srvPeer, cliPeer ssl.Identity) {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := pki.NewRootCA(pki.Options{CommonName: "mux test CA"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(dir, "ca.crt")
+	s, _ := ca.IssueServer(pki.Options{CommonName: "tunnel-server", DNSNames: []string{"localhost"}})
+	c, _ := ca.IssueClient(pki.Options{CommonName: clientName})
+	load := func(name string, x *pki.Cert) *ssl.Material {
+		if err := x.WriteFiles(filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeFile(caFile, ca.CertPEM()); err != nil {
+			t.Fatal(err)
+		}
+		m, err := ssl.LoadMaterial(filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"), caFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	sm, cm := load("server", s), load("client", c)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	errs := make(chan error, 1)
+	go func() {
+		raw, err := ln.Accept()
+		if err != nil {
+			errs <- err
+			return
+		}
+		srv = tls.Server(raw, ssl.ServerConfig(sm))
+		errs <- ssl.Handshake(context.Background(), srv, 5*time.Second)
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli = tls.Client(raw, ssl.ClientConfig(cm, "localhost"))
+	if err := ssl.Handshake(context.Background(), cli, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	srvPeer, _ = ssl.PeerIdentity(srv.ConnectionState())
+	cliPeer, _ = ssl.PeerIdentity(cli.ConnectionState())
+	t.Cleanup(func() { srv.Close(); cli.Close() })
+	return srv, cli, srvPeer, cliPeer
+}
+
+// sessions establishes both ends; the server side's peer is the client.
+func sessions(t *testing.T, clientName string, cfg Config) (server, client *Session) {
+	t.Helper()
+	srvConn, cliConn, srvPeer, cliPeer := tlsPair(t, clientName)
+	type res struct {
+		s   *Session
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		s, err := Establish(context.Background(), srvConn, RoleServer, srvPeer, cfg)
+		ch <- res{s, err}
+	}()
+	client, err := Establish(context.Background(), cliConn, RoleClient, cliPeer, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { client.Close(); r.s.Close() })
+	return r.s, client
+}
+
+// echoTarget is a loopback TCP echo server.
+func echoTarget(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				io.Copy(c, c)
+			})
+		}
+	})
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String()
+}
+
+func dialTo(addr string) func(ctx context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", addr)
+	}
+}
+
+// serve runs the accept loop of s with the given services; accepted streams
+// are piped to their target by a plain copy.
+func serve(t *testing.T, s *Session, svcs map[string]Service) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.Serve(ctx, func(name string) (Service, bool) { v, ok := svcs[name]; return v, ok },
+			func(ctx context.Context, _ string, st *Stream, target net.Conn) {
+				var wg sync.WaitGroup
+				wg.Go(func() {
+					io.Copy(target, st)
+					if tc, ok := target.(*net.TCPConn); ok {
+						tc.CloseWrite()
+					}
+				})
+				io.Copy(st, target)
+				st.CloseWrite()
+				wg.Wait()
+				target.Close()
+			})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func allowOnly(name string) func(ssl.Identity) bool {
+	return func(id ssl.Identity) bool { return id.Is(name) }
+}
+
+func TestStreamsBothWays(t *testing.T) {
+	server, client := sessions(t, "client-a", Config{})
+	echo := echoTarget(t)
+	serve(t, server, map[string]Service{"echo": {Allowed: allowOnly("client-a"), Dial: dialTo(echo)}})
+	serve(t, client, map[string]Service{"back": {Allowed: allowOnly("tunnel-server"), Dial: dialTo(echo)}})
+	for _, tc := range []struct {
+		from    *Session
+		service string
+	}{{client, "echo"}, {server, "back"}} {
+		st, err := tc.from.Open(context.Background(), tc.service)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := bytes.Repeat([]byte(tc.service), 100_000)
+		go func() { st.Write(msg); st.CloseWrite() }()
+		got, err := io.ReadAll(st)
+		if err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("%s: got %d bytes, %v", tc.service, len(got), err)
+		}
+	}
+	if client.PeerHello.Role != RoleServer || server.PeerHello.Role != RoleClient {
+		t.Fatal("hello roles wrong")
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	server, client := sessions(t, "client-a", Config{})
+	echo := echoTarget(t)
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	refused := ln.Addr().String()
+	ln.Close()
+	serve(t, server, map[string]Service{
+		"echo":   {Allowed: allowOnly("client-a"), Dial: dialTo(echo)},
+		"secret": {Allowed: allowOnly("client-b"), Dial: dialTo(echo)},
+		"nobody": {Dial: dialTo(echo)},
+		"down":   {Allowed: allowOnly("client-a"), Dial: dialTo(refused)},
+	})
+	for _, tc := range []struct {
+		service string
+		code    Code
+		msg     string
+	}{
+		{"secret", CodeDenied, `"client-a" may not open service "secret"`},
+		{"nobody", CodeDenied, "may not open"},
+		{"missing", CodeUnknownService, `no service "missing"`},
+		{"down", CodeDialFailed, "connection refused"},
+	} {
+		st, err := client.Open(context.Background(), tc.service)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = st.Read(make([]byte, 10))
+		var oe *OpenError
+		if !errors.As(err, &oe) || oe.Code != tc.code || !strings.Contains(oe.Msg, tc.msg) {
+			t.Errorf("%s: err = %v, want %s containing %q", tc.service, err, tc.code, tc.msg)
+		}
+		st.Close()
+	}
+	// The session survives every refusal.
+	st, err := client.Open(context.Background(), "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Write([]byte("still here"))
+	st.CloseWrite()
+	if got, err := io.ReadAll(st); err != nil || string(got) != "still here" {
+		t.Fatalf("after refusals: %q, %v", got, err)
+	}
+}
+
+func TestMalformedHeaderRefusedSessionLives(t *testing.T) {
+	server, client := sessions(t, "client-a", Config{})
+	echo := echoTarget(t)
+	serve(t, server, map[string]Service{"echo": {Allowed: allowOnly("client-a"), Dial: dialTo(echo)}})
+	for _, bad := range [][]byte{{9, 1, 'x'}, {1, 0}, {1, 3, 'a', '/', 'b'}} {
+		y, err := client.y.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		y.Write(bad)
+		code, _, err := readReply(y)
+		if err != nil || code != CodeBadHeader {
+			t.Errorf("header %q: code %v, err %v", bad, code, err)
+		}
+		y.Close()
+	}
+	st, _ := client.Open(context.Background(), "echo")
+	st.Write([]byte("ok"))
+	st.CloseWrite()
+	if got, _ := io.ReadAll(st); string(got) != "ok" {
+		t.Fatalf("session broken after bad headers: %q", got)
+	}
+}
+
+func TestSessionLostIsAnErrorNotEOF(t *testing.T) {
+	server, client := sessions(t, "client-a", Config{})
+	block := make(chan struct{})
+	defer close(block)
+	serve(t, server, map[string]Service{"hang": {Allowed: allowOnly("client-a"), Dial: func(ctx context.Context) (net.Conn, error) {
+		a, b := net.Pipe()
+		go func() { <-block; b.Close() }()
+		return a, nil
+	}}})
+	st, err := client.Open(context.Background(), "hang")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Write([]byte("x"))
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		server.CloseWithReason(errors.New("test kills the session"))
+	}()
+	_, err = io.ReadAll(st)
+	if !errors.Is(err, ErrSessionLost) {
+		t.Fatalf("read after session loss: %v, want ErrSessionLost", err)
+	}
+	<-client.Done()
+}
+
+func TestHelloMismatch(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		write []byte
+		want  string
+	}{
+		{"other version", append([]byte("TUNL\x02\x00\x02"), "{}"...), "version 2, we speak 1"},
+		{"not a tunnel", []byte("GET / HTTP/1.1\r\n"), "does not speak the tunnel protocol"},
+		{"bad json", append([]byte("TUNL\x01\x00\x03"), "{x}"...), "malformed hello"},
+		{"huge body", []byte("TUNL\x01\xff\xff"), "over the 4096 byte limit"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srvConn, cliConn, srvPeer, _ := tlsPair(t, "client-a")
+			go func() {
+				cliConn.Write(tc.write)
+				io.Copy(io.Discard, cliConn)
+			}()
+			_, err := Establish(context.Background(), srvConn, RoleServer, srvPeer, Config{HelloTimeout: 2 * time.Second})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+			srvConn.Close()
+		})
+	}
+}
+
+func TestHelloTimeoutAndSameRole(t *testing.T) {
+	srvConn, cliConn, srvPeer, cliPeer := tlsPair(t, "client-a")
+	_, err := Establish(context.Background(), srvConn, RoleServer, srvPeer, Config{HelloTimeout: 200 * time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), "no hello within 200ms") {
+		t.Fatalf("err = %v", err)
+	}
+	_ = cliPeer
+	srvConn2, cliConn2, srvPeer2, cliPeer2 := tlsPair(t, "client-a")
+	done := make(chan error, 1)
+	go func() {
+		_, err := Establish(context.Background(), cliConn2, RoleServer, cliPeer2, Config{})
+		done <- err
+	}()
+	_, err = Establish(context.Background(), srvConn2, RoleServer, srvPeer2, Config{})
+	if err == nil || !strings.Contains(err.Error(), "also a server agent") {
+		t.Fatalf("err = %v", err)
+	}
+	<-done
+	cliConn.Close()
+}
+
+// silentConn stops delivering the peer's bytes, as a blackholed link does.
+func TestDeadPeerDetected(t *testing.T) {
+	srvConn, cliConn, srvPeer, cliPeer := tlsPair(t, "client-a")
+	cfg := Config{PingAfter: 100 * time.Millisecond, DeadAfter: 400 * time.Millisecond}
+	ch := make(chan *Session, 1)
+	go func() {
+		s, _ := Establish(context.Background(), srvConn, RoleServer, srvPeer, cfg)
+		ch <- s
+	}()
+	// The client completes the hello, then never reads or answers again.
+	if _, err := exchangeHello(context.Background(), cliConn, Hello{Role: RoleClient}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	server := <-ch
+	defer server.Close()
+	select {
+	case <-server.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("silent peer not declared dead")
+	}
+	if err := server.Err(); err == nil || !strings.Contains(err.Error(), "peer silent") {
+		t.Fatalf("reason = %v", err)
+	}
+	_ = cliPeer
+}
+
+func TestBusyPeerIsAlive(t *testing.T) {
+	// Bytes flowing count as liveness even when pings would be delayed.
+	cfg := Config{PingAfter: 50 * time.Millisecond, DeadAfter: 300 * time.Millisecond}
+	server, client := sessions(t, "client-a", cfg)
+	echo := echoTarget(t)
+	serve(t, server, map[string]Service{"echo": {Allowed: allowOnly("client-a"), Dial: dialTo(echo)}})
+	st, err := client.Open(context.Background(), "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	for i := 0; i < 20; i++ { // about 1 s, longer than DeadAfter
+		st.Write([]byte("ping"))
+		if _, err := io.ReadFull(st, buf); err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if server.Err() != nil || client.Err() != nil {
+		t.Fatal(server.Err(), client.Err())
+	}
+	st.Close()
+}
+
+var _ = yamux.ErrSessionShutdown
