@@ -35,16 +35,14 @@ type Result struct {
 // Cancelling ctx aborts both.
 func Pipe(ctx context.Context, a, b net.Conn) Result {
 	var (
-		res   Result
-		abort sync.Once
+		res     Result
+		aborted sync.Once
 	)
 	closeBoth := func(cause error) {
-		abort.Do(func() {
+		aborted.Do(func() {
 			res.Err = cause
-			resetOnClose(a)
-			resetOnClose(b)
-			_ = a.Close()
-			_ = b.Close()
+			abort(a)
+			abort(b)
 		})
 	}
 	stop := context.AfterFunc(ctx, func() { closeBoth(ctx.Err()) })
@@ -66,7 +64,7 @@ func Pipe(ctx context.Context, a, b net.Conn) Result {
 	wg.Wait()
 	// Both directions are done; this Once-guarded read is ordered after
 	// every write to res.Err by wg.Wait.
-	abort.Do(func() {})
+	aborted.Do(func() {})
 	_ = a.Close()
 	_ = b.Close()
 	res.AToB, res.BToA = aToB, bToA
@@ -108,12 +106,18 @@ func closeWrite(c net.Conn) error {
 	return c.Close()
 }
 
-// resetOnClose makes the close of a TCP connection abortive (RST), so the
-// local application learns that its connection failed instead of seeing a
-// clean end of data.
-func resetOnClose(c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetLinger(0)
+// abort closes c so that the other end learns the connection failed
+// instead of seeing a clean end of data: a TCP RST, or a tunnel stream's
+// reset (Abort).
+func abort(c net.Conn) {
+	switch c := c.(type) {
+	case interface{ Abort() error }:
+		_ = c.Abort()
+	case *net.TCPConn:
+		_ = c.SetLinger(0)
+		_ = c.Close()
+	default:
+		_ = c.Close()
 	}
 }
 

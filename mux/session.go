@@ -5,6 +5,7 @@ package mux
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -97,6 +98,11 @@ type Session struct {
 	wg        sync.WaitGroup // every goroutine the session starts
 	closeOnce sync.Once
 	reason    atomic.Pointer[error]
+
+	ctlMu   sync.Mutex
+	ctl     *yamux.Stream // ours: we write the IDs of streams we abort
+	live    sync.Mutex
+	streams map[uint32]*Stream // open streams, for aborts from the peer
 }
 
 // Client and Server name which end of the yamux session we are: the agent
@@ -128,7 +134,14 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
-	s := &Session{Peer: peer, PeerHello: hello, y: y, conn: cc, cfg: cfg, log: cfg.Logger, closed: make(chan struct{})}
+	s := &Session{Peer: peer, PeerHello: hello, y: y, conn: cc, cfg: cfg, log: cfg.Logger, closed: make(chan struct{}), streams: map[uint32]*Stream{}}
+	if s.ctl, err = y.OpenStream(); err == nil {
+		_, err = s.ctl.Write([]byte{headerControl, 0})
+	}
+	if err != nil {
+		y.Close()
+		return nil, fmt.Errorf("open control stream: %w", err)
+	}
 	s.wg.Go(s.watch)
 	return s, nil
 }
@@ -262,7 +275,51 @@ func (s *Session) Open(ctx context.Context, service string) (*Stream, error) {
 	}
 	_ = y.SetWriteDeadline(time.Time{})
 	_ = y.SetReadDeadline(time.Now().Add(s.cfg.OpenTimeout))
-	return &Stream{y: y, sess: s, service: service, awaitReply: true}, nil
+	return s.track(&Stream{y: y, sess: s, service: service, awaitReply: true}), nil
+}
+
+func (s *Session) track(st *Stream) *Stream {
+	s.live.Lock()
+	s.streams[st.y.StreamID()] = st
+	s.live.Unlock()
+	return st
+}
+
+func (s *Session) untrack(st *Stream) {
+	s.live.Lock()
+	if s.streams[st.y.StreamID()] == st {
+		delete(s.streams, st.y.StreamID())
+	}
+	s.live.Unlock()
+}
+
+// sendAbort tells the peer to reset its end of stream id.
+func (s *Session) sendAbort(id uint32) {
+	var msg [4]byte
+	binary.BigEndian.PutUint32(msg[:], id)
+	s.ctlMu.Lock()
+	defer s.ctlMu.Unlock()
+	_ = s.ctl.SetWriteDeadline(time.Now().Add(s.cfg.OpenTimeout))
+	if _, err := s.ctl.Write(msg[:]); err != nil {
+		s.log.Debug("cannot send stream abort", "stream", id, "error", err)
+	}
+}
+
+// readAborts serves the peer's control stream until the session ends.
+func (s *Session) readAborts(ctl *yamux.Stream) {
+	var msg [4]byte
+	for {
+		if _, err := io.ReadFull(ctl, msg[:]); err != nil {
+			return
+		}
+		id := binary.BigEndian.Uint32(msg[:])
+		s.live.Lock()
+		st := s.streams[id]
+		s.live.Unlock()
+		if st != nil {
+			st.abortedByPeer()
+		}
+	}
 }
 
 // explain replaces yamux's generic shutdown error with why the session ended.
@@ -313,7 +370,12 @@ func (s *Session) Serve(ctx context.Context, lookup Lookup, accepted Accepted) e
 
 func (s *Session) handle(ctx context.Context, y *yamux.Stream, lookup Lookup, accepted Accepted) {
 	_ = y.SetReadDeadline(time.Now().Add(s.cfg.OpenTimeout))
-	name, err := readHeader(y)
+	name, control, err := readHeader(y)
+	if control {
+		_ = y.SetReadDeadline(time.Time{})
+		s.readAborts(y)
+		return
+	}
 	if err != nil {
 		s.log.Warn("stream refused: bad header", "peer", s.Peer.Name(), "error", err)
 		s.refuse(y, CodeBadHeader, err.Error())
@@ -343,7 +405,7 @@ func (s *Session) handle(ctx context.Context, y *yamux.Stream, lookup Lookup, ac
 		_ = target.Close()
 		return
 	}
-	accepted(ctx, name, &Stream{y: y, sess: s, service: name}, target)
+	accepted(ctx, name, s.track(&Stream{y: y, sess: s, service: name}), target)
 }
 
 func (s *Session) refuse(y *yamux.Stream, code Code, msg string) {
@@ -366,6 +428,10 @@ func (e *OpenError) Error() string {
 	return fmt.Sprintf("peer refused stream to %q: %s: %s", e.Service, e.Code, e.Msg)
 }
 
+// ErrAborted is returned by reads and writes on a stream that the peer
+// reset (its local connection failed).
+var ErrAborted = errors.New("stream reset by the peer")
+
 // ErrSessionLost is returned by a stream read when the session ended under
 // it: yamux reports that as a clean EOF, which would hide lost data.
 var ErrSessionLost = errors.New("tunnel session lost")
@@ -377,6 +443,8 @@ type Stream struct {
 	sess       *Session
 	service    string
 	awaitReply bool // opener side: the first Read consumes the peer's answer
+	aborted    atomic.Bool
+	closeOnce  sync.Once
 }
 
 // Service is the name the stream was opened for.
@@ -386,6 +454,9 @@ func (st *Stream) Service() string { return st.service }
 func (st *Stream) Session() *Session { return st.sess }
 
 func (st *Stream) Read(p []byte) (int, error) {
+	if st.aborted.Load() {
+		return 0, ErrAborted
+	}
 	if st.awaitReply {
 		code, msg, err := readReply(st.y)
 		if err != nil {
@@ -404,7 +475,16 @@ func (st *Stream) Read(p []byte) (int, error) {
 	return n, err
 }
 
+func (st *Stream) abortedByPeer() {
+	st.aborted.Store(true)
+	// Unblock a Read or Write in progress; they return ErrAborted.
+	_ = st.y.SetDeadline(time.Unix(1, 0))
+}
+
 func (st *Stream) readErr(err error) error {
+	if st.aborted.Load() {
+		return ErrAborted
+	}
 	if err == io.EOF || errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, yamux.ErrStreamClosed) {
 		// A real FIN and a dead session look the same from yamux: ask the session.
 		if st.sess.y.IsClosed() {
@@ -420,6 +500,9 @@ func (st *Stream) readErr(err error) error {
 func (st *Stream) Write(p []byte) (int, error) {
 	n, err := st.y.Write(p)
 	if err != nil {
+		if st.aborted.Load() {
+			return n, ErrAborted
+		}
 		err = st.sess.explain(err)
 	}
 	return n, err
@@ -428,9 +511,22 @@ func (st *Stream) Write(p []byte) (int, error) {
 // CloseWrite sends FIN: the peer reads EOF, and we can still read.
 func (st *Stream) CloseWrite() error { return st.y.Close() }
 
-// Close is the same FIN (yamux has no abort); the stream is freed once
-// the peer has closed its side too.
-func (st *Stream) Close() error { return st.y.Close() }
+// Close says we are done with the stream: FIN if not sent yet. yamux frees
+// it once the peer has closed its side too.
+func (st *Stream) Close() error {
+	st.closeOnce.Do(func() { st.sess.untrack(st) })
+	return st.y.Close()
+}
+
+// Abort resets the stream: the peer's reads and writes on it fail with
+// ErrAborted at once, so it resets its own local connection in turn rather
+// than see a clean end of data.
+func (st *Stream) Abort() error {
+	if !st.aborted.Load() {
+		st.sess.sendAbort(st.y.StreamID())
+	}
+	return st.Close()
+}
 
 func (st *Stream) LocalAddr() net.Addr                { return st.y.LocalAddr() }
 func (st *Stream) RemoteAddr() net.Addr               { return st.y.RemoteAddr() }

@@ -383,3 +383,52 @@ func TestBusyPeerIsAlive(t *testing.T) {
 }
 
 var _ = yamux.ErrSessionShutdown
+
+func TestAbortReachesThePeer(t *testing.T) {
+	server, client := sessions(t, "client-a", Config{})
+	targetSide := make(chan *Stream, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		server.Serve(ctx, func(string) (Service, bool) {
+			return Service{Allowed: allowOnly("client-a"), Dial: func(context.Context) (net.Conn, error) { a, _ := net.Pipe(); return a, nil }}, true
+		}, func(ctx context.Context, _ string, st *Stream, target net.Conn) {
+			targetSide <- st
+			<-ctx.Done()
+			target.Close()
+		})
+	}()
+	defer func() { cancel(); <-done }()
+	st, err := client.Open(context.Background(), "any")
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := <-targetSide
+	// The accepting side blocks writing (nobody reads: the window fills),
+	// and must be released by our abort.
+	writeErr := make(chan error, 1)
+	go func() {
+		big := make([]byte, 1<<20)
+		for {
+			if _, err := peer.Write(big); err != nil {
+				writeErr <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	st.Abort()
+	select {
+	case err := <-writeErr:
+		if !errors.Is(err, ErrAborted) {
+			t.Fatalf("peer write error = %v, want ErrAborted", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("abort did not reach the peer")
+	}
+	if _, err := peer.Read(make([]byte, 1)); !errors.Is(err, ErrAborted) {
+		t.Fatalf("peer read error = %v, want ErrAborted", err)
+	}
+	peer.Close()
+}

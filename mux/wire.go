@@ -22,6 +22,11 @@ import (
 // Stream reply, the first bytes the accepting side writes back:
 //
 //	code (1 byte) | message length (1 byte) | message
+//
+// Control stream: each side opens one stream with the header
+// kind 2 | 0, and writes on it the 4-byte big-endian IDs of the streams it
+// aborts. yamux has no public stream reset; this carries one, so a reset on
+// one side of the tunnel becomes a reset on the other instead of a clean EOF.
 
 // ProtocolVersion is the version of the session protocol spoken here.
 // A peer with another version is refused with a clear error on both sides.
@@ -33,6 +38,7 @@ const (
 	maxHelloBody   = 4096
 	maxServiceName = 64
 	headerOpen     = 1
+	headerControl  = 2
 )
 
 // Hello is what each agent says about itself before the session starts.
@@ -98,22 +104,27 @@ func encodeHeader(service string) ([]byte, error) {
 	return append(buf, service...), nil
 }
 
-func readHeader(r io.Reader) (string, error) {
+// readHeader returns the service name, or "" with control set for the
+// peer's control stream.
+func readHeader(r io.Reader) (name string, control bool, err error) {
 	var head [2]byte
 	if _, err := io.ReadFull(r, head[:]); err != nil {
-		return "", fmt.Errorf("read stream header: %w", err)
+		return "", false, fmt.Errorf("read stream header: %w", err)
+	}
+	if head[0] == headerControl && head[1] == 0 {
+		return "", true, nil
 	}
 	if head[0] != headerOpen {
-		return "", fmt.Errorf("malformed stream header: unknown kind %d", head[0])
+		return "", false, fmt.Errorf("malformed stream header: unknown kind %d", head[0])
 	}
-	name := make([]byte, head[1])
-	if _, err := io.ReadFull(r, name); err != nil {
-		return "", fmt.Errorf("read stream header: %w", err)
+	buf := make([]byte, head[1])
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return "", false, fmt.Errorf("read stream header: %w", err)
 	}
-	if err := checkName(string(name)); err != nil {
-		return "", fmt.Errorf("malformed stream header: %w", err)
+	if err := checkName(string(buf)); err != nil {
+		return "", false, fmt.Errorf("malformed stream header: %w", err)
 	}
-	return string(name), nil
+	return string(buf), false, nil
 }
 
 func checkName(name string) error {

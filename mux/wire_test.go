@@ -21,7 +21,7 @@ func TestWireRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	name, err := readHeader(bytes.NewReader(hdr))
+	name, _, err := readHeader(bytes.NewReader(hdr))
 	if err != nil || name != "bgp-179" {
 		t.Fatalf("%q %v", name, err)
 	}
@@ -61,8 +61,8 @@ func FuzzReadHeader(f *testing.F) {
 	f.Add(good)
 	f.Add([]byte{1, 255})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		name, err := readHeader(bytes.NewReader(b))
-		if err != nil {
+		name, control, err := readHeader(bytes.NewReader(b))
+		if err != nil || control {
 			return
 		}
 		if err := checkName(name); err != nil {

@@ -1,0 +1,235 @@
+// Package config loads and validates the HCL configuration files of
+// tunnel-server and tunnel-client.
+//
+// A server config:
+//
+//	listen = "0.0.0.0:8443"    # required
+//	handshake_timeout = "10s"  # default 10s
+//	max_handshakes = 64        # default 64, handshakes in progress at once
+//	dial_timeout = "10s"       # default 10s
+//	log_level = "info"         # trace, debug, info (default), warn, error
+//	log_format = "text"        # text (default), json
+//	tls {                      # required; relative paths resolve against this file's directory
+//	  cert = "server.crt"      # PEM, leaf first then intermediates
+//	  key  = "server.key"
+//	  ca   = "ca.crt"          # trust anchors for client certificates
+//	}
+//	service "echo" {           # clients may open it
+//	  target = "127.0.0.1:7"
+//	  allow  = ["client-a"]    # required: deny by default
+//	}
+//	forward "edge-ssh" {       # listen here, open service "ssh" on client edge-1
+//	  listen  = "127.0.0.1:2222"
+//	  client  = "edge-1"       # required on the server
+//	  service = "ssh"          # default: the forward's name
+//	}
+//
+// A client config has server = "host:port" (or a list of them, tried in
+// order) instead of listen and max_handshakes, may set tls.server_name
+// (default: the host of the first server), and its forwards have no client
+// key; allow is optional in its services.
+//
+// Loading reports every problem in the file at once, each with the file,
+// line and column it concerns and a hint on how to fix it (see [Error]).
+// A config returned without error is complete: defaults are applied, paths
+// are absolute and the TLS files it names exist and are readable. The
+// certificates themselves are not parsed here.
+package config
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+)
+
+// Defaults applied to keys that are absent from the file.
+const (
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultMaxHandshakes    = 64
+	DefaultDialTimeout      = 10 * time.Second
+	DefaultLogLevel         = "info"
+	DefaultLogFormat        = "text"
+)
+
+// TLS is the tls block. Paths are absolute after loading (relative ones
+// resolve against the config file's directory).
+type TLS struct {
+	Cert       string // PEM, leaf first then intermediates (required)
+	Key        string // PEM private key (required)
+	CA         string // PEM trust anchors for the peer (required)
+	ServerName string // client only, key server_name; default: host part of the first server address
+}
+
+// Service is a service block: a target this side dials when the peer opens
+// the service.
+type Service struct {
+	Name   string   // block label
+	Target string   // host:port to dial (required)
+	Allow  []string // identities allowed to open it; required and non-empty on the server, optional on the client
+}
+
+// Forward is a forward block: a local listener whose connections are
+// carried to a service on the other side.
+type Forward struct {
+	Name    string // block label
+	Listen  string // host:port to listen on (required)
+	Service string // default: Name
+	Client  string // server side only (required there): identity of the client whose session carries the stream
+}
+
+// Server is the configuration of tunnel-server.
+type Server struct {
+	Path             string        // the config file, absolute
+	Listen           string        // required, host:port
+	TLS              TLS           // required
+	HandshakeTimeout time.Duration // key handshake_timeout; default 10s; > 0
+	MaxHandshakes    int           // key max_handshakes; default 64; >= 1
+	DialTimeout      time.Duration // key dial_timeout; default 10s; > 0
+	LogLevel         string        // key log_level: trace|debug|info|warn|error; default "info"
+	LogFormat        string        // key log_format: text|json; default "text"
+	Services         []Service     // in file order
+	Forwards         []Forward     // in file order
+}
+
+// Client is the configuration of tunnel-client.
+type Client struct {
+	Path             string        // the config file, absolute
+	Servers          []string      // key server: a string or a list of strings, tried in order; required
+	TLS              TLS           // required; ServerName defaults to the host of Servers[0]
+	HandshakeTimeout time.Duration // key handshake_timeout; default 10s; > 0
+	DialTimeout      time.Duration // key dial_timeout; default 10s; > 0
+	LogLevel         string        // key log_level: trace|debug|info|warn|error; default "info"
+	LogFormat        string        // key log_format: text|json; default "text"
+	Services         []Service     // in file order
+	Forwards         []Forward     // in file order
+}
+
+// LoadServer reads and parses the server config file at path.
+func LoadServer(path string) (*Server, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load server config: %w", err)
+	}
+	return ParseServer(path, src)
+}
+
+// LoadClient reads and parses the client config file at path.
+func LoadClient(path string) (*Client, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load client config: %w", err)
+	}
+	return ParseClient(path, src)
+}
+
+// ParseServer parses src as a server config. filename names the file in
+// messages, and relative paths in it resolve against its directory.
+// A non-nil error is an *[Error].
+func ParseServer(filename string, src []byte) (*Server, error) {
+	d, body := parse(filename, src)
+	if body == nil {
+		return nil, d.err()
+	}
+	s := &Server{
+		Path:          d.path,
+		MaxHandshakes: DefaultMaxHandshakes,
+	}
+	top := d.content(body, serverTop, "the server config", "", hcl.Range{})
+	if a := top.attr("listen"); a != nil {
+		s.Listen, _ = d.address(top, a, listenAddr)
+	} else {
+		d.missing(top, "listen", `listen = "0.0.0.0:8443"`)
+	}
+	if a := top.attr("max_handshakes"); a != nil {
+		if n, ok := d.integer(top, a); ok {
+			if n < 1 {
+				d.addf(a.Expr.Range(), "max_handshakes must be at least 1, got %d (it bounds the TLS handshakes in progress at once)", n)
+			} else {
+				s.MaxHandshakes = n
+			}
+		}
+	}
+	c := d.common(top, true)
+	s.TLS = c.tls
+	s.HandshakeTimeout = c.handshakeTimeout
+	s.DialTimeout = c.dialTimeout
+	s.LogLevel = c.logLevel
+	s.LogFormat = c.logFormat
+	s.Services = c.services
+	s.Forwards = c.forwards
+	if s.Listen != "" {
+		d.listenClash(c, s.Listen, top.attr("listen"))
+	}
+	if err := d.err(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// ParseClient parses src as a client config. filename names the file in
+// messages, and relative paths in it resolve against its directory.
+// A non-nil error is an *[Error].
+func ParseClient(filename string, src []byte) (*Client, error) {
+	d, body := parse(filename, src)
+	if body == nil {
+		return nil, d.err()
+	}
+	cl := &Client{Path: d.path}
+	top := d.content(body, clientTop, "the client config", "", hcl.Range{})
+	if a := top.attr("server"); a != nil {
+		cl.Servers = d.servers(top, a)
+	} else {
+		d.missing(top, "server", `server = "tunnel.example.net:8443"`)
+	}
+	c := d.common(top, false)
+	cl.TLS = c.tls
+	if c.tlsBlock != nil && !c.serverNameSet && len(cl.Servers) > 0 {
+		cl.TLS.ServerName = hostOf(cl.Servers[0])
+	}
+	cl.HandshakeTimeout = c.handshakeTimeout
+	cl.DialTimeout = c.dialTimeout
+	cl.LogLevel = c.logLevel
+	cl.LogFormat = c.logFormat
+	cl.Services = c.services
+	cl.Forwards = c.forwards
+	if err := d.err(); err != nil {
+		return nil, err
+	}
+	return cl, nil
+}
+
+// Error lists every problem found in a config file (not just the first).
+type Error struct{ Problems []Problem }
+
+// Problem is one thing wrong with a config file.
+type Problem struct {
+	File      string
+	Line, Col int    // 0 when unknown
+	Msg       string // lowercase "what is wrong (how to fix)"
+}
+
+// Error returns one problem per line, each as "file:line:col: msg".
+func (e *Error) Error() string {
+	var b strings.Builder
+	for i, p := range e.Problems {
+		if i > 0 {
+			b.WriteByte('\n')
+		}
+		b.WriteString(p.format())
+	}
+	return b.String()
+}
+
+func (p Problem) format() string {
+	switch {
+	case p.Line > 0 && p.Col > 0:
+		return fmt.Sprintf("%s:%d:%d: %s", p.File, p.Line, p.Col, p.Msg)
+	case p.Line > 0:
+		return fmt.Sprintf("%s:%d: %s", p.File, p.Line, p.Msg)
+	default:
+		return fmt.Sprintf("%s: %s", p.File, p.Msg)
+	}
+}

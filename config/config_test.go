@@ -1,0 +1,741 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+const serverExample = `# server.hcl
+listen = "0.0.0.0:8443"
+tls {
+  cert = "server.crt"
+  key  = "server.key"
+  ca   = "ca.crt"
+}
+service "echo" {
+  target = "127.0.0.1:7"
+  allow  = ["client-a"]
+}
+forward "edge-ssh" {
+  listen  = "127.0.0.1:2222"
+  client  = "edge-1"
+  service = "ssh"
+}
+`
+
+const clientExample = `# client.hcl
+server = "tunnel.example.net:8443"  # or ["a:8443", "b:8443"]
+tls {
+  cert        = "client.crt"
+  key         = "client.key"
+  ca          = "ca.crt"
+  server_name = "tunnel.example.net"
+}
+forward "echo" {
+  listen  = "127.0.0.1:10007"
+  service = "echo"
+}
+service "ssh" {
+  target = "127.0.0.1:22"
+}
+`
+
+// pemFiles are the files the test configs name; their contents are not
+// parsed by this package.
+var pemFiles = []string{
+	"server.crt", "server.key", "ca.crt", "client.crt", "client.key",
+	"c", "k", "a", "pki/ca.crt",
+}
+
+// pemDir returns a new directory holding pemFiles.
+func pemDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, name := range pemFiles {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte("-----BEGIN NOTHING-----\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func TestParseServer(t *testing.T) {
+	dir := pemDir(t)
+	file := filepath.Join(dir, "server.hcl")
+	abs := func(name string) string { return filepath.Join(dir, name) }
+	tls := TLS{Cert: abs("server.crt"), Key: abs("server.key"), CA: abs("ca.crt")}
+	tests := []struct {
+		name string
+		src  string
+		want *Server
+	}{{
+		name: "example",
+		src:  serverExample,
+		want: &Server{
+			Path:             file,
+			Listen:           "0.0.0.0:8443",
+			TLS:              tls,
+			HandshakeTimeout: 10 * time.Second,
+			MaxHandshakes:    64,
+			DialTimeout:      10 * time.Second,
+			LogLevel:         "info",
+			LogFormat:        "text",
+			Services:         []Service{{Name: "echo", Target: "127.0.0.1:7", Allow: []string{"client-a"}}},
+			Forwards:         []Forward{{Name: "edge-ssh", Listen: "127.0.0.1:2222", Service: "ssh", Client: "edge-1"}},
+		},
+	}, {
+		name: "every key set, absolute and nested paths, blocks in file order",
+		src: `
+listen            = "[::1]:0"
+handshake_timeout = "2s"
+max_handshakes    = 1
+dial_timeout      = "250ms"
+log_level         = "trace"
+log_format        = "json"
+forward "b" {
+  listen = ":0"
+  client = "edge-2"
+}
+service "z" {
+  target = "[fe80::1%eth0]:22"
+  allow  = ["x", "y"]
+}
+tls {
+  cert = "` + abs("server.crt") + `"
+  key  = "./pki/../server.key"
+  ca   = "pki/ca.crt"
+}
+service "a.b_c-d" {
+  target = "db.internal:5432"
+  allow  = ["x"]
+}
+forward "a" {
+  listen  = ":0" # ephemeral ports never clash
+  client  = "edge-1"
+  service = "z"
+}
+`,
+		want: &Server{
+			Path:             file,
+			Listen:           "[::1]:0",
+			TLS:              TLS{Cert: abs("server.crt"), Key: abs("server.key"), CA: abs("pki/ca.crt")},
+			HandshakeTimeout: 2 * time.Second,
+			MaxHandshakes:    1,
+			DialTimeout:      250 * time.Millisecond,
+			LogLevel:         "trace",
+			LogFormat:        "json",
+			Services: []Service{
+				{Name: "z", Target: "[fe80::1%eth0]:22", Allow: []string{"x", "y"}},
+				{Name: "a.b_c-d", Target: "db.internal:5432", Allow: []string{"x"}},
+			},
+			Forwards: []Forward{
+				{Name: "b", Listen: ":0", Service: "b", Client: "edge-2"},
+				{Name: "a", Listen: ":0", Service: "z", Client: "edge-1"},
+			},
+		},
+	}, {
+		name: "minimal",
+		src:  "listen = \":8443\"\ntls {\n  cert = \"server.crt\"\n  key = \"server.key\"\n  ca = \"ca.crt\"\n}\n",
+		want: &Server{
+			Path:             file,
+			Listen:           ":8443",
+			TLS:              tls,
+			HandshakeTimeout: DefaultHandshakeTimeout,
+			MaxHandshakes:    DefaultMaxHandshakes,
+			DialTimeout:      DefaultDialTimeout,
+			LogLevel:         DefaultLogLevel,
+			LogFormat:        DefaultLogFormat,
+		},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseServer(file, []byte(tt.src))
+			if err != nil {
+				t.Fatalf("ParseServer: %v", err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("ParseServer:\n got %+v\nwant %+v", got, tt.want)
+			}
+			if err := checkServer(got); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+func TestParseClient(t *testing.T) {
+	dir := pemDir(t)
+	file := filepath.Join(dir, "client.hcl")
+	abs := func(name string) string { return filepath.Join(dir, name) }
+	tls := func(serverName string) TLS {
+		return TLS{Cert: abs("client.crt"), Key: abs("client.key"), CA: abs("ca.crt"), ServerName: serverName}
+	}
+	const tlsBlock = "tls {\n  cert = \"client.crt\"\n  key = \"client.key\"\n  ca = \"ca.crt\"\n}\n"
+	defaults := func(c *Client) *Client {
+		c.Path = file
+		c.HandshakeTimeout = 10 * time.Second
+		c.DialTimeout = 10 * time.Second
+		c.LogLevel = "info"
+		c.LogFormat = "text"
+		return c
+	}
+	tests := []struct {
+		name string
+		src  string
+		want *Client
+	}{{
+		name: "example",
+		src:  clientExample,
+		want: defaults(&Client{
+			Servers:  []string{"tunnel.example.net:8443"},
+			TLS:      tls("tunnel.example.net"),
+			Services: []Service{{Name: "ssh", Target: "127.0.0.1:22"}},
+			Forwards: []Forward{{Name: "echo", Listen: "127.0.0.1:10007", Service: "echo"}},
+		}),
+	}, {
+		name: "server as a string defaults server_name",
+		src:  `server = "tunnel.example.net:8443"` + "\n" + tlsBlock,
+		want: defaults(&Client{
+			Servers: []string{"tunnel.example.net:8443"},
+			TLS:     tls("tunnel.example.net"),
+		}),
+	}, {
+		name: "byte order mark",
+		src:  "\ufeffserver = \"tunnel.example.net:8443\"\n" + tlsBlock,
+		want: defaults(&Client{
+			Servers: []string{"tunnel.example.net:8443"},
+			TLS:     tls("tunnel.example.net"),
+		}),
+	}, {
+		name: "server as a list, server_name from the first",
+		src:  "server = [\n  \"a.example:8443\",\n  \"b.example:443\",\n]\n" + tlsBlock,
+		want: defaults(&Client{
+			Servers: []string{"a.example:8443", "b.example:443"},
+			TLS:     tls("a.example"),
+		}),
+	}, {
+		name: "server as a list of one IPv6 address",
+		src:  `server = ["[2001:db8::1]:8443"]` + "\n" + tlsBlock,
+		want: defaults(&Client{
+			Servers: []string{"[2001:db8::1]:8443"},
+			TLS:     tls("2001:db8::1"),
+		}),
+	}, {
+		name: "every key set",
+		src: `server = "10.0.0.1:8443"
+handshake_timeout = "1m30s"
+dial_timeout = "3s"
+log_level = "warn"
+log_format = "json"
+tls {
+  cert = "client.crt"
+  key = "client.key"
+  ca = "ca.crt"
+  server_name = "tunnel.internal"
+}
+service "web" {
+  target = "localhost:8080"
+  allow = ["tunnel-server"]
+}
+forward "db" {
+  listen = "127.0.0.1:5432"
+}
+`,
+		want: &Client{
+			Path:             file,
+			Servers:          []string{"10.0.0.1:8443"},
+			TLS:              tls("tunnel.internal"),
+			HandshakeTimeout: 90 * time.Second,
+			DialTimeout:      3 * time.Second,
+			LogLevel:         "warn",
+			LogFormat:        "json",
+			Services:         []Service{{Name: "web", Target: "localhost:8080", Allow: []string{"tunnel-server"}}},
+			Forwards:         []Forward{{Name: "db", Listen: "127.0.0.1:5432", Service: "db"}},
+		},
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseClient(file, []byte(tt.src))
+			if err != nil {
+				t.Fatalf("ParseClient: %v", err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("ParseClient:\n got %+v\nwant %+v", got, tt.want)
+			}
+			if err := checkClient(got); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := pemDir(t)
+	for name, src := range map[string]string{"server.hcl": serverExample, "client.hcl": clientExample} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Relative paths in the file resolve against its directory, not the
+	// working directory, whatever path the file itself is named by.
+	t.Chdir(filepath.Join(dir, "pki"))
+
+	s, err := LoadServer("../server.hcl")
+	if err != nil {
+		t.Fatalf("LoadServer: %v", err)
+	}
+	if want := filepath.Join(dir, "server.hcl"); s.Path != want {
+		t.Errorf("Path = %q, want %q", s.Path, want)
+	}
+	if want := filepath.Join(dir, "ca.crt"); s.TLS.CA != want {
+		t.Errorf("TLS.CA = %q, want %q", s.TLS.CA, want)
+	}
+
+	c, err := LoadClient(filepath.Join(dir, "client.hcl"))
+	if err != nil {
+		t.Fatalf("LoadClient: %v", err)
+	}
+	if want := filepath.Join(dir, "client.key"); c.TLS.Key != want {
+		t.Errorf("TLS.Key = %q, want %q", c.TLS.Key, want)
+	}
+
+	missing := filepath.Join(dir, "nope.hcl")
+	if _, err := LoadServer(missing); !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), missing) {
+		t.Errorf("LoadServer(%q) = %v, want a not-exist error naming the path", missing, err)
+	}
+	if _, err := LoadClient(dir); err == nil || !strings.Contains(err.Error(), dir) {
+		t.Errorf("LoadClient(%q) = %v, want an error naming the path", dir, err)
+	}
+}
+
+// The bases complete a config; bad inputs are written before them so that
+// line numbers in the tests count from the case's own first line.
+const (
+	serverBase = "\nlisten = \":8443\"\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n}\n"
+	clientBase = "\nserver = \"tunnel.example.net:8443\"\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n}\n"
+)
+
+func TestParseErrors(t *testing.T) {
+	dir := pemDir(t)
+	tests := []struct {
+		name   string
+		client bool   // parse as a client config
+		whole  bool   // src is the whole file, without the base
+		src    string // a bad input
+		line   int    // where the problem is, 0 for the file as a whole
+		want   string // in the message
+	}{
+		// Syntax and expressions.
+		{name: "syntax error", src: "log_level = \n", line: 1, want: "invalid expression"},
+		{name: "unclosed block", src: "service \"x\" {\n  target = \"a:1\"\n", line: 1, want: "unclosed configuration block"},
+		{name: "same key twice", src: "log_level = \"info\"\nlog_level = \"warn\"\n", line: 2, want: "attribute redefined"},
+		{name: "bare word", src: "log_level = debug\n", line: 1, want: `quote it: log_level = "debug"`},
+		{name: "null", src: "log_level = null\n", line: 1, want: "log_level must not be null"},
+		{name: "for expression", src: "log_level = [for x in [\"info\"]: x][0]\n", line: 1, want: "for expressions are not supported"},
+		{name: "template for", src: "log_level = \"%{for x in [\"a\"]}${x}%{endfor}\"\n", line: 1, want: "for expressions are not supported"},
+		{name: "variable", src: "log_level = \"${level}\"\n", line: 1, want: "variables not allowed"},
+		{name: "function call", src: "log_level = lower(\"INFO\")\n", line: 1, want: "function calls not allowed"},
+
+		// Unknown and misplaced keys and blocks.
+		{name: "typo key", src: "lisen = \":1\"\n", line: 1, want: `unknown key "lisen" in the server config (did you mean "listen"? allowed keys: listen,`},
+		{name: "unknown key", src: "color = true\n", line: 1, want: "allowed blocks: tls, service, forward"},
+		{name: "typo block", src: "servce \"x\" {}\n", line: 1, want: `unknown block "servce" in the server config (did you mean "service"?`},
+		{name: "key as block", src: "log_level {}\n", line: 1, want: "log_level is a key, not a block (write log_level = ...)"},
+		{name: "block as key", src: "service = {}\n", line: 1, want: "service is a block, not a key"},
+		{name: "client key on server", src: "server = \"a:1\"\n", line: 1, want: "server is a client key"},
+		{name: "server key on client", client: true, src: "\n\nmax_handshakes = 3\n", line: 3, want: "max_handshakes is only for the server"},
+		{name: "listen on client", client: true, src: "listen = \":1\"\n", line: 1, want: "listen is a server key"},
+		{name: "unknown key in tls", whole: true, src: "listen = \":1\"\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n  crt = \"c\"\n}\n", line: 6, want: `unknown key "crt" in the tls block (did you mean "cert"? allowed keys: cert, key, ca; no blocks are allowed here)`},
+		{name: "server_name on server", whole: true, src: "listen = \":1\"\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n  server_name = \"x\"\n}\n", line: 6, want: "server_name is only for the client's tls block"},
+		{name: "block in service", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  health {}\n}\n", line: 4, want: `unknown block "health" in service "x"`},
+		{name: "client key on client forward", client: true, src: "forward \"f\" {\n  listen = \":1\"\n  client = \"c\"\n}\n", line: 3, want: "client is only for the server's forwards"},
+
+		// Required keys and blocks.
+		{name: "missing listen", whole: true, src: "tls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n}\n", line: 0, want: `missing required key listen in the server config (add listen = "0.0.0.0:8443")`},
+		{name: "missing server", client: true, whole: true, src: "tls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n}\n", line: 0, want: "missing required key server in the client config"},
+		{name: "missing tls", whole: true, src: "listen = \":1\"\n", line: 0, want: "missing tls block (add tls {"},
+		{name: "missing tls key", whole: true, src: "listen = \":1\"\n\ntls {\n  cert = \"c\"\n  ca = \"a\"\n}\n", line: 3, want: "missing required key key in the tls block"},
+		{name: "duplicate tls", whole: true, src: "listen = \":1\"\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n}\ntls {\n}\n", line: 7, want: "duplicate tls block, the first is at line 2"},
+		{name: "tls with a name", whole: true, src: "listen = \":1\"\ntls \"x\" {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n}\n", line: 2, want: "the tls block takes no name"},
+		{name: "missing target", src: "service \"x\" {\n  allow = [\"c\"]\n}\n", line: 1, want: `missing required key target in service "x"`},
+		{name: "missing allow", src: "service \"x\" {\n  target = \"a:1\"\n}\n", line: 1, want: `service "x" has no allow list: services are deny by default; list the client identities that may open it`},
+		{name: "missing forward listen", src: "forward \"f\" {\n  client = \"c\"\n}\n", line: 1, want: `missing required key listen in forward "f"`},
+		{name: "missing forward client", src: "forward \"f\" {\n  listen = \":1\"\n}\n", line: 1, want: `missing required key client in forward "f"`},
+
+		// Names and duplicates.
+		{name: "name with a space", src: "service \"a b\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n}\n", line: 1, want: `service name "a b" contains ' '`},
+		{name: "empty name", src: "forward \"\" {\n  listen = \":1\"\n  client = \"c\"\n}\n", line: 1, want: `forward name "" is empty`},
+		{name: "long name", src: "forward \"" + strings.Repeat("x", 65) + "\" {\n  listen = \":1\"\n  client = \"c\"\n}\n", line: 1, want: "is 65 bytes long (use only letters, digits, '.', '_' and '-', at most 64 of them)"},
+		{name: "no name", src: "service {\n  target = \"a:1\"\n  allow = [\"c\"]\n}\n", line: 1, want: `a service block takes exactly one name, got 0 (write service "name" { ... })`},
+		{name: "two names", src: "\nservice \"a\" \"b\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n}\n", line: 2, want: "takes exactly one name, got 2"},
+		{name: "bad service reference", src: "forward \"f\" {\n  listen = \":1\"\n  client = \"c\"\n  service = \"a:b\"\n}\n", line: 4, want: `forward "f" service "a:b" contains ':'`},
+		{name: "duplicate service", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n}\nservice \"x\" {\n  target = \"a:2\"\n  allow = [\"c\"]\n}\n", line: 5, want: `duplicate service "x", the first is at line 1`},
+		{name: "duplicate forward", src: "forward \"f\" {\n  listen = \":1\"\n  client = \"c\"\n}\nforward \"f\" {\n  listen = \":2\"\n  client = \"c\"\n}\n", line: 5, want: `duplicate forward "f", the first is at line 1`},
+		{name: "same listen", src: "forward \"f\" {\n  listen = \"127.0.0.1:2222\"\n  client = \"c\"\n}\nforward \"g\" {\n  listen = \"127.0.0.1:2222\"\n  client = \"c\"\n}\n", line: 6, want: `forward "g" listens on 127.0.0.1:2222, which clashes with forward "f" on 127.0.0.1:2222 at line 2`},
+		{name: "listen inside a wildcard", src: "forward \"f\" {\n  listen = \":2222\"\n  client = \"c\"\n}\nforward \"g\" {\n  listen = \"127.0.0.1:2222\"\n  client = \"c\"\n}\n", line: 6, want: "clashes with"},
+		{name: "forward on the server's listen", src: "forward \"f\" {\n  listen = \"127.0.0.1:8443\"\n  client = \"c\"\n}\n", line: 2, want: `which clashes with the server's listen = ":8443"`},
+
+		// Addresses.
+		{name: "listen not a string", whole: true, src: "listen = 8443\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n}\n", line: 1, want: "listen must be a string, not a number (quote it)"},
+		{name: "listen without port", whole: true, src: "listen = \"0.0.0.0\"\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n}\n", line: 1, want: `listen = "0.0.0.0": missing port in address (write host:port`},
+		{name: "listen port too big", whole: true, src: "listen = \":65536\"\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n}\n", line: 1, want: "port 65536 is out of range"},
+		{name: "target port 0", src: "service \"x\" {\n  target = \"127.0.0.1:0\"\n  allow = [\"c\"]\n}\n", line: 2, want: "port 0 cannot be dialed"},
+		{name: "target named port", src: "service \"x\" {\n  target = \"127.0.0.1:ssh\"\n  allow = [\"c\"]\n}\n", line: 2, want: `port "ssh" is not a number from 1 to 65535`},
+		{name: "target without host", src: "service \"x\" {\n  target = \":22\"\n  allow = [\"c\"]\n}\n", line: 2, want: "missing host"},
+		{name: "target IPv6 without brackets", src: "service \"x\" {\n  target = \"::1:22\"\n  allow = [\"c\"]\n}\n", line: 2, want: "too many colons in address (write host:port, e.g. \"127.0.0.1:22\""},
+		{name: "target IPv4 in brackets", src: "service \"x\" {\n  target = \"[10.0.0.1]:22\"\n  allow = [\"c\"]\n}\n", line: 2, want: "is not an IPv6 address"},
+		{name: "target URL", src: "service \"x\" {\n  target = \"http://a:80\"\n  allow = [\"c\"]\n}\n", line: 2, want: "too many colons"},
+		{name: "server port 0", client: true, whole: true, src: "server = \"a:0\"\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n}\n", line: 1, want: `server = "a:0": port 0 cannot be dialed`},
+		{name: "server list element", client: true, whole: true, src: "server = [\n  \"a:1\",\n  \"b\",\n]\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n}\n", line: 3, want: `server[1] = "b": missing port in address`},
+		{name: "server list not strings", client: true, whole: true, src: "server = [\n  \"a:1\",\n  2,\n]\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n}\n", line: 3, want: "server[1] must be a string, not a number"},
+		{name: "server empty list", client: true, whole: true, src: "server = []\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n}\n", line: 1, want: "server lists no addresses"},
+		{name: "server a number", client: true, whole: true, src: "server = 8443\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n}\n", line: 1, want: "server must be a string, not a number"},
+		{name: "server an object", client: true, whole: true, src: "server = {a = 1}\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n}\n", line: 1, want: "server must be a list of strings, not an object"},
+
+		// Allow lists.
+		{name: "allow a string", src: "service \"x\" {\n  target = \"a:1\"\n  allow = \"c\"\n}\n", line: 3, want: `service "x" allow must be a list of strings, not a string`},
+		{name: "allow empty", src: "service \"x\" {\n  target = \"a:1\"\n  allow = []\n}\n", line: 3, want: "allow is empty, so nobody may open the service"},
+		{name: "allow empty on client", client: true, src: "service \"x\" {\n  target = \"a:1\"\n  allow = []\n}\n", line: 3, want: "allow is empty"},
+		{name: "allow empty string", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\n    \"c\",\n    \"\",\n  ]\n}\n", line: 5, want: `allow[1] is empty (give a client identity)`},
+		{name: "allow a number", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [7]\n}\n", line: 3, want: "allow[0] must be a string, not a number"},
+		{name: "allow padded", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\" c\"]\n}\n", line: 3, want: "has spaces around it"},
+		{name: "client empty", src: "forward \"f\" {\n  listen = \":1\"\n  client = \"\"\n}\n", line: 3, want: `client = "" is not an identity`},
+
+		// TLS files.
+		{name: "tls file missing", whole: true, src: "listen = \":1\"\ntls {\n  cert = \"c\"\n  key = \"nope.key\"\n  ca = \"a\"\n}\n", line: 4, want: "cannot read tls.key file " + filepath.Join(dir, "nope.key") + ": no such file or directory"},
+		{name: "tls file a directory", whole: true, src: "listen = \":1\"\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"pki\"\n}\n", line: 5, want: "cannot read tls.ca file " + filepath.Join(dir, "pki") + ": it is a directory"},
+		{name: "tls file empty", whole: true, src: "listen = \":1\"\ntls {\n  cert = \"\"\n  key = \"k\"\n  ca = \"a\"\n}\n", line: 3, want: "tls.cert must not be empty"},
+		{name: "tls file a number", whole: true, src: "listen = \":1\"\ntls {\n  cert = 1\n  key = \"k\"\n  ca = \"a\"\n}\n", line: 3, want: "tls.cert must be a string"},
+		{name: "server_name empty", client: true, whole: true, src: "server = \"a:1\"\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n  server_name = \"\"\n}\n", line: 6, want: "tls.server_name must not be empty"},
+
+		// Durations, numbers and enumerations.
+		{name: "duration zero", src: "handshake_timeout = \"0s\"\n", line: 1, want: `handshake_timeout = "0s" must be more than zero`},
+		{name: "duration negative", src: "dial_timeout = \"-1s\"\n", line: 1, want: "must be more than zero"},
+		{name: "duration without unit", src: "dial_timeout = \"10\"\n", line: 1, want: `dial_timeout = "10" is not a duration`},
+		{name: "duration a number", src: "dial_timeout = 10\n", line: 1, want: `dial_timeout must be a duration string, not a number (e.g. dial_timeout = "10s"; a bare number has no unit`},
+		{name: "max_handshakes zero", src: "max_handshakes = 0\n", line: 1, want: "max_handshakes must be at least 1, got 0"},
+		{name: "max_handshakes negative", src: "max_handshakes = -3\n", line: 1, want: "at least 1, got -3"},
+		{name: "max_handshakes fraction", src: "max_handshakes = 1.5\n", line: 1, want: "max_handshakes must be a whole number, got 1.5"},
+		{name: "max_handshakes huge", src: "max_handshakes = 1e100\n", line: 1, want: "max_handshakes is too large"},
+		{name: "max_handshakes a string", src: "max_handshakes = \"64\"\n", line: 1, want: "max_handshakes must be a number, not a string (write it without quotes)"},
+		{name: "log_level typo", src: "log_level = \"warning\"\n", line: 1, want: `log_level = "warning" is not allowed (did you mean "warn"? use one of: trace, debug, info, warn, error)`},
+		{name: "log_level case", client: true, src: "log_level = \"INFO\"\n", line: 1, want: `did you mean "info"?`},
+		{name: "log_format", src: "log_format = \"xml\"\n", line: 1, want: "use one of: text, json"},
+		{name: "log_format a bool", src: "log_format = true\n", line: 1, want: "log_format must be a string, not a bool"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := tt.src
+			if !tt.whole {
+				src += serverBase
+				if tt.client {
+					src = tt.src + clientBase
+				}
+			}
+			file := filepath.Join(dir, "bad.hcl")
+			var err error
+			if tt.client {
+				var c *Client
+				c, err = ParseClient(file, []byte(src))
+				if c != nil {
+					t.Errorf("ParseClient returned %+v with its error", c)
+				}
+			} else {
+				var s *Server
+				s, err = ParseServer(file, []byte(src))
+				if s != nil {
+					t.Errorf("ParseServer returned %+v with its error", s)
+				}
+			}
+			var cerr *Error
+			if !errors.As(err, &cerr) {
+				t.Fatalf("error = %v (%T), want an *Error", err, err)
+			}
+			if len(cerr.Problems) != 1 {
+				t.Errorf("got %d problems, want 1:\n%v", len(cerr.Problems), err)
+			}
+			p := cerr.Problems[0]
+			if p.File != file || p.Line != tt.line || !strings.Contains(p.Msg, tt.want) {
+				t.Errorf("problem = %s\nwant line %d containing %q", p.format(), tt.line, tt.want)
+			}
+			if p.Msg != lowerFirst(p.Msg) {
+				t.Errorf("message %q does not start in lowercase", p.Msg)
+			}
+			prefix := fmt.Sprintf("%s:%d:", file, tt.line)
+			if tt.line == 0 {
+				prefix = file + ": "
+			}
+			if !strings.HasPrefix(err.Error(), prefix) {
+				t.Errorf("Error() = %q, want it to start with %q", err.Error(), prefix)
+			}
+		})
+	}
+}
+
+// TestParseErrorsAll proves that one parse reports every problem, in file
+// order, each on its own line.
+func TestParseErrorsAll(t *testing.T) {
+	dir := pemDir(t)
+	file := filepath.Join(dir, "server.hcl")
+	src := `listen = "0.0.0.0"
+max_handshakes = 0
+tls {
+  cert = "missing.crt"
+  key  = "k"
+}
+service "echo" {
+  target = "127.0.0.1:7"
+}
+service "echo" {
+  target = "127.0.0.1:7"
+  allow  = ["a"]
+}
+forward "f" {
+  listen = "127.0.0.1:9000"
+}
+forward "g" {
+  listen = "127.0.0.1:9000"
+  client = "c"
+  sevice = "echo"
+}
+log_format = "yaml"
+`
+	_, err := ParseServer(file, []byte(src))
+	var cerr *Error
+	if !errors.As(err, &cerr) {
+		t.Fatalf("error = %v, want an *Error", err)
+	}
+	want := []struct {
+		line int
+		msg  string
+	}{
+		{1, "missing port in address"},
+		{2, "max_handshakes must be at least 1"},
+		{3, "missing required key ca in the tls block"},
+		{4, "cannot read tls.cert file"},
+		{7, `service "echo" has no allow list`},
+		{10, `duplicate service "echo", the first is at line 7`},
+		{14, `missing required key client in forward "f"`},
+		{18, "clashes with forward \"f\""},
+		{20, `unknown key "sevice" in forward "g" (did you mean "service"?`},
+		{22, `log_format = "yaml" is not allowed`},
+	}
+	if len(cerr.Problems) != len(want) {
+		t.Errorf("got %d problems, want %d:\n%v", len(cerr.Problems), len(want), err)
+	}
+	lines := strings.Split(err.Error(), "\n")
+	for i, w := range want {
+		if i >= len(cerr.Problems) {
+			break
+		}
+		p := cerr.Problems[i]
+		if p.Line != w.line || !strings.Contains(p.Msg, w.msg) {
+			t.Errorf("problem %d = %s\nwant line %d containing %q", i, p.format(), w.line, w.msg)
+		}
+		if i < len(lines) && lines[i] != p.format() {
+			t.Errorf("line %d of Error() = %q, want %q", i, lines[i], p.format())
+		}
+	}
+}
+
+func TestErrorFormat(t *testing.T) {
+	e := &Error{Problems: []Problem{
+		{File: "a.hcl", Line: 3, Col: 7, Msg: "one"},
+		{File: "a.hcl", Line: 4, Msg: "two"},
+		{File: "a.hcl", Msg: "three"},
+	}}
+	if got, want := e.Error(), "a.hcl:3:7: one\na.hcl:4: two\na.hcl: three"; got != want {
+		t.Errorf("Error() = %q, want %q", got, want)
+	}
+}
+
+func TestCheckAddr(t *testing.T) {
+	tests := []struct {
+		addr         string
+		listen, dial bool // valid as a listen / dial address
+	}{
+		{"127.0.0.1:22", true, true},
+		{"example.net:65535", true, true},
+		{"[::1]:8443", true, true},
+		{"[fe80::1%eth0]:22", true, true},
+		{":8443", true, false},
+		{"127.0.0.1:0", true, false},
+		{":0", true, false},
+		{"[::]:0", true, false},
+		{"127.0.0.1", false, false},
+		{"127.0.0.1:", false, false},
+		{"127.0.0.1:65536", false, false},
+		{"127.0.0.1:-1", false, false},
+		{"127.0.0.1:+22", false, false},
+		{"127.0.0.1:0x16", false, false},
+		{"127.0.0.1:000022", false, false},
+		{"::1:22", false, false},
+		{"[127.0.0.1]:22", false, false},
+		{"[::ffff:127.0.0.1]:22", true, true},
+		{"[host]:22", false, false},
+		{"a b:22", false, false},
+		{"a/b:22", false, false},
+		{"", false, false},
+	}
+	for _, tt := range tests {
+		if got := checkAddr(tt.addr, listenAddr) == ""; got != tt.listen {
+			t.Errorf("checkAddr(%q, listen) valid = %v, want %v", tt.addr, got, tt.listen)
+		}
+		if got := checkAddr(tt.addr, dialAddr) == ""; got != tt.dial {
+			t.Errorf("checkAddr(%q, dial) valid = %v, want %v", tt.addr, got, tt.dial)
+		}
+	}
+}
+
+func TestOverlap(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want bool
+	}{
+		{"127.0.0.1:1", "127.0.0.1:1", true},
+		{"127.0.0.1:1", "127.0.0.1:2", false},
+		{"127.0.0.1:1", "127.0.0.2:1", false},
+		{":1", "127.0.0.1:1", true},
+		{"[::]:1", "127.0.0.1:1", true},
+		{"0.0.0.0:1", "127.0.0.1:1", true},
+		{"0.0.0.0:1", "[::1]:1", false},
+		{"[::1]:1", "[0:0::1]:1", true},
+		{"LocalHost:1", "localhost:1", true},
+		{":0", ":0", false},
+	}
+	for _, tt := range tests {
+		if got := overlap(tt.a, tt.b); got != tt.want {
+			t.Errorf("overlap(%q, %q) = %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+		if got := overlap(tt.b, tt.a); got != tt.want {
+			t.Errorf("overlap(%q, %q) = %v, want %v", tt.b, tt.a, got, tt.want)
+		}
+	}
+}
+
+func TestLowerFirst(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                  "",
+		"Unsupported block": "unsupported block",
+		"HCL is fine":       "HCL is fine",
+		"already":           "already",
+		"É":                 "é",
+	} {
+		if got := lowerFirst(in); got != want {
+			t.Errorf("lowerFirst(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// checkServer returns what makes s invalid, or nil: what a config returned
+// without error promises.
+func checkServer(s *Server) error {
+	if s == nil {
+		return errors.New("nil server")
+	}
+	var errs []error
+	if !filepath.IsAbs(s.Path) {
+		errs = append(errs, fmt.Errorf("path %q is not absolute", s.Path))
+	}
+	if msg := checkAddr(s.Listen, listenAddr); msg != "" {
+		errs = append(errs, fmt.Errorf("listen %q: %s", s.Listen, msg))
+	}
+	if s.TLS.ServerName != "" {
+		errs = append(errs, errors.New("server has a tls server_name"))
+	}
+	for _, f := range s.Forwards {
+		if overlap(s.Listen, f.Listen) {
+			errs = append(errs, fmt.Errorf("forward %q listen %q clashes with the server's %q", f.Name, f.Listen, s.Listen))
+		}
+	}
+	if s.MaxHandshakes < 1 {
+		errs = append(errs, fmt.Errorf("max_handshakes %d", s.MaxHandshakes))
+	}
+	errs = append(errs, checkCommon(s.TLS, s.HandshakeTimeout, s.DialTimeout, s.LogLevel, s.LogFormat, s.Services, s.Forwards, true))
+	return errors.Join(errs...)
+}
+
+// checkClient is checkServer for a client.
+func checkClient(c *Client) error {
+	if c == nil {
+		return errors.New("nil client")
+	}
+	var errs []error
+	if !filepath.IsAbs(c.Path) {
+		errs = append(errs, fmt.Errorf("path %q is not absolute", c.Path))
+	}
+	if len(c.Servers) == 0 {
+		errs = append(errs, errors.New("no servers"))
+	}
+	for _, s := range c.Servers {
+		if msg := checkAddr(s, dialAddr); msg != "" {
+			errs = append(errs, fmt.Errorf("server %q: %s", s, msg))
+		}
+	}
+	if c.TLS.ServerName == "" {
+		errs = append(errs, errors.New("empty server_name"))
+	}
+	errs = append(errs, checkCommon(c.TLS, c.HandshakeTimeout, c.DialTimeout, c.LogLevel, c.LogFormat, c.Services, c.Forwards, false))
+	return errors.Join(errs...)
+}
+
+func checkCommon(t TLS, hs, dial time.Duration, level, format string, services []Service, forwards []Forward, server bool) error {
+	var errs []error
+	for _, p := range []string{t.Cert, t.Key, t.CA} {
+		if !filepath.IsAbs(p) {
+			errs = append(errs, fmt.Errorf("tls path %q is not absolute", p))
+		}
+	}
+	if hs <= 0 || dial <= 0 {
+		errs = append(errs, fmt.Errorf("timeouts %v, %v", hs, dial))
+	}
+	if !slices.Contains(logLevels, level) || !slices.Contains(logFormats, format) {
+		errs = append(errs, fmt.Errorf("log level %q, format %q", level, format))
+	}
+	names := map[string]bool{}
+	for _, s := range services {
+		if checkName(s.Name) != "" || names[s.Name] {
+			errs = append(errs, fmt.Errorf("service name %q", s.Name))
+		}
+		names[s.Name] = true
+		if msg := checkAddr(s.Target, dialAddr); msg != "" {
+			errs = append(errs, fmt.Errorf("service %q target: %s", s.Name, msg))
+		}
+		if server && len(s.Allow) == 0 || s.Allow != nil && len(s.Allow) == 0 || slices.Contains(s.Allow, "") {
+			errs = append(errs, fmt.Errorf("service %q allow %q", s.Name, s.Allow))
+		}
+	}
+	clear(names)
+	var listens []string
+	for _, f := range forwards {
+		if checkName(f.Name) != "" || names[f.Name] || checkName(f.Service) != "" {
+			errs = append(errs, fmt.Errorf("forward name %q, service %q", f.Name, f.Service))
+		}
+		names[f.Name] = true
+		if msg := checkAddr(f.Listen, listenAddr); msg != "" {
+			errs = append(errs, fmt.Errorf("forward %q listen: %s", f.Name, msg))
+		}
+		for _, l := range listens {
+			if overlap(l, f.Listen) {
+				errs = append(errs, fmt.Errorf("forward %q listen %q clashes with %q", f.Name, f.Listen, l))
+			}
+		}
+		listens = append(listens, f.Listen)
+		if server == (f.Client == "") {
+			errs = append(errs, fmt.Errorf("forward %q client %q", f.Name, f.Client))
+		}
+	}
+	return errors.Join(errs...)
+}
