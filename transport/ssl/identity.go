@@ -7,9 +7,11 @@ import (
 	"slices"
 )
 
-// Identity is who the peer proved to be in the handshake: its verified leaf certificate.
+// Identity is who the peer proved to be in the handshake: its verified leaf
+// certificate and the CAs above it (intermediates and root).
 type Identity struct {
-	Leaf *x509.Certificate
+	Leaf  *x509.Certificate
+	Chain []*x509.Certificate
 }
 
 // PeerIdentity returns the identity from a completed handshake. Go fills the
@@ -18,7 +20,8 @@ func PeerIdentity(cs tls.ConnectionState) (Identity, error) {
 	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
 		return Identity{}, errors.New("peer presented no verified certificate")
 	}
-	return Identity{Leaf: cs.VerifiedChains[0][0]}, nil
+	chain := cs.VerifiedChains[0]
+	return Identity{Leaf: chain[0], Chain: chain[1:]}, nil
 }
 
 // Name is the identity shown in logs and matched by default: the common name,
@@ -45,8 +48,14 @@ func (id Identity) Is(name string) bool {
 	return id.Leaf.Subject.CommonName == name || slices.Contains(id.Leaf.DNSNames, name)
 }
 
-// Allowed reports whether the identity matches any entry of allow. An empty
-// list allows nobody: deny unless allowed.
+// Allowed reports whether the identity matches any rule of allow (see
+// Rule). Entries that do not parse match nothing; config validation reports
+// them. An empty list allows nobody: deny unless allowed.
 func (id Identity) Allowed(allow []string) bool {
-	return slices.ContainsFunc(allow, id.Is)
+	for _, s := range allow {
+		if r, err := ParseRule(s); err == nil && r.Match(id) {
+			return true
+		}
+	}
+	return false
 }

@@ -28,6 +28,8 @@ type Material struct {
 	Cert tls.Certificate
 	Leaf *x509.Certificate
 	CAs  *x509.CertPool
+	// CACerts are the certificates of the CA bundle, for expiry warnings.
+	CACerts []*x509.Certificate
 	// CAFile and CertFile are kept for messages.
 	CertFile, CAFile string
 }
@@ -51,34 +53,36 @@ func LoadMaterial(certFile, keyFile, caFile string) (*Material, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read CA bundle: %w", err)
 	}
-	pool, n, err := parseCAs(caPEM)
+	cas, err := parseCAs(caPEM)
 	if err != nil {
 		return nil, fmt.Errorf("CA bundle %s: %w", caFile, err)
 	}
-	if n == 0 {
+	if len(cas) == 0 {
 		return nil, fmt.Errorf("CA bundle %s: no CERTIFICATE blocks found (want PEM)", caFile)
 	}
-	return &Material{Cert: pair, Leaf: pair.Leaf, CAs: pool, CertFile: certFile, CAFile: caFile}, nil
+	pool := x509.NewCertPool()
+	for _, c := range cas {
+		pool.AddCert(c)
+	}
+	return &Material{Cert: pair, Leaf: pair.Leaf, CAs: pool, CACerts: cas, CertFile: certFile, CAFile: caFile}, nil
 }
 
-func parseCAs(data []byte) (*x509.CertPool, int, error) {
-	pool := x509.NewCertPool()
-	n := 0
+func parseCAs(data []byte) ([]*x509.Certificate, error) {
+	var cas []*x509.Certificate
 	for {
 		var block *pem.Block
 		block, data = pem.Decode(data)
 		if block == nil {
-			return pool, n, nil
+			return cas, nil
 		}
 		if block.Type != "CERTIFICATE" {
 			continue
 		}
 		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, n, fmt.Errorf("certificate %d: %w", n+1, err)
+			return nil, fmt.Errorf("certificate %d: %w", len(cas)+1, err)
 		}
-		pool.AddCert(c)
-		n++
+		cas = append(cas, c)
 	}
 }
 
@@ -192,8 +196,11 @@ func Describe(err error) string {
 		alert    tls.AlertError
 		record   tls.RecordHeaderError
 		verify   *tls.CertificateVerificationError
+		policy   *PolicyError
 	)
 	switch {
+	case errors.As(err, &policy):
+		return "we refused the peer: " + policy.Msg
 	case errors.As(err, &unknown):
 		issuer := "?"
 		if unknown.Cert != nil {

@@ -1,0 +1,266 @@
+package ssl
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"sync/atomic"
+	"time"
+)
+
+// PolicySpec names the files and choices a Policy is built from.
+type PolicySpec struct {
+	Cert, Key, CA string
+	CRLs          []string
+	// CRLStale is "refuse" to refuse peers while a CRL covering them is past
+	// its nextUpdate; anything else only warns (see Policy.Warnings).
+	CRLStale string
+	// Admit decides whether a verified peer may connect at all (the server:
+	// any service or forward names it; the client: the verify rules). It runs
+	// in VerifyConnection, so on resumed sessions too. nil admits every
+	// verified peer.
+	Admit func(Identity) error
+}
+
+// Policy is one immutable snapshot of everything a handshake is checked
+// against. Reload builds a new one and publishes it in one atomic store.
+type Policy struct {
+	Material *Material
+	CRLs     []*CRL
+	spec     PolicySpec
+}
+
+// CRL is a loaded revocation list.
+type CRL struct {
+	File    string
+	List    *x509.RevocationList
+	revoked map[string]bool // serial numbers, as decimal strings
+}
+
+// LoadPolicy reads every file of spec. It fails on anything unreadable,
+// malformed, or a CRL that no CA in the bundle signed; Reload keeps the
+// old policy when it does.
+func LoadPolicy(spec PolicySpec) (*Policy, error) {
+	m, err := LoadMaterial(spec.Cert, spec.Key, spec.CA)
+	if err != nil {
+		return nil, err
+	}
+	p := &Policy{Material: m, spec: spec}
+	for _, file := range spec.CRLs {
+		crl, err := loadCRLFile(file)
+		if err != nil {
+			return nil, err
+		}
+		p.CRLs = append(p.CRLs, crl)
+	}
+	return p, nil
+}
+
+func loadCRLFile(file string) (*CRL, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("read CRL: %w", err)
+	}
+	list, err := ParseCRL(data)
+	if err != nil {
+		return nil, fmt.Errorf("CRL %s: %w", file, err)
+	}
+	c := &CRL{File: file, List: list, revoked: map[string]bool{}}
+	for _, e := range list.RevokedCertificateEntries {
+		c.revoked[e.SerialNumber.String()] = true
+	}
+	return c, nil
+}
+
+// ParseCRL reads a PEM or DER CRL. Version 1 CRLs are refused with the way
+// to make a version 2 one: Go's parser does not read v1, and a v2 CRL
+// carries the authority key identifier that ties it to its CA.
+func ParseCRL(data []byte) (*x509.RevocationList, error) {
+	der := data
+	if block, _ := pem.Decode(data); block != nil {
+		if block.Type != "X509 CRL" {
+			return nil, fmt.Errorf("PEM block is %q, want \"X509 CRL\"", block.Type)
+		}
+		der = block.Bytes
+	}
+	list, err := x509.ParseRevocationList(der)
+	if err != nil {
+		if bytes.Contains([]byte(err.Error()), []byte("unsupported crl version")) {
+			return nil, errors.New("version 1 CRL: produce a version 2 CRL (`cert revoke` writes one; with `openssl ca -gencrl` set crl_extensions with authorityKeyIdentifier=keyid:always in openssl.cnf)")
+		}
+		return nil, err
+	}
+	return list, nil
+}
+
+// Stale reports whether the CRL is past its nextUpdate at now.
+func (c *CRL) Stale(now time.Time) bool {
+	return !c.List.NextUpdate.IsZero() && now.After(c.List.NextUpdate)
+}
+
+// checkRevocation checks every certificate of a verified chain (leaf first,
+// root last) against the CRLs its issuer signed.
+func (p *Policy) checkRevocation(chain []*x509.Certificate, now time.Time) error {
+	for i := 0; i+1 < len(chain); i++ {
+		cert, issuer := chain[i], chain[i+1]
+		for _, crl := range p.CRLs {
+			if !bytes.Equal(crl.List.RawIssuer, cert.RawIssuer) {
+				continue
+			}
+			if err := crl.List.CheckSignatureFrom(issuer); err != nil {
+				continue // a CRL of another CA with the same name
+			}
+			if crl.revoked[cert.SerialNumber.String()] {
+				return &PolicyError{fmt.Sprintf("certificate %q (serial %s) is revoked (CRL %s)", cert.Subject.CommonName, FormatSerial(cert.SerialNumber), crl.File)}
+			}
+			if crl.Stale(now) && p.spec.CRLStale == "refuse" {
+				return &PolicyError{fmt.Sprintf("CRL %s for %q is stale (next update was due %s) and crl_stale = \"refuse\"", crl.File, issuer.Subject.CommonName, crl.List.NextUpdate.UTC().Format(time.RFC3339))}
+			}
+		}
+	}
+	return nil
+}
+
+// FormatSerial prints a serial number as colon-separated hex, as `cert inspect` and openssl do.
+func FormatSerial(n *big.Int) string {
+	b := n.Bytes()
+	if len(b) == 0 {
+		return "00"
+	}
+	var buf bytes.Buffer
+	for i, x := range b {
+		if i > 0 {
+			buf.WriteByte(':')
+		}
+		fmt.Fprintf(&buf, "%02X", x)
+	}
+	return buf.String()
+}
+
+// Recheck runs the checks of a handshake again on an existing peer's
+// identity, against this policy: after a reload, sessions whose peer no
+// longer passes (CA removed, revoked, no longer allowed) are closed.
+func (p *Policy) Recheck(id Identity, usage x509.ExtKeyUsage, now time.Time) error {
+	if id.Leaf == nil {
+		return errors.New("no peer certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range id.Chain {
+		inter.AddCert(c)
+	}
+	chains, err := id.Leaf.Verify(x509.VerifyOptions{Roots: p.Material.CAs, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage}})
+	if err != nil {
+		return &PolicyError{Describe(err)}
+	}
+	if err := p.checkRevocation(chains[0], now); err != nil {
+		return err
+	}
+	if p.spec.Admit != nil {
+		return p.spec.Admit(Identity{Leaf: chains[0][0], Chain: chains[0][1:]})
+	}
+	return nil
+}
+
+// verifyConnection runs on every handshake, resumed or not (unlike
+// VerifyPeerCertificate), after the chain was verified.
+func (p *Policy) verifyConnection(cs tls.ConnectionState) error {
+	id, err := PeerIdentity(cs)
+	if err != nil {
+		return err
+	}
+	if err := p.checkRevocation(append([]*x509.Certificate{id.Leaf}, id.Chain...), time.Now()); err != nil {
+		return err
+	}
+	if p.spec.Admit != nil {
+		if err := p.spec.Admit(id); err != nil {
+			return &PolicyError{err.Error()}
+		}
+	}
+	return nil
+}
+
+// PolicyError is a refusal by our own rules (revoked, not allowed); its
+// text is already in operator words.
+type PolicyError struct{ Msg string }
+
+func (e *PolicyError) Error() string { return e.Msg }
+
+// Reloader holds the current Policy and builds TLS configurations from it,
+// per handshake on the server and per dial on the client, so a reload
+// applies to the next handshake without a restart.
+type Reloader struct {
+	current atomic.Pointer[Policy]
+	// One ticket key for the agent's life: resumed sessions survive a
+	// reload, and VerifyConnection still checks them against the new policy.
+	ticketKey [32]byte
+	sessions  tls.ClientSessionCache
+}
+
+// NewReloader starts with p.
+func NewReloader(p *Policy) *Reloader {
+	r := &Reloader{sessions: tls.NewLRUClientSessionCache(16)}
+	_, _ = rand.Read(r.ticketKey[:])
+	r.current.Store(p)
+	return r
+}
+
+// Policy is the current snapshot.
+func (r *Reloader) Policy() *Policy { return r.current.Load() }
+
+// Store publishes a new snapshot; handshakes from now on use it.
+func (r *Reloader) Store(p *Policy) { r.current.Store(p) }
+
+// ServerConfig picks the current policy for each client hello.
+func (r *Reloader) ServerConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			p := r.current.Load()
+			c := ServerConfig(p.Material)
+			c.SetSessionTicketKeys([][32]byte{r.ticketKey})
+			c.VerifyConnection = p.verifyConnection
+			return c, nil
+		},
+	}
+}
+
+// ClientConfig is for one dial, from the current policy.
+func (r *Reloader) ClientConfig(serverName string) *tls.Config {
+	p := r.current.Load()
+	c := ClientConfig(p.Material, serverName)
+	c.ClientSessionCache = r.sessions
+	c.VerifyConnection = p.verifyConnection
+	return c
+}
+
+// Expiry is one dated thing the agent depends on.
+type Expiry struct {
+	What string // "certificate", "CA", "CRL next update"
+	Name string // subject CN or file
+	When time.Time
+}
+
+// DaysLeft is the whole days from now until e.When (negative when past).
+func (e Expiry) DaysLeft(now time.Time) int { return int(e.When.Sub(now).Hours() / 24) }
+
+// Expiries lists our certificate, every CA of the bundle and every CRL's
+// next update, for warnings and metrics.
+func (p *Policy) Expiries() []Expiry {
+	m := p.Material
+	out := []Expiry{{"certificate", m.Leaf.Subject.CommonName, m.Leaf.NotAfter}}
+	for _, c := range m.CACerts {
+		out = append(out, Expiry{"CA", c.Subject.CommonName, c.NotAfter})
+	}
+	for _, c := range p.CRLs {
+		if !c.List.NextUpdate.IsZero() {
+			out = append(out, Expiry{"CRL next update", c.File, c.List.NextUpdate})
+		}
+	}
+	return out
+}

@@ -1,0 +1,238 @@
+package ssl
+
+import (
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tunnelworks/tunnel/transport/ssl/pki"
+)
+
+func TestRules(t *testing.T) {
+	p := newPKI(t)
+	inter, err := p.ca.NewIntermediate(pki.Options{CommonName: "routers CA"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse("spiffe://corp.example/router/r1")
+	leaf, err := inter.IssueClient(pki.Options{CommonName: "edge-1", DNSNames: []string{"edge-1.corp.example"}, URIs: []*url.URL{u}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := issueClient(t, p.ca, pki.Options{CommonName: "edge-2"})
+	id := Identity{Leaf: leaf.Cert, Chain: []*x509.Certificate{inter.Cert, p.ca.Cert}}
+	otherID := Identity{Leaf: other.Cert, Chain: []*x509.Certificate{p.ca.Cert}}
+	for _, tc := range []struct {
+		rule      string
+		id, other bool // matches id, matches otherID
+	}{
+		{"edge-1", true, false},
+		{"edge-1.corp.example", true, false},
+		{"cn:edge-1", true, false},
+		{"cn:edge-1.corp.example", false, false},
+		{"dns:edge-1.corp.example", true, false},
+		{"dns:edge-1", false, false},
+		{"uri:spiffe://corp.example/router/*", true, false},
+		{"spiffe://corp.example/router/*", true, false},
+		{"spiffe://corp.example/*", false, false}, // '*' stays within one segment
+		{"spiffe://corp.example/switch/*", false, false},
+		{SPKIPin(leaf.Cert), true, false},
+		{SPKIPin(other.Cert), false, true},
+		{"issuer:routers CA", true, false},
+		{"issuer:" + SPKIPin(inter.Cert), true, false},
+		{"issuer:test root", true, true},
+	} {
+		r, err := ParseRule(tc.rule)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.rule, err)
+		}
+		if got := r.Match(id); got != tc.id {
+			t.Errorf("%q matches edge-1: %v, want %v", tc.rule, got, tc.id)
+		}
+		if got := r.Match(otherID); got != tc.other {
+			t.Errorf("%q matches edge-2: %v, want %v", tc.rule, got, tc.other)
+		}
+	}
+	for _, bad := range []string{"", " x", "sha256:abc", "issuer:sha256:!!", "ip:1.2.3.4", "uri:spiffe://[", "cn:"} {
+		if _, err := ParseRule(bad); err == nil {
+			t.Errorf("ParseRule(%q) accepted", bad)
+		}
+	}
+	if _, errs := ParseRules([]string{"ok", "bad:x", "sha256:zz"}); len(errs) != 2 {
+		t.Fatalf("ParseRules reported %d errors, want 2", len(errs))
+	}
+}
+
+func writeCRL(t *testing.T, dir string, ca *pki.Cert, number int64, next time.Time, revoked ...*x509.Certificate) string {
+	t.Helper()
+	var entries []x509.RevocationListEntry
+	for _, c := range revoked {
+		entries = append(entries, x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: time.Now()})
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		Number: big.NewInt(number), ThisUpdate: next.Add(-48 * time.Hour), NextUpdate: next,
+		RevokedCertificateEntries: entries,
+	}, ca.Cert, ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, ca.Cert.Subject.CommonName+".crl")
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// policyPair writes server and client material and returns policies.
+func policyFiles(t *testing.T, p *pkiSet, name string, c *pki.Cert) (cert, key string) {
+	cert, key = filepath.Join(p.dir, name+".crt"), filepath.Join(p.dir, name+".key")
+	if err := c.WriteFiles(cert, key); err != nil {
+		t.Fatal(err)
+	}
+	return cert, key
+}
+
+func TestRevocation(t *testing.T) {
+	p := newPKI(t)
+	inter, _ := p.ca.NewIntermediate(pki.Options{CommonName: "routers CA"})
+	sc, sk := policyFiles(t, p, "server", issueServer(t, p.ca, pki.Options{}))
+	good := issueClient(t, inter, pki.Options{CommonName: "good"})
+	bad := issueClient(t, inter, pki.Options{CommonName: "bad"})
+	gc, gk := policyFiles(t, p, "good", good)
+	bc, bk := policyFiles(t, p, "bad", bad)
+	crl := writeCRL(t, p.dir, inter, 1, time.Now().Add(24*time.Hour), bad.Cert)
+
+	srvPolicy, err := LoadPolicy(PolicySpec{Cert: sc, Key: sk, CA: p.caFile, CRLs: []string{crl}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewReloader(srvPolicy)
+	for _, tc := range []struct {
+		cert, key, want string
+	}{{gc, gk, ""}, {bc, bk, `certificate "bad" (serial ` + FormatSerial(bad.Cert.SerialNumber) + ") is revoked"}} {
+		cp, err := LoadPolicy(PolicySpec{Cert: tc.cert, Key: tc.key, CA: p.caFile})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srvErr, cliErr, _, _ := handshake(t, srv.ServerConfig(), NewReloader(cp).ClientConfig("localhost"))
+		if tc.want == "" {
+			if srvErr != nil || cliErr != nil {
+				t.Fatalf("good client refused: %v / %v", srvErr, cliErr)
+			}
+			continue
+		}
+		if srvErr == nil || !strings.Contains(srvErr.Error(), tc.want) {
+			t.Fatalf("server error %v, want %q", srvErr, tc.want)
+		}
+		if cliErr == nil {
+			t.Fatal("revoked client got through")
+		}
+	}
+
+	// A stale CRL refuses only when configured to.
+	stale := writeCRL(t, t.TempDir(), inter, 2, time.Now().Add(-time.Hour))
+	for _, mode := range []string{"warn", "refuse"} {
+		sp, err := LoadPolicy(PolicySpec{Cert: sc, Key: sk, CA: p.caFile, CRLs: []string{stale}, CRLStale: mode})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cp, _ := LoadPolicy(PolicySpec{Cert: gc, Key: gk, CA: p.caFile})
+		srvErr, _, _, _ := handshake(t, NewReloader(sp).ServerConfig(), NewReloader(cp).ClientConfig("localhost"))
+		if mode == "warn" && srvErr != nil {
+			t.Fatalf("stale CRL in warn mode refused: %v", srvErr)
+		}
+		if mode == "refuse" && (srvErr == nil || !strings.Contains(srvErr.Error(), "is stale")) {
+			t.Fatalf("stale CRL in refuse mode: %v", srvErr)
+		}
+	}
+}
+
+func TestParseCRLRefusesGarbageAndNamesV1(t *testing.T) {
+	if _, err := ParseCRL([]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")); err == nil || !strings.Contains(err.Error(), `want "X509 CRL"`) {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := ParseCRL([]byte("not a crl")); err == nil {
+		t.Fatal("garbage accepted")
+	}
+}
+
+// The rules change between two handshakes of the same client; the second
+// one resumes the TLS session and must still be refused.
+func TestResumedSessionCheckedAgainstNewRules(t *testing.T) {
+	p := newPKI(t)
+	sc, sk := policyFiles(t, p, "server", issueServer(t, p.ca, pki.Options{}))
+	cc, ck := policyFiles(t, p, "client", issueClient(t, p.ca, pki.Options{CommonName: "client-a"}))
+	var allowed atomic.Value
+	allowed.Store([]string{"client-a"})
+	admit := func(id Identity) error {
+		if id.Allowed(allowed.Load().([]string)) {
+			return nil
+		}
+		return errors.New(id.Name() + " is not allowed")
+	}
+	sp, err := LoadPolicy(PolicySpec{Cert: sc, Key: sk, CA: p.caFile, Admit: admit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewReloader(sp)
+	cp, _ := LoadPolicy(PolicySpec{Cert: cc, Key: ck, CA: p.caFile})
+	cli := NewReloader(cp)
+
+	srvErr, cliErr, _, c1 := handshake(t, srv.ServerConfig(), cli.ClientConfig("localhost"))
+	if srvErr != nil || cliErr != nil {
+		t.Fatal(srvErr, cliErr)
+	}
+	if c1.ConnectionState().DidResume {
+		t.Fatal("first handshake resumed")
+	}
+	// Prove resumption works while the rules still allow the client.
+	srvErr, cliErr, _, c2 := handshake(t, srv.ServerConfig(), cli.ClientConfig("localhost"))
+	if srvErr != nil || cliErr != nil || !c2.ConnectionState().DidResume {
+		t.Fatalf("second handshake: resumed=%v %v %v", c2.ConnectionState().DidResume, srvErr, cliErr)
+	}
+	allowed.Store([]string{"client-b"})
+	srvErr, _, _, _ = handshake(t, srv.ServerConfig(), cli.ClientConfig("localhost"))
+	if srvErr == nil || !strings.Contains(srvErr.Error(), "client-a is not allowed") {
+		t.Fatalf("resumed session after the rules changed: %v", srvErr)
+	}
+}
+
+func TestRecheck(t *testing.T) {
+	p := newPKI(t)
+	sc, sk := policyFiles(t, p, "server", issueServer(t, p.ca, pki.Options{}))
+	cli := issueClient(t, p.ca, pki.Options{})
+	id := Identity{Leaf: cli.Cert, Chain: []*x509.Certificate{p.ca.Cert}}
+	pol, err := LoadPolicy(PolicySpec{Cert: sc, Key: sk, CA: p.caFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pol.Recheck(id, x509.ExtKeyUsageClientAuth, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	// The CA bundle no longer holds the client's CA.
+	moved, _ := LoadPolicy(PolicySpec{Cert: sc, Key: sk, CA: p.otherCA})
+	if err := moved.Recheck(id, x509.ExtKeyUsageClientAuth, time.Now()); err == nil || !strings.Contains(err.Error(), "unknown CA") {
+		t.Fatalf("recheck after CA removal: %v", err)
+	}
+	crl := writeCRL(t, p.dir, p.ca, 1, time.Now().Add(time.Hour), cli.Cert)
+	revoked, _ := LoadPolicy(PolicySpec{Cert: sc, Key: sk, CA: p.caFile, CRLs: []string{crl}})
+	if err := revoked.Recheck(id, x509.ExtKeyUsageClientAuth, time.Now()); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Fatalf("recheck after revocation: %v", err)
+	}
+	ex := revoked.Expiries()
+	if len(ex) != 3 || ex[2].What != "CRL next update" || ex[0].DaysLeft(time.Now()) < 300 {
+		t.Fatalf("expiries %+v", ex)
+	}
+}
+
+var _ = tls.VersionTLS13
