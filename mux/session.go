@@ -33,7 +33,13 @@ type Config struct {
 	// OpenTimeout bounds how long a stream waits for the peer's reply to
 	// its header (the peer dials the target meanwhile); default 30s.
 	OpenTimeout time.Duration
-	Logger      hclog.Logger
+	// MaxStreams bounds the streams open at once on this session; the
+	// peer's opens beyond it are refused as busy. Default 4096.
+	MaxStreams int
+	// Window is the per-stream receive window; both ends must use the same
+	// (a frame beyond it kills the session). Default 256 KiB.
+	Window uint32
+	Logger hclog.Logger
 }
 
 func (c Config) withDefaults() Config {
@@ -49,6 +55,12 @@ func (c Config) withDefaults() Config {
 	if c.OpenTimeout <= 0 {
 		c.OpenTimeout = 30 * time.Second
 	}
+	if c.MaxStreams <= 0 {
+		c.MaxStreams = 4096
+	}
+	if c.Window < 256*1024 {
+		c.Window = 256 * 1024 // yamux's minimum
+	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
 	}
@@ -57,7 +69,7 @@ func (c Config) withDefaults() Config {
 
 // yamuxConfig is the same on both sides: the receive window must agree
 // (a frame beyond it kills the whole session) and so should the backlog.
-func yamuxConfig(log hclog.Logger) *yamux.Config {
+func yamuxConfig(log hclog.Logger, window uint32) *yamux.Config {
 	return &yamux.Config{
 		// Both sides alike; our accept loop never blocks (each stream is
 		// handled on its own goroutine), so the backlog only absorbs bursts.
@@ -72,7 +84,7 @@ func yamuxConfig(log hclog.Logger) *yamux.Config {
 		ConnectionWriteTimeout: 30 * time.Second,
 		// 256 KiB per stream: enough for loopback and LAN line rate; larger
 		// windows make small messages queue longer behind bulk (PITFALLS.md).
-		MaxStreamWindowSize: 256 * 1024,
+		MaxStreamWindowSize: window,
 		// Off: a timer here resets a half-closed stream whose reply runs
 		// long and the reader sees a clean EOF — silent truncation. A
 		// half-closed stream lives until its peer finishes.
@@ -98,6 +110,9 @@ type Session struct {
 	wg        sync.WaitGroup // every goroutine the session starts
 	closeOnce sync.Once
 	reason    atomic.Pointer[error]
+
+	opened   atomic.Uint64
+	draining atomic.Bool
 
 	ctlMu   sync.Mutex
 	ctl     *yamux.Stream // ours: we write the IDs of streams we abort
@@ -127,9 +142,9 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 	cc.touch()
 	var y *yamux.Session
 	if role == RoleClient {
-		y, err = yamux.Client(cc, yamuxConfig(cfg.Logger))
+		y, err = yamux.Client(cc, yamuxConfig(cfg.Logger, cfg.Window))
 	} else {
-		y, err = yamux.Server(cc, yamuxConfig(cfg.Logger))
+		y, err = yamux.Server(cc, yamuxConfig(cfg.Logger, cfg.Window))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
@@ -253,8 +268,35 @@ func (s *Session) CloseWithReason(reason error) {
 	s.wg.Wait()
 }
 
-// NumStreams is the number of streams open on the session.
-func (s *Session) NumStreams() int { return s.y.NumStreams() }
+// NumStreams is the number of tunnelled streams open on the session.
+func (s *Session) NumStreams() int {
+	s.live.Lock()
+	defer s.live.Unlock()
+	return len(s.streams)
+}
+
+// Opened is how many streams this side has opened on the session. yamux
+// stream IDs run out after about 2^31 opens: rotate the session long before.
+func (s *Session) Opened() uint64 { return s.opened.Load() }
+
+// Drain tells the peer to open no more streams (GoAway) and waits until
+// every stream has ended or ctx is done. It does not close the session.
+func (s *Session) Drain(ctx context.Context) error {
+	s.draining.Store(true)
+	_ = s.y.GoAway()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for s.NumStreams() > 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("drain: %d streams still open: %w", s.NumStreams(), ctx.Err())
+		case <-s.closed:
+			return nil
+		case <-tick.C:
+		}
+	}
+	return nil
+}
 
 // Open opens a stream to the peer's service. It does not wait for the peer's
 // answer: the first Read returns it (an *OpenError if refused), so the
@@ -264,6 +306,10 @@ func (s *Session) Open(ctx context.Context, service string) (*Stream, error) {
 	if err != nil {
 		return nil, err
 	}
+	if s.draining.Load() {
+		return nil, ErrDraining
+	}
+	s.opened.Add(1)
 	y, err := s.y.OpenStream()
 	if err != nil {
 		return nil, fmt.Errorf("open stream: %w", s.explain(err))
@@ -324,6 +370,9 @@ func (s *Session) readAborts(ctl *yamux.Stream) {
 
 // explain replaces yamux's generic shutdown error with why the session ended.
 func (s *Session) explain(err error) error {
+	if errors.Is(err, yamux.ErrRemoteGoAway) {
+		return ErrDraining
+	}
 	if errors.Is(err, yamux.ErrSessionShutdown) {
 		if r := s.Err(); r != nil {
 			return fmt.Errorf("session closed: %w", r)
@@ -382,6 +431,11 @@ func (s *Session) handle(ctx context.Context, y *yamux.Stream, lookup Lookup, ac
 		return
 	}
 	_ = y.SetReadDeadline(time.Time{})
+	if s.NumStreams() >= s.cfg.MaxStreams {
+		s.log.Warn("stream refused: session at its stream limit", "peer", s.Peer.Name(), "service", name, "max_streams_per_session", s.cfg.MaxStreams)
+		s.refuse(y, CodeBusy, fmt.Sprintf("the peer has %d streams open on this session, its limit", s.cfg.MaxStreams))
+		return
+	}
 	svc, ok := lookup(name)
 	if !ok {
 		s.log.Warn("stream refused: unknown service", "peer", s.Peer.Name(), "service", name)
@@ -427,6 +481,9 @@ func (e *OpenError) Error() string {
 	}
 	return fmt.Sprintf("peer refused stream to %q: %s: %s", e.Service, e.Code, e.Msg)
 }
+
+// ErrDraining is returned by Open on a session that is being drained.
+var ErrDraining = errors.New("session is draining")
 
 // ErrAborted is returned by reads and writes on a stream that the peer
 // reset (its local connection failed).

@@ -157,6 +157,7 @@ func serve(t *testing.T, s *Session, svcs map[string]Service) {
 				st.CloseWrite()
 				wg.Wait()
 				target.Close()
+				st.Close()
 			})
 	}()
 	t.Cleanup(func() { cancel(); <-done })
@@ -431,4 +432,76 @@ func TestAbortReachesThePeer(t *testing.T) {
 		t.Fatalf("peer read error = %v, want ErrAborted", err)
 	}
 	peer.Close()
+}
+
+func TestDrainWaitsForStreamsAndRefusesNewOnes(t *testing.T) {
+	server, client := sessions(t, "client-a", Config{})
+	echo := echoTarget(t)
+	serve(t, server, map[string]Service{"echo": {Allowed: allowOnly("client-a"), Dial: dialTo(echo)}})
+	serve(t, client, map[string]Service{})
+	st, err := client.Open(context.Background(), "echo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Write([]byte("a"))
+	if _, err := io.ReadFull(st, make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	drained := make(chan error, 1)
+	go func() { drained <- server.Drain(context.Background()) }()
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case err := <-drained:
+		t.Fatalf("drain returned with a stream open: %v", err)
+	default:
+	}
+	// The peer got the GoAway: new opens fail, the open stream still works.
+	if _, err := client.Open(context.Background(), "echo"); err != nil {
+		// yamux reports the GoAway on open or on the first read.
+		if !errors.Is(err, ErrDraining) {
+			t.Fatalf("open after GoAway: %v", err)
+		}
+	} else {
+		t.Log("open accepted locally; the GoAway will refuse it")
+	}
+	st.Write([]byte("b"))
+	if _, err := io.ReadFull(st, make([]byte, 1)); err != nil {
+		t.Fatalf("open stream broken by drain: %v", err)
+	}
+	st.CloseWrite()
+	io.ReadAll(st)
+	st.Close()
+	select {
+	case err := <-drained:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("drain did not finish; %d streams", server.NumStreams())
+	}
+}
+
+func TestMaxStreamsRefusesBusy(t *testing.T) {
+	server, client := sessions(t, "client-a", Config{MaxStreams: 2})
+	echo := echoTarget(t)
+	serve(t, server, map[string]Service{"echo": {Allowed: allowOnly("client-a"), Dial: dialTo(echo)}})
+	var open []*Stream
+	for i := 0; i < 2; i++ {
+		st, _ := client.Open(context.Background(), "echo")
+		st.Write([]byte("x"))
+		if _, err := io.ReadFull(st, make([]byte, 1)); err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, st)
+	}
+	st, _ := client.Open(context.Background(), "echo")
+	_, err := st.Read(make([]byte, 1))
+	var oe *OpenError
+	if !errors.As(err, &oe) || oe.Code != CodeBusy {
+		t.Fatalf("third stream: %v, want busy", err)
+	}
+	st.Close()
+	for _, s := range open {
+		s.Close()
+	}
 }
