@@ -141,10 +141,11 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 	cc := &countingConn{Conn: conn}
 	cc.touch()
 	var y *yamux.Session
+	joined := newFrameJoiner(cc)
 	if role == RoleClient {
-		y, err = yamux.Client(cc, yamuxConfig(cfg.Logger, cfg.Window))
+		y, err = yamux.Client(joined, yamuxConfig(cfg.Logger, cfg.Window))
 	} else {
-		y, err = yamux.Server(cc, yamuxConfig(cfg.Logger, cfg.Window))
+		y, err = yamux.Server(joined, yamuxConfig(cfg.Logger, cfg.Window))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
