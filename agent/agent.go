@@ -47,19 +47,22 @@ func services(list []config.Service, dialTimeout time.Duration, allowAll bool) m
 }
 
 // pipeAndLog copies between a local connection and a stream and writes the
-// one log line every stream gets when it ends.
-func pipeAndLog(ctx context.Context, log hclog.Logger, direction, name string, stream *mux.Stream, local net.Conn) {
+// one log line every stream gets when it ends. log carries the peer;
+// forwardName is empty for streams the peer opened to our services.
+func pipeAndLog(ctx context.Context, log hclog.Logger, forwardName string, stream *mux.Stream, local net.Conn) {
 	start := time.Now()
 	res := forward.Pipe(ctx, local, stream)
-	fields := []any{
-		direction, name,
+	var fields []any
+	if forwardName != "" {
+		fields = append(fields, "forward", forwardName)
+	}
+	fields = append(fields,
 		"service", stream.Service(),
-		"peer", stream.Session().Peer.Name(),
 		"local", local.RemoteAddr().String(),
 		"bytes_to_peer", res.AToB,
 		"bytes_from_peer", res.BToA,
 		"duration", time.Since(start).Round(time.Millisecond),
-	}
+	)
 	var open *mux.OpenError
 	switch {
 	case res.Err == nil:

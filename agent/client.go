@@ -139,7 +139,7 @@ func (c *Client) keepSession(ctx context.Context, wg *sync.WaitGroup) {
 		log.Info("session up", "agent", sess.PeerHello.Agent)
 		c.current.set(sess)
 		err = sess.Serve(ctx, c.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
-			pipeAndLog(ctx, log, "service", service, stream, target)
+			pipeAndLog(ctx, log, "", stream, target)
 		})
 		c.current.clear(sess)
 		sess.Close()
@@ -189,7 +189,7 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, ln net.List
 				local.Close()
 				return
 			}
-			pipeAndLog(ctx, c.log, "forward", f.Name, stream, local)
+			pipeAndLog(ctx, c.log.With("peer", sess.Peer.Name()), f.Name, stream, local)
 		})
 	})
 }

@@ -147,7 +147,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn, slots chan struct
 	}
 	log.Info("session up", "agent", sess.PeerHello.Agent)
 	err = sess.Serve(ctx, s.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
-		pipeAndLog(ctx, log, "service", service, stream, target)
+		pipeAndLog(ctx, log, "", stream, target)
 	})
 	s.sessions.remove(peer, sess)
 	sess.Close()
@@ -171,7 +171,7 @@ func (s *Server) serveForward(ctx context.Context, f config.Forward, ln net.List
 				local.Close()
 				return
 			}
-			pipeAndLog(ctx, s.log, "forward", f.Name, stream, local)
+			pipeAndLog(ctx, s.log.With("peer", sess.Peer.Name()), f.Name, stream, local)
 		})
 	})
 }

@@ -19,6 +19,9 @@ const bufSize = 32 * 1024
 // direction only while it copies.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
 
+// ErrPeerReset ends a pipe whose tunnel stream was reset by the far side.
+var ErrPeerReset = errors.New("reset by the far side of the tunnel")
+
 // Result says what a pipe moved and how it ended.
 type Result struct {
 	AToB, BToA int64
@@ -47,6 +50,13 @@ func Pipe(ctx context.Context, a, b net.Conn) Result {
 	}
 	stop := context.AfterFunc(ctx, func() { closeBoth(ctx.Err()) })
 	defer stop()
+	// A tunnel stream reset by the far side must reset the local side too,
+	// even while we are blocked reading the local connection.
+	for _, c := range []net.Conn{a, b} {
+		if n, ok := c.(interface{ OnAbort(func()) }); ok {
+			n.OnAbort(func() { closeBoth(ErrPeerReset) })
+		}
+	}
 
 	var wg sync.WaitGroup
 	var bToA int64
@@ -141,6 +151,8 @@ func Classify(err error) string {
 		return "closed"
 	case errors.Is(err, context.Canceled):
 		return "cancelled"
+	case errors.Is(err, ErrPeerReset):
+		return "reset by peer"
 	case errors.Is(err, net.ErrClosed):
 		return "closed locally"
 	case errors.Is(err, syscall.ECONNRESET):

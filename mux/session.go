@@ -92,7 +92,7 @@ func yamuxConfig(log hclog.Logger, window uint32) *yamux.Config {
 		// An unanswered open closes the session; the peer acks on accept,
 		// which never waits, so this only fires on a wedged peer.
 		StreamOpenTimeout: 75 * time.Second,
-		Logger:            log.Named("yamux").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+		Logger:            yamuxLogger{log.Named("yamux")},
 	}
 }
 
@@ -108,6 +108,8 @@ type Session struct {
 	closed chan struct{}
 
 	wg        sync.WaitGroup // every goroutine the session starts
+	spawnMu   sync.Mutex
+	spawnDone bool // Close is waiting for wg: start nothing more
 	closeOnce sync.Once
 	reason    atomic.Pointer[error]
 
@@ -219,10 +221,12 @@ func (s *Session) watch() {
 			// runs aside, one at a time. Its failure proves nothing (the
 			// reply may sit behind bulk data); only silence does.
 			if pinging.CompareAndSwap(false, true) {
-				s.wg.Go(func() {
+				if !s.spawn(func() {
 					defer pinging.Store(false)
 					_, _ = s.y.Ping()
-				})
+				}) {
+					return
+				}
 			}
 		}
 	}
@@ -258,15 +262,29 @@ func (s *Session) Err() error {
 // Close ends the session and every stream on it, and waits for the
 // session's own goroutines.
 func (s *Session) Close() error {
-	s.finish(nil)
-	s.wg.Wait()
+	s.CloseWithReason(nil)
 	return nil
 }
 
 // CloseWithReason ends the session, recording why (for logs).
 func (s *Session) CloseWithReason(reason error) {
 	s.finish(reason)
+	s.spawnMu.Lock()
+	s.spawnDone = true
+	s.spawnMu.Unlock()
 	s.wg.Wait()
+}
+
+// spawn runs f on a goroutine the session waits for, unless the session
+// is already being waited for (then it reports false).
+func (s *Session) spawn(f func()) bool {
+	s.spawnMu.Lock()
+	defer s.spawnMu.Unlock()
+	if s.spawnDone {
+		return false
+	}
+	s.wg.Go(f)
+	return true
 }
 
 // NumStreams is the number of tunnelled streams open on the session.
@@ -500,9 +518,12 @@ type Stream struct {
 	y          *yamux.Stream
 	sess       *Session
 	service    string
-	awaitReply bool // opener side: the first Read consumes the peer's answer
-	aborted    atomic.Bool
+	awaitReply bool        // opener side: the first Read consumes the peer's answer
+	aborted    atomic.Bool // by us or the peer
+	byPeer     atomic.Bool
 	closeOnce  sync.Once
+	mu         sync.Mutex
+	onAbort    func()
 }
 
 // Service is the name the stream was opened for.
@@ -534,9 +555,30 @@ func (st *Stream) Read(p []byte) (int, error) {
 }
 
 func (st *Stream) abortedByPeer() {
+	st.byPeer.Store(true)
 	st.aborted.Store(true)
 	// Unblock a Read or Write in progress; they return ErrAborted.
 	_ = st.y.SetDeadline(time.Unix(1, 0))
+	// The user may be blocked elsewhere (reading its local connection):
+	// tell it directly.
+	st.mu.Lock()
+	f := st.onAbort
+	st.mu.Unlock()
+	if f != nil {
+		f()
+	}
+}
+
+// OnAbort registers f to run (once, on the session's control goroutine)
+// when the peer resets the stream; forward.Pipe uses it to reset the local
+// connection even while nothing reads the stream. f must not block.
+func (st *Stream) OnAbort(f func()) {
+	st.mu.Lock()
+	st.onAbort = f
+	st.mu.Unlock()
+	if st.byPeer.Load() {
+		f()
+	}
 }
 
 func (st *Stream) readErr(err error) error {
@@ -573,18 +615,46 @@ func (st *Stream) CloseWrite() error { return st.y.Close() }
 // it once the peer has closed its side too.
 func (st *Stream) Close() error {
 	st.closeOnce.Do(func() { st.sess.untrack(st) })
+	if st.aborted.Load() && !st.byPeer.Load() {
+		return nil // Abort sends the FIN later, on purpose
+	}
 	return st.y.Close()
 }
 
 // Abort resets the stream: the peer's reads and writes on it fail with
 // ErrAborted at once, so it resets its own local connection in turn rather
 // than see a clean end of data.
+//
+// The FIN that frees the stream in yamux is sent only after abortFinDelay:
+// the abort travels on the control stream, and a peer that read our FIN
+// before acting on the abort would hand its application a clean EOF.
 func (st *Stream) Abort() error {
-	if !st.aborted.Load() {
-		st.sess.sendAbort(st.y.StreamID())
+	if st.byPeer.Load() || !st.aborted.CompareAndSwap(false, true) {
+		return st.Close()
 	}
-	return st.Close()
+	st.sess.sendAbort(st.y.StreamID())
+	_ = st.y.SetDeadline(time.Unix(1, 0)) // our own blocked calls return now
+	st.closeOnce.Do(func() { st.sess.untrack(st) })
+	s := st.sess
+	started := s.spawn(func() {
+		t := time.NewTimer(abortFinDelay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-s.closed:
+		}
+		_ = st.y.Close()
+	})
+	if !started {
+		_ = st.y.Close() // the session is closing anyway
+	}
+	return nil
 }
+
+// abortFinDelay is how long an aborted stream waits before its FIN; the
+// abort ahead of it on the same connection only needs the peer's control
+// goroutine to be scheduled.
+const abortFinDelay = time.Second
 
 func (st *Stream) LocalAddr() net.Addr                { return st.y.LocalAddr() }
 func (st *Stream) RemoteAddr() net.Addr               { return st.y.RemoteAddr() }

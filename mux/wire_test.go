@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"os"
 	"testing"
+
+	"github.com/hashicorp/go-hclog"
 )
 
 func writeFile(path string, b []byte) error { return os.WriteFile(path, b, 0o644) }
@@ -81,4 +83,18 @@ func FuzzReadReply(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _, _ = readReply(bytes.NewReader(b))
 	})
+}
+
+func TestYamuxLogLevels(t *testing.T) {
+	var buf bytes.Buffer
+	l := yamuxLogger{hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info})}
+	l.Printf("[WARN] yamux: frame for missing stream: %v", 7)
+	l.Printf("[ERR] yamux: Failed to read header: %v", "EOF")
+	if buf.Len() != 0 {
+		t.Fatalf("routine lines logged at info: %q", buf.String())
+	}
+	l.Printf("[ERR] yamux: keepalive failed: %v", "x")
+	if !bytes.Contains(buf.Bytes(), []byte("[ERROR] keepalive failed: x")) {
+		t.Fatalf("error line: %q", buf.String())
+	}
 }

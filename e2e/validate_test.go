@@ -1,0 +1,124 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tunnelworks/tunnel/transport/ssl/pki"
+)
+
+// validate runs `bin validate -config cfg` and returns its exit code and output.
+func validate(t *testing.T, bin, cfg string) (code int, stdout, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	var out, errb bytes.Buffer
+	cmd := exec.CommandContext(ctx, bin, "validate", "-config", cfg)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		t.Fatalf("validate did not finish within %s", waitLimit)
+	}
+	if err != nil {
+		if _, ok := err.(*exec.ExitError); !ok {
+			t.Fatalf("run validate: %v", err)
+		}
+	}
+	return cmd.ProcessState.ExitCode(), out.String(), errb.String()
+}
+
+func TestValidate(t *testing.T) {
+	t.Parallel()
+	p := newPKI(t)
+	goodCert, goodKey := p.clientCert(t, "client-a", pki.Options{})
+
+	t.Run("good server config", func(t *testing.T) {
+		t.Parallel()
+		cfg := writeConfig(t, "server.hcl", serverHCL(p.serverCert, p.serverKey, p.caFile, `handshake_timeout = "2s"`,
+			[]svc{{name: "echo", target: "127.0.0.1:7", allow: []string{"client-a"}}},
+			[]fwd{{name: "back", client: "client-a", service: "echo-back"}}))
+		code, stdout, stderr := validate(t, serverBin, cfg)
+		if code != 0 || !strings.Contains(stdout, "ok") || !strings.Contains(stdout, "tunnel-server") {
+			t.Fatalf("exit %d, stdout %q, stderr %q; want 0 and ok", code, stdout, stderr)
+		}
+		t.Log(strings.TrimSpace(stdout))
+	})
+	t.Run("good client config", func(t *testing.T) {
+		t.Parallel()
+		cfg := writeConfig(t, "client.hcl", clientHCL("127.0.0.1:8443", goodCert, goodKey, p.caFile, `dial_timeout = "3s"`,
+			[]fwd{{name: "echo", service: "echo"}}, []svc{{name: "echo-back", target: "127.0.0.1:7"}}))
+		code, stdout, stderr := validate(t, clientBin, cfg)
+		if code != 0 || !strings.Contains(stdout, "ok") || !strings.Contains(stdout, "client-a") {
+			t.Fatalf("exit %d, stdout %q, stderr %q; want 0 and ok", code, stdout, stderr)
+		}
+		t.Log(strings.TrimSpace(stdout))
+	})
+	t.Run("several mistakes", func(t *testing.T) {
+		t.Parallel()
+		// One mistake per line, on the lines named in want.
+		text := strings.Join([]string{
+			`listen = "127.0.0.1:99999"`, // 1
+			`handshake_timeout = 5`,      // 2
+			`lgo_level = "debug"`,        // 3
+			`tls {`,                      // 4
+			`  cert = "` + p.serverCert + `"`,
+			`  key  = "` + p.serverKey + `"`,
+			`  ca   = "` + p.caFile + `"`,
+			`}`,
+			`service "echo" {`,       // 9
+			`  target = "127.0.0.1"`, // 10
+			`}`,
+			`forward "back" {`, // 12
+			`  listen  = "127.0.0.1:0"`,
+			`  service = "echo-back"`,
+			`}`,
+		}, "\n") + "\n"
+		cfg := writeConfig(t, "bad.hcl", text)
+		code, stdout, stderr := validate(t, serverBin, cfg)
+		if code != 2 {
+			t.Errorf("exit %d, want 2", code)
+		}
+		if strings.Contains(stdout, "ok") {
+			t.Errorf("stdout says ok: %q", stdout)
+		}
+		want := []struct{ line, says string }{
+			{"bad.hcl:1:", "out of range"},
+			{"bad.hcl:2:", `"10s"`},
+			{"bad.hcl:3:", "log_level"},
+			{"bad.hcl:9:", "allow"},
+			{"bad.hcl:10:", "missing port"},
+			{"bad.hcl:12:", "client"},
+		}
+		lines := strings.Split(strings.TrimSpace(stderr), "\n")
+		for _, w := range want {
+			found := false
+			for _, l := range lines {
+				if strings.Contains(l, w.line) && strings.Contains(l, w.says) {
+					found = true
+				}
+			}
+			if !found {
+				t.Errorf("no problem reported at %s saying %q", w.line, w.says)
+			}
+		}
+		if t.Failed() {
+			t.Logf("stderr:\n%s", stderr)
+		} else {
+			t.Logf("%d problems:\n%s", len(lines), stderr)
+		}
+	})
+	t.Run("expired certificate", func(t *testing.T) {
+		t.Parallel()
+		cert, key := p.clientCert(t, "client-old", pki.Options{NotBefore: time.Now().Add(-48 * time.Hour), Validity: 24 * time.Hour})
+		cfg := writeConfig(t, "client.hcl", clientHCL("127.0.0.1:8443", cert, key, p.caFile, "", []fwd{{name: "echo", service: "echo"}}, nil))
+		code, stdout, stderr := validate(t, clientBin, cfg)
+		if code != 2 || !strings.Contains(stderr, "expired") || !strings.Contains(stderr, "client-old") {
+			t.Fatalf("exit %d, stdout %q, stderr %q; want 2 and the certificate reported expired", code, stdout, stderr)
+		}
+		t.Log(strings.TrimSpace(stderr))
+	})
+}
