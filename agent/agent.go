@@ -4,10 +4,18 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"fmt"
+	"maps"
 	"net"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -27,10 +35,10 @@ var Version = "0.1.0-dev"
 func services(list []config.Service, dialTimeout time.Duration, allowAll bool) mux.Lookup {
 	m := make(map[string]mux.Service, len(list))
 	for _, svc := range list {
-		allow := svc.Allow
+		rules, _ := ssl.ParseRules(svc.Allow) // validated with the config
 		target := svc.Target
-		allowed := func(id ssl.Identity) bool { return id.Allowed(allow) }
-		if allowAll && len(allow) == 0 {
+		allowed := func(id ssl.Identity) bool { _, ok := rules.Match(id); return ok }
+		if allowAll && len(svc.Allow) == 0 {
 			allowed = func(ssl.Identity) bool { return true }
 		}
 		m[svc.Name] = mux.Service{
@@ -107,4 +115,64 @@ func establish(ctx context.Context, conn *tls.Conn, role string, timeout time.Du
 		return nil, errors.New(ssl.Describe(err))
 	}
 	return sess, nil
+}
+
+// describeChanges says what a reload changed, for the `reloaded` log line.
+func describeChanges(oldP, newP *ssl.Policy, oldSvc, newSvc []config.Service, oldFwd, newFwd []config.Forward) string {
+	var out []string
+	if !bytes.Equal(oldP.Material.Leaf.Raw, newP.Material.Leaf.Raw) {
+		out = append(out, fmt.Sprintf("certificate (serial %s, valid until %s)", ssl.FormatSerial(newP.Material.Leaf.SerialNumber), newP.Material.Leaf.NotAfter.UTC().Format(time.DateOnly)))
+	}
+	if !sameCerts(oldP.Material.CACerts, newP.Material.CACerts) {
+		out = append(out, fmt.Sprintf("CA bundle (%d certificates)", len(newP.Material.CACerts)))
+	}
+	if crlSummary(oldP) != crlSummary(newP) {
+		out = append(out, "CRLs ("+crlSummary(newP)+")")
+	}
+	out = append(out, diffNamed("service", names(oldSvc, func(s config.Service) (string, any) { return s.Name, s }), names(newSvc, func(s config.Service) (string, any) { return s.Name, s }))...)
+	out = append(out, diffNamed("forward", names(oldFwd, func(f config.Forward) (string, any) { return f.Name, f }), names(newFwd, func(f config.Forward) (string, any) { return f.Name, f }))...)
+	if len(out) == 0 {
+		return "nothing"
+	}
+	return strings.Join(out, "; ")
+}
+
+func sameCerts(a, b []*x509.Certificate) bool {
+	return slices.EqualFunc(a, b, func(x, y *x509.Certificate) bool { return bytes.Equal(x.Raw, y.Raw) })
+}
+
+func crlSummary(p *ssl.Policy) string {
+	var parts []string
+	for _, c := range p.CRLs {
+		parts = append(parts, fmt.Sprintf("%s #%v, %d revoked", filepath.Base(c.File), c.List.Number, len(c.List.RevokedCertificateEntries)))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func names[T any](list []T, key func(T) (string, any)) map[string]any {
+	m := make(map[string]any, len(list))
+	for _, x := range list {
+		k, v := key(x)
+		m[k] = v
+	}
+	return m
+}
+
+func diffNamed(kind string, old, cur map[string]any) []string {
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(cur)) {
+		o, ok := old[name]
+		switch {
+		case !ok:
+			out = append(out, fmt.Sprintf("%s %q added", kind, name))
+		case !reflect.DeepEqual(o, cur[name]):
+			out = append(out, fmt.Sprintf("%s %q changed", kind, name))
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(old)) {
+		if _, ok := cur[name]; !ok {
+			out = append(out, fmt.Sprintf("%s %q removed", kind, name))
+		}
+	}
+	return out
 }

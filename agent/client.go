@@ -3,17 +3,19 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/tunnelworks/tunnel/config"
-	"github.com/tunnelworks/tunnel/forward"
 	"github.com/tunnelworks/tunnel/mux"
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
@@ -31,33 +33,50 @@ const (
 // Client is tunnel-client: it keeps one session to a server up and carries
 // its forwards over it, and serves the server's streams to its services.
 type Client struct {
-	cfg     *config.Client
-	log     hclog.Logger
-	tlsConf *tls.Config
-	lookup  mux.Lookup
-	current sessionHolder
+	log      hclog.Logger
+	tls      *ssl.Reloader
+	state    atomic.Pointer[clientState]
+	current  sessionHolder
+	reloadMu sync.Mutex
 
-	mu    sync.Mutex
-	addrs map[string]net.Addr
-	ready chan struct{}
+	mu       sync.Mutex
+	forwards *forwardSet
+	ready    chan struct{}
+}
+
+type clientState struct {
+	cfg    *config.Client
+	lookup mux.Lookup
 }
 
 // NewClient checks what can never work before anything starts.
 func NewClient(cfg *config.Client, log hclog.Logger) (*Client, error) {
-	m, err := ssl.LoadMaterial(cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA)
+	p, err := ssl.LoadPolicy(clientPolicySpec(cfg))
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
-	return &Client{
-		cfg:     cfg,
-		log:     log,
-		tlsConf: ssl.ClientConfig(m, cfg.TLS.ServerName),
-		lookup:  services(cfg.Services, cfg.DialTimeout, true),
-		current: newSessionHolder(),
-		addrs:   map[string]net.Addr{},
-		ready:   make(chan struct{}),
-	}, nil
+	c := &Client{log: log, tls: ssl.NewReloader(p), current: newSessionHolder(), ready: make(chan struct{})}
+	c.state.Store(&clientState{cfg: cfg, lookup: services(cfg.Services, cfg.DialTimeout, true)})
+	return c, nil
 }
+
+func clientPolicySpec(cfg *config.Client) ssl.PolicySpec {
+	spec := ssl.PolicySpec{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, CA: cfg.TLS.CA, CRLs: crlFiles(cfg.TLS), CRLStale: crlStale(cfg.TLS)}
+	if verify := verifyRules(cfg.TLS); len(verify) > 0 {
+		rules, _ := ssl.ParseRules(verify) // validated with the config
+		spec.Admit = func(id ssl.Identity) error {
+			if _, ok := rules.Match(id); ok {
+				return nil
+			}
+			return fmt.Errorf("server %q matches none of tls.verify %v", id.Name(), verify)
+		}
+	}
+	return spec
+}
+
+func (c *Client) cfg() *config.Client { return c.state.Load().cfg }
+
+func (c *Client) lookup(name string) (mux.Service, bool) { return c.state.Load().lookup(name) }
 
 // Ready is closed once every forward listener is open.
 func (c *Client) Ready() <-chan struct{} { return c.ready }
@@ -66,61 +85,100 @@ func (c *Client) Ready() <-chan struct{} { return c.ready }
 func (c *Client) Addr(name string) net.Addr {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.addrs[name]
+	if c.forwards == nil {
+		return nil
+	}
+	return c.forwards.addr(name)
 }
 
 // Session is the current session, or nil while disconnected.
 func (c *Client) Session() *mux.Session { return c.current.get() }
 
-// Run keeps the session up and serves forwards until ctx is cancelled.
+// Run keeps the session up and serves forwards until ctx is cancelled, then
+// stops gracefully like Server.Run.
 func (c *Client) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	streamCtx, killStreams := context.WithCancel(context.WithoutCancel(ctx))
+	defer killStreams()
+	acceptCtx, stopAccepting := context.WithCancel(ctx)
+	defer stopAccepting()
 
 	// Listeners open before the first session and stay open while it is
 	// down, so local applications see a stable port.
-	var listeners []net.Listener
-	for _, f := range c.cfg.Forwards {
-		ln, err := forward.Listen(ctx, f.Listen)
-		if err != nil {
-			for _, l := range listeners {
-				l.Close()
-			}
-			return fmt.Errorf("forward %q: %w", f.Name, err)
-		}
-		listeners = append(listeners, ln)
-		c.mu.Lock()
-		c.addrs[f.Name] = ln.Addr()
-		c.mu.Unlock()
+	var conns sync.WaitGroup
+	fs := newForwardSet(c.log, &conns, c.serveForward)
+	if err := fs.start(acceptCtx, streamCtx, c.cfg().Forwards); err != nil {
+		fs.stop()
+		return err
 	}
-
-	var wg sync.WaitGroup
-	errs := make(chan error, len(listeners))
-	for i, f := range c.cfg.Forwards {
-		ln := listeners[i]
-		c.log.Info("forward listening", "forward", f.Name, "listen", ln.Addr().String(), "service", f.Service)
-		wg.Go(func() { errs <- c.serveForward(ctx, f, ln, &wg) })
-	}
+	c.mu.Lock()
+	c.forwards = fs
+	c.mu.Unlock()
 	close(c.ready)
-	wg.Go(func() { c.keepSession(ctx, &wg) })
 
-	var first error
-	select {
-	case <-ctx.Done():
-	case first = <-errs:
+	var keeper sync.WaitGroup
+	keeper.Go(func() { c.keepSession(acceptCtx, streamCtx) })
+	<-ctx.Done()
+	fs.stop()
+	if sess := c.current.get(); sess != nil && sess.NumStreams() > 0 {
+		limit := drainTimeout(c.cfg())
+		c.log.Info("stopping: draining streams", "streams", sess.NumStreams(), "drain_timeout", limit)
+		dctx, cancel := context.WithTimeout(context.Background(), limit)
+		if err := sess.Drain(dctx); err != nil {
+			c.log.Warn("drain cut short", "error", err)
+		}
+		cancel()
 	}
-	cancel()
-	wg.Wait()
+	killStreams()
+	keeper.Wait()
+	conns.Wait()
 	c.log.Info("stopped")
-	return first
+	return nil
+}
+
+// Reload re-reads the config file and its TLS files; see Server.Reload. The
+// session is closed (and reconnects) if the server no longer passes.
+func (c *Client) Reload() error {
+	c.reloadMu.Lock()
+	defer c.reloadMu.Unlock()
+	old := c.cfg()
+	cfg, err := config.LoadClient(old.Path)
+	if err != nil {
+		return err
+	}
+	p, err := ssl.LoadPolicy(clientPolicySpec(cfg))
+	if err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	changes := describeChanges(c.tls.Policy(), p, old.Services, cfg.Services, old.Forwards, cfg.Forwards)
+	if !slices.Equal(old.Servers, cfg.Servers) || old.TLS.ServerName != cfg.TLS.ServerName {
+		changes += "; servers (used from the next connection)"
+	}
+	c.tls.Store(p)
+	c.state.Store(&clientState{cfg: cfg, lookup: services(cfg.Services, cfg.DialTimeout, true)})
+	c.mu.Lock()
+	fs := c.forwards
+	c.mu.Unlock()
+	var ferr error
+	if fs != nil {
+		ferr = fs.apply(cfg.Forwards)
+	}
+	c.log.Info("reloaded", "changes", changes)
+	if sess := c.current.get(); sess != nil {
+		if err := p.Recheck(sess.Peer, x509.ExtKeyUsageServerAuth, time.Now()); err != nil {
+			c.log.Warn("closing session: the server no longer passes", "peer", sess.Peer.Name(), "reason", err)
+			sess.CloseWithReason(fmt.Errorf("closed by reload: %w", err))
+		}
+	}
+	return ferr
 }
 
 // keepSession connects, serves the session until it ends, and reconnects
 // with capped exponential backoff and jitter, trying servers in order.
-func (c *Client) keepSession(ctx context.Context, wg *sync.WaitGroup) {
+func (c *Client) keepSession(ctx, streamCtx context.Context) {
 	delay := backoffMin
 	for attempt := 0; ctx.Err() == nil; attempt++ {
-		addr := c.cfg.Servers[attempt%len(c.cfg.Servers)]
+		servers := c.cfg().Servers
+		addr := servers[attempt%len(servers)]
 		sess, err := c.connect(ctx, addr)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -138,7 +196,7 @@ func (c *Client) keepSession(ctx context.Context, wg *sync.WaitGroup) {
 		log := c.log.With("server", addr, "peer", sess.Peer.Name())
 		log.Info("session up", "agent", sess.PeerHello.Agent)
 		c.current.set(sess)
-		err = sess.Serve(ctx, c.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
+		err = sess.Serve(streamCtx, c.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
 			pipeAndLog(ctx, log, "", stream, target)
 		})
 		c.current.clear(sess)
@@ -159,14 +217,15 @@ func (c *Client) keepSession(ctx context.Context, wg *sync.WaitGroup) {
 }
 
 func (c *Client) connect(ctx context.Context, addr string) (*mux.Session, error) {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.HandshakeTimeout)
+	cfg := c.cfg()
+	ctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
 	defer cancel()
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	sess, err := establish(ctx, tls.Client(raw, c.tlsConf), mux.RoleClient, c.cfg.HandshakeTimeout, c.log)
+	sess, err := establish(ctx, tls.Client(raw, c.tls.ClientConfig(cfg.TLS.ServerName)), mux.RoleClient, cfg.HandshakeTimeout, c.log)
 	if err != nil {
 		raw.Close()
 		return nil, err
@@ -174,24 +233,20 @@ func (c *Client) connect(ctx context.Context, addr string) (*mux.Session, error)
 	return sess, nil
 }
 
-func (c *Client) serveForward(ctx context.Context, f config.Forward, ln net.Listener, wg *sync.WaitGroup) error {
-	return forward.Serve(ctx, ln, c.log, func(local net.Conn) {
-		wg.Go(func() {
-			sess, err := c.current.wait(ctx, sessionWait)
-			if err != nil {
-				c.log.Warn("connection refused: no session to the server", "forward", f.Name, "local", local.RemoteAddr().String(), "error", err)
-				local.Close()
-				return
-			}
-			stream, err := sess.Open(ctx, f.Service)
-			if err != nil {
-				c.log.Warn("connection refused: cannot open stream", "forward", f.Name, "error", err)
-				local.Close()
-				return
-			}
-			pipeAndLog(ctx, c.log.With("peer", sess.Peer.Name()), f.Name, stream, local)
-		})
-	})
+func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.Conn) {
+	sess, err := c.current.wait(ctx, sessionWait)
+	if err != nil {
+		c.log.Warn("connection refused: no session to the server", "forward", f.Name, "local", local.RemoteAddr().String(), "error", err)
+		local.Close()
+		return
+	}
+	stream, err := sess.Open(ctx, f.Service)
+	if err != nil {
+		c.log.Warn("connection refused: cannot open stream", "forward", f.Name, "error", err)
+		local.Close()
+		return
+	}
+	pipeAndLog(ctx, c.log.With("peer", sess.Peer.Name()), f.Name, stream, local)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

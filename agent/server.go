@@ -3,10 +3,12 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -20,33 +22,74 @@ import (
 // Server is tunnel-server: it accepts clients, serves their streams, and
 // carries its own forwards to connected clients.
 type Server struct {
-	cfg      *config.Server
 	log      hclog.Logger
-	tlsConf  *tls.Config
-	lookup   mux.Lookup
+	tls      *ssl.Reloader
+	state    atomic.Pointer[serverState]
 	sessions sessionSet
+	reloadMu sync.Mutex // one reload at a time
 
-	mu    sync.Mutex
-	addrs map[string]net.Addr // listen addresses, by "tunnel" or forward name
-	ready chan struct{}
+	mu       sync.Mutex
+	tunnel   net.Addr
+	forwards *forwardSet
+	ready    chan struct{}
+}
+
+// serverState is everything a reload replaces, published in one store.
+type serverState struct {
+	cfg    *config.Server
+	lookup mux.Lookup
+	admit  func(ssl.Identity) error
 }
 
 // NewServer checks what can never work (unreadable or mismatched key, bad
-// CA bundle) before anything listens.
+// CA bundle, bad CRL) before anything listens.
 func NewServer(cfg *config.Server, log hclog.Logger) (*Server, error) {
-	m, err := ssl.LoadMaterial(cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA)
+	s := &Server{log: log, ready: make(chan struct{})}
+	st := newServerState(cfg)
+	p, err := ssl.LoadPolicy(serverPolicySpec(cfg, s.admit))
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
-	return &Server{
-		cfg:     cfg,
-		log:     log,
-		tlsConf: ssl.ServerConfig(m),
-		lookup:  services(cfg.Services, cfg.DialTimeout, false),
-		addrs:   map[string]net.Addr{},
-		ready:   make(chan struct{}),
-	}, nil
+	s.state.Store(st)
+	s.tls = ssl.NewReloader(p)
+	return s, nil
 }
+
+func serverPolicySpec(cfg *config.Server, admit func(ssl.Identity) error) ssl.PolicySpec {
+	return ssl.PolicySpec{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, CA: cfg.TLS.CA, CRLs: crlFiles(cfg.TLS), CRLStale: crlStale(cfg.TLS), Admit: admit}
+}
+
+func newServerState(cfg *config.Server) *serverState {
+	st := &serverState{cfg: cfg, lookup: services(cfg.Services, cfg.DialTimeout, false)}
+	var rules ssl.Rules
+	for _, svc := range cfg.Services {
+		r, _ := ssl.ParseRules(svc.Allow) // validated with the config
+		rules = append(rules, r...)
+	}
+	var clients []string
+	for _, f := range cfg.Forwards {
+		clients = append(clients, f.Client)
+	}
+	// A client may connect when some service allows it or some forward is
+	// carried by it; anyone else is refused in the handshake, resumed or not.
+	st.admit = func(id ssl.Identity) error {
+		if _, ok := rules.Match(id); ok {
+			return nil
+		}
+		for _, c := range clients {
+			if id.Is(c) {
+				return nil
+			}
+		}
+		return fmt.Errorf("%q is not allowed by any service's allow list nor named by any forward", id.Name())
+	}
+	return st
+}
+
+// admit consults the current state, so reloaded rules apply to the next handshake.
+func (s *Server) admit(id ssl.Identity) error { return s.state.Load().admit(id) }
+
+func (s *Server) cfg() *config.Server { return s.state.Load().cfg }
 
 // Ready is closed once every listener is open.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
@@ -56,82 +99,112 @@ func (s *Server) Ready() <-chan struct{} { return s.ready }
 func (s *Server) Addr(name string) net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.addrs[name]
+	if name == "tunnel" {
+		return s.tunnel
+	}
+	if s.forwards == nil {
+		return nil
+	}
+	return s.forwards.addr(name)
 }
 
-// Run serves until ctx is cancelled (returns nil) or a listener fails.
+// Run serves until ctx is cancelled, then stops gracefully: listeners close,
+// each client is told to open no more streams, streams in flight get up to
+// the drain timeout to finish, and Run returns nil.
 func (s *Server) Run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	cfg := s.cfg()
+	// Streams and sessions live on streamCtx, which outlives ctx by the drain.
+	streamCtx, killStreams := context.WithCancel(context.WithoutCancel(ctx))
+	defer killStreams()
+	acceptCtx, stopAccepting := context.WithCancel(ctx)
+	defer stopAccepting()
 
-	tunnelLn, err := forward.Listen(ctx, s.cfg.Listen)
+	tunnelLn, err := forward.Listen(ctx, cfg.Listen)
 	if err != nil {
 		return err
 	}
-	listeners := []net.Listener{tunnelLn}
-	for _, f := range s.cfg.Forwards {
-		ln, err := forward.Listen(ctx, f.Listen)
-		if err != nil {
-			for _, l := range listeners {
-				l.Close()
-			}
-			return fmt.Errorf("forward %q: %w", f.Name, err)
-		}
-		listeners = append(listeners, ln)
+	var conns sync.WaitGroup // every session and stream goroutine
+	fs := newForwardSet(s.log, &conns, s.serveForward)
+	if err := fs.start(acceptCtx, streamCtx, cfg.Forwards); err != nil {
+		fs.stop()
+		tunnelLn.Close()
+		return err
 	}
 	s.mu.Lock()
-	s.addrs["tunnel"] = tunnelLn.Addr()
-	for i, f := range s.cfg.Forwards {
-		s.addrs[f.Name] = listeners[i+1].Addr()
-	}
+	s.tunnel, s.forwards = tunnelLn.Addr(), fs
 	s.mu.Unlock()
 
-	var wg sync.WaitGroup
-	errs := make(chan error, len(listeners))
-	wg.Go(func() { errs <- s.serveTunnel(ctx, tunnelLn, &wg) })
-	for i, f := range s.cfg.Forwards {
-		ln := listeners[i+1]
-		s.log.Info("forward listening", "forward", f.Name, "listen", ln.Addr().String(), "client", f.Client, "service", f.Service)
-		wg.Go(func() { errs <- s.serveForward(ctx, f, ln, &wg) })
-	}
-	s.log.Info("listening", "addr", tunnelLn.Addr().String(), "services", len(s.cfg.Services), "forwards", len(s.cfg.Forwards))
+	tunnelErr := make(chan error, 1)
+	var loops sync.WaitGroup
+	loops.Go(func() { tunnelErr <- s.serveTunnel(acceptCtx, streamCtx, tunnelLn, &conns) })
+	s.log.Info("listening", "addr", tunnelLn.Addr().String(), "services", len(cfg.Services), "forwards", len(cfg.Forwards))
 	close(s.ready)
 
 	var first error
 	select {
 	case <-ctx.Done():
-	case first = <-errs:
+	case first = <-tunnelErr:
 	}
-	cancel()
-	wg.Wait()
+	stopAccepting()
+	fs.stop()
+	loops.Wait()
+	s.drain(drainTimeout(s.cfg()))
+	killStreams()
+	conns.Wait()
 	s.log.Info("stopped")
 	return first
 }
 
-func (s *Server) serveTunnel(ctx context.Context, ln net.Listener, wg *sync.WaitGroup) error {
+// drain tells every client to open no more streams and waits up to limit
+// for the streams in flight.
+func (s *Server) drain(limit time.Duration) {
+	sessions := s.sessions.all()
+	open := 0
+	for _, sess := range sessions {
+		open += sess.NumStreams()
+	}
+	if open == 0 {
+		return
+	}
+	s.log.Info("stopping: draining streams", "streams", open, "drain_timeout", limit)
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, sess := range sessions {
+		wg.Go(func() {
+			if err := sess.Drain(ctx); err != nil {
+				s.log.Warn("drain cut short", "peer", sess.Peer.Name(), "error", err)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func (s *Server) serveTunnel(acceptCtx, streamCtx context.Context, ln net.Listener, conns *sync.WaitGroup) error {
 	// Bound concurrent handshakes: when all slots are busy the accept loop
 	// waits and new connections queue in the kernel backlog, so a flood of
 	// stalled handshakes costs at most MaxHandshakes goroutines, each for at
 	// most HandshakeTimeout.
-	slots := make(chan struct{}, s.cfg.MaxHandshakes)
-	return forward.Serve(ctx, ln, s.log, func(conn net.Conn) {
+	slots := make(chan struct{}, s.cfg().MaxHandshakes)
+	return forward.Serve(acceptCtx, ln, s.log, func(conn net.Conn) {
 		select {
 		case slots <- struct{}{}:
-		case <-ctx.Done():
+		case <-acceptCtx.Done():
 			conn.Close()
 			return
 		}
-		wg.Go(func() { s.serveConn(ctx, conn, slots) })
+		conns.Go(func() { s.serveConn(acceptCtx, streamCtx, conn, slots) })
 	})
 }
 
-func (s *Server) serveConn(ctx context.Context, conn net.Conn, slots chan struct{}) {
+func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, slots chan struct{}) {
 	remote := conn.RemoteAddr().String()
-	tconn := tls.Server(conn, s.tlsConf)
-	sess, err := establish(ctx, tconn, mux.RoleServer, s.cfg.HandshakeTimeout, s.log)
+	cfg := s.cfg()
+	tconn := tls.Server(conn, s.tls.ServerConfig())
+	sess, err := establish(acceptCtx, tconn, mux.RoleServer, cfg.HandshakeTimeout, s.log)
 	<-slots
 	if err != nil {
-		if ctx.Err() == nil {
+		if acceptCtx.Err() == nil {
 			s.log.Warn("client refused", "remote", remote, "error", err)
 		}
 		conn.Close()
@@ -146,34 +219,74 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn, slots chan struct
 		old.CloseWithReason(errors.New("replaced by a new session from the same client"))
 	}
 	log.Info("session up", "agent", sess.PeerHello.Agent)
-	err = sess.Serve(ctx, s.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
+	err = sess.Serve(streamCtx, s.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
 		pipeAndLog(ctx, log, "", stream, target)
 	})
 	s.sessions.remove(peer, sess)
 	sess.Close()
-	if ctx.Err() == nil {
+	if streamCtx.Err() == nil {
 		log.Info("session ended", "reason", reasonText(err))
 	}
 }
 
-func (s *Server) serveForward(ctx context.Context, f config.Forward, ln net.Listener, wg *sync.WaitGroup) error {
-	return forward.Serve(ctx, ln, s.log, func(local net.Conn) {
-		wg.Go(func() {
-			sess := s.sessions.find(f.Client)
-			if sess == nil {
-				s.log.Warn("connection refused: client not connected", "forward", f.Name, "client", f.Client, "local", local.RemoteAddr().String())
-				local.Close()
-				return
-			}
-			stream, err := sess.Open(ctx, f.Service)
-			if err != nil {
-				s.log.Warn("connection refused: cannot open stream", "forward", f.Name, "client", f.Client, "error", err)
-				local.Close()
-				return
-			}
-			pipeAndLog(ctx, s.log.With("peer", sess.Peer.Name()), f.Name, stream, local)
-		})
-	})
+// lookup reads the current services, so a reload applies to the next stream.
+func (s *Server) lookup(name string) (mux.Service, bool) { return s.state.Load().lookup(name) }
+
+func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.Conn) {
+	sess := s.sessions.find(f.Client)
+	if sess == nil {
+		s.log.Warn("connection refused: client not connected", "forward", f.Name, "client", f.Client, "local", local.RemoteAddr().String())
+		local.Close()
+		return
+	}
+	stream, err := sess.Open(ctx, f.Service)
+	if err != nil {
+		s.log.Warn("connection refused: cannot open stream", "forward", f.Name, "client", f.Client, "error", err)
+		local.Close()
+		return
+	}
+	pipeAndLog(ctx, s.log.With("peer", sess.Peer.Name()), f.Name, stream, local)
+}
+
+// Reload re-reads the config file and its TLS files. It builds everything
+// off to the side and publishes it in one step; on any error the running
+// configuration stays and the error says why. Sessions whose client no
+// longer passes (CA removed, revoked, no longer allowed) are closed.
+func (s *Server) Reload() error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	old := s.cfg()
+	cfg, err := config.LoadServer(old.Path)
+	if err != nil {
+		return err
+	}
+	if cfg.Listen != old.Listen {
+		return fmt.Errorf("listen changed from %s to %s: that needs a restart (nothing was reloaded)", old.Listen, cfg.Listen)
+	}
+	st := newServerState(cfg)
+	p, err := ssl.LoadPolicy(serverPolicySpec(cfg, st.admit))
+	if err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	changes := describeChanges(s.tls.Policy(), p, old.Services, cfg.Services, old.Forwards, cfg.Forwards)
+	s.tls.Store(p)
+	s.state.Store(st)
+	s.mu.Lock()
+	fs := s.forwards
+	s.mu.Unlock()
+	var ferr error
+	if fs != nil {
+		// Forward listeners use the agent's own contexts, kept by apply.
+		ferr = fs.apply(cfg.Forwards)
+	}
+	s.log.Info("reloaded", "changes", changes)
+	for _, sess := range s.sessions.all() {
+		if err := p.Recheck(sess.Peer, x509.ExtKeyUsageClientAuth, time.Now()); err != nil {
+			s.log.Warn("closing session: its client no longer passes", "peer", sess.Peer.Name(), "reason", err)
+			sess.CloseWithReason(fmt.Errorf("closed by reload: %w", err))
+		}
+	}
+	return ferr
 }
 
 func reasonText(err error) string {
@@ -208,6 +321,16 @@ func (ss *sessionSet) remove(name string, s *mux.Session) {
 	}
 }
 
+func (ss *sessionSet) all() []*mux.Session {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	out := make([]*mux.Session, 0, len(ss.m))
+	for _, s := range ss.m {
+		out = append(out, s)
+	}
+	return out
+}
+
 // find returns a session whose peer answers to identity (CN or DNS SAN).
 func (ss *sessionSet) find(identity string) *mux.Session {
 	ss.mu.Lock()
@@ -222,5 +345,3 @@ func (ss *sessionSet) find(identity string) *mux.Session {
 	}
 	return nil
 }
-
-var _ = time.Second

@@ -117,8 +117,10 @@ func TestBadInput(t *testing.T) {
 	t.Parallel()
 	tn := startTunnel(t, tunnelSpec{
 		serverExtra: `handshake_timeout = "1s"`,
-		services:    []svc{{name: "echo", target: startEcho(t), allow: []string{"client-a"}}},
-		forwards:    []fwd{{name: "echo", service: "echo"}},
+		// The misbehaving peers hold valid, allowed certificates: what is
+		// tested is what they send after the handshake.
+		services: []svc{{name: "echo", target: startEcho(t), allow: []string{"client-a", "client-evil", "client-evil2"}}},
+		forwards: []fwd{{name: "echo", service: "echo"}},
 	})
 	srv := tn.server
 	bg := startBackgroundEcho(t, tn.client.forwards["echo"])
