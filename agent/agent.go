@@ -79,6 +79,8 @@ func pipeAndLog(ctx context.Context, log hclog.Logger, forwardName string, strea
 		log.Warn("stream refused by peer", append(fields, "ended", "refused", "reason", open.Code.String(), "error", open.Msg)...)
 	case errors.Is(res.Err, context.Canceled):
 		log.Info("stream closed", append(fields, "ended", "agent stopping")...)
+	case errors.Is(res.Err, mux.ErrSessionLost):
+		log.Warn("stream cut: tunnel session lost", append(fields, "ended", "session lost", "error", res.Err)...)
 	default:
 		log.Warn("stream failed", append(fields, "ended", forward.Classify(res.Err), "error", res.Err)...)
 	}

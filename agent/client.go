@@ -117,6 +117,15 @@ func (c *Client) Run(ctx context.Context) error {
 
 	var keeper sync.WaitGroup
 	keeper.Go(func() { c.keepSession(acceptCtx, streamCtx) })
+	keeper.Go(func() { warnExpiries(acceptCtx, expiryWarning(c.cfg()), c.tls.Policy, c.log) })
+	if every := reloadInterval(c.cfg()); every > 0 {
+		keeper.Go(func() {
+			watchFiles(acceptCtx, every, func() []string {
+				cfg := c.cfg()
+				return append([]string{cfg.Path, cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA}, crlFiles(cfg.TLS)...)
+			}, c.Reload, c.log)
+		})
+	}
 	<-ctx.Done()
 	fs.stop()
 	if sess := c.current.get(); sess != nil && sess.NumStreams() > 0 {

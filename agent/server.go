@@ -137,6 +137,10 @@ func (s *Server) Run(ctx context.Context) error {
 	tunnelErr := make(chan error, 1)
 	var loops sync.WaitGroup
 	loops.Go(func() { tunnelErr <- s.serveTunnel(acceptCtx, streamCtx, tunnelLn, &conns) })
+	loops.Go(func() { warnExpiries(acceptCtx, expiryWarning(cfg), s.tls.Policy, s.log) })
+	if every := reloadInterval(cfg); every > 0 {
+		loops.Go(func() { watchFiles(acceptCtx, every, s.watchedFiles, s.Reload, s.log) })
+	}
 	s.log.Info("listening", "addr", tunnelLn.Addr().String(), "services", len(cfg.Services), "forwards", len(cfg.Forwards))
 	close(s.ready)
 
@@ -287,6 +291,11 @@ func (s *Server) Reload() error {
 		}
 	}
 	return ferr
+}
+
+func (s *Server) watchedFiles() []string {
+	cfg := s.cfg()
+	return append([]string{cfg.Path, cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA}, crlFiles(cfg.TLS)...)
 }
 
 func reasonText(err error) string {

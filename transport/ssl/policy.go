@@ -2,7 +2,6 @@ package ssl
 
 import (
 	"bytes"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -194,18 +193,19 @@ func (e *PolicyError) Error() string { return e.Msg }
 // Reloader holds the current Policy and builds TLS configurations from it,
 // per handshake on the server and per dial on the client, so a reload
 // applies to the next handshake without a restart.
+//
+// TLS session resumption is off: the agents reconnect rarely, and a full
+// handshake makes every new session present and check the current
+// certificates, so a rotated certificate is visible at once. Should it be
+// turned on, VerifyConnection still applies the current policy to resumed
+// sessions (tested).
 type Reloader struct {
 	current atomic.Pointer[Policy]
-	// One ticket key for the agent's life: resumed sessions survive a
-	// reload, and VerifyConnection still checks them against the new policy.
-	ticketKey [32]byte
-	sessions  tls.ClientSessionCache
 }
 
 // NewReloader starts with p.
 func NewReloader(p *Policy) *Reloader {
-	r := &Reloader{sessions: tls.NewLRUClientSessionCache(16)}
-	_, _ = rand.Read(r.ticketKey[:])
+	r := &Reloader{}
 	r.current.Store(p)
 	return r
 }
@@ -223,7 +223,7 @@ func (r *Reloader) ServerConfig() *tls.Config {
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
 			p := r.current.Load()
 			c := ServerConfig(p.Material)
-			c.SetSessionTicketKeys([][32]byte{r.ticketKey})
+			c.SessionTicketsDisabled = true
 			c.VerifyConnection = p.verifyConnection
 			return c, nil
 		},
@@ -234,7 +234,6 @@ func (r *Reloader) ServerConfig() *tls.Config {
 func (r *Reloader) ClientConfig(serverName string) *tls.Config {
 	p := r.current.Load()
 	c := ClientConfig(p.Material, serverName)
-	c.ClientSessionCache = r.sessions
 	c.VerifyConnection = p.verifyConnection
 	return c
 }

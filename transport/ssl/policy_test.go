@@ -187,8 +187,24 @@ func TestResumedSessionCheckedAgainstNewRules(t *testing.T) {
 	srv := NewReloader(sp)
 	cp, _ := LoadPolicy(PolicySpec{Cert: cc, Key: ck, CA: p.caFile})
 	cli := NewReloader(cp)
+	// The agents turn resumption off; turn it on here to prove that the
+	// policy still applies if it ever is.
+	key := [32]byte{1, 2, 3}
+	base := srv.ServerConfig()
+	srvConf := &tls.Config{GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+		c, err := base.GetConfigForClient(h)
+		c.SessionTicketsDisabled = false
+		c.SetSessionTicketKeys([][32]byte{key})
+		return c, err
+	}}
+	cache := tls.NewLRUClientSessionCache(4)
+	cliConf := func() *tls.Config {
+		c := cli.ClientConfig("localhost")
+		c.ClientSessionCache = cache
+		return c
+	}
 
-	srvErr, cliErr, _, c1 := handshake(t, srv.ServerConfig(), cli.ClientConfig("localhost"))
+	srvErr, cliErr, _, c1 := handshake(t, srvConf, cliConf())
 	if srvErr != nil || cliErr != nil {
 		t.Fatal(srvErr, cliErr)
 	}
@@ -196,12 +212,12 @@ func TestResumedSessionCheckedAgainstNewRules(t *testing.T) {
 		t.Fatal("first handshake resumed")
 	}
 	// Prove resumption works while the rules still allow the client.
-	srvErr, cliErr, _, c2 := handshake(t, srv.ServerConfig(), cli.ClientConfig("localhost"))
+	srvErr, cliErr, _, c2 := handshake(t, srvConf, cliConf())
 	if srvErr != nil || cliErr != nil || !c2.ConnectionState().DidResume {
 		t.Fatalf("second handshake: resumed=%v %v %v", c2.ConnectionState().DidResume, srvErr, cliErr)
 	}
 	allowed.Store([]string{"client-b"})
-	srvErr, _, _, _ = handshake(t, srv.ServerConfig(), cli.ClientConfig("localhost"))
+	srvErr, _, _, _ = handshake(t, srvConf, cliConf())
 	if srvErr == nil || !strings.Contains(srvErr.Error(), "client-a is not allowed") {
 		t.Fatalf("resumed session after the rules changed: %v", srvErr)
 	}
@@ -235,4 +251,20 @@ func TestRecheck(t *testing.T) {
 	}
 }
 
-var _ = tls.VersionTLS13
+func TestAgentsDoNotResume(t *testing.T) {
+	p := newPKI(t)
+	sc, sk := policyFiles(t, p, "server", issueServer(t, p.ca, pki.Options{}))
+	cc, ck := policyFiles(t, p, "client", issueClient(t, p.ca, pki.Options{}))
+	sp, _ := LoadPolicy(PolicySpec{Cert: sc, Key: sk, CA: p.caFile})
+	cp, _ := LoadPolicy(PolicySpec{Cert: cc, Key: ck, CA: p.caFile})
+	srv, cli := NewReloader(sp), NewReloader(cp)
+	cache := tls.NewLRUClientSessionCache(4) // a client that would resume if offered a ticket
+	for i := 0; i < 2; i++ {
+		conf := cli.ClientConfig("localhost")
+		conf.ClientSessionCache = cache
+		_, _, _, c := handshake(t, srv.ServerConfig(), conf)
+		if c.ConnectionState().DidResume {
+			t.Fatal("resumed")
+		}
+	}
+}

@@ -12,8 +12,11 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/tunnelworks/tunnel/agent"
 	"github.com/tunnelworks/tunnel/config"
@@ -114,7 +117,10 @@ func parseFlags(prog, cmd string, args []string, stderr io.Writer, withLog bool)
 }
 
 // runner is what both agents are.
-type runner interface{ Run(context.Context) error }
+type runner interface {
+	Run(context.Context) error
+	Reload() error
+}
 
 func run(role Role, prog string, args []string, stderr io.Writer) int {
 	f, ok := parseFlags(prog, "run", args, stderr, true)
@@ -124,6 +130,7 @@ func run(role Role, prog string, args []string, stderr io.Writer) int {
 	var (
 		a             runner
 		level, format string
+		log           hclog.Logger
 		err           error
 	)
 	switch role {
@@ -131,13 +138,15 @@ func run(role Role, prog string, args []string, stderr io.Writer) int {
 		var cfg *config.Server
 		if cfg, err = config.LoadServer(f.config); err == nil {
 			level, format = pick(f.logLevel, cfg.LogLevel), pick(f.logFormat, cfg.LogFormat)
-			a, err = agent.NewServer(cfg, agent.NewLogger(prog, level, format, stderr))
+			log = agent.NewLogger(prog, level, format, stderr)
+			a, err = agent.NewServer(cfg, log)
 		}
 	case Client:
 		var cfg *config.Client
 		if cfg, err = config.LoadClient(f.config); err == nil {
 			level, format = pick(f.logLevel, cfg.LogLevel), pick(f.logFormat, cfg.LogFormat)
-			a, err = agent.NewClient(cfg, agent.NewLogger(prog, level, format, stderr))
+			log = agent.NewLogger(prog, level, format, stderr)
+			a, err = agent.NewClient(cfg, log)
 		}
 	}
 	if err != nil {
@@ -146,11 +155,40 @@ func run(role Role, prog string, args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signalContext(stderr, prog)
 	defer stop()
+	stopReloads := reloadOnHUP(a, log)
+	defer stopReloads()
 	if err := a.Run(ctx); err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", prog, err)
 		return exitFailure
 	}
 	return exitOK
+}
+
+// reloadOnHUP reloads the agent on every SIGHUP; a failed reload keeps the
+// running configuration and says why.
+func reloadOnHUP(a runner, log hclog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			select {
+			case <-done:
+				return
+			case <-hup:
+				log.Info("SIGHUP received: reloading")
+				if err := a.Reload(); err != nil {
+					log.Error("reload failed; keeping the running configuration", "error", err)
+				}
+			}
+		}
+	})
+	return func() {
+		signal.Stop(hup)
+		close(done)
+		wg.Wait()
+	}
 }
 
 func pick(flagValue, configValue string) string {

@@ -1,0 +1,349 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"go.uber.org/goleak"
+
+	"github.com/tunnelworks/tunnel/config"
+	"github.com/tunnelworks/tunnel/transport/ssl/pki"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// syncBuffer is a log sink the test can read while agents write.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// waitFor polls cond for up to 10 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
+
+type rig struct {
+	dir         string
+	files       DemoFiles
+	ca          *pki.Cert
+	srvPath     string
+	srv         *Server
+	cli         *Client
+	srvLog      *syncBuffer
+	cliLog      *syncBuffer
+	echo        string
+	cancel      func()
+	done        sync.WaitGroup
+	serverAllow string
+}
+
+func serverHCL(echo, allow, extra string) string {
+	return fmt.Sprintf(`listen = "127.0.0.1:0"
+tls {
+  cert = "server.crt"
+  key  = "server.key"
+  ca   = "ca.crt"
+}
+service "echo" {
+  target = %q
+  allow  = [%s]
+}
+%s`, echo, allow, extra)
+}
+
+func startRig(t *testing.T) *rig {
+	t.Helper()
+	r := &rig{dir: t.TempDir(), srvLog: &syncBuffer{}, cliLog: &syncBuffer{}}
+	ca, err := pki.NewRootCA(pki.Options{CommonName: "agent test CA"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.ca = ca
+	r.files = writePKI(t, r.dir, ca)
+	r.echo = echoServer(t)
+	r.srvPath = filepath.Join(r.dir, "server.hcl")
+	r.writeServer(t, serverHCL(r.echo, `"client-a"`, ""))
+	scfg, err := config.LoadServer(r.srvPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.srv, err = NewServer(scfg, hclog.New(&hclog.LoggerOptions{Output: r.srvLog, Level: hclog.Debug}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	r.done.Go(func() { _ = r.srv.Run(ctx) })
+	<-r.srv.Ready()
+	cliPath := filepath.Join(r.dir, "client.hcl")
+	if err := os.WriteFile(cliPath, fmt.Appendf(nil, `server = %q
+tls {
+  cert = "client.crt"
+  key  = "client.key"
+  ca   = "ca.crt"
+  server_name = "localhost"
+}
+forward "echo" {
+  listen = "127.0.0.1:0"
+}
+`, r.srv.Addr("tunnel").String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ccfg, err := config.LoadClient(cliPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.cli, err = NewClient(ccfg, hclog.New(&hclog.LoggerOptions{Output: r.cliLog, Level: hclog.Debug}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.done.Go(func() { _ = r.cli.Run(ctx) })
+	<-r.cli.Ready()
+	waitFor(t, "the session", func() bool { return r.cli.Session() != nil })
+	t.Cleanup(func() {
+		r.cancel()
+		r.done.Wait()
+		if t.Failed() {
+			t.Logf("server log:\n%s\nclient log:\n%s", r.srvLog, r.cliLog)
+		}
+	})
+	return r
+}
+
+func writePKI(t *testing.T, dir string, ca *pki.Cert) DemoFiles {
+	t.Helper()
+	f := DemoFiles{CA: filepath.Join(dir, "ca.crt"), ServerCert: filepath.Join(dir, "server.crt"), ServerKey: filepath.Join(dir, "server.key"), ClientCert: filepath.Join(dir, "client.crt"), ClientKey: filepath.Join(dir, "client.key")}
+	srv, err := ca.IssueServer(pki.Options{CommonName: "tunnel-server", DNSNames: []string{"localhost"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := ca.IssueClient(pki.Options{CommonName: "client-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(f.CA, ca.CertPEM(), 0o644)
+	if err := srv.WriteFiles(f.ServerCert, f.ServerKey); err != nil {
+		t.Fatal(err)
+	}
+	if err := cli.WriteFiles(f.ClientCert, f.ClientKey); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (r *rig) writeServer(t *testing.T, hcl string) {
+	t.Helper()
+	if err := os.WriteFile(r.srvPath, []byte(hcl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func echoServer(t *testing.T) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { defer c.Close(); io.Copy(c, c) })
+		}
+	})
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String()
+}
+
+func roundTrip(addr string, msg []byte) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	go func() { c.Write(msg); c.(*net.TCPConn).CloseWrite() }()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(got, msg) {
+		return fmt.Errorf("got %d bytes back, want %d", len(got), len(msg))
+	}
+	return nil
+}
+
+func TestReloadRemovesAllowAndClosesSession(t *testing.T) {
+	r := startRig(t)
+	fwd := r.cli.Addr("echo").String()
+	if err := roundTrip(fwd, []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	r.writeServer(t, serverHCL(r.echo, `"client-b"`, ""))
+	if err := r.srv.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the server to close the session", func() bool {
+		return strings.Contains(r.srvLog.String(), "closing session: its client no longer passes")
+	})
+	if !strings.Contains(r.srvLog.String(), `changes="service \"echo\" changed"`) {
+		t.Errorf("reloaded line does not say what changed:\n%s", r.srvLog)
+	}
+	// The client reconnects and is refused in the handshake now.
+	waitFor(t, "the refused reconnect", func() bool {
+		return strings.Contains(r.srvLog.String(), `\"client-a\" is not allowed by any service`)
+	})
+}
+
+func TestReloadBrokenFileKeepsRunningConfig(t *testing.T) {
+	r := startRig(t)
+	fwd := r.cli.Addr("echo").String()
+	r.writeServer(t, serverHCL(r.echo, `"client-a"`, "nonsense = 1\n"))
+	err := r.srv.Reload()
+	if err == nil || !strings.Contains(err.Error(), "nonsense") {
+		t.Fatalf("reload of a broken file: %v", err)
+	}
+	// A certificate that does not match its key is refused too.
+	other, _ := r.ca.IssueServer(pki.Options{CommonName: "other", DNSNames: []string{"localhost"}})
+	os.WriteFile(r.files.ServerCert, other.CertPEM(), 0o644)
+	r.writeServer(t, serverHCL(r.echo, `"client-a"`, ""))
+	if err := r.srv.Reload(); err == nil || !strings.Contains(err.Error(), "private key does not match") {
+		t.Fatalf("reload with a mismatched key: %v", err)
+	}
+	if err := roundTrip(fwd, []byte("still served by the old configuration")); err != nil {
+		t.Fatal(err)
+	}
+	if r.cli.Session() == nil || strings.Contains(r.srvLog.String(), "closing session") {
+		t.Fatal("a failed reload touched the session")
+	}
+}
+
+func TestCertificateSwapUnderLoad(t *testing.T) {
+	r := startRig(t)
+	fwd := r.cli.Addr("echo").String()
+	oldSerial := r.cli.Session().Peer.Leaf.SerialNumber
+
+	// A stream keeps moving data across the reload.
+	c, err := net.Dial("tcp", fwd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	stop := make(chan struct{})
+	var sent, got bytes.Buffer
+	var pumps sync.WaitGroup
+	pumps.Go(func() {
+		buf := make([]byte, 4096)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				c.(*net.TCPConn).CloseWrite()
+				return
+			default:
+			}
+			for j := range buf {
+				buf[j] = byte(i + j)
+			}
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+			sent.Write(buf)
+		}
+	})
+	pumps.Go(func() { io.Copy(&got, c) })
+
+	next, err := r.ca.IssueServer(pki.Options{CommonName: "tunnel-server", DNSNames: []string{"localhost"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(r.files.ServerKey)
+	if err := next.WriteFiles(r.files.ServerCert, r.files.ServerKey); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if err := r.srv.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(r.srvLog.String(), "certificate (serial") {
+		t.Errorf("reloaded line does not name the new certificate:\n%s", r.srvLog)
+	}
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	pumps.Wait()
+	if sent.Len() == 0 || sha256.Sum256(sent.Bytes()) != sha256.Sum256(got.Bytes()) {
+		t.Fatalf("stream across the reload: sent %d, got %d bytes", sent.Len(), got.Len())
+	}
+	// The running session was not touched; a new one sees the new certificate.
+	if r.cli.Session().Peer.Leaf.SerialNumber.Cmp(oldSerial) != 0 {
+		t.Fatal("session was replaced by the reload")
+	}
+	r.cli.Session().CloseWithReason(fmt.Errorf("test forces a reconnect"))
+	waitFor(t, "a session with the new certificate", func() bool {
+		s := r.cli.Session()
+		return s != nil && s.Peer.Leaf.SerialNumber.Cmp(next.Cert.SerialNumber) == 0
+	})
+}
+
+func TestReloadAddsAndRemovesForwards(t *testing.T) {
+	r := startRig(t)
+	extra := `forward "back" {
+  listen  = "127.0.0.1:0"
+  client  = "client-a"
+  service = "nothing"
+}
+`
+	r.writeServer(t, serverHCL(r.echo, `"client-a"`, extra))
+	if err := r.srv.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	addr := r.srv.Addr("back")
+	if addr == nil {
+		t.Fatal("added forward not listening")
+	}
+	r.writeServer(t, serverHCL(r.echo, `"client-a"`, ""))
+	if err := r.srv.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	if r.srv.Addr("back") != nil {
+		t.Fatal("removed forward still listed")
+	}
+	if c, err := net.DialTimeout("tcp", addr.String(), time.Second); err == nil {
+		c.Close()
+		t.Fatal("removed forward still accepts")
+	}
+	if err := roundTrip(r.cli.Addr("echo").String(), []byte("unchanged")); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,79 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"io"
+	"os"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/tunnelworks/tunnel/transport/ssl"
+)
+
+// watchFiles calls reload whenever the content of any of files() changes,
+// checking every interval, until ctx ends. It exists for CRLs and
+// certificates that another tool rewrites on a schedule; SIGHUP does the
+// same on demand.
+func watchFiles(ctx context.Context, interval time.Duration, files func() []string, reload func() error, log hclog.Logger) {
+	last := fingerprint(files())
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := fingerprint(files())
+		if now == last {
+			continue
+		}
+		last = now
+		if err := reload(); err != nil {
+			log.Error("reload failed; keeping the running configuration", "trigger", "file change", "error", err)
+		}
+	}
+}
+
+// fingerprint hashes the files' contents (a missing file hashes as such),
+// so a rewrite with the same content does not reload.
+func fingerprint(files []string) [32]byte {
+	h := sha256.New()
+	for _, f := range files {
+		h.Write([]byte(f))
+		h.Write([]byte{0})
+		if fh, err := os.Open(f); err == nil {
+			_, _ = io.Copy(h, fh)
+			fh.Close()
+		} else {
+			h.Write([]byte("missing"))
+		}
+	}
+	return [32]byte(h.Sum(nil))
+}
+
+// warnExpiries logs, now and every hour until ctx ends, whatever expires
+// within window: our certificate, a CA, a CRL's next update.
+func warnExpiries(ctx context.Context, window time.Duration, policy func() *ssl.Policy, log hclog.Logger) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		now := time.Now()
+		for _, e := range policy().Expiries() {
+			if left := e.When.Sub(now); left < window {
+				if left < 0 {
+					log.Error(e.What+" has expired", "name", e.Name, "expired", e.When.UTC().Format(time.RFC3339))
+				} else {
+					log.Warn(e.What+" expires soon", "name", e.Name, "when", e.When.UTC().Format(time.RFC3339), "days_left", e.DaysLeft(now))
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
