@@ -23,7 +23,14 @@ import (
 	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/forward"
 	"github.com/tunnelworks/tunnel/mux"
+	"github.com/tunnelworks/tunnel/transport/sockopt"
 	"github.com/tunnelworks/tunnel/transport/ssl"
+)
+
+// Traffic classes: each gets its own TLS connection and yamux session.
+const (
+	classControl = "control"
+	classBulk    = "bulk"
 )
 
 // Version is the agents' version, sent in the hello and printed by `version`.
@@ -86,8 +93,24 @@ func pipeAndLog(ctx context.Context, log hclog.Logger, forwardName string, strea
 	}
 }
 
-func muxConfig(log hclog.Logger, helloTimeout time.Duration) mux.Config {
-	return mux.Config{Agent: Version, HelloTimeout: helloTimeout, Logger: log}
+// sessionSettings are the mux settings that come from the config file.
+type sessionSettings struct {
+	HandshakeTimeout     time.Duration
+	PingAfter, DeadAfter time.Duration
+	MaxStreams           int
+}
+
+// tunnelSockopts are the options of the tunnel's own TCP connection:
+// keepalive and TCP_USER_TIMEOUT so a dead peer is noticed even while our
+// writes sit unacknowledged, and for the control class a small
+// TCP_NOTSENT_LOWAT so its messages never queue behind kilobytes of its own
+// unsent data in the kernel.
+func tunnelSockopts(st sessionSettings, class string) sockopt.Options {
+	o := sockopt.Options{KeepAlive: 15 * time.Second, UserTimeout: st.DeadAfter, DSCP: -1}
+	if class == classControl {
+		o.NotSentLowat = 16 * 1024
+	}
+	return o
 }
 
 // newLogger makes the agent's root logger from config.
@@ -100,17 +123,21 @@ func NewLogger(name, level, format string, out interface{ Write([]byte) (int, er
 	})
 }
 
-// establish runs the TLS handshake and the hello on a raw connection.
-// The caller bounds the whole with timeout.
-func establish(ctx context.Context, conn *tls.Conn, role string, timeout time.Duration, log hclog.Logger) (*mux.Session, error) {
-	if err := ssl.Handshake(ctx, conn, timeout); err != nil {
+// establish runs the TLS handshake and the hello on a raw connection,
+// each bounded by the handshake timeout.
+func establish(ctx context.Context, conn *tls.Conn, role, class string, st sessionSettings, log hclog.Logger) (*mux.Session, error) {
+	if err := ssl.Handshake(ctx, conn, st.HandshakeTimeout); err != nil {
 		return nil, err
 	}
 	id, err := ssl.PeerIdentity(conn.ConnectionState())
 	if err != nil {
 		return nil, err
 	}
-	sess, err := mux.Establish(ctx, conn, role, id, muxConfig(log, timeout))
+	sess, err := mux.Establish(ctx, conn, role, id, mux.Config{
+		Agent: Version, Class: class, HelloTimeout: st.HandshakeTimeout,
+		PingAfter: st.PingAfter, DeadAfter: st.DeadAfter, MaxStreams: st.MaxStreams,
+		Logger: log,
+	})
 	if err != nil {
 		// In TLS 1.3 a client learns that the server refused its
 		// certificate only here, on its first read: name the cause.

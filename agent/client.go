@@ -2,11 +2,8 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"slices"
 	"sync"
@@ -20,23 +17,17 @@ import (
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
 
-// Reconnect backoff: doubles from backoffMin to backoffMax with jitter, and
-// starts over once a session has stayed up for stableAfter.
-const (
-	backoffMin  = 250 * time.Millisecond
-	backoffMax  = 30 * time.Second
-	stableAfter = 30 * time.Second
-	// How long a new local connection waits for the session while it is down.
-	sessionWait = 10 * time.Second
-)
+// How long a new local connection waits for the session while it is down.
+const sessionWait = 10 * time.Second
 
 // Client is tunnel-client: it keeps one session to a server up and carries
 // its forwards over it, and serves the server's streams to its services.
 type Client struct {
 	log      hclog.Logger
+	limited  *limitedLog
 	tls      *ssl.Reloader
 	state    atomic.Pointer[clientState]
-	current  sessionHolder
+	keepers  map[string]*keeper // by traffic class; fixed at start
 	reloadMu sync.Mutex
 
 	mu       sync.Mutex
@@ -55,9 +46,41 @@ func NewClient(cfg *config.Client, log hclog.Logger) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
-	c := &Client{log: log, tls: ssl.NewReloader(p), current: newSessionHolder(), ready: make(chan struct{})}
+	c := &Client{log: log, limited: newLimitedLog(log, time.Minute), tls: ssl.NewReloader(p), ready: make(chan struct{}), keepers: map[string]*keeper{}}
 	c.state.Store(&clientState{cfg: cfg, lookup: services(cfg.Services, cfg.DialTimeout, true)})
+	// One session per traffic class in use, so control messages never
+	// queue behind bulk data; the server may open streams of either class.
+	for _, f := range cfg.Forwards {
+		c.keepers[forwardClass(f)] = nil
+	}
+	for _, svc := range cfg.Services {
+		c.keepers[serviceClass(svc)] = nil
+	}
+	if len(c.keepers) == 0 {
+		c.keepers[classBulk] = nil
+	}
+	for class := range c.keepers {
+		c.keepers[class] = newKeeper(c, class)
+	}
 	return c, nil
+}
+
+// keeperFor is the keeper of a class, or any keeper when that class has
+// none (a forward added by a reload with a new class rides an existing
+// session until the next restart).
+func (c *Client) keeperFor(class string) *keeper {
+	if k, ok := c.keepers[class]; ok {
+		return k
+	}
+	if k, ok := c.keepers[classBulk]; ok {
+		return k
+	}
+	return c.keepers[classControl]
+}
+
+func (c *Client) settings() sessionSettings {
+	cfg := c.cfg()
+	return sessionSettings{HandshakeTimeout: cfg.HandshakeTimeout, PingAfter: pingAfter(cfg), DeadAfter: deadAfter(cfg), MaxStreams: maxStreams(cfg)}
 }
 
 func clientPolicySpec(cfg *config.Client) ssl.PolicySpec {
@@ -91,8 +114,9 @@ func (c *Client) Addr(name string) net.Addr {
 	return c.forwards.addr(name)
 }
 
-// Session is the current session, or nil while disconnected.
-func (c *Client) Session() *mux.Session { return c.current.get() }
+// Session is the current session of the bulk class (or the only class),
+// or nil while disconnected.
+func (c *Client) Session() *mux.Session { return c.keeperFor(classBulk).current.get() }
 
 // Run keeps the session up and serves forwards until ctx is cancelled, then
 // stops gracefully like Server.Run.
@@ -116,7 +140,9 @@ func (c *Client) Run(ctx context.Context) error {
 	close(c.ready)
 
 	var keeper sync.WaitGroup
-	keeper.Go(func() { c.keepSession(acceptCtx, streamCtx) })
+	for _, k := range c.keepers {
+		keeper.Go(func() { k.run(acceptCtx, streamCtx) })
+	}
 	keeper.Go(func() { warnExpiries(acceptCtx, expiryWarning(c.cfg()), c.tls.Policy, c.log) })
 	if every := reloadInterval(c.cfg()); every > 0 {
 		keeper.Go(func() {
@@ -128,20 +154,40 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	fs.stop()
-	if sess := c.current.get(); sess != nil && sess.NumStreams() > 0 {
-		limit := drainTimeout(c.cfg())
-		c.log.Info("stopping: draining streams", "streams", sess.NumStreams(), "drain_timeout", limit)
-		dctx, cancel := context.WithTimeout(context.Background(), limit)
-		if err := sess.Drain(dctx); err != nil {
-			c.log.Warn("drain cut short", "error", err)
-		}
-		cancel()
-	}
+	c.drain(drainTimeout(c.cfg()))
 	killStreams()
 	keeper.Wait()
 	conns.Wait()
 	c.log.Info("stopped")
 	return nil
+}
+
+// drain tells the server to open no more streams and waits up to limit for
+// the streams in flight, on every class's session at once.
+func (c *Client) drain(limit time.Duration) {
+	var sessions []*mux.Session
+	open := 0
+	for _, k := range c.keepers {
+		if s := k.current.get(); s != nil {
+			sessions = append(sessions, s)
+			open += s.NumStreams()
+		}
+	}
+	if open == 0 {
+		return
+	}
+	c.log.Info("stopping: draining streams", "streams", open, "drain_timeout", limit)
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, s := range sessions {
+		wg.Go(func() {
+			if err := s.Drain(ctx); err != nil {
+				c.log.Warn("drain cut short", "error", err)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // Reload re-reads the config file and its TLS files; see Server.Reload. The
@@ -172,7 +218,11 @@ func (c *Client) Reload() error {
 		ferr = fs.apply(cfg.Forwards)
 	}
 	c.log.Info("reloaded", "changes", changes)
-	if sess := c.current.get(); sess != nil {
+	for _, k := range c.keepers {
+		sess := k.current.get()
+		if sess == nil {
+			continue
+		}
 		if err := p.Recheck(sess.Peer, x509.ExtKeyUsageServerAuth, time.Now()); err != nil {
 			c.log.Warn("closing session: the server no longer passes", "peer", sess.Peer.Name(), "reason", err)
 			sess.CloseWithReason(fmt.Errorf("closed by reload: %w", err))
@@ -181,73 +231,16 @@ func (c *Client) Reload() error {
 	return ferr
 }
 
-// keepSession connects, serves the session until it ends, and reconnects
-// with capped exponential backoff and jitter, trying servers in order.
-func (c *Client) keepSession(ctx, streamCtx context.Context) {
-	delay := backoffMin
-	for attempt := 0; ctx.Err() == nil; attempt++ {
-		servers := c.cfg().Servers
-		addr := servers[attempt%len(servers)]
-		sess, err := c.connect(ctx, addr)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			wait := delay/2 + rand.N(delay/2+1)
-			c.log.Warn("cannot reach server; retrying", "server", addr, "error", err, "retry_in", wait.Round(time.Millisecond))
-			delay = min(2*delay, backoffMax)
-			if !sleep(ctx, wait) {
-				return
-			}
-			continue
-		}
-		up := time.Now()
-		log := c.log.With("server", addr, "peer", sess.Peer.Name())
-		log.Info("session up", "agent", sess.PeerHello.Agent)
-		c.current.set(sess)
-		err = sess.Serve(streamCtx, c.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
-			pipeAndLog(ctx, log, "", stream, target)
-		})
-		c.current.clear(sess)
-		sess.Close()
-		if ctx.Err() != nil {
-			return
-		}
-		log.Warn("session ended; reconnecting", "reason", reasonText(err), "uptime", time.Since(up).Round(time.Second))
-		if time.Since(up) >= stableAfter {
-			delay = backoffMin
-		}
-		attempt-- // the same server first: it was working
-		if !sleep(ctx, delay/2+rand.N(delay/2+1)) {
-			return
-		}
-		delay = min(2*delay, backoffMax)
-	}
-}
-
-func (c *Client) connect(ctx context.Context, addr string) (*mux.Session, error) {
-	cfg := c.cfg()
-	ctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
-	defer cancel()
-	var d net.Dialer
-	raw, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("dial %s: %w", addr, err)
-	}
-	sess, err := establish(ctx, tls.Client(raw, c.tls.ClientConfig(cfg.TLS.ServerName)), mux.RoleClient, cfg.HandshakeTimeout, c.log)
-	if err != nil {
-		raw.Close()
-		return nil, err
-	}
-	return sess, nil
-}
-
 func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.Conn) {
-	sess, err := c.current.wait(ctx, sessionWait)
+	k := c.keeperFor(forwardClass(f))
+	sess, err := k.current.wait(ctx, sessionWait)
 	if err != nil {
-		c.log.Warn("connection refused: no session to the server", "forward", f.Name, "local", local.RemoteAddr().String(), "error", err)
+		c.limited.Warn("no-session:"+f.Name, "connection refused: no session to the server", "forward", f.Name, "local", local.RemoteAddr().String(), "error", err)
 		local.Close()
 		return
+	}
+	if sess.Opened() >= rotateAfter {
+		k.rotate()
 	}
 	stream, err := sess.Open(ctx, f.Service)
 	if err != nil {
@@ -256,69 +249,4 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 		return
 	}
 	pipeAndLog(ctx, c.log.With("peer", sess.Peer.Name()), f.Name, stream, local)
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
-// sessionHolder is the client's current session, with a way to wait for one.
-type sessionHolder struct {
-	mu      sync.Mutex
-	s       *mux.Session
-	changed chan struct{} // closed and replaced on every change
-}
-
-func newSessionHolder() sessionHolder { return sessionHolder{changed: make(chan struct{})} }
-
-func (h *sessionHolder) get() *mux.Session {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.s
-}
-
-func (h *sessionHolder) set(s *mux.Session) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.s = s
-	close(h.changed)
-	h.changed = make(chan struct{})
-}
-
-func (h *sessionHolder) clear(s *mux.Session) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.s == s {
-		h.s = nil
-	}
-}
-
-var errNoSession = errors.New("session to the server is down")
-
-// wait returns the current session, waiting up to limit for one.
-func (h *sessionHolder) wait(ctx context.Context, limit time.Duration) (*mux.Session, error) {
-	t := time.NewTimer(limit)
-	defer t.Stop()
-	for {
-		h.mu.Lock()
-		s, changed := h.s, h.changed
-		h.mu.Unlock()
-		if s != nil {
-			return s, nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-t.C:
-			return nil, fmt.Errorf("%w (waited %s)", errNoSession, limit)
-		case <-changed:
-		}
-	}
 }

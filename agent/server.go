@@ -16,6 +16,7 @@ import (
 	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/forward"
 	"github.com/tunnelworks/tunnel/mux"
+	"github.com/tunnelworks/tunnel/transport/sockopt"
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
 
@@ -23,6 +24,7 @@ import (
 // carries its own forwards to connected clients.
 type Server struct {
 	log      hclog.Logger
+	limited  *limitedLog
 	tls      *ssl.Reloader
 	state    atomic.Pointer[serverState]
 	sessions sessionSet
@@ -44,7 +46,7 @@ type serverState struct {
 // NewServer checks what can never work (unreadable or mismatched key, bad
 // CA bundle, bad CRL) before anything listens.
 func NewServer(cfg *config.Server, log hclog.Logger) (*Server, error) {
-	s := &Server{log: log, ready: make(chan struct{})}
+	s := &Server{log: log, limited: newLimitedLog(log, time.Minute), ready: make(chan struct{})}
 	st := newServerState(cfg)
 	p, err := ssl.LoadPolicy(serverPolicySpec(cfg, s.admit))
 	if err != nil {
@@ -90,6 +92,11 @@ func newServerState(cfg *config.Server) *serverState {
 func (s *Server) admit(id ssl.Identity) error { return s.state.Load().admit(id) }
 
 func (s *Server) cfg() *config.Server { return s.state.Load().cfg }
+
+func (s *Server) settings() sessionSettings {
+	cfg := s.cfg()
+	return sessionSettings{HandshakeTimeout: cfg.HandshakeTimeout, PingAfter: pingAfter(cfg), DeadAfter: deadAfter(cfg), MaxStreams: maxStreams(cfg)}
+}
 
 // Ready is closed once every listener is open.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
@@ -197,39 +204,63 @@ func (s *Server) serveTunnel(acceptCtx, streamCtx context.Context, ln net.Listen
 			conn.Close()
 			return
 		}
-		conns.Go(func() { s.serveConn(acceptCtx, streamCtx, conn, slots) })
+		conns.Go(func() { s.serveConn(acceptCtx, streamCtx, conn, slots, conns) })
 	})
 }
 
-func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, slots chan struct{}) {
+func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, slots chan struct{}, conns *sync.WaitGroup) {
 	remote := conn.RemoteAddr().String()
 	cfg := s.cfg()
+	st := s.settings()
+	if err := sockopt.Apply(conn, tunnelSockopts(st, "")); err != nil {
+		s.log.Warn("cannot set socket options on a tunnel connection", "remote", remote, "error", err)
+	}
 	tconn := tls.Server(conn, s.tls.ServerConfig())
-	sess, err := establish(acceptCtx, tconn, mux.RoleServer, cfg.HandshakeTimeout, s.log)
+	sess, err := establish(acceptCtx, tconn, mux.RoleServer, "", st, s.log)
 	<-slots
 	if err != nil {
 		if acceptCtx.Err() == nil {
-			s.log.Warn("client refused", "remote", remote, "error", err)
+			// One line per source address and kind of failure per minute:
+			// a flood of garbage must not become a flood of log lines.
+			host, _, _ := net.SplitHostPort(remote)
+			kind := err.Error()
+			if len(kind) > 48 {
+				kind = kind[:48]
+			}
+			s.limited.Warn("refused:"+host+":"+kind, "client refused", "remote", remote, "error", err)
 		}
 		conn.Close()
 		return
 	}
 	peer := sess.Peer.Name()
+	class := sess.PeerHello.Class
 	log := s.log.With("peer", peer, "remote", remote)
-	// A client that reconnects replaces its old session at once, so its
-	// forwards never see a stale "already connected".
-	if old := s.sessions.put(peer, sess); old != nil {
-		log.Info("client reconnected; closing its previous session")
-		old.CloseWithReason(errors.New("replaced by a new session from the same client"))
+	if err := s.sessions.admit(peer, class, maxSessions(cfg), maxSessionsPerIdentity(cfg)); err != nil {
+		s.limited.Warn("limit:"+peer, "client refused", "peer", peer, "remote", remote, "error", err)
+		sess.CloseWithReason(err)
+		return
 	}
-	log.Info("session up", "agent", sess.PeerHello.Agent)
+	// A client that reconnects replaces its old session of the same class
+	// at once: new streams use the new one, so its forwards never see a
+	// stale "already connected"; the old one drains in the background
+	// (a rotation) or is already dead (a reconnect).
+	if old := s.sessions.put(peer, class, sess); old != nil {
+		log.Info("client reconnected; draining its previous session", "class", class)
+		conns.Go(func() {
+			ctx, cancel := context.WithTimeout(streamCtx, drainTimeout(cfg))
+			defer cancel()
+			_ = old.Drain(ctx)
+			old.CloseWithReason(errors.New("replaced by a new session from the same client"))
+		})
+	}
+	log.Info("session up", "class", class, "agent", sess.PeerHello.Agent)
 	err = sess.Serve(streamCtx, s.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
 		pipeAndLog(ctx, log, "", stream, target)
 	})
-	s.sessions.remove(peer, sess)
+	s.sessions.remove(peer, class, sess)
 	sess.Close()
 	if streamCtx.Err() == nil {
-		log.Info("session ended", "reason", reasonText(err))
+		log.Info("session ended", "class", class, "reason", reasonText(err))
 	}
 }
 
@@ -237,9 +268,9 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 func (s *Server) lookup(name string) (mux.Service, bool) { return s.state.Load().lookup(name) }
 
 func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.Conn) {
-	sess := s.sessions.find(f.Client)
+	sess := s.sessions.find(f.Client, forwardClass(f))
 	if sess == nil {
-		s.log.Warn("connection refused: client not connected", "forward", f.Name, "client", f.Client, "local", local.RemoteAddr().String())
+		s.limited.Warn("no-client:"+f.Name, "connection refused: client not connected", "forward", f.Name, "client", f.Client, "local", local.RemoteAddr().String())
 		local.Close()
 		return
 	}
@@ -305,28 +336,55 @@ func reasonText(err error) string {
 	return err.Error()
 }
 
-// sessionSet holds the connected clients' sessions by identity name.
+// sessionSet holds the connected clients' sessions by identity and class.
 type sessionSet struct {
 	mu sync.Mutex
-	m  map[string]*mux.Session
+	m  map[sessionKey]*mux.Session
 }
 
-func (ss *sessionSet) put(name string, s *mux.Session) (old *mux.Session) {
+type sessionKey struct{ identity, class string }
+
+// admit checks the session limits for a new session of identity. A session
+// that would replace one of the same class does not count against them.
+func (ss *sessionSet) admit(identity, class string, max, perIdentity int) error {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if _, replaces := ss.m[sessionKey{identity, class}]; replaces {
+		return nil
+	}
+	if len(ss.m) >= max {
+		return fmt.Errorf("server has %d sessions, its limit (max_sessions)", len(ss.m))
+	}
+	n := 0
+	for k := range ss.m {
+		if k.identity == identity {
+			n++
+		}
+	}
+	if n >= perIdentity {
+		return fmt.Errorf("%q already has %d sessions, the limit per client (max_sessions_per_identity)", identity, n)
+	}
+	return nil
+}
+
+func (ss *sessionSet) put(identity, class string, s *mux.Session) (old *mux.Session) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.m == nil {
-		ss.m = map[string]*mux.Session{}
+		ss.m = map[sessionKey]*mux.Session{}
 	}
-	old = ss.m[name]
-	ss.m[name] = s
+	k := sessionKey{identity, class}
+	old = ss.m[k]
+	ss.m[k] = s
 	return old
 }
 
-func (ss *sessionSet) remove(name string, s *mux.Session) {
+func (ss *sessionSet) remove(identity, class string, s *mux.Session) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if ss.m[name] == s {
-		delete(ss.m, name)
+	k := sessionKey{identity, class}
+	if ss.m[k] == s {
+		delete(ss.m, k)
 	}
 }
 
@@ -340,17 +398,20 @@ func (ss *sessionSet) all() []*mux.Session {
 	return out
 }
 
-// find returns a session whose peer answers to identity (CN or DNS SAN).
-func (ss *sessionSet) find(identity string) *mux.Session {
+// find returns a session whose peer answers to identity (CN or DNS SAN),
+// of the given class if it has one, else of any class.
+func (ss *sessionSet) find(identity, class string) *mux.Session {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if s, ok := ss.m[identity]; ok {
-		return s
-	}
-	for _, s := range ss.m {
-		if s.Peer.Is(identity) {
+	var any *mux.Session
+	for k, s := range ss.m {
+		if k.identity != identity && !s.Peer.Is(identity) {
+			continue
+		}
+		if k.class == class {
 			return s
 		}
+		any = s
 	}
-	return nil
+	return any
 }

@@ -23,6 +23,7 @@ import (
 // Config tunes a session. Zero values take the defaults below.
 type Config struct {
 	Agent        string        // our version, sent in the hello
+	Class        string        // traffic class of the session, sent in the hello (client side)
 	HelloTimeout time.Duration // bound on the hello exchange; default 10s
 	// Liveness: when nothing has been received for PingAfter we ping; when
 	// nothing at all has been received for DeadAfter the peer is declared
@@ -133,7 +134,7 @@ const (
 // the yamux session. role is RoleClient or RoleServer.
 func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identity, cfg Config) (*Session, error) {
 	cfg = cfg.withDefaults()
-	hello, err := exchangeHello(ctx, conn, Hello{Role: role, Agent: cfg.Agent}, cfg.HelloTimeout)
+	hello, err := exchangeHello(ctx, conn, Hello{Role: role, Agent: cfg.Agent, Class: cfg.Class}, cfg.HelloTimeout)
 	if err != nil {
 		return nil, err
 	}

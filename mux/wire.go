@@ -46,6 +46,10 @@ type Hello struct {
 	Version      int      `json:"-"`
 	Role         string   `json:"role"`  // "client" or "server"
 	Agent        string   `json:"agent"` // the agent's version, for messages
+	// Class is the traffic class the client dedicates this session to
+	// ("control" or "bulk"): one TLS connection per class keeps small
+	// control messages from queueing behind bulk data.
+	Class        string   `json:"class,omitempty"`
 	Capabilities []string `json:"caps,omitempty"`
 }
 

@@ -1,0 +1,200 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/tunnelworks/tunnel/mux"
+	"github.com/tunnelworks/tunnel/transport/sockopt"
+)
+
+// Reconnect backoff: doubles from backoffMin to backoffMax with jitter, and
+// starts over once a session has stayed up for stableAfter. The cap is low
+// on purpose: a tunnel carrying BGP must be back within seconds of its
+// server, and one attempt costs the server a single TLS handshake.
+const (
+	backoffMin  = 100 * time.Millisecond
+	backoffMax  = 2 * time.Second
+	stableAfter = 30 * time.Second
+	// yamux stream IDs run out after about 2^31 opens on one session; the
+	// client moves to a new session long before.
+	rotateAfter = 1 << 30
+)
+
+// keeper keeps one session of one traffic class up: connect, serve until
+// it ends, reconnect with backoff, trying the servers in order. It also
+// rotates the session on request.
+type keeper struct {
+	c       *Client
+	class   string
+	current sessionHolder
+	rotateC chan struct{}
+}
+
+func newKeeper(c *Client, class string) *keeper {
+	return &keeper{c: c, class: class, current: newSessionHolder(), rotateC: make(chan struct{}, 1)}
+}
+
+// rotate asks for a new session; the old one drains.
+func (k *keeper) rotate() {
+	select {
+	case k.rotateC <- struct{}{}:
+	default:
+	}
+}
+
+func (k *keeper) run(ctx, streamCtx context.Context) {
+	c := k.c
+	var serving sync.WaitGroup // the Serve loops of this keeper's sessions
+	defer serving.Wait()
+	delay := backoffMin
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		servers := c.cfg().Servers
+		addr := servers[attempt%len(servers)]
+		sess, err := k.connect(ctx, addr)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			wait := delay/2 + rand.N(delay/2+1)
+			c.limited.Warn("connect:"+k.class, "cannot reach server; retrying", "server", addr, "class", k.class, "error", err, "retry_in", wait.Round(time.Millisecond))
+			delay = min(2*delay, backoffMax)
+			if !sleep(ctx, wait) {
+				return
+			}
+			continue
+		}
+		up := time.Now()
+		log := c.log.With("server", addr, "peer", sess.Peer.Name())
+		log.Info("session up", "class", k.class, "agent", sess.PeerHello.Agent)
+		k.current.set(sess)
+		ended := make(chan error, 1)
+		serving.Go(func() {
+			ended <- sess.Serve(streamCtx, c.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
+				pipeAndLog(ctx, log, "", stream, target)
+			})
+		})
+		select {
+		case err = <-ended:
+		case <-k.rotateC:
+			// A new session first, then the old one drains in the
+			// background: streams in flight finish, new ones go to the new.
+			log.Info("rotating session", "class", k.class, "streams_opened", sess.Opened())
+			old := sess
+			serving.Go(func() {
+				dctx, cancel := context.WithTimeout(streamCtx, drainTimeout(c.cfg()))
+				defer cancel()
+				_ = old.Drain(dctx)
+				old.CloseWithReason(errors.New("rotated"))
+				<-ended
+			})
+			attempt-- // the same server
+			continue
+		}
+		k.current.clear(sess)
+		sess.Close()
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("session ended; reconnecting", "class", k.class, "reason", reasonText(err), "uptime", time.Since(up).Round(time.Second))
+		if time.Since(up) >= stableAfter {
+			delay = backoffMin
+		}
+		attempt-- // the same server first: it was working
+		if !sleep(ctx, delay/2+rand.N(delay/2+1)) {
+			return
+		}
+		delay = min(2*delay, backoffMax)
+	}
+}
+
+func (k *keeper) connect(ctx context.Context, addr string) (*mux.Session, error) {
+	cfg := k.c.cfg()
+	ctx, cancel := context.WithTimeout(ctx, cfg.HandshakeTimeout)
+	defer cancel()
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	if err := sockopt.Apply(raw, tunnelSockopts(k.c.settings(), k.class)); err != nil {
+		k.c.log.Warn("cannot set socket options on the tunnel connection", "error", err)
+	}
+	sess, err := establish(ctx, tls.Client(raw, k.c.tls.ClientConfig(cfg.TLS.ServerName)), mux.RoleClient, k.class, k.c.settings(), k.c.log)
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return sess, nil
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// sessionHolder is a keeper's current session, with a way to wait for one.
+type sessionHolder struct {
+	mu      sync.Mutex
+	s       *mux.Session
+	changed chan struct{} // closed and replaced on every change
+}
+
+func newSessionHolder() sessionHolder { return sessionHolder{changed: make(chan struct{})} }
+
+func (h *sessionHolder) get() *mux.Session {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.s
+}
+
+func (h *sessionHolder) set(s *mux.Session) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.s = s
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+func (h *sessionHolder) clear(s *mux.Session) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.s == s {
+		h.s = nil
+	}
+}
+
+var errNoSession = errors.New("session to the server is down")
+
+// wait returns the current session, waiting up to limit for one.
+func (h *sessionHolder) wait(ctx context.Context, limit time.Duration) (*mux.Session, error) {
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	for {
+		h.mu.Lock()
+		s, changed := h.s, h.changed
+		h.mu.Unlock()
+		if s != nil {
+			return s, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.C:
+			return nil, fmt.Errorf("%w (waited %s)", errNoSession, limit)
+		case <-changed:
+		}
+	}
+}
