@@ -20,6 +20,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tunnelworks/tunnel/admin"
 	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/forward"
 	"github.com/tunnelworks/tunnel/mux"
@@ -61,36 +62,44 @@ func services(list []config.Service, dialTimeout time.Duration, allowAll bool) m
 	}
 }
 
-// pipeAndLog copies between a local connection and a stream and writes the
-// one log line every stream gets when it ends. log carries the peer;
-// forwardName is empty for streams the peer opened to our services.
-func pipeAndLog(ctx context.Context, log hclog.Logger, forwardName string, stream *mux.Stream, local net.Conn) {
+// pipeAndLog copies between a local connection and a stream, counts it in
+// the metrics and writes the one log line every stream gets when it ends.
+// log carries the peer; kind is "forward" (we opened the stream for a
+// local connection) or "service" (the peer opened it to one of ours).
+func pipeAndLog(ctx context.Context, log hclog.Logger, m *admin.Metrics, kind, name string, stream *mux.Stream, local net.Conn) {
 	start := time.Now()
-	res := forward.Pipe(ctx, local, stream)
-	var fields []any
-	if forwardName != "" {
-		fields = append(fields, "forward", forwardName)
+	meter := m.StreamStarted(kind, name)
+	res := forward.Pipe(ctx, local, stream, meter)
+	fields := []any{kind, name}
+	if kind == "forward" {
+		fields = append(fields, "service", stream.Service())
 	}
 	fields = append(fields,
-		"service", stream.Service(),
 		"local", local.RemoteAddr().String(),
 		"bytes_to_peer", res.AToB,
 		"bytes_from_peer", res.BToA,
 		"duration", time.Since(start).Round(time.Millisecond),
 	)
-	var open *mux.OpenError
+	var (
+		open   *mux.OpenError
+		reason string
+	)
 	switch {
 	case res.Err == nil:
 		log.Info("stream closed", append(fields, "ended", "closed")...)
 	case errors.As(res.Err, &open):
+		reason = "refused: " + open.Code.String()
 		log.Warn("stream refused by peer", append(fields, "ended", "refused", "reason", open.Code.String(), "error", open.Msg)...)
 	case errors.Is(res.Err, context.Canceled):
 		log.Info("stream closed", append(fields, "ended", "agent stopping")...)
 	case errors.Is(res.Err, mux.ErrSessionLost):
-		log.Warn("stream cut: tunnel session lost", append(fields, "ended", "session lost", "error", res.Err)...)
+		reason = "session lost"
+		log.Warn("stream cut: tunnel session lost", append(fields, "ended", reason, "error", res.Err)...)
 	default:
-		log.Warn("stream failed", append(fields, "ended", forward.Classify(res.Err), "error", res.Err)...)
+		reason = forward.Classify(res.Err)
+		log.Warn("stream failed", append(fields, "ended", reason, "error", res.Err)...)
 	}
+	m.StreamEnded(kind, name, reason, meter)
 }
 
 // sessionSettings are the mux settings that come from the config file.
@@ -98,6 +107,7 @@ type sessionSettings struct {
 	HandshakeTimeout     time.Duration
 	PingAfter, DeadAfter time.Duration
 	MaxStreams           int
+	metrics              *admin.Metrics
 }
 
 // tunnelSockopts are the options of the tunnel's own TCP connection:
@@ -136,6 +146,7 @@ func establish(ctx context.Context, conn *tls.Conn, role, class string, st sessi
 	sess, err := mux.Establish(ctx, conn, role, id, mux.Config{
 		Agent: Version, Class: class, HelloTimeout: st.HandshakeTimeout,
 		PingAfter: st.PingAfter, DeadAfter: st.DeadAfter, MaxStreams: st.MaxStreams,
+		OnPing: func(rtt time.Duration) { st.metrics.PingRTT.Observe(rtt.Seconds()) },
 		Logger: log,
 	})
 	if err != nil {
@@ -204,4 +215,71 @@ func diffNamed(kind string, old, cur map[string]any) []string {
 		}
 	}
 	return out
+}
+
+// failureReason names a refused handshake for the metrics, from the
+// operator wording of ssl.Describe.
+func failureReason(err error) string {
+	msg := err.Error()
+	for _, r := range []struct{ has, reason string }{
+		{"did not complete it within", "timeout"},
+		{"no hello within", "timeout"},
+		{"not speaking TLS", "not_tls"},
+		{"does not speak", "wrong_protocol"},
+		{"unknown CA", "unknown_ca"},
+		{"does not trust the CA", "unknown_ca"},
+		{"expired", "expired"},
+		{"sent no certificate", "no_certificate"},
+		{"requires a client certificate", "no_certificate"},
+		{"older than 1.2", "tls_version"},
+		{"TLS version", "tls_version"},
+		{"revoked", "revoked"},
+		{"not allowed", "not_allowed"},
+		{"name mismatch", "name_mismatch"},
+		{"protocol version", "protocol_version"},
+		{"closed the connection", "peer_closed"},
+	} {
+		if strings.Contains(msg, r.has) {
+			return r.reason
+		}
+	}
+	return "other"
+}
+
+// endReason names why a session ended, for the metrics.
+func endReason(err error) string {
+	switch {
+	case err == nil:
+		return "closed"
+	case strings.Contains(err.Error(), "peer silent"):
+		return "peer_dead"
+	case strings.Contains(err.Error(), "replaced"):
+		return "replaced"
+	case strings.Contains(err.Error(), "reload"):
+		return "reload"
+	case strings.Contains(err.Error(), "rotated"):
+		return "rotated"
+	}
+	return "connection_lost"
+}
+
+func forwardStatus(m *admin.Metrics, kind, name, listen, target string) admin.ForwardStatus {
+	c := m.Counts(kind, name)
+	return admin.ForwardStatus{Name: name, Listen: listen, Target: target, StreamsOpen: c.Open.Load(), StreamsTotal: c.Total.Load(), BytesToPeer: c.ToPeer.Load(), BytesFrom: c.FromPeer.Load()}
+}
+
+func expiryStatus(p *ssl.Policy) []admin.ExpiryStatus {
+	now := time.Now()
+	var out []admin.ExpiryStatus
+	for _, e := range p.Expiries() {
+		out = append(out, admin.ExpiryStatus{What: e.What, Name: e.Name, When: e.When, DaysLeft: e.DaysLeft(now)})
+	}
+	return out
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }

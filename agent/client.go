@@ -12,7 +12,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tunnelworks/tunnel/admin"
 	"github.com/tunnelworks/tunnel/config"
+	"github.com/tunnelworks/tunnel/forward"
 	"github.com/tunnelworks/tunnel/mux"
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
@@ -25,14 +27,18 @@ const sessionWait = 10 * time.Second
 type Client struct {
 	log      hclog.Logger
 	limited  *limitedLog
+	metrics  *admin.Metrics
+	started  time.Time
+	lastErr  atomic.Pointer[string]
 	tls      *ssl.Reloader
 	state    atomic.Pointer[clientState]
 	keepers  map[string]*keeper // by traffic class; fixed at start
 	reloadMu sync.Mutex
 
-	mu       sync.Mutex
-	forwards *forwardSet
-	ready    chan struct{}
+	mu        sync.Mutex
+	forwards  *forwardSet
+	adminAddr net.Addr
+	ready     chan struct{}
 }
 
 type clientState struct {
@@ -46,7 +52,7 @@ func NewClient(cfg *config.Client, log hclog.Logger) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
-	c := &Client{log: log, limited: newLimitedLog(log, time.Minute), tls: ssl.NewReloader(p), ready: make(chan struct{}), keepers: map[string]*keeper{}}
+	c := &Client{log: log, limited: newLimitedLog(log, time.Minute), metrics: admin.NewMetrics("client"), started: time.Now(), tls: ssl.NewReloader(p), ready: make(chan struct{}), keepers: map[string]*keeper{}}
 	c.state.Store(&clientState{cfg: cfg, lookup: services(cfg.Services, cfg.DialTimeout, true)})
 	// One session per traffic class in use, so control messages never
 	// queue behind bulk data; the server may open streams of either class.
@@ -80,7 +86,7 @@ func (c *Client) keeperFor(class string) *keeper {
 
 func (c *Client) settings() sessionSettings {
 	cfg := c.cfg()
-	return sessionSettings{HandshakeTimeout: cfg.HandshakeTimeout, PingAfter: pingAfter(cfg), DeadAfter: deadAfter(cfg), MaxStreams: maxStreams(cfg)}
+	return sessionSettings{HandshakeTimeout: cfg.HandshakeTimeout, PingAfter: pingAfter(cfg), DeadAfter: deadAfter(cfg), MaxStreams: maxStreams(cfg), metrics: c.metrics}
 }
 
 func clientPolicySpec(cfg *config.Client) ssl.PolicySpec {
@@ -108,6 +114,9 @@ func (c *Client) Ready() <-chan struct{} { return c.ready }
 func (c *Client) Addr(name string) net.Addr {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if name == "admin" {
+		return c.adminAddr
+	}
 	if c.forwards == nil {
 		return nil
 	}
@@ -143,7 +152,21 @@ func (c *Client) Run(ctx context.Context) error {
 	for _, k := range c.keepers {
 		keeper.Go(func() { k.run(acceptCtx, streamCtx) })
 	}
-	keeper.Go(func() { warnExpiries(acceptCtx, expiryWarning(c.cfg()), c.tls.Policy, c.log) })
+	keeper.Go(func() { warnExpiries(acceptCtx, expiryWarning(c.cfg()), c.tls.Policy, c.log, c.metrics) })
+	if addr := adminAddr(c.cfg()); addr != "" {
+		ln, err := forward.Listen(ctx, addr)
+		if err != nil {
+			stopAccepting()
+			fs.stop()
+			keeper.Wait()
+			return fmt.Errorf("admin: %w", err)
+		}
+		c.mu.Lock()
+		c.adminAddr = ln.Addr()
+		c.mu.Unlock()
+		srv := &admin.Server{Metrics: c.metrics, Healthy: c.healthy, Status: c.status, Log: c.log}
+		keeper.Go(func() { _ = srv.Serve(acceptCtx, ln) })
+	}
 	if every := reloadInterval(c.cfg()); every > 0 {
 		keeper.Go(func() {
 			watchFiles(acceptCtx, every, func() []string {
@@ -160,6 +183,43 @@ func (c *Client) Run(ctx context.Context) error {
 	conns.Wait()
 	c.log.Info("stopped")
 	return nil
+}
+
+// healthy: every class has its session up.
+func (c *Client) healthy() bool {
+	for _, k := range c.keepers {
+		if k.current.get() == nil {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *Client) setLastErr(err error) {
+	msg := time.Now().UTC().Format(time.RFC3339) + " " + err.Error()
+	c.lastErr.Store(&msg)
+}
+
+// status is what the admin listener's /status shows.
+func (c *Client) status() admin.Status {
+	cfg := c.cfg()
+	st := admin.Status{Agent: "client", Version: Version, Started: c.started, Uptime: time.Since(c.started).Round(time.Second).String(), Healthy: c.healthy()}
+	if e := c.lastErr.Load(); e != nil {
+		st.LastError = *e
+	}
+	for class, k := range c.keepers {
+		if sess := k.current.get(); sess != nil {
+			st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: sess.Peer.Name(), Class: class, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams()})
+		}
+	}
+	for _, f := range cfg.Forwards {
+		st.Forwards = append(st.Forwards, forwardStatus(c.metrics, "forward", f.Name, addrString(c.Addr(f.Name)), ""))
+	}
+	for _, svc := range cfg.Services {
+		st.Services = append(st.Services, forwardStatus(c.metrics, "service", svc.Name, "", svc.Target))
+	}
+	st.Expiries = expiryStatus(c.tls.Policy())
+	return st
 }
 
 // drain tells the server to open no more streams and waits up to limit for
@@ -248,5 +308,5 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 		local.Close()
 		return
 	}
-	pipeAndLog(ctx, c.log.With("peer", sess.Peer.Name()), f.Name, stream, local)
+	pipeAndLog(ctx, c.log.With("peer", sess.Peer.Name()), c.metrics, "forward", f.Name, stream, local)
 }

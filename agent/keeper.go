@@ -64,6 +64,8 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 			}
 			wait := delay/2 + rand.N(delay/2+1)
 			c.limited.Warn("connect:"+k.class, "cannot reach server; retrying", "server", addr, "class", k.class, "error", err, "retry_in", wait.Round(time.Millisecond))
+			c.metrics.HandshakeFailures.WithLabelValues(failureReason(err)).Inc()
+			c.setLastErr(err)
 			delay = min(2*delay, backoffMax)
 			if !sleep(ctx, wait) {
 				return
@@ -74,10 +76,12 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 		log := c.log.With("server", addr, "peer", sess.Peer.Name())
 		log.Info("session up", "class", k.class, "agent", sess.PeerHello.Agent)
 		k.current.set(sess)
+		c.metrics.Sessions.WithLabelValues(k.class).Inc()
+		c.metrics.SessionsUp.WithLabelValues(k.class).Inc()
 		ended := make(chan error, 1)
 		serving.Go(func() {
 			ended <- sess.Serve(streamCtx, c.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
-				pipeAndLog(ctx, log, "", stream, target)
+				pipeAndLog(ctx, log, c.metrics, "service", service, stream, target)
 			})
 		})
 		select {
@@ -87,6 +91,8 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 			// background: streams in flight finish, new ones go to the new.
 			log.Info("rotating session", "class", k.class, "streams_opened", sess.Opened())
 			old := sess
+			c.metrics.Sessions.WithLabelValues(k.class).Dec()
+			c.metrics.SessionsEnded.WithLabelValues(k.class, "rotated").Inc()
 			serving.Go(func() {
 				dctx, cancel := context.WithTimeout(streamCtx, drainTimeout(c.cfg()))
 				defer cancel()
@@ -99,8 +105,13 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 		}
 		k.current.clear(sess)
 		sess.Close()
+		c.metrics.Sessions.WithLabelValues(k.class).Dec()
 		if ctx.Err() != nil {
 			return
+		}
+		c.metrics.SessionsEnded.WithLabelValues(k.class, endReason(err)).Inc()
+		if err != nil {
+			c.setLastErr(fmt.Errorf("session ended: %w", err))
 		}
 		log.Warn("session ended; reconnecting", "class", k.class, "reason", reasonText(err), "uptime", time.Since(up).Round(time.Second))
 		if time.Since(up) >= stableAfter {

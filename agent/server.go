@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tunnelworks/tunnel/admin"
 	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/forward"
 	"github.com/tunnelworks/tunnel/mux"
@@ -25,15 +27,19 @@ import (
 type Server struct {
 	log      hclog.Logger
 	limited  *limitedLog
+	metrics  *admin.Metrics
+	started  time.Time
+	lastErr  atomic.Pointer[string]
 	tls      *ssl.Reloader
 	state    atomic.Pointer[serverState]
 	sessions sessionSet
 	reloadMu sync.Mutex // one reload at a time
 
-	mu       sync.Mutex
-	tunnel   net.Addr
-	forwards *forwardSet
-	ready    chan struct{}
+	mu        sync.Mutex
+	tunnel    net.Addr
+	adminAddr net.Addr
+	forwards  *forwardSet
+	ready     chan struct{}
 }
 
 // serverState is everything a reload replaces, published in one store.
@@ -46,7 +52,7 @@ type serverState struct {
 // NewServer checks what can never work (unreadable or mismatched key, bad
 // CA bundle, bad CRL) before anything listens.
 func NewServer(cfg *config.Server, log hclog.Logger) (*Server, error) {
-	s := &Server{log: log, limited: newLimitedLog(log, time.Minute), ready: make(chan struct{})}
+	s := &Server{log: log, limited: newLimitedLog(log, time.Minute), metrics: admin.NewMetrics("server"), started: time.Now(), ready: make(chan struct{})}
 	st := newServerState(cfg)
 	p, err := ssl.LoadPolicy(serverPolicySpec(cfg, s.admit))
 	if err != nil {
@@ -95,7 +101,7 @@ func (s *Server) cfg() *config.Server { return s.state.Load().cfg }
 
 func (s *Server) settings() sessionSettings {
 	cfg := s.cfg()
-	return sessionSettings{HandshakeTimeout: cfg.HandshakeTimeout, PingAfter: pingAfter(cfg), DeadAfter: deadAfter(cfg), MaxStreams: maxStreams(cfg)}
+	return sessionSettings{HandshakeTimeout: cfg.HandshakeTimeout, PingAfter: pingAfter(cfg), DeadAfter: deadAfter(cfg), MaxStreams: maxStreams(cfg), metrics: s.metrics}
 }
 
 // Ready is closed once every listener is open.
@@ -108,6 +114,9 @@ func (s *Server) Addr(name string) net.Addr {
 	defer s.mu.Unlock()
 	if name == "tunnel" {
 		return s.tunnel
+	}
+	if name == "admin" {
+		return s.adminAddr
 	}
 	if s.forwards == nil {
 		return nil
@@ -144,7 +153,22 @@ func (s *Server) Run(ctx context.Context) error {
 	tunnelErr := make(chan error, 1)
 	var loops sync.WaitGroup
 	loops.Go(func() { tunnelErr <- s.serveTunnel(acceptCtx, streamCtx, tunnelLn, &conns) })
-	loops.Go(func() { warnExpiries(acceptCtx, expiryWarning(cfg), s.tls.Policy, s.log) })
+	loops.Go(func() { warnExpiries(acceptCtx, expiryWarning(cfg), s.tls.Policy, s.log, s.metrics) })
+	if addr := adminAddr(cfg); addr != "" {
+		ln, err := forward.Listen(ctx, addr)
+		if err != nil {
+			stopAccepting()
+			fs.stop()
+			tunnelLn.Close()
+			loops.Wait()
+			return fmt.Errorf("admin: %w", err)
+		}
+		s.mu.Lock()
+		s.adminAddr = ln.Addr()
+		s.mu.Unlock()
+		srv := &admin.Server{Metrics: s.metrics, Healthy: func() bool { return acceptCtx.Err() == nil }, Status: s.status, Log: s.log}
+		loops.Go(func() { _ = srv.Serve(acceptCtx, ln) })
+	}
 	if every := reloadInterval(cfg); every > 0 {
 		loops.Go(func() { watchFiles(acceptCtx, every, s.watchedFiles, s.Reload, s.log) })
 	}
@@ -228,6 +252,8 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 				kind = kind[:48]
 			}
 			s.limited.Warn("refused:"+host+":"+kind, "client refused", "remote", remote, "error", err)
+			s.metrics.HandshakeFailures.WithLabelValues(failureReason(err)).Inc()
+			s.setLastErr(err)
 		}
 		conn.Close()
 		return
@@ -254,13 +280,17 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 		})
 	}
 	log.Info("session up", "class", class, "agent", sess.PeerHello.Agent)
+	s.metrics.Sessions.WithLabelValues(class).Inc()
+	s.metrics.SessionsUp.WithLabelValues(class).Inc()
+	defer s.metrics.Sessions.WithLabelValues(class).Dec()
 	err = sess.Serve(streamCtx, s.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
-		pipeAndLog(ctx, log, "", stream, target)
+		pipeAndLog(ctx, log, s.metrics, "service", service, stream, target)
 	})
 	s.sessions.remove(peer, class, sess)
 	sess.Close()
 	if streamCtx.Err() == nil {
 		log.Info("session ended", "class", class, "reason", reasonText(err))
+		s.metrics.SessionsEnded.WithLabelValues(class, endReason(err)).Inc()
 	}
 }
 
@@ -280,7 +310,7 @@ func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.C
 		local.Close()
 		return
 	}
-	pipeAndLog(ctx, s.log.With("peer", sess.Peer.Name()), f.Name, stream, local)
+	pipeAndLog(ctx, s.log.With("peer", sess.Peer.Name()), s.metrics, "forward", f.Name, stream, local)
 }
 
 // Reload re-reads the config file and its TLS files. It builds everything
@@ -327,6 +357,31 @@ func (s *Server) Reload() error {
 func (s *Server) watchedFiles() []string {
 	cfg := s.cfg()
 	return append([]string{cfg.Path, cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA}, crlFiles(cfg.TLS)...)
+}
+
+func (s *Server) setLastErr(err error) {
+	msg := time.Now().UTC().Format(time.RFC3339) + " " + err.Error()
+	s.lastErr.Store(&msg)
+}
+
+// status is what the admin listener's /status shows.
+func (s *Server) status() admin.Status {
+	cfg := s.cfg()
+	st := admin.Status{Agent: "server", Version: Version, Started: s.started, Uptime: time.Since(s.started).Round(time.Second).String(), Healthy: true}
+	if e := s.lastErr.Load(); e != nil {
+		st.LastError = *e
+	}
+	for k, sess := range s.sessions.snapshot() {
+		st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: k.identity, Class: k.class, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams()})
+	}
+	for _, f := range cfg.Forwards {
+		st.Forwards = append(st.Forwards, forwardStatus(s.metrics, "forward", f.Name, addrString(s.Addr(f.Name)), ""))
+	}
+	for _, svc := range cfg.Services {
+		st.Services = append(st.Services, forwardStatus(s.metrics, "service", svc.Name, "", svc.Target))
+	}
+	st.Expiries = expiryStatus(s.tls.Policy())
+	return st
 }
 
 func reasonText(err error) string {
@@ -386,6 +441,12 @@ func (ss *sessionSet) remove(identity, class string, s *mux.Session) {
 	if ss.m[k] == s {
 		delete(ss.m, k)
 	}
+}
+
+func (ss *sessionSet) snapshot() map[sessionKey]*mux.Session {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return maps.Clone(ss.m)
 }
 
 func (ss *sessionSet) all() []*mux.Session {

@@ -21,3 +21,4 @@ func deadAfter(any) time.Duration        { return 30 * time.Second }
 func maxStreams(any) int                 { return 4096 }
 func maxSessions(any) int                { return 1024 }
 func maxSessionsPerIdentity(any) int     { return 4 }
+func adminAddr(any) string               { return "" }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tunnelworks/tunnel/admin"
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
 
@@ -56,12 +57,13 @@ func fingerprint(files []string) [32]byte {
 
 // warnExpiries logs, now and every hour until ctx ends, whatever expires
 // within window: our certificate, a CA, a CRL's next update.
-func warnExpiries(ctx context.Context, window time.Duration, policy func() *ssl.Policy, log hclog.Logger) {
+func warnExpiries(ctx context.Context, window time.Duration, policy func() *ssl.Policy, log hclog.Logger, m *admin.Metrics) {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {
 		now := time.Now()
 		for _, e := range policy().Expiries() {
+			m.CertExpiry.WithLabelValues(e.What, e.Name).Set(float64(e.When.Unix()))
 			if left := e.When.Sub(now); left < window {
 				if left < 0 {
 					log.Error(e.What+" has expired", "name", e.Name, "expired", e.When.UTC().Format(time.RFC3339))

@@ -19,6 +19,18 @@ const bufSize = 32 * 1024
 // direction only while it copies.
 var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
 
+// Meter counts bytes as a pipe moves them (metrics of long transfers move
+// while they run).
+type Meter interface {
+	AToB(n int)
+	BToA(n int)
+}
+
+type noMeter struct{}
+
+func (noMeter) AToB(int) {}
+func (noMeter) BToA(int) {}
+
 // ErrPeerReset ends a pipe whose tunnel stream was reset by the far side.
 var ErrPeerReset = errors.New("reset by the far side of the tunnel")
 
@@ -36,7 +48,12 @@ type Result struct {
 // and lets the opposite direction finish, so request/response protocols that
 // half-close get their whole reply. An error in either direction aborts both.
 // Cancelling ctx aborts both.
-func Pipe(ctx context.Context, a, b net.Conn) Result {
+//
+// m, if not nil, is told of every chunk as it is written.
+func Pipe(ctx context.Context, a, b net.Conn, m Meter) Result {
+	if m == nil {
+		m = noMeter{}
+	}
 	var (
 		res     Result
 		aborted sync.Once
@@ -62,12 +79,12 @@ func Pipe(ctx context.Context, a, b net.Conn) Result {
 	var bToA int64
 	wg.Go(func() {
 		var err error
-		bToA, err = copyHalf(a, b)
+		bToA, err = copyHalf(a, b, m.BToA)
 		if err != nil {
 			closeBoth(err)
 		}
 	})
-	aToB, err := copyHalf(b, a)
+	aToB, err := copyHalf(b, a, m.AToB)
 	if err != nil {
 		closeBoth(err)
 	}
@@ -82,7 +99,7 @@ func Pipe(ctx context.Context, a, b net.Conn) Result {
 }
 
 // copyHalf copies src to dst; on clean EOF it half-closes dst.
-func copyHalf(dst, src net.Conn) (int64, error) {
+func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	buf := *bp
@@ -92,6 +109,7 @@ func copyHalf(dst, src net.Conn) (int64, error) {
 		if nr > 0 {
 			nw, werr := dst.Write(buf[:nr])
 			n += int64(nw)
+			count(nw)
 			if werr != nil {
 				return n, &WriteError{Err: werr}
 			}

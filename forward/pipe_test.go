@@ -53,7 +53,7 @@ func startPipe(t *testing.T, ctx context.Context) *pipeline {
 	app, a := tcpPair(t)
 	b, target := tcpPair(t)
 	p := &pipeline{app: app, target: target, done: make(chan Result, 1)}
-	go func() { p.done <- Pipe(ctx, a, b) }()
+	go func() { p.done <- Pipe(ctx, a, b, nil) }()
 	return p
 }
 

@@ -34,6 +34,8 @@ type Config struct {
 	// OpenTimeout bounds how long a stream waits for the peer's reply to
 	// its header (the peer dials the target meanwhile); default 30s.
 	OpenTimeout time.Duration
+	// OnPing, if set, is told the round trip time of every answered ping.
+	OnPing func(time.Duration)
 	// MaxStreams bounds the streams open at once on this session; the
 	// peer's opens beyond it are refused as busy. Default 4096.
 	MaxStreams int
@@ -114,6 +116,7 @@ type Session struct {
 	closeOnce sync.Once
 	reason    atomic.Pointer[error]
 
+	since    time.Time
 	opened   atomic.Uint64
 	draining atomic.Bool
 
@@ -153,7 +156,7 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
-	s := &Session{Peer: peer, PeerHello: hello, y: y, conn: cc, cfg: cfg, log: cfg.Logger, closed: make(chan struct{}), streams: map[uint32]*Stream{}}
+	s := &Session{Peer: peer, PeerHello: hello, y: y, conn: cc, cfg: cfg, log: cfg.Logger, closed: make(chan struct{}), streams: map[uint32]*Stream{}, since: time.Now()}
 	if s.ctl, err = y.OpenStream(); err == nil {
 		_, err = s.ctl.Write([]byte{headerControl, 0})
 	}
@@ -199,12 +202,16 @@ func exchangeHello(ctx context.Context, conn net.Conn, ours Hello, timeout time.
 	return theirs, nil
 }
 
-// watch declares the peer dead after DeadAfter without a single byte from
-// it, pinging when the line has been quiet for PingAfter.
+// watch pings the peer every PingAfter (its round trip time is a useful
+// metric) and declares it dead after DeadAfter without a single byte from
+// it. Only silence kills: a ping reply late behind bulk data does not.
 func (s *Session) watch() {
 	tick := time.NewTicker(s.cfg.PingAfter / 4)
 	defer tick.Stop()
-	var pinging atomic.Bool
+	var (
+		pinging  atomic.Bool
+		lastPing time.Time
+	)
 	for {
 		select {
 		case <-s.y.CloseChan():
@@ -212,23 +219,23 @@ func (s *Session) watch() {
 			return
 		case <-tick.C:
 		}
-		quiet := s.conn.quietFor()
-		switch {
-		case quiet >= s.cfg.DeadAfter:
+		if quiet := s.conn.quietFor(); quiet >= s.cfg.DeadAfter {
 			s.finish(fmt.Errorf("peer silent for %s (dead after %s)", quiet.Round(time.Second), s.cfg.DeadAfter))
 			return
-		case quiet >= s.cfg.PingAfter:
-			// Ping blocks until the reply or ConnectionWriteTimeout, so it
-			// runs aside, one at a time. Its failure proves nothing (the
-			// reply may sit behind bulk data); only silence does.
-			if pinging.CompareAndSwap(false, true) {
-				if !s.spawn(func() {
-					defer pinging.Store(false)
-					_, _ = s.y.Ping()
-				}) {
-					return
-				}
+		}
+		if time.Since(lastPing) < s.cfg.PingAfter || !pinging.CompareAndSwap(false, true) {
+			continue
+		}
+		lastPing = time.Now()
+		// Ping blocks until the reply or ConnectionWriteTimeout, so it
+		// runs aside, one at a time.
+		if !s.spawn(func() {
+			defer pinging.Store(false)
+			if rtt, err := s.y.Ping(); err == nil && s.cfg.OnPing != nil {
+				s.cfg.OnPing(rtt)
 			}
+		}) {
+			return
 		}
 	}
 }
@@ -287,6 +294,12 @@ func (s *Session) spawn(f func()) bool {
 	s.wg.Go(f)
 	return true
 }
+
+// RemoteAddr is the peer's address of the tunnel connection.
+func (s *Session) RemoteAddr() string { return s.conn.RemoteAddr().String() }
+
+// Since is when the session was established.
+func (s *Session) Since() time.Time { return s.since }
 
 // NumStreams is the number of tunnelled streams open on the session.
 func (s *Session) NumStreams() int {

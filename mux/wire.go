@@ -43,9 +43,9 @@ const (
 
 // Hello is what each agent says about itself before the session starts.
 type Hello struct {
-	Version      int      `json:"-"`
-	Role         string   `json:"role"`  // "client" or "server"
-	Agent        string   `json:"agent"` // the agent's version, for messages
+	Version int    `json:"-"`
+	Role    string `json:"role"`  // "client" or "server"
+	Agent   string `json:"agent"` // the agent's version, for messages
 	// Class is the traffic class the client dedicates this session to
 	// ("control" or "bulk"): one TLS connection per class keeps small
 	// control messages from queueing behind bulk data.

@@ -1,0 +1,152 @@
+// Package admin is the agents' optional admin listener: Prometheus metrics
+// on /metrics, /healthz for probes, /status as JSON for `status`.
+package admin
+
+import (
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics are one agent's Prometheus collectors, in their own registry (no
+// globals: two agents in one test process do not collide).
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	Sessions          *prometheus.GaugeVec   // class
+	SessionsUp        *prometheus.CounterVec // class: sessions established, first or re-connect
+	SessionsEnded     *prometheus.CounterVec // class, reason
+	HandshakeFailures *prometheus.CounterVec // reason
+	StreamsOpen       *prometheus.GaugeVec   // kind, name
+	StreamsOpened     *prometheus.CounterVec // kind, name
+	StreamsFailed     *prometheus.CounterVec // kind, name, reason
+	Bytes             *prometheus.CounterVec // kind, name, direction
+	PingRTT           prometheus.Histogram
+	CertExpiry        *prometheus.GaugeVec // what, name
+
+	mu    sync.Mutex
+	stats map[[2]string]*Counts // by kind, name: the numbers /status shows
+}
+
+// Counts are one forward's or service's stream numbers, for /status.
+type Counts struct {
+	Open, Total, ToPeer, FromPeer atomic.Int64
+}
+
+// NewMetrics registers every collector, plus Go runtime and process metrics.
+func NewMetrics(agent string) *Metrics {
+	constLabels := prometheus.Labels{"agent": agent}
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		Sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tunnel_sessions", Help: "Tunnel sessions up, by traffic class.", ConstLabels: constLabels,
+		}, []string{"class"}),
+		SessionsUp: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tunnel_sessions_established_total", Help: "Tunnel sessions established (first connections and reconnects).", ConstLabels: constLabels,
+		}, []string{"class"}),
+		SessionsEnded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tunnel_sessions_ended_total", Help: "Tunnel sessions ended, by reason.", ConstLabels: constLabels,
+		}, []string{"class", "reason"}),
+		HandshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tunnel_handshake_failures_total", Help: "TLS handshakes or hellos that failed, by reason.", ConstLabels: constLabels,
+		}, []string{"reason"}),
+		StreamsOpen: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tunnel_streams_open", Help: "Streams open now, by forward or service.", ConstLabels: constLabels,
+		}, []string{"kind", "name"}),
+		StreamsOpened: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tunnel_streams_opened_total", Help: "Streams opened, by forward or service.", ConstLabels: constLabels,
+		}, []string{"kind", "name"}),
+		StreamsFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tunnel_streams_failed_total", Help: "Streams that ended with an error or were refused, by reason.", ConstLabels: constLabels,
+		}, []string{"kind", "name", "reason"}),
+		Bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tunnel_stream_bytes_total", Help: "Bytes carried, by forward or service and direction (to_peer, from_peer).", ConstLabels: constLabels,
+		}, []string{"kind", "name", "direction"}),
+		PingRTT: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tunnel_ping_rtt_seconds", Help: "Round trip time of liveness pings through the tunnel.", ConstLabels: constLabels,
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}),
+		CertExpiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tunnel_certificate_expiry_timestamp_seconds", Help: "When our certificate, each CA and each CRL's next update expire (Unix time).", ConstLabels: constLabels,
+		}, []string{"what", "name"}),
+	}
+	m.Registry.MustRegister(m.Sessions, m.SessionsUp, m.SessionsEnded, m.HandshakeFailures, m.StreamsOpen,
+		m.StreamsOpened, m.StreamsFailed, m.Bytes, m.PingRTT, m.CertExpiry,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Counts returns the /status numbers of a forward or service.
+func (m *Metrics) Counts(kind, name string) *Counts {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.stats == nil {
+		m.stats = map[[2]string]*Counts{}
+	}
+	c, ok := m.stats[[2]string{kind, name}]
+	if !ok {
+		c = &Counts{}
+		m.stats[[2]string{kind, name}] = c
+	}
+	return c
+}
+
+// Names lists the names of kind that have carried streams, sorted.
+func (m *Metrics) Names(kind string) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for k := range m.stats {
+		if k[0] == kind {
+			out = append(out, k[1])
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// StreamMeter counts one stream's bytes as they move, so /metrics shows
+// long transfers while they run, not only when they end.
+type StreamMeter struct {
+	toPeer, fromPeer prometheus.Counter
+	counts           *Counts
+}
+
+// StreamStarted counts a new stream and resolves its labels once; the
+// per-read cost is then two atomic adds.
+func (m *Metrics) StreamStarted(kind, name string) StreamMeter {
+	m.StreamsOpened.WithLabelValues(kind, name).Inc()
+	m.StreamsOpen.WithLabelValues(kind, name).Inc()
+	c := m.Counts(kind, name)
+	c.Open.Add(1)
+	c.Total.Add(1)
+	return StreamMeter{
+		toPeer:   m.Bytes.WithLabelValues(kind, name, "to_peer"),
+		fromPeer: m.Bytes.WithLabelValues(kind, name, "from_peer"),
+		counts:   c,
+	}
+}
+
+// StreamEnded counts the end of a stream; reason is "" when it ended cleanly.
+func (m *Metrics) StreamEnded(kind, name, reason string, meter StreamMeter) {
+	m.StreamsOpen.WithLabelValues(kind, name).Dec()
+	meter.counts.Open.Add(-1)
+	if reason != "" {
+		m.StreamsFailed.WithLabelValues(kind, name, reason).Inc()
+	}
+}
+
+// AToB counts bytes from the local side to the peer.
+func (s StreamMeter) AToB(n int) {
+	s.toPeer.Add(float64(n))
+	s.counts.ToPeer.Add(int64(n))
+}
+
+// BToA counts bytes from the peer to the local side.
+func (s StreamMeter) BToA(n int) {
+	s.fromPeer.Add(float64(n))
+	s.counts.FromPeer.Add(int64(n))
+}
