@@ -55,6 +55,8 @@ func Main(role Role, args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	case "demo":
 		return demo(prog, args[1:], stdout, stderr)
+	case "status":
+		return status(role, prog, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		usage(prog, stdout)
 		return exitOK
@@ -70,6 +72,7 @@ func usage(prog string, w io.Writer) {
 commands:
   run -config FILE        run the agent (SIGINT/SIGTERM stop it gracefully)
   validate -config FILE   check the config and its certificates, list every problem
+  status -config FILE     show the running agent's sessions, forwards and certificates
   demo                    run a server and a client on loopback with a throwaway CA
   version                 print the version
 `, prog)

@@ -1,0 +1,139 @@
+package cli
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tunnelworks/tunnel/admin"
+	"github.com/tunnelworks/tunnel/config"
+)
+
+// status prints the running agent's /status as tables.
+func status(role Role, prog string, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet(prog+" status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "config file; its admin block says where the agent listens")
+	addr := fs.String("admin", "", "admin address (host:port), instead of -config")
+	asJSON := fs.Bool("json", false, "print the raw JSON")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *addr == "" {
+		if *cfgPath == "" {
+			fmt.Fprintf(stderr, "%s status: give -config FILE or -admin HOST:PORT\n", prog)
+			return exitUsage
+		}
+		a, err := adminFromConfig(role, *cfgPath)
+		if err != nil {
+			fmt.Fprintf(stderr, "%s status: %v\n", prog, err)
+			return exitUsage
+		}
+		if a == "" {
+			fmt.Fprintf(stderr, "%s status: %s has no admin block (add admin { listen = \"127.0.0.1:9090\" } and reload)\n", prog, *cfgPath)
+			return exitUsage
+		}
+		*addr = a
+	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get("http://" + dialable(*addr) + "/status")
+	if err != nil {
+		fmt.Fprintf(stderr, "%s status: cannot reach the agent's admin listener at %s: %v (is it running?)\n", prog, *addr, err)
+		return exitFailure
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "%s status: %s answered %s %v\n", prog, *addr, resp.Status, err)
+		return exitFailure
+	}
+	if *asJSON {
+		_, _ = stdout.Write(body)
+		return exitOK
+	}
+	var st admin.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		fmt.Fprintf(stderr, "%s status: malformed answer from %s: %v\n", prog, *addr, err)
+		return exitFailure
+	}
+	printStatus(stdout, st)
+	if !st.Healthy {
+		return exitFailure
+	}
+	return exitOK
+}
+
+// dialable turns a wildcard listen address into one to connect to.
+func dialable(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	switch host {
+	case "", "0.0.0.0":
+		host = "127.0.0.1"
+	case "::":
+		host = "::1"
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func adminFromConfig(role Role, path string) (string, error) {
+	if role == Server {
+		cfg, err := config.LoadServer(path)
+		if err != nil {
+			return "", err
+		}
+		return configAdmin(cfg), nil
+	}
+	cfg, err := config.LoadClient(path)
+	if err != nil {
+		return "", err
+	}
+	return configAdmin(cfg), nil
+}
+
+func printStatus(w io.Writer, st admin.Status) {
+	health := "healthy"
+	if !st.Healthy {
+		health = "NOT HEALTHY"
+	}
+	fmt.Fprintf(w, "tunnel-%s %s, up %s, %s\n", st.Agent, st.Version, st.Uptime, health)
+	if st.LastError != "" {
+		fmt.Fprintf(w, "last error: %s\n", st.LastError)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nSESSION\tCLASS\tREMOTE\tUP SINCE\tSTREAMS")
+	if len(st.Sessions) == 0 {
+		fmt.Fprintln(tw, "(none)\t\t\t\t")
+	}
+	for _, s := range st.Sessions {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", s.Peer, s.Class, s.Remote, s.Since.Local().Format(time.DateTime), s.Streams)
+	}
+	for _, group := range []struct {
+		title string
+		list  []admin.ForwardStatus
+	}{{"FORWARD", st.Forwards}, {"SERVICE", st.Services}} {
+		if len(group.list) == 0 {
+			continue
+		}
+		fmt.Fprintf(tw, "\n%s\tADDRESS\tOPEN\tTOTAL\tBYTES TO PEER\tBYTES FROM PEER\n", group.title)
+		for _, f := range group.list {
+			addr := f.Listen
+			if addr == "" {
+				addr = f.Target
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\n", f.Name, addr, f.StreamsOpen, f.StreamsTotal, f.BytesToPeer, f.BytesFrom)
+		}
+	}
+	fmt.Fprintln(tw, "\nEXPIRES\tNAME\tWHEN\tDAYS LEFT\t")
+	for _, e := range st.Expiries {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t\n", e.What, e.Name, e.When.Format(time.DateOnly), e.DaysLeft)
+	}
+	_ = tw.Flush()
+}
