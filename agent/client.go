@@ -19,9 +19,6 @@ import (
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
 
-// How long a new local connection waits for the session while it is down.
-const sessionWait = 10 * time.Second
-
 // Client is tunnel-client: it keeps one session to a server up and carries
 // its forwards over it, and serves the server's streams to its services.
 type Client struct {
@@ -57,10 +54,10 @@ func NewClient(cfg *config.Client, log hclog.Logger) (*Client, error) {
 	// One session per traffic class in use, so control messages never
 	// queue behind bulk data; the server may open streams of either class.
 	for _, f := range cfg.Forwards {
-		c.keepers[forwardClass(f)] = nil
+		c.keepers[f.Class] = nil
 	}
 	for _, svc := range cfg.Services {
-		c.keepers[serviceClass(svc)] = nil
+		c.keepers[svc.Class] = nil
 	}
 	if len(c.keepers) == 0 {
 		c.keepers[classBulk] = nil
@@ -86,12 +83,12 @@ func (c *Client) keeperFor(class string) *keeper {
 
 func (c *Client) settings() sessionSettings {
 	cfg := c.cfg()
-	return sessionSettings{HandshakeTimeout: cfg.HandshakeTimeout, PingAfter: pingAfter(cfg), DeadAfter: deadAfter(cfg), MaxStreams: maxStreams(cfg), metrics: c.metrics}
+	return sessionSettings{HandshakeTimeout: cfg.HandshakeTimeout, PingAfter: cfg.PingAfter, DeadAfter: cfg.DeadAfter, MaxStreams: cfg.MaxStreamsPerSession, metrics: c.metrics}
 }
 
 func clientPolicySpec(cfg *config.Client) ssl.PolicySpec {
-	spec := ssl.PolicySpec{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, CA: cfg.TLS.CA, CRLs: crlFiles(cfg.TLS), CRLStale: crlStale(cfg.TLS)}
-	if verify := verifyRules(cfg.TLS); len(verify) > 0 {
+	spec := ssl.PolicySpec{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, CA: cfg.TLS.CA, CRLs: cfg.TLS.CRL, CRLStale: cfg.TLS.CRLStale}
+	if verify := cfg.TLS.Verify; len(verify) > 0 {
 		rules, _ := ssl.ParseRules(verify) // validated with the config
 		spec.Admit = func(id ssl.Identity) error {
 			if _, ok := rules.Match(id); ok {
@@ -152,8 +149,8 @@ func (c *Client) Run(ctx context.Context) error {
 	for _, k := range c.keepers {
 		keeper.Go(func() { k.run(acceptCtx, streamCtx) })
 	}
-	keeper.Go(func() { warnExpiries(acceptCtx, expiryWarning(c.cfg()), c.tls.Policy, c.log, c.metrics) })
-	if addr := adminAddr(c.cfg()); addr != "" {
+	keeper.Go(func() { warnExpiries(acceptCtx, c.cfg().ExpiryWarning, c.tls.Policy, c.log, c.metrics) })
+	if addr := c.cfg().Admin; addr != "" {
 		ln, err := forward.Listen(ctx, addr)
 		if err != nil {
 			stopAccepting()
@@ -167,17 +164,17 @@ func (c *Client) Run(ctx context.Context) error {
 		srv := &admin.Server{Metrics: c.metrics, Healthy: c.healthy, Status: c.status, Log: c.log}
 		keeper.Go(func() { _ = srv.Serve(acceptCtx, ln) })
 	}
-	if every := reloadInterval(c.cfg()); every > 0 {
+	if every := c.cfg().ReloadInterval; every > 0 {
 		keeper.Go(func() {
 			watchFiles(acceptCtx, every, func() []string {
 				cfg := c.cfg()
-				return append([]string{cfg.Path, cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA}, crlFiles(cfg.TLS)...)
+				return append([]string{cfg.Path, cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA}, cfg.TLS.CRL...)
 			}, c.Reload, c.log)
 		})
 	}
 	<-ctx.Done()
 	fs.stop()
-	c.drain(drainTimeout(c.cfg()))
+	c.drain(c.cfg().DrainTimeout)
 	killStreams()
 	keeper.Wait()
 	conns.Wait()
@@ -292,8 +289,8 @@ func (c *Client) Reload() error {
 }
 
 func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.Conn) {
-	k := c.keeperFor(forwardClass(f))
-	sess, err := k.current.wait(ctx, sessionWait)
+	k := c.keeperFor(f.Class)
+	sess, err := k.current.wait(ctx, c.cfg().SessionWait)
 	if err != nil {
 		c.limited.Warn("no-session:"+f.Name, "connection refused: no session to the server", "forward", f.Name, "local", local.RemoteAddr().String(), "error", err)
 		local.Close()

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -28,8 +27,7 @@ func RunDemo(ctx context.Context, out io.Writer, log hclog.Logger) error {
 		return fmt.Errorf("demo: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	files, err := DemoPKI(dir, "demo-client")
-	if err != nil {
+	if _, err := DemoPKI(dir, "demo-client"); err != nil {
 		return err
 	}
 
@@ -45,12 +43,28 @@ func RunDemo(ctx context.Context, out io.Writer, log hclog.Logger) error {
 		return err
 	}
 
-	srvCfg := &config.Server{
-		Listen:           "127.0.0.1:0",
-		TLS:              config.TLS{Cert: files.ServerCert, Key: files.ServerKey, CA: files.CA},
-		HandshakeTimeout: 10 * time.Second, MaxHandshakes: 64, DialTimeout: 10 * time.Second,
-		Services: []config.Service{{Name: "echo", Target: echoServer, Allow: []string{"demo-client"}}},
-		Forwards: []config.Forward{{Name: "reverse-echo", Listen: "127.0.0.1:0", Client: "demo-client", Service: "echo-back"}},
+	srvPath := filepath.Join(dir, "server.hcl")
+	if err := os.WriteFile(srvPath, fmt.Appendf(nil, `listen = "127.0.0.1:0"
+tls {
+  cert = "server.crt"
+  key  = "server.key"
+  ca   = "ca.crt"
+}
+service "echo" {
+  target = %q
+  allow  = ["demo-client"]
+}
+forward "reverse-echo" {
+  listen  = "127.0.0.1:0"
+  client  = "demo-client"
+  service = "echo-back"
+}
+`, echoServer), 0o600); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	srvCfg, err := config.LoadServer(srvPath)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
 	}
 	srv, err := NewServer(srvCfg, log.Named("server"))
 	if err != nil {
@@ -64,12 +78,26 @@ func RunDemo(ctx context.Context, out io.Writer, log hclog.Logger) error {
 		return err
 	}
 
-	cliCfg := &config.Client{
-		Servers:          []string{srv.Addr("tunnel").String()},
-		TLS:              config.TLS{Cert: files.ClientCert, Key: files.ClientKey, CA: files.CA, ServerName: "localhost"},
-		HandshakeTimeout: 10 * time.Second, DialTimeout: 10 * time.Second,
-		Forwards: []config.Forward{{Name: "echo", Listen: "127.0.0.1:0", Service: "echo"}},
-		Services: []config.Service{{Name: "echo-back", Target: echoClient}},
+	cliPath := filepath.Join(dir, "client.hcl")
+	if err := os.WriteFile(cliPath, fmt.Appendf(nil, `server = %q
+tls {
+  cert        = "client.crt"
+  key         = "client.key"
+  ca          = "ca.crt"
+  server_name = "localhost"
+}
+forward "echo" {
+  listen = "127.0.0.1:0"
+}
+service "echo-back" {
+  target = %q
+}
+`, srv.Addr("tunnel").String(), echoClient), 0o600); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	cliCfg, err := config.LoadClient(cliPath)
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
 	}
 	cli, err := NewClient(cliCfg, log.Named("client"))
 	if err != nil {

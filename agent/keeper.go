@@ -94,7 +94,7 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 			c.metrics.Sessions.WithLabelValues(k.class).Dec()
 			c.metrics.SessionsEnded.WithLabelValues(k.class, "rotated").Inc()
 			serving.Go(func() {
-				dctx, cancel := context.WithTimeout(streamCtx, drainTimeout(c.cfg()))
+				dctx, cancel := context.WithTimeout(streamCtx, c.cfg().DrainTimeout)
 				defer cancel()
 				_ = old.Drain(dctx)
 				old.CloseWithReason(errors.New("rotated"))

@@ -64,7 +64,7 @@ func NewServer(cfg *config.Server, log hclog.Logger) (*Server, error) {
 }
 
 func serverPolicySpec(cfg *config.Server, admit func(ssl.Identity) error) ssl.PolicySpec {
-	return ssl.PolicySpec{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, CA: cfg.TLS.CA, CRLs: crlFiles(cfg.TLS), CRLStale: crlStale(cfg.TLS), Admit: admit}
+	return ssl.PolicySpec{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, CA: cfg.TLS.CA, CRLs: cfg.TLS.CRL, CRLStale: cfg.TLS.CRLStale, Admit: admit}
 }
 
 func newServerState(cfg *config.Server) *serverState {
@@ -101,7 +101,7 @@ func (s *Server) cfg() *config.Server { return s.state.Load().cfg }
 
 func (s *Server) settings() sessionSettings {
 	cfg := s.cfg()
-	return sessionSettings{HandshakeTimeout: cfg.HandshakeTimeout, PingAfter: pingAfter(cfg), DeadAfter: deadAfter(cfg), MaxStreams: maxStreams(cfg), metrics: s.metrics}
+	return sessionSettings{HandshakeTimeout: cfg.HandshakeTimeout, PingAfter: cfg.PingAfter, DeadAfter: cfg.DeadAfter, MaxStreams: cfg.MaxStreamsPerSession, metrics: s.metrics}
 }
 
 // Ready is closed once every listener is open.
@@ -153,8 +153,8 @@ func (s *Server) Run(ctx context.Context) error {
 	tunnelErr := make(chan error, 1)
 	var loops sync.WaitGroup
 	loops.Go(func() { tunnelErr <- s.serveTunnel(acceptCtx, streamCtx, tunnelLn, &conns) })
-	loops.Go(func() { warnExpiries(acceptCtx, expiryWarning(cfg), s.tls.Policy, s.log, s.metrics) })
-	if addr := adminAddr(cfg); addr != "" {
+	loops.Go(func() { warnExpiries(acceptCtx, cfg.ExpiryWarning, s.tls.Policy, s.log, s.metrics) })
+	if addr := cfg.Admin; addr != "" {
 		ln, err := forward.Listen(ctx, addr)
 		if err != nil {
 			stopAccepting()
@@ -169,7 +169,7 @@ func (s *Server) Run(ctx context.Context) error {
 		srv := &admin.Server{Metrics: s.metrics, Healthy: func() bool { return acceptCtx.Err() == nil }, Status: s.status, Log: s.log}
 		loops.Go(func() { _ = srv.Serve(acceptCtx, ln) })
 	}
-	if every := reloadInterval(cfg); every > 0 {
+	if every := cfg.ReloadInterval; every > 0 {
 		loops.Go(func() { watchFiles(acceptCtx, every, s.watchedFiles, s.Reload, s.log) })
 	}
 	s.log.Info("listening", "addr", tunnelLn.Addr().String(), "services", len(cfg.Services), "forwards", len(cfg.Forwards))
@@ -183,7 +183,7 @@ func (s *Server) Run(ctx context.Context) error {
 	stopAccepting()
 	fs.stop()
 	loops.Wait()
-	s.drain(drainTimeout(s.cfg()))
+	s.drain(s.cfg().DrainTimeout)
 	killStreams()
 	conns.Wait()
 	s.log.Info("stopped")
@@ -261,7 +261,7 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	peer := sess.Peer.Name()
 	class := sess.PeerHello.Class
 	log := s.log.With("peer", peer, "remote", remote)
-	if err := s.sessions.admit(peer, class, maxSessions(cfg), maxSessionsPerIdentity(cfg)); err != nil {
+	if err := s.sessions.admit(peer, class, cfg.MaxSessions, cfg.MaxSessionsPerIdentity); err != nil {
 		s.limited.Warn("limit:"+peer, "client refused", "peer", peer, "remote", remote, "error", err)
 		sess.CloseWithReason(err)
 		return
@@ -273,7 +273,7 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	if old := s.sessions.put(peer, class, sess); old != nil {
 		log.Info("client reconnected; draining its previous session", "class", class)
 		conns.Go(func() {
-			ctx, cancel := context.WithTimeout(streamCtx, drainTimeout(cfg))
+			ctx, cancel := context.WithTimeout(streamCtx, cfg.DrainTimeout)
 			defer cancel()
 			_ = old.Drain(ctx)
 			old.CloseWithReason(errors.New("replaced by a new session from the same client"))
@@ -298,7 +298,7 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 func (s *Server) lookup(name string) (mux.Service, bool) { return s.state.Load().lookup(name) }
 
 func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.Conn) {
-	sess := s.sessions.find(f.Client, forwardClass(f))
+	sess := s.sessions.find(f.Client, f.Class)
 	if sess == nil {
 		s.limited.Warn("no-client:"+f.Name, "connection refused: client not connected", "forward", f.Name, "client", f.Client, "local", local.RemoteAddr().String())
 		local.Close()
@@ -356,7 +356,7 @@ func (s *Server) Reload() error {
 
 func (s *Server) watchedFiles() []string {
 	cfg := s.cfg()
-	return append([]string{cfg.Path, cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA}, crlFiles(cfg.TLS)...)
+	return append([]string{cfg.Path, cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA}, cfg.TLS.CRL...)
 }
 
 func (s *Server) setLastErr(err error) {

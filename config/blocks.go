@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,6 +29,7 @@ type common struct {
 	services         []Service
 	forwards         []Forward
 	listens          []listener // the forwards' listen addresses
+	settings         Settings
 }
 
 // listener is a listen address and who listens on it.
@@ -73,6 +73,7 @@ func (d *decoder) common(top *body, server bool) common {
 		}
 	}
 
+	c.settings = d.settings(top)
 	services := map[string]hcl.Range{}
 	forwards := map[string]hcl.Range{}
 	for _, blk := range top.blocks {
@@ -209,6 +210,7 @@ func (d *decoder) tlsBlock(blk *hclsyntax.Block, server bool) (TLS, bool) {
 			d.missing(b, k.key, fmt.Sprintf("%s = \"path/to/file\": the %s", k.key, k.what))
 		}
 	}
+	d.tlsExtras(b, &t, server)
 	set := false
 	if a := b.attr("server_name"); a != nil {
 		if v, ok := d.str(b, a); ok {
@@ -291,6 +293,7 @@ func (d *decoder) service(blk *hclsyntax.Block, server bool) (Service, bool) {
 		d.addf(b.at, `%s has no allow list: services are deny by default; list the client identities that may open it (add allow = ["client-id"])`, what)
 		ok = false
 	}
+	ok = d.serviceExtras(b, &s) && ok
 	return s, ok
 }
 
@@ -316,6 +319,9 @@ func (d *decoder) allow(b *body, a *hclsyntax.Attribute) ([]string, bool) {
 			ok = false
 		}
 		out = append(out, e.s)
+	}
+	if ok {
+		ok = d.rules(b, a, elems)
 	}
 	return out, ok
 }
@@ -368,6 +374,7 @@ func (d *decoder) forward(blk *hclsyntax.Block, server bool) (Forward, hcl.Range
 			ok = false
 		}
 	}
+	ok = d.forwardExtras(b, &f) && ok
 	return f, listenAt, ok
 }
 
@@ -530,10 +537,7 @@ func (d *decoder) pemFile(b *body, a *hclsyntax.Attribute) string {
 		d.addf(a.Expr.Range(), "%s must not be empty (give the path of a PEM file)", key)
 		return ""
 	}
-	if !filepath.IsAbs(p) {
-		p = filepath.Join(d.dir, p)
-	}
-	p = filepath.Clean(p)
+	p = d.pathOf(p)
 	if err := readable(p); err != nil {
 		d.addf(a.Expr.Range(), "cannot read %s file %s: %v (check the path and its permissions; relative paths resolve against %s)", key, p, err, d.dir)
 		return ""

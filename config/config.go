@@ -24,6 +24,25 @@
 //	  service = "ssh"          # default: the forward's name
 //	}
 //
+// Keys both configs take, with their defaults:
+//
+//	reload_interval = "1m"      # off by default: re-read config and TLS files when they change
+//	expiry_warning = "720h"     # warn this long before a certificate, CA or CRL expires
+//	ping_after = "10s"          # ping the peer this often
+//	dead_after = "30s"          # peer dead after this long without a single byte
+//	drain_timeout = "10s"       # graceful stop: how long streams may finish ("0s": none)
+//	max_streams_per_session = 4096
+//	dscp = "CS6"                # marking of the tunnel's own socket (0..63 or a name); unset by default
+//	admin { listen = "127.0.0.1:9090" }  # /metrics, /healthz, /status; off by default, loopback unless public = true
+//	tls { crl = ["ca.crl"] crl_stale = "warn" }  # CRLs checked on every handshake; "refuse" when stale
+//	service "x" { class = "control" source = "192.0.2.2" ttl = 255 dscp = 48 proxy_protocol = true idle_timeout = "0s" }
+//	forward "x" { class = "bulk" max_conns = 1024 idle_timeout = "0s" min_ttl = 254 dscp = "EF" }
+//
+// The server also takes max_sessions = 1024 and max_sessions_per_identity = 4;
+// the client session_wait = "10s" and tls.verify = [rules the server must match].
+// class defaults to "control" for the well-known ports of routing and
+// control protocols (see DefaultClass) and "bulk" otherwise.
+//
 // A client config has server = "host:port" (or a list of them, tried in
 // order) instead of listen and max_handshakes, may set tls.server_name
 // (default: the host of the first server), and its forwards have no client
@@ -38,6 +57,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"time"
@@ -52,15 +72,29 @@ const (
 	DefaultDialTimeout      = 10 * time.Second
 	DefaultLogLevel         = "info"
 	DefaultLogFormat        = "text"
+
+	DefaultExpiryWarning          = 30 * 24 * time.Hour
+	DefaultPingAfter              = 10 * time.Second
+	DefaultDeadAfter              = 30 * time.Second
+	DefaultDrainTimeout           = 10 * time.Second
+	DefaultMaxStreamsPerSession   = 4096
+	DefaultMaxSessions            = 1024
+	DefaultMaxSessionsPerIdentity = 4
+	DefaultSessionWait            = 10 * time.Second
+	DefaultMaxConns               = 1024
+	DefaultCRLStale               = "warn"
 )
 
 // TLS is the tls block. Paths are absolute after loading (relative ones
 // resolve against the config file's directory).
 type TLS struct {
-	Cert       string // PEM, leaf first then intermediates (required)
-	Key        string // PEM private key (required)
-	CA         string // PEM trust anchors for the peer (required)
-	ServerName string // client only, key server_name; default: host part of the first server address
+	Cert       string   // PEM, leaf first then intermediates (required)
+	Key        string   // PEM private key (required)
+	CA         string   // PEM trust anchors for the peer (required)
+	ServerName string   // client only, key server_name; default: host part of the first server address
+	CRL        []string // key crl: CRL files (PEM or DER) checked on every handshake; optional
+	CRLStale   string   // key crl_stale: "warn" (default) or "refuse" when a CRL is past its next update
+	Verify     []string // client only, key verify: rules the server's certificate must match (as in allow); optional
 }
 
 // Service is a service block: a target this side dials when the peer opens
@@ -69,6 +103,13 @@ type Service struct {
 	Name   string   // block label
 	Target string   // host:port to dial (required)
 	Allow  []string // identities allowed to open it; required and non-empty on the server, optional on the client
+
+	Class         string        // key class: "control" or "bulk"; default DefaultClass(target port)
+	Source        string        // key source: IP address to dial the target from; optional
+	TTL           int           // key ttl: IP TTL / hop limit towards the target, 1..255 (255 for GTSM); 0 = system default
+	DSCP          int           // key dscp: 0..63 or a name (CS6, EF, AF41...); -1 = unset
+	ProxyProtocol bool          // key proxy_protocol: send a PROXY v2 header to the target
+	IdleTimeout   time.Duration // key idle_timeout: close a stream idle this long; 0 = never
 }
 
 // Forward is a forward block: a local listener whose connections are
@@ -78,6 +119,25 @@ type Forward struct {
 	Listen  string // host:port to listen on (required)
 	Service string // default: Name
 	Client  string // server side only (required there): identity of the client whose session carries the stream
+
+	Class       string        // key class: "control" or "bulk"; default DefaultClass(listen port)
+	MaxConns    int           // key max_conns: connections in progress through it; default 1024
+	IdleTimeout time.Duration // key idle_timeout: close a stream idle this long; 0 = never
+	MinTTL      int           // key min_ttl: drop local connections arriving with a lower IP TTL (GTSM), 1..255; 0 = off
+	DSCP        int           // key dscp: marking of the local socket, as for Service; -1 = unset
+}
+
+// Settings both agents share beyond the basics.
+type Settings struct {
+	ReloadInterval       time.Duration // key reload_interval: re-read the files this often when they change; 0 = off
+	ExpiryWarning        time.Duration // key expiry_warning: warn this long before a certificate, CA or CRL expires; default 720h
+	PingAfter            time.Duration // key ping_after: ping the peer this often; default 10s
+	DeadAfter            time.Duration // key dead_after: declare the peer dead after this long without a byte; default 30s
+	DrainTimeout         time.Duration // key drain_timeout: bound on the graceful stop; default 10s; 0 = none
+	MaxStreamsPerSession int           // key max_streams_per_session: default 4096
+	Admin                string        // admin { listen }: the admin listener; "" = off
+	AdminPublic          bool          // admin { public = true }: allow a non-loopback admin address
+	DSCP                 int           // key dscp: marking of the tunnel's own TLS socket; -1 = unset
 }
 
 // Server is the configuration of tunnel-server.
@@ -92,6 +152,10 @@ type Server struct {
 	LogFormat        string        // key log_format: text|json; default "text"
 	Services         []Service     // in file order
 	Forwards         []Forward     // in file order
+	Settings
+
+	MaxSessions            int // key max_sessions: default 1024
+	MaxSessionsPerIdentity int // key max_sessions_per_identity: default 4
 }
 
 // Client is the configuration of tunnel-client.
@@ -105,6 +169,9 @@ type Client struct {
 	LogFormat        string        // key log_format: text|json; default "text"
 	Services         []Service     // in file order
 	Forwards         []Forward     // in file order
+	Settings
+
+	SessionWait time.Duration // key session_wait: how long a new local connection waits for the session while it is down; default 10s
 }
 
 // LoadServer reads and parses the server config file at path.
@@ -134,8 +201,10 @@ func ParseServer(filename string, src []byte) (*Server, error) {
 		return nil, d.err()
 	}
 	s := &Server{
-		Path:          d.path,
-		MaxHandshakes: DefaultMaxHandshakes,
+		Path:                   d.path,
+		MaxHandshakes:          DefaultMaxHandshakes,
+		MaxSessions:            DefaultMaxSessions,
+		MaxSessionsPerIdentity: DefaultMaxSessionsPerIdentity,
 	}
 	top := d.content(body, serverTop, "the server config", "", hcl.Range{})
 	if a := top.attr("listen"); a != nil {
@@ -152,7 +221,15 @@ func ParseServer(filename string, src []byte) (*Server, error) {
 			}
 		}
 	}
+	for key, dst := range map[string]*int{"max_sessions": &s.MaxSessions, "max_sessions_per_identity": &s.MaxSessionsPerIdentity} {
+		if a := top.attr(key); a != nil {
+			if n, ok := d.intRange(top, a, 1, math.MaxInt32); ok {
+				*dst = n
+			}
+		}
+	}
 	c := d.common(top, true)
+	s.Settings = c.settings
 	s.TLS = c.tls
 	s.HandshakeTimeout = c.handshakeTimeout
 	s.DialTimeout = c.dialTimeout
@@ -177,14 +254,20 @@ func ParseClient(filename string, src []byte) (*Client, error) {
 	if body == nil {
 		return nil, d.err()
 	}
-	cl := &Client{Path: d.path}
+	cl := &Client{Path: d.path, SessionWait: DefaultSessionWait}
 	top := d.content(body, clientTop, "the client config", "", hcl.Range{})
 	if a := top.attr("server"); a != nil {
 		cl.Servers = d.servers(top, a)
 	} else {
 		d.missing(top, "server", `server = "tunnel.example.net:8443"`)
 	}
+	if a := top.attr("session_wait"); a != nil {
+		if v, ok := d.durationOrZero(top, a); ok {
+			cl.SessionWait = v
+		}
+	}
 	c := d.common(top, false)
+	cl.Settings = c.settings
 	cl.TLS = c.tls
 	if c.tlsBlock != nil && !c.serverNameSet && len(cl.Servers) > 0 {
 		cl.TLS.ServerName = hostOf(cl.Servers[0])

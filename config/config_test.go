@@ -165,6 +165,7 @@ forward "a" {
 			if err != nil {
 				t.Fatalf("ParseServer: %v", err)
 			}
+			withServerDefaults(tt.want)
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("ParseServer:\n got %+v\nwant %+v", got, tt.want)
 			}
@@ -271,6 +272,7 @@ forward "db" {
 			if err != nil {
 				t.Fatalf("ParseClient: %v", err)
 			}
+			withClientDefaults(tt.want)
 			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("ParseClient:\n got %+v\nwant %+v", got, tt.want)
 			}
@@ -357,7 +359,7 @@ func TestParseErrors(t *testing.T) {
 		{name: "client key on server", src: "server = \"a:1\"\n", line: 1, want: "server is a client key"},
 		{name: "server key on client", client: true, src: "\n\nmax_handshakes = 3\n", line: 3, want: "max_handshakes is only for the server"},
 		{name: "listen on client", client: true, src: "listen = \":1\"\n", line: 1, want: "listen is a server key"},
-		{name: "unknown key in tls", whole: true, src: "listen = \":1\"\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n  crt = \"c\"\n}\n", line: 6, want: `unknown key "crt" in the tls block (did you mean "cert"? allowed keys: cert, key, ca; no blocks are allowed here)`},
+		{name: "unknown key in tls", whole: true, src: "listen = \":1\"\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n  crt = \"c\"\n}\n", line: 6, want: `unknown key "crt" in the tls block (did you mean "cert"? allowed keys: cert, key, ca, crl, crl_stale; no blocks are allowed here)`},
 		{name: "server_name on server", whole: true, src: "listen = \":1\"\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n  server_name = \"x\"\n}\n", line: 6, want: "server_name is only for the client's tls block"},
 		{name: "block in service", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  health {}\n}\n", line: 4, want: `unknown block "health" in service "x"`},
 		{name: "client key on client forward", client: true, src: "forward \"f\" {\n  listen = \":1\"\n  client = \"c\"\n}\n", line: 3, want: "client is only for the server's forwards"},
@@ -434,6 +436,25 @@ func TestParseErrors(t *testing.T) {
 		{name: "log_level case", client: true, src: "log_level = \"INFO\"\n", line: 1, want: `did you mean "info"?`},
 		{name: "log_format", src: "log_format = \"xml\"\n", line: 1, want: "use one of: text, json"},
 		{name: "log_format a bool", src: "log_format = true\n", line: 1, want: "log_format must be a string, not a bool"},
+		// Keys of Settings, classes, socket options, identity rules, CRLs.
+		{name: "reload_interval too short", src: "reload_interval = \"10ms\"\n", line: 1, want: "too short"},
+		{name: "dead_after not after ping_after", src: "ping_after = \"30s\"\ndead_after = \"20s\"\n", line: 2, want: "must be longer than ping_after"},
+		{name: "drain_timeout negative", src: "drain_timeout = \"-1s\"\n", line: 1, want: "more than zero"},
+		{name: "max_streams_per_session zero", src: "max_streams_per_session = 0\n", line: 1, want: "out of range (1 to"},
+		{name: "max_sessions on the client", client: true, src: "max_sessions = 3\n", line: 1, want: "only for the server"},
+		{name: "session_wait on the server", src: "session_wait = \"1s\"\n", line: 1, want: "only for the client"},
+		{name: "dscp name", src: "dscp = \"CS9\"\n", line: 1, want: "not a DiffServ code point name"},
+		{name: "dscp number", src: "dscp = 64\n", line: 1, want: "out of range (0 to 63)"},
+		{name: "admin public address", src: "admin {\n  listen = \"0.0.0.0:9090\"\n}\n", line: 2, want: "must be on loopback"},
+		{name: "admin without listen", src: "admin {\n}\n", line: 1, want: "missing required key listen"},
+		{name: "service class", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  class = \"fast\"\n}\n", line: 4, want: "use one of: control, bulk"},
+		{name: "service source", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  source = \"10.0.0.1:179\"\n}\n", line: 4, want: "is not an IP address"},
+		{name: "service ttl", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  ttl = 256\n}\n", line: 4, want: "out of range (1 to 255)"},
+		{name: "service proxy_protocol", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  proxy_protocol = \"yes\"\n}\n", line: 4, want: "must be true or false"},
+		{name: "allow rule", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\",\n    \"sha256:short\"]\n}\n", line: 4, want: "allow[1]: rule \"sha256:short\""},
+		{name: "allow prefix", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"ip:10.0.0.1\"]\n}\n", line: 3, want: "unknown prefix"},
+		{name: "forward min_ttl", src: "forward \"f\" {\n  listen = \":0\"\n  client = \"c\"\n  min_ttl = 0\n}\n", line: 4, want: "out of range (1 to 255)"},
+		{name: "forward max_conns", src: "forward \"f\" {\n  listen = \":0\"\n  client = \"c\"\n  max_conns = -1\n}\n", line: 4, want: "out of range"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -738,4 +759,44 @@ func checkCommon(t TLS, hs, dial time.Duration, level, format string, services [
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// The cases above predate the keys of Settings, classes and socket
+// options, and set none of them: fill in their defaults.
+func defaultSettings() Settings {
+	return Settings{ExpiryWarning: DefaultExpiryWarning, PingAfter: DefaultPingAfter, DeadAfter: DefaultDeadAfter,
+		DrainTimeout: DefaultDrainTimeout, MaxStreamsPerSession: DefaultMaxStreamsPerSession, DSCP: -1}
+}
+
+func withCommonDefaults(t *TLS, st *Settings, svcs []Service, fwds []Forward) {
+	if t.CRLStale == "" {
+		t.CRLStale = DefaultCRLStale
+	}
+	if *st == (Settings{}) {
+		*st = defaultSettings()
+	}
+	for i := range svcs {
+		if svcs[i].Class == "" {
+			svcs[i].Class, svcs[i].DSCP = DefaultClass(portOf(svcs[i].Target)), -1
+		}
+	}
+	for i := range fwds {
+		if fwds[i].Class == "" {
+			fwds[i].Class, fwds[i].DSCP, fwds[i].MaxConns = DefaultClass(portOf(fwds[i].Listen)), -1, DefaultMaxConns
+		}
+	}
+}
+
+func withServerDefaults(s *Server) {
+	withCommonDefaults(&s.TLS, &s.Settings, s.Services, s.Forwards)
+	if s.MaxSessions == 0 {
+		s.MaxSessions, s.MaxSessionsPerIdentity = DefaultMaxSessions, DefaultMaxSessionsPerIdentity
+	}
+}
+
+func withClientDefaults(c *Client) {
+	withCommonDefaults(&c.TLS, &c.Settings, c.Services, c.Forwards)
+	if c.SessionWait == 0 {
+		c.SessionWait = DefaultSessionWait
+	}
 }

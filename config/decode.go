@@ -126,39 +126,50 @@ type schema struct {
 	elsewhere map[string]string
 }
 
+// commonKeys are the top-level keys both configs take beyond the basics.
+var commonKeys = []string{"reload_interval", "expiry_warning", "ping_after", "dead_after", "drain_timeout", "max_streams_per_session", "dscp"}
+
 var (
 	serverTop = schema{
-		attrs:  []string{"listen", "handshake_timeout", "max_handshakes", "dial_timeout", "log_level", "log_format"},
-		blocks: []string{"tls", "service", "forward"},
+		attrs: append([]string{"listen", "handshake_timeout", "max_handshakes", "dial_timeout", "log_level", "log_format",
+			"max_sessions", "max_sessions_per_identity"}, commonKeys...),
+		blocks: []string{"tls", "service", "forward", "admin"},
 		elsewhere: map[string]string{
-			"server": `server is a client key (the server accepts connections on listen = "host:port")`,
+			"server":       `server is a client key (the server accepts connections on listen = "host:port")`,
+			"session_wait": "session_wait is only for the client (remove it)",
 		},
 	}
 	clientTop = schema{
-		attrs:  []string{"server", "handshake_timeout", "dial_timeout", "log_level", "log_format"},
-		blocks: []string{"tls", "service", "forward"},
+		attrs:  append([]string{"server", "handshake_timeout", "dial_timeout", "log_level", "log_format", "session_wait"}, commonKeys...),
+		blocks: []string{"tls", "service", "forward", "admin"},
 		elsewhere: map[string]string{
-			"listen":         `listen is a server key (the client connects to server = "host:port"; put listeners in forward blocks)`,
-			"max_handshakes": "max_handshakes is only for the server (remove it)",
+			"listen":                    `listen is a server key (the client connects to server = "host:port"; put listeners in forward blocks)`,
+			"max_handshakes":            "max_handshakes is only for the server (remove it)",
+			"max_sessions":              "max_sessions is only for the server (remove it)",
+			"max_sessions_per_identity": "max_sessions_per_identity is only for the server (remove it)",
 		},
 	}
 	serverTLS = schema{
-		attrs: []string{"cert", "key", "ca"},
+		attrs: []string{"cert", "key", "ca", "crl", "crl_stale"},
 		elsewhere: map[string]string{
 			"server_name": "server_name is only for the client's tls block (remove it)",
+			"verify":      "verify is for the client; the server's allow lists are in its service blocks",
 		},
 	}
 	clientTLS = schema{
-		attrs: []string{"cert", "key", "ca", "server_name"},
+		attrs: []string{"cert", "key", "ca", "server_name", "crl", "crl_stale", "verify"},
 	}
 	serviceBody = schema{
-		attrs: []string{"target", "allow"},
+		attrs: []string{"target", "allow", "class", "source", "ttl", "dscp", "proxy_protocol", "idle_timeout"},
 	}
 	serverForward = schema{
-		attrs: []string{"listen", "service", "client"},
+		attrs: []string{"listen", "service", "client", "class", "max_conns", "idle_timeout", "min_ttl", "dscp"},
+	}
+	adminBody = schema{
+		attrs: []string{"listen", "public"},
 	}
 	clientForward = schema{
-		attrs: []string{"listen", "service"},
+		attrs: []string{"listen", "service", "class", "max_conns", "idle_timeout", "min_ttl", "dscp"},
 		elsewhere: map[string]string{
 			"client": "client is only for the server's forwards (remove it: a client's forwards always use its own session)",
 		},

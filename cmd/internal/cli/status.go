@@ -89,13 +89,13 @@ func adminFromConfig(role Role, path string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		return configAdmin(cfg), nil
+		return cfg.Admin, nil
 	}
 	cfg, err := config.LoadClient(path)
 	if err != nil {
 		return "", err
 	}
-	return configAdmin(cfg), nil
+	return cfg.Admin, nil
 }
 
 func printStatus(w io.Writer, st admin.Status) {

@@ -1,4 +1,0 @@
-package cli
-
-// Temporary: the admin key is being added to config.
-func configAdmin(any) string { return "" }

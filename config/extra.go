@@ -1,0 +1,319 @@
+package config
+
+import (
+	"math"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
+
+	"github.com/tunnelworks/tunnel/transport/ssl"
+)
+
+// Traffic classes: each gets its own TLS connection and yamux session, so
+// small control messages never queue behind bulk data.
+const (
+	ClassControl = "control"
+	ClassBulk    = "bulk"
+)
+
+// controlPorts are well-known ports of routing and control protocols:
+// BGP 179, MSDP 639, LDP 646, NETCONF 830, quagga/FRR vty 2601-2609,
+// BFD 3784 and 4784, OpenFlow 6633 and 6653.
+var controlPorts = map[int]bool{179: true, 639: true, 646: true, 830: true, 3784: true, 4784: true, 6633: true, 6653: true}
+
+// DefaultClass is the class of a forward or service that does not name
+// one: control for the well-known ports of routing and control protocols
+// (see controlPorts), bulk for everything else.
+func DefaultClass(port int) string {
+	if controlPorts[port] || port >= 2601 && port <= 2609 {
+		return ClassControl
+	}
+	return ClassBulk
+}
+
+func portOf(addr string) int {
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(p)
+	return n
+}
+
+// dscpNames are the DiffServ code point names accepted for dscp.
+var dscpNames = map[string]int{
+	"CS0": 0, "CS1": 8, "CS2": 16, "CS3": 24, "CS4": 32, "CS5": 40, "CS6": 48, "CS7": 56,
+	"AF11": 10, "AF12": 12, "AF13": 14, "AF21": 18, "AF22": 20, "AF23": 22,
+	"AF31": 26, "AF32": 28, "AF33": 30, "AF41": 34, "AF42": 36, "AF43": 38, "EF": 46,
+}
+
+// settings decodes the top-level keys of Settings.
+func (d *decoder) settings(top *body) Settings {
+	st := Settings{
+		ExpiryWarning:        DefaultExpiryWarning,
+		PingAfter:            DefaultPingAfter,
+		DeadAfter:            DefaultDeadAfter,
+		DrainTimeout:         DefaultDrainTimeout,
+		MaxStreamsPerSession: DefaultMaxStreamsPerSession,
+		DSCP:                 -1,
+	}
+	if a := top.attr("reload_interval"); a != nil {
+		if v, ok := d.duration(top, a); ok {
+			if v < time.Second {
+				d.addf(a.Expr.Range(), "reload_interval = %q is too short (at least \"1s\"; leave it out to reload only on SIGHUP)", v)
+			} else {
+				st.ReloadInterval = v
+			}
+		}
+	}
+	for key, dst := range map[string]*time.Duration{"expiry_warning": &st.ExpiryWarning, "ping_after": &st.PingAfter, "dead_after": &st.DeadAfter} {
+		if a := top.attr(key); a != nil {
+			if v, ok := d.duration(top, a); ok {
+				*dst = v
+			}
+		}
+	}
+	if a := top.attr("dead_after"); a != nil && st.DeadAfter <= st.PingAfter {
+		d.addf(a.Expr.Range(), "dead_after (%s) must be longer than ping_after (%s): the peer needs time to answer a ping", st.DeadAfter, st.PingAfter)
+	}
+	if a := top.attr("drain_timeout"); a != nil {
+		if v, ok := d.durationOrZero(top, a); ok {
+			st.DrainTimeout = v
+		}
+	}
+	if a := top.attr("max_streams_per_session"); a != nil {
+		if n, ok := d.intRange(top, a, 1, math.MaxInt32); ok {
+			st.MaxStreamsPerSession = n
+		}
+	}
+	if a := top.attr("dscp"); a != nil {
+		st.DSCP = d.dscp(top, a)
+	}
+	for _, blk := range top.blocks {
+		if blk.Type != "admin" || !d.noLabels(blk) {
+			continue
+		}
+		if st.Admin != "" {
+			d.addf(blk.TypeRange, "duplicate admin block (keep one)")
+			continue
+		}
+		b := d.content(blk.Body, adminBody, "the admin block", "admin.", blk.TypeRange)
+		if a := b.attr("public"); a != nil {
+			st.AdminPublic, _ = d.boolean(b, a)
+		}
+		a := b.attr("listen")
+		if a == nil {
+			d.missing(b, "listen", `listen = "127.0.0.1:9090": where /metrics, /healthz and /status are served`)
+			continue
+		}
+		addr, ok := d.address(b, a, listenAddr)
+		if !ok {
+			continue
+		}
+		if host := hostOf(addr); !st.AdminPublic && !isLoopback(host) {
+			d.addf(a.Expr.Range(), "admin listen must be on loopback (127.0.0.1 or [::1]) unless public = true: /status names peers and addresses")
+			continue
+		}
+		st.Admin = addr
+	}
+	return st
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// durationOrZero decodes a duration that may be "0s".
+func (d *decoder) durationOrZero(b *body, a *hclsyntax.Attribute) (time.Duration, bool) {
+	if v, ok := d.eval(b, a); ok && v.Type().Equals(cty.String) {
+		if dur, err := time.ParseDuration(v.AsString()); err == nil && dur == 0 {
+			return 0, true
+		}
+	}
+	return d.duration(b, a)
+}
+
+// intRange decodes a whole number in [lo, hi].
+func (d *decoder) intRange(b *body, a *hclsyntax.Attribute, lo, hi int) (int, bool) {
+	n, ok := d.integer(b, a)
+	if !ok {
+		return 0, false
+	}
+	if n < lo || n > hi {
+		d.addf(a.Expr.Range(), "%s%s = %d is out of range (%d to %d)", b.prefix, a.Name, n, lo, hi)
+		return 0, false
+	}
+	return n, true
+}
+
+func (d *decoder) boolean(b *body, a *hclsyntax.Attribute) (bool, bool) {
+	v, ok := d.eval(b, a)
+	if !ok {
+		return false, false
+	}
+	if v.Type() != cty.Bool {
+		d.addf(a.Expr.Range(), "%s%s must be true or false, not %s (write it without quotes)", b.prefix, a.Name, typeName(v))
+		return false, false
+	}
+	return v.True(), true
+}
+
+// dscp decodes a code point, 0..63 or a name; -1 when invalid.
+func (d *decoder) dscp(b *body, a *hclsyntax.Attribute) int {
+	v, ok := d.eval(b, a)
+	if !ok {
+		return -1
+	}
+	if v.Type() == cty.String {
+		name := strings.ToUpper(v.AsString())
+		if n, ok := dscpNames[name]; ok {
+			return n
+		}
+		d.addf(a.Expr.Range(), "%sdscp = %q is not a DiffServ code point name (use CS0..CS7, EF, AF11..AF43, or a number 0..63)", b.prefix, v.AsString())
+		return -1
+	}
+	n, ok := d.intRange(b, a, 0, 63)
+	if !ok {
+		return -1
+	}
+	return n
+}
+
+// class decodes a class key.
+func (d *decoder) class(b *body, a *hclsyntax.Attribute) string {
+	v, _ := d.oneOf(b, a, []string{ClassControl, ClassBulk})
+	return v
+}
+
+// rules decodes allow or verify entries with the identity rule parser, each
+// error at its own element.
+func (d *decoder) rules(b *body, a *hclsyntax.Attribute, elems []element) bool {
+	ok := true
+	for i, e := range elems {
+		if _, err := ssl.ParseRule(e.s); err != nil {
+			d.addf(e.rng, "%s%s[%d]: %v", b.prefix, a.Name, i, err)
+			ok = false
+		}
+	}
+	return ok
+}
+
+// serviceExtras decodes the keys of a service block beyond target and allow.
+func (d *decoder) serviceExtras(b *body, s *Service) bool {
+	ok := true
+	s.Class = DefaultClass(portOf(s.Target))
+	s.DSCP = -1
+	if a := b.attr("class"); a != nil {
+		if c := d.class(b, a); c != "" {
+			s.Class = c
+		} else {
+			ok = false
+		}
+	}
+	if a := b.attr("source"); a != nil {
+		if v, sok := d.str(b, a); sok {
+			if _, err := netip.ParseAddr(v); err != nil {
+				d.addf(a.Expr.Range(), "%ssource = %q is not an IP address (give the local address to dial from, without a port)", b.prefix, v)
+				ok = false
+			} else {
+				s.Source = v
+			}
+		}
+	}
+	if a := b.attr("ttl"); a != nil {
+		s.TTL, _ = d.intRange(b, a, 1, 255)
+	}
+	if a := b.attr("dscp"); a != nil {
+		s.DSCP = d.dscp(b, a)
+	}
+	if a := b.attr("proxy_protocol"); a != nil {
+		s.ProxyProtocol, _ = d.boolean(b, a)
+	}
+	if a := b.attr("idle_timeout"); a != nil {
+		s.IdleTimeout, _ = d.durationOrZero(b, a)
+	}
+	return ok
+}
+
+// forwardExtras decodes the keys of a forward block beyond listen, service and client.
+func (d *decoder) forwardExtras(b *body, f *Forward) bool {
+	ok := true
+	f.Class = DefaultClass(portOf(f.Listen))
+	f.MaxConns = DefaultMaxConns
+	f.DSCP = -1
+	if a := b.attr("class"); a != nil {
+		if c := d.class(b, a); c != "" {
+			f.Class = c
+		} else {
+			ok = false
+		}
+	}
+	if a := b.attr("max_conns"); a != nil {
+		if n, nok := d.intRange(b, a, 1, math.MaxInt32); nok {
+			f.MaxConns = n
+		}
+	}
+	if a := b.attr("idle_timeout"); a != nil {
+		f.IdleTimeout, _ = d.durationOrZero(b, a)
+	}
+	if a := b.attr("min_ttl"); a != nil {
+		f.MinTTL, _ = d.intRange(b, a, 1, 255)
+	}
+	if a := b.attr("dscp"); a != nil {
+		f.DSCP = d.dscp(b, a)
+	}
+	return ok
+}
+
+// tlsExtras decodes crl, crl_stale and verify.
+func (d *decoder) tlsExtras(b *body, t *TLS, server bool) {
+	t.CRLStale = DefaultCRLStale
+	if a := b.attr("crl"); a != nil {
+		if elems, ok := d.strList(b, a); ok {
+			for i, e := range elems {
+				p := d.pathOf(e.s)
+				if err := readable(p); err != nil {
+					d.addf(e.rng, "cannot read %scrl[%d] file %s: %v (check the path and its permissions; relative paths resolve against %s)", b.prefix, i, p, err, d.dir)
+					continue
+				}
+				t.CRL = append(t.CRL, p)
+			}
+		}
+	}
+	if a := b.attr("crl_stale"); a != nil {
+		if v, ok := d.oneOf(b, a, []string{"warn", "refuse"}); ok {
+			t.CRLStale = v
+		}
+	}
+	if a := b.attr("verify"); a != nil && !server {
+		if elems, ok := d.strList(b, a); ok {
+			if len(elems) == 0 {
+				d.addf(a.Expr.Range(), "tls.verify is empty (list the server identities to accept, or remove it)")
+			} else if d.rules(b, a, elems) {
+				for _, e := range elems {
+					t.Verify = append(t.Verify, e.s)
+				}
+			}
+		}
+	}
+}
+
+func (d *decoder) pathOf(p string) string {
+	if p == "" {
+		return ""
+	}
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(d.dir, p)
+	}
+	return filepath.Clean(p)
+}
