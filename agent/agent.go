@@ -44,15 +44,27 @@ func services(list []config.Service, dialTimeout time.Duration, allowAll bool) m
 	m := make(map[string]mux.Service, len(list))
 	for _, svc := range list {
 		rules, _ := ssl.ParseRules(svc.Allow) // validated with the config
-		target := svc.Target
 		allowed := func(id ssl.Identity) bool { _, ok := rules.Match(id); return ok }
 		if allowAll && len(svc.Allow) == 0 {
 			allowed = func(ssl.Identity) bool { return true }
 		}
+		opts := forward.DialOptions{
+			Timeout: dialTimeout,
+			Source:  svc.Source,
+			Sock:    sockopt.Options{TTL: svc.TTL, DSCP: svc.DSCP},
+		}
 		m[svc.Name] = mux.Service{
 			Allowed: allowed,
-			Dial: func(ctx context.Context) (net.Conn, error) {
-				return forward.Dial(ctx, target, dialTimeout)
+			Dial: func(ctx context.Context, req mux.Request) (net.Conn, error) {
+				conn, err := forward.Dial(ctx, svc.Target, opts)
+				if err != nil || !svc.ProxyProtocol {
+					return conn, err
+				}
+				if err := forward.WriteProxyHeader(conn, req.Source, req.Peer.Name()); err != nil {
+					conn.Close()
+					return nil, fmt.Errorf("send PROXY header to %s: %w", svc.Target, err)
+				}
+				return conn, nil
 			},
 		}
 	}
@@ -66,10 +78,10 @@ func services(list []config.Service, dialTimeout time.Duration, allowAll bool) m
 // the metrics and writes the one log line every stream gets when it ends.
 // log carries the peer; kind is "forward" (we opened the stream for a
 // local connection) or "service" (the peer opened it to one of ours).
-func pipeAndLog(ctx context.Context, log hclog.Logger, m *admin.Metrics, kind, name string, stream *mux.Stream, local net.Conn) {
+func pipeAndLog(ctx context.Context, log hclog.Logger, m *admin.Metrics, kind, name string, idle time.Duration, stream *mux.Stream, local net.Conn) {
 	start := time.Now()
 	meter := m.StreamStarted(kind, name)
-	res := forward.Pipe(ctx, local, stream, meter)
+	res := forward.Pipe(ctx, local, stream, meter, idle)
 	fields := []any{kind, name}
 	if kind == "forward" {
 		fields = append(fields, "service", stream.Service())
@@ -107,6 +119,7 @@ type sessionSettings struct {
 	HandshakeTimeout     time.Duration
 	PingAfter, DeadAfter time.Duration
 	MaxStreams           int
+	DSCP                 int
 	metrics              *admin.Metrics
 }
 
@@ -116,7 +129,7 @@ type sessionSettings struct {
 // TCP_NOTSENT_LOWAT so its messages never queue behind kilobytes of its own
 // unsent data in the kernel.
 func tunnelSockopts(st sessionSettings, class string) sockopt.Options {
-	o := sockopt.Options{KeepAlive: 15 * time.Second, UserTimeout: st.DeadAfter, DSCP: -1}
+	o := sockopt.Options{KeepAlive: 15 * time.Second, UserTimeout: st.DeadAfter, DSCP: st.DSCP}
 	if class == classControl {
 		o.NotSentLowat = 16 * 1024
 	}
@@ -282,4 +295,14 @@ func addrString(a net.Addr) string {
 		return ""
 	}
 	return a.String()
+}
+
+// serviceIdle is the idle timeout of a service by name (0: none).
+func serviceIdle(list []config.Service, name string) time.Duration {
+	for _, svc := range list {
+		if svc.Name == name {
+			return svc.IdleTimeout
+		}
+	}
+	return 0
 }

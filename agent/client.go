@@ -83,7 +83,7 @@ func (c *Client) keeperFor(class string) *keeper {
 
 func (c *Client) settings() sessionSettings {
 	cfg := c.cfg()
-	return sessionSettings{HandshakeTimeout: cfg.HandshakeTimeout, PingAfter: cfg.PingAfter, DeadAfter: cfg.DeadAfter, MaxStreams: cfg.MaxStreamsPerSession, metrics: c.metrics}
+	return sessionSettings{HandshakeTimeout: cfg.HandshakeTimeout, PingAfter: cfg.PingAfter, DeadAfter: cfg.DeadAfter, MaxStreams: cfg.MaxStreamsPerSession, DSCP: cfg.DSCP, metrics: c.metrics}
 }
 
 func clientPolicySpec(cfg *config.Client) ssl.PolicySpec {
@@ -299,11 +299,11 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 	if sess.Opened() >= rotateAfter {
 		k.rotate()
 	}
-	stream, err := sess.Open(ctx, f.Service)
+	stream, err := sess.Open(ctx, f.Service, local.RemoteAddr().String())
 	if err != nil {
 		c.log.Warn("connection refused: cannot open stream", "forward", f.Name, "error", err)
 		local.Close()
 		return
 	}
-	pipeAndLog(ctx, c.log.With("peer", sess.Peer.Name()), c.metrics, "forward", f.Name, stream, local)
+	pipeAndLog(ctx, c.log.With("peer", sess.Peer.Name()), c.metrics, "forward", f.Name, f.IdleTimeout, stream, local)
 }

@@ -7,11 +7,13 @@ import (
 	"net"
 	"reflect"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/forward"
+	"github.com/tunnelworks/tunnel/transport/sockopt"
 )
 
 // forwardSet runs the local listeners of an agent's forwards and changes
@@ -19,8 +21,9 @@ import (
 // a removed or changed one stops accepting (its streams in flight go on);
 // a new one starts listening.
 type forwardSet struct {
-	log    hclog.Logger
-	handle func(ctx context.Context, f config.Forward, local net.Conn)
+	log     hclog.Logger
+	limited *limitedLog
+	handle  func(ctx context.Context, f config.Forward, local net.Conn)
 	// conns is where each accepted connection's goroutine is counted: the
 	// agent's, so streams outlive a forward that a reload removed.
 	conns *sync.WaitGroup
@@ -39,7 +42,7 @@ type runningForward struct {
 }
 
 func newForwardSet(log hclog.Logger, conns *sync.WaitGroup, handle func(context.Context, config.Forward, net.Conn)) *forwardSet {
-	return &forwardSet{log: log, handle: handle, conns: conns, running: map[string]*runningForward{}}
+	return &forwardSet{log: log, limited: newLimitedLog(log, time.Minute), handle: handle, conns: conns, running: map[string]*runningForward{}}
 }
 
 // start runs the first set of forwards. acceptCtx stops the accept loops;
@@ -80,7 +83,9 @@ func (fs *forwardSet) apply(want []config.Forward) error {
 		if keep[f.Name] {
 			continue
 		}
-		ln, err := forward.Listen(acceptCtx, f.Listen)
+		// The minimum TTL and DSCP sit on the listening socket, so they
+		// hold for every accepted connection from its first packet.
+		ln, err := forward.Listen(acceptCtx, f.Listen, sockopt.Options{MinTTL: f.MinTTL, DSCP: f.DSCP})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("forward %q: %w", f.Name, err))
 			continue
@@ -95,8 +100,21 @@ func (fs *forwardSet) apply(want []config.Forward) error {
 		fs.log.Info("forward listening", fields...)
 		go func() {
 			defer close(r.done)
+			// At most MaxConns connections in progress through this forward;
+			// beyond that new ones are closed at once (and logged, rarely).
+			slots := make(chan struct{}, max(f.MaxConns, 1))
 			err := forward.Serve(ctx, ln, fs.log, func(local net.Conn) {
-				fs.conns.Go(func() { fs.handle(streamCtx, f, local) })
+				select {
+				case slots <- struct{}{}:
+				default:
+					fs.limited.Warn("max_conns:"+f.Name, "connection refused: forward at its connection limit", "forward", f.Name, "max_conns", f.MaxConns)
+					local.Close()
+					return
+				}
+				fs.conns.Go(func() {
+					defer func() { <-slots }()
+					fs.handle(streamCtx, f, local)
+				})
 			})
 			if err != nil {
 				fs.log.Error("forward stopped accepting", "forward", f.Name, "error", err)

@@ -81,7 +81,7 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 		ended := make(chan error, 1)
 		serving.Go(func() {
 			ended <- sess.Serve(streamCtx, c.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
-				pipeAndLog(ctx, log, c.metrics, "service", service, stream, target)
+				pipeAndLog(ctx, log, c.metrics, "service", service, serviceIdle(c.cfg().Services, service), stream, target)
 			})
 		})
 		select {

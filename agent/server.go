@@ -101,7 +101,7 @@ func (s *Server) cfg() *config.Server { return s.state.Load().cfg }
 
 func (s *Server) settings() sessionSettings {
 	cfg := s.cfg()
-	return sessionSettings{HandshakeTimeout: cfg.HandshakeTimeout, PingAfter: cfg.PingAfter, DeadAfter: cfg.DeadAfter, MaxStreams: cfg.MaxStreamsPerSession, metrics: s.metrics}
+	return sessionSettings{HandshakeTimeout: cfg.HandshakeTimeout, PingAfter: cfg.PingAfter, DeadAfter: cfg.DeadAfter, MaxStreams: cfg.MaxStreamsPerSession, DSCP: cfg.DSCP, metrics: s.metrics}
 }
 
 // Ready is closed once every listener is open.
@@ -284,7 +284,7 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	s.metrics.SessionsUp.WithLabelValues(class).Inc()
 	defer s.metrics.Sessions.WithLabelValues(class).Dec()
 	err = sess.Serve(streamCtx, s.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
-		pipeAndLog(ctx, log, s.metrics, "service", service, stream, target)
+		pipeAndLog(ctx, log, s.metrics, "service", service, serviceIdle(s.cfg().Services, service), stream, target)
 	})
 	s.sessions.remove(peer, class, sess)
 	sess.Close()
@@ -304,13 +304,13 @@ func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.C
 		local.Close()
 		return
 	}
-	stream, err := sess.Open(ctx, f.Service)
+	stream, err := sess.Open(ctx, f.Service, local.RemoteAddr().String())
 	if err != nil {
 		s.log.Warn("connection refused: cannot open stream", "forward", f.Name, "client", f.Client, "error", err)
 		local.Close()
 		return
 	}
-	pipeAndLog(ctx, s.log.With("peer", sess.Peer.Name()), s.metrics, "forward", f.Name, stream, local)
+	pipeAndLog(ctx, s.log.With("peer", sess.Peer.Name()), s.metrics, "forward", f.Name, f.IdleTimeout, stream, local)
 }
 
 // Reload re-reads the config file and its TLS files. It builds everything

@@ -236,8 +236,8 @@ func badStreamHeaders(t *testing.T, tn *tunnel) {
 		logged string
 	}{
 		{"unknown kind", []byte{9, 3, 'a', 'b', 'c'}, false, "unknown kind 9"},
-		{"bad character", []byte{1, 3, 'a', '/', 'b'}, false, "character other than"},
-		{"empty name", []byte{1, 0}, false, "got 0"},
+		{"bad character", []byte{1, 3, 'a', '/', 'b', 0}, false, "character other than"},
+		{"empty name", []byte{1, 0, 0}, false, "got 0"},
 		{"truncated", []byte{1, 10, 'a', 'b', 'c'}, true, "unexpected EOF"},
 	}
 	for _, tc := range cases {

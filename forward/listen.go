@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/tunnelworks/tunnel/transport/sockopt"
 )
 
 // Serve accepts connections on ln and hands each to handle, on the calling
@@ -59,8 +61,13 @@ func temporary(err error) bool {
 }
 
 // Listen opens a TCP listener; the error names the address and a likely fix.
-func Listen(ctx context.Context, addr string) (net.Listener, error) {
+// opts apply to the listening socket and so to every accepted connection
+// (a minimum TTL drops packets from farther than allowed before accept).
+func Listen(ctx context.Context, addr string, opts ...sockopt.Options) (net.Listener, error) {
 	var lc net.ListenConfig
+	if len(opts) > 0 {
+		lc.Control = sockopt.Control(opts[0])
+	}
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
 		if errors.Is(err, syscall.EADDRINUSE) {
@@ -74,10 +81,27 @@ func Listen(ctx context.Context, addr string) (net.Listener, error) {
 	return ln, nil
 }
 
-// Dial connects to a target within timeout. TCP_NODELAY is on (Go's
-// default): the tunnel must not add Nagle delay to small control messages.
-func Dial(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
-	d := net.Dialer{Timeout: timeout, KeepAlive: 15 * time.Second}
+// DialOptions shape the connection to a target.
+type DialOptions struct {
+	Timeout time.Duration
+	// Source is the local IP to dial from ("" = the system's choice): BGP
+	// peers accept only their configured neighbour address.
+	Source string
+	// Socket options applied before connect, so TTL and DSCP hold from the SYN.
+	Sock sockopt.Options
+}
+
+// Dial connects to a target. TCP_NODELAY is on (Go's default): the tunnel
+// must not add Nagle delay to small control messages.
+func Dial(ctx context.Context, addr string, o DialOptions) (net.Conn, error) {
+	d := net.Dialer{Timeout: o.Timeout, KeepAlive: 15 * time.Second, Control: sockopt.Control(o.Sock)}
+	if o.Source != "" {
+		ip := net.ParseIP(o.Source)
+		if ip == nil {
+			return nil, fmt.Errorf("dial %s: source %q is not an IP address", addr, o.Source)
+		}
+		d.LocalAddr = &net.TCPAddr{IP: ip}
+	}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		var oe *net.OpError

@@ -10,7 +10,9 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 const bufSize = 32 * 1024
@@ -31,6 +33,9 @@ type noMeter struct{}
 func (noMeter) AToB(int) {}
 func (noMeter) BToA(int) {}
 
+// ErrIdle ends a pipe through which nothing moved for its idle timeout.
+var ErrIdle = errors.New("idle timeout")
+
 // ErrPeerReset ends a pipe whose tunnel stream was reset by the far side.
 var ErrPeerReset = errors.New("reset by the far side of the tunnel")
 
@@ -49,8 +54,10 @@ type Result struct {
 // half-close get their whole reply. An error in either direction aborts both.
 // Cancelling ctx aborts both.
 //
-// m, if not nil, is told of every chunk as it is written.
-func Pipe(ctx context.Context, a, b net.Conn, m Meter) Result {
+// m, if not nil, is told of every chunk as it is written. idle, if not
+// zero, aborts the pipe when no byte has moved either way for that long
+// (the reaper for streams whose peers vanished without a word).
+func Pipe(ctx context.Context, a, b net.Conn, m Meter, idle time.Duration) Result {
 	if m == nil {
 		m = noMeter{}
 	}
@@ -75,16 +82,44 @@ func Pipe(ctx context.Context, a, b net.Conn, m Meter) Result {
 		}
 	}
 
+	countAToB, countBToA := m.AToB, m.BToA
+	if idle > 0 {
+		var last atomic.Int64
+		last.Store(time.Now().UnixNano())
+		countAToB = func(n int) { last.Store(time.Now().UnixNano()); m.AToB(n) }
+		countBToA = func(n int) { last.Store(time.Now().UnixNano()); m.BToA(n) }
+		var mu sync.Mutex
+		var timer *time.Timer
+		check := func() {
+			quiet := time.Since(time.Unix(0, last.Load()))
+			if quiet >= idle {
+				closeBoth(ErrIdle)
+				return
+			}
+			mu.Lock()
+			timer.Reset(idle - quiet)
+			mu.Unlock()
+		}
+		mu.Lock()
+		timer = time.AfterFunc(idle, check)
+		mu.Unlock()
+		defer func() {
+			mu.Lock()
+			timer.Stop()
+			mu.Unlock()
+		}()
+	}
+
 	var wg sync.WaitGroup
 	var bToA int64
 	wg.Go(func() {
 		var err error
-		bToA, err = copyHalf(a, b, m.BToA)
+		bToA, err = copyHalf(a, b, countBToA)
 		if err != nil {
 			closeBoth(err)
 		}
 	})
-	aToB, err := copyHalf(b, a, m.AToB)
+	aToB, err := copyHalf(b, a, countAToB)
 	if err != nil {
 		closeBoth(err)
 	}
@@ -169,6 +204,8 @@ func Classify(err error) string {
 		return "closed"
 	case errors.Is(err, context.Canceled):
 		return "cancelled"
+	case errors.Is(err, ErrIdle):
+		return "idle timeout"
 	case errors.Is(err, ErrPeerReset):
 		return "reset by peer"
 	case errors.Is(err, net.ErrClosed):

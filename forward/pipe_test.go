@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/tunnelworks/tunnel/transport/sockopt"
 	"go.uber.org/goleak"
 )
 
@@ -49,11 +50,13 @@ type pipeline struct {
 	done        chan Result
 }
 
-func startPipe(t *testing.T, ctx context.Context) *pipeline {
+func startPipe(t *testing.T, ctx context.Context) *pipeline { return startPipeIdle(t, ctx, 0) }
+
+func startPipeIdle(t *testing.T, ctx context.Context, idle time.Duration) *pipeline {
 	app, a := tcpPair(t)
 	b, target := tcpPair(t)
 	p := &pipeline{app: app, target: target, done: make(chan Result, 1)}
-	go func() { p.done <- Pipe(ctx, a, b, nil) }()
+	go func() { p.done <- Pipe(ctx, a, b, nil, idle) }()
 	return p
 }
 
@@ -255,7 +258,7 @@ func TestDialRefusedSaysSo(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	_, err = Dial(context.Background(), addr, time.Second)
+	_, err = Dial(context.Background(), addr, DialOptions{Timeout: time.Second, Sock: sockopt.Unset})
 	if err == nil || err.Error() != "dial "+addr+": connection refused" {
 		t.Fatalf("err = %v", err)
 	}
@@ -270,5 +273,29 @@ func TestListenInUse(t *testing.T) {
 	_, err = Listen(context.Background(), ln.Addr().String())
 	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("already in use")) {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestPipeIdleTimeout(t *testing.T) {
+	p := startPipeIdle(t, context.Background(), 300*time.Millisecond)
+	// Traffic keeps it alive past the timeout...
+	for i := 0; i < 5; i++ {
+		p.app.Write([]byte("x"))
+		io.ReadFull(p.target, make([]byte, 1))
+		time.Sleep(100 * time.Millisecond)
+	}
+	select {
+	case r := <-p.done:
+		t.Fatalf("pipe ended while busy: %v", r.Err)
+	default:
+	}
+	// ...silence ends it.
+	start := time.Now()
+	r := p.result(t)
+	if !errors.Is(r.Err, ErrIdle) || Classify(r.Err) != "idle timeout" {
+		t.Fatalf("err = %v", r.Err)
+	}
+	if waited := time.Since(start); waited > 2*time.Second {
+		t.Fatalf("idle pipe ended after %s", waited)
 	}
 }

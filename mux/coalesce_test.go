@@ -17,7 +17,7 @@ func (r *recordingConn) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func header(typ byte, length uint32) []byte {
+func frameHeader(typ byte, length uint32) []byte {
 	return []byte{0, typ, 0, 0, 0, 0, 0, 1, byte(length >> 24), byte(length >> 16), byte(length >> 8), byte(length)}
 }
 
@@ -25,17 +25,17 @@ func TestFrameJoiner(t *testing.T) {
 	rec := &recordingConn{}
 	f := newFrameJoiner(rec)
 	small := []byte("hello")
-	f.Write(header(yamuxTypeData, 5))
+	f.Write(frameHeader(yamuxTypeData, 5))
 	f.Write(small)
-	f.Write(header(1, 1000)) // window update: alone
+	f.Write(frameHeader(1, 1000)) // window update: alone
 	big := make([]byte, maxJoinedBody+1)
-	f.Write(header(yamuxTypeData, uint32(len(big))))
+	f.Write(frameHeader(yamuxTypeData, uint32(len(big))))
 	f.Write(big)
-	f.Write(header(yamuxTypeData, 0)) // data header without body (FIN): alone
+	f.Write(frameHeader(yamuxTypeData, 0)) // data header without body (FIN): alone
 	if len(rec.writes) != 5 {
 		t.Fatalf("%d writes, want 5", len(rec.writes))
 	}
-	if !bytes.Equal(rec.writes[0], append(header(yamuxTypeData, 5), small...)) {
+	if !bytes.Equal(rec.writes[0], append(frameHeader(yamuxTypeData, 5), small...)) {
 		t.Fatal("small frame not joined")
 	}
 	if len(rec.writes[1]) != 12 || len(rec.writes[2]) != 12 || len(rec.writes[3]) != len(big) || len(rec.writes[4]) != 12 {

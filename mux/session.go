@@ -334,8 +334,11 @@ func (s *Session) Drain(ctx context.Context) error {
 // Open opens a stream to the peer's service. It does not wait for the peer's
 // answer: the first Read returns it (an *OpenError if refused), so the
 // opening side may send data at once and saves a round trip per stream.
-func (s *Session) Open(ctx context.Context, service string) (*Stream, error) {
-	hdr, err := encodeHeader(service)
+//
+// source, the local application's address, is passed to the peer for its
+// logs and for a PROXY protocol header to the target; it may be "".
+func (s *Session) Open(ctx context.Context, service, source string) (*Stream, error) {
+	hdr, err := encodeHeader(service, source)
 	if err != nil {
 		return nil, err
 	}
@@ -419,8 +422,15 @@ type Service struct {
 	// Allowed decides whether the session's peer may open it. It is asked on
 	// every stream open, so a changed rule applies to the very next stream.
 	Allowed func(ssl.Identity) bool
-	// Dial connects to the target.
-	Dial func(ctx context.Context) (net.Conn, error)
+	// Dial connects to the target for a request.
+	Dial func(ctx context.Context, req Request) (net.Conn, error)
+}
+
+// Request is one stream open, as the accepting side sees it.
+type Request struct {
+	Service string
+	Source  string // the opening side's local application, "ip:port", or ""
+	Peer    ssl.Identity
 }
 
 // Lookup finds a service by name for the accept loop.
@@ -452,8 +462,9 @@ func (s *Session) Serve(ctx context.Context, lookup Lookup, accepted Accepted) e
 
 func (s *Session) handle(ctx context.Context, y *yamux.Stream, lookup Lookup, accepted Accepted) {
 	_ = y.SetReadDeadline(time.Now().Add(s.cfg.OpenTimeout))
-	name, control, err := readHeader(y)
-	if control {
+	h, err := readHeader(y)
+	name := h.service
+	if h.control {
 		_ = y.SetReadDeadline(time.Time{})
 		s.readAborts(y)
 		return
@@ -480,7 +491,7 @@ func (s *Session) handle(ctx context.Context, y *yamux.Stream, lookup Lookup, ac
 		s.refuse(y, CodeDenied, fmt.Sprintf("%q may not open service %q", s.Peer.Name(), name))
 		return
 	}
-	target, err := svc.Dial(ctx)
+	target, err := svc.Dial(ctx, Request{Service: name, Source: h.source, Peer: s.Peer})
 	if err != nil {
 		s.log.Warn("stream refused: dial failed", "peer", s.Peer.Name(), "service", name, "error", err)
 		s.refuse(y, CodeDialFailed, err.Error())

@@ -129,8 +129,8 @@ func echoTarget(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-func dialTo(addr string) func(ctx context.Context) (net.Conn, error) {
-	return func(ctx context.Context) (net.Conn, error) {
+func dialTo(addr string) func(ctx context.Context, req Request) (net.Conn, error) {
+	return func(ctx context.Context, req Request) (net.Conn, error) {
 		var d net.Dialer
 		return d.DialContext(ctx, "tcp", addr)
 	}
@@ -176,7 +176,7 @@ func TestStreamsBothWays(t *testing.T) {
 		from    *Session
 		service string
 	}{{client, "echo"}, {server, "back"}} {
-		st, err := tc.from.Open(context.Background(), tc.service)
+		st, err := tc.from.Open(context.Background(), tc.service, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -214,7 +214,7 @@ func TestRefusals(t *testing.T) {
 		{"missing", CodeUnknownService, `no service "missing"`},
 		{"down", CodeDialFailed, "connection refused"},
 	} {
-		st, err := client.Open(context.Background(), tc.service)
+		st, err := client.Open(context.Background(), tc.service, "")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -226,7 +226,7 @@ func TestRefusals(t *testing.T) {
 		st.Close()
 	}
 	// The session survives every refusal.
-	st, err := client.Open(context.Background(), "echo")
+	st, err := client.Open(context.Background(), "echo", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +241,7 @@ func TestMalformedHeaderRefusedSessionLives(t *testing.T) {
 	server, client := sessions(t, "client-a", Config{})
 	echo := echoTarget(t)
 	serve(t, server, map[string]Service{"echo": {Allowed: allowOnly("client-a"), Dial: dialTo(echo)}})
-	for _, bad := range [][]byte{{9, 1, 'x'}, {1, 0}, {1, 3, 'a', '/', 'b'}} {
+	for _, bad := range [][]byte{{9, 1, 'x'}, {1, 0, 0}, {1, 3, 'a', '/', 'b', 0}, {1, 1, 'a', 200}} {
 		y, err := client.y.OpenStream()
 		if err != nil {
 			t.Fatal(err)
@@ -253,7 +253,7 @@ func TestMalformedHeaderRefusedSessionLives(t *testing.T) {
 		}
 		y.Close()
 	}
-	st, _ := client.Open(context.Background(), "echo")
+	st, _ := client.Open(context.Background(), "echo", "")
 	st.Write([]byte("ok"))
 	st.CloseWrite()
 	if got, _ := io.ReadAll(st); string(got) != "ok" {
@@ -265,12 +265,12 @@ func TestSessionLostIsAnErrorNotEOF(t *testing.T) {
 	server, client := sessions(t, "client-a", Config{})
 	block := make(chan struct{})
 	defer close(block)
-	serve(t, server, map[string]Service{"hang": {Allowed: allowOnly("client-a"), Dial: func(ctx context.Context) (net.Conn, error) {
+	serve(t, server, map[string]Service{"hang": {Allowed: allowOnly("client-a"), Dial: func(ctx context.Context, req Request) (net.Conn, error) {
 		a, b := net.Pipe()
 		go func() { <-block; b.Close() }()
 		return a, nil
 	}}})
-	st, err := client.Open(context.Background(), "hang")
+	st, err := client.Open(context.Background(), "hang", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -365,7 +365,7 @@ func TestBusyPeerIsAlive(t *testing.T) {
 	server, client := sessions(t, "client-a", cfg)
 	echo := echoTarget(t)
 	serve(t, server, map[string]Service{"echo": {Allowed: allowOnly("client-a"), Dial: dialTo(echo)}})
-	st, err := client.Open(context.Background(), "echo")
+	st, err := client.Open(context.Background(), "echo", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,7 +393,7 @@ func TestAbortReachesThePeer(t *testing.T) {
 	go func() {
 		defer close(done)
 		server.Serve(ctx, func(string) (Service, bool) {
-			return Service{Allowed: allowOnly("client-a"), Dial: func(context.Context) (net.Conn, error) { a, _ := net.Pipe(); return a, nil }}, true
+			return Service{Allowed: allowOnly("client-a"), Dial: func(context.Context, Request) (net.Conn, error) { a, _ := net.Pipe(); return a, nil }}, true
 		}, func(ctx context.Context, _ string, st *Stream, target net.Conn) {
 			targetSide <- st
 			<-ctx.Done()
@@ -401,7 +401,7 @@ func TestAbortReachesThePeer(t *testing.T) {
 		})
 	}()
 	defer func() { cancel(); <-done }()
-	st, err := client.Open(context.Background(), "any")
+	st, err := client.Open(context.Background(), "any", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -439,7 +439,7 @@ func TestDrainWaitsForStreamsAndRefusesNewOnes(t *testing.T) {
 	echo := echoTarget(t)
 	serve(t, server, map[string]Service{"echo": {Allowed: allowOnly("client-a"), Dial: dialTo(echo)}})
 	serve(t, client, map[string]Service{})
-	st, err := client.Open(context.Background(), "echo")
+	st, err := client.Open(context.Background(), "echo", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -456,7 +456,7 @@ func TestDrainWaitsForStreamsAndRefusesNewOnes(t *testing.T) {
 	default:
 	}
 	// The peer got the GoAway: new opens fail, the open stream still works.
-	if _, err := client.Open(context.Background(), "echo"); err != nil {
+	if _, err := client.Open(context.Background(), "echo", ""); err != nil {
 		// yamux reports the GoAway on open or on the first read.
 		if !errors.Is(err, ErrDraining) {
 			t.Fatalf("open after GoAway: %v", err)
@@ -487,14 +487,14 @@ func TestMaxStreamsRefusesBusy(t *testing.T) {
 	serve(t, server, map[string]Service{"echo": {Allowed: allowOnly("client-a"), Dial: dialTo(echo)}})
 	var open []*Stream
 	for i := 0; i < 2; i++ {
-		st, _ := client.Open(context.Background(), "echo")
+		st, _ := client.Open(context.Background(), "echo", "")
 		st.Write([]byte("x"))
 		if _, err := io.ReadFull(st, make([]byte, 1)); err != nil {
 			t.Fatal(err)
 		}
 		open = append(open, st)
 	}
-	st, _ := client.Open(context.Background(), "echo")
+	st, _ := client.Open(context.Background(), "echo", "")
 	_, err := st.Read(make([]byte, 1))
 	var oe *OpenError
 	if !errors.As(err, &oe) || oe.Code != CodeBusy {

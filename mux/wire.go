@@ -17,7 +17,8 @@ import (
 //
 // Stream header, the first bytes the opening side writes on a stream:
 //
-//	kind (1 byte, 1 = open) | name length (1 byte) | service name
+//	kind (1 byte, 1 = open) | name length (1 byte) | service name |
+//	source length (1 byte) | source ("ip:port" of the local application, may be empty)
 //
 // Stream reply, the first bytes the accepting side writes back:
 //
@@ -99,36 +100,59 @@ func readHello(r io.Reader) (Hello, error) {
 	return h, nil
 }
 
-func encodeHeader(service string) ([]byte, error) {
+func encodeHeader(service, source string) ([]byte, error) {
 	if err := checkName(service); err != nil {
 		return nil, err
 	}
-	buf := make([]byte, 0, 2+len(service))
+	if len(source) > maxSource {
+		source = ""
+	}
+	buf := make([]byte, 0, 3+len(service)+len(source))
 	buf = append(buf, headerOpen, byte(len(service)))
-	return append(buf, service...), nil
+	buf = append(buf, service...)
+	buf = append(buf, byte(len(source)))
+	return append(buf, source...), nil
 }
 
-// readHeader returns the service name, or "" with control set for the
-// peer's control stream.
-func readHeader(r io.Reader) (name string, control bool, err error) {
+// maxSource bounds the source address text ("[v6%zone]:port" fits).
+const maxSource = 80
+
+// header is a decoded stream header.
+type header struct {
+	service, source string
+	control         bool // the peer's control stream
+}
+
+func readHeader(r io.Reader) (header, error) {
 	var head [2]byte
 	if _, err := io.ReadFull(r, head[:]); err != nil {
-		return "", false, fmt.Errorf("read stream header: %w", err)
+		return header{}, fmt.Errorf("read stream header: %w", err)
 	}
 	if head[0] == headerControl && head[1] == 0 {
-		return "", true, nil
+		return header{control: true}, nil
 	}
 	if head[0] != headerOpen {
-		return "", false, fmt.Errorf("malformed stream header: unknown kind %d", head[0])
+		return header{}, fmt.Errorf("malformed stream header: unknown kind %d", head[0])
 	}
-	buf := make([]byte, head[1])
+	buf := make([]byte, int(head[1])+1) // the name and the source length
 	if _, err := io.ReadFull(r, buf); err != nil {
-		return "", false, fmt.Errorf("read stream header: %w", err)
+		return header{}, fmt.Errorf("read stream header: %w", err)
 	}
-	if err := checkName(string(buf)); err != nil {
-		return "", false, fmt.Errorf("malformed stream header: %w", err)
+	h := header{service: string(buf[:head[1]])}
+	if err := checkName(h.service); err != nil {
+		return header{}, fmt.Errorf("malformed stream header: %w", err)
 	}
-	return string(buf), false, nil
+	if n := int(buf[head[1]]); n > 0 {
+		if n > maxSource {
+			return header{}, fmt.Errorf("malformed stream header: source of %d bytes", n)
+		}
+		src := make([]byte, n)
+		if _, err := io.ReadFull(r, src); err != nil {
+			return header{}, fmt.Errorf("read stream header: %w", err)
+		}
+		h.source = string(src)
+	}
+	return h, nil
 }
 
 func checkName(name string) error {

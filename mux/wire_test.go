@@ -19,20 +19,20 @@ func TestWireRoundTrip(t *testing.T) {
 	if err != nil || h.Role != RoleClient || h.Agent != "1.2.3" || h.Version != ProtocolVersion {
 		t.Fatalf("%+v %v", h, err)
 	}
-	hdr, err := encodeHeader("bgp-179")
+	hdr, err := encodeHeader("bgp-179", "192.0.2.7:40000")
 	if err != nil {
 		t.Fatal(err)
 	}
-	name, _, err := readHeader(bytes.NewReader(hdr))
-	if err != nil || name != "bgp-179" {
-		t.Fatalf("%q %v", name, err)
+	sh, err := readHeader(bytes.NewReader(hdr))
+	if err != nil || sh.service != "bgp-179" || sh.source != "192.0.2.7:40000" {
+		t.Fatalf("%+v %v", sh, err)
 	}
 	code, m, err := readReply(bytes.NewReader(encodeReply(CodeDialFailed, "dial x: connection refused")))
 	if err != nil || code != CodeDialFailed || m != "dial x: connection refused" {
 		t.Fatal(code, m, err)
 	}
 	for _, bad := range []string{"", "a b", "x/y", string(bytes.Repeat([]byte("a"), 65))} {
-		if _, err := encodeHeader(bad); err == nil {
+		if _, err := encodeHeader(bad, ""); err == nil {
 			t.Errorf("encodeHeader(%q) accepted", bad)
 		}
 	}
@@ -59,20 +59,21 @@ func FuzzReadHello(f *testing.F) {
 }
 
 func FuzzReadHeader(f *testing.F) {
-	good, _ := encodeHeader("echo")
+	good, _ := encodeHeader("echo", "127.0.0.1:5")
 	f.Add(good)
 	f.Add([]byte{1, 255})
+	f.Add([]byte{1, 1, 'a', 200})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		name, control, err := readHeader(bytes.NewReader(b))
-		if err != nil || control {
+		h, err := readHeader(bytes.NewReader(b))
+		if err != nil || h.control {
 			return
 		}
-		if err := checkName(name); err != nil {
-			t.Fatalf("accepted invalid name %q", name)
+		if err := checkName(h.service); err != nil {
+			t.Fatalf("accepted invalid name %q", h.service)
 		}
-		again, _ := encodeHeader(name)
+		again, _ := encodeHeader(h.service, h.source)
 		if !bytes.HasPrefix(b, again) {
-			t.Fatalf("round trip of %q differs", name)
+			t.Fatalf("round trip of %+v differs", h)
 		}
 	})
 }
