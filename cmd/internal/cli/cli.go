@@ -57,6 +57,8 @@ func Main(role Role, args []string, stdout, stderr io.Writer) int {
 		return demo(prog, args[1:], stdout, stderr)
 	case "status":
 		return status(role, prog, args[1:], stdout, stderr)
+	case "cert":
+		return certCmd(prog, args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		usage(prog, stdout)
 		return exitOK
@@ -73,6 +75,7 @@ commands:
   run -config FILE        run the agent (SIGINT/SIGTERM stop it gracefully)
   validate -config FILE   check the config and its certificates, list every problem
   status -config FILE     show the running agent's sessions, forwards and certificates
+  cert ...                make a CA, issue, revoke and inspect certificates ('cert help')
   demo                    run a server and a client on loopback with a throwaway CA
   version                 print the version
 `, prog)

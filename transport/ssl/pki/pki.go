@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"time"
 )
 
@@ -34,6 +35,7 @@ type Cert struct {
 	Cert  *x509.Certificate
 	Key   crypto.Signer
 	Chain []*x509.Certificate
+	root  *x509.Certificate // the root above, for CAs; nil for a root itself
 }
 
 // Options shape a new certificate. Zero values take sensible defaults.
@@ -134,7 +136,7 @@ func (ca *Cert) issue(opts Options, shape func(*x509.Certificate)) (*Cert, error
 		chain = append(chain, ca.Cert)
 		chain = append(chain, ca.Chain...)
 	}
-	return &Cert{Cert: cert, Key: key, Chain: chain}, nil
+	return &Cert{Cert: cert, Key: key, Chain: chain, root: ca.Root()}, nil
 }
 
 func template(opts Options) (*x509.Certificate, error) {
@@ -221,4 +223,141 @@ func (c *Cert) WriteFiles(certPath, keyPath string) error {
 		return fmt.Errorf("write certificate: %w", err)
 	}
 	return nil
+}
+
+// CA files in a CA directory.
+const (
+	CACertFile  = "ca.crt"    // the CA's certificate (for an intermediate: the intermediate)
+	CAKeyFile   = "ca.key"    // its private key, 0600
+	CAChainFile = "chain.crt" // intermediates only: the intermediate, its parents, and the root last
+)
+
+// ParseCertsPEM reads every CERTIFICATE block of data.
+func ParseCertsPEM(data []byte) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", len(out)+1, err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no CERTIFICATE blocks found (want PEM)")
+	}
+	return out, nil
+}
+
+// Root returns the self-signed root above c: c itself for a root CA, the
+// last of the chain file for an intermediate loaded with LoadCA.
+func (c *Cert) Root() *x509.Certificate {
+	if c.root != nil {
+		return c.root
+	}
+	return c.Cert
+}
+
+// LoadCA reads a CA directory written by WriteCAFiles.
+func LoadCA(dir string) (*Cert, error) {
+	certPEM, err := os.ReadFile(filepath.Join(dir, CACertFile))
+	if err != nil {
+		return nil, fmt.Errorf("load CA: %w (make one with `cert ca create --dir %s`)", err, dir)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(dir, CAKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("load CA: %w", err)
+	}
+	certs, err := ParseCertsPEM(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("load CA %s: %w", filepath.Join(dir, CACertFile), err)
+	}
+	block, _ := pem.Decode(keyPEM)
+	if block == nil {
+		return nil, fmt.Errorf("load CA: %s holds no PEM key", filepath.Join(dir, CAKeyFile))
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		if ek, err2 := x509.ParseECPrivateKey(block.Bytes); err2 == nil {
+			k = ek
+		} else {
+			return nil, fmt.Errorf("load CA key %s: %w", filepath.Join(dir, CAKeyFile), err)
+		}
+	}
+	signer, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("load CA key %s: not a signing key", filepath.Join(dir, CAKeyFile))
+	}
+	ca := &Cert{Cert: certs[0], Key: signer}
+	if !ca.Cert.IsCA {
+		return nil, fmt.Errorf("load CA: %s is not a CA certificate", filepath.Join(dir, CACertFile))
+	}
+	if pub, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(ca.Cert.PublicKey) {
+		return nil, fmt.Errorf("load CA: %s does not match %s", filepath.Join(dir, CAKeyFile), filepath.Join(dir, CACertFile))
+	}
+	if chainPEM, err := os.ReadFile(filepath.Join(dir, CAChainFile)); err == nil {
+		chain, err := ParseCertsPEM(chainPEM)
+		if err != nil || len(chain) < 2 {
+			return nil, fmt.Errorf("load CA chain %s: want the intermediate, its parents and the root", filepath.Join(dir, CAChainFile))
+		}
+		ca.Chain = chain[1 : len(chain)-1]
+		ca.root = chain[len(chain)-1]
+	}
+	return ca, nil
+}
+
+// WriteCAFiles writes the CA into dir (created 0700): ca.crt, ca.key
+// (0600) and, for an intermediate, chain.crt. It never overwrites a CA.
+func (c *Cert) WriteCAFiles(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("write CA: %w", err)
+	}
+	for _, name := range []string{CACertFile, CAKeyFile} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+			return fmt.Errorf("write CA: %s already exists; a CA is never overwritten (choose another directory)", filepath.Join(dir, name))
+		}
+	}
+	if err := c.WriteFiles(filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile)); err != nil {
+		return err
+	}
+	if c.root != nil {
+		var buf bytes.Buffer
+		for _, x := range append(append([]*x509.Certificate{c.Cert}, c.Chain...), c.root) {
+			_ = pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: x.Raw})
+		}
+		if err := os.WriteFile(filepath.Join(dir, CAChainFile), buf.Bytes(), 0o644); err != nil {
+			return fmt.Errorf("write CA chain: %w", err)
+		}
+	}
+	return nil
+}
+
+// Verify checks that the leaf chains to the CA's root for usage.
+func (c *Cert) Verify(leaf *Cert, usage x509.ExtKeyUsage) error {
+	roots := x509.NewCertPool()
+	roots.AddCert(c.Root())
+	inter := x509.NewCertPool()
+	for _, x := range leaf.Chain {
+		inter.AddCert(x)
+	}
+	_, err := leaf.Cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{usage}, CurrentTime: leaf.Cert.NotBefore.Add(time.Minute)})
+	return err
+}
+
+// NewCRL returns a version 2 CRL in PEM signed by the CA.
+func (c *Cert) NewCRL(entries []x509.RevocationListEntry, number *big.Int, thisUpdate, nextUpdate time.Time) ([]byte, error) {
+	der, err := x509.CreateRevocationList(rand.Reader, &x509.RevocationList{
+		Number: number, ThisUpdate: thisUpdate, NextUpdate: nextUpdate, RevokedCertificateEntries: entries,
+	}, c.Cert, c.Key)
+	if err != nil {
+		return nil, fmt.Errorf("create CRL: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), nil
 }
