@@ -1,0 +1,188 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
+	"github.com/tunnelworks/tunnel/admin"
+)
+
+var reAdmin = regexp.MustCompile(`admin listening: addr=(\S+)`)
+
+func get(t *testing.T, url string) []byte {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %s %v", url, resp.Status, err)
+	}
+	return b
+}
+
+// metricValue sums the samples of a metric whose line contains every sub.
+func metricValue(t *testing.T, text, name string, subs ...string) float64 {
+	t.Helper()
+	var sum float64
+	for _, line := range strings.Split(text, "\n") {
+		if !(strings.HasPrefix(line, name+"{") || strings.HasPrefix(line, name+" ")) || !containsAll(line, subs...) {
+			continue
+		}
+		f := strings.Fields(line)
+		var v float64
+		if _, err := fmt.Sscan(f[len(f)-1], &v); err == nil {
+			sum += v
+		}
+	}
+	return sum
+}
+
+// Metrics and status move while a stream runs, the metrics pass the
+// Prometheus linter (what promtool check metrics runs), and `status`
+// prints the running agent's state.
+func TestMetricsAndStatusWhileStreaming(t *testing.T) {
+	t.Parallel()
+	sink := startTarget(t, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
+	tn := startTunnel(t, tunnelSpec{
+		serverExtra: "admin {\n  listen = \"127.0.0.1:0\"\n}\n",
+		clientExtra: "admin {\n  listen = \"127.0.0.1:0\"\n}\n",
+		services:    []svc{{name: "sink", target: sink, allow: []string{"client-a"}}},
+		forwards:    []fwd{{name: "sink", service: "sink"}},
+	})
+	cliAdmin := tn.client.waitMatch(t, reAdmin)[1]
+	srvAdmin := tn.server.waitMatch(t, reAdmin)[1]
+
+	c := dial(t, tn.client.forwards["sink"], waitLimit)
+	chunk := make([]byte, 64<<10)
+	write := func(n int) {
+		for i := 0; i < n; i++ {
+			if _, err := c.Write(chunk); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	write(16) // 1 MiB
+	var first float64
+	waitFor(t, "bytes to show in the client's metrics", func() bool {
+		first = metricValue(t, string(get(t, "http://"+cliAdmin+"/metrics")), "tunnel_stream_bytes_total", `direction="to_peer"`, `name="sink"`)
+		return first >= 1<<20
+	})
+	write(16)
+	waitFor(t, "the counter to move with the stream still open", func() bool {
+		return metricValue(t, string(get(t, "http://"+cliAdmin+"/metrics")), "tunnel_stream_bytes_total", `direction="to_peer"`, `name="sink"`) >= first+1<<20
+	})
+	text := string(get(t, "http://"+srvAdmin+"/metrics"))
+	if v := metricValue(t, text, "tunnel_streams_open", `name="sink"`); v != 1 {
+		t.Errorf("server tunnel_streams_open{sink} = %v, want 1", v)
+	}
+	if v := metricValue(t, text, "tunnel_sessions", `class="bulk"`); v != 1 {
+		t.Errorf("server tunnel_sessions{bulk} = %v, want 1", v)
+	}
+	if metricValue(t, text, "tunnel_certificate_expiry_timestamp_seconds", `what="certificate"`) < float64(time.Now().Unix()) {
+		t.Error("certificate expiry metric missing or in the past")
+	}
+	problems, err := promlint.New(strings.NewReader(text)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		if strings.HasPrefix(p.Metric, "tunnel_") {
+			t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+		}
+	}
+
+	var st admin.Status
+	if err := json.Unmarshal(get(t, "http://"+cliAdmin+"/status"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if !st.Healthy || len(st.Sessions) != 1 || st.Sessions[0].Peer != "tunnel-server" || len(st.Forwards) != 1 ||
+		st.Forwards[0].StreamsOpen != 1 || st.Forwards[0].BytesToPeer < 2<<20 || len(st.Expiries) < 2 {
+		t.Errorf("client status: %+v", st)
+	}
+	if b := get(t, "http://"+cliAdmin+"/healthz"); string(b) != "ok\n" {
+		t.Errorf("healthz: %q", b)
+	}
+	out, err := exec.Command(clientBin, "status", "-admin", cliAdmin).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "tunnel-server") || !strings.Contains(string(out), "sink") || !strings.Contains(string(out), "healthy") {
+		t.Errorf("status command: %v\n%s", err, out)
+	}
+	c.Close()
+}
+
+// SIGHUP after revoking the connected client: its session is closed within
+// the reload and it cannot come back.
+func TestReloadRevokesConnectedClient(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca")
+	run := func(args ...string) string {
+		out, err := exec.Command(serverBin, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	run("cert", "ca", "create", "--dir", ca)
+	run("cert", "issue", "--ca-dir", ca, "--server", "tunnel-server", "--dns", "localhost", "--out-dir", dir)
+	run("cert", "issue", "--ca-dir", ca, "--client", "client-a", "--out-dir", dir)
+	echo := startEcho(t)
+	srvCfg := filepath.Join(dir, "server.hcl")
+	base := serverHCL(filepath.Join(dir, "tunnel-server.crt"), filepath.Join(dir, "tunnel-server.key"), filepath.Join(ca, "ca.crt"), "", []svc{{name: "echo", target: echo, allow: []string{"client-a"}}}, nil)
+	if err := os.WriteFile(srvCfg, []byte(base), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srvProc := startProc(t, "tunnel-server", serverBin, "run", "-config", srvCfg)
+	addr := srvProc.waitMatch(t, reListening)[1]
+	cli := startClient(t, clientHCL(addr, filepath.Join(dir, "client-a.crt"), filepath.Join(dir, "client-a.key"), filepath.Join(ca, "ca.crt"), "", []fwd{{name: "echo", service: "echo"}}, nil), 1)
+	cli.waitLine(t, "session up:")
+	if err := oneStream(cli.forwards["echo"], 1); err != nil {
+		t.Fatal(err)
+	}
+
+	insp := run("cert", "inspect", filepath.Join(dir, "client-a.crt"))
+	serial := regexp.MustCompile(`serial:\s+(\S+)`).FindStringSubmatch(insp)[1]
+	run("cert", "revoke", "--ca-dir", ca, serial)
+	withCRL := strings.Replace(base, "ca   = ", "crl  = ["+strconv.Quote(filepath.Join(ca, "ca.crl"))+"]\n  ca   = ", 1)
+	if err := os.WriteFile(srvCfg, []byte(withCRL), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := srvProc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	t.Log(srvProc.waitLine(t, "reloaded", "CRLs"))
+	t.Log(srvProc.waitLine(t, "closing session: its client no longer passes", "revoked"))
+	t.Log(srvProc.waitLine(t, "client refused", "serial "+serial+") is revoked"))
+	if n := len(srvProc.allMatches(regexp.MustCompile(`session up: peer=client-a`))); n != 1 {
+		t.Errorf("revoked client got %d sessions, want only the first", n)
+	}
+	cli.stop(t)
+	srvProc.stop(t)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(waitLimit); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for %s", what)
+}
