@@ -16,6 +16,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -305,4 +306,28 @@ func serviceIdle(list []config.Service, name string) time.Duration {
 		}
 	}
 	return 0
+}
+
+// drainSessions sends GoAway on every session and waits up to limit for
+// their streams to finish, all at once.
+func drainSessions(log hclog.Logger, sessions []*mux.Session, limit time.Duration) {
+	open := 0
+	for _, s := range sessions {
+		open += s.NumStreams()
+	}
+	if open == 0 {
+		return
+	}
+	log.Info("stopping: draining streams", "streams", open, "drain_timeout", limit)
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, s := range sessions {
+		wg.Go(func() {
+			if err := s.Drain(ctx); err != nil {
+				log.Warn("drain cut short", "peer", s.Peer.Name(), "error", err)
+			}
+		})
+	}
+	wg.Wait()
 }

@@ -223,28 +223,12 @@ func (c *Client) status() admin.Status {
 // the streams in flight, on every class's session at once.
 func (c *Client) drain(limit time.Duration) {
 	var sessions []*mux.Session
-	open := 0
 	for _, k := range c.keepers {
 		if s := k.current.get(); s != nil {
 			sessions = append(sessions, s)
-			open += s.NumStreams()
 		}
 	}
-	if open == 0 {
-		return
-	}
-	c.log.Info("stopping: draining streams", "streams", open, "drain_timeout", limit)
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
-	defer cancel()
-	var wg sync.WaitGroup
-	for _, s := range sessions {
-		wg.Go(func() {
-			if err := s.Drain(ctx); err != nil {
-				c.log.Warn("drain cut short", "error", err)
-			}
-		})
-	}
-	wg.Wait()
+	drainSessions(c.log, sessions, limit)
 }
 
 // Reload re-reads the config file and its TLS files; see Server.Reload. The

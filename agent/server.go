@@ -192,28 +192,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 // drain tells every client to open no more streams and waits up to limit
 // for the streams in flight.
-func (s *Server) drain(limit time.Duration) {
-	sessions := s.sessions.all()
-	open := 0
-	for _, sess := range sessions {
-		open += sess.NumStreams()
-	}
-	if open == 0 {
-		return
-	}
-	s.log.Info("stopping: draining streams", "streams", open, "drain_timeout", limit)
-	ctx, cancel := context.WithTimeout(context.Background(), limit)
-	defer cancel()
-	var wg sync.WaitGroup
-	for _, sess := range sessions {
-		wg.Go(func() {
-			if err := sess.Drain(ctx); err != nil {
-				s.log.Warn("drain cut short", "peer", sess.Peer.Name(), "error", err)
-			}
-		})
-	}
-	wg.Wait()
-}
+func (s *Server) drain(limit time.Duration) { drainSessions(s.log, s.sessions.all(), limit) }
 
 func (s *Server) serveTunnel(acceptCtx, streamCtx context.Context, ln net.Listener, conns *sync.WaitGroup) error {
 	// Bound concurrent handshakes: when all slots are busy the accept loop
