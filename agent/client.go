@@ -277,7 +277,7 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 	sess, err := k.current.wait(ctx, c.cfg().SessionWait)
 	if err != nil {
 		c.limited.Warn("no-session:"+f.Name, "connection refused: no session to the server", "forward", f.Name, "local", local.RemoteAddr().String(), "error", err)
-		local.Close()
+		forward.Reset(local)
 		return
 	}
 	if sess.Opened() >= rotateAfter {
@@ -286,7 +286,7 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 	stream, err := sess.Open(ctx, f.Service, local.RemoteAddr().String())
 	if err != nil {
 		c.log.Warn("connection refused: cannot open stream", "forward", f.Name, "error", err)
-		local.Close()
+		forward.Reset(local)
 		return
 	}
 	pipeAndLog(ctx, c.log.With("peer", sess.Peer.Name()), c.metrics, "forward", f.Name, f.IdleTimeout, stream, local)

@@ -108,7 +108,7 @@ func (fs *forwardSet) apply(want []config.Forward) error {
 				case slots <- struct{}{}:
 				default:
 					fs.limited.Warn("max_conns:"+f.Name, "connection refused: forward at its connection limit", "forward", f.Name, "max_conns", f.MaxConns)
-					local.Close()
+					forward.Reset(local)
 					return
 				}
 				fs.conns.Go(func() {

@@ -280,13 +280,13 @@ func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.C
 	sess := s.sessions.find(f.Client, f.Class)
 	if sess == nil {
 		s.limited.Warn("no-client:"+f.Name, "connection refused: client not connected", "forward", f.Name, "client", f.Client, "local", local.RemoteAddr().String())
-		local.Close()
+		forward.Reset(local)
 		return
 	}
 	stream, err := sess.Open(ctx, f.Service, local.RemoteAddr().String())
 	if err != nil {
 		s.log.Warn("connection refused: cannot open stream", "forward", f.Name, "client", f.Client, "error", err)
-		local.Close()
+		forward.Reset(local)
 		return
 	}
 	pipeAndLog(ctx, s.log.With("peer", sess.Peer.Name()), s.metrics, "forward", f.Name, f.IdleTimeout, stream, local)

@@ -169,6 +169,11 @@ func closeWrite(c net.Conn) error {
 	return c.Close()
 }
 
+// Reset closes a connection that the tunnel could not serve (no session,
+// refused) with a TCP RST, so the application sees a failure rather than
+// an empty but clean reply.
+func Reset(c net.Conn) { abort(c) }
+
 // abort closes c so that the other end learns the connection failed
 // instead of seeing a clean end of data: a TCP RST, or a tunnel stream's
 // reset (Abort).
