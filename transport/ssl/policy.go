@@ -263,3 +263,50 @@ func (p *Policy) Expiries() []Expiry {
 	}
 	return out
 }
+
+// CheckOwn runs offline what a handshake would check of our own side: the
+// certificate's dates, its chain to the CA bundle for usage, that no
+// loaded CRL revokes it, and that no CRL is stale when crl_stale is
+// "refuse". Warnings are things that work today but need attention (a stale
+// CRL in warn mode).
+func (p *Policy) CheckOwn(now time.Time, usage x509.ExtKeyUsage) (problems, warnings []error) {
+	problems = p.Material.Check(now, usage)
+	inter := x509.NewCertPool()
+	var chainCerts []*x509.Certificate
+	for _, der := range p.Material.Cert.Certificate[1:] {
+		if c, err := x509.ParseCertificate(der); err == nil {
+			inter.AddCert(c)
+			chainCerts = append(chainCerts, c)
+		}
+	}
+	if chains, err := p.Material.Leaf.Verify(x509.VerifyOptions{Roots: p.Material.CAs, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage}}); err == nil {
+		if err := p.checkRevocation(chains[0], now); err != nil {
+			problems = append(problems, fmt.Errorf("our certificate %s: %w", p.Material.CertFile, err))
+		}
+	}
+	for _, c := range p.CRLs {
+		if c.Stale(now) {
+			err := fmt.Errorf("CRL %s is stale: its next update was due %s", c.File, c.List.NextUpdate.UTC().Format(time.RFC3339))
+			if p.spec.CRLStale == "refuse" {
+				problems = append(problems, err)
+			} else {
+				warnings = append(warnings, err)
+			}
+		}
+		if !crlSignedByBundle(c, p.Material.CACerts, chainCerts) {
+			warnings = append(warnings, fmt.Errorf("CRL %s (issuer %s) is signed by no CA in tls.ca nor in our chain: it can only apply to peers whose chain brings its issuer", c.File, c.List.Issuer))
+		}
+	}
+	return problems, warnings
+}
+
+func crlSignedByBundle(c *CRL, lists ...[]*x509.Certificate) bool {
+	for _, l := range lists {
+		for _, ca := range l {
+			if c.List.CheckSignatureFrom(ca) == nil {
+				return true
+			}
+		}
+	}
+	return false
+}

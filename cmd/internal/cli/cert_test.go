@@ -89,6 +89,20 @@ func TestCertLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// validate runs the same checks offline: the revoked certificate fails.
+	cfgPath := filepath.Join(dir, "client.hcl")
+	os.WriteFile(cfgPath, []byte(`server = "127.0.0.1:1"
+tls {
+  cert = "edge-1.crt"
+  key  = "edge-1.key"
+  ca   = "ca/ca.crt"
+  crl  = ["routers/ca.crl"]
+}
+`), 0o644)
+	var vout, verr bytes.Buffer
+	if code := Main(Client, []string{"validate", "-config", cfgPath}, &vout, &verr); code != 2 || !strings.Contains(verr.String(), "is revoked") {
+		t.Fatalf("validate of a revoked certificate: exit %d\n%s%s", code, vout.String(), verr.String())
+	}
 	inter, _ := pki.LoadCA(routers)
 	id := ssl.Identity{Leaf: mustLeaf(t, filepath.Join(dir, "edge-1.crt")), Chain: []*x509.Certificate{inter.Cert, inter.Root()}}
 	if err := p.Recheck(id, x509.ExtKeyUsageClientAuth, time.Now()); err == nil || !strings.Contains(err.Error(), "revoked") {

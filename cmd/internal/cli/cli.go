@@ -6,7 +6,6 @@ package cli
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -239,8 +238,9 @@ func validate(role Role, prog string, args []string, stdout, stderr io.Writer) i
 		return exitUsage
 	}
 	var (
-		tlsConf config.TLS
+		spec    ssl.PolicySpec
 		usage   x509.ExtKeyUsage
+		window  time.Duration
 		summary string
 		err     error
 	)
@@ -248,13 +248,15 @@ func validate(role Role, prog string, args []string, stdout, stderr io.Writer) i
 	case Server:
 		var cfg *config.Server
 		if cfg, err = config.LoadServer(f.config); err == nil {
-			tlsConf, usage = cfg.TLS, x509.ExtKeyUsageServerAuth
+			spec = ssl.PolicySpec{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, CA: cfg.TLS.CA, CRLs: cfg.TLS.CRL, CRLStale: cfg.TLS.CRLStale}
+			usage, window = x509.ExtKeyUsageServerAuth, cfg.ExpiryWarning
 			summary = fmt.Sprintf("listen %s, %d services, %d forwards", cfg.Listen, len(cfg.Services), len(cfg.Forwards))
 		}
 	case Client:
 		var cfg *config.Client
 		if cfg, err = config.LoadClient(f.config); err == nil {
-			tlsConf, usage = cfg.TLS, x509.ExtKeyUsageClientAuth
+			spec = ssl.PolicySpec{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, CA: cfg.TLS.CA, CRLs: cfg.TLS.CRL, CRLStale: cfg.TLS.CRLStale}
+			usage, window = x509.ExtKeyUsageClientAuth, cfg.ExpiryWarning
 			summary = fmt.Sprintf("servers %v, %d forwards, %d services", cfg.Servers, len(cfg.Forwards), len(cfg.Services))
 		}
 	}
@@ -262,16 +264,29 @@ func validate(role Role, prog string, args []string, stdout, stderr io.Writer) i
 		fmt.Fprintln(stderr, err)
 		return exitUsage
 	}
-	m, err := ssl.LoadMaterial(tlsConf.Cert, tlsConf.Key, tlsConf.CA)
+	p, err := ssl.LoadPolicy(spec)
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: tls: %v\n", f.config, err)
 		return exitUsage
 	}
-	if problems := m.Check(time.Now(), usage); len(problems) > 0 {
-		fmt.Fprintf(stderr, "%s: tls: %v\n", f.config, errors.Join(problems...))
+	now := time.Now()
+	problems, warnings := p.CheckOwn(now, usage)
+	for _, e := range p.Expiries() {
+		if left := e.When.Sub(now); left > 0 && left < window {
+			warnings = append(warnings, fmt.Errorf("%s %s expires in %d days (%s)", e.What, e.Name, e.DaysLeft(now), e.When.UTC().Format(time.DateOnly)))
+		}
+	}
+	for _, w := range warnings {
+		fmt.Fprintf(stderr, "%s: warning: %v\n", f.config, w)
+	}
+	if len(problems) > 0 {
+		for _, pr := range problems {
+			fmt.Fprintf(stderr, "%s: tls: %v\n", f.config, pr)
+		}
 		return exitUsage
 	}
-	fmt.Fprintf(stdout, "%s: ok (%s; certificate %q valid until %s)\n", f.config, summary, m.Leaf.Subject.CommonName, m.Leaf.NotAfter.UTC().Format(time.DateOnly))
+	leaf := p.Material.Leaf
+	fmt.Fprintf(stdout, "%s: ok (%s; certificate %q valid until %s)\n", f.config, summary, leaf.Subject.CommonName, leaf.NotAfter.UTC().Format(time.DateOnly))
 	return exitOK
 }
 
