@@ -58,6 +58,8 @@ func Main(role Role, args []string, stdout, stderr io.Writer) int {
 		return status(role, prog, args[1:], stdout, stderr)
 	case "cert":
 		return certCmd(prog, args[1:], stdout, stderr)
+	case "install", "uninstall", "start", "stop", "restart":
+		return serviceCmd(role, prog, args[0], args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		usage(prog, stdout)
 		return exitOK
@@ -75,6 +77,10 @@ commands:
   validate -config FILE   check the config and its certificates, list every problem
   status -config FILE     show the running agent's sessions, forwards and certificates
   cert ...                make a CA, issue, revoke and inspect certificates ('cert help')
+  install -config FILE [-user tunnel] [-name NAME]
+                          install as a system service (systemd, launchd, Windows)
+  uninstall | start | stop | restart [-name NAME]
+                          control the installed service
   demo                    run a server and a client on loopback with a throwaway CA
   version                 print the version
 `, prog)
