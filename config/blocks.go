@@ -73,7 +73,11 @@ func (d *decoder) common(top *body, server bool) common {
 		}
 	}
 
-	c.settings = d.settings(top)
+	var adminAt hcl.Range
+	c.settings, adminAt = d.settings(top)
+	if c.settings.Admin != "" {
+		c.listens = append(c.listens, listener{addr: c.settings.Admin, who: "admin", rng: adminAt})
+	}
 	services := map[string]hcl.Range{}
 	forwards := map[string]hcl.Range{}
 	for _, blk := range top.blocks {
@@ -131,8 +135,8 @@ func (d *decoder) common(top *body, server bool) common {
 func (d *decoder) listenClash(c common, addr string, a *hclsyntax.Attribute) {
 	for _, l := range c.listens {
 		if overlap(addr, l.addr) {
-			d.addf(l.rng, "%s listens on %s, which clashes with the server's listen = %q at line %d (give the forward another address)",
-				l.who, l.addr, addr, a.Expr.Range().Start.Line)
+			d.addf(l.rng, "%s listens on %s, which clashes with the server's listen = %q at line %d (give %s another address)",
+				l.who, l.addr, addr, a.Expr.Range().Start.Line, l.who)
 		}
 	}
 }

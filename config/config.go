@@ -24,24 +24,59 @@
 //	  service = "ssh"          # default: the forward's name
 //	}
 //
-// Keys both configs take, with their defaults:
+// Keys both configs take besides those above, shown with their defaults;
+// those commented out are off or unset unless written:
 //
-//	reload_interval = "1m"      # off by default: re-read config and TLS files when they change
-//	expiry_warning = "720h"     # warn this long before a certificate, CA or CRL expires
-//	ping_after = "10s"          # ping the peer this often
-//	dead_after = "30s"          # peer dead after this long without a single byte
-//	drain_timeout = "10s"       # graceful stop: how long streams may finish ("0s": none)
-//	max_streams_per_session = 4096
-//	dscp = "CS6"                # marking of the tunnel's own socket (0..63 or a name); unset by default
-//	admin { listen = "127.0.0.1:9090" }  # /metrics, /healthz, /status; off by default, loopback unless public = true
-//	tls { crl = ["ca.crl"] crl_stale = "warn" }  # CRLs checked on every handshake; "refuse" when stale
-//	service "x" { class = "control" source = "192.0.2.2" ttl = 255 dscp = 48 proxy_protocol = true idle_timeout = "0s" }
-//	forward "x" { class = "bulk" max_conns = 1024 idle_timeout = "0s" min_ttl = 254 dscp = "EF" }
+//	expiry_warning = "720h"        # warn this long before a certificate, CA or CRL expires; > 0
+//	ping_after = "10s"             # ping the peer this often; > 0
+//	dead_after = "30s"             # the peer is dead after this long without a single byte; > ping_after
+//	drain_timeout = "10s"          # graceful stop: how long open streams may finish; "0s": no drain
+//	max_streams_per_session = 4096 # streams open at once on one session; >= 1
+//	# reload_interval = "1m"       # also reload when the config or TLS files change; at least "1s"
+//	# dscp = "CS6"                 # marking of the tunnel's own TLS socket: 0..63 or CS0..CS7, EF, AF11..AF43
+//	# admin {                      # /metrics, /healthz, /status
+//	#   listen = "127.0.0.1:9090"  # host:port, port 0 picks one; must be loopback...
+//	#   public = true              # ...unless this says otherwise (default false)
+//	# }
+//	tls {
+//	  # crl = ["ca.crl"]           # CRL files (PEM or DER) checked on every handshake; resolved and checked like cert
+//	  crl_stale = "warn"           # when a CRL is past its next update: "warn" or "refuse"
+//	}
+//	service "x" {
+//	  class = "bulk"               # "control" or "bulk"; default DefaultClass(port of target)
+//	  # source = "192.0.2.2"       # IP address (no port) to dial the target from, of the target's family
+//	  # ttl = 255                  # IP TTL / hop limit towards the target, 1..255 (255 for GTSM, RFC 5082)
+//	  # dscp = 48                  # marking towards the target, as for the top-level dscp
+//	  proxy_protocol = false       # send a PROXY v2 header to the target
+//	  idle_timeout = "0s"          # close a stream idle this long; "0s": never
+//	}
+//	forward "x" {
+//	  class = "bulk"               # default DefaultClass(port of listen)
+//	  max_conns = 1024             # connections in progress through it; >= 1
+//	  idle_timeout = "0s"          # as for service
+//	  # min_ttl = 254              # refuse local connections arriving with a lower IP TTL (GTSM), 1..255
+//	  # dscp = "EF"                # marking of the accepted local connections
+//	}
 //
-// The server also takes max_sessions = 1024 and max_sessions_per_identity = 4;
-// the client session_wait = "10s" and tls.verify = [rules the server must match].
+// The server also takes max_sessions = 1024 (sessions at once) and
+// max_sessions_per_identity = 4 (sessions of one client identity at once),
+// each at least 1. The client also takes session_wait = "10s" (how long a
+// new local connection waits for the session while it is down; "0s": not at
+// all) and tls.verify = ["rule", ...]: rules the server's certificate must
+// match besides server_name, in the syntax of allow (see ssl.ParseRule);
+// left out, any certificate valid for server_name is accepted.
+//
+// Every allow and verify entry is an identity rule: "client-a" (CN or DNS
+// SAN), "cn:...", "dns:...", "uri:..." or "spiffe://..." (with '*' within a
+// path segment), "sha256:BASE64" (SPKI pin), "issuer:NAME" or
+// "issuer:sha256:BASE64".
+//
 // class defaults to "control" for the well-known ports of routing and
-// control protocols (see DefaultClass) and "bulk" otherwise.
+// control protocols (see [DefaultClass]) and "bulk" otherwise. A dscp is a
+// number 0..63 or one of the names CS0..CS7, EF and AF11..AF43 (any case);
+// the field holds the number, -1 when unset. Zero values written out are
+// kept, never replaced by a default: drain_timeout = "0s" means no drain,
+// session_wait = "0s" no waiting.
 //
 // A client config has server = "host:port" (or a list of them, tried in
 // order) instead of listen and max_handshakes, may set tls.server_name
@@ -105,7 +140,7 @@ type Service struct {
 	Allow  []string // identities allowed to open it; required and non-empty on the server, optional on the client
 
 	Class         string        // key class: "control" or "bulk"; default DefaultClass(target port)
-	Source        string        // key source: IP address to dial the target from; optional
+	Source        string        // key source: IP address (no port) to dial the target from, of the target's family when that is an IP; optional
 	TTL           int           // key ttl: IP TTL / hop limit towards the target, 1..255 (255 for GTSM); 0 = system default
 	DSCP          int           // key dscp: 0..63 or a name (CS6, EF, AF41...); -1 = unset
 	ProxyProtocol bool          // key proxy_protocol: send a PROXY v2 header to the target

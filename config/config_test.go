@@ -52,7 +52,7 @@ service "ssh" {
 // parsed by this package.
 var pemFiles = []string{
 	"server.crt", "server.key", "ca.crt", "client.crt", "client.key",
-	"c", "k", "a", "pki/ca.crt",
+	"c", "k", "a", "pki/ca.crt", "ca.crl", "pki/inter.crl",
 }
 
 // pemDir returns a new directory holding pemFiles.
@@ -455,6 +455,103 @@ func TestParseErrors(t *testing.T) {
 		{name: "allow prefix", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"ip:10.0.0.1\"]\n}\n", line: 3, want: "unknown prefix"},
 		{name: "forward min_ttl", src: "forward \"f\" {\n  listen = \":0\"\n  client = \"c\"\n  min_ttl = 0\n}\n", line: 4, want: "out of range (1 to 255)"},
 		{name: "forward max_conns", src: "forward \"f\" {\n  listen = \":0\"\n  client = \"c\"\n  max_conns = -1\n}\n", line: 4, want: "out of range"},
+
+		// reload_interval, expiry_warning, ping_after, dead_after, drain_timeout.
+		{name: "reload_interval 0s", src: "reload_interval = \"0s\"\n", line: 1, want: `reload_interval = "0s" is too short (at least "1s"; leave it out to reload only on SIGHUP)`},
+		{name: "reload_interval 999ms", client: true, src: "reload_interval = \"999ms\"\n", line: 1, want: `reload_interval = "999ms" is too short`},
+		{name: "reload_interval negative", src: "reload_interval = \"-1m\"\n", line: 1, want: "reload_interval = \"-1m\" must be more than zero"},
+		{name: "reload_interval a number", src: "reload_interval = 60\n", line: 1, want: "reload_interval must be a duration string, not a number"},
+		{name: "expiry_warning zero", src: "expiry_warning = \"0s\"\n", line: 1, want: `expiry_warning = "0s" must be more than zero`},
+		{name: "expiry_warning in days", client: true, src: "expiry_warning = \"30d\"\n", line: 1, want: `expiry_warning = "30d" is not a duration`},
+		{name: "ping_after zero", src: "ping_after = \"0s\"\n", line: 1, want: `ping_after = "0s" must be more than zero`},
+		{name: "ping_after past the default dead_after", src: "\nping_after = \"40s\"\n", line: 2, want: "ping_after (40s) must be shorter than dead_after (30s, the default)"},
+		{name: "dead_after below the default ping_after", client: true, src: "dead_after = \"5s\"\n", line: 1, want: "dead_after (5s) must be longer than ping_after (10s)"},
+		{name: "dead_after equal to ping_after", src: "dead_after = \"2s\"\nping_after = \"2s\"\n", line: 1, want: "dead_after (2s) must be longer than ping_after (2s)"},
+		{name: "dead_after zero", src: "dead_after = \"0s\"\n", line: 1, want: `dead_after = "0s" must be more than zero`},
+		{name: "bad ping_after is not compared", src: "ping_after = \"x\"\ndead_after = \"5s\"\n", line: 1, want: `ping_after = "x" is not a duration`},
+		{name: "bad dead_after is not compared", src: "ping_after = \"1m\"\ndead_after = 5\n", line: 2, want: "dead_after must be a duration string"},
+		{name: "drain_timeout a number", client: true, src: "drain_timeout = 0\n", line: 1, want: "drain_timeout must be a duration string, not a number"},
+
+		// max_streams_per_session, max_sessions, max_sessions_per_identity, session_wait.
+		{name: "max_streams_per_session a string", client: true, src: "max_streams_per_session = \"10\"\n", line: 1, want: "max_streams_per_session must be a number, not a string"},
+		{name: "max_streams_per_session fraction", src: "max_streams_per_session = 2.5\n", line: 1, want: "must be a whole number, got 2.5"},
+		{name: "max_sessions zero", src: "max_sessions = 0\n", line: 1, want: "max_sessions = 0 is out of range (1 to 2147483647)"},
+		{name: "max_sessions_per_identity negative", src: "max_sessions_per_identity = -1\n", line: 1, want: "max_sessions_per_identity = -1 is out of range (1 to"},
+		{name: "max_sessions_per_identity on the client", client: true, src: "max_sessions_per_identity = 3\n", line: 1, want: "max_sessions_per_identity is only for the server"},
+		{name: "session_wait negative", client: true, src: "session_wait = \"-1s\"\n", line: 1, want: `session_wait = "-1s" must be more than zero`},
+		{name: "session_wait a number", client: true, src: "session_wait = 10\n", line: 1, want: "session_wait must be a duration string, not a number"},
+
+		// dscp.
+		{name: "dscp negative", src: "dscp = -1\n", line: 1, want: "dscp = -1 is out of range (0 to 63)"},
+		{name: "dscp a bool", client: true, src: "dscp = true\n", line: 1, want: `dscp must be a number 0..63 or a code point name such as "EF", not a bool`},
+		{name: "dscp a quoted number", src: "dscp = \"46\"\n", line: 1, want: `dscp = "46" is not a DiffServ code point name (use CS0..CS7, EF, AF11..AF43, or a number 0..63)`},
+		{name: "dscp AF14", src: "dscp = \"AF14\"\n", line: 1, want: "not a DiffServ code point name"},
+		{name: "dscp fraction", src: "dscp = 4.5\n", line: 1, want: "dscp must be a whole number"},
+
+		// admin.
+		{name: "admin wildcard", client: true, src: "admin {\n  listen = \":9090\"\n}\n", line: 2, want: `admin listen must be on loopback (127.0.0.1 or [::1]) unless public = true, got ":9090"`},
+		{name: "admin IPv6 wildcard", src: "admin {\n  listen = \"[::]:9090\"\n}\n", line: 2, want: "admin listen must be on loopback (127.0.0.1 or [::1]) unless public = true"},
+		{name: "admin public = false", src: "admin {\n  listen = \"10.0.0.1:9090\"\n  public = false\n}\n", line: 2, want: "add public = true to the admin block"},
+		{name: "admin host name", src: "admin {\n  listen = \"admin.example:9090\"\n}\n", line: 2, want: "must be on loopback"},
+		{name: "admin public a string", src: "admin {\n  listen = \"0.0.0.0:9090\"\n  public = \"yes\"\n}\n", line: 3, want: "admin.public must be true or false, not a string"},
+		{name: "admin listen without port", src: "admin {\n  listen = \"127.0.0.1\"\n}\n", line: 2, want: `admin.listen = "127.0.0.1": missing port in address`},
+		{name: "admin listen a number", src: "admin {\n  listen = 9090\n}\n", line: 2, want: "admin.listen must be a string"},
+		{name: "admin with a name", src: "admin \"x\" {\n  listen = \"127.0.0.1:9090\"\n}\n", line: 1, want: "the admin block takes no name"},
+		{name: "admin twice", client: true, src: "admin {\n  listen = \"127.0.0.1:9090\"\n}\nadmin {\n  listen = \"127.0.0.1:9091\"\n}\n", line: 4, want: "duplicate admin block, the first is at line 1"},
+		{name: "admin without listen on the client", client: true, src: "\nadmin {\n  public = true\n}\n", line: 2, want: "missing required key listen in the admin block"},
+		{name: "admin unknown key", src: "admin {\n  listen = \"127.0.0.1:9090\"\n  port = 9090\n}\n", line: 3, want: `unknown key "port" in the admin block (allowed keys: listen, public; no blocks are allowed here)`},
+		{name: "admin as a key", src: "admin = \"127.0.0.1:9090\"\n", line: 1, want: "admin is a block, not a key (write admin { ... } without =)"},
+		{name: "admin on the server's listen", src: "admin {\n  listen = \"127.0.0.1:8443\"\n}\n", line: 2, want: `admin listens on 127.0.0.1:8443, which clashes with the server's listen = ":8443" at line 5 (give admin another address)`},
+		{name: "forward on the admin listen", src: "admin {\n  listen = \"127.0.0.1:9090\"\n}\nforward \"f\" {\n  listen = \"0.0.0.0:9090\"\n  client = \"c\"\n}\n", line: 5, want: `forward "f" listens on 0.0.0.0:9090, which clashes with admin on 127.0.0.1:9090 at line 2`},
+		{name: "client forward on the admin listen", client: true, src: "forward \"f\" {\n  listen = \"[::1]:9090\"\n}\nadmin {\n  listen = \"[::1]:9090\"\n}\n", line: 2, want: "clashes with admin on [::1]:9090 at line 5"},
+
+		// tls: crl, crl_stale, verify.
+		{name: "crl missing", whole: true, src: tlsWith(false, "  crl = [\n    \"ca.crl\",\n    \"nope.crl\",\n  ]\n"), line: 8, want: "cannot read tls.crl[1] file " + filepath.Join(dir, "nope.crl") + ": no such file or directory (check the path and its permissions; relative paths resolve against " + dir + ")"},
+		{name: "crl a directory", client: true, whole: true, src: tlsWith(true, "  crl = [\"pki\"]\n"), line: 6, want: "cannot read tls.crl[0] file " + filepath.Join(dir, "pki") + ": it is a directory"},
+		{name: "crl empty path", whole: true, src: tlsWith(false, "  crl = [\"\"]\n"), line: 6, want: "tls.crl[0] must not be empty (give the path of a CRL file, PEM or DER)"},
+		{name: "crl a string", whole: true, src: tlsWith(false, "  crl = \"ca.crl\"\n"), line: 6, want: `tls.crl must be a list of strings, not a string (write crl = ["...", "..."])`},
+		{name: "crl a number in the list", whole: true, src: tlsWith(false, "  crl = [\"ca.crl\", 1]\n"), line: 6, want: "tls.crl[1] must be a string, not a number"},
+		{name: "crl_stale unknown", whole: true, src: tlsWith(false, "  crl_stale = \"ignore\"\n"), line: 6, want: `tls.crl_stale = "ignore" is not allowed (use one of: warn, refuse)`},
+		{name: "crl_stale typo", client: true, whole: true, src: tlsWith(true, "  crl_stale = \"refused\"\n"), line: 6, want: `did you mean "refuse"?`},
+		{name: "crl_stale a bool", whole: true, src: tlsWith(false, "  crl_stale = true\n"), line: 6, want: "tls.crl_stale must be a string, not a bool"},
+		{name: "verify on the server", whole: true, src: tlsWith(false, "  verify = [\"x\"]\n"), line: 6, want: "verify is for the client; the server's allow lists are in its service blocks"},
+		{name: "verify empty", client: true, whole: true, src: tlsWith(true, "  verify = []\n"), line: 6, want: "tls.verify is empty"},
+		{name: "verify a string", client: true, whole: true, src: tlsWith(true, "  verify = \"x\"\n"), line: 6, want: "tls.verify must be a list of strings, not a string"},
+		{name: "verify bad rule at its line", client: true, whole: true, src: tlsWith(true, "  verify = [\n    \"tunnel-server\",\n    \"ip:192.0.2.1\",\n  ]\n"), line: 8, want: `tls.verify[1]: rule "ip:192.0.2.1": unknown prefix "ip:"`},
+		{name: "verify padded", client: true, whole: true, src: tlsWith(true, "  verify = [\"x \"]\n"), line: 6, want: `tls.verify[0]: rule "x ": empty or surrounded by spaces`},
+		{name: "verify bad pin", client: true, whole: true, src: tlsWith(true, "  verify = [\"issuer:sha256:abc\"]\n"), line: 6, want: "an SPKI pin is sha256: followed by 44 characters of base64"},
+
+		// allow rules.
+		{name: "allow nothing after the prefix", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"cn:\"]\n}\n", line: 3, want: `allow[0]: rule "cn:": nothing after the prefix`},
+		{name: "allow bad pattern", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\", \"spiffe://corp/[\"]\n}\n", line: 3, want: `service "x" allow[1]: rule "spiffe://corp/[": bad pattern`},
+		{name: "allow rule on the client", client: true, src: "service \"x\" {\n  target = \"a:1\"\n\n  allow = [\"sha256:\"]\n}\n", line: 4, want: `allow[0]: rule "sha256:"`},
+
+		// service class, source, ttl, dscp, proxy_protocol, idle_timeout.
+		{name: "service class case", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  class = \"Control\"\n}\n", line: 4, want: `service "x" class = "Control" is not allowed (did you mean "control"? use one of: control, bulk)`},
+		{name: "service class a number", client: true, src: "service \"x\" {\n  target = \"a:1\"\n  class = 1\n}\n", line: 3, want: `service "x" class must be a string, not a number`},
+		{name: "source empty", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  source = \"\"\n}\n", line: 4, want: `service "x" source = "" is not an IP address (give the local address to dial from, without a port)`},
+		{name: "source a host name", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  source = \"router.local\"\n}\n", line: 4, want: "is not an IP address"},
+		{name: "source a prefix", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  source = \"192.0.2.0/24\"\n}\n", line: 4, want: "is not an IP address"},
+		{name: "source IPv6 for an IPv4 target", src: "service \"x\" {\n  target = \"192.0.2.1:179\"\n  allow = [\"c\"]\n  source = \"2001:db8::2\"\n}\n", line: 4, want: `service "x" source = "2001:db8::2" cannot dial target 192.0.2.1:179: one is IPv4, the other IPv6`},
+		{name: "source IPv4 for an IPv6 target", client: true, src: "service \"x\" {\n  target = \"[2001:db8::1]:179\"\n  source = \"192.0.2.2\"\n}\n", line: 3, want: "one is IPv4, the other IPv6"},
+		{name: "ttl zero", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  ttl = 0\n}\n", line: 4, want: `service "x" ttl = 0 is out of range (1 to 255); leave it out for the system default`},
+		{name: "ttl a string", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  ttl = \"255\"\n}\n", line: 4, want: `service "x" ttl must be a number, not a string`},
+		{name: "service dscp name", client: true, src: "service \"x\" {\n  target = \"a:1\"\n  dscp = \"EF1\"\n}\n", line: 3, want: `service "x" dscp = "EF1" is not a DiffServ code point name`},
+		{name: "service dscp 64", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  dscp = 64\n}\n", line: 4, want: `service "x" dscp = 64 is out of range (0 to 63)`},
+		{name: "proxy_protocol a number", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  proxy_protocol = 1\n}\n", line: 4, want: `service "x" proxy_protocol must be true or false, not a number`},
+		{name: "service idle_timeout negative", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  idle_timeout = \"-5s\"\n}\n", line: 4, want: `service "x" idle_timeout = "-5s" must be more than zero`},
+		{name: "service idle_timeout a number", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  idle_timeout = 300\n}\n", line: 4, want: `idle_timeout must be a duration string, not a number`},
+		{name: "service key typo", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  tll = 255\n}\n", line: 4, want: `unknown key "tll" in service "x" (did you mean "ttl"?`},
+
+		// forward class, max_conns, idle_timeout, min_ttl, dscp.
+		{name: "forward class", src: "forward \"f\" {\n  listen = \":0\"\n  client = \"c\"\n  class = \"fast\"\n}\n", line: 4, want: `forward "f" class = "fast" is not allowed (use one of: control, bulk)`},
+		{name: "forward max_conns zero", client: true, src: "forward \"f\" {\n  listen = \":0\"\n  max_conns = 0\n}\n", line: 3, want: `forward "f" max_conns = 0 is out of range (1 to 2147483647)`},
+		{name: "forward idle_timeout", src: "forward \"f\" {\n  listen = \":0\"\n  client = \"c\"\n  idle_timeout = \"soon\"\n}\n", line: 4, want: `forward "f" idle_timeout = "soon" is not a duration`},
+		{name: "forward min_ttl 256", client: true, src: "forward \"f\" {\n  listen = \":0\"\n  min_ttl = 256\n}\n", line: 3, want: `forward "f" min_ttl = 256 is out of range (1 to 255); leave it out for no TTL check`},
+		{name: "forward min_ttl a string", src: "forward \"f\" {\n  listen = \":0\"\n  client = \"c\"\n  min_ttl = \"254\"\n}\n", line: 4, want: "min_ttl must be a number, not a string"},
+		{name: "forward dscp", src: "forward \"f\" {\n  listen = \":0\"\n  client = \"c\"\n  dscp = \"CS8\"\n}\n", line: 4, want: `forward "f" dscp = "CS8" is not a DiffServ code point name`},
+		{name: "forward ttl", src: "forward \"f\" {\n  listen = \":0\"\n  client = \"c\"\n  ttl = 1\n}\n", line: 4, want: `unknown key "ttl" in forward "f"`},
+		{name: "service min_ttl", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  min_ttl = 1\n}\n", line: 4, want: `unknown key "min_ttl" in service "x"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -685,6 +782,13 @@ func checkServer(s *Server) error {
 		errs = append(errs, fmt.Errorf("max_handshakes %d", s.MaxHandshakes))
 	}
 	errs = append(errs, checkCommon(s.TLS, s.HandshakeTimeout, s.DialTimeout, s.LogLevel, s.LogFormat, s.Services, s.Forwards, true))
+	errs = append(errs, checkExtras(s.TLS, s.Settings, s.Services, s.Forwards, true))
+	if s.MaxSessions < 1 || s.MaxSessionsPerIdentity < 1 {
+		errs = append(errs, fmt.Errorf("max_sessions %d, per identity %d", s.MaxSessions, s.MaxSessionsPerIdentity))
+	}
+	if s.Admin != "" && overlap(s.Admin, s.Listen) {
+		errs = append(errs, fmt.Errorf("admin %q clashes with listen %q", s.Admin, s.Listen))
+	}
 	return errors.Join(errs...)
 }
 
@@ -709,6 +813,10 @@ func checkClient(c *Client) error {
 		errs = append(errs, errors.New("empty server_name"))
 	}
 	errs = append(errs, checkCommon(c.TLS, c.HandshakeTimeout, c.DialTimeout, c.LogLevel, c.LogFormat, c.Services, c.Forwards, false))
+	errs = append(errs, checkExtras(c.TLS, c.Settings, c.Services, c.Forwards, false))
+	if c.SessionWait < 0 {
+		errs = append(errs, fmt.Errorf("session_wait %v", c.SessionWait))
+	}
 	return errors.Join(errs...)
 }
 

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
 
@@ -22,14 +23,22 @@ const (
 	ClassBulk    = "bulk"
 )
 
-// controlPorts are well-known ports of routing and control protocols:
-// BGP 179, MSDP 639, LDP 646, NETCONF 830, quagga/FRR vty 2601-2609,
-// BFD 3784 and 4784, OpenFlow 6633 and 6653.
+// controlPorts are the single well-known control ports of DefaultClass;
+// 2601-2609 is checked as a range.
 var controlPorts = map[int]bool{179: true, 639: true, 646: true, 830: true, 3784: true, 4784: true, 6633: true, 6653: true}
 
-// DefaultClass is the class of a forward or service that does not name
-// one: control for the well-known ports of routing and control protocols
-// (see controlPorts), bulk for everything else.
+// DefaultClass is the class of a forward (from its listen port) or a
+// service (from its target port) that does not name one: [ClassControl]
+// for the well-known ports of routing and control protocols, [ClassBulk]
+// for every other port (and for 0):
+//
+//	179        BGP
+//	639        MSDP
+//	646        LDP
+//	830        NETCONF over SSH
+//	2601-2609  quagga/FRR vty (zebra, ripd, ripngd, ospfd, bgpd, ospf6d, ...)
+//	3784, 4784 BFD (single hop, multihop)
+//	6633, 6653 OpenFlow
 func DefaultClass(port int) string {
 	if controlPorts[port] || port >= 2601 && port <= 2609 {
 		return ClassControl
@@ -53,8 +62,9 @@ var dscpNames = map[string]int{
 	"AF31": 26, "AF32": 28, "AF33": 30, "AF41": 34, "AF42": 36, "AF43": 38, "EF": 46,
 }
 
-// settings decodes the top-level keys of Settings.
-func (d *decoder) settings(top *body) Settings {
+// settings decodes the top-level keys of Settings, returning where the
+// admin listen address is (empty when there is none).
+func (d *decoder) settings(top *body) (Settings, hcl.Range) {
 	st := Settings{
 		ExpiryWarning:        DefaultExpiryWarning,
 		PingAfter:            DefaultPingAfter,
@@ -64,7 +74,7 @@ func (d *decoder) settings(top *body) Settings {
 		DSCP:                 -1,
 	}
 	if a := top.attr("reload_interval"); a != nil {
-		if v, ok := d.duration(top, a); ok {
+		if v, ok := d.durationOrZero(top, a); ok {
 			if v < time.Second {
 				d.addf(a.Expr.Range(), "reload_interval = %q is too short (at least \"1s\"; leave it out to reload only on SIGHUP)", v)
 			} else {
@@ -72,15 +82,22 @@ func (d *decoder) settings(top *body) Settings {
 			}
 		}
 	}
+	timers := true // ping_after and dead_after both decoded
 	for key, dst := range map[string]*time.Duration{"expiry_warning": &st.ExpiryWarning, "ping_after": &st.PingAfter, "dead_after": &st.DeadAfter} {
 		if a := top.attr(key); a != nil {
 			if v, ok := d.duration(top, a); ok {
 				*dst = v
+			} else if key != "expiry_warning" {
+				timers = false
 			}
 		}
 	}
-	if a := top.attr("dead_after"); a != nil && st.DeadAfter <= st.PingAfter {
-		d.addf(a.Expr.Range(), "dead_after (%s) must be longer than ping_after (%s): the peer needs time to answer a ping", st.DeadAfter, st.PingAfter)
+	if timers && st.DeadAfter <= st.PingAfter {
+		if a := top.attr("dead_after"); a != nil {
+			d.addf(a.Expr.Range(), "dead_after (%s) must be longer than ping_after (%s): the peer needs time to answer a ping", st.DeadAfter, st.PingAfter)
+		} else {
+			d.addf(top.attr("ping_after").Expr.Range(), "ping_after (%s) must be shorter than dead_after (%s, the default): the peer needs time to answer a ping (lower ping_after or set dead_after)", st.PingAfter, st.DeadAfter)
+		}
 	}
 	if a := top.attr("drain_timeout"); a != nil {
 		if v, ok := d.durationOrZero(top, a); ok {
@@ -95,17 +112,24 @@ func (d *decoder) settings(top *body) Settings {
 	if a := top.attr("dscp"); a != nil {
 		st.DSCP = d.dscp(top, a)
 	}
+	var admin *hclsyntax.Block
+	var adminAt hcl.Range
 	for _, blk := range top.blocks {
-		if blk.Type != "admin" || !d.noLabels(blk) {
+		if blk.Type != "admin" {
 			continue
 		}
-		if st.Admin != "" {
-			d.addf(blk.TypeRange, "duplicate admin block (keep one)")
+		if admin != nil {
+			d.addf(blk.TypeRange, "duplicate admin block, the first is at line %d (merge them into one)", admin.TypeRange.Start.Line)
+			continue
+		}
+		admin = blk
+		if !d.noLabels(blk) {
 			continue
 		}
 		b := d.content(blk.Body, adminBody, "the admin block", "admin.", blk.TypeRange)
+		public, publicOK := false, true
 		if a := b.attr("public"); a != nil {
-			st.AdminPublic, _ = d.boolean(b, a)
+			public, publicOK = d.boolean(b, a)
 		}
 		a := b.attr("listen")
 		if a == nil {
@@ -113,16 +137,16 @@ func (d *decoder) settings(top *body) Settings {
 			continue
 		}
 		addr, ok := d.address(b, a, listenAddr)
-		if !ok {
+		if !ok || !publicOK {
 			continue
 		}
-		if host := hostOf(addr); !st.AdminPublic && !isLoopback(host) {
-			d.addf(a.Expr.Range(), "admin listen must be on loopback (127.0.0.1 or [::1]) unless public = true: /status names peers and addresses")
+		if host := hostOf(addr); !public && !isLoopback(host) {
+			d.addf(a.Expr.Range(), "admin listen must be on loopback (127.0.0.1 or [::1]) unless public = true, got %q: /status names peers and addresses (listen on 127.0.0.1, or add public = true to the admin block to serve the network)", addr)
 			continue
 		}
-		st.Admin = addr
+		st.Admin, st.AdminPublic, adminAt = addr, public, a.Expr.Range()
 	}
-	return st
+	return st, adminAt
 }
 
 func isLoopback(host string) bool {
@@ -182,9 +206,26 @@ func (d *decoder) dscp(b *body, a *hclsyntax.Attribute) int {
 		d.addf(a.Expr.Range(), "%sdscp = %q is not a DiffServ code point name (use CS0..CS7, EF, AF11..AF43, or a number 0..63)", b.prefix, v.AsString())
 		return -1
 	}
+	if v.Type() != cty.Number {
+		d.addf(a.Expr.Range(), "%sdscp must be a number 0..63 or a code point name such as \"EF\", not %s", b.prefix, typeName(v))
+		return -1
+	}
 	n, ok := d.intRange(b, a, 0, 63)
 	if !ok {
 		return -1
+	}
+	return n
+}
+
+// ttl decodes an IP TTL, 1..255; off says what leaving the key out means.
+func (d *decoder) ttl(b *body, a *hclsyntax.Attribute, off string) int {
+	n, ok := d.integer(b, a)
+	if !ok {
+		return 0
+	}
+	if n < 1 || n > 255 {
+		d.addf(a.Expr.Range(), "%s%s = %d is out of range (1 to 255); leave it out for %s", b.prefix, a.Name, n, off)
+		return 0
 	}
 	return n
 }
@@ -222,16 +263,22 @@ func (d *decoder) serviceExtras(b *body, s *Service) bool {
 	}
 	if a := b.attr("source"); a != nil {
 		if v, sok := d.str(b, a); sok {
-			if _, err := netip.ParseAddr(v); err != nil {
+			src, err := netip.ParseAddr(v)
+			target, terr := netip.ParseAddr(hostOf(s.Target))
+			switch {
+			case err != nil:
 				d.addf(a.Expr.Range(), "%ssource = %q is not an IP address (give the local address to dial from, without a port)", b.prefix, v)
 				ok = false
-			} else {
+			case terr == nil && src.Unmap().Is4() != target.Unmap().Is4():
+				d.addf(a.Expr.Range(), "%ssource = %q cannot dial target %s: one is IPv4, the other IPv6 (use a source of the target's family)", b.prefix, v, s.Target)
+				ok = false
+			default:
 				s.Source = v
 			}
 		}
 	}
 	if a := b.attr("ttl"); a != nil {
-		s.TTL, _ = d.intRange(b, a, 1, 255)
+		s.TTL = d.ttl(b, a, "the system default")
 	}
 	if a := b.attr("dscp"); a != nil {
 		s.DSCP = d.dscp(b, a)
@@ -267,7 +314,7 @@ func (d *decoder) forwardExtras(b *body, f *Forward) bool {
 		f.IdleTimeout, _ = d.durationOrZero(b, a)
 	}
 	if a := b.attr("min_ttl"); a != nil {
-		f.MinTTL, _ = d.intRange(b, a, 1, 255)
+		f.MinTTL = d.ttl(b, a, "no TTL check")
 	}
 	if a := b.attr("dscp"); a != nil {
 		f.DSCP = d.dscp(b, a)
@@ -281,6 +328,10 @@ func (d *decoder) tlsExtras(b *body, t *TLS, server bool) {
 	if a := b.attr("crl"); a != nil {
 		if elems, ok := d.strList(b, a); ok {
 			for i, e := range elems {
+				if e.s == "" {
+					d.addf(e.rng, "%scrl[%d] must not be empty (give the path of a CRL file, PEM or DER)", b.prefix, i)
+					continue
+				}
 				p := d.pathOf(e.s)
 				if err := readable(p); err != nil {
 					d.addf(e.rng, "cannot read %scrl[%d] file %s: %v (check the path and its permissions; relative paths resolve against %s)", b.prefix, i, p, err, d.dir)

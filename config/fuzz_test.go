@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -18,6 +19,20 @@ var fuzzSeeds = []string{
 	"service \"x\" \"y\" {}\ntls \"z\" {}\ntls {}\n",
 	"x = \"${\"",
 	"listen = <<EOT\n:1\nEOT\n",
+	// The keys beyond the basics.
+	"reload_interval = \"1m\"\nexpiry_warning = \"240h\"\nping_after = \"2s\"\ndead_after = \"6s\"\ndrain_timeout = \"0s\"\n" +
+		"max_streams_per_session = 10\nmax_sessions = 5\nmax_sessions_per_identity = 1\nsession_wait = \"0s\"\ndscp = \"CS6\"\n" +
+		"admin {\n  listen = \"127.0.0.1:9090\"\n}\n" + serverBase,
+	"admin {\n  listen = \"0.0.0.0:0\"\n  public = true\n}\n" + clientBase,
+	"admin {\n  listen = \":9090\"\n}\nadmin {\n}\nforward \"f\" {\n  listen = \"127.0.0.1:9090\"\n}\n" + clientBase,
+	"listen = \":1\"\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n  crl = [\"ca.crl\", \"pki/inter.crl\"]\n  crl_stale = \"refuse\"\n  verify = [\"x\"]\n}\n",
+	"server = \"a:1\"\ntls {\n  cert = \"c\"\n  key = \"k\"\n  ca = \"a\"\n  crl = [\"\", \"nope\"]\n  verify = [\"cn:x\", \"issuer:sha256:" + strings.Repeat("A", 43) + "=\", \"uri:[\"]\n}\n",
+	"service \"bgp\" {\n  target = \"192.0.2.1:179\"\n  allow = [\"edge-1\", \"spiffe://corp/r/*\", \"issuer:Routers CA\"]\n  class = \"control\"\n" +
+		"  source = \"192.0.2.2\"\n  ttl = 255\n  dscp = 48\n  proxy_protocol = true\n  idle_timeout = \"0s\"\n}\n" + serverBase,
+	"service \"x\" {\n  target = \"[2001:db8::1]:22\"\n  allow = [\"sha256:x\"]\n  source = \"192.0.2.2\"\n  ttl = 0\n  dscp = \"af42\"\n}\n" + clientBase,
+	"forward \"of\" {\n  listen = \"127.0.0.1:6653\"\n  client = \"edge-1\"\n  class = \"bulk\"\n  max_conns = 2\n" +
+		"  idle_timeout = \"5m\"\n  min_ttl = 254\n  dscp = \"EF\"\n}\n" + serverBase,
+	"forward \"f\" {\n  listen = \":2605\"\n  min_ttl = 256\n  dscp = 64\n  max_conns = 0\n}\nping_after = \"40s\"\n" + clientBase,
 }
 
 func FuzzParseServer(f *testing.F) {
