@@ -19,7 +19,16 @@ const bufSize = 32 * 1024
 
 // Buffers are pooled: an idle connection holds none, a busy one holds one per
 // direction only while it copies.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+// Two sizes: a direction starts with a small buffer, which is all an idle
+// or chatty connection (BGP, OpenFlow) ever holds, and moves to a large one
+// once a read fills the small one. 1,000 idle streams then hold 4 KiB per
+// direction instead of 32 KiB (measured with bench/cmd/tunnel-bench).
+const smallBufSize = 4 * 1024
+
+var (
+	bufPool      = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+	smallBufPool = sync.Pool{New: func() any { b := make([]byte, smallBufSize); return &b }}
+)
 
 // Meter counts bytes as a pipe moves them (metrics of long transfers move
 // while they run).
@@ -135,8 +144,8 @@ func Pipe(ctx context.Context, a, b net.Conn, m Meter, idle time.Duration) Resul
 
 // copyHalf copies src to dst; on clean EOF it half-closes dst.
 func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
+	bp, pool := smallBufPool.Get().(*[]byte), &smallBufPool
+	defer func() { pool.Put(bp) }()
 	buf := *bp
 	var n int64
 	for {
@@ -147,6 +156,12 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 			count(nw)
 			if werr != nil {
 				return n, &WriteError{Err: werr}
+			}
+			if nr == len(buf) && pool == &smallBufPool {
+				// Bulk data: move to the large buffer for the rest.
+				pool.Put(bp)
+				bp, pool = bufPool.Get().(*[]byte), &bufPool
+				buf = *bp
 			}
 		}
 		if rerr == io.EOF {

@@ -40,9 +40,12 @@ type Config struct {
 	// peer's opens beyond it are refused as busy. Default 4096.
 	MaxStreams int
 	// Window is the per-stream receive window; both ends must use the same
-	// (a frame beyond it kills the session). Default 256 KiB.
+	// (a frame beyond it kills the session). Default 256 KiB, yamux's minimum.
 	Window uint32
-	Logger hclog.Logger
+	// WindowFor, if set, picks the window from the session's traffic class
+	// (ours on the client, the hello's on the server), so both ends agree.
+	WindowFor func(class string) uint32
+	Logger    hclog.Logger
 }
 
 func (c Config) withDefaults() Config {
@@ -147,6 +150,13 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 	cc := &countingConn{Conn: conn}
 	cc.touch()
 	var y *yamux.Session
+	if cfg.WindowFor != nil {
+		class := cfg.Class
+		if role == RoleServer {
+			class = hello.Class
+		}
+		cfg.Window = max(cfg.WindowFor(class), cfg.Window)
+	}
 	joined := newFrameJoiner(cc)
 	if role == RoleClient {
 		y, err = yamux.Client(joined, yamuxConfig(cfg.Logger, cfg.Window))
