@@ -573,3 +573,20 @@ func ctxT(t testing.TB) context.Context {
 }
 
 func isReset(err error) bool { return errors.Is(err, syscall.ECONNRESET) }
+
+// expectRefused connects to a forward whose stream will be refused: the
+// tunnel resets the local connection, which may land before the dial even
+// returns, or after it as a read with no data.
+func expectRefused(t testing.TB, addr string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		if !isReset(err) {
+			t.Fatalf("dial %s: %v, want success or a reset", addr, err)
+		}
+		return
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	expectClosedNoData(t, c)
+}

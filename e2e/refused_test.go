@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"testing"
-	"time"
 )
 
 // Streams the server refuses: the local connection is closed with no data,
@@ -41,8 +40,7 @@ func TestRefusedStreams(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			c := dial(t, tn.client.forwards[tc.forward], 10*time.Second)
-			expectClosedNoData(t, c)
+			expectRefused(t, tn.client.forwards[tc.forward])
 			line := tn.client.waitLine(t, tc.clientSays...)
 			t.Logf("client: %s", line)
 			line = tn.server.waitLine(t, tc.serverSays...)
