@@ -1,11 +1,12 @@
 package cli
 
 import (
-	"bufio"
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -18,22 +19,39 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tunnelworks/tunnel/transport/ssl"
 	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
 
 const certUsage = `usage: %[1]s cert <command> [flags]
 
-  ca create --dir DIR [--name NAME] [--days 3650]
-        make a root CA: DIR/ca.crt and DIR/ca.key (0600); never overwrites
+  ca create --dir DIR [--name "Tunnel Root CA"] [--days 3650]
+        make a root CA: DIR/ca.crt and DIR/ca.key (0600); never overwrites a CA
   ca intermediate --ca-dir DIR --out-dir OUT --name NAME [--days 3650]
-        make an intermediate CA signed by the CA in DIR: OUT/ca.crt, ca.key, chain.crt
-  issue --ca-dir DIR (--server NAME | --client NAME) [--dns a,b] [--ip x,y] [--uri u,v] [--out-dir .] [--days 365]
-        issue a leaf: OUT/NAME.crt (leaf, then the CA chain below the root) and OUT/NAME.key (0600)
-  revoke --ca-dir DIR [--next-update-days 7] SERIAL...
-        revoke by serial (hex, as 'cert inspect' prints it, colons optional) and write DIR/ca.crl
-  inspect FILE
-        show a certificate chain (subject, names, issuer, validity, serial, SPKI pin) or a CRL
+        make an intermediate CA signed by the CA in DIR: OUT/ca.crt (the
+        intermediate), OUT/chain.crt (it, then its parents, the root last),
+        OUT/ca.key (0600); never overwrites a CA
+  issue --ca-dir DIR (--server NAME | --client NAME) [--dns a,b] [--ip x,y]
+        [--uri spiffe://...] [--out-dir .] [--days 365]
+        issue a leaf, verified against the CA before anything is written:
+        OUT/NAME.crt (the leaf, then the intermediates when DIR is an
+        intermediate: use it as the agents' tls.cert) and OUT/NAME.key (0600).
+        A server without --dns/--ip gets NAME as its DNS name (or IP).
+  revoke --ca-dir DIR [--reason REASON] [--next-update-days 7] [SERIAL...]
+        add the serials to DIR/revoked.txt and write DIR/ca.crl, a version 2
+        CRL signed by the CA whose number increases every time. Without a
+        SERIAL it re-signs the CRL: do that before its next update is due.
+        SERIAL is hex: 0A:1B:2C as 'cert inspect' prints it, 0x0A1B2C, or
+        0A1B2C when it holds a letter; decimal needs a prefix: dec:662316.
+        Bare digits (1000) are refused as ambiguous.
+        REASON: keyCompromise, cACompromise, affiliationChanged, superseded,
+        cessationOfOperation, privilegeWithdrawn, unspecified (default).
+  inspect [--ca CA.crt] FILE
+        show a certificate or chain (subject, names, issuer chain, serial in
+        hex, validity, key type, SPKI pin for allow rules) or a CRL (PEM or
+        DER: issuer, number, updates, revoked serials). With --ca, also check
+        the chain or the CRL's signature against that CA. Never prints keys.
+
+Usage errors exit 2, other failures 1.
 `
 
 // certCmd is the `cert` helper: one implementation in both binaries.
@@ -45,7 +63,7 @@ func certCmd(prog string, args []string, stdout, stderr io.Writer) int {
 	}
 	var err error
 	switch {
-	case args[0] == "help" || args[0] == "-h" || args[0] == "--help":
+	case args[0] == "help" || args[0] == "-h" || args[0] == "-help" || args[0] == "--help":
 		usage(stdout)
 		return exitOK
 	case args[0] == "ca" && len(args) > 1 && args[1] == "create":
@@ -57,7 +75,7 @@ func certCmd(prog string, args []string, stdout, stderr io.Writer) int {
 	case args[0] == "revoke":
 		err = certRevoke(prog, args[1:], stdout, stderr)
 	case args[0] == "inspect":
-		err = certInspect(args[1:], stdout)
+		err = certInspect(prog, args[1:], stdout, stderr)
 	default:
 		fmt.Fprintf(stderr, "%s cert: unknown command %q\n", prog, strings.Join(args, " "))
 		usage(stderr)
@@ -65,11 +83,11 @@ func certCmd(prog string, args []string, stdout, stderr io.Writer) int {
 	}
 	var ue usageError
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, errCertHelp):
 		return exitOK
 	case errors.As(err, &ue):
 		if ue.msg != "" {
-			fmt.Fprintf(stderr, "%s cert: %s\n", prog, ue.msg)
+			fmt.Fprintf(stderr, "%s cert: %s (see '%s cert help')\n", prog, ue.msg, prog)
 		}
 		return exitUsage
 	default:
@@ -78,38 +96,67 @@ func certCmd(prog string, args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// usageError is a mistake on the command line (exit 2).
+// usageError is a mistake on the command line (exit 2). An empty message
+// means the flag package has already said what is wrong.
 type usageError struct{ msg string }
 
 func (e usageError) Error() string { return e.msg }
 
-func parse(fs *flag.FlagSet, args []string, stderr io.Writer) error {
+// errCertHelp: -h was asked for and the flag package printed the flags.
+var errCertHelp = errors.New("help")
+
+func certUsagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
+
+// parse parses flags placed before, between or after the positional
+// arguments (`revoke --ca-dir D SERIAL --reason keyCompromise`) and returns
+// the positional ones.
+func parse(fs *flag.FlagSet, args []string, stderr io.Writer) ([]string, error) {
 	fs.SetOutput(stderr)
-	if err := fs.Parse(args); err != nil {
-		return usageError{}
+	var pos []string
+	for {
+		if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
+			return nil, errCertHelp
+		} else if err != nil {
+			return nil, usageError{}
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
+			return append(pos, rest...), nil // everything after -- is positional
+		}
+		pos, args = append(pos, rest[0]), rest[1:]
 	}
-	return nil
 }
 
-func days(n int) (time.Duration, error) {
-	if n < 1 {
-		return 0, usageError{fmt.Sprintf("--days %d: must be at least 1", n)}
+const certMaxDays = 100 * 365
+
+func certDays(flagName string, n int) (time.Duration, error) {
+	if n < 1 || n > certMaxDays {
+		return 0, certUsagef("--%s %d: want 1 to %d days", flagName, n, certMaxDays)
 	}
 	return time.Duration(n) * 24 * time.Hour, nil
 }
 
 func certCACreate(prog string, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet(prog+" cert ca create", flag.ContinueOnError)
-	dir := fs.String("dir", "", "directory for ca.crt and ca.key (required)")
+	dir := fs.String("dir", "", "directory for ca.crt and ca.key (required; created 0700)")
 	name := fs.String("name", "Tunnel Root CA", "the CA's common name")
 	n := fs.Int("days", 3650, "validity in days")
-	if err := parse(fs, args, stderr); err != nil {
+	pos, err := parse(fs, args, stderr)
+	if err != nil {
 		return err
 	}
-	if *dir == "" || fs.NArg() > 0 {
-		return usageError{"ca create needs --dir DIR and no other arguments"}
+	switch {
+	case *dir == "":
+		return certUsagef("ca create: --dir DIR is required")
+	case len(pos) > 0:
+		return certUsagef("ca create: unexpected argument %q", pos[0])
+	case strings.TrimSpace(*name) == "":
+		return certUsagef("ca create: --name must not be empty")
 	}
-	validity, err := days(*n)
+	validity, err := certDays("days", *n)
 	if err != nil {
 		return err
 	}
@@ -120,23 +167,31 @@ func certCACreate(prog string, args []string, stdout, stderr io.Writer) error {
 	if err := ca.WriteCAFiles(*dir); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "root CA %q written to %s (key %s, mode 0600; keep it off the tunnel hosts)\n", *name, filepath.Join(*dir, pki.CACertFile), filepath.Join(*dir, pki.CAKeyFile))
+	fmt.Fprintf(stdout, "root CA %q written to %s, key %s (0600; keep it off the tunnel hosts)\nvalid until %s; pin %s\n",
+		*name, filepath.Join(*dir, pki.CACertFile), filepath.Join(*dir, pki.CAKeyFile),
+		ca.Cert.NotAfter.UTC().Format(time.DateOnly), pki.SPKIPin(ca.Cert))
 	return nil
 }
 
 func certCAIntermediate(prog string, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet(prog+" cert ca intermediate", flag.ContinueOnError)
 	caDir := fs.String("ca-dir", "", "directory of the signing CA (required)")
-	out := fs.String("out-dir", "", "directory for the intermediate (required)")
+	out := fs.String("out-dir", "", "directory for the intermediate (required; created 0700)")
 	name := fs.String("name", "", "the intermediate's common name (required)")
 	n := fs.Int("days", 3650, "validity in days")
-	if err := parse(fs, args, stderr); err != nil {
+	pos, err := parse(fs, args, stderr)
+	if err != nil {
 		return err
 	}
-	if *caDir == "" || *out == "" || *name == "" || fs.NArg() > 0 {
-		return usageError{"ca intermediate needs --ca-dir, --out-dir and --name"}
+	switch {
+	case *caDir == "" || *out == "" || strings.TrimSpace(*name) == "":
+		return certUsagef("ca intermediate: --ca-dir DIR, --out-dir OUT and --name NAME are required")
+	case len(pos) > 0:
+		return certUsagef("ca intermediate: unexpected argument %q", pos[0])
+	case filepath.Clean(*caDir) == filepath.Clean(*out):
+		return certUsagef("ca intermediate: --out-dir must differ from --ca-dir")
 	}
-	validity, err := days(*n)
+	validity, err := certDays("days", *n)
 	if err != nil {
 		return err
 	}
@@ -148,16 +203,27 @@ func certCAIntermediate(prog string, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
+	certWarnOutlives(prog, stderr, inter.Cert, parent.Cert, "--days")
 	if err := inter.WriteCAFiles(*out); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "intermediate CA %q signed by %q written to %s\n", *name, parent.Cert.Subject.CommonName, *out)
+	fmt.Fprintf(stdout, "intermediate CA %q signed by %q written to %s (%s, %s, key %s 0600)\n",
+		*name, parent.Cert.Subject.CommonName, *out, pki.CACertFile, pki.CAChainFile, pki.CAKeyFile)
 	return nil
+}
+
+// certWarnOutlives warns when a new certificate is valid longer than its issuer:
+// it stops verifying when the issuer expires.
+func certWarnOutlives(prog string, stderr io.Writer, c, issuer *x509.Certificate, flagName string) {
+	if c.NotAfter.After(issuer.NotAfter) {
+		fmt.Fprintf(stderr, "%s cert: warning: %q is valid until %s, after its issuer %q expires (%s); it stops verifying then (use a smaller %s)\n",
+			prog, c.Subject.CommonName, c.NotAfter.UTC().Format(time.DateOnly), issuer.Subject.CommonName, issuer.NotAfter.UTC().Format(time.DateOnly), flagName)
+	}
 }
 
 func splitList(s string) []string {
 	var out []string
-	for _, part := range strings.Split(s, ",") {
+	for part := range strings.SplitSeq(s, ",") {
 		if part = strings.TrimSpace(part); part != "" {
 			out = append(out, part)
 		}
@@ -175,13 +241,19 @@ func certIssue(prog string, args []string, stdout, stderr io.Writer) error {
 	uris := fs.String("uri", "", "URI SANs (e.g. spiffe://corp/router/r1), comma separated")
 	out := fs.String("out-dir", ".", "directory for NAME.crt and NAME.key")
 	n := fs.Int("days", 365, "validity in days")
-	if err := parse(fs, args, stderr); err != nil {
+	pos, err := parse(fs, args, stderr)
+	if err != nil {
 		return err
 	}
-	if *caDir == "" || (*server == "") == (*client == "") || fs.NArg() > 0 {
-		return usageError{"issue needs --ca-dir and exactly one of --server NAME or --client NAME"}
+	switch {
+	case *caDir == "":
+		return certUsagef("issue: --ca-dir DIR is required")
+	case (*server == "") == (*client == ""):
+		return certUsagef("issue: give exactly one of --server NAME or --client NAME")
+	case len(pos) > 0:
+		return certUsagef("issue: unexpected argument %q", pos[0])
 	}
-	validity, err := days(*n)
+	validity, err := certDays("days", *n)
 	if err != nil {
 		return err
 	}
@@ -189,28 +261,35 @@ func certIssue(prog string, args []string, stdout, stderr io.Writer) error {
 	for _, s := range splitList(*ips) {
 		ip := net.ParseIP(s)
 		if ip == nil {
-			return usageError{fmt.Sprintf("--ip %q is not an IP address", s)}
+			return certUsagef("issue: --ip %q is not an IP address", s)
 		}
 		opts.IPs = append(opts.IPs, ip)
 	}
 	for _, s := range splitList(*uris) {
 		u, err := url.Parse(s)
 		if err != nil || u.Scheme == "" {
-			return usageError{fmt.Sprintf("--uri %q is not an absolute URI", s)}
+			return certUsagef("issue: --uri %q is not an absolute URI (e.g. spiffe://corp/router/r1)", s)
 		}
 		opts.URIs = append(opts.URIs, u)
+	}
+	kind, name, usage := "server", *server, x509.ExtKeyUsageServerAuth
+	if *client != "" {
+		kind, name, usage = "client", *client, x509.ExtKeyUsageClientAuth
+	}
+	if msg := checkName(name); msg != "" {
+		return certUsagef("issue: --%s %q %s (it becomes the file name NAME.crt)", kind, name, msg)
+	}
+	certPath, keyPath := filepath.Join(*out, name+".crt"), filepath.Join(*out, name+".key")
+	if _, err := os.Lstat(keyPath); err == nil {
+		return fmt.Errorf("issue: %s already exists; refusing to overwrite a key (remove it, or choose another --out-dir or name)", keyPath)
 	}
 	ca, err := pki.LoadCA(*caDir)
 	if err != nil {
 		return err
 	}
-	var (
-		leaf  *pki.Cert
-		usage x509.ExtKeyUsage
-		name  string
-	)
+	opts.CommonName = name
+	var leaf *pki.Cert
 	if *server != "" {
-		name, opts.CommonName, usage = *server, *server, x509.ExtKeyUsageServerAuth
 		if len(opts.DNSNames) == 0 && len(opts.IPs) == 0 {
 			if ip := net.ParseIP(name); ip != nil {
 				opts.IPs = []net.IP{ip}
@@ -220,78 +299,69 @@ func certIssue(prog string, args []string, stdout, stderr io.Writer) error {
 		}
 		leaf, err = ca.IssueServer(opts)
 	} else {
-		name, opts.CommonName, usage = *client, *client, x509.ExtKeyUsageClientAuth
 		leaf, err = ca.IssueClient(opts)
 	}
 	if err != nil {
 		return err
 	}
 	if err := ca.Verify(leaf, usage); err != nil {
-		return fmt.Errorf("the new certificate does not verify against its CA, nothing written: %w", err)
+		return fmt.Errorf("issue: the new certificate does not verify against the CA in %s, nothing written: %w", *caDir, err)
 	}
-	if msg := checkName(name); msg != "" {
-		return usageError{fmt.Sprintf("name %q %s (it becomes a file name)", name, msg)}
-	}
+	certWarnOutlives(prog, stderr, leaf.Cert, ca.Cert, "--days")
 	if err := os.MkdirAll(*out, 0o755); err != nil {
-		return err
-	}
-	certPath, keyPath := filepath.Join(*out, name+".crt"), filepath.Join(*out, name+".key")
-	if _, err := os.Stat(keyPath); err == nil {
-		return fmt.Errorf("%s already exists; refusing to overwrite a key (remove it or choose --out-dir)", keyPath)
+		return fmt.Errorf("issue: --out-dir: %w", err)
 	}
 	if err := leaf.WriteFiles(certPath, keyPath); err != nil {
-		return err
+		return fmt.Errorf("issue: %w", err)
 	}
-	fmt.Fprintf(stdout, "%s certificate %q (serial %s, valid until %s) written to %s, key %s (0600)\npin for allow/verify: %s\n",
-		map[bool]string{true: "server", false: "client"}[*server != ""], name, ssl.FormatSerial(leaf.Cert.SerialNumber),
-		leaf.Cert.NotAfter.UTC().Format(time.DateOnly), certPath, keyPath, ssl.SPKIPin(leaf.Cert))
+	chain := ""
+	if len(leaf.Chain) > 0 {
+		chain = fmt.Sprintf(" followed by %d intermediate(s)", len(leaf.Chain))
+	}
+	fmt.Fprintf(stdout, "%s certificate %q written to %s%s, key %s (0600)\n  serial:   %s\n  valid:    until %s\n  pin:      %s\n",
+		kind, name, certPath, chain, keyPath, pki.FormatSerial(leaf.Cert.SerialNumber),
+		leaf.Cert.NotAfter.UTC().Format(time.DateOnly), pki.SPKIPin(leaf.Cert))
 	return nil
 }
 
 // checkName says what is wrong with a name used as a file name, or "".
 func checkName(s string) string {
-	if s == "" || strings.ContainsAny(s, `/\`) || s == "." || s == ".." || strings.HasPrefix(s, "-") {
+	switch {
+	case strings.TrimSpace(s) == "", s == ".", s == "..":
 		return "cannot be used as a file name"
+	case strings.ContainsAny(s, "/\\\x00"):
+		return "must not contain a slash"
+	case strings.HasPrefix(s, "-"):
+		return "must not start with '-'"
 	}
 	return ""
-}
-
-// The revoked serials of a CA live in DIR/revoked.txt, one per line:
-// hex serial, RFC 3339 revocation time. DIR/crlnumber holds the last CRL
-// number; each CRL gets the next.
-const (
-	revokedFile   = "revoked.txt"
-	crlNumberFile = "crlnumber"
-	crlFile       = "ca.crl"
-)
-
-func parseSerial(s string) (*big.Int, error) {
-	clean := strings.ReplaceAll(strings.TrimPrefix(strings.ToLower(s), "0x"), ":", "")
-	n, ok := new(big.Int).SetString(clean, 16)
-	if !ok || clean == "" {
-		return nil, usageError{fmt.Sprintf("serial %q is not hexadecimal (write it as 'cert inspect' prints it, e.g. 1A:2B:3C)", s)}
-	}
-	return n, nil
 }
 
 func certRevoke(prog string, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet(prog+" cert revoke", flag.ContinueOnError)
 	caDir := fs.String("ca-dir", "", "directory of the CA that issued the certificates (required)")
+	reasonName := fs.String("reason", "unspecified", "revocation reason: "+strings.Join(pki.ReasonNames(), ", "))
 	next := fs.Int("next-update-days", 7, "days until the CRL's next update")
-	if err := parse(fs, args, stderr); err != nil {
+	pos, err := parse(fs, args, stderr)
+	if err != nil {
 		return err
 	}
-	if *caDir == "" || fs.NArg() == 0 {
-		return usageError{"revoke needs --ca-dir DIR and at least one SERIAL"}
+	if *caDir == "" {
+		return certUsagef("revoke: --ca-dir DIR is required")
 	}
-	if *next < 1 {
-		return usageError{"--next-update-days must be at least 1"}
+	reason, err := pki.ParseReason(*reasonName)
+	if err != nil {
+		return certUsagef("revoke: --reason: %v", err)
+	}
+	validity, err := certDays("next-update-days", *next)
+	if err != nil {
+		return err
 	}
 	var serials []*big.Int
-	for _, a := range fs.Args() {
-		n, err := parseSerial(a)
+	for _, a := range pos {
+		n, err := pki.ParseSerial(a)
 		if err != nil {
-			return err
+			return certUsagef("revoke: %v", err)
 		}
 		serials = append(serials, n)
 	}
@@ -299,161 +369,145 @@ func certRevoke(prog string, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	entries, err := readRevoked(filepath.Join(*caDir, revokedFile))
+	now := time.Now()
+	res, err := ca.Revoke(*caDir, serials, reason, now, now.Add(validity))
 	if err != nil {
 		return err
 	}
-	known := map[string]bool{}
-	for _, e := range entries {
-		known[e.SerialNumber.String()] = true
+	for _, n := range res.Added {
+		fmt.Fprintf(stdout, "revoked serial %s\n", pki.FormatSerial(n))
 	}
-	now := time.Now().UTC().Truncate(time.Second)
-	f, err := os.OpenFile(filepath.Join(*caDir, revokedFile), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
-	if err != nil {
-		return fmt.Errorf("record revocation: %w", err)
+	for _, n := range res.Already {
+		fmt.Fprintf(stdout, "serial %s was already revoked\n", pki.FormatSerial(n))
 	}
-	for _, n := range serials {
-		if known[n.String()] {
-			fmt.Fprintf(stdout, "serial %s was already revoked\n", ssl.FormatSerial(n))
-			continue
-		}
-		fmt.Fprintf(f, "%s %s\n", ssl.FormatSerial(n), now.Format(time.RFC3339))
-		entries = append(entries, x509.RevocationListEntry{SerialNumber: n, RevocationTime: now})
-		known[n.String()] = true
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("record revocation: %w", err)
-	}
-	number := big.NewInt(1)
-	if b, err := os.ReadFile(filepath.Join(*caDir, crlNumberFile)); err == nil {
-		if prev, ok := new(big.Int).SetString(strings.TrimSpace(string(b)), 10); ok {
-			number.Add(prev, big.NewInt(1))
-		}
-	}
-	crl, err := ca.NewCRL(entries, number, now, now.Add(time.Duration(*next)*24*time.Hour))
-	if err != nil {
-		return err
-	}
-	crlPath := filepath.Join(*caDir, crlFile)
-	if err := writeAtomic(crlPath, crl, 0o644); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(*caDir, crlNumberFile), []byte(number.String()+"\n"), 0o600); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "CRL #%s with %d revoked serials written to %s (next update in %d days; copy it to the agents' tls.crl and reload)\n", number, len(entries), crlPath, *next)
+	fmt.Fprintf(stdout, "CRL #%s with %d revoked serial(s) written to %s, next update due %s\n(copy it to the agents' tls.crl and reload them; re-run `cert revoke --ca-dir %s` before then)\n",
+		res.Number, res.Total, res.CRLPath, now.Add(validity).UTC().Format(time.RFC3339), *caDir)
 	return nil
 }
 
-// writeAtomic replaces path in one rename, so an agent polling the file
-// never reads half of it.
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
+func certInspect(prog string, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet(prog+" cert inspect", flag.ContinueOnError)
+	caFile := fs.String("ca", "", "CA certificate(s) to verify the chain or the CRL's signature against")
+	pos, err := parse(fs, args, stderr)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
+	if len(pos) != 1 {
+		return certUsagef("inspect: want exactly one FILE (a certificate, chain or CRL)")
 	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
+	file := pos[0]
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("inspect: %w", err)
 	}
-	if err := tmp.Close(); err != nil {
-		return err
+	var roots []*x509.Certificate
+	if *caFile != "" {
+		b, err := os.ReadFile(*caFile)
+		if err != nil {
+			return fmt.Errorf("inspect: --ca: %w", err)
+		}
+		if roots, err = pki.ParseCertsPEM(b); err != nil {
+			return fmt.Errorf("inspect: --ca %s: %w", *caFile, err)
+		}
 	}
-	return os.Rename(tmp.Name(), path)
+	switch kind := certFileKind(data); kind {
+	case "crl":
+		crl, err := pki.LoadCRL(data)
+		if err != nil {
+			return fmt.Errorf("inspect: %s: %w", file, err)
+		}
+		return certPrintCRL(stdout, crl, roots)
+	case "cert":
+		certs, err := certParseCerts(data)
+		if err != nil {
+			return fmt.Errorf("inspect: %s: %w", file, err)
+		}
+		return certPrintCerts(stdout, certs, roots)
+	case "key":
+		return fmt.Errorf("inspect: %s holds a private key, not a certificate (keys are never printed; inspect the .crt file)", file)
+	default:
+		return fmt.Errorf("inspect: %s is neither a certificate nor a CRL (want PEM \"CERTIFICATE\" or \"X509 CRL\" blocks, or DER)", file)
+	}
 }
 
-func readRevoked(path string) ([]x509.RevocationListEntry, error) {
-	f, err := os.Open(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []x509.RevocationListEntry
-	sc := bufio.NewScanner(f)
-	for line := 1; sc.Scan(); line++ {
-		fields := strings.Fields(sc.Text())
-		if len(fields) == 0 {
-			continue
+// certFileKind guesses what data holds: "cert", "crl", "key" or "".
+func certFileKind(data []byte) string {
+	rest := data
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
 		}
-		n, err := parseSerial(fields[0])
-		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %v", path, line, err)
+		switch {
+		case block.Type == "CERTIFICATE":
+			return "cert"
+		case block.Type == "X509 CRL":
+			return "crl"
+		case strings.HasSuffix(block.Type, "PRIVATE KEY"):
+			return "key"
 		}
-		at := time.Now()
-		if len(fields) > 1 {
-			if t, err := time.Parse(time.RFC3339, fields[1]); err == nil {
-				at = t
-			}
-		}
-		out = append(out, x509.RevocationListEntry{SerialNumber: n, RevocationTime: at})
 	}
-	return out, sc.Err()
+	if bytes.Contains(data, []byte("-----BEGIN")) {
+		return ""
+	}
+	if _, err := x509.ParseCertificate(data); err == nil {
+		return "cert"
+	}
+	if _, err := x509.ParseRevocationList(data); err == nil || strings.Contains(err.Error(), "crl version") {
+		return "crl"
+	}
+	return ""
 }
 
-func certInspect(args []string, stdout io.Writer) error {
-	if len(args) != 1 {
-		return usageError{"inspect needs one FILE"}
-	}
-	data, err := os.ReadFile(args[0])
-	if err != nil {
-		return err
-	}
-	if strings.Contains(string(data), "X509 CRL") {
-		crl, err := ssl.ParseCRL(data)
+func certParseCerts(data []byte) ([]*x509.Certificate, error) {
+	if !bytes.Contains(data, []byte("-----BEGIN")) {
+		c, err := x509.ParseCertificate(data)
 		if err != nil {
-			return fmt.Errorf("%s: %w", args[0], err)
+			return nil, err
 		}
-		fmt.Fprintf(stdout, "CRL issued by %s\n  number:      %v\n  this update: %s\n  next update: %s\n  revoked:     %d\n",
-			crl.Issuer, crl.Number, crl.ThisUpdate.UTC().Format(time.RFC3339), crl.NextUpdate.UTC().Format(time.RFC3339), len(crl.RevokedCertificateEntries))
-		for _, e := range crl.RevokedCertificateEntries {
-			fmt.Fprintf(stdout, "    %s  revoked %s\n", ssl.FormatSerial(e.SerialNumber), e.RevocationTime.UTC().Format(time.RFC3339))
-		}
-		return nil
+		return []*x509.Certificate{c}, nil
 	}
-	certs, err := pki.ParseCertsPEM(data)
-	if err != nil {
-		crl, cerr := ssl.ParseCRL(data) // a DER CRL?
-		if cerr != nil {
-			return fmt.Errorf("%s: %w", args[0], err)
-		}
-		fmt.Fprintf(stdout, "CRL issued by %s, number %v, %d revoked\n", crl.Issuer, crl.Number, len(crl.RevokedCertificateEntries))
-		return nil
-	}
+	return pki.ParseCertsPEM(data)
+}
+
+func certPrintCerts(w io.Writer, certs []*x509.Certificate, roots []*x509.Certificate) error {
 	now := time.Now()
 	for i, c := range certs {
 		role := "certificate"
 		switch {
-		case i == 0 && !c.IsCA:
-			role = "leaf"
-		case c.IsCA && c.CheckSignatureFrom(c) == nil:
+		case c.IsCA && certIsSelfSigned(c):
 			role = "root CA"
 		case c.IsCA:
 			role = "intermediate CA"
+		case i == 0:
+			role = "leaf"
 		}
-		fmt.Fprintf(stdout, "[%d] %s: %s\n", i, role, c.Subject)
-		fmt.Fprintf(stdout, "    issuer:   %s\n", c.Issuer)
-		fmt.Fprintf(stdout, "    serial:   %s\n", ssl.FormatSerial(c.SerialNumber))
-		fmt.Fprintf(stdout, "    valid:    %s to %s (%d days left)\n", c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339), int(c.NotAfter.Sub(now).Hours()/24))
+		fmt.Fprintf(w, "[%d] %s: %s\n", i, role, c.Subject)
+		fmt.Fprintf(w, "    issuer:   %s", c.Issuer)
+		switch {
+		case certIsSelfSigned(c):
+			fmt.Fprint(w, " (self-signed)")
+		case i+1 < len(certs) && c.CheckSignatureFrom(certs[i+1]) == nil:
+			fmt.Fprintf(w, " (signed by [%d])", i+1)
+		case i+1 < len(certs):
+			fmt.Fprintf(w, " (NOT signed by [%d]: the file's order or content is wrong)", i+1)
+		}
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "    serial:   %s\n", pki.FormatSerial(c.SerialNumber))
+		fmt.Fprintf(w, "    valid:    %s to %s (%s)\n", c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339), certDaysLeft(now, c))
 		if len(c.DNSNames) > 0 {
-			fmt.Fprintf(stdout, "    dns:      %s\n", strings.Join(c.DNSNames, ", "))
+			fmt.Fprintf(w, "    dns:      %s\n", strings.Join(c.DNSNames, ", "))
 		}
 		if len(c.IPAddresses) > 0 {
 			var ips []string
 			for _, ip := range c.IPAddresses {
 				ips = append(ips, ip.String())
 			}
-			fmt.Fprintf(stdout, "    ip:       %s\n", strings.Join(ips, ", "))
+			fmt.Fprintf(w, "    ip:       %s\n", strings.Join(ips, ", "))
 		}
 		for _, u := range c.URIs {
-			fmt.Fprintf(stdout, "    uri:      %s\n", u)
+			fmt.Fprintf(w, "    uri:      %s\n", u)
 		}
 		var usages []string
 		for _, u := range c.ExtKeyUsage {
@@ -462,15 +516,87 @@ func certInspect(args []string, stdout io.Writer) error {
 				usages = append(usages, "serverAuth")
 			case x509.ExtKeyUsageClientAuth:
 				usages = append(usages, "clientAuth")
+			case x509.ExtKeyUsageAny:
+				usages = append(usages, "any")
 			}
 		}
 		if len(usages) > 0 {
-			fmt.Fprintf(stdout, "    usage:    %s\n", strings.Join(usages, ", "))
+			fmt.Fprintf(w, "    usage:    %s\n", strings.Join(usages, ", "))
 		}
-		fmt.Fprintf(stdout, "    key:      %s\n", keyType(c))
-		fmt.Fprintf(stdout, "    pin:      %s\n", ssl.SPKIPin(c))
+		fmt.Fprintf(w, "    key:      %s\n", keyType(c))
+		fmt.Fprintf(w, "    pin:      %s\n", pki.SPKIPin(c))
 	}
+	if roots == nil {
+		return nil
+	}
+	pool, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, r := range roots {
+		pool.AddCert(r)
+	}
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	chains, err := certs[0].Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
+		return fmt.Errorf("inspect: [0] does not verify against --ca: %w", err)
+	}
+	var names []string
+	for _, c := range chains[0] {
+		names = append(names, fmt.Sprintf("%q", c.Subject.CommonName))
+	}
+	fmt.Fprintf(w, "verified against --ca: %s\n", strings.Join(names, " <- "))
 	return nil
+}
+
+func certDaysLeft(now time.Time, c *x509.Certificate) string {
+	switch {
+	case now.Before(c.NotBefore):
+		return "NOT YET VALID"
+	case now.After(c.NotAfter):
+		return fmt.Sprintf("EXPIRED %d days ago", int(now.Sub(c.NotAfter).Hours()/24))
+	}
+	return fmt.Sprintf("%d days left", int(c.NotAfter.Sub(now).Hours()/24))
+}
+
+func certIsSelfSigned(c *x509.Certificate) bool {
+	return bytes.Equal(c.RawIssuer, c.RawSubject) && c.CheckSignatureFrom(c) == nil
+}
+
+func certPrintCRL(w io.Writer, crl *x509.RevocationList, roots []*x509.Certificate) error {
+	fmt.Fprintf(w, "CRL (version 2) issued by %s\n", crl.Issuer)
+	number := "none"
+	if crl.Number != nil {
+		number = crl.Number.String()
+	}
+	fmt.Fprintf(w, "  number:      %s\n", number)
+	fmt.Fprintf(w, "  this update: %s\n", crl.ThisUpdate.UTC().Format(time.RFC3339))
+	if crl.NextUpdate.IsZero() {
+		fmt.Fprintf(w, "  next update: none\n")
+	} else {
+		stale := ""
+		if time.Now().After(crl.NextUpdate) {
+			stale = " (STALE: re-sign it with `cert revoke --ca-dir DIR`)"
+		}
+		fmt.Fprintf(w, "  next update: %s%s\n", crl.NextUpdate.UTC().Format(time.RFC3339), stale)
+	}
+	fmt.Fprintf(w, "  revoked:     %d\n", len(crl.RevokedCertificateEntries))
+	for _, e := range crl.RevokedCertificateEntries {
+		fmt.Fprintf(w, "    %s  revoked %s", pki.FormatSerial(e.SerialNumber), e.RevocationTime.UTC().Format(time.RFC3339))
+		if e.ReasonCode != 0 {
+			fmt.Fprintf(w, "  %s", pki.ReasonName(e.ReasonCode))
+		}
+		fmt.Fprintln(w)
+	}
+	if roots == nil {
+		return nil
+	}
+	for _, r := range roots {
+		if crl.CheckSignatureFrom(r) == nil {
+			fmt.Fprintf(w, "  signature:   verified against %q (--ca)\n", r.Subject.CommonName)
+			return nil
+		}
+	}
+	return errors.New("inspect: the CRL's signature does not verify against any certificate in --ca (wrong CA, or a CA key that was replaced)")
 }
 
 func keyType(c *x509.Certificate) string {

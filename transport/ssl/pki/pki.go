@@ -12,6 +12,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -265,52 +267,109 @@ func (c *Cert) Root() *x509.Certificate {
 	return c.Cert
 }
 
-// LoadCA reads a CA directory written by WriteCAFiles.
+// LoadCA reads a CA directory written by WriteCAFiles: ca.crt and its key
+// ca.key, which must match. For an intermediate it keeps the chain up to the
+// root from chain.crt (or, without chain.crt, from the certificates that
+// follow the first one in ca.crt).
 func LoadCA(dir string) (*Cert, error) {
-	certPEM, err := os.ReadFile(filepath.Join(dir, CACertFile))
-	if err != nil {
-		return nil, fmt.Errorf("load CA: %w (make one with `cert ca create --dir %s`)", err, dir)
+	certPath, keyPath, chainPath := filepath.Join(dir, CACertFile), filepath.Join(dir, CAKeyFile), filepath.Join(dir, CAChainFile)
+	certPEM, err := os.ReadFile(certPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("load CA: %s does not exist (is --ca-dir right? make a CA with `cert ca create --dir %s`)", certPath, dir)
 	}
-	keyPEM, err := os.ReadFile(filepath.Join(dir, CAKeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("load CA: %w", err)
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("load CA: %s does not exist: the CA's private key must sit beside %s to sign", keyPath, certPath)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load CA: %w", err)
 	}
 	certs, err := ParseCertsPEM(certPEM)
 	if err != nil {
-		return nil, fmt.Errorf("load CA %s: %w", filepath.Join(dir, CACertFile), err)
+		return nil, fmt.Errorf("load CA %s: %w", certPath, err)
 	}
-	block, _ := pem.Decode(keyPEM)
-	if block == nil {
-		return nil, fmt.Errorf("load CA: %s holds no PEM key", filepath.Join(dir, CAKeyFile))
-	}
-	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	signer, err := parseKeyPEM(keyPEM)
 	if err != nil {
-		if ek, err2 := x509.ParseECPrivateKey(block.Bytes); err2 == nil {
-			k = ek
-		} else {
-			return nil, fmt.Errorf("load CA key %s: %w", filepath.Join(dir, CAKeyFile), err)
-		}
-	}
-	signer, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, fmt.Errorf("load CA key %s: not a signing key", filepath.Join(dir, CAKeyFile))
+		// Only the file name: never the key's bytes.
+		return nil, fmt.Errorf("load CA key %s: %w", keyPath, err)
 	}
 	ca := &Cert{Cert: certs[0], Key: signer}
 	if !ca.Cert.IsCA {
-		return nil, fmt.Errorf("load CA: %s is not a CA certificate", filepath.Join(dir, CACertFile))
+		return nil, fmt.Errorf("load CA: %s (%q) is not a CA certificate (basic constraints CA:FALSE)", certPath, ca.Cert.Subject.CommonName)
 	}
 	if pub, ok := signer.Public().(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(ca.Cert.PublicKey) {
-		return nil, fmt.Errorf("load CA: %s does not match %s", filepath.Join(dir, CAKeyFile), filepath.Join(dir, CACertFile))
+		return nil, fmt.Errorf("load CA: %s does not match %s (the key belongs to another certificate)", keyPath, certPath)
 	}
-	if chainPEM, err := os.ReadFile(filepath.Join(dir, CAChainFile)); err == nil {
-		chain, err := ParseCertsPEM(chainPEM)
-		if err != nil || len(chain) < 2 {
-			return nil, fmt.Errorf("load CA chain %s: want the intermediate, its parents and the root", filepath.Join(dir, CAChainFile))
+	chain := certs
+	if chainPEM, err := os.ReadFile(chainPath); err == nil {
+		if chain, err = ParseCertsPEM(chainPEM); err != nil {
+			return nil, fmt.Errorf("load CA chain %s: %w", chainPath, err)
+		}
+		if len(chain) < 2 || !chain[0].Equal(ca.Cert) {
+			return nil, fmt.Errorf("load CA chain %s: want %s's certificate first, then its parents, the root last", chainPath, certPath)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("load CA chain: %w", err)
+	}
+	if len(chain) > 1 {
+		for i := 0; i+1 < len(chain); i++ {
+			if err := chain[i].CheckSignatureFrom(chain[i+1]); err != nil {
+				return nil, fmt.Errorf("load CA chain in %s: %q is not signed by the next certificate %q: %w", dir, chain[i].Subject.CommonName, chain[i+1].Subject.CommonName, err)
+			}
 		}
 		ca.Chain = chain[1 : len(chain)-1]
 		ca.root = chain[len(chain)-1]
 	}
 	return ca, nil
+}
+
+// parseKeyPEM reads a PKCS#8, SEC 1 (EC) or PKCS#1 (RSA) private key.
+func parseKeyPEM(data []byte) (crypto.Signer, error) {
+	var block *pem.Block
+	for {
+		block, data = pem.Decode(data)
+		if block == nil {
+			return nil, errors.New("no PEM private key found")
+		}
+		if strings.HasSuffix(block.Type, "PRIVATE KEY") {
+			break
+		}
+	}
+	var (
+		k   any
+		err error
+	)
+	switch block.Type {
+	case "EC PRIVATE KEY":
+		k, err = x509.ParseECPrivateKey(block.Bytes)
+	case "RSA PRIVATE KEY":
+		k, err = x509.ParsePKCS1PrivateKey(block.Bytes)
+	case "ENCRYPTED PRIVATE KEY":
+		return nil, errors.New("the key is encrypted; decrypt it first (openssl pkey -in KEY -out KEY.plain) and keep the result 0600")
+	default:
+		k, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("parse %s: %w", block.Type, err)
+	}
+	signer, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("%T is not a signing key", k)
+	}
+	return signer, nil
+}
+
+// SPKIPin is "sha256:" and the standard base64 of the SHA-256 of the
+// certificate's DER SubjectPublicKeyInfo, the form `allow` rules take. It
+// is what `openssl x509 -pubkey -noout | openssl pkey -pubin -outform DER |
+// openssl dgst -sha256 -binary | base64` prints, and survives renewal with
+// the same key.
+func SPKIPin(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
+	return "sha256:" + base64.StdEncoding.EncodeToString(sum[:])
 }
 
 // WriteCAFiles writes the CA into dir (created 0700): ca.crt, ca.key
@@ -319,8 +378,8 @@ func (c *Cert) WriteCAFiles(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("write CA: %w", err)
 	}
-	for _, name := range []string{CACertFile, CAKeyFile} {
-		if _, err := os.Stat(filepath.Join(dir, name)); err == nil {
+	for _, name := range []string{CACertFile, CAKeyFile, CAChainFile} {
+		if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
 			return fmt.Errorf("write CA: %s already exists; a CA is never overwritten (choose another directory)", filepath.Join(dir, name))
 		}
 	}
