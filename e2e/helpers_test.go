@@ -492,16 +492,24 @@ func echo(c net.Conn) {
 // startEcho is an echo target.
 func startEcho(t testing.TB) string { return startTarget(t, echo) }
 
-// refusedAddr is a loopback address where nothing listens.
+// refusedAddr is a loopback address where nothing listens, for the test's
+// whole life: the port is bound by a socket that never listens, so a
+// parallel test cannot take it over and connections to it are refused.
 func refusedAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }
 
 // dial connects to addr with a deadline on the whole connection; the
