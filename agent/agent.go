@@ -142,7 +142,12 @@ func classWindow(class string) uint32 {
 // TCP_NOTSENT_LOWAT so its messages never queue behind kilobytes of its own
 // unsent data in the kernel.
 func tunnelSockopts(st sessionSettings, class string) sockopt.Options {
-	o := sockopt.Options{KeepAlive: 15 * time.Second, UserTimeout: st.DeadAfter, DSCP: st.DSCP}
+	// TCP_USER_TIMEOUT is the backstop behind our own liveness (dead_after
+	// without a byte), not a second, stricter one: on a slow link with a
+	// deep queue our data can legitimately wait unacknowledged for seconds,
+	// and a zero-window peer counts too (an e2e run with dead_after = 3s
+	// over a 2 Mbit/s relay lost its session to a 3 s user timeout).
+	o := sockopt.Options{KeepAlive: 15 * time.Second, UserTimeout: max(2*st.DeadAfter, time.Minute), DSCP: st.DSCP}
 	if class == classControl {
 		o.NotSentLowat = 16 * 1024
 	}
