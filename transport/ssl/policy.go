@@ -4,13 +4,14 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
 	"os"
 	"sync/atomic"
 	"time"
+
+	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
 
 // PolicySpec names the files and choices a Policy is built from.
@@ -77,26 +78,9 @@ func loadCRLFile(file string) (*CRL, error) {
 	return c, nil
 }
 
-// ParseCRL reads a PEM or DER CRL. Version 1 CRLs are refused with the way
-// to make a version 2 one: Go's parser does not read v1, and a v2 CRL
-// carries the authority key identifier that ties it to its CA.
-func ParseCRL(data []byte) (*x509.RevocationList, error) {
-	der := data
-	if block, _ := pem.Decode(data); block != nil {
-		if block.Type != "X509 CRL" {
-			return nil, fmt.Errorf("PEM block is %q, want \"X509 CRL\"", block.Type)
-		}
-		der = block.Bytes
-	}
-	list, err := x509.ParseRevocationList(der)
-	if err != nil {
-		if bytes.Contains([]byte(err.Error()), []byte("unsupported crl version")) {
-			return nil, errors.New("version 1 CRL: produce a version 2 CRL (`cert revoke` writes one; with `openssl ca -gencrl` set crl_extensions with authorityKeyIdentifier=keyid:always in openssl.cnf)")
-		}
-		return nil, err
-	}
-	return list, nil
-}
+// ParseCRL reads a PEM or DER CRL; version 1 CRLs are refused with how to
+// make a version 2 one (see pki.LoadCRL, which `cert` uses too).
+func ParseCRL(data []byte) (*x509.RevocationList, error) { return pki.LoadCRL(data) }
 
 // Stale reports whether the CRL is past its nextUpdate at now.
 func (c *CRL) Stale(now time.Time) bool {
@@ -127,20 +111,7 @@ func (p *Policy) checkRevocation(chain []*x509.Certificate, now time.Time) error
 }
 
 // FormatSerial prints a serial number as colon-separated hex, as `cert inspect` and openssl do.
-func FormatSerial(n *big.Int) string {
-	b := n.Bytes()
-	if len(b) == 0 {
-		return "00"
-	}
-	var buf bytes.Buffer
-	for i, x := range b {
-		if i > 0 {
-			buf.WriteByte(':')
-		}
-		fmt.Fprintf(&buf, "%02X", x)
-	}
-	return buf.String()
-}
+func FormatSerial(n *big.Int) string { return pki.FormatSerial(n) }
 
 // Recheck runs the checks of a handshake again on an existing peer's
 // identity, against this policy: after a reload, sessions whose peer no

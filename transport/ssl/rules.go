@@ -8,6 +8,8 @@ import (
 	"path"
 	"slices"
 	"strings"
+
+	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
 
 // A Rule is one entry of an `allow` (or the client's `verify`) list. Forms:
@@ -158,7 +160,4 @@ func (r Rule) Match(id Identity) bool {
 
 // SPKIPin is "sha256:" and the base64 SHA-256 of the certificate's
 // SubjectPublicKeyInfo: it survives renewal with the same key.
-func SPKIPin(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.RawSubjectPublicKeyInfo)
-	return "sha256:" + base64.StdEncoding.EncodeToString(sum[:])
-}
+func SPKIPin(c *x509.Certificate) string { return pki.SPKIPin(c) }
