@@ -219,8 +219,8 @@ func (s *Session) watch() {
 	tick := time.NewTicker(s.cfg.PingAfter / 4)
 	defer tick.Stop()
 	var (
-		pinging  atomic.Bool
-		lastPing time.Time
+		outstanding atomic.Int32
+		lastPing    time.Time
 	)
 	for {
 		select {
@@ -233,14 +233,18 @@ func (s *Session) watch() {
 			s.finish(fmt.Errorf("peer silent for %s (dead after %s)", quiet.Round(time.Second), s.cfg.DeadAfter))
 			return
 		}
-		if time.Since(lastPing) < s.cfg.PingAfter || !pinging.CompareAndSwap(false, true) {
+		// A ping goes out every PingAfter whether or not the last one was
+		// answered: while we receive a bulk upload our pings are the only
+		// bytes the peer gets from us, and its replies may sit behind that
+		// upload for longer than dead_after. Each Ping blocks until its
+		// reply or ConnectionWriteTimeout, so a few may be in flight.
+		if time.Since(lastPing) < s.cfg.PingAfter || outstanding.Load() >= maxOutstandingPings {
 			continue
 		}
 		lastPing = time.Now()
-		// Ping blocks until the reply or ConnectionWriteTimeout, so it
-		// runs aside, one at a time.
+		outstanding.Add(1)
 		if !s.spawn(func() {
-			defer pinging.Store(false)
+			defer outstanding.Add(-1)
 			if rtt, err := s.y.Ping(); err == nil && s.cfg.OnPing != nil {
 				s.cfg.OnPing(rtt)
 			}
@@ -249,6 +253,10 @@ func (s *Session) watch() {
 		}
 	}
 }
+
+// maxOutstandingPings bounds the pings awaiting a reply (each holds a
+// goroutine for at most ConnectionWriteTimeout).
+const maxOutstandingPings = 4
 
 // finish closes the session once, remembering why.
 func (s *Session) finish(reason error) {
