@@ -68,7 +68,7 @@ service "sink" {
 }
 `, portA, sinkLn.Addr().String())))
 	srvAddr := srv.must(reServerListening)
-	relay, err := emu.Relay("127.0.0.1:0", srvAddr)
+	relay, err := emu.Relay(srvAddr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,7 @@
 // whose connections all cross ONE emulated link, like a WAN path between
 // two hosts. Each direction of the link has one rate cap, one FIFO
 // bottleneck queue and one delay line, shared by every connection relayed
-// through the Emulator (a per-connection cap would hide exactly the
+// through the Link (a per-connection cap would hide exactly the
 // head-of-line effects worth measuring).
 //
 // TCP cannot lose data, so a full bottleneck queue does not drop: it stops
@@ -10,9 +10,9 @@
 // sees as a slow network. Segments are forwarded whole and in order; the
 // emulator adds no randomness, so two runs of the same traffic behave alike.
 //
-//	em := linkemu.New(linkemu.Config{RateBitsPerSec: 10e6, OneWayDelay: 20 * time.Millisecond})
-//	defer em.Close()
-//	addr, err := em.Relay("127.0.0.1:0", serverAddr) // dial addr instead of serverAddr
+//	l := linkemu.New(linkemu.Config{RateBitsPerSec: 10e6, OneWayDelay: 20 * time.Millisecond})
+//	defer l.Close()
+//	addr, err := l.Relay(serverAddr) // dial addr instead of serverAddr
 package linkemu
 
 import (
@@ -22,7 +22,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -78,10 +77,10 @@ func (c Config) withDefaults() Config {
 }
 
 // ErrClosed is returned by Relay after Close.
-var ErrClosed = errors.New("linkemu: emulator closed")
+var ErrClosed = errors.New("linkemu: link closed")
 
-// Emulator is one emulated link and the relays that share it.
-type Emulator struct {
+// Link is one emulated link and the relays that share it.
+type Link struct {
 	cfg    Config
 	up     *link // from the side that dials the relay towards the target
 	down   *link // back
@@ -97,13 +96,13 @@ type Emulator struct {
 
 // New starts an emulated link. It panics if cfg.RateBitsPerSec is not
 // positive: a link without a rate is a configuration mistake.
-func New(cfg Config) *Emulator {
+func New(cfg Config) *Link {
 	if !(cfg.RateBitsPerSec > 0) {
 		panic("linkemu: RateBitsPerSec must be > 0")
 	}
 	cfg = cfg.withDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &Emulator{cfg: cfg, ctx: ctx, cancel: cancel, pairs: map[*pair]struct{}{}}
+	e := &Link{cfg: cfg, ctx: ctx, cancel: cancel, pairs: map[*pair]struct{}{}}
 	e.up = newLink(cfg)
 	e.down = newLink(cfg)
 	e.wg.Go(func() { e.up.serialize(ctx) })
@@ -111,15 +110,22 @@ func New(cfg Config) *Emulator {
 	return e
 }
 
-// Config is the emulator's configuration with defaults filled in.
-func (e *Emulator) Config() Config { return e.cfg }
+// Config is the link's configuration with defaults filled in.
+func (e *Link) Config() Config { return e.cfg }
 
-// Relay listens on listenAddr and relays every accepted connection to
-// targetAddr across the emulated link. It returns the bound address.
-// Every relay of one Emulator shares the same link.
-func (e *Emulator) Relay(listenAddr, targetAddr string) (string, error) {
+// Relay listens on a new loopback port and relays every accepted
+// connection to target across the emulated link; it returns the address to
+// dial instead of target. Every relay of one Link shares the same link:
+// one rate cap, one bottleneck queue and one delay line per direction.
+func (e *Link) Relay(target string) (addr string, err error) {
+	listen := "127.0.0.1:0"
+	if host, _, err := net.SplitHostPort(target); err == nil {
+		if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+			listen = "[::1]:0"
+		}
+	}
 	lc := net.ListenConfig{Control: e.control}
-	ln, err := lc.Listen(e.ctx, "tcp", listenAddr)
+	ln, err := lc.Listen(e.ctx, "tcp", listen)
 	if err != nil {
 		return "", fmt.Errorf("linkemu: listen: %w", err)
 	}
@@ -131,13 +137,13 @@ func (e *Emulator) Relay(listenAddr, targetAddr string) (string, error) {
 	}
 	e.lns = append(e.lns, ln)
 	e.mu.Unlock()
-	e.wg.Go(func() { e.accept(ln, targetAddr) })
+	e.wg.Go(func() { e.accept(ln, target) })
 	return ln.Addr().String(), nil
 }
 
 // Close stops every relay, closes every relayed connection and waits for
-// all of the emulator's goroutines.
-func (e *Emulator) Close() error {
+// all of the link's goroutines.
+func (e *Link) Close() error {
 	e.mu.Lock()
 	e.closed = true
 	lns := e.lns
@@ -160,23 +166,7 @@ func (e *Emulator) Close() error {
 	return nil
 }
 
-// control sets the relay sockets' receive buffer before they connect
-// (accepted sockets inherit the listener's).
-func (e *Emulator) control(_, _ string, rc syscall.RawConn) error {
-	if e.cfg.SocketBuffer < 0 {
-		return nil
-	}
-	var serr error
-	err := rc.Control(func(fd uintptr) {
-		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, e.cfg.SocketBuffer)
-	})
-	if err != nil {
-		return err
-	}
-	return serr
-}
-
-func (e *Emulator) accept(ln net.Listener, target string) {
+func (e *Link) accept(ln net.Listener, target string) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -199,7 +189,7 @@ func (e *Emulator) accept(ln net.Listener, target string) {
 	}
 }
 
-func (e *Emulator) serve(a net.Conn, target string) {
+func (e *Link) serve(a net.Conn, target string) {
 	d := net.Dialer{Timeout: e.cfg.DialTimeout, Control: e.control}
 	b, err := d.DialContext(e.ctx, "tcp", target)
 	if err != nil {
@@ -240,7 +230,7 @@ func (e *Emulator) serve(a net.Conn, target string) {
 }
 
 // read takes segments from src and queues them on the link.
-func (e *Emulator) read(p *pair, src net.Conn, f *flow, l *link) {
+func (e *Link) read(p *pair, src net.Conn, f *flow, l *link) {
 	size := e.cfg.SegmentBytes
 	for {
 		buf := make([]byte, size)
@@ -262,7 +252,7 @@ func (e *Emulator) read(p *pair, src net.Conn, f *flow, l *link) {
 }
 
 // deliver writes a flow's segments to its destination when they arrive.
-func (e *Emulator) deliver(p *pair, f *flow) {
+func (e *Link) deliver(p *pair, f *flow) {
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
 	for {

@@ -151,7 +151,7 @@ func TestSingleStreamGetsTheRate(t *testing.T) {
 	em := New(Config{RateBitsPerSec: rate, OneWayDelay: 10 * time.Millisecond})
 	defer em.Close()
 	sink, counts := sinkServer(t)
-	addr, err := em.Relay("127.0.0.1:0", sink)
+	addr, err := em.Relay(sink)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,11 +175,11 @@ func TestStreamsShareTheRate(t *testing.T) {
 	defer em.Close()
 	sink, counts := sinkServer(t)
 	// Two relays on one emulator still share one link.
-	a1, err := em.Relay("127.0.0.1:0", sink)
+	a1, err := em.Relay(sink)
 	if err != nil {
 		t.Fatal(err)
 	}
-	a2, err := em.Relay("127.0.0.1:0", sink)
+	a2, err := em.Relay(sink)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func TestDelayAddsRoundTrip(t *testing.T) {
 	const oneWay = 25 * time.Millisecond
 	em := New(Config{RateBitsPerSec: 100e6, OneWayDelay: oneWay})
 	defer em.Close()
-	addr, err := em.Relay("127.0.0.1:0", echoServer(t))
+	addr, err := em.Relay(echoServer(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,7 +245,7 @@ func TestHalfCloseAndBackPressure(t *testing.T) {
 	em := New(Config{RateBitsPerSec: 20e6, OneWayDelay: 2 * time.Millisecond, QueueBytes: 3000})
 	defer em.Close()
 	sink, _ := sinkServer(t)
-	addr, err := em.Relay("127.0.0.1:0", sink)
+	addr, err := em.Relay(sink)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +257,7 @@ func TestHalfCloseAndBackPressure(t *testing.T) {
 func TestCloseStopsEverything(t *testing.T) {
 	em := New(Config{RateBitsPerSec: 1e6, OneWayDelay: 50 * time.Millisecond})
 	sink, _ := sinkServer(t)
-	addr, err := em.Relay("127.0.0.1:0", sink)
+	addr, err := em.Relay(sink)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,7 +288,7 @@ func TestCloseStopsEverything(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the sender was not released by Close")
 	}
-	if _, err := em.Relay("127.0.0.1:0", sink); err == nil {
+	if _, err := em.Relay(sink); err == nil {
 		t.Error("Relay after Close succeeded")
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package tunnelbench
 
 import (
 	"bytes"
@@ -252,7 +252,7 @@ func pingPong(dial dialer, n, size int, deadline time.Time) ([]time.Duration, er
 	_ = c.SetDeadline(deadline.Add(30 * time.Second))
 	msg := make([]byte, size)
 	got := make([]byte, size)
-	rtts := make([]time.Duration, 0, n)
+	rtts := make([]time.Duration, 0, min(n, 1<<16))
 	for i := 0; i < n && time.Now().Before(deadline); i++ {
 		binary.BigEndian.PutUint64(msg, uint64(i))
 		msg[size-1] = byte(i)
@@ -272,9 +272,10 @@ func pingPong(dial dialer, n, size int, deadline time.Time) ([]time.Duration, er
 	return rtts, nil
 }
 
-// underLoad measures ping-pong round trips while load bulk streams push
-// through bulkDial; the bulk data is verified too.
-func underLoad(bulkDial, pingDial dialer, load, n int, warm, limit time.Duration) (rtts []time.Duration, bulkBytes int64, err error) {
+// underLoad measures 64-byte ping-pong round trips for d while load bulk
+// streams push through bulkDial (started warm earlier); the bulk data is
+// verified too.
+func underLoad(bulkDial, pingDial dialer, load int, d, warm time.Duration) (rtts []time.Duration, bulkBytes int64, err error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	res := make([]bulkResult, load)
@@ -283,7 +284,7 @@ func underLoad(bulkDial, pingDial dialer, load, n int, warm, limit time.Duration
 		wg.Go(func() { res[i] = bulk(ctx, bulkDial, 60*time.Second) })
 	}
 	time.Sleep(warm)
-	rtts, err = pingPong(pingDial, n, 64, time.Now().Add(limit))
+	rtts, err = pingPong(pingDial, 10_000_000, 64, time.Now().Add(d))
 	cancel()
 	wg.Wait()
 	for _, r := range res {

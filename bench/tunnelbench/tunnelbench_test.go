@@ -1,10 +1,7 @@
-package main
+package tunnelbench
 
 import (
 	"bytes"
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 )
@@ -48,29 +45,6 @@ func TestRowTargets(t *testing.T) {
 	} {
 		if got := c.r.pass(); got != c.want {
 			t.Errorf("%+v: %q, want %q", c.r, got, c.want)
-		}
-	}
-}
-
-// TestSmoke runs the quick benchmark end to end: it builds the agents and
-// takes about a minute, so only when asked (TUNNEL_BENCH_SMOKE=1) and never
-// in -short mode.
-func TestSmoke(t *testing.T) {
-	if testing.Short() || os.Getenv("TUNNEL_BENCH_SMOKE") == "" {
-		t.Skip("set TUNNEL_BENCH_SMOKE=1 to run the quick benchmark end to end")
-	}
-	out := filepath.Join(t.TempDir(), "report.md")
-	var stdout, stderr bytes.Buffer
-	if code := Main([]string{"-quick", "-idle", "200", "-out", out}, &stdout, &stderr); code != 0 {
-		t.Fatalf("exit %d\n%s\n%s", code, stdout.String(), stderr.String())
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{"throughput, 1 stream", "connections/s", "RSS per idle stream", "Session stayed up"} {
-		if !strings.Contains(string(b), want) {
-			t.Errorf("report lacks %q:\n%s", want, b)
 		}
 	}
 }

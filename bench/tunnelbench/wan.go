@@ -1,0 +1,162 @@
+package tunnelbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/tunnelworks/tunnel/bench/linkemu"
+)
+
+// wanResult is one run of a bulk transfer and a ping-pong across the link.
+type wanResult struct {
+	path           string
+	p50, p99, pmax time.Duration
+	pings          int
+	bulkMbps       float64
+	sessionUp      string
+	target, pass   string // only where a target applies
+	err            error
+}
+
+// wanRun pushes one bulk stream through bulkDial for d while a 64-byte
+// ping-pong runs through pingDial (from warm after the start of the bulk
+// transfer until its end).
+func wanRun(bulkDial, pingDial dialer, d, warm time.Duration) wanResult {
+	var r wanResult
+	// One round trip first: opens the ping stream before the link is busy.
+	if _, err := pingPong(pingDial, 1, 64, time.Now().Add(10*time.Second)); err != nil {
+		r.err = fmt.Errorf("first ping: %w", err)
+		return r
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	done := make(chan bulkResult, 1)
+	go func() { done <- bulk(ctx, bulkDial, 2*time.Minute) }()
+	time.Sleep(warm)
+	rtts, perr := pingPong(pingDial, 1_000_000, 64, time.Now().Add(d-warm))
+	b := <-done
+	switch {
+	case perr != nil:
+		r.err = fmt.Errorf("ping-pong: %w", perr)
+	case b.err != nil:
+		r.err = fmt.Errorf("bulk: %w", b.err)
+	}
+	r.pings = len(rtts)
+	if len(rtts) > 0 {
+		r.p50, r.p99, r.pmax = percentile(rtts, 0.5), percentile(rtts, 0.99), percentile(rtts, 1)
+	}
+	if b.elapsed > 0 {
+		r.bulkMbps = float64(b.bytes) * 8 / b.elapsed.Seconds() / 1e6
+	}
+	return r
+}
+
+// wanPath is one way of carrying the bulk transfer and the ping-pong
+// across the link.
+type wanPath struct {
+	name      string
+	pingClass string // "" = plain TCP, no tunnel
+	sessions  int    // tunnel sessions the client holds
+}
+
+var wanPaths = []wanPath{
+	{name: "tunnel, ping forward class = control (2 sessions)", pingClass: "control", sessions: 2},
+	{name: "tunnel, both forwards class = bulk (1 session)", pingClass: "bulk", sessions: 1},
+	{name: "direct TCP, 2 connections (the floor)"},
+}
+
+// runWAN runs a bulk transfer and a ping-pong together across a linkemu
+// link (40 ms round trip) at 10 and then 2 Mbit/s, three ways: the tunnel
+// with the ping on a control-class forward (its own session), the tunnel
+// with both forwards in the bulk class (one session: the baseline the
+// classes replace), and two plain TCP connections through the same link
+// (the floor). Each run gets a fresh link and fresh agents.
+func runWAN(ctx context.Context, w *workspace, o options, report *strings.Builder, logf func(string, ...any)) error {
+	tg, err := startTargets()
+	if err != nil {
+		return err
+	}
+	defer tg.close()
+	warm := min(2*time.Second, o.wanDur/4)
+	const oneWay = 20 * time.Millisecond
+	target := 2*(2*oneWay) + 20*time.Millisecond
+	var results []wanResult
+	for _, rate := range []float64{10e6, 2e6} {
+		label := fmt.Sprintf("%g Mbit/s", rate/1e6)
+		for _, p := range wanPaths {
+			if ctx.Err() != nil {
+				break
+			}
+			logf("wan %s: %s", label, p.name)
+			r := wanPathRun(w, tg, rate, oneWay, p, o.wanDur, warm)
+			r.path = label + ", " + p.name
+			if rate == 10e6 && p.pingClass == "control" {
+				r.target = fmt.Sprintf("p99 ≤ %v", target)
+				r.pass = "FAIL"
+				if r.err == nil && r.p99 <= target {
+					r.pass = "ok"
+				}
+			}
+			results = append(results, r)
+		}
+	}
+
+	fmt.Fprintf(report, "## WAN: through the link emulator (bench/linkemu)\n\n")
+	fmt.Fprintf(report, "One shared link per run, %v round trip, FIFO bottleneck queue of one bandwidth-delay product per direction, fresh agents each run. "+
+		"One bulk stream to the sink for %s; a 64-byte ping-pong to the echo target on another connection from %s after its start until its end. "+
+		"Bulk goodput counts every verified byte over the time to the sink's answer (including the drain after the %s).\n\n", 2*oneWay, o.wanDur, warm, o.wanDur)
+	report.WriteString("| link, path | ping p50 | ping p99 | ping max | pings | bulk goodput Mbit/s | session stayed up | target | result | error |\n")
+	report.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- |\n")
+	var firstErr error
+	for _, r := range results {
+		e := ""
+		if r.err != nil {
+			e = r.err.Error()
+			if firstErr == nil {
+				firstErr = fmt.Errorf("%s: %w", r.path, r.err)
+			}
+		}
+		fmt.Fprintf(report, "| %s | %s | %s | %s | %d | %.2f | %s | %s | %s | %s |\n", r.path, ms(r.p50), ms(r.p99), ms(r.pmax), r.pings, r.bulkMbps, r.sessionUp, r.target, r.pass, e)
+	}
+	report.WriteString("\n")
+	return firstErr
+}
+
+// wanPathRun is one run on a fresh link: the floor (two plain TCP
+// connections through the link) or the tunnel, whose client dials the
+// server through the link.
+func wanPathRun(w *workspace, tg *targets, rate float64, oneWay time.Duration, p wanPath, d, warm time.Duration) wanResult {
+	l := linkemu.New(linkemu.Config{RateBitsPerSec: rate, OneWayDelay: oneWay})
+	defer l.Close()
+	if p.pingClass == "" {
+		sinkR, err1 := l.Relay(tg.sink)
+		echoR, err2 := l.Relay(tg.echo)
+		if err := errors.Join(err1, err2); err != nil {
+			return wanResult{err: fmt.Errorf("relay: %w", err)}
+		}
+		r := wanRun(tcpDialer(sinkR), tcpDialer(echoR), d, warm)
+		r.sessionUp = "—"
+		return r
+	}
+	tun, err := w.startTunnel(fmt.Sprintf("wan-%g-%s", rate/1e6, p.pingClass), map[string]string{"sink": tg.sink, "echo": tg.echo},
+		[]forwardSpec{
+			{name: "bulk", service: "sink", class: "bulk"},
+			{name: "ping", service: "echo", class: p.pingClass},
+		}, p.sessions, l.Relay)
+	if err != nil {
+		return wanResult{err: err}
+	}
+	defer tun.stop()
+	r := wanRun(tcpDialer(tun.forwards["bulk"]), tcpDialer(tun.forwards["ping"]), d, warm)
+	lost := reReconnect.FindAllString(tun.client.log.String(), -1)
+	r.sessionUp = "yes"
+	if len(lost) > 0 {
+		r.sessionUp = fmt.Sprintf("NO: %d lines like %q", len(lost), strings.TrimSpace(lost[0]))
+	}
+	return r
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond)) }
