@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -274,16 +275,30 @@ func (c *Client) Reload() error {
 
 func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.Conn) {
 	k := c.keeperFor(f.Class)
-	sess, err := k.current.wait(ctx, c.cfg().SessionWait)
-	if err != nil {
-		c.limited.Warn("no-session:"+f.Name, "connection refused: no session to the server", "forward", f.Name, "local", local.RemoteAddr().String(), "error", err)
-		forward.Reset(local)
-		return
+	deadline := time.Now().Add(c.cfg().SessionWait)
+	var (
+		sess   *mux.Session
+		stream *mux.Stream
+		err    error
+	)
+	for {
+		sess, err = k.current.wait(ctx, max(time.Until(deadline), time.Millisecond))
+		if err != nil {
+			c.limited.Warn("no-session:"+f.Name, "connection refused: no session to the server", "forward", f.Name, "local", local.RemoteAddr().String(), "error", err)
+			forward.Reset(local)
+			return
+		}
+		if sess.Opened() >= rotateAfter {
+			k.rotate()
+		}
+		stream, err = sess.Open(ctx, f.Service, local.RemoteAddr().String())
+		if !errors.Is(err, mux.ErrDraining) {
+			break
+		}
+		// The server drains this session: wait for the keeper's next one
+		// (nothing was sent yet, so the connection loses nothing).
+		k.current.clear(sess)
 	}
-	if sess.Opened() >= rotateAfter {
-		k.rotate()
-	}
-	stream, err := sess.Open(ctx, f.Service, local.RemoteAddr().String())
 	if err != nil {
 		c.log.Warn("connection refused: cannot open stream", "forward", f.Name, "error", err)
 		forward.Reset(local)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -84,23 +85,35 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 				pipeAndLog(ctx, log, c.metrics, "service", service, serviceIdle(c.cfg().Services, service), stream, target)
 			})
 		})
+		reason := ""
 		select {
 		case err = <-ended:
 		case <-k.rotateC:
+			reason = "rotated"
+			log.Info("rotating session", "class", k.class, "streams_opened", sess.Opened())
+		case <-sess.PeerDraining():
+			// The server is stopping or restarting: its streams in flight
+			// finish on the old session while new connections go to a new
+			// one (a restarted server, or the next in the list) at once,
+			// instead of being refused until the drain ends.
+			reason = "server draining"
+			log.Info("server is draining; connecting a new session", "class", k.class, "streams", sess.NumStreams())
+		}
+		if reason != "" {
 			// A new session first, then the old one drains in the
 			// background: streams in flight finish, new ones go to the new.
-			log.Info("rotating session", "class", k.class, "streams_opened", sess.Opened())
 			old := sess
+			k.current.clear(old)
 			c.metrics.Sessions.WithLabelValues(k.class).Dec()
-			c.metrics.SessionsEnded.WithLabelValues(k.class, "rotated").Inc()
+			c.metrics.SessionsEnded.WithLabelValues(k.class, strings.ReplaceAll(reason, " ", "_")).Inc()
 			serving.Go(func() {
 				dctx, cancel := context.WithTimeout(streamCtx, c.cfg().DrainTimeout)
 				defer cancel()
 				_ = old.Drain(dctx)
-				old.CloseWithReason(errors.New("rotated"))
+				old.CloseWithReason(errors.New(reason))
 				<-ended
 			})
-			attempt-- // the same server
+			attempt-- // the same server: a restart comes back on it
 			continue
 		}
 		k.current.clear(sess)

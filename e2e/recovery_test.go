@@ -327,3 +327,55 @@ func isTimeout(err error) bool {
 	ne, ok := err.(net.Error)
 	return ok && ne.Timeout()
 }
+
+// A graceful server restart: the old server drains (a long stream keeps it
+// draining) while a new one already listens on the port. New local
+// connections in that window reach the new server instead of being refused,
+// and the long stream finishes on the old one.
+func TestGracefulServerRestartKeepsAcceptingStreams(t *testing.T) {
+	t.Parallel()
+	p := newPKI(t)
+	services := []svc{{name: "echo", target: startEcho(t), allow: []string{"client-a"}}}
+	text := serverHCL(p.serverCert, p.serverKey, p.caFile, "drain_timeout = \"20s\"\n", services, nil)
+	srv := startServer(t, text)
+	cert, key := p.clientCert(t, "client-a", pki.Options{})
+	cli := startClient(t, clientHCL(srv.addr, cert, key, p.caFile, "", []fwd{{name: "echo", service: "echo"}}, nil), 1)
+	cli.waitLine(t, "session up:")
+	long := dial(t, cli.forwards["echo"], time.Minute)
+	if _, err := long.Write([]byte("hold")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(long, make([]byte, 4)); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	srv.waitLine(t, "stopping: draining streams")
+	cli.waitLine(t, "server is draining; connecting a new session")
+	srv2 := startServer(t, strings.Replace(text, `listen = "127.0.0.1:0"`, `listen = "`+srv.addr+`"`, 1))
+	// New connections from the moment the old server drains: each waits
+	// for the new session (session_wait) rather than being reset.
+	for i := range 5 {
+		if err := oneStream(cli.forwards["echo"], i); err != nil {
+			t.Errorf("new connection %d while the old server drains: %v", i, err)
+		}
+	}
+	if n := len(cli.allMatches(reSessionUp)); n != 2 {
+		t.Errorf("client logged %d sessions up, want 2 (old and new)", n)
+	}
+	// The long stream is still on the draining server, and still works.
+	if _, err := long.Write([]byte("more")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(long, make([]byte, 4)); err != nil {
+		t.Fatalf("stream on the draining server: %v", err)
+	}
+	long.Close()
+	srv.wait(t)
+	if l, ok := srv.findLine("drain cut short"); ok {
+		t.Errorf("old server cut its drain short: %s", l)
+	}
+	cli.stop(t)
+	srv2.stop(t)
+}

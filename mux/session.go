@@ -123,6 +123,12 @@ type Session struct {
 	opened   atomic.Uint64
 	draining atomic.Bool
 
+	// peerDraining is closed when the peer says it is draining (its
+	// notice on the control stream, or yamux's GoAway on an open): the
+	// peer's owner should move new streams to a new session at once.
+	peerDraining     chan struct{}
+	peerDrainingOnce sync.Once
+
 	ctlMu   sync.Mutex
 	ctl     *yamux.Stream // ours: we write the IDs of streams we abort
 	live    sync.Mutex
@@ -166,7 +172,7 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
-	s := &Session{Peer: peer, PeerHello: hello, y: y, conn: cc, cfg: cfg, log: cfg.Logger, closed: make(chan struct{}), streams: map[uint32]*Stream{}, since: time.Now()}
+	s := &Session{Peer: peer, PeerHello: hello, y: y, conn: cc, cfg: cfg, log: cfg.Logger, closed: make(chan struct{}), peerDraining: make(chan struct{}), streams: map[uint32]*Stream{}, since: time.Now()}
 	if s.ctl, err = y.OpenStream(); err == nil {
 		_, err = s.ctl.Write([]byte{headerControl, 0})
 	}
@@ -333,7 +339,12 @@ func (s *Session) Opened() uint64 { return s.opened.Load() }
 // Drain tells the peer to open no more streams (GoAway) and waits until
 // every stream has ended or ctx is done. It does not close the session.
 func (s *Session) Drain(ctx context.Context) error {
-	s.draining.Store(true)
+	if !s.draining.Swap(true) {
+		// The notice first: yamux's GoAway is silent until the peer
+		// tries to open a stream, and a peer that hears nothing keeps
+		// sending its new connections here to be refused.
+		s.sendControl(drainNotice)
+	}
 	_ = s.y.GoAway()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
@@ -362,6 +373,11 @@ func (s *Session) Open(ctx context.Context, service, source string) (*Stream, er
 	}
 	if s.draining.Load() {
 		return nil, ErrDraining
+	}
+	select {
+	case <-s.peerDraining:
+		return nil, ErrDraining
+	default:
 	}
 	s.opened.Add(1)
 	y, err := s.y.OpenStream()
@@ -393,15 +409,32 @@ func (s *Session) untrack(st *Stream) {
 	s.live.Unlock()
 }
 
+// PeerDraining is closed once the peer has said it is draining: it accepts
+// no new streams here, and the ones open are finishing.
+func (s *Session) PeerDraining() <-chan struct{} { return s.peerDraining }
+
+func (s *Session) markPeerDraining() {
+	s.peerDrainingOnce.Do(func() { close(s.peerDraining) })
+}
+
+// drainNotice is the control message "I am draining". yamux never uses
+// stream ID 0, so an older peer that reads it as an abort finds no stream
+// and ignores it.
+const drainNotice = 0
+
 // sendAbort tells the peer to reset its end of stream id.
-func (s *Session) sendAbort(id uint32) {
+func (s *Session) sendAbort(id uint32) { s.sendControl(id) }
+
+// sendControl writes one control message: a stream ID to abort, or
+// drainNotice.
+func (s *Session) sendControl(id uint32) {
 	var msg [4]byte
 	binary.BigEndian.PutUint32(msg[:], id)
 	s.ctlMu.Lock()
 	defer s.ctlMu.Unlock()
 	_ = s.ctl.SetWriteDeadline(time.Now().Add(s.cfg.OpenTimeout))
 	if _, err := s.ctl.Write(msg[:]); err != nil {
-		s.log.Debug("cannot send stream abort", "stream", id, "error", err)
+		s.log.Debug("cannot send control message", "stream", id, "error", err)
 	}
 }
 
@@ -413,6 +446,10 @@ func (s *Session) readAborts(ctl *yamux.Stream) {
 			return
 		}
 		id := binary.BigEndian.Uint32(msg[:])
+		if id == drainNotice {
+			s.markPeerDraining()
+			continue
+		}
 		s.live.Lock()
 		st := s.streams[id]
 		s.live.Unlock()
@@ -425,6 +462,7 @@ func (s *Session) readAborts(ctl *yamux.Stream) {
 // explain replaces yamux's generic shutdown error with why the session ended.
 func (s *Session) explain(err error) error {
 	if errors.Is(err, yamux.ErrRemoteGoAway) {
+		s.markPeerDraining()
 		return ErrDraining
 	}
 	if errors.Is(err, yamux.ErrSessionShutdown) {
