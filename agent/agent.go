@@ -6,7 +6,6 @@ package agent
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -166,8 +165,8 @@ func NewLogger(name, level, format string, out interface{ Write([]byte) (int, er
 
 // establish runs the TLS handshake and the hello on a raw connection,
 // each bounded by the handshake timeout.
-func establish(ctx context.Context, conn *tls.Conn, role, class string, st sessionSettings, log hclog.Logger) (*mux.Session, error) {
-	if err := ssl.Handshake(ctx, conn, st.HandshakeTimeout); err != nil {
+func establish(ctx context.Context, conn *ssl.Conn, role, class string, st sessionSettings, log hclog.Logger) (*mux.Session, error) {
+	if err := ssl.Handshake(ctx, conn.Conn, st.HandshakeTimeout); err != nil {
 		return nil, err
 	}
 	id, err := ssl.PeerIdentity(conn.ConnectionState())

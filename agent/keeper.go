@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/tunnelworks/tunnel/mux"
 	"github.com/tunnelworks/tunnel/transport/sockopt"
+	"github.com/tunnelworks/tunnel/transport/ssl"
 )
 
 // Reconnect backoff: doubles from backoffMin to backoffMax with jitter, and
@@ -150,7 +150,7 @@ func (k *keeper) connect(ctx context.Context, addr string) (*mux.Session, error)
 	if err := sockopt.Apply(raw, tunnelSockopts(k.c.settings(), k.class)); err != nil {
 		k.c.log.Warn("cannot set socket options on the tunnel connection", "error", err)
 	}
-	sess, err := establish(ctx, tls.Client(raw, k.c.tls.ClientConfig(cfg.TLS.ServerName)), mux.RoleClient, k.class, k.c.settings(), k.c.log)
+	sess, err := establish(ctx, ssl.Client(raw, k.c.tls.ClientConfig(cfg.TLS.ServerName)), mux.RoleClient, k.class, k.c.settings(), k.c.log)
 	if err != nil {
 		raw.Close()
 		return nil, err

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -218,7 +217,7 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	if err := sockopt.Apply(conn, tunnelSockopts(st, "")); err != nil {
 		s.log.Warn("cannot set socket options on a tunnel connection", "remote", remote, "error", err)
 	}
-	tconn := tls.Server(conn, s.tls.ServerConfig())
+	tconn := ssl.Server(conn, s.tls.ServerConfig())
 	sess, err := establish(acceptCtx, tconn, mux.RoleServer, "", st, s.log)
 	<-slots
 	if err != nil {

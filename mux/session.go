@@ -635,6 +635,17 @@ func (st *Stream) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// WaitReadable blocks until a Read would not block (data, EOF or an error
+// is pending) without holding a buffer: an idle stream's reader then holds
+// no memory while it waits.
+func (st *Stream) WaitReadable() {
+	if st.awaitReply || st.aborted.Load() {
+		return // Read has the reply to consume first, or an error to give
+	}
+	// yamux's Read with an empty buffer waits for data and consumes none.
+	_, _ = st.y.Read(nil)
+}
+
 func (st *Stream) abortedByPeer() {
 	st.byPeer.Store(true)
 	st.aborted.Store(true)

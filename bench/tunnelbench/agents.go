@@ -139,6 +139,9 @@ type proc struct {
 func startAgent(name, bin, config string) (*proc, error) {
 	p := &proc{name: name, log: &logBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, "run", "-config", config)
+	if v := os.Getenv("BENCH_AGENT_GOMAXPROCS"); v != "" {
+		p.cmd.Env = append(os.Environ(), "GOMAXPROCS="+v)
+	}
 	p.cmd.Stdout = p.log
 	p.cmd.Stderr = p.log
 	if err := p.cmd.Start(); err != nil {

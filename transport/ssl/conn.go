@@ -1,0 +1,105 @@
+package ssl
+
+import (
+	"bufio"
+	"crypto/tls"
+	"net"
+	"sync"
+)
+
+// Conn is a TLS connection that moves bulk data in few system calls.
+//
+// crypto/tls writes every record (at most 16 KiB of data) with its own
+// write(2) and reads one record per read(2). Over loopback each of those
+// calls also runs the peer's TCP receive path, so calls, not AES, were the
+// main cost of the tunnel (about 60% of CPU in syscalls before this, see
+// bench/README.md). Conn sends all records of one Write in a single call,
+// and reads through a buffer that takes several records per call.
+type Conn struct {
+	*tls.Conn
+	raw *batchingConn
+}
+
+// readBuffer takes up to 4 full TLS records per read(2). One per session
+// and side; streams have their own buffers above this.
+const readBuffer = 64 * 1024
+
+// Client starts the client side of a TLS connection on raw (the handshake
+// runs on first use or with Handshake).
+func Client(raw net.Conn, cfg *tls.Config) *Conn {
+	b := newBatchingConn(raw)
+	return &Conn{Conn: tls.Client(b, cfg), raw: b}
+}
+
+// Server starts the server side of a TLS connection on raw.
+func Server(raw net.Conn, cfg *tls.Config) *Conn {
+	b := newBatchingConn(raw)
+	return &Conn{Conn: tls.Server(b, cfg), raw: b}
+}
+
+// Write encrypts p into as many records as it needs and sends them in one
+// system call.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.raw.hold()
+	n, err := c.Conn.Write(p)
+	if ferr := c.raw.flush(); err == nil {
+		err = ferr
+	}
+	return n, err
+}
+
+// batchingConn sits under tls.Conn. While held, writes collect in a buffer
+// and go out together on flush. Every write takes mu and buffered bytes
+// always leave before a direct write, so records stay in the order TLS
+// sealed them even if another goroutine (a key update, a close alert)
+// writes meanwhile.
+type batchingConn struct {
+	net.Conn
+	rd *bufio.Reader
+
+	mu      sync.Mutex
+	holders int
+	buf     []byte
+}
+
+func newBatchingConn(c net.Conn) *batchingConn {
+	return &batchingConn{Conn: c, rd: bufio.NewReaderSize(c, readBuffer)}
+}
+
+func (b *batchingConn) Read(p []byte) (int, error) { return b.rd.Read(p) }
+
+func (b *batchingConn) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.holders > 0 {
+		b.buf = append(b.buf, p...)
+		return len(p), nil
+	}
+	return b.Conn.Write(p)
+}
+
+func (b *batchingConn) hold() {
+	b.mu.Lock()
+	b.holders++
+	b.mu.Unlock()
+}
+
+// maxKeptBuffer bounds the write buffer kept between flushes: a usual
+// frame's records fit, an unusually large Write's buffer is dropped.
+const maxKeptBuffer = 256 * 1024
+
+func (b *batchingConn) flush() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.holders--
+	if len(b.buf) == 0 {
+		return nil
+	}
+	_, err := b.Conn.Write(b.buf)
+	if cap(b.buf) > maxKeptBuffer {
+		b.buf = nil
+	} else {
+		b.buf = b.buf[:0]
+	}
+	return err
+}
