@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -23,5 +24,28 @@ func TestLimitedLog(t *testing.T) {
 	}
 	if !strings.Contains(out, "suppressed_since_last=99") {
 		t.Fatalf("suppressed count missing:\n%s", out)
+	}
+}
+
+// Keys from many sources are forgotten once an interval has passed, and
+// never grow past maxKeys even within one interval.
+func TestLimitedLogBounded(t *testing.T) {
+	var buf syncBuffer
+	l := newLimitedLog(hclog.New(&hclog.LoggerOptions{Output: &buf}), time.Minute)
+	clock := time.Now()
+	l.now = func() time.Time { return clock }
+	for i := range 3 * maxKeys {
+		l.Warn(fmt.Sprintf("refused:10.0.%d.%d", i/256, i%256), "client refused")
+	}
+	if n := len(l.last); n > maxKeys+1 {
+		t.Fatalf("%d keys kept, want at most %d", n, maxKeys+1)
+	}
+	if n := strings.Count(buf.String(), "client refused"); n != maxKeys+1 {
+		t.Fatalf("%d lines for %d sources in one interval, want %d (one per key, one for the rest)", n, 3*maxKeys, maxKeys+1)
+	}
+	clock = clock.Add(time.Minute)
+	l.Warn("refused:192.0.2.1", "client refused")
+	if n := len(l.last); n != 1 {
+		t.Fatalf("%d keys kept after an interval, want 1", n)
 	}
 }

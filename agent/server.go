@@ -199,18 +199,57 @@ func (s *Server) serveTunnel(acceptCtx, streamCtx context.Context, ln net.Listen
 	// stalled handshakes costs at most MaxHandshakes goroutines, each for at
 	// most HandshakeTimeout.
 	slots := make(chan struct{}, s.cfg().MaxHandshakes)
+	// One source address gets at most a quarter of the slots, so a flood
+	// from one host cannot keep every other client out until it times out.
+	perSource := max(1, s.cfg().MaxHandshakes/4)
+	var (
+		mu       sync.Mutex
+		inFlight = map[string]int{} // handshakes in progress per source address
+	)
 	return forward.Serve(acceptCtx, ln, s.log, func(conn net.Conn) {
+		host := hostOf(conn.RemoteAddr())
+		mu.Lock()
+		if inFlight[host] >= perSource {
+			mu.Unlock()
+			s.limited.Warn("handshakes-per-source:"+host, "client refused: too many handshakes in progress from its address", "remote", host, "limit", perSource)
+			s.metrics.HandshakeFailures.WithLabelValues("busy").Inc()
+			forward.Reset(conn)
+			return
+		}
+		inFlight[host]++
+		mu.Unlock()
+		releaseSource := func() {
+			mu.Lock()
+			if inFlight[host]--; inFlight[host] == 0 {
+				delete(inFlight, host)
+			}
+			mu.Unlock()
+		}
 		select {
 		case slots <- struct{}{}:
 		case <-acceptCtx.Done():
+			releaseSource()
 			conn.Close()
 			return
 		}
-		conns.Go(func() { s.serveConn(acceptCtx, streamCtx, conn, slots, conns) })
+		release := func() { <-slots; releaseSource() }
+		conns.Go(func() { s.serveConn(acceptCtx, streamCtx, conn, release, conns) })
 	})
 }
 
-func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, slots chan struct{}, conns *sync.WaitGroup) {
+// hostOf is the IP address of addr, for per-source limits.
+func hostOf(addr net.Addr) string {
+	if ta, ok := addr.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	host, _, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return addr.String()
+	}
+	return host
+}
+
+func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, release func(), conns *sync.WaitGroup) {
 	remote := conn.RemoteAddr().String()
 	cfg := s.cfg()
 	st := s.settings()
@@ -219,7 +258,7 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	}
 	tconn := ssl.Server(conn, s.tls.ServerConfig())
 	sess, err := establish(acceptCtx, tconn, mux.RoleServer, "", st, s.log)
-	<-slots
+	release()
 	if err != nil {
 		if acceptCtx.Err() == nil {
 			// One line per source address and kind of failure per minute:

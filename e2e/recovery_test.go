@@ -240,7 +240,7 @@ func TestBlackholedTunnelDetectedAndHealed(t *testing.T) {
 // timeout, do not flood the log, and leave room for new clients.
 func TestHandshakeFlood(t *testing.T) {
 	t.Parallel()
-	extra := "handshake_timeout = \"1s\"\nmax_handshakes = 16\n"
+	extra := "handshake_timeout = \"8s\"\nmax_handshakes = 16\n"
 	tn := startTunnel(t, tunnelSpec{
 		serverExtra: extra,
 		services:    []svc{{name: "echo", target: startEcho(t), allow: []string{"client-a", "client-b"}}},
@@ -276,9 +276,13 @@ func TestHandshakeFlood(t *testing.T) {
 		}
 	})
 	linesBefore := len(tn.server.log.lines())
+	// The flood comes from another loopback address than the clients, as
+	// from another host: the server gives one address at most a quarter of
+	// its handshake slots.
+	flooder := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
 	var bad []net.Conn
 	for i := 0; i < 300; i++ {
-		b, err := net.DialTimeout("tcp", tn.server.addr, 5*time.Second)
+		b, err := flooder.Dial("tcp", tn.server.addr)
 		if err != nil {
 			continue // the backlog may refuse some: that is fine
 		}
@@ -286,6 +290,18 @@ func TestHandshakeFlood(t *testing.T) {
 			_, _ = b.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
 		}
 		bad = append(bad, b)
+	}
+	// A new client connects while the flood's handshakes are still stalled.
+	cert, key := tn.pki.clientCert(t, "client-b", pki.Options{})
+	joined := time.Now()
+	cli2 := startClient(t, clientHCL(tn.server.addr, cert, key, tn.pki.caFile, "", []fwd{{name: "echo", service: "echo"}}, nil), 1)
+	cli2.waitLine(t, "session up:")
+	took := time.Since(joined)
+	t.Logf("a new client's session came up %s after it started, during the flood", took.Round(time.Millisecond))
+	// Without the per-source limit the flood holds every slot until the
+	// 8 s handshake timeout; with it the client gets a free slot at once.
+	if took > 4*time.Second {
+		t.Errorf("a new client waited %s for a handshake slot: the flood from one address took them all", took.Round(time.Millisecond))
 	}
 	// Every bad connection is closed by the server within a few seconds.
 	closed := 0
@@ -313,10 +329,6 @@ func TestHandshakeFlood(t *testing.T) {
 	if n := len(tn.server.log.lines()) - linesBefore; n > 40 {
 		t.Errorf("flood wrote %d log lines; refusals are rate-limited per source and kind", n)
 	}
-	// A new client can still connect.
-	cert, key := tn.pki.clientCert(t, "client-b", pki.Options{})
-	cli2 := startClient(t, clientHCL(tn.server.addr, cert, key, tn.pki.caFile, "", []fwd{{name: "echo", service: "echo"}}, nil), 1)
-	cli2.waitLine(t, "session up:")
 	if err := oneStream(cli2.forwards["echo"], 3); err != nil {
 		t.Fatal(err)
 	}
