@@ -42,3 +42,23 @@ func TestFrameJoiner(t *testing.T) {
 		t.Fatal("frames split wrongly")
 	}
 }
+
+// A stream's SYN waits for the frame behind it (our stream header): one
+// write for both. Other window updates still go alone.
+func TestFrameJoinerHoldsSYN(t *testing.T) {
+	rec := &recordingConn{}
+	f := newFrameJoiner(rec)
+	syn := frameHeader(yamuxTypeWindow, 1<<20)
+	syn[3] = yamuxFlagSYN
+	f.Write(syn)
+	f.Write(frameHeader(yamuxTypeData, 3))
+	f.Write([]byte("hdr"))
+	f.Write(frameHeader(yamuxTypeWindow, 1000))
+	if len(rec.writes) != 2 {
+		t.Fatalf("%d writes, want 2", len(rec.writes))
+	}
+	want := append(append(syn, frameHeader(yamuxTypeData, 3)...), "hdr"...)
+	if !bytes.Equal(rec.writes[0], want) {
+		t.Fatalf("SYN, header and body not joined: % x", rec.writes[0])
+	}
+}
