@@ -23,7 +23,14 @@ import (
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// The suite starts its relay floor by running its own executable (this
+	// test binary here) with -relay.
+	if len(os.Args) == 3 && os.Args[1] == "-relay" {
+		os.Exit(tunnelbench.Main(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // TestQuickSuite runs `tunnel-bench -quick` end to end: it builds the
 // agents and takes about a minute, so only when asked (TUNNEL_BENCH=1) and

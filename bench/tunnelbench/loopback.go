@@ -140,6 +140,16 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		return err
 	}
 	defer tun.stop()
+	relays, err := startRelayChain(tg.echo)
+	if err != nil {
+		return err
+	}
+	defer relays.close()
+	sinkRelays, err := startRelayChain(tg.sink)
+	if err != nil {
+		return err
+	}
+	defer sinkRelays.close()
 	direct := struct{ sink, echo, echoBulk dialer }{tcpDialer(tg.sink), tcpDialer(tg.echo), tcpDialer(tg.echo)}
 	via := struct{ sink, echo, echoBulk dialer }{tcpDialer(tun.forwards["sink"]), tcpDialer(tun.forwards["echo"]), tcpDialer(tun.forwards["echo-bulk"])}
 	var rows []row
@@ -193,6 +203,10 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 	if !check("tls throughput", e) {
 		return err
 	}
+	r1, _, e := throughput(sinkRelays.dial, 1, tputDur)
+	if !check("relay throughput", e) {
+		return err
+	}
 	cpu0, e := sumOver(tun.pids(), cpuSeconds)
 	if !check("cpu", e) {
 		return err
@@ -228,6 +242,10 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 	if !check("tunnel rtt", e) {
 		return err
 	}
+	rr, e := pingPong(relays.dial, o.rtts, 64, time.Now().Add(limit))
+	if !check("relay rtt", e) {
+		return err
+	}
 
 	logf("round trips under load: %d rounds of %s per path", loadRounds, loadDur)
 	warm := pick(o.quick, 200*time.Millisecond, 500*time.Millisecond)
@@ -254,6 +272,11 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 	if !check("tunnel connection rate", e) {
 		return err
 	}
+	time.Sleep(200 * time.Millisecond)
+	rc, e := connRate(relays.dial, 16, rateDur)
+	if !check("relay connection rate", e) {
+		return err
+	}
 
 	lost := reReconnect.FindAllString(tun.client.log.String(), -1)
 
@@ -266,6 +289,9 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		row{metric: "64 B round trip p50, 4 bulk streams alongside", unit: "µs", base: us(percentile(dl, 0.5)), tunnel: us(percentile(tl, 0.5))},
 		row{metric: "64 B round trip p99, 4 bulk streams alongside", unit: "µs", base: us(percentile(dl, 0.99)), tunnel: us(percentile(tl, 0.99)), ratio: 1.3},
 		row{metric: "connections/s (open, 1 B echo, close; 16 parallel)", unit: "conn/s", base: dc, tunnel: tc, higherBetter: true, ratio: 0.45},
+		row{metric: "throughput, 1 stream", unit: "Gbit/s", base: r1, tunnel: t1, baseName: relayName, higherBetter: true},
+		row{metric: "64 B round trip p50", unit: "µs", base: us(percentile(rr, 0.5)), tunnel: us(percentile(tr, 0.5)), baseName: relayName},
+		row{metric: "connections/s (open, 1 B echo, close; 16 parallel)", unit: "conn/s", base: rc, tunnel: tc, baseName: relayName, higherBetter: true},
 		row{metric: fmt.Sprintf("RSS per idle stream, both agents (%d streams)", o.idle), unit: "KiB", base: -1, tunnel: perIdle, abs: true, ratio: 40},
 		row{metric: "CPU per GB moved, both agents (1-stream run)", unit: "CPU-s/GB", base: -1, tunnel: cpuPerGB, abs: true, ratio: 2},
 	)
@@ -280,6 +306,9 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 	}
 	return err
 }
+
+// relayName names the relay floor in the table.
+const relayName = "2 plain TCP relay processes (no TLS, no mux)"
 
 // tlsCeiling starts one-TLS-connection path with the agents' certificates
 // and TLS configuration (TLS 1.3; Go picks AES-128-GCM where AES is in

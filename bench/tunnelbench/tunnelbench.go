@@ -35,6 +35,9 @@ type options struct {
 // failed), 1 if a measurement failed (a check failed, an agent died), 2 on
 // a bad command line.
 func Main(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 2 && args[0] == relayFlag {
+		return runRelay(args[1], stdout)
+	}
 	var o options
 	fs := flag.NewFlagSet("tunnel-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
