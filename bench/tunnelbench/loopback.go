@@ -203,10 +203,19 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 	if !check("tls throughput", e) {
 		return err
 	}
-	r1, _, e := throughput(sinkRelays.dial, 1, tputDur)
+	rcpu0, e := sumOver(sinkRelays.pids(), cpuSeconds)
+	if !check("relay cpu", e) {
+		return err
+	}
+	r1, rmoved, e := throughput(sinkRelays.dial, 1, tputDur)
 	if !check("relay throughput", e) {
 		return err
 	}
+	rcpu1, e := sumOver(sinkRelays.pids(), cpuSeconds)
+	if !check("relay cpu", e) {
+		return err
+	}
+	relayCPUPerGB := (rcpu1 - rcpu0) / (float64(rmoved) / 1e9)
 	cpu0, e := sumOver(tun.pids(), cpuSeconds)
 	if !check("cpu", e) {
 		return err
@@ -294,6 +303,7 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		row{metric: "connections/s (open, 1 B echo, close; 16 parallel)", unit: "conn/s", base: rc, tunnel: tc, baseName: relayName, higherBetter: true},
 		row{metric: fmt.Sprintf("RSS per idle stream, both agents (%d streams)", o.idle), unit: "KiB", base: -1, tunnel: perIdle, abs: true, ratio: 40},
 		row{metric: "CPU per GB moved, both agents (1-stream run)", unit: "CPU-s/GB", base: -1, tunnel: cpuPerGB, abs: true, ratio: 2},
+		row{metric: "CPU per GB moved, both agents (1-stream run)", unit: "CPU-s/GB", base: relayCPUPerGB, tunnel: cpuPerGB, baseName: relayName},
 	)
 	fmt.Fprintf(report, "## Loopback: tunnel vs direct TCP\n\n")
 	fmt.Fprintf(report, "Throughput runs %s each; %d round trips; under load, %d alternating rounds of %s of round trips per path after %s of bulk warm-up (%d direct, %d tunnel samples); connection rate %s each.\n\n", tputDur, o.rtts, loadRounds, loadDur, warm, len(dl), len(tl), rateDur)

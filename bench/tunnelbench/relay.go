@@ -132,3 +132,11 @@ func (rc *relayChain) close() {
 func (rc *relayChain) dial(ctx context.Context) (net.Conn, error) {
 	return tcpDialer(rc.entry)(ctx)
 }
+
+func (rc *relayChain) pids() []int {
+	var out []int
+	for _, cmd := range rc.cmds {
+		out = append(out, cmd.Process.Pid)
+	}
+	return out
+}
