@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/kardianos/service"
 
 	"github.com/tunnelworks/tunnel/agent"
 	"github.com/tunnelworks/tunnel/config"
@@ -143,7 +144,16 @@ func run(role Role, prog string, args []string, stderr io.Writer) int {
 		level, format string
 		log           hclog.Logger
 		err           error
+		scm           *scmProgram
+		svc           service.Service
 	)
+	if underServiceManager() {
+		// Logs and errors go to the event log from here on.
+		if scm, svc, stderr, err = startServiceManagerRun(prog); err != nil {
+			fmt.Fprintf(stderr, "%s: %v\n", prog, err)
+			return exitFailure
+		}
+	}
 	switch role {
 	case Server:
 		var cfg *config.Server
@@ -163,6 +173,14 @@ func run(role Role, prog string, args []string, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", prog, err)
 		return exitUsage
+	}
+	if scm != nil {
+		scm.a = a
+		if err := svc.Run(); err != nil {
+			fmt.Fprintf(stderr, "%s: service manager: %v\n", prog, err)
+			return exitFailure
+		}
+		return exitOK
 	}
 	ctx, stop := signalContext(stderr, prog)
 	defer stop()
