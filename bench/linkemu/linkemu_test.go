@@ -235,8 +235,11 @@ func TestDelayAddsRoundTrip(t *testing.T) {
 		worst, best = max(worst, rtt), min(best, rtt)
 	}
 	t.Logf("ping-pong rtt: best %v, worst %v (2 × %v one way)", best, worst, oneWay)
-	if best < 2*oneWay || worst > 2*oneWay+15*time.Millisecond {
-		t.Errorf("rtt %v..%v, want about %v", best, worst, 2*oneWay)
+	// The fastest round trip shows the delay: never below it, and well
+	// short of the delay applied twice over. The slowest is left to the
+	// scheduler (a loaded CI machine under -race adds tens of ms).
+	if best < 2*oneWay || best > 3*oneWay {
+		t.Errorf("fastest rtt %v, want %v..%v", best, 2*oneWay, 3*oneWay)
 	}
 }
 
