@@ -140,16 +140,13 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		return err
 	}
 	defer tun.stop()
-	relays, err := startRelayChain(tg.echo)
+	// One chain carries both targets, as the agents carry both forwards.
+	relays, err := startRelayChain(tg.echo, tg.sink)
 	if err != nil {
 		return err
 	}
 	defer relays.close()
-	sinkRelays, err := startRelayChain(tg.sink)
-	if err != nil {
-		return err
-	}
-	defer sinkRelays.close()
+	relayEcho, relaySink := relays.dialer(0), relays.dialer(1)
 	direct := struct{ sink, echo, echoBulk dialer }{tcpDialer(tg.sink), tcpDialer(tg.echo), tcpDialer(tg.echo)}
 	via := struct{ sink, echo, echoBulk dialer }{tcpDialer(tun.forwards["sink"]), tcpDialer(tun.forwards["echo"]), tcpDialer(tun.forwards["echo-bulk"])}
 	var rows []row
@@ -203,15 +200,15 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 	if !check("tls throughput", e) {
 		return err
 	}
-	rcpu0, e := sumOver(sinkRelays.pids(), cpuSeconds)
+	rcpu0, e := sumOver(relays.pids(), cpuSeconds)
 	if !check("relay cpu", e) {
 		return err
 	}
-	r1, rmoved, e := throughput(sinkRelays.dial, 1, tputDur)
+	r1, rmoved, e := throughput(relaySink, 1, tputDur)
 	if !check("relay throughput", e) {
 		return err
 	}
-	rcpu1, e := sumOver(sinkRelays.pids(), cpuSeconds)
+	rcpu1, e := sumOver(relays.pids(), cpuSeconds)
 	if !check("relay cpu", e) {
 		return err
 	}
@@ -251,14 +248,14 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 	if !check("tunnel rtt", e) {
 		return err
 	}
-	rr, e := pingPong(relays.dial, o.rtts, 64, time.Now().Add(limit))
+	rr, e := pingPong(relayEcho, o.rtts, 64, time.Now().Add(limit))
 	if !check("relay rtt", e) {
 		return err
 	}
 
 	logf("round trips under load: %d rounds of %s per path", loadRounds, loadDur)
 	warm := pick(o.quick, 200*time.Millisecond, 500*time.Millisecond)
-	var dl, tl []time.Duration
+	var dl, tl, rl []time.Duration
 	for range loadRounds {
 		d, _, e := underLoad(direct.sink, direct.echo, 4, loadDur, warm)
 		if !check("direct rtt under load", e) {
@@ -268,7 +265,11 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		if !check("tunnel rtt under load", e) {
 			return err
 		}
-		dl, tl = append(dl, d...), append(tl, t...)
+		r, _, e := underLoad(relaySink, relayEcho, 4, loadDur, warm)
+		if !check("relay rtt under load", e) {
+			return err
+		}
+		dl, tl, rl = append(dl, d...), append(tl, t...), append(rl, r...)
 	}
 
 	logf("connection rate")
@@ -282,7 +283,7 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		return err
 	}
 	time.Sleep(200 * time.Millisecond)
-	rc, e := connRate(relays.dial, 16, rateDur)
+	rc, e := connRate(relayEcho, 16, rateDur)
 	if !check("relay connection rate", e) {
 		return err
 	}
@@ -300,13 +301,14 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		row{metric: "connections/s (open, 1 B echo, close; 16 parallel)", unit: "conn/s", base: dc, tunnel: tc, higherBetter: true, ratio: 0.45},
 		row{metric: "throughput, 1 stream", unit: "Gbit/s", base: r1, tunnel: t1, baseName: relayName, higherBetter: true},
 		row{metric: "64 B round trip p50", unit: "µs", base: us(percentile(rr, 0.5)), tunnel: us(percentile(tr, 0.5)), baseName: relayName},
+		row{metric: "64 B round trip p99, 4 bulk streams alongside", unit: "µs", base: us(percentile(rl, 0.99)), tunnel: us(percentile(tl, 0.99)), baseName: relayName},
 		row{metric: "connections/s (open, 1 B echo, close; 16 parallel)", unit: "conn/s", base: rc, tunnel: tc, baseName: relayName, higherBetter: true},
 		row{metric: fmt.Sprintf("RSS per idle stream, both agents (%d streams)", o.idle), unit: "KiB", base: -1, tunnel: perIdle, abs: true, ratio: 40},
 		row{metric: "CPU per GB moved, both agents (1-stream run)", unit: "CPU-s/GB", base: -1, tunnel: cpuPerGB, abs: true, ratio: 2},
 		row{metric: "CPU per GB moved, both agents (1-stream run)", unit: "CPU-s/GB", base: relayCPUPerGB, tunnel: cpuPerGB, baseName: relayName},
 	)
 	fmt.Fprintf(report, "## Loopback: tunnel vs direct TCP\n\n")
-	fmt.Fprintf(report, "Throughput runs %s each; %d round trips; under load, %d alternating rounds of %s of round trips per path after %s of bulk warm-up (%d direct, %d tunnel samples); connection rate %s each.\n\n", tputDur, o.rtts, loadRounds, loadDur, warm, len(dl), len(tl), rateDur)
+	fmt.Fprintf(report, "Throughput runs %s each; %d round trips; under load, %d alternating rounds of %s of round trips per path after %s of bulk warm-up (%d direct, %d tunnel, %d relay samples); connection rate %s each.\n\n", tputDur, o.rtts, loadRounds, loadDur, warm, len(dl), len(tl), len(rl), rateDur)
 	met, total := writeTable(report, rows)
 	fmt.Fprintf(report, "\n%d of %d targets met. Agents' RSS before the idle streams: %.1f MiB (both), after: %.1f MiB (per idle stream: server %.1f KiB, client %.1f KiB).", met, total, rssBefore/1024, rssAfter/1024, perIdleServer, perIdle-perIdleServer)
 	if len(lost) == 0 {

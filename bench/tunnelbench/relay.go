@@ -2,7 +2,6 @@ package tunnelbench
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -19,30 +18,58 @@ import (
 // tunnel's figure against it is the cost of TLS and multiplexing alone.
 // The relays are this same program, started again with -relay.
 
-// relayFlag marks a child run as a relay: -relay LISTEN=TARGET.
+// relayFlag marks a child run as a relay: -relay LISTEN=TARGET[,LISTEN=TARGET...].
 const relayFlag = "-relay"
 
-// runRelay serves one relay until stdin closes (the parent went away): it
-// prints its address on stdout, then copies each accepted connection to a
-// new connection to target, both ways, with half-close.
+// runRelay serves relays until stdin closes (the parent went away): it
+// prints its addresses on stdout (one line, comma-separated, in the order
+// given), then copies each accepted connection to a new connection to its
+// target, both ways, with half-close. Several pairs in one process share it
+// as the agents' forwards share an agent.
 func runRelay(spec string, stdout io.Writer) int {
-	listen, target, ok := strings.Cut(spec, "=")
-	if !ok {
-		fmt.Fprintf(os.Stderr, "tunnel-bench: -relay %q: want LISTEN=TARGET\n", spec)
-		return 2
+	var (
+		lns       []net.Listener
+		targets   []string
+		listening []string
+	)
+	closeAll := func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
 	}
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "tunnel-bench: relay: %v\n", err)
-		return 1
+	for pair := range strings.SplitSeq(spec, ",") {
+		listen, target, ok := strings.Cut(pair, "=")
+		if !ok {
+			closeAll()
+			fmt.Fprintf(os.Stderr, "tunnel-bench: -relay %q: want LISTEN=TARGET[,LISTEN=TARGET...]\n", spec)
+			return 2
+		}
+		ln, err := net.Listen("tcp", listen)
+		if err != nil {
+			closeAll()
+			fmt.Fprintf(os.Stderr, "tunnel-bench: relay: %v\n", err)
+			return 1
+		}
+		lns, targets = append(lns, ln), append(targets, target)
+		listening = append(listening, ln.Addr().String())
 	}
-	fmt.Fprintln(stdout, ln.Addr())
-	go func() { _, _ = io.Copy(io.Discard, os.Stdin); ln.Close() }()
+	fmt.Fprintln(stdout, strings.Join(listening, ","))
+	go func() { _, _ = io.Copy(io.Discard, os.Stdin); closeAll() }()
 	var wg sync.WaitGroup
+	for i, ln := range lns {
+		wg.Go(func() { serveRelay(ln, targets[i]) })
+	}
+	wg.Wait()
+	return 0
+}
+
+func serveRelay(ln net.Listener, target string) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
-			break
+			return
 		}
 		wg.Go(func() {
 			defer c.Close()
@@ -57,7 +84,6 @@ func runRelay(spec string, stdout io.Writer) int {
 			half.Wait()
 		})
 	}
-	return 0
 }
 
 func relayHalf(dst, src net.Conn) {
@@ -69,21 +95,26 @@ func relayHalf(dst, src net.Conn) {
 	}
 }
 
-// relayChain is two relay processes: entry → second → target.
+// relayChain is two relay processes: entry → second → target, for each
+// target.
 type relayChain struct {
-	entry string
-	cmds  []*exec.Cmd
+	entries []string
+	cmds    []*exec.Cmd
 }
 
-func startRelayChain(target string) (*relayChain, error) {
+func startRelayChain(targets ...string) (*relayChain, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
 	rc := &relayChain{}
-	next := target
+	next := targets
 	for range 2 {
-		cmd := exec.Command(self, relayFlag, "127.0.0.1:0="+next)
+		var spec []string
+		for _, t := range next {
+			spec = append(spec, "127.0.0.1:0="+t)
+		}
+		cmd := exec.Command(self, relayFlag, strings.Join(spec, ","))
 		cmd.Stderr = os.Stderr
 		stdin, err := cmd.StdinPipe()
 		if err != nil {
@@ -106,18 +137,19 @@ func startRelayChain(target string) (*relayChain, error) {
 			line, _ := bufio.NewReader(out).ReadString('\n')
 			addr <- strings.TrimSpace(line)
 		}()
+		var line string
 		select {
-		case next = <-addr:
+		case line = <-addr:
 		case <-time.After(waitLimit):
 			rc.close()
 			return nil, fmt.Errorf("relay did not start within %s", waitLimit)
 		}
-		if next == "" {
+		if next = strings.Split(line, ","); line == "" || len(next) != len(targets) {
 			rc.close()
-			return nil, fmt.Errorf("relay did not start")
+			return nil, fmt.Errorf("relay did not start (it printed %q)", line)
 		}
 	}
-	rc.entry = next
+	rc.entries = next
 	return rc, nil
 }
 
@@ -129,9 +161,9 @@ func (rc *relayChain) close() {
 	}
 }
 
-func (rc *relayChain) dial(ctx context.Context) (net.Conn, error) {
-	return tcpDialer(rc.entry)(ctx)
-}
+// dialer dials through the chain to the i-th target given to
+// startRelayChain.
+func (rc *relayChain) dialer(i int) dialer { return tcpDialer(rc.entries[i]) }
 
 func (rc *relayChain) pids() []int {
 	var out []int

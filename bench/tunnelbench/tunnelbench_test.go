@@ -2,9 +2,52 @@ package tunnelbench
 
 import (
 	"bytes"
+	"os"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) {
+	// startRelayChain runs its own executable (this test binary) with -relay.
+	if len(os.Args) == 3 && os.Args[1] == relayFlag {
+		os.Exit(Main(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// One relay chain carries two targets, each to its own: the echo answers
+// every ping byte for byte, the sink counts and verifies a bulk stream.
+func TestRelayChainCarriesEachTarget(t *testing.T) {
+	tg, err := startTargets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.close()
+	rc, err := startRelayChain(tg.echo, tg.sink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.close()
+	if len(rc.pids()) != 2 {
+		t.Fatalf("%d relay processes, want 2", len(rc.pids()))
+	}
+	rtts, err := pingPong(rc.dialer(0), 100, 64, time.Now().Add(10*time.Second))
+	if err != nil || len(rtts) != 100 {
+		t.Fatalf("ping through the relays: %d round trips, %v", len(rtts), err)
+	}
+	if _, moved, err := throughput(rc.dialer(1), 1, 200*time.Millisecond); err != nil || moved == 0 {
+		t.Fatalf("bulk through the relays: %d bytes, %v", moved, err)
+	}
+}
+
+func TestRelayBadSpec(t *testing.T) {
+	var out, errb bytes.Buffer
+	if code := Main([]string{relayFlag, "127.0.0.1:0=127.0.0.1:1,nonsense"}, &out, &errb); code != 2 {
+		t.Errorf("exit %d, want 2 (stderr %q)", code, errb.String())
+	}
+}
 
 func TestBadCommandLine(t *testing.T) {
 	for _, args := range [][]string{{"-scenario", "moon"}, {"extra"}, {"-idle", "0"}, {"-nope"}} {
