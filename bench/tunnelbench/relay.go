@@ -26,7 +26,7 @@ const relayFlag = "-relay"
 // given), then copies each accepted connection to a new connection to its
 // target, both ways, with half-close. Several pairs in one process share it
 // as the agents' forwards share an agent.
-func runRelay(spec string, stdout io.Writer) int {
+func runRelay(spec string, stdout, stderr io.Writer) int {
 	var (
 		lns       []net.Listener
 		targets   []string
@@ -41,13 +41,13 @@ func runRelay(spec string, stdout io.Writer) int {
 		listen, target, ok := strings.Cut(pair, "=")
 		if !ok {
 			closeAll()
-			fmt.Fprintf(os.Stderr, "tunnel-bench: -relay %q: want LISTEN=TARGET[,LISTEN=TARGET...]\n", spec)
+			fmt.Fprintf(stderr, "tunnel-bench: -relay %q: want LISTEN=TARGET[,LISTEN=TARGET...]\n", spec)
 			return 2
 		}
 		ln, err := net.Listen("tcp", listen)
 		if err != nil {
 			closeAll()
-			fmt.Fprintf(os.Stderr, "tunnel-bench: relay: %v\n", err)
+			fmt.Fprintf(stderr, "tunnel-bench: relay: %v\n", err)
 			return 1
 		}
 		lns, targets = append(lns, ln), append(targets, target)

@@ -36,7 +36,7 @@ type options struct {
 // a bad command line.
 func Main(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 2 && args[0] == relayFlag {
-		return runRelay(args[1], stdout)
+		return runRelay(args[1], stdout, stderr)
 	}
 	var o options
 	fs := flag.NewFlagSet("tunnel-bench", flag.ContinueOnError)

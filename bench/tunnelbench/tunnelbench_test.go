@@ -47,6 +47,9 @@ func TestRelayBadSpec(t *testing.T) {
 	if code := Main([]string{relayFlag, "127.0.0.1:0=127.0.0.1:1,nonsense"}, &out, &errb); code != 2 {
 		t.Errorf("exit %d, want 2 (stderr %q)", code, errb.String())
 	}
+	if !bytes.Contains(errb.Bytes(), []byte("want LISTEN=TARGET")) || out.Len() != 0 {
+		t.Errorf("stdout %q, stderr %q: want only the usage on stderr", out.String(), errb.String())
+	}
 }
 
 func TestBadCommandLine(t *testing.T) {
