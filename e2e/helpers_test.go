@@ -353,8 +353,14 @@ type server struct {
 // startServer runs tunnel-server with the config text and waits until it listens.
 func startServer(t testing.TB, text string) *server {
 	t.Helper()
+	return startServerBin(t, serverBin, text)
+}
+
+// startServerBin is startServer with another tunnel-server binary.
+func startServerBin(t testing.TB, bin, text string) *server {
+	t.Helper()
 	cfg := writeConfig(t, "server.hcl", text)
-	p := startProc(t, "tunnel-server", serverBin, "run", "-config", cfg)
+	p := startProc(t, "tunnel-server", bin, "run", "-config", cfg)
 	m := p.waitMatch(t, reListening)
 	s := &server{proc: p, addr: m[1], forwards: map[string]string{}}
 	for _, f := range p.allMatches(reForwardLst) {
@@ -373,8 +379,14 @@ type client struct {
 // its forwards listen (not for the session).
 func startClient(t testing.TB, text string, nForwards int) *client {
 	t.Helper()
+	return startClientBin(t, clientBin, text, nForwards)
+}
+
+// startClientBin is startClient with another tunnel-client binary.
+func startClientBin(t testing.TB, bin, text string, nForwards int) *client {
+	t.Helper()
 	cfg := writeConfig(t, "client.hcl", text)
-	p := startProc(t, "tunnel-client", clientBin, "run", "-config", cfg)
+	p := startProc(t, "tunnel-client", bin, "run", "-config", cfg)
 	c := &client{proc: p, forwards: map[string]string{}}
 	deadline := time.Now().Add(waitLimit)
 	for {
@@ -400,6 +412,8 @@ type tunnelSpec struct {
 	serverForwards []fwd
 	forwards       []fwd // on the client
 	clientServices []svc
+	serverBin      string // default: the agents built for these tests
+	clientBin      string
 }
 
 type tunnel struct {
@@ -415,10 +429,16 @@ func startTunnel(t testing.TB, spec tunnelSpec) *tunnel {
 	if spec.clientName == "" {
 		spec.clientName = "client-a"
 	}
+	if spec.serverBin == "" {
+		spec.serverBin = serverBin
+	}
+	if spec.clientBin == "" {
+		spec.clientBin = clientBin
+	}
 	p := newPKI(t)
-	srv := startServer(t, serverHCL(p.serverCert, p.serverKey, p.caFile, spec.serverExtra, spec.services, spec.serverForwards))
+	srv := startServerBin(t, spec.serverBin, serverHCL(p.serverCert, p.serverKey, p.caFile, spec.serverExtra, spec.services, spec.serverForwards))
 	cert, key := p.clientCert(t, spec.clientName, pki.Options{})
-	cli := startClient(t, clientHCL(srv.addr, cert, key, p.caFile, spec.clientExtra, spec.forwards, spec.clientServices), len(spec.forwards))
+	cli := startClientBin(t, spec.clientBin, clientHCL(srv.addr, cert, key, p.caFile, spec.clientExtra, spec.forwards, spec.clientServices), len(spec.forwards))
 	cli.waitLine(t, "session up:")
 	srv.waitLine(t, "session up:", "peer="+spec.clientName)
 	tn := &tunnel{pki: p, server: srv, client: cli}

@@ -15,7 +15,20 @@ import (
 // what it receives; the local side does the same; both hashes must match.
 func TestBulkBothWaysAtOnce(t *testing.T) {
 	t.Parallel()
-	const size = 64 << 20
+	checkBulkBothWays(t, 64<<20, func(target string) *tunnel {
+		return startTunnel(t, tunnelSpec{
+			services: []svc{{name: "bulk", target: target, allow: []string{"client-a"}}},
+			forwards: []fwd{{name: "bulk", service: "bulk"}},
+		})
+	})
+}
+
+// checkBulkBothWays sends size random bytes each way at once through the
+// "bulk" forward of the tunnel that start returns (given the target's
+// address), half-closes each side after its data, and checks every byte
+// (SHA-256) and the client's stream accounting.
+func checkBulkBothWays(t *testing.T, size int64, start func(target string) *tunnel) {
+	t.Helper()
 	const seedLocal, seedTarget = 1, 2
 	type result struct {
 		sent, got [32]byte
@@ -44,12 +57,9 @@ func TestBulkBothWaysAtOnce(t *testing.T) {
 		default:
 		}
 	})
-	tn := startTunnel(t, tunnelSpec{
-		services: []svc{{name: "bulk", target: target, allow: []string{"client-a"}}},
-		forwards: []fwd{{name: "bulk", service: "bulk"}},
-	})
+	tn := start(target)
 
-	start := time.Now()
+	began := time.Now()
 	c := dial(t, tn.client.forwards["bulk"], 2*time.Minute)
 	var sent [32]byte
 	var sendErr error
@@ -80,7 +90,7 @@ func TestBulkBothWaysAtOnce(t *testing.T) {
 	if r.n != size || r.got != sent {
 		t.Errorf("local → target: target got %d bytes sha256 %x, local sent %d bytes sha256 %x", r.n, r.got, size, sent)
 	}
-	el := time.Since(start)
+	el := time.Since(began)
 	t.Logf("%d MiB each way in %s (%.1f MiB/s each way)", size>>20, el.Round(time.Millisecond), float64(size>>20)/el.Seconds())
 	tn.client.waitLine(t, "stream closed", "forward=bulk", fmt.Sprintf("bytes_to_peer=%d", size), fmt.Sprintf("bytes_from_peer=%d", size))
 }

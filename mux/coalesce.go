@@ -13,8 +13,9 @@ import (
 //
 // It relies on yamux's framing (v0.1.2, a frozen protocol): header =
 // version(1) type(1) flags(2) stream(4) length(4); type 0 is data, and a
-// data header with length > 0 is always followed by exactly that body, from
-// the one goroutine (sendLoop) that writes.
+// data header with length > 0 is always followed by exactly that body: our
+// copy of yamux (third_party/yamux) writes a frame's header and body while
+// holding its write slot, from sendLoop or from the writing stream.
 //
 // It also holds a stream-opening window update (flag SYN) for the frame
 // after it: our Open always writes the stream header right behind the SYN,

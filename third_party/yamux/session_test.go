@@ -1673,53 +1673,90 @@ func TestSession_PingOfDeath(t *testing.T) {
 	drainErrorsUntil(t, errCh, 2, 0, "")
 }
 
+// Patched for tunnelworks: a stream's data frame is written from the
+// writer's own goroutine (Session.writeData). While conn takes no writes,
+// the writer inside conn.Write waits there, as upstream's sendLoop did, and
+// a writer waiting for its turn gets ErrConnectionWriteTimeout, as
+// upstream's writers did. Once conn takes writes again the first write
+// completes and its bytes arrive.
 func TestSession_ConnectionWriteTimeout(t *testing.T) {
 	conf := testConfNoKeepAlive()
 
 	clientConn, serverConn := testConnPipe(t)
 	client, server := testClientServerConfig(t, clientConn, serverConn, conf, conf.Clone())
 
-	errCh := make(chan error, 2)
+	first, err := client.OpenStream()
+	if err != nil {
+		t.Fatalf("open first: %v", err)
+	}
+	defer first.Close()
+	second, err := client.OpenStream()
+	if err != nil {
+		t.Fatalf("open second: %v", err)
+	}
+	defer second.Close()
+	firstAccepted, err := server.AcceptStream()
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	defer firstAccepted.Close()
 
-	go func() {
-		stream, err := server.AcceptStream()
-		if err != nil {
-			errCh <- err
-			return
+	conn := clientConn.(*pipeConn)
+	conn.writeBlocker.Lock()
+	blocked := true
+	defer func() {
+		if blocked {
+			conn.writeBlocker.Unlock()
 		}
-		defer stream.Close()
-		errCh <- nil
 	}()
 
-	// The client will open the stream and then block outbound writes, we'll
-	// tee up a write and make sure it eventually times out.
+	firstDone := make(chan error, 1)
 	go func() {
-		stream, err := client.OpenStream()
-		if err != nil {
-			errCh <- err
-			return
+		n, err := first.Write([]byte("hello"))
+		if err == nil && n != 5 {
+			err = fmt.Errorf("first write: n = %d, want 5", n)
 		}
-		defer stream.Close()
-
-		conn := clientConn.(*pipeConn)
-		conn.writeBlocker.Lock()
-		defer conn.writeBlocker.Unlock()
-
-		// Since the write goroutine is blocked then this will return a
-		// timeout since it can't get feedback about whether the write
-		// worked.
-		n, err := stream.Write([]byte("hello"))
-		if err != ErrConnectionWriteTimeout {
-			errCh <- err
-			return
-		}
-		if n != 0 {
-			errCh <- fmt.Errorf("lied about writes: %d", n)
-		}
-		errCh <- nil
+		firstDone <- err
 	}()
+	// Wait until the first write holds the slot and is inside conn.Write.
+	deadline := time.Now().Add(5 * time.Second)
+	for len(client.writeSlot) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("first write never took the write slot")
+		}
+		time.Sleep(time.Millisecond)
+	}
 
-	drainErrorsUntil(t, errCh, 2, 0, "")
+	n, err := second.Write([]byte("world"))
+	if err != ErrConnectionWriteTimeout {
+		t.Fatalf("second write: err = %v, want %v", err, ErrConnectionWriteTimeout)
+	}
+	if n != 0 {
+		t.Fatalf("second write lied about writes: %d", n)
+	}
+	select {
+	case err := <-firstDone:
+		t.Fatalf("first write returned (%v) while conn took no writes", err)
+	default:
+	}
+
+	conn.writeBlocker.Unlock()
+	blocked = false
+	select {
+	case err := <-firstDone:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("first write still blocked after conn was unblocked")
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(firstAccepted, buf); err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if string(buf) != "hello" {
+		t.Fatalf("read %q, want %q", buf, "hello")
+	}
 }
 
 func TestCancelAccept(t *testing.T) {
