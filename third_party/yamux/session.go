@@ -487,11 +487,11 @@ func (s *Session) send() {
 // Patched for tunnelworks (see PATCHED.md): upstream hands every frame to
 // sendLoop and waits for it to be written, which costs each write a
 // goroutine hand-off there and back and a copy of the body; without them
-// the tunnel's agents use a fifth less CPU per GB moved. Only
-// data frames from Stream.Write come here; window updates, pings and
-// go-aways still go through sendLoop, and both take writeSlot, so a frame's
-// header and body stay together on the wire. The bytes written are the
-// same as upstream's: the protocol is unchanged.
+// the tunnel's agents use a fifth less CPU per GB moved. Only data frames
+// from Stream.Write come here; window updates, pings and go-aways still go
+// through sendLoop, and both take writeSlot, so a frame's header and body
+// stay together on the wire. The bytes written are the same as upstream's:
+// the protocol is unchanged.
 func (s *Session) writeData(hdr header, body []byte) error {
 	select {
 	case s.writeSlot <- struct{}{}:
