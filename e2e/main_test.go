@@ -61,13 +61,9 @@ func testMain(m *testing.M) int {
 func buildBinaries(dir string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	gomod, err := goModFile(ctx)
 	if err != nil {
-		return fmt.Errorf("go env GOMOD: %w", err)
-	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return fmt.Errorf("go env GOMOD: not inside a module (got %q)", gomod)
+		return err
 	}
 	build := exec.CommandContext(ctx, "go", "build", "-race", "-o", dir+string(filepath.Separator), "./cmd/tunnel-server", "./cmd/tunnel-client")
 	build.Dir = filepath.Dir(gomod)
@@ -75,6 +71,19 @@ func buildBinaries(dir string) error {
 		return fmt.Errorf("build the agents: %w\n%s", err, out)
 	}
 	return nil
+}
+
+// goModFile is the path of this module's go.mod.
+func goModFile(ctx context.Context) (string, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull {
+		return "", fmt.Errorf("go env GOMOD: not inside a module (got %q)", gomod)
+	}
+	return gomod, nil
 }
 
 // countFDs is the number of open file descriptors of this process, or -1

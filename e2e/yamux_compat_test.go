@@ -45,11 +45,10 @@ func buildWithUpstreamYamux(t *testing.T) (server, client string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	gomod, err := goModFile(ctx)
 	if err != nil {
-		t.Fatalf("go env GOMOD: %v", err)
+		t.Fatal(err)
 	}
-	gomod := strings.TrimSpace(string(out))
 	root := filepath.Dir(gomod)
 	dir := t.TempDir()
 	modfile := filepath.Join(dir, "go.mod")
