@@ -15,19 +15,14 @@ import (
 // what it receives; the local side does the same; both hashes must match.
 func TestBulkBothWaysAtOnce(t *testing.T) {
 	t.Parallel()
-	checkBulkBothWays(t, 64<<20, func(target string) *tunnel {
-		return startTunnel(t, tunnelSpec{
-			services: []svc{{name: "bulk", target: target, allow: []string{"client-a"}}},
-			forwards: []fwd{{name: "bulk", service: "bulk"}},
-		})
-	})
+	checkBulkBothWays(t, 64<<20, serverBin, clientBin)
 }
 
-// checkBulkBothWays sends size random bytes each way at once through the
-// "bulk" forward of the tunnel that start returns (given the target's
-// address), half-closes each side after its data, and checks every byte
-// (SHA-256) and the client's stream accounting.
-func checkBulkBothWays(t *testing.T, size int64, start func(target string) *tunnel) {
+// checkBulkBothWays starts a tunnel of the two binaries with one "bulk"
+// forward, sends size random bytes each way at once through it,
+// half-closes each side after its data, and checks every byte (SHA-256)
+// and the client's stream accounting.
+func checkBulkBothWays(t *testing.T, size int64, server, client string) {
 	t.Helper()
 	const seedLocal, seedTarget = 1, 2
 	type result struct {
@@ -57,7 +52,12 @@ func checkBulkBothWays(t *testing.T, size int64, start func(target string) *tunn
 		default:
 		}
 	})
-	tn := start(target)
+	tn := startTunnel(t, tunnelSpec{
+		serverBin: server,
+		clientBin: client,
+		services:  []svc{{name: "bulk", target: target, allow: []string{"client-a"}}},
+		forwards:  []fwd{{name: "bulk", service: "bulk"}},
+	})
 
 	began := time.Now()
 	c := dial(t, tn.client.forwards["bulk"], 2*time.Minute)
