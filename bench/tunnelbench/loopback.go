@@ -147,6 +147,11 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 	}
 	defer relays.close()
 	relayEcho, relaySink := relays.dialer(0), relays.dialer(1)
+	remote, err := startRemoteTargets()
+	if err != nil {
+		return err
+	}
+	defer remote.close()
 	direct := struct{ sink, echo, echoBulk dialer }{tcpDialer(tg.sink), tcpDialer(tg.echo), tcpDialer(tg.echo)}
 	via := struct{ sink, echo, echoBulk dialer }{tcpDialer(tun.forwards["sink"]), tcpDialer(tun.forwards["echo"]), tcpDialer(tun.forwards["echo-bulk"])}
 	var rows []row
@@ -248,6 +253,10 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 	if !check("tunnel rtt", e) {
 		return err
 	}
+	xr, e := pingPong(tcpDialer(remote.echo), o.rtts, 64, time.Now().Add(limit))
+	if !check("direct rtt, echo in another process", e) {
+		return err
+	}
 	rr, e := pingPong(relayEcho, o.rtts, 64, time.Now().Add(limit))
 	if !check("relay rtt", e) {
 		return err
@@ -300,6 +309,7 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		row{metric: "64 B round trip p99, 4 bulk streams alongside", unit: "µs", base: us(percentile(dl, 0.99)), tunnel: us(percentile(tl, 0.99)), ratio: 1.3},
 		row{metric: "connections/s (open, 1 B echo, close; 16 parallel)", unit: "conn/s", base: dc, tunnel: tc, higherBetter: true, ratio: 0.45},
 		row{metric: "throughput, 1 stream", unit: "Gbit/s", base: r1, tunnel: t1, baseName: relayName, higherBetter: true},
+		row{metric: "64 B round trip p50", unit: "µs", base: us(percentile(xr, 0.5)), tunnel: us(percentile(tr, 0.5)), baseName: "direct TCP, echo in another process"},
 		row{metric: "64 B round trip p50", unit: "µs", base: us(percentile(rr, 0.5)), tunnel: us(percentile(tr, 0.5)), baseName: relayName},
 		row{metric: "64 B round trip p99, 4 bulk streams alongside", unit: "µs", base: us(percentile(rl, 0.99)), tunnel: us(percentile(tl, 0.99)), baseName: relayName},
 		row{metric: "connections/s (open, 1 B echo, close; 16 parallel)", unit: "conn/s", base: rc, tunnel: tc, baseName: relayName, higherBetter: true},

@@ -1,7 +1,6 @@
 package tunnelbench
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -9,7 +8,6 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
-	"time"
 )
 
 // The relay floor: two plain TCP relay processes in a chain (no TLS, no
@@ -103,10 +101,6 @@ type relayChain struct {
 }
 
 func startRelayChain(targets ...string) (*relayChain, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
 	rc := &relayChain{}
 	next := targets
 	for range 2 {
@@ -114,40 +108,13 @@ func startRelayChain(targets ...string) (*relayChain, error) {
 		for _, t := range next {
 			spec = append(spec, "127.0.0.1:0="+t)
 		}
-		cmd := exec.Command(self, relayFlag, strings.Join(spec, ","))
-		cmd.Stderr = os.Stderr
-		stdin, err := cmd.StdinPipe()
+		cmd, addrs, err := startChild(len(targets), relayFlag, strings.Join(spec, ","))
 		if err != nil {
 			rc.close()
-			return nil, err
-		}
-		_ = stdin // closed by Wait in close: the relay then exits
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			rc.close()
-			return nil, err
-		}
-		if err := cmd.Start(); err != nil {
-			rc.close()
-			return nil, fmt.Errorf("start relay: %w", err)
+			return nil, fmt.Errorf("relay: %w", err)
 		}
 		rc.cmds = append(rc.cmds, cmd)
-		addr := make(chan string, 1)
-		go func() {
-			line, _ := bufio.NewReader(out).ReadString('\n')
-			addr <- strings.TrimSpace(line)
-		}()
-		var line string
-		select {
-		case line = <-addr:
-		case <-time.After(waitLimit):
-			rc.close()
-			return nil, fmt.Errorf("relay did not start within %s", waitLimit)
-		}
-		if next = strings.Split(line, ","); line == "" || len(next) != len(targets) {
-			rc.close()
-			return nil, fmt.Errorf("relay did not start (it printed %q)", line)
-		}
+		next = addrs
 	}
 	rc.entries = next
 	return rc, nil
@@ -156,8 +123,7 @@ func startRelayChain(targets ...string) (*relayChain, error) {
 // close stops the relays this bench started, by PID.
 func (rc *relayChain) close() {
 	for _, cmd := range rc.cmds {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
+		stopChild(cmd)
 	}
 }
 

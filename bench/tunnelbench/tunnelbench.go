@@ -38,6 +38,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 2 && args[0] == relayFlag {
 		return runRelay(args[1], stdout, stderr)
 	}
+	if len(args) == 1 && args[0] == targetsFlag {
+		return runTargets(stdout, stderr)
+	}
 	var o options
 	fs := flag.NewFlagSet("tunnel-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)

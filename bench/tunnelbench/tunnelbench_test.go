@@ -10,8 +10,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	// startRelayChain runs its own executable (this test binary) with -relay.
-	if len(os.Args) == 3 && os.Args[1] == relayFlag {
+	// startRelayChain and startRemoteTargets run their own executable
+	// (this test binary) with -relay or -targets.
+	if len(os.Args) == 3 && os.Args[1] == relayFlag || len(os.Args) == 2 && os.Args[1] == targetsFlag {
 		os.Exit(Main(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	goleak.VerifyTestMain(m)
@@ -39,6 +40,32 @@ func TestRelayChainCarriesEachTarget(t *testing.T) {
 	}
 	if _, moved, err := throughput(rc.dialer(1), 1, 200*time.Millisecond); err != nil || moved == 0 {
 		t.Fatalf("bulk through the relays: %d bytes, %v", moved, err)
+	}
+}
+
+// The targets in a process of their own answer as the in-process ones do,
+// and go away with close.
+func TestRemoteTargetsServeEchoAndSink(t *testing.T) {
+	rt, err := startRemoteTargets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rt.cmd.Process.Pid == os.Getpid() {
+		t.Fatal("targets run in this process")
+	}
+	rtts, err := pingPong(tcpDialer(rt.echo), 100, 64, time.Now().Add(10*time.Second))
+	if err != nil || len(rtts) != 100 {
+		t.Fatalf("ping: %d round trips, %v", len(rtts), err)
+	}
+	if _, moved, err := throughput(tcpDialer(rt.sink), 1, 200*time.Millisecond); err != nil || moved == 0 {
+		t.Fatalf("bulk: %d bytes, %v", moved, err)
+	}
+	rt.close()
+	if rt.cmd.ProcessState == nil {
+		t.Fatal("targets process not ended and waited for by close")
+	}
+	if _, err := pingPong(tcpDialer(rt.echo), 1, 64, time.Now().Add(2*time.Second)); err == nil {
+		t.Fatal("echo still answers after close")
 	}
 }
 
