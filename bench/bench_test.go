@@ -24,9 +24,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	// The suite starts its relay floor by running its own executable (this
-	// test binary here) with -relay.
-	if len(os.Args) == 3 && os.Args[1] == "-relay" {
+	// The suite starts its relay floor and its out-of-process targets by
+	// running its own executable (this test binary here) again.
+	if tunnelbench.IsChild(os.Args[1:]) {
 		os.Exit(tunnelbench.Main(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	goleak.VerifyTestMain(m)

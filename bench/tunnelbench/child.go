@@ -13,6 +13,20 @@ import (
 // Baselines that run in processes of their own are this same program,
 // started again with a flag: the relays (relay.go) and the targets.
 
+// IsChild reports whether args (without the program name) start one of
+// those children. A test binary that runs the suite calls Main with its
+// arguments when this is true, as the tunnel-bench command does.
+func IsChild(args []string) bool {
+	return len(args) == 2 && args[0] == relayFlag || len(args) == 1 && args[0] == targetsFlag
+}
+
+func runChild(args []string, stdout, stderr io.Writer) int {
+	if args[0] == relayFlag {
+		return runRelay(args[1], stdout, stderr)
+	}
+	return runTargets(stdout, stderr)
+}
+
 // startChild runs this program again with args, in a process of its own
 // that serves on loopback until its stdin closes, and returns the want
 // addresses it prints (one line, comma-separated). Stop it with stopChild.

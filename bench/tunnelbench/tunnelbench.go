@@ -35,11 +35,8 @@ type options struct {
 // failed), 1 if a measurement failed (a check failed, an agent died), 2 on
 // a bad command line.
 func Main(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 2 && args[0] == relayFlag {
-		return runRelay(args[1], stdout, stderr)
-	}
-	if len(args) == 1 && args[0] == targetsFlag {
-		return runTargets(stdout, stderr)
+	if IsChild(args) {
+		return runChild(args, stdout, stderr)
 	}
 	var o options
 	fs := flag.NewFlagSet("tunnel-bench", flag.ContinueOnError)

@@ -12,7 +12,7 @@ import (
 func TestMain(m *testing.M) {
 	// startRelayChain and startRemoteTargets run their own executable
 	// (this test binary) with -relay or -targets.
-	if len(os.Args) == 3 && os.Args[1] == relayFlag || len(os.Args) == 2 && os.Args[1] == targetsFlag {
+	if IsChild(os.Args[1:]) {
 		os.Exit(Main(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	goleak.VerifyTestMain(m)
