@@ -28,7 +28,10 @@ type Status struct {
 }
 
 type SessionStatus struct {
+	// Peer is the certificate's readable name, which need not be unique;
+	// Key (its SPKI pin, sha256:BASE64) tells two peers of one name apart.
 	Peer    string    `json:"peer"`
+	Key     string    `json:"key,omitempty"`
 	Class   string    `json:"class"`
 	Remote  string    `json:"remote"`
 	Since   time.Time `json:"since"`

@@ -207,7 +207,7 @@ func (c *Client) status() admin.Status {
 	}
 	for class, k := range c.keepers {
 		if sess := k.current.get(); sess != nil {
-			st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: sess.Peer.Name(), Class: class, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams()})
+			st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: sess.Peer.Name(), Key: sess.Peer.Key(), Class: class, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams()})
 		}
 	}
 	for _, f := range cfg.Forwards {

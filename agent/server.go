@@ -73,9 +73,9 @@ func newServerState(cfg *config.Server) *serverState {
 		r, _ := ssl.ParseRules(svc.Allow) // validated with the config
 		rules = append(rules, r...)
 	}
-	var clients []string
+	var clients []func(ssl.Identity) bool
 	for _, f := range cfg.Forwards {
-		clients = append(clients, f.Client)
+		clients = append(clients, clientMatcher(f.Client))
 	}
 	// A client may connect when some service allows it or some forward is
 	// carried by it; anyone else is refused in the handshake, resumed or not.
@@ -83,8 +83,8 @@ func newServerState(cfg *config.Server) *serverState {
 		if _, ok := rules.Match(id); ok {
 			return nil
 		}
-		for _, c := range clients {
-			if id.Is(c) {
+		for _, matches := range clients {
+			if matches(id) {
 				return nil
 			}
 		}
@@ -275,11 +275,13 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 		conn.Close()
 		return
 	}
-	peer := sess.Peer.Name()
+	// Sessions are keyed by the certificate (its SPKI pin), shown by name:
+	// names are not unique (a shared CN, URI-only certificates).
+	peer, key := sess.Peer.Name(), sess.Peer.Key()
 	class := sess.PeerHello.Class
 	log := s.log.With("peer", peer, "remote", remote)
-	if err := s.sessions.admit(peer, class, cfg.MaxSessions, cfg.MaxSessionsPerIdentity); err != nil {
-		s.limited.Warn("limit:"+peer, "client refused", "peer", peer, "remote", remote, "error", err)
+	if err := s.sessions.admit(sess.Peer, class, cfg.MaxSessions, cfg.MaxSessionsPerIdentity); err != nil {
+		s.limited.Warn("limit:"+key, "client refused", "peer", peer, "key", key, "remote", remote, "error", err)
 		sess.CloseWithReason(err)
 		return
 	}
@@ -287,8 +289,8 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	// at once: new streams use the new one, so its forwards never see a
 	// stale "already connected"; the old one drains in the background
 	// (a rotation) or is already dead (a reconnect).
-	if old := s.sessions.put(peer, class, sess); old != nil {
-		log.Info("client reconnected; draining its previous session", "class", class)
+	if old := s.sessions.put(sess.Peer, class, sess); old != nil {
+		log.Info("client reconnected; draining its previous session", "class", class, "key", key)
 		conns.Go(func() {
 			ctx, cancel := context.WithTimeout(streamCtx, cfg.DrainTimeout)
 			defer cancel()
@@ -296,14 +298,14 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 			old.CloseWithReason(errors.New("replaced by a new session from the same client"))
 		})
 	}
-	log.Info("session up", "class", class, "agent", sess.PeerHello.Agent)
+	log.Info("session up", "class", class, "agent", sess.PeerHello.Agent, "key", key)
 	s.metrics.Sessions.WithLabelValues(class).Inc()
 	s.metrics.SessionsUp.WithLabelValues(class).Inc()
 	defer s.metrics.Sessions.WithLabelValues(class).Dec()
 	err = sess.Serve(streamCtx, s.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
 		pipeAndLog(ctx, log, s.metrics, "service", service, serviceIdle(s.cfg().Services, service), stream, target)
 	})
-	s.sessions.remove(peer, class, sess)
+	s.sessions.remove(sess.Peer, class, sess)
 	sess.Close()
 	if streamCtx.Err() == nil {
 		log.Info("session ended", "class", class, "reason", reasonText(err))
@@ -315,7 +317,13 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 func (s *Server) lookup(name string) (mux.Service, bool) { return s.state.Load().lookup(name) }
 
 func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.Conn) {
-	sess := s.sessions.find(f.Client, f.Class)
+	sess, certs := s.sessions.find(clientMatcher(f.Client), f.Class)
+	if certs > 1 {
+		// Several certificates answer to this name (a shared CN, a URI
+		// pattern): the newest session is most likely the live host.
+		s.limited.Warn("ambiguous-client:"+f.Name, "forward's client matches sessions of several certificates; using the most recent one (name the client by sha256: pin to choose)",
+			"forward", f.Name, "client", f.Client, "certificates", certs, "chosen", sess.Peer.Key())
+	}
 	if sess == nil {
 		s.limited.Warn("no-client:"+f.Name, "connection refused: client not connected", "forward", f.Name, "client", f.Client, "local", local.RemoteAddr().String())
 		forward.Reset(local)
@@ -389,7 +397,7 @@ func (s *Server) status() admin.Status {
 		st.LastError = *e
 	}
 	for k, sess := range s.sessions.snapshot() {
-		st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: k.identity, Class: k.class, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams()})
+		st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: sess.Peer.Name(), Key: k.key, Class: k.class, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams()})
 	}
 	for _, f := range cfg.Forwards {
 		st.Forwards = append(st.Forwards, forwardStatus(s.metrics, "forward", f.Name, addrString(s.Addr(f.Name)), ""))
@@ -408,20 +416,24 @@ func reasonText(err error) string {
 	return err.Error()
 }
 
-// sessionSet holds the connected clients' sessions by identity and class.
+// sessionSet holds the connected clients' sessions by certificate (the
+// identity's Key, its SPKI pin) and class. A reconnect with the same key
+// replaces its session of the same class; two certificates with the same
+// readable name are two clients.
 type sessionSet struct {
 	mu sync.Mutex
 	m  map[sessionKey]*mux.Session
 }
 
-type sessionKey struct{ identity, class string }
+type sessionKey struct{ key, class string }
 
-// admit checks the session limits for a new session of identity. A session
-// that would replace one of the same class does not count against them.
-func (ss *sessionSet) admit(identity, class string, max, perIdentity int) error {
+// admit checks the session limits for a new session of id. A session that
+// would replace one of the same class does not count against them.
+func (ss *sessionSet) admit(id ssl.Identity, class string, max, perIdentity int) error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	if _, replaces := ss.m[sessionKey{identity, class}]; replaces {
+	key := id.Key()
+	if _, replaces := ss.m[sessionKey{key, class}]; replaces {
 		return nil
 	}
 	if len(ss.m) >= max {
@@ -429,32 +441,32 @@ func (ss *sessionSet) admit(identity, class string, max, perIdentity int) error 
 	}
 	n := 0
 	for k := range ss.m {
-		if k.identity == identity {
+		if k.key == key {
 			n++
 		}
 	}
 	if n >= perIdentity {
-		return fmt.Errorf("%q already has %d sessions, the limit per client (max_sessions_per_identity)", identity, n)
+		return fmt.Errorf("certificate of %q (%s) already has %d sessions, the limit per client (max_sessions_per_identity)", id.Name(), key, n)
 	}
 	return nil
 }
 
-func (ss *sessionSet) put(identity, class string, s *mux.Session) (old *mux.Session) {
+func (ss *sessionSet) put(id ssl.Identity, class string, s *mux.Session) (old *mux.Session) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.m == nil {
 		ss.m = map[sessionKey]*mux.Session{}
 	}
-	k := sessionKey{identity, class}
+	k := sessionKey{id.Key(), class}
 	old = ss.m[k]
 	ss.m[k] = s
 	return old
 }
 
-func (ss *sessionSet) remove(identity, class string, s *mux.Session) {
+func (ss *sessionSet) remove(id ssl.Identity, class string, s *mux.Session) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	k := sessionKey{identity, class}
+	k := sessionKey{id.Key(), class}
 	if ss.m[k] == s {
 		delete(ss.m, k)
 	}
@@ -476,20 +488,39 @@ func (ss *sessionSet) all() []*mux.Session {
 	return out
 }
 
-// find returns a session whose peer answers to identity (CN or DNS SAN),
-// of the given class if it has one, else of any class.
-func (ss *sessionSet) find(identity, class string) *mux.Session {
+// find returns the session for a forward: among the sessions whose peer
+// matches, those of the given class if any, else of any class; of those
+// the most recently established. certs is how many distinct certificates
+// matched: more than one means the forward's client is ambiguous.
+func (ss *sessionSet) find(matches func(ssl.Identity) bool, class string) (sess *mux.Session, certs int) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	var any *mux.Session
+	var (
+		keys      = map[string]bool{}
+		sameClass bool
+	)
 	for k, s := range ss.m {
-		if k.identity != identity && !s.Peer.Is(identity) {
+		if !matches(s.Peer) {
 			continue
 		}
-		if k.class == class {
-			return s
+		keys[k.key] = true
+		switch {
+		case k.class == class && (!sameClass || s.Since().After(sess.Since())):
+			sess, sameClass = s, true
+		case !sameClass && (sess == nil || s.Since().After(sess.Since())):
+			sess = s
 		}
-		any = s
 	}
-	return any
+	return sess, len(keys)
+}
+
+// clientMatcher is how a forward's `client` names the client whose session
+// carries it: any form of an allow rule (a name matches the CN or a DNS
+// SAN; sha256:PIN one certificate; a URI pattern SPIFFE IDs). Text that is
+// not a rule is matched as a plain name.
+func clientMatcher(client string) func(ssl.Identity) bool {
+	if r, err := ssl.ParseRule(client); err == nil {
+		return r.Match
+	}
+	return func(id ssl.Identity) bool { return id.Is(client) }
 }

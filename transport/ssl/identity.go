@@ -24,19 +24,38 @@ func PeerIdentity(cs tls.ConnectionState) (Identity, error) {
 	return Identity{Leaf: chain[0], Chain: chain[1:]}, nil
 }
 
-// Name is the identity shown in logs and matched by default: the common name,
-// or the first DNS name when the certificate has no common name.
+// Key is what tells peers apart: the SPKI pin of the leaf
+// ("sha256:BASE64", the text a `sha256:` rule takes). Readable names are
+// not unique (two hosts may share a CN; URI-only certificates have none),
+// so sessions, limits and lookups are keyed by Key and shown by Name. It
+// stays the same across a renewal with the same key, so a renewed client
+// still replaces its own old session. "" when there is no certificate.
+func (id Identity) Key() string {
+	if id.Leaf == nil {
+		return ""
+	}
+	return SPKIPin(id.Leaf)
+}
+
+// Name is the identity shown in logs and matched by default: the common
+// name, else the first DNS name, else the first URI SAN (a SPIFFE ID),
+// else the first IP SAN, else the Key, so a log line never names nobody.
+// It need not be unique: see Key.
 func (id Identity) Name() string {
 	if id.Leaf == nil {
 		return ""
 	}
-	if cn := id.Leaf.Subject.CommonName; cn != "" {
-		return cn
+	switch l := id.Leaf; {
+	case l.Subject.CommonName != "":
+		return l.Subject.CommonName
+	case len(l.DNSNames) > 0:
+		return l.DNSNames[0]
+	case len(l.URIs) > 0:
+		return l.URIs[0].String()
+	case len(l.IPAddresses) > 0:
+		return l.IPAddresses[0].String()
 	}
-	if len(id.Leaf.DNSNames) > 0 {
-		return id.Leaf.DNSNames[0]
-	}
-	return ""
+	return id.Key()
 }
 
 // Is reports whether the identity answers to name: the certificate's common

@@ -112,8 +112,21 @@ func printStatus(w io.Writer, st admin.Status) {
 	if len(st.Sessions) == 0 {
 		fmt.Fprintln(tw, "(none)\t\t\t\t")
 	}
+	// Names need not be unique: where one names several certificates,
+	// show each one's key too.
+	keysOf := map[string]map[string]bool{}
 	for _, s := range st.Sessions {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", s.Peer, s.Class, s.Remote, s.Since.Local().Format(time.DateTime), s.Streams)
+		if keysOf[s.Peer] == nil {
+			keysOf[s.Peer] = map[string]bool{}
+		}
+		keysOf[s.Peer][s.Key] = true
+	}
+	for _, s := range st.Sessions {
+		peer := s.Peer
+		if len(keysOf[s.Peer]) > 1 && s.Key != "" {
+			peer += " (" + s.Key + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", peer, s.Class, s.Remote, s.Since.Local().Format(time.DateTime), s.Streams)
 	}
 	for _, group := range []struct {
 		title string

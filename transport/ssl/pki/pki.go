@@ -48,6 +48,7 @@ type Options struct {
 	URIs       []*url.URL
 	NotBefore  time.Time     // default: now - 1 minute (clock skew)
 	Validity   time.Duration // default: DefaultLeafValidity, or DefaultCAValidity for CAs
+	NotAfter   time.Time     // when set, the end of validity (Validity is then ignored)
 }
 
 // NewRootCA makes a self-signed root CA with an ECDSA P-256 key.
@@ -142,8 +143,10 @@ func (ca *Cert) issue(opts Options, shape func(*x509.Certificate)) (*Cert, error
 }
 
 func template(opts Options) (*x509.Certificate, error) {
-	if opts.CommonName == "" {
-		return nil, errors.New("certificate needs a common name")
+	// A URI-only (SPIFFE) leaf has no common name; a certificate with
+	// neither a name nor a SAN would identify nobody.
+	if opts.CommonName == "" && len(opts.DNSNames) == 0 && len(opts.IPs) == 0 && len(opts.URIs) == 0 {
+		return nil, errors.New("certificate needs a common name or a subject alternative name")
 	}
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
 	if err != nil {
@@ -153,6 +156,13 @@ func template(opts Options) (*x509.Certificate, error) {
 	if notBefore.IsZero() {
 		notBefore = time.Now().Add(-time.Minute)
 	}
+	notAfter := opts.NotAfter
+	if notAfter.IsZero() {
+		notAfter = notBefore.Add(opts.Validity)
+	}
+	if !notAfter.After(notBefore) {
+		return nil, fmt.Errorf("certificate would end (%s) before it starts (%s)", notAfter.UTC().Format(time.RFC3339), notBefore.UTC().Format(time.RFC3339))
+	}
 	return &x509.Certificate{
 		SerialNumber: serial,
 		Subject:      pkix.Name{CommonName: opts.CommonName},
@@ -160,7 +170,7 @@ func template(opts Options) (*x509.Certificate, error) {
 		IPAddresses:  opts.IPs,
 		URIs:         opts.URIs,
 		NotBefore:    notBefore,
-		NotAfter:     notBefore.Add(opts.Validity),
+		NotAfter:     notAfter,
 	}, nil
 }
 

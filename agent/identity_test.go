@@ -1,0 +1,311 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/tunnelworks/tunnel/config"
+	"github.com/tunnelworks/tunnel/mux"
+	"github.com/tunnelworks/tunnel/transport/ssl"
+	"github.com/tunnelworks/tunnel/transport/ssl/pki"
+)
+
+// fleet is one server and several clients, each with its own certificate,
+// on loopback with real TLS.
+type fleet struct {
+	dir     string
+	ca      *pki.Cert
+	srv     *Server
+	srvLog  *syncBuffer
+	clients []*Client
+	cliLogs []*syncBuffer
+	ctx     context.Context
+	done    *sync.WaitGroup
+}
+
+// startFleet starts a server with config extra (services, forwards,
+// limits) beside the echo service, which allows allow.
+func startFleet(t *testing.T, allow, extra string) *fleet {
+	t.Helper()
+	f := &fleet{dir: t.TempDir(), srvLog: &syncBuffer{}, done: &sync.WaitGroup{}}
+	ca, err := pki.NewRootCA(pki.Options{CommonName: "fleet test CA"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.ca = ca
+	if err := os.WriteFile(filepath.Join(f.dir, "ca.crt"), ca.CertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srvCert, err := ca.IssueServer(pki.Options{CommonName: "tunnel-server", DNSNames: []string{"localhost"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srvCert.WriteFiles(filepath.Join(f.dir, "server.crt"), filepath.Join(f.dir, "server.key")); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(f.dir, "server.hcl")
+	if err := os.WriteFile(path, []byte(serverHCL(echoServer(t), allow, extra)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.LoadServer(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.srv, err = NewServer(cfg, hclog.New(&hclog.LoggerOptions{Output: f.srvLog, Level: hclog.Debug}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f.ctx = ctx
+	f.done.Go(func() { _ = f.srv.Run(ctx) })
+	<-f.srv.Ready()
+	t.Cleanup(func() {
+		cancel()
+		f.done.Wait()
+		if t.Failed() {
+			t.Logf("server log:\n%s", f.srvLog)
+			for i, l := range f.cliLogs {
+				t.Logf("client %d log:\n%s", i, l)
+			}
+		}
+	})
+	return f
+}
+
+// addClient issues a client certificate with opts and starts a client with
+// it: a forward "echo" to the server's echo service and a service "id"
+// that answers with reply.
+func (f *fleet) addClient(t *testing.T, opts pki.Options, reply string) *Client {
+	t.Helper()
+	n := len(f.clients)
+	c, err := f.ca.IssueClient(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(f.dir, fmt.Sprintf("client%d.crt", n)), filepath.Join(f.dir, fmt.Sprintf("client%d.key", n))
+	if err := c.WriteFiles(certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(f.dir, fmt.Sprintf("client%d.hcl", n))
+	if err := os.WriteFile(path, fmt.Appendf(nil, `server = %q
+tls {
+  cert = %q
+  key  = %q
+  ca   = "ca.crt"
+  server_name = "localhost"
+}
+forward "echo" {
+  listen = "127.0.0.1:0"
+}
+service "id" {
+  target = %q
+}
+`, f.srv.Addr("tunnel").String(), certFile, keyFile, replyServer(t, reply)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.LoadClient(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &syncBuffer{}
+	cli, err := NewClient(cfg, hclog.New(&hclog.LoggerOptions{Output: log, Level: hclog.Debug}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.clients, f.cliLogs = append(f.clients, cli), append(f.cliLogs, log)
+	f.done.Go(func() { _ = cli.Run(f.ctx) })
+	<-cli.Ready()
+	waitFor(t, fmt.Sprintf("client %d's session", n), func() bool { return cli.Session() != nil })
+	return cli
+}
+
+// replyServer answers every connection with reply and closes it.
+func replyServer(t *testing.T, reply string) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() { defer c.Close(); io.WriteString(c, reply) })
+		}
+	})
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String()
+}
+
+// Two clients with the same CN and two URI-only clients with the same URI
+// (four certificates, two readable names) are all served at once: none
+// replaces another, streams flow through each for seconds, and each
+// session comes up once. A forward naming the shared CN picks the most
+// recent session and says once that the name is ambiguous.
+func TestSameNameClientsAreServedSideBySide(t *testing.T) {
+	spiffe, _ := url.Parse("spiffe://corp/router/edge")
+	f := startFleet(t, `"edge", "uri:spiffe://corp/router/*"`, `forward "back" {
+  listen  = "127.0.0.1:0"
+  client  = "edge"
+  service = "id"
+}
+`)
+	f.addClient(t, pki.Options{CommonName: "edge"}, "edge-first")
+	f.addClient(t, pki.Options{URIs: []*url.URL{spiffe}}, "uri-first")
+	f.addClient(t, pki.Options{URIs: []*url.URL{spiffe}}, "uri-second")
+	f.addClient(t, pki.Options{CommonName: "edge"}, "edge-second")
+	first := make([]*mux.Session, len(f.clients))
+	for i, c := range f.clients {
+		first[i] = c.Session()
+	}
+	waitFor(t, "four sessions on the server", func() bool { return len(f.srv.sessions.snapshot()) == 4 })
+
+	// Streams through every client for about 5 s.
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		errs   []error
+		rounds = make([]int, len(f.clients))
+	)
+	until := time.Now().Add(5 * time.Second)
+	for i, c := range f.clients {
+		addr := c.Addr("echo").String()
+		wg.Go(func() {
+			for n := 0; n < 10000 && time.Now().Before(until); n++ {
+				if err := roundTrip(addr, fmt.Appendf(nil, "client %d round %d", i, n)); err != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("client %d round %d: %w", i, n, err))
+					mu.Unlock()
+					return
+				}
+				rounds[i]++
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		t.Error(err)
+	}
+	for i, c := range f.clients {
+		if rounds[i] < 10 {
+			t.Errorf("client %d: only %d round trips in 5 s", i, rounds[i])
+		}
+		if c.Session() != first[i] {
+			t.Errorf("client %d: its session was replaced", i)
+		}
+	}
+	log := f.srvLog.String()
+	if n := strings.Count(log, "session up"); n != 4 {
+		t.Errorf("server logged %d \"session up\", want 4 (one per client)", n)
+	}
+	if strings.Contains(log, "reconnected") || strings.Contains(log, "replaced") {
+		t.Error("server replaced a session of another certificate")
+	}
+	for i, l := range f.cliLogs {
+		if n := strings.Count(l.String(), "session up"); n != 1 {
+			t.Errorf("client %d logged %d \"session up\", want 1", i, n)
+		}
+	}
+	// URI-only clients are logged by their URI, never by an empty name.
+	if !strings.Contains(log, "peer=spiffe://corp/router/edge") {
+		t.Error("server log does not name the URI-only clients by their URI")
+	}
+
+	// The forward for "edge" reaches the newest of the two "edge" clients.
+	back := f.srv.Addr("back").String()
+	for range 3 {
+		if got := readAll(t, back); got != "edge-second" {
+			t.Fatalf("forward to \"edge\" reached %q, want the most recent session (edge-second)", got)
+		}
+	}
+	if n := strings.Count(f.srvLog.String(), "matches sessions of several certificates"); n != 1 {
+		t.Errorf("ambiguity logged %d times, want once per interval", n)
+	}
+
+	// Status shows each session's key; names repeat, keys do not.
+	keys := map[string]bool{}
+	for _, s := range f.srv.status().Sessions {
+		if !strings.HasPrefix(s.Key, "sha256:") {
+			t.Errorf("status session %q without its key", s.Peer)
+		}
+		keys[s.Key] = true
+	}
+	if len(keys) != 4 {
+		t.Errorf("status shows %d distinct keys, want 4", len(keys))
+	}
+}
+
+func readAll(t *testing.T, addr string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	b, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("read from %s: %v", addr, err)
+	}
+	return string(b)
+}
+
+// The per-identity limit counts the sessions of one certificate: another
+// certificate with the same name has its own count, and a reconnect of the
+// same certificate and class replaces instead of counting.
+func TestSessionLimitPerKey(t *testing.T) {
+	ca, err := pki.NewRootCA(pki.Options{CommonName: "limit test CA"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func() ssl.Identity {
+		c, err := ca.IssueClient(pki.Options{CommonName: "edge"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ssl.Identity{Leaf: c.Cert}
+	}
+	a, b := issue(), issue()
+	var ss sessionSet
+	const max, perIdentity = 10, 1
+	if err := ss.admit(a, classBulk, max, perIdentity); err != nil {
+		t.Fatal(err)
+	}
+	ss.put(a, classBulk, &mux.Session{Peer: a})
+	if err := ss.admit(a, classBulk, max, perIdentity); err != nil {
+		t.Fatalf("a reconnect of the same certificate and class was refused: %v", err)
+	}
+	err = ss.admit(a, classControl, max, perIdentity)
+	if err == nil || !strings.Contains(err.Error(), "max_sessions_per_identity") || !strings.Contains(err.Error(), a.Key()) {
+		t.Fatalf("a second session of one certificate: %v", err)
+	}
+	if err := ss.admit(b, classBulk, max, perIdentity); err != nil {
+		t.Fatalf("another certificate of the same name counted against the first: %v", err)
+	}
+	if old := ss.put(b, classBulk, &mux.Session{Peer: b}); old != nil {
+		t.Fatal("a certificate of the same name replaced another's session")
+	}
+	if got := len(ss.snapshot()); got != 2 {
+		t.Fatalf("%d sessions held, want 2", got)
+	}
+	if s, certs := ss.find(clientMatcher("edge"), classBulk); s == nil || certs != 2 {
+		t.Fatalf("find by shared name: session %v, %d certificates, want 2", s, certs)
+	}
+	if s, certs := ss.find(clientMatcher(b.Key()), classBulk); s == nil || s.Peer.Key() != b.Key() || certs != 1 {
+		t.Fatal("find by sha256: pin did not pick that certificate alone")
+	}
+}
