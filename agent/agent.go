@@ -264,6 +264,7 @@ func failureReason(err error) string {
 		{"requires a client certificate", "no_certificate"},
 		{"older than 1.2", "tls_version"},
 		{"TLS version", "tls_version"},
+		{"is a CA certificate", "ca_certificate"},
 		{"revoked", "revoked"},
 		{"not allowed", "not_allowed"},
 		{"name mismatch", "name_mismatch"},

@@ -124,6 +124,9 @@ func (p *Policy) Recheck(id Identity, usage x509.ExtKeyUsage, now time.Time) err
 	for _, c := range id.Chain {
 		inter.AddCert(c)
 	}
+	if err := checkLeaf(id.Leaf); err != nil {
+		return err
+	}
 	chains, err := id.Leaf.Verify(x509.VerifyOptions{Roots: p.Material.CAs, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage}})
 	if err != nil {
 		return &PolicyError{Describe(err)}
@@ -144,6 +147,9 @@ func (p *Policy) verifyConnection(cs tls.ConnectionState) error {
 	if err != nil {
 		return err
 	}
+	if err := checkLeaf(id.Leaf); err != nil {
+		return err
+	}
 	if err := p.checkRevocation(append([]*x509.Certificate{id.Leaf}, id.Chain...), time.Now()); err != nil {
 		return err
 	}
@@ -151,6 +157,18 @@ func (p *Policy) verifyConnection(cs tls.ConnectionState) error {
 		if err := p.spec.Admit(id); err != nil {
 			return &PolicyError{err.Error()}
 		}
+	}
+	return nil
+}
+
+// checkLeaf refuses a CA certificate as a peer's own. crypto/x509 verifies
+// a CA certificate as a leaf when its usages allow it (a CA without
+// extended key usages allows every usage), and a CA key is meant to sign
+// certificates, not to live on a host: whoever holds it could also issue
+// certificates for any other name.
+func checkLeaf(leaf *x509.Certificate) error {
+	if leaf.IsCA {
+		return &PolicyError{fmt.Sprintf("peer certificate is a CA certificate (basicConstraints CA:TRUE); issue a leaf certificate (subject %q, serial %s)", leaf.Subject.String(), FormatSerial(leaf.SerialNumber))}
 	}
 	return nil
 }

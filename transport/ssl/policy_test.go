@@ -268,3 +268,59 @@ func TestAgentsDoNotResume(t *testing.T) {
 		}
 	}
 }
+
+// A CA certificate (basicConstraints CA:TRUE) issued by the trusted CA
+// verifies as a leaf in crypto/x509; both sides refuse it as the peer's
+// own certificate, in the handshake and on a recheck.
+func TestCACertificateRefusedAsPeer(t *testing.T) {
+	p := newPKI(t)
+	const want = "peer certificate is a CA certificate (basicConstraints CA:TRUE); issue a leaf certificate"
+	caLeaf, err := p.ca.NewIntermediate(pki.Options{CommonName: "client-a", DNSNames: []string{"localhost"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !caLeaf.Cert.IsCA {
+		t.Fatal("test certificate is not a CA")
+	}
+	sc, sk := policyFiles(t, p, "server", issueServer(t, p.ca, pki.Options{}))
+	cc, ck := policyFiles(t, p, "client", issueClient(t, p.ca, pki.Options{CommonName: "client-a"}))
+	xc, xk := policyFiles(t, p, "ca-leaf", caLeaf)
+	load := func(cert, key string) *Reloader {
+		pol, err := LoadPolicy(PolicySpec{Cert: cert, Key: key, CA: p.caFile})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return NewReloader(pol)
+	}
+
+	// A leaf on both sides: accepted (the control case).
+	if srvErr, cliErr, _, _ := handshake(t, load(sc, sk).ServerConfig(), load(cc, ck).ClientConfig("localhost")); srvErr != nil || cliErr != nil {
+		t.Fatalf("leaf certificates refused: %v / %v", srvErr, cliErr)
+	}
+	// The client presents a CA certificate: the server refuses it.
+	srvErr, cliErr, _, _ := handshake(t, load(sc, sk).ServerConfig(), load(xc, xk).ClientConfig("localhost"))
+	if srvErr == nil || !strings.Contains(srvErr.Error(), want) {
+		t.Fatalf("server accepted a CA certificate as the client's: %v", srvErr)
+	}
+	if cliErr == nil {
+		t.Fatal("client with a CA certificate got through")
+	}
+	// The server presents a CA certificate: the client refuses it.
+	srvErr, cliErr, _, _ = handshake(t, load(xc, xk).ServerConfig(), load(cc, ck).ClientConfig("localhost"))
+	if cliErr == nil || !strings.Contains(cliErr.Error(), want) {
+		t.Fatalf("client accepted a CA certificate as the server's: %v", cliErr)
+	}
+	if srvErr == nil {
+		t.Fatal("server with a CA certificate completed the handshake")
+	}
+	// A session that predates the rule is closed by a recheck.
+	pol := load(sc, sk).Policy()
+	if err := pol.Recheck(Identity{Leaf: caLeaf.Cert}, x509.ExtKeyUsageClientAuth, time.Now()); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("recheck of a CA certificate: %v", err)
+	}
+	// Our own CA certificate is a problem `validate` reports.
+	own := load(xc, xk).Policy().Material.Check(time.Now(), x509.ExtKeyUsageClientAuth)
+	if len(own) != 1 || !strings.Contains(own[0].Error(), "is a CA certificate") {
+		t.Fatalf("own CA certificate: problems %v", own)
+	}
+}

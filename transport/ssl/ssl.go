@@ -99,6 +99,9 @@ func (m *Material) Check(now time.Time, usage x509.ExtKeyUsage) []error {
 	if now.After(leaf.NotAfter) {
 		errs = append(errs, fmt.Errorf("certificate %s (%s) expired on %s", m.CertFile, leaf.Subject.CommonName, leaf.NotAfter.UTC().Format(time.RFC3339)))
 	}
+	if leaf.IsCA {
+		errs = append(errs, fmt.Errorf("certificate %s (%s) is a CA certificate (basicConstraints CA:TRUE): peers refuse it; issue a leaf certificate", m.CertFile, leaf.Subject.CommonName))
+	}
 	inter := x509.NewCertPool()
 	for _, der := range m.Cert.Certificate[1:] {
 		if c, err := x509.ParseCertificate(der); err == nil {
