@@ -188,6 +188,16 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, st sessi
 	return sess, nil
 }
 
+// watchPeer closes sess, saying why, when time alone makes its peer fail
+// the current policy (certificate expired, stale CRL under crl_stale =
+// "refuse"); see ssl.Reloader.WatchPeer. It returns when sess ends.
+func watchPeer(r *ssl.Reloader, sess *mux.Session, usage x509.ExtKeyUsage, log hclog.Logger) {
+	r.WatchPeer(sess.Done(), sess.Peer, usage, func(err error) {
+		log.Warn("closing session: its peer's certificate is no longer valid", "reason", err)
+		sess.CloseWithReason(err)
+	})
+}
+
 // describeChanges says what a reload changed, for the `reloaded` log line.
 func describeChanges(oldP, newP *ssl.Policy, oldSvc, newSvc []config.Service, oldFwd, newFwd []config.Forward) string {
 	var out []string
@@ -280,9 +290,14 @@ func failureReason(err error) string {
 
 // endReason names why a session ended, for the metrics.
 func endReason(err error) string {
+	var expired *ssl.ExpiredError
 	switch {
 	case err == nil:
 		return "closed"
+	case errors.As(err, &expired) && strings.Contains(expired.What, "CRL"):
+		return "crl_stale"
+	case errors.As(err, &expired):
+		return "cert_expired"
 	case strings.Contains(err.Error(), "peer silent"):
 		return "peer_dead"
 	case strings.Contains(err.Error(), "replaced"):

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/url"
 	"os"
@@ -34,20 +35,32 @@ type fleet struct {
 	done    *sync.WaitGroup
 }
 
-// startFleet starts a server with config extra (services, forwards,
-// limits) beside the echo service, which allows allow.
-func startFleet(t *testing.T, allow, extra string) *fleet {
+// fleetOptions shape the server of a fleet.
+type fleetOptions struct {
+	allow    string      // the echo service's allow list (HCL list body)
+	extra    string      // more server config: forwards, limits
+	tlsExtra string      // more lines of the server's tls block
+	cert     pki.Options // the server's certificate (its names are set)
+	ca       *pki.Cert   // the CA of both sides; default a new one
+}
+
+// startFleet starts a server with an echo service and opts.
+func startFleet(t *testing.T, opts fleetOptions) *fleet {
 	t.Helper()
 	f := &fleet{dir: t.TempDir(), srvLog: &syncBuffer{}, done: &sync.WaitGroup{}}
-	ca, err := pki.NewRootCA(pki.Options{CommonName: "fleet test CA"})
-	if err != nil {
-		t.Fatal(err)
+	ca := opts.ca
+	if ca == nil {
+		var err error
+		if ca, err = pki.NewRootCA(pki.Options{CommonName: "fleet test CA"}); err != nil {
+			t.Fatal(err)
+		}
 	}
 	f.ca = ca
 	if err := os.WriteFile(filepath.Join(f.dir, "ca.crt"), ca.CertPEM(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	srvCert, err := ca.IssueServer(pki.Options{CommonName: "tunnel-server", DNSNames: []string{"localhost"}})
+	opts.cert.CommonName, opts.cert.DNSNames = "tunnel-server", []string{"localhost"}
+	srvCert, err := ca.IssueServer(opts.cert)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +68,8 @@ func startFleet(t *testing.T, allow, extra string) *fleet {
 		t.Fatal(err)
 	}
 	path := filepath.Join(f.dir, "server.hcl")
-	if err := os.WriteFile(path, []byte(serverHCL(echoServer(t), allow, extra)), 0o644); err != nil {
+	hcl := strings.Replace(serverHCL(echoServer(t), opts.allow, opts.extra), "  ca   = \"ca.crt\"\n", "  ca   = \"ca.crt\"\n"+opts.tlsExtra, 1)
+	if err := os.WriteFile(path, []byte(hcl), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err := config.LoadServer(path)
@@ -126,7 +140,6 @@ service "id" {
 	f.clients, f.cliLogs = append(f.clients, cli), append(f.cliLogs, log)
 	f.done.Go(func() { _ = cli.Run(f.ctx) })
 	<-cli.Ready()
-	waitFor(t, fmt.Sprintf("client %d's session", n), func() bool { return cli.Session() != nil })
 	return cli
 }
 
@@ -157,16 +170,24 @@ func replyServer(t *testing.T, reply string) string {
 // recent session and says once that the name is ambiguous.
 func TestSameNameClientsAreServedSideBySide(t *testing.T) {
 	spiffe, _ := url.Parse("spiffe://corp/router/edge")
-	f := startFleet(t, `"edge", "uri:spiffe://corp/router/*"`, `forward "back" {
+	f := startFleet(t, fleetOptions{allow: `"edge", "uri:spiffe://corp/router/*"`, extra: `forward "back" {
   listen  = "127.0.0.1:0"
   client  = "edge"
   service = "id"
 }
-`)
-	f.addClient(t, pki.Options{CommonName: "edge"}, "edge-first")
-	f.addClient(t, pki.Options{URIs: []*url.URL{spiffe}}, "uri-first")
-	f.addClient(t, pki.Options{URIs: []*url.URL{spiffe}}, "uri-second")
-	f.addClient(t, pki.Options{CommonName: "edge"}, "edge-second")
+`})
+	for _, c := range []struct {
+		opts  pki.Options
+		reply string
+	}{
+		{pki.Options{CommonName: "edge"}, "edge-first"},
+		{pki.Options{URIs: []*url.URL{spiffe}}, "uri-first"},
+		{pki.Options{URIs: []*url.URL{spiffe}}, "uri-second"},
+		{pki.Options{CommonName: "edge"}, "edge-second"},
+	} {
+		cli := f.addClient(t, c.opts, c.reply)
+		waitFor(t, c.reply+"'s session", func() bool { return cli.Session() != nil })
+	}
 	first := make([]*mux.Session, len(f.clients))
 	for i, c := range f.clients {
 		first[i] = c.Session()
@@ -308,4 +329,101 @@ func TestSessionLimitPerKey(t *testing.T) {
 	if s, certs := ss.find(clientMatcher(b.Key()), classBulk); s == nil || s.Peer.Key() != b.Key() || certs != 1 {
 		t.Fatal("find by sha256: pin did not pick that certificate alone")
 	}
+}
+
+// A client whose certificate expires loses its session when it does, the
+// server says why, and the client's reconnect is refused in the handshake.
+func TestSessionEndsWhenClientCertificateExpires(t *testing.T) {
+	f := startFleet(t, fleetOptions{allow: `"edge"`})
+	end := time.Now().Add(4 * time.Second).Truncate(time.Second) // certificates count whole seconds
+	cli := f.addClient(t, pki.Options{CommonName: "edge", NotAfter: end}, "edge")
+	waitFor(t, "the session", func() bool { return cli.Session() != nil })
+	waitUntil(t, end.Add(20*time.Second), "the server to close the expired client's session", func() bool {
+		return strings.Contains(f.srvLog.String(), "closing session: its peer's certificate is no longer valid")
+	})
+	waitFor(t, "the session's end", func() bool { return strings.Contains(f.srvLog.String(), "session ended") })
+	log := f.srvLog.String()
+	if !strings.Contains(log, `peer certificate \"edge\" expired`) || !strings.Contains(log, `reason="peer certificate \"edge\" expired`) {
+		t.Errorf("server log does not say the session ended because the certificate expired:\n%s", log)
+	}
+	if time.Now().Before(end) {
+		t.Error("session closed before the certificate's end")
+	}
+	waitFor(t, "the refused reconnect", func() bool {
+		return strings.Contains(f.srvLog.String(), "client refused") && strings.Contains(f.cliLogs[0].String(), "cannot reach server; retrying")
+	})
+	if cli.Session() != nil {
+		t.Error("client with an expired certificate has a session")
+	}
+}
+
+// The client likewise cuts its session when the server's certificate
+// expires, and refuses the server from then on.
+func TestSessionEndsWhenServerCertificateExpires(t *testing.T) {
+	end := time.Now().Add(4 * time.Second).Truncate(time.Second) // certificates count whole seconds
+	f := startFleet(t, fleetOptions{allow: `"edge"`, cert: pki.Options{NotAfter: end}})
+	cli := f.addClient(t, pki.Options{CommonName: "edge"}, "edge")
+	waitFor(t, "the session", func() bool { return cli.Session() != nil })
+	cliLog := f.cliLogs[0]
+	waitUntil(t, end.Add(20*time.Second), "the client to close its session", func() bool {
+		return strings.Contains(cliLog.String(), "closing session: its peer's certificate is no longer valid")
+	})
+	if !strings.Contains(cliLog.String(), `peer certificate \"tunnel-server\" expired`) {
+		t.Errorf("client log does not say why:\n%s", cliLog)
+	}
+	waitFor(t, "the client to refuse the server", func() bool {
+		return strings.Contains(cliLog.String(), "cannot reach server; retrying") && strings.Contains(cliLog.String(), "expired")
+	})
+}
+
+// With crl_stale = "refuse", a session ends when the CRL covering its
+// client passes its next update; with a fresh CRL reloaded in time, it
+// does not.
+func TestSessionEndsWhenCRLGoesStale(t *testing.T) {
+	ca, err := pki.NewRootCA(pki.Options{CommonName: "fleet test CA"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	crlPath := filepath.Join(t.TempDir(), "ca.crl")
+	writeCRL := func(number int64, next time.Time) {
+		t.Helper()
+		pem, err := ca.NewCRL(nil, big.NewInt(number), time.Now().Add(-time.Hour), next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(crlPath, pem, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := time.Now().Add(4 * time.Second)
+	writeCRL(1, next)
+	f := startFleet(t, fleetOptions{ca: ca, allow: `"edge"`, tlsExtra: fmt.Sprintf("  crl = [%q]\n  crl_stale = \"refuse\"\n", crlPath)})
+	cli := f.addClient(t, pki.Options{CommonName: "edge"}, "edge")
+	waitFor(t, "the session", func() bool { return cli.Session() != nil })
+	waitUntil(t, next.Add(20*time.Second), "the server to close the session", func() bool {
+		return strings.Contains(f.srvLog.String(), "closing session: its peer's certificate is no longer valid")
+	})
+	if log := f.srvLog.String(); !strings.Contains(log, "covering the peer passed its next update") || !strings.Contains(log, `crl_stale = \"refuse\"`) {
+		t.Errorf("server log does not say the CRL went stale:\n%s", log)
+	}
+	waitFor(t, "the refused reconnect", func() bool {
+		return strings.Contains(f.srvLog.String(), "client refused") && strings.Contains(f.srvLog.String(), "is stale")
+	})
+	// A fresh CRL, reloaded, lets the client back in.
+	writeCRL(2, time.Now().Add(time.Hour))
+	if err := f.srv.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the session back", func() bool { return cli.Session() != nil })
+}
+
+// waitUntil polls cond until deadline.
+func waitUntil(t *testing.T, deadline time.Time, what string, cond func() bool) {
+	t.Helper()
+	for ; time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for %s", what)
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -77,6 +78,7 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 		log := c.log.With("server", addr, "peer", sess.Peer.Name())
 		log.Info("session up", "class", k.class, "agent", sess.PeerHello.Agent)
 		k.current.set(sess)
+		serving.Go(func() { watchPeer(c.tls, sess, x509.ExtKeyUsageServerAuth, log) })
 		c.metrics.Sessions.WithLabelValues(k.class).Inc()
 		c.metrics.SessionsUp.WithLabelValues(k.class).Inc()
 		ended := make(chan error, 1)

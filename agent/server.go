@@ -299,6 +299,7 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 		})
 	}
 	log.Info("session up", "class", class, "agent", sess.PeerHello.Agent, "key", key)
+	conns.Go(func() { watchPeer(s.tls, sess, x509.ExtKeyUsageClientAuth, log) })
 	s.metrics.Sessions.WithLabelValues(class).Inc()
 	s.metrics.SessionsUp.WithLabelValues(class).Inc()
 	defer s.metrics.Sessions.WithLabelValues(class).Dec()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/big"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -92,13 +93,7 @@ func (c *CRL) Stale(now time.Time) bool {
 func (p *Policy) checkRevocation(chain []*x509.Certificate, now time.Time) error {
 	for i := 0; i+1 < len(chain); i++ {
 		cert, issuer := chain[i], chain[i+1]
-		for _, crl := range p.CRLs {
-			if !bytes.Equal(crl.List.RawIssuer, cert.RawIssuer) {
-				continue
-			}
-			if err := crl.List.CheckSignatureFrom(issuer); err != nil {
-				continue // a CRL of another CA with the same name
-			}
+		for _, crl := range p.crlsFor(cert, issuer) {
 			if crl.revoked[cert.SerialNumber.String()] {
 				return &PolicyError{fmt.Sprintf("certificate %q (serial %s) is revoked (CRL %s)", cert.Subject.CommonName, FormatSerial(cert.SerialNumber), crl.File)}
 			}
@@ -108,6 +103,18 @@ func (p *Policy) checkRevocation(chain []*x509.Certificate, now time.Time) error
 		}
 	}
 	return nil
+}
+
+// crlsFor are the CRLs that cover cert: issued by its issuer, by name and
+// signature (another CA of the same name does not count).
+func (p *Policy) crlsFor(cert, issuer *x509.Certificate) []*CRL {
+	var out []*CRL
+	for _, crl := range p.CRLs {
+		if bytes.Equal(crl.List.RawIssuer, cert.RawIssuer) && crl.List.CheckSignatureFrom(issuer) == nil {
+			out = append(out, crl)
+		}
+	}
+	return out
 }
 
 // FormatSerial prints a serial number as colon-separated hex, as `cert inspect` and openssl do.
@@ -190,11 +197,14 @@ func (e *PolicyError) Error() string { return e.Msg }
 // sessions (tested).
 type Reloader struct {
 	current atomic.Pointer[Policy]
+
+	mu      sync.Mutex
+	changed chan struct{} // closed and replaced by every Store
 }
 
 // NewReloader starts with p.
 func NewReloader(p *Policy) *Reloader {
-	r := &Reloader{}
+	r := &Reloader{changed: make(chan struct{})}
 	r.current.Store(p)
 	return r
 }
@@ -203,7 +213,100 @@ func NewReloader(p *Policy) *Reloader {
 func (r *Reloader) Policy() *Policy { return r.current.Load() }
 
 // Store publishes a new snapshot; handshakes from now on use it.
-func (r *Reloader) Store(p *Policy) { r.current.Store(p) }
+func (r *Reloader) Store(p *Policy) {
+	r.current.Store(p)
+	r.mu.Lock()
+	close(r.changed)
+	r.changed = make(chan struct{})
+	r.mu.Unlock()
+}
+
+// Changed is closed by the next Store: a session's deadline (see
+// Policy.Deadline) is computed again when the policy changes.
+func (r *Reloader) Changed() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.changed
+}
+
+// WatchPeer ends a session when time alone makes its peer fail the
+// current policy: its certificate or a CA above it expires or, with
+// crl_stale = "refuse", a CRL covering it passes its next update. When the
+// deadline comes the peer is checked again against the policy then current
+// (Recheck), so a reload that installed a fresh CRL or a renewed CA is
+// never undone by an old deadline; a reload also recomputes the deadline.
+// closeSession is called at most once, with why, and WatchPeer returns;
+// it returns too when done is closed. It holds one timer, stopped on
+// return.
+func (r *Reloader) WatchPeer(done <-chan struct{}, id Identity, usage x509.ExtKeyUsage, closeSession func(error)) {
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	floor := time.Duration(0)
+	for {
+		changed := r.Changed()
+		p := r.Policy()
+		at, what := p.Deadline(id)
+		// x509 holds a certificate valid through its NotAfter second: look
+		// just after. A deadline that already passed yet still passes the
+		// recheck (clocks) is looked at again no sooner than floor.
+		t.Reset(max(time.Until(at)+deadlineSlack, floor))
+		select {
+		case <-done:
+			return
+		case <-changed:
+			floor = 0
+			continue
+		case <-t.C:
+		}
+		if err := r.Policy().Recheck(id, usage, time.Now()); err != nil {
+			closeSession(&ExpiredError{What: what, Err: err})
+			return
+		}
+		floor = time.Second
+	}
+}
+
+// deadlineSlack is how long after a deadline WatchPeer checks the peer.
+const deadlineSlack = 50 * time.Millisecond
+
+// ExpiredError ends a session whose peer stopped passing with time: What
+// names the deadline ("certificate expired", "CRL next update passed"),
+// Err is the recheck's refusal, in operator words.
+type ExpiredError struct {
+	What string
+	Err  error
+}
+
+func (e *ExpiredError) Error() string { return e.What + ": " + e.Err.Error() }
+func (e *ExpiredError) Unwrap() error { return e.Err }
+
+// Deadline is when id stops passing this policy by the passing of time
+// alone: the earliest NotAfter of its leaf and the CAs above it and, when
+// crl_stale is "refuse", the earliest next update of a CRL that covers a
+// certificate of its chain. what says which, for the log.
+func (p *Policy) Deadline(id Identity) (at time.Time, what string) {
+	if id.Leaf == nil {
+		return time.Time{}, ""
+	}
+	chain := append([]*x509.Certificate{id.Leaf}, id.Chain...)
+	at, what = id.Leaf.NotAfter, fmt.Sprintf("peer certificate %q expired", id.Name())
+	for _, c := range id.Chain {
+		if c.NotAfter.Before(at) {
+			at, what = c.NotAfter, fmt.Sprintf("CA certificate %q above the peer expired", c.Subject.CommonName)
+		}
+	}
+	if p.spec.CRLStale != "refuse" {
+		return at, what
+	}
+	for i := 0; i+1 < len(chain); i++ {
+		for _, crl := range p.crlsFor(chain[i], chain[i+1]) {
+			if next := crl.List.NextUpdate; !next.IsZero() && next.Before(at) {
+				at, what = next, fmt.Sprintf("CRL %s covering the peer passed its next update and crl_stale = \"refuse\"", crl.File)
+			}
+		}
+	}
+	return at, what
+}
 
 // ServerConfig picks the current policy for each client hello.
 func (r *Reloader) ServerConfig() *tls.Config {

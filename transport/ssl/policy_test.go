@@ -324,3 +324,108 @@ func TestCACertificateRefusedAsPeer(t *testing.T) {
 		t.Fatalf("own CA certificate: problems %v", own)
 	}
 }
+
+func TestDeadline(t *testing.T) {
+	p := newPKI(t)
+	now := time.Now()
+	inter, err := p.ca.NewIntermediate(pki.Options{CommonName: "routers CA", NotAfter: now.Add(48 * time.Hour)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, sk := policyFiles(t, p, "server", issueServer(t, p.ca, pki.Options{}))
+	long := issueClient(t, inter, pki.Options{CommonName: "long", NotAfter: now.Add(72 * time.Hour)})
+	short := issueClient(t, inter, pki.Options{CommonName: "short", NotAfter: now.Add(24 * time.Hour)})
+	crl := writeCRL(t, p.dir, inter, 1, now.Add(36*time.Hour))
+	id := func(c *pki.Cert) Identity {
+		return Identity{Leaf: c.Cert, Chain: []*x509.Certificate{inter.Cert, p.ca.Cert}}
+	}
+	for _, tc := range []struct {
+		stale string
+		peer  *pki.Cert
+		want  time.Time
+		what  string
+	}{
+		{"warn", short, short.Cert.NotAfter, `peer certificate "short" expired`},
+		{"warn", long, inter.Cert.NotAfter, `CA certificate "routers CA" above the peer expired`},
+		{"refuse", long, now.Add(36 * time.Hour), "covering the peer passed its next update"},
+		{"refuse", short, short.Cert.NotAfter, `peer certificate "short" expired`},
+	} {
+		pol, err := LoadPolicy(PolicySpec{Cert: sc, Key: sk, CA: p.caFile, CRLs: []string{crl}, CRLStale: tc.stale})
+		if err != nil {
+			t.Fatal(err)
+		}
+		at, what := pol.Deadline(id(tc.peer))
+		if at.Sub(tc.want).Abs() > time.Second || !strings.Contains(what, tc.what) {
+			t.Errorf("crl_stale %s, peer %s: deadline %s (%s), want %s (%s)", tc.stale, tc.peer.Cert.Subject.CommonName, at, what, tc.want, tc.what)
+		}
+	}
+}
+
+// WatchPeer ends a session when its peer's certificate expires, and a
+// reload that installs a fresh CRL before a stale-CRL deadline keeps the
+// session: the old deadline is rechecked against the new policy.
+func TestWatchPeer(t *testing.T) {
+	p := newPKI(t)
+	sc, sk := policyFiles(t, p, "server", issueServer(t, p.ca, pki.Options{}))
+	load := func(crls []string) *Policy {
+		pol, err := LoadPolicy(PolicySpec{Cert: sc, Key: sk, CA: p.caFile, CRLs: crls, CRLStale: "refuse"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return pol
+	}
+	watch := func(r *Reloader, peer *pki.Cert) (closed chan error, stop func()) {
+		closed = make(chan error, 1)
+		done, returned := make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(returned)
+			r.WatchPeer(done, Identity{Leaf: peer.Cert, Chain: []*x509.Certificate{p.ca.Cert}}, x509.ExtKeyUsageClientAuth, func(err error) { closed <- err })
+		}()
+		return closed, func() { close(done); <-returned }
+	}
+
+	t.Run("certificate expires", func(t *testing.T) {
+		peer := issueClient(t, p.ca, pki.Options{NotAfter: time.Now().Add(2 * time.Second)})
+		closed, stop := watch(NewReloader(load(nil)), peer)
+		defer stop()
+		select {
+		case err := <-closed:
+			var expired *ExpiredError
+			if !errors.As(err, &expired) || !strings.Contains(err.Error(), "expired") {
+				t.Fatalf("closed with %v", err)
+			}
+			if time.Now().Before(peer.Cert.NotAfter) {
+				t.Fatalf("closed at %s, before the certificate's end %s", time.Now(), peer.Cert.NotAfter)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("session outlived its peer's certificate by 18 s")
+		}
+	})
+
+	t.Run("fresh CRL by reload", func(t *testing.T) {
+		peer := issueClient(t, p.ca, pki.Options{})
+		staleSoon := writeCRL(t, t.TempDir(), p.ca, 1, time.Now().Add(2*time.Second))
+		r := NewReloader(load([]string{staleSoon}))
+		if at, _ := r.Policy().Deadline(Identity{Leaf: peer.Cert, Chain: []*x509.Certificate{p.ca.Cert}}); time.Until(at) > 3*time.Second {
+			t.Fatalf("deadline %s is not the CRL's next update", at)
+		}
+		closed, stop := watch(r, peer)
+		defer stop()
+		r.Store(load([]string{writeCRL(t, t.TempDir(), p.ca, 2, time.Now().Add(time.Hour))}))
+		select {
+		case err := <-closed:
+			t.Fatalf("closed after a reload brought a fresh CRL: %v", err)
+		case <-time.After(4 * time.Second): // past the old next update
+		}
+		// And a reload back to a stale CRL closes it at once.
+		r.Store(load([]string{writeCRL(t, t.TempDir(), p.ca, 3, time.Now().Add(-time.Minute))}))
+		select {
+		case err := <-closed:
+			if !strings.Contains(err.Error(), "crl_stale") {
+				t.Fatalf("closed with %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("stale CRL installed by reload did not close the session")
+		}
+	})
+}
