@@ -166,11 +166,14 @@ func replyServer(t *testing.T, reply string) string {
 // Two clients with the same CN and two URI-only clients with the same URI
 // (four certificates, two readable names) are all served at once: none
 // replaces another, streams flow through each for seconds, and each
-// session comes up once. A forward naming the shared CN picks the most
+// session comes up once, with max_sessions_per_identity = 1. A forward naming the shared CN picks the most
 // recent session and says once that the name is ambiguous.
 func TestSameNameClientsAreServedSideBySide(t *testing.T) {
 	spiffe, _ := url.Parse("spiffe://corp/router/edge")
-	f := startFleet(t, fleetOptions{allow: `"edge", "uri:spiffe://corp/router/*"`, extra: `forward "back" {
+	// One session per certificate: the limit must count each certificate
+	// on its own, not the shared names.
+	f := startFleet(t, fleetOptions{allow: `"edge", "uri:spiffe://corp/router/*"`, extra: `max_sessions_per_identity = 1
+forward "back" {
   listen  = "127.0.0.1:0"
   client  = "edge"
   service = "id"
