@@ -164,10 +164,11 @@ func replyServer(t *testing.T, reply string) string {
 }
 
 // Two clients with the same CN and two URI-only clients with the same URI
-// (four certificates, two readable names) are all served at once: none
-// replaces another, streams flow through each for seconds, and each
-// session comes up once, with max_sessions_per_identity = 1. A forward naming the shared CN picks the most
-// recent session and says once that the name is ambiguous.
+// (four certificates, two readable names) are all served at once, with
+// max_sessions_per_identity = 1: none replaces another, streams flow
+// through each for seconds, and each session comes up once. A forward
+// naming the shared CN picks the most recent session and says once that
+// the name is ambiguous.
 func TestSameNameClientsAreServedSideBySide(t *testing.T) {
 	spiffe, _ := url.Parse("spiffe://corp/router/edge")
 	// One session per certificate: the limit must count each certificate
