@@ -246,10 +246,7 @@ func (r *Reloader) WatchPeer(done <-chan struct{}, id Identity, usage x509.ExtKe
 		changed := r.Changed()
 		p := r.Policy()
 		at, what := p.Deadline(id)
-		// x509 holds a certificate valid through its NotAfter second: look
-		// just after. A deadline that already passed yet still passes the
-		// recheck (clocks) is looked at again no sooner than floor.
-		t.Reset(max(time.Until(at)+deadlineSlack, floor))
+		t.Reset(deadlineWait(at, time.Now(), floor))
 		select {
 		case <-done:
 			return
@@ -266,8 +263,18 @@ func (r *Reloader) WatchPeer(done <-chan struct{}, id Identity, usage x509.ExtKe
 	}
 }
 
-// deadlineSlack is how long after a deadline WatchPeer checks the peer.
-const deadlineSlack = 50 * time.Millisecond
+// deadlineWait is how long WatchPeer waits for a deadline at: until just
+// after it (x509 holds a certificate valid through its NotAfter), at least
+// floor (a deadline that passed yet still passes the recheck is looked at
+// again no sooner), and at most a day, then computed again: a NotAfter of
+// 9999 would overflow a Duration.
+func deadlineWait(at, now time.Time, floor time.Duration) time.Duration {
+	const slack, most = 50 * time.Millisecond, 24 * time.Hour
+	if at.Sub(now) >= most {
+		return most
+	}
+	return max(at.Sub(now)+slack, floor)
+}
 
 // ExpiredError ends a session whose peer stopped passing with time: What
 // names the deadline ("certificate expired", "CRL next update passed"),

@@ -429,3 +429,22 @@ func TestWatchPeer(t *testing.T) {
 		}
 	})
 }
+
+func TestDeadlineWait(t *testing.T) {
+	now := time.Now()
+	for _, tc := range []struct {
+		at    time.Time
+		floor time.Duration
+		want  time.Duration
+	}{
+		{now.Add(time.Minute), 0, time.Minute + 50*time.Millisecond},
+		{now.Add(-time.Minute), 0, 0},
+		{now.Add(-time.Minute), time.Second, time.Second},
+		{now.Add(30 * 24 * time.Hour), 0, 24 * time.Hour},
+		{time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC), 0, 24 * time.Hour}, // "no expiry" (RFC 5280)
+	} {
+		if got := deadlineWait(tc.at, now, tc.floor); got != tc.want {
+			t.Errorf("deadlineWait(%s, floor %s) = %s, want %s", tc.at, tc.floor, got, tc.want)
+		}
+	}
+}
