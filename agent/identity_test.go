@@ -431,3 +431,41 @@ func waitUntil(t *testing.T, deadline time.Time, what string, cond func() bool) 
 	}
 	t.Fatalf("timed out waiting for %s", what)
 }
+
+// A new session with the same certificate and class replaces the old one
+// at once (here the client rotates its session; a reconnect is the same).
+func TestSameCertificateReplacesItsSession(t *testing.T) {
+	r := startRig(t)
+	old := r.cli.Session()
+	// A stream in flight keeps the old session draining while the new one
+	// comes up.
+	c, err := net.Dial("tcp", r.cli.Addr("echo").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(c, "ping"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 4)); err != nil {
+		t.Fatal(err)
+	}
+	r.cli.keeperFor(classBulk).rotate()
+	waitFor(t, "the replacement", func() bool {
+		return strings.Contains(r.srvLog.String(), "client reconnected; draining its previous session")
+	})
+	waitFor(t, "the client's new session", func() bool { s := r.cli.Session(); return s != nil && s != old })
+	snap := r.srv.sessions.snapshot()
+	if len(snap) != 1 {
+		t.Fatalf("server holds %d sessions for one certificate, want 1", len(snap))
+	}
+	for k, s := range snap {
+		if k.key != s.Peer.Key() || s.Peer.Name() != "client-a" {
+			t.Fatalf("server holds a session of %q under key %q", s.Peer.Name(), k.key)
+		}
+	}
+	if err := roundTrip(r.cli.Addr("echo").String(), []byte("after the replacement")); err != nil {
+		t.Fatal(err)
+	}
+}
