@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"io"
 	"os/exec"
 	"strings"
 	"testing"
@@ -121,4 +122,50 @@ func TestValidate(t *testing.T) {
 		}
 		t.Log(strings.TrimSpace(stderr))
 	})
+}
+
+// Each side's tls.ca is the bundle the PEER's certificate must chain to: a
+// server certificate from one CA and client certificates from another, each
+// side trusting the other's CA, is a setup that runs, and `validate && run`
+// must accept it.
+func TestValidateTwoCAs(t *testing.T) {
+	t.Parallel()
+	a, b := newPKI(t), newPKI(t) // a issues the server's certificate, b the clients'
+	cert, key := b.clientCert(t, "client-a", pki.Options{})
+	target := startEcho(t)
+	srvText := serverHCL(a.serverCert, a.serverKey, b.caFile, "", []svc{{name: "echo", target: target, allow: []string{"client-a"}}}, nil)
+	code, stdout, stderr := validate(t, serverBin, writeConfig(t, "server.hcl", srvText))
+	if code != 0 || !strings.Contains(stdout, "ok") || !strings.Contains(stdout, "note:") || strings.Contains(stdout+stderr, "peer's") {
+		t.Fatalf("server validate: exit %d, stdout %q, stderr %q; want 0, ok and a note", code, stdout, stderr)
+	}
+	t.Log(strings.TrimSpace(stdout))
+	srv := startServer(t, srvText)
+	defer srv.stop(t)
+	cliText := clientHCL(srv.addr, cert, key, a.caFile, "", []fwd{{name: "echo", service: "echo"}}, nil)
+	code, stdout, stderr = validate(t, clientBin, writeConfig(t, "client.hcl", cliText))
+	if code != 0 || !strings.Contains(stdout, "ok") || strings.Contains(stdout+stderr, "peer's") {
+		t.Fatalf("client validate: exit %d, stdout %q, stderr %q; want 0 and ok", code, stdout, stderr)
+	}
+	t.Log(strings.TrimSpace(stdout))
+	cli := startClient(t, cliText, 1)
+	defer cli.stop(t)
+	cli.waitLine(t, "session up:")
+	c := dial(t, cli.forwards["echo"], waitLimit)
+	defer c.Close()
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo through the tunnel: %q %v", buf, err)
+	}
+
+	// A server certificate used as the client's is still refused, with
+	// words about our own certificate.
+	wrongText := clientHCL(srv.addr, a.serverCert, a.serverKey, a.caFile, "", []fwd{{name: "echo", service: "echo"}}, nil)
+	code, stdout, stderr = validate(t, clientBin, writeConfig(t, "wrong.hcl", wrongText))
+	if code != 2 || !strings.Contains(stderr, "our certificate") || !strings.Contains(stderr, "not issued for this use") || strings.Contains(stderr, "peer's") {
+		t.Fatalf("server certificate as client's: exit %d, stdout %q, stderr %q; want 2 and our certificate named", code, stdout, stderr)
+	}
+	t.Log(strings.TrimSpace(stderr))
 }

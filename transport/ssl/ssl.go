@@ -86,9 +86,11 @@ func parseCAs(data []byte) ([]*x509.Certificate, error) {
 	}
 }
 
-// Check verifies offline what a handshake would: the certificate is valid now and
-// chains to a CA the peer trusts (ourCA is used as the best guess: both agents
-// usually share one CA). usage is x509.ExtKeyUsageServerAuth or ClientAuth.
+// Check verifies offline what a handshake would of our own certificate: it
+// is valid now and issued for usage (x509.ExtKeyUsageServerAuth or
+// ClientAuth). tls.ca is the bundle the peer's certificate must chain to, so
+// ours not chaining to it is no problem (the peer may trust another CA); when
+// it does chain, the chain's dates and usages are checked too.
 // It returns every problem found.
 func (m *Material) Check(now time.Time, usage x509.ExtKeyUsage) []error {
 	var errs []error
@@ -109,14 +111,54 @@ func (m *Material) Check(now time.Time, usage x509.ExtKeyUsage) []error {
 		}
 	}
 	_, err := leaf.Verify(x509.VerifyOptions{Roots: m.CAs, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage}})
-	var invalid x509.CertificateInvalidError
-	if errors.As(err, &invalid) && invalid.Reason == x509.Expired && len(errs) > 0 {
-		err = nil // the leaf's dates are reported above; don't say it twice
-	}
-	if err != nil {
-		errs = append(errs, fmt.Errorf("certificate %s does not verify against CA bundle %s: %s", m.CertFile, m.CAFile, Describe(err)))
+	var (
+		invalid x509.CertificateInvalidError
+		unknown x509.UnknownAuthorityError
+	)
+	switch {
+	case err == nil:
+	case errors.As(err, &unknown):
+		// Ours comes from a CA that only the peer needs to trust: check its
+		// usage alone.
+		if !hasUsage(leaf, usage) {
+			errs = append(errs, fmt.Errorf("our certificate %s (%s) is not issued for this use: %s", m.CertFile, leaf.Subject.CommonName, usageHint))
+		}
+	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
+		if len(errs) == 0 { // the leaf's own dates are reported above; this is a CA's
+			errs = append(errs, fmt.Errorf("our certificate %s (%s): a CA of its chain is expired or not yet valid", m.CertFile, leaf.Subject.CommonName))
+		}
+	case errors.As(err, &invalid) && invalid.Reason == x509.IncompatibleUsage:
+		errs = append(errs, fmt.Errorf("our certificate %s (%s) is not issued for this use: %s", m.CertFile, leaf.Subject.CommonName, usageHint))
+	default:
+		errs = append(errs, fmt.Errorf("our certificate %s (%s) does not verify against CA bundle %s: %w", m.CertFile, leaf.Subject.CommonName, m.CAFile, err))
 	}
 	return errs
+}
+
+const usageHint = "a server needs serverAuth, a client clientAuth"
+
+// hasUsage reports whether the leaf's extended key usage allows usage (no
+// extended key usage at all allows every use, as crypto/x509 treats it).
+func hasUsage(leaf *x509.Certificate, usage x509.ExtKeyUsage) bool {
+	if len(leaf.ExtKeyUsage) == 0 && len(leaf.UnknownExtKeyUsage) == 0 {
+		return true
+	}
+	return slices.Contains(leaf.ExtKeyUsage, usage) || slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageAny)
+}
+
+// ChainsToBundle reports whether our own certificate chains to the CA
+// bundle. Only informational: tls.ca is for the peer's certificate, and the
+// two sides may use different CAs.
+func (m *Material) ChainsToBundle(now time.Time) bool {
+	inter := x509.NewCertPool()
+	for _, der := range m.Cert.Certificate[1:] {
+		if c, err := x509.ParseCertificate(der); err == nil {
+			inter.AddCert(c)
+		}
+	}
+	_, err := m.Leaf.Verify(x509.VerifyOptions{Roots: m.CAs, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	var unknown x509.UnknownAuthorityError
+	return !errors.As(err, &unknown)
 }
 
 // AEAD-only suites for TLS 1.2; TLS 1.3 suites are not configurable and all AEAD.

@@ -287,9 +287,22 @@ func TestCheck(t *testing.T) {
 	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "expired on") {
 		t.Fatalf("errs = %v", errs)
 	}
+	// tls.ca is for the peer: our certificate from another CA is a valid
+	// setup (each side trusts the other's CA), but its usage still counts.
 	foreign := p.material(t, "foreign", issueServer(t, p.other, pki.Options{}), p.caFile)
-	errs = foreign.Check(time.Now(), x509.ExtKeyUsageServerAuth)
-	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "unknown CA") {
-		t.Fatalf("errs = %v", errs)
+	if errs = foreign.Check(time.Now(), x509.ExtKeyUsageServerAuth); len(errs) != 0 {
+		t.Fatalf("certificate from another CA refused: %v", errs)
+	}
+	if foreign.ChainsToBundle(time.Now()) || !good.ChainsToBundle(time.Now()) {
+		t.Error("ChainsToBundle wrong")
+	}
+	errs = foreign.Check(time.Now(), x509.ExtKeyUsageClientAuth)
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "not issued for this use") || strings.Contains(errs[0].Error(), "peer") {
+		t.Fatalf("server cert from another CA passed as client cert: %v", errs)
+	}
+	for _, e := range append(good.Check(time.Now(), x509.ExtKeyUsageClientAuth), expired.Check(time.Now(), x509.ExtKeyUsageServerAuth)...) {
+		if strings.Contains(e.Error(), "peer") {
+			t.Errorf("our own certificate called the peer's: %v", e)
+		}
 	}
 }

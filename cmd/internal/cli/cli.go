@@ -310,6 +310,11 @@ func validate(role Role, prog string, args []string, stdout, stderr io.Writer) i
 		return exitUsage
 	}
 	leaf := p.Material.Leaf
+	if !p.Material.ChainsToBundle(now) {
+		// Not a problem: tls.ca is what the peer's certificate must chain to.
+		fmt.Fprintf(stdout, "%s: note: our certificate %s is not issued by a CA in tls.ca %s; the peer must trust its issuer (%s)\n",
+			f.config, spec.Cert, spec.CA, leaf.Issuer.CommonName)
+	}
 	fmt.Fprintf(stdout, "%s: ok (%s; certificate %q valid until %s)\n", f.config, summary, leaf.Subject.CommonName, leaf.NotAfter.UTC().Format(time.DateOnly))
 	return exitOK
 }
