@@ -5,6 +5,7 @@ package agent
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -198,24 +199,54 @@ func watchPeer(r *ssl.Reloader, sess *mux.Session, usage x509.ExtKeyUsage, log h
 	})
 }
 
-// describeChanges says what a reload changed, for the `reloaded` log line.
-func describeChanges(oldP, newP *ssl.Policy, oldSvc, newSvc []config.Service, oldFwd, newFwd []config.Forward) string {
+// describeChanges lists what a reload changed, for the `reloaded` log line
+// (joined by changesSentence).
+func describeChanges(oldP, newP *ssl.Policy, oldSvc, newSvc []config.Service, oldFwd, newFwd []config.Forward) []string {
 	var out []string
 	if !bytes.Equal(oldP.Material.Leaf.Raw, newP.Material.Leaf.Raw) {
-		out = append(out, fmt.Sprintf("certificate (serial %s, valid until %s)", ssl.FormatSerial(newP.Material.Leaf.SerialNumber), newP.Material.Leaf.NotAfter.UTC().Format(time.DateOnly)))
+		out = append(out, fmt.Sprintf("new certificate (serial %s, valid until %s)", ssl.FormatSerial(newP.Material.Leaf.SerialNumber), newP.Material.Leaf.NotAfter.UTC().Format(time.DateOnly)))
 	}
 	if !sameCerts(oldP.Material.CACerts, newP.Material.CACerts) {
-		out = append(out, fmt.Sprintf("CA bundle (%d certificates)", len(newP.Material.CACerts)))
+		out = append(out, fmt.Sprintf("new CA bundle (%d certificates)", len(newP.Material.CACerts)))
 	}
 	if crlSummary(oldP) != crlSummary(newP) {
-		out = append(out, "CRLs ("+crlSummary(newP)+")")
+		out = append(out, "CRLs now "+cmp.Or(crlSummary(newP), "none"))
 	}
-	out = append(out, diffNamed("service", names(oldSvc, func(s config.Service) (string, any) { return s.Name, s }), names(newSvc, func(s config.Service) (string, any) { return s.Name, s }))...)
-	out = append(out, diffNamed("forward", names(oldFwd, func(f config.Forward) (string, any) { return f.Name, f }), names(newFwd, func(f config.Forward) (string, any) { return f.Name, f }))...)
-	if len(out) == 0 {
-		return "nothing"
+	out = append(out, diffNamed("services", names(oldSvc, func(s config.Service) (string, any) { return s.Name, s }), names(newSvc, func(s config.Service) (string, any) { return s.Name, s }))...)
+	out = append(out, diffNamed("forwards", names(oldFwd, func(f config.Forward) (string, any) { return f.Name, f }), names(newFwd, func(f config.Forward) (string, any) { return f.Name, f }))...)
+	return out
+}
+
+// changesSentence joins what a reload changed into one phrase.
+func changesSentence(parts []string) string {
+	if len(parts) == 0 {
+		return "nothing changed"
 	}
-	return strings.Join(out, "; ")
+	return strings.Join(parts, "; ")
+}
+
+// restartKeys names the keys whose new value the running agent does not
+// apply (the logger, the file watcher and the expiry timer are made at
+// start), as one part of the reload line ("" when none changed).
+func restartKeys(old, cur config.Settings, oldLog, curLog [2]string, more ...string) string {
+	var keys []string
+	if oldLog[0] != curLog[0] {
+		keys = append(keys, "log_level")
+	}
+	if oldLog[1] != curLog[1] {
+		keys = append(keys, "log_format")
+	}
+	if old.ReloadInterval != cur.ReloadInterval {
+		keys = append(keys, "reload_interval")
+	}
+	if old.ExpiryWarning != cur.ExpiryWarning {
+		keys = append(keys, "expiry_warning")
+	}
+	keys = append(keys, more...)
+	if len(keys) == 0 {
+		return ""
+	}
+	return "needs a restart to apply: " + strings.Join(keys, ", ")
 }
 
 func sameCerts(a, b []*x509.Certificate) bool {
@@ -239,23 +270,28 @@ func names[T any](list []T, key func(T) (string, any)) map[string]any {
 	return m
 }
 
+// diffNamed says which blocks of a kind were added, changed or removed, as
+// one part: "services: bgp added, echo changed".
 func diffNamed(kind string, old, cur map[string]any) []string {
-	var out []string
+	var says []string
 	for _, name := range slices.Sorted(maps.Keys(cur)) {
 		o, ok := old[name]
 		switch {
 		case !ok:
-			out = append(out, fmt.Sprintf("%s %q added", kind, name))
+			says = append(says, name+" added")
 		case !reflect.DeepEqual(o, cur[name]):
-			out = append(out, fmt.Sprintf("%s %q changed", kind, name))
+			says = append(says, name+" changed")
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(old)) {
 		if _, ok := cur[name]; !ok {
-			out = append(out, fmt.Sprintf("%s %q removed", kind, name))
+			says = append(says, name+" removed")
 		}
 	}
-	return out
+	if len(says) == 0 {
+		return nil
+	}
+	return []string{kind + ": " + strings.Join(says, ", ")}
 }
 
 // failureReason names a refused handshake for the metrics, from the

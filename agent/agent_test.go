@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -218,7 +220,7 @@ func TestReloadRemovesAllowAndClosesSession(t *testing.T) {
 	waitFor(t, "the server to close the session", func() bool {
 		return strings.Contains(r.srvLog.String(), "closing session: its client no longer passes")
 	})
-	if !strings.Contains(r.srvLog.String(), `changes="service \"echo\" changed"`) {
+	if !strings.Contains(r.srvLog.String(), `changes="services: echo changed"`) {
 		t.Errorf("reloaded line does not say what changed:\n%s", r.srvLog)
 	}
 	// The client reconnects and is refused in the handshake now.
@@ -342,6 +344,191 @@ func TestReloadAddsAndRemovesForwards(t *testing.T) {
 	if c, err := net.DialTimeout("tcp", addr.String(), time.Second); err == nil {
 		c.Close()
 		t.Fatal("removed forward still accepts")
+	}
+	if err := roundTrip(r.cli.Addr("echo").String(), []byte("unchanged")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Reload starts, moves and stops the admin listener, and says so in the
+// reloaded line; a key it cannot apply is named as needing a restart.
+func TestReloadAppliesAdmin(t *testing.T) {
+	r := startRig(t)
+	if r.srv.Addr("admin") != nil {
+		t.Fatal("admin listener without an admin block")
+	}
+	healthz := func(addr string) error {
+		c := &http.Client{Timeout: 5 * time.Second}
+		resp, err := c.Get("http://" + addr + "/healthz")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if b, _ := io.ReadAll(resp.Body); resp.StatusCode != 200 || string(b) != "ok\n" {
+			return fmt.Errorf("/healthz: %s %q", resp.Status, b)
+		}
+		return nil
+	}
+	reloaded := func(t *testing.T, extra string) string {
+		t.Helper()
+		before := strings.Count(r.srvLog.String(), "reloaded:")
+		r.writeServer(t, serverHCL(r.echo, `"client-a"`, extra))
+		if err := r.srv.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		lines := strings.Split(r.srvLog.String(), "\n")
+		var got []string
+		for _, l := range lines {
+			if strings.Contains(l, "reloaded:") {
+				got = append(got, l)
+			}
+		}
+		if len(got) != before+1 {
+			t.Fatalf("%d reloaded lines, want %d", len(got), before+1)
+		}
+		return got[len(got)-1]
+	}
+
+	line := reloaded(t, "admin {\n  listen = \"127.0.0.1:0\"\n}\n")
+	first := r.srv.Addr("admin")
+	if first == nil {
+		t.Fatalf("reload did not start the admin listener: %s", line)
+	}
+	if !strings.Contains(line, `changes="admin listener started on `+first.String()+`"`) {
+		t.Errorf("reloaded line: %s", line)
+	}
+	if err := healthz(first.String()); err != nil {
+		t.Fatal(err)
+	}
+
+	// Moved: the new port answers, the old one is closed.
+	free, err := net.Listen("tcp", "127.0.0.1:0") // a port to move to
+	if err != nil {
+		t.Fatal(err)
+	}
+	to := free.Addr().String()
+	free.Close()
+	moveTo := fmt.Sprintf("log_level = \"debug\"\nadmin {\n  listen = %q\n}\n", to)
+	line = reloaded(t, moveTo)
+	second := r.srv.Addr("admin")
+	if second == nil || second.String() != to {
+		t.Fatalf("admin listener not moved: %v; %s", second, line)
+	}
+	if !strings.Contains(line, "admin listener moved from "+first.String()+" to "+second.String()) || !strings.Contains(line, "needs a restart to apply: log_level") {
+		t.Errorf("reloaded line: %s", line)
+	}
+	if err := healthz(second.String()); err != nil {
+		t.Fatal(err)
+	}
+	expectClosed(t, first.String())
+
+	// The same port under another name overlaps the old listener: it is
+	// freed first.
+	_, port, _ := net.SplitHostPort(to)
+	overlap := fmt.Sprintf("log_level = \"debug\"\nadmin {\n  listen = \"localhost:%s\"\n}\n", port)
+	if line = reloaded(t, overlap); !strings.Contains(line, "admin listener moved from "+to+" to ") {
+		t.Errorf("reloaded line: %s", line)
+	}
+	if got := r.srv.Addr("admin"); got == nil || !strings.HasSuffix(got.String(), ":"+port) {
+		t.Fatalf("admin listener after moving to localhost:%s: %v", port, got)
+	}
+	if err := healthz(r.srv.Addr("admin").String()); err != nil {
+		t.Fatal(err)
+	}
+	second = r.srv.Addr("admin")
+
+	// Unchanged: nothing to say about it.
+	if line = reloaded(t, overlap); !strings.Contains(line, `changes="nothing changed"`) {
+		t.Errorf("reloaded line: %s", line)
+	}
+	if r.srv.Addr("admin").String() != second.String() {
+		t.Error("an unchanged admin block moved the listener")
+	}
+
+	// Removed: the port closes.
+	line = reloaded(t, "")
+	if r.srv.Addr("admin") != nil || !strings.Contains(line, "admin listener on "+second.String()+" stopped") {
+		t.Errorf("admin listener not stopped: %s", line)
+	}
+	expectClosed(t, second.String())
+	if err := roundTrip(r.cli.Addr("echo").String(), []byte("unchanged")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A reload whose admin address cannot be opened keeps the old listener
+// and says why.
+func TestReloadAdminBusyKeepsOld(t *testing.T) {
+	r := startRig(t)
+	r.writeServer(t, serverHCL(r.echo, `"client-a"`, "admin {\n  listen = \"127.0.0.1:0\"\n}\n"))
+	if err := r.srv.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	old := r.srv.Addr("admin").String()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	r.writeServer(t, serverHCL(r.echo, `"client-a"`, fmt.Sprintf("admin {\n  listen = %q\n}\n", busy.Addr())))
+	err = r.srv.Reload()
+	var inc *IncompleteReloadError
+	if !errors.As(err, &inc) || !strings.Contains(err.Error(), "already in use") || !strings.Contains(err.Error(), "still on "+old) {
+		t.Fatalf("reload onto a busy port: %v", err)
+	}
+	log := &syncBuffer{}
+	LogReloadFailure(hclog.New(&hclog.LoggerOptions{Output: log}), err)
+	if !strings.Contains(log.String(), "reload applied except for some listeners") {
+		t.Errorf("logged as %q", log)
+	}
+	if got := r.srv.Addr("admin"); got == nil || got.String() != old {
+		t.Fatalf("admin listener after a failed move: %v, want %s", got, old)
+	}
+	c, err := net.DialTimeout("tcp", old, 5*time.Second)
+	if err != nil {
+		t.Fatalf("old admin listener closed: %v", err)
+	}
+	c.Close()
+}
+
+func expectClosed(t *testing.T, addr string) {
+	t.Helper()
+	if c, err := net.DialTimeout("tcp", addr, 5*time.Second); err == nil {
+		c.Close()
+		t.Fatalf("%s still accepts", addr)
+	}
+}
+
+// The client's reloaded line names what only a restart applies: a new
+// traffic class has no session of its own until then.
+func TestReloadNamesRestartKeys(t *testing.T) {
+	r := startRig(t)
+	cliPath := filepath.Join(r.dir, "client.hcl")
+	if err := os.WriteFile(cliPath, fmt.Appendf(nil, `server = %q
+log_format = "json"
+reload_interval = "1h"
+tls {
+  cert = "client.crt"
+  key  = "client.key"
+  ca   = "ca.crt"
+  server_name = "localhost"
+}
+forward "echo" {
+  listen = "127.0.0.1:0"
+}
+forward "bgp" {
+  listen = "127.0.0.1:0"
+  class  = "control"
+}
+`, r.srv.Addr("tunnel").String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.cli.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	want := `changes="forwards: bgp added; needs a restart to apply: log_format, reload_interval, class control"`
+	if !strings.Contains(r.cliLog.String(), want) {
+		t.Errorf("reloaded line lacks %s:\n%s", want, r.cliLog)
 	}
 	if err := roundTrip(r.cli.Addr("echo").String(), []byte("unchanged")); err != nil {
 		t.Fatal(err)

@@ -33,10 +33,11 @@ type Client struct {
 	keepers  map[string]*keeper // by traffic class; fixed at start
 	reloadMu sync.Mutex
 
-	mu        sync.Mutex
-	forwards  *forwardSet
-	adminAddr net.Addr
-	ready     chan struct{}
+	admin adminHost
+
+	mu       sync.Mutex
+	forwards *forwardSet
+	ready    chan struct{}
 }
 
 type clientState struct {
@@ -113,7 +114,7 @@ func (c *Client) Addr(name string) net.Addr {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if name == "admin" {
-		return c.adminAddr
+		return c.admin.addr()
 	}
 	if c.forwards == nil {
 		return nil
@@ -151,19 +152,12 @@ func (c *Client) Run(ctx context.Context) error {
 		keeper.Go(func() { k.run(acceptCtx, streamCtx) })
 	}
 	keeper.Go(func() { warnExpiries(acceptCtx, c.cfg().ExpiryWarning, c.tls.Policy, c.log, c.metrics) })
-	if addr := c.cfg().Admin; addr != "" {
-		ln, err := forward.Listen(ctx, addr)
-		if err != nil {
-			stopAccepting()
-			fs.stop()
-			keeper.Wait()
-			return fmt.Errorf("admin: %w", err)
-		}
-		c.mu.Lock()
-		c.adminAddr = ln.Addr()
-		c.mu.Unlock()
-		srv := &admin.Server{Metrics: c.metrics, Healthy: c.healthy, Status: c.status, Log: c.log}
-		keeper.Go(func() { _ = srv.Serve(acceptCtx, ln) })
+	c.admin.srv = &admin.Server{Metrics: c.metrics, Healthy: c.healthy, Status: c.status, Log: c.log}
+	if err := c.admin.start(acceptCtx, c.cfg().Admin); err != nil {
+		stopAccepting()
+		fs.stop()
+		keeper.Wait()
+		return err
 	}
 	if every := c.cfg().ReloadInterval; every > 0 {
 		keeper.Go(func() {
@@ -175,6 +169,7 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	fs.stop()
+	c.admin.stop()
 	c.drain(c.cfg().DrainTimeout)
 	killStreams()
 	keeper.Wait()
@@ -248,18 +243,31 @@ func (c *Client) Reload() error {
 	}
 	changes := describeChanges(c.tls.Policy(), p, old.Services, cfg.Services, old.Forwards, cfg.Forwards)
 	if !slices.Equal(old.Servers, cfg.Servers) || old.TLS.ServerName != cfg.TLS.ServerName {
-		changes += "; servers (used from the next connection)"
+		changes = append(changes, "servers used from the next connection")
 	}
 	c.tls.Store(p)
 	c.state.Store(&clientState{cfg: cfg, lookup: services(cfg.Services, cfg.DialTimeout, true)})
 	c.mu.Lock()
 	fs := c.forwards
 	c.mu.Unlock()
-	var ferr error
+	var ferr, aerr error
 	if fs != nil {
 		ferr = fs.apply(cfg.Forwards)
 	}
-	c.log.Info("reloaded", "changes", changes)
+	var moved string
+	if moved, aerr = c.admin.apply(cfg.Admin); moved != "" {
+		changes = append(changes, moved)
+	}
+	// Sessions are one per class, made at start: a new class rides an
+	// existing session until a restart.
+	var more []string
+	for _, class := range newClasses(c.keepers, cfg) {
+		more = append(more, "class "+class)
+	}
+	if r := restartKeys(old.Settings, cfg.Settings, [2]string{old.LogLevel, old.LogFormat}, [2]string{cfg.LogLevel, cfg.LogFormat}, more...); r != "" {
+		changes = append(changes, r)
+	}
+	c.log.Info("reloaded", "changes", changesSentence(changes))
 	for _, k := range c.keepers {
 		sess := k.current.get()
 		if sess == nil {
@@ -270,7 +278,25 @@ func (c *Client) Reload() error {
 			sess.CloseWithReason(fmt.Errorf("closed by reload: %w", err))
 		}
 	}
-	return ferr
+	return incomplete(ferr, aerr)
+}
+
+// newClasses are the traffic classes cfg uses that have no session.
+func newClasses(keepers map[string]*keeper, cfg *config.Client) []string {
+	var out []string
+	add := func(class string) {
+		if _, ok := keepers[class]; !ok && !slices.Contains(out, class) {
+			out = append(out, class)
+		}
+	}
+	for _, f := range cfg.Forwards {
+		add(f.Class)
+	}
+	for _, svc := range cfg.Services {
+		add(svc.Class)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.Conn) {

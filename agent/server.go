@@ -34,11 +34,12 @@ type Server struct {
 	sessions sessionSet
 	reloadMu sync.Mutex // one reload at a time
 
-	mu        sync.Mutex
-	tunnel    net.Addr
-	adminAddr net.Addr
-	forwards  *forwardSet
-	ready     chan struct{}
+	admin adminHost
+
+	mu       sync.Mutex
+	tunnel   net.Addr
+	forwards *forwardSet
+	ready    chan struct{}
 }
 
 // serverState is everything a reload replaces, published in one store.
@@ -115,7 +116,7 @@ func (s *Server) Addr(name string) net.Addr {
 		return s.tunnel
 	}
 	if name == "admin" {
-		return s.adminAddr
+		return s.admin.addr()
 	}
 	if s.forwards == nil {
 		return nil
@@ -153,20 +154,13 @@ func (s *Server) Run(ctx context.Context) error {
 	var loops sync.WaitGroup
 	loops.Go(func() { tunnelErr <- s.serveTunnel(acceptCtx, streamCtx, tunnelLn, &conns) })
 	loops.Go(func() { warnExpiries(acceptCtx, cfg.ExpiryWarning, s.tls.Policy, s.log, s.metrics) })
-	if addr := cfg.Admin; addr != "" {
-		ln, err := forward.Listen(ctx, addr)
-		if err != nil {
-			stopAccepting()
-			fs.stop()
-			tunnelLn.Close()
-			loops.Wait()
-			return fmt.Errorf("admin: %w", err)
-		}
-		s.mu.Lock()
-		s.adminAddr = ln.Addr()
-		s.mu.Unlock()
-		srv := &admin.Server{Metrics: s.metrics, Healthy: func() bool { return acceptCtx.Err() == nil }, Status: s.status, Log: s.log}
-		loops.Go(func() { _ = srv.Serve(acceptCtx, ln) })
+	s.admin.srv = &admin.Server{Metrics: s.metrics, Healthy: func() bool { return acceptCtx.Err() == nil }, Status: s.status, Log: s.log}
+	if err := s.admin.start(acceptCtx, s.cfg().Admin); err != nil {
+		stopAccepting()
+		fs.stop()
+		tunnelLn.Close()
+		loops.Wait()
+		return err
 	}
 	if every := cfg.ReloadInterval; every > 0 {
 		loops.Go(func() { watchFiles(acceptCtx, every, s.watchedFiles, s.Reload, s.log) })
@@ -181,6 +175,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	stopAccepting()
 	fs.stop()
+	s.admin.stop()
 	loops.Wait()
 	s.drain(s.cfg().DrainTimeout)
 	killStreams()
@@ -365,19 +360,30 @@ func (s *Server) Reload() error {
 	s.mu.Lock()
 	fs := s.forwards
 	s.mu.Unlock()
-	var ferr error
+	var ferr, aerr error
 	if fs != nil {
 		// Forward listeners use the agent's own contexts, kept by apply.
 		ferr = fs.apply(cfg.Forwards)
 	}
-	s.log.Info("reloaded", "changes", changes)
+	var moved string
+	if moved, aerr = s.admin.apply(cfg.Admin); moved != "" {
+		changes = append(changes, moved)
+	}
+	var more []string
+	if old.MaxHandshakes != cfg.MaxHandshakes {
+		more = append(more, "max_handshakes")
+	}
+	if r := restartKeys(old.Settings, cfg.Settings, [2]string{old.LogLevel, old.LogFormat}, [2]string{cfg.LogLevel, cfg.LogFormat}, more...); r != "" {
+		changes = append(changes, r)
+	}
+	s.log.Info("reloaded", "changes", changesSentence(changes))
 	for _, sess := range s.sessions.all() {
 		if err := p.Recheck(sess.Peer, x509.ExtKeyUsageClientAuth, time.Now()); err != nil {
 			s.log.Warn("closing session: its client no longer passes", "peer", sess.Peer.Name(), "reason", err)
 			sess.CloseWithReason(fmt.Errorf("closed by reload: %w", err))
 		}
 	}
-	return ferr
+	return incomplete(ferr, aerr)
 }
 
 func (s *Server) watchedFiles() []string {

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"io"
 	"os"
 	"time"
@@ -33,7 +34,7 @@ func watchFiles(ctx context.Context, interval time.Duration, files func() []stri
 		}
 		last = now
 		if err := reload(); err != nil {
-			log.Error("reload failed; keeping the running configuration", "trigger", "file change", "error", err)
+			LogReloadFailure(log, err, "trigger", "file change")
 		}
 	}
 }
@@ -78,4 +79,31 @@ func warnExpiries(ctx context.Context, window time.Duration, policy func() *ssl.
 		case <-t.C:
 		}
 	}
+}
+
+// IncompleteReloadError is a reload that was applied except for the
+// listeners it names (a forward or the admin listener that could not be
+// opened; the old one keeps serving where it could).
+type IncompleteReloadError struct{ Err error }
+
+func (e *IncompleteReloadError) Error() string { return "reloaded, except: " + e.Err.Error() }
+func (e *IncompleteReloadError) Unwrap() error { return e.Err }
+
+// incomplete wraps the errors of a reload already published, if any.
+func incomplete(errs ...error) error {
+	if err := errors.Join(errs...); err != nil {
+		return &IncompleteReloadError{Err: err}
+	}
+	return nil
+}
+
+// LogReloadFailure says whether a failed reload changed nothing or was
+// applied except for some listeners.
+func LogReloadFailure(log hclog.Logger, err error, args ...any) {
+	var inc *IncompleteReloadError
+	if errors.As(err, &inc) {
+		log.Error("reload applied except for some listeners", append(args, "error", inc.Err)...)
+		return
+	}
+	log.Error("reload failed; keeping the running configuration", append(args, "error", err)...)
 }

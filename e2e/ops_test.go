@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
 	"github.com/tunnelworks/tunnel/admin"
+	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
 
 var reAdmin = regexp.MustCompile(`admin listening: addr=(\S+)`)
@@ -185,4 +186,59 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 	}
 	t.Fatalf("timed out waiting for %s", what)
+}
+
+// SIGHUP applies the admin block: adding one starts the listener (it
+// answers /healthz), removing it closes the port; the reloaded line says
+// so as a sentence.
+func TestReloadStartsAndStopsAdmin(t *testing.T) {
+	t.Parallel()
+	p := newPKI(t)
+	cert, key := p.clientCert(t, "client-a", pki.Options{})
+	dir := t.TempDir()
+	srvCfg, cliCfg := filepath.Join(dir, "server.hcl"), filepath.Join(dir, "client.hcl")
+	write := func(path, text string) {
+		if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	adminBlock := "admin {\n  listen = \"127.0.0.1:0\"\n}\n"
+	srvText := serverHCL(p.serverCert, p.serverKey, p.caFile, "", []svc{{name: "echo", target: startEcho(t), allow: []string{"client-a"}}}, nil)
+	write(srvCfg, srvText)
+	srv := startProc(t, "tunnel-server", serverBin, "run", "-config", srvCfg)
+	addr := srv.waitMatch(t, reListening)[1]
+	cliText := clientHCL(addr, cert, key, p.caFile, "", []fwd{{name: "echo", service: "echo"}}, nil)
+	write(cliCfg, cliText)
+	cli := startProc(t, "tunnel-client", clientBin, "run", "-config", cliCfg)
+	cli.waitLine(t, "session up:")
+
+	for _, a := range []struct {
+		proc       *proc
+		path, text string
+	}{{srv, srvCfg, srvText}, {cli, cliCfg, cliText}} {
+		write(a.path, strings.Replace(a.text, "\ntls {", "\n"+adminBlock+"tls {", 1))
+		if err := a.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		admin := a.proc.waitMatch(t, reAdmin)[1]
+		t.Log(a.proc.waitLine(t, "reloaded", `changes="admin listener started on `+admin+`"`))
+		if b := get(t, "http://"+admin+"/healthz"); string(b) != "ok\n" {
+			t.Errorf("%s /healthz: %q", a.proc.name, b)
+		}
+		write(a.path, a.text)
+		if err := a.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		t.Log(a.proc.waitLine(t, "reloaded", "admin listener on "+admin+" stopped"))
+		if c, err := net.DialTimeout("tcp", admin, 5*time.Second); err == nil {
+			c.Close()
+			t.Errorf("%s: admin port %s still accepts after the block was removed", a.proc.name, admin)
+		}
+		if err := a.proc.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		t.Log(a.proc.waitLine(t, "reloaded", `changes="nothing changed"`))
+	}
+	cli.stop(t)
+	srv.stop(t)
 }

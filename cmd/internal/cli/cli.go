@@ -208,7 +208,7 @@ func reloadOnHUP(a runner, log hclog.Logger) (stop func()) {
 			case <-hup:
 				log.Info("SIGHUP received: reloading")
 				if err := a.Reload(); err != nil {
-					log.Error("reload failed; keeping the running configuration", "error", err)
+					agent.LogReloadFailure(log, err)
 				}
 			}
 		}
