@@ -129,6 +129,8 @@ func (c *Client) Session() *mux.Session { return c.keeperFor(classBulk).current.
 // Run keeps the session up and serves forwards until ctx is cancelled, then
 // stops gracefully like Server.Run.
 func (c *Client) Run(ctx context.Context) error {
+	start := c.cfg()
+	logSetupWarnings(c.log, start.TLS.Key, start.Admin, start.AdminPublic)
 	streamCtx, killStreams := context.WithCancel(context.WithoutCancel(ctx))
 	defer killStreams()
 	acceptCtx, stopAccepting := context.WithCancel(ctx)
@@ -267,6 +269,8 @@ func (c *Client) Reload() error {
 	if r := restartKeys(old.Settings, cfg.Settings, [2]string{old.LogLevel, old.LogFormat}, [2]string{cfg.LogLevel, cfg.LogFormat}, more...); r != "" {
 		changes = append(changes, r)
 	}
+	// Warnings first, so that whoever sees the reloaded line has seen them.
+	logSetupWarnings(c.log, cfg.TLS.Key, cfg.Admin, cfg.AdminPublic)
 	c.log.Info("reloaded", "changes", changesSentence(changes))
 	for _, k := range c.keepers {
 		sess := k.current.get()

@@ -129,6 +129,7 @@ func (s *Server) Addr(name string) net.Addr {
 // the drain timeout to finish, and Run returns nil.
 func (s *Server) Run(ctx context.Context) error {
 	cfg := s.cfg()
+	logSetupWarnings(s.log, cfg.TLS.Key, cfg.Admin, cfg.AdminPublic)
 	// Streams and sessions live on streamCtx, which outlives ctx by the drain.
 	streamCtx, killStreams := context.WithCancel(context.WithoutCancel(ctx))
 	defer killStreams()
@@ -376,6 +377,8 @@ func (s *Server) Reload() error {
 	if r := restartKeys(old.Settings, cfg.Settings, [2]string{old.LogLevel, old.LogFormat}, [2]string{cfg.LogLevel, cfg.LogFormat}, more...); r != "" {
 		changes = append(changes, r)
 	}
+	// Warnings first, so that whoever sees the reloaded line has seen them.
+	logSetupWarnings(s.log, cfg.TLS.Key, cfg.Admin, cfg.AdminPublic)
 	s.log.Info("reloaded", "changes", changesSentence(changes))
 	for _, sess := range s.sessions.all() {
 		if err := p.Recheck(sess.Peer, x509.ExtKeyUsageClientAuth, time.Now()); err != nil {

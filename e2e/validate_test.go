@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -168,4 +170,56 @@ func TestValidateTwoCAs(t *testing.T) {
 		t.Fatalf("server certificate as client's: exit %d, stdout %q, stderr %q; want 2 and our certificate named", code, stdout, stderr)
 	}
 	t.Log(strings.TrimSpace(stderr))
+}
+
+// A private key that group or others can read, and a public admin
+// listener (no authentication exists), are warned about by validate (exit
+// status unchanged) and by run: one WARN line each at start and on reload.
+func TestSetupWarnings(t *testing.T) {
+	t.Parallel()
+	p := newPKI(t)
+	if err := os.Chmod(p.serverKey, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	text := serverHCL(p.serverCert, p.serverKey, p.caFile, "admin {\n  listen = \"0.0.0.0:0\"\n  public = true\n}\n",
+		[]svc{{name: "echo", target: "127.0.0.1:7", allow: []string{"client-a"}}}, nil)
+	cfg := writeConfig(t, "server.hcl", text)
+	code, stdout, stderr := validate(t, serverBin, cfg)
+	if code != 0 || !strings.Contains(stdout, "ok") {
+		t.Fatalf("validate: exit %d, stdout %q, stderr %q; want 0 and ok", code, stdout, stderr)
+	}
+	for _, w := range []string{"warning: private key " + p.serverKey + " is readable", "mode 0640", "warning: admin { public = true }", "without authentication"} {
+		if !strings.Contains(stderr, w) {
+			t.Errorf("validate stderr lacks %q:\n%s", w, stderr)
+		}
+	}
+	t.Log(strings.TrimSpace(stderr))
+
+	srv := startProc(t, "tunnel-server", serverBin, "run", "-config", cfg)
+	srv.waitMatch(t, reListening)
+	keyWarn := []string{"[WARN]", "private key " + p.serverKey, "mode 0640"}
+	adminWarn := []string{"[WARN]", "admin { public = true }", "without authentication"}
+	if n, m := srv.countLines(keyWarn...), srv.countLines(adminWarn...); n != 1 || m != 1 {
+		t.Errorf("at start: %d key warnings, %d admin warnings; want one each", n, m)
+	}
+	if err := srv.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	srv.waitLine(t, "reloaded")
+	if n, m := srv.countLines(keyWarn...), srv.countLines(adminWarn...); n != 2 || m != 2 {
+		t.Errorf("after a reload: %d key warnings, %d admin warnings; want two each", n, m)
+	}
+	// Fixed: the next reload says nothing more (warnings come before the
+	// reloaded line).
+	if err := os.Chmod(p.serverKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the second reload", func() bool { return srv.countLines("reloaded") == 2 })
+	if n := srv.countLines(keyWarn...); n != 2 {
+		t.Errorf("key warned about after chmod 600: %d lines", n)
+	}
+	srv.stop(t)
 }

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunnelworks/tunnel/agent"
 	"github.com/tunnelworks/tunnel/transport/ssl"
 	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
@@ -53,6 +54,9 @@ func TestCertLifecycle(t *testing.T) {
 		st, err := os.Stat(key)
 		if err != nil || st.Mode().Perm() != 0o600 {
 			t.Fatalf("%s: mode %v %v", key, st.Mode(), err)
+		}
+		if w := agent.SetupWarnings(key, "", false); len(w) != 0 {
+			t.Errorf("a key written by cert is warned about: %q", w)
 		}
 	}
 	if _, errs, code := run2(t, "cert", "issue", "--ca-dir", routers, "--client", "edge-1", "--out-dir", dir); code != 1 || !strings.Contains(errs, "refusing to overwrite") {

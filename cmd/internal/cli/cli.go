@@ -266,6 +266,7 @@ func validate(role Role, prog string, args []string, stdout, stderr io.Writer) i
 		usage   x509.ExtKeyUsage
 		window  time.Duration
 		summary string
+		setup   []string
 		err     error
 	)
 	switch role {
@@ -275,6 +276,7 @@ func validate(role Role, prog string, args []string, stdout, stderr io.Writer) i
 			spec = ssl.PolicySpec{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, CA: cfg.TLS.CA, CRLs: cfg.TLS.CRL, CRLStale: cfg.TLS.CRLStale}
 			usage, window = x509.ExtKeyUsageServerAuth, cfg.ExpiryWarning
 			summary = fmt.Sprintf("listen %s, %d services, %d forwards", cfg.Listen, len(cfg.Services), len(cfg.Forwards))
+			setup = agent.SetupWarnings(cfg.TLS.Key, cfg.Admin, cfg.AdminPublic)
 		}
 	case Client:
 		var cfg *config.Client
@@ -282,6 +284,7 @@ func validate(role Role, prog string, args []string, stdout, stderr io.Writer) i
 			spec = ssl.PolicySpec{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, CA: cfg.TLS.CA, CRLs: cfg.TLS.CRL, CRLStale: cfg.TLS.CRLStale}
 			usage, window = x509.ExtKeyUsageClientAuth, cfg.ExpiryWarning
 			summary = fmt.Sprintf("servers %v, %d forwards, %d services", cfg.Servers, len(cfg.Forwards), len(cfg.Services))
+			setup = agent.SetupWarnings(cfg.TLS.Key, cfg.Admin, cfg.AdminPublic)
 		}
 	}
 	if err != nil {
@@ -302,6 +305,9 @@ func validate(role Role, prog string, args []string, stdout, stderr io.Writer) i
 	}
 	for _, w := range warnings {
 		fmt.Fprintf(stderr, "%s: warning: %v\n", f.config, w)
+	}
+	for _, w := range setup {
+		fmt.Fprintf(stderr, "%s: warning: %s\n", f.config, w)
 	}
 	if len(problems) > 0 {
 		for _, pr := range problems {
