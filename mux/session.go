@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,9 +38,32 @@ type Config struct {
 	OpenTimeout time.Duration
 	// OnPing, if set, is told the round trip time of every answered ping.
 	OnPing func(time.Duration)
-	// MaxStreams bounds the streams open at once on this session; the
-	// peer's opens beyond it are refused as busy. Default 4096.
+	// MaxStreams bounds the tunnelled streams the session holds at once,
+	// both directions, each counted from the moment yamux accepts it
+	// (before its header has arrived). The two control streams come on
+	// top. The peer's opens beyond it are reset. Default 1024.
 	MaxStreams int
+	// MaxBuffer bounds the receive buffer the peer can make us hold on
+	// this session: each stream may buffer up to Window, so the session
+	// also holds at most MaxBuffer/Window streams, control streams
+	// included. Default 256 MiB.
+	MaxBuffer int64
+	// HeaderTimeout bounds how long an accepted stream may take to send
+	// its header; a stream still silent then is reset. Default 10s.
+	HeaderTimeout time.Duration
+	// Classes are the traffic classes a client may name in its hello (the
+	// server checks them; a class outside the set refuses the session).
+	// Empty: only "" (no class).
+	Classes []string
+	// OnRefuse, if set, is told of every stream the peer opened that we
+	// refused: kind is one of the Refused* constants, service the name the
+	// peer asked for ("" when unknown yet), n how many (more than one only
+	// for yamux's own counts). It runs on the stream's goroutine or the
+	// session's watcher and must not block. mux logs them only at debug.
+	OnRefuse func(kind, service string, err error, n int)
+	// OnHeaderWait, if set, is told +1 when an accepted stream starts
+	// waiting for its header and -1 when the wait ends.
+	OnHeaderWait func(delta int)
 	// Window is the per-stream receive window; both ends must use the same
 	// (a frame beyond it kills the session). Default 256 KiB, yamux's minimum.
 	Window uint32
@@ -62,7 +87,13 @@ func (c Config) withDefaults() Config {
 		c.OpenTimeout = 30 * time.Second
 	}
 	if c.MaxStreams <= 0 {
-		c.MaxStreams = 4096
+		c.MaxStreams = 1024
+	}
+	if c.MaxBuffer <= 0 {
+		c.MaxBuffer = 256 << 20
+	}
+	if c.HeaderTimeout <= 0 {
+		c.HeaderTimeout = 10 * time.Second
 	}
 	if c.Window < 256*1024 {
 		c.Window = 256 * 1024 // yamux's minimum
@@ -130,10 +161,21 @@ type Session struct {
 	peerDraining     chan struct{}
 	peerDrainingOnce sync.Once
 
+	// peerReplaced is closed when the peer says a newer session from the
+	// same certificate has replaced this one.
+	peerReplaced     chan struct{}
+	peerReplacedOnce sync.Once
+
 	ctlMu   sync.Mutex
-	ctl     *yamux.Stream // ours: we write the IDs of streams we abort
+	ctl     *yamux.Stream // ours: we write control messages on it
+	peerCtl atomic.Bool   // the peer's control stream has been accepted
 	live    sync.Mutex
 	streams map[uint32]*Stream // open streams, for aborts from the peer
+
+	// maxStreams is the cap on streams yamux holds for this session, both
+	// directions, control streams included: Config.MaxStreams plus the two
+	// control streams, and no more than Config.MaxBuffer/Window.
+	maxStreams int
 }
 
 // Client and Server name which end of the yamux session we are: the agent
@@ -151,8 +193,8 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 	if err != nil {
 		return nil, err
 	}
-	if hello.Role == role {
-		return nil, fmt.Errorf("peer is also a %s agent (connect a tunnel-client to a tunnel-server)", role)
+	if hello, err = checkHello(hello, role, cfg.Classes); err != nil {
+		return nil, err
 	}
 	cc := &countingConn{Conn: conn}
 	cc.touch()
@@ -164,6 +206,7 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 		}
 		cfg.Window = max(cfg.WindowFor(class), cfg.Window)
 	}
+	maxStreams := streamCap(cfg.MaxStreams, cfg.MaxBuffer, cfg.Window)
 	joined := newFrameJoiner(cc)
 	if role == RoleClient {
 		y, err = yamux.Client(joined, yamuxConfig(cfg.Logger, cfg.Window))
@@ -173,7 +216,11 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
 	}
-	s := &Session{Peer: peer, PeerHello: hello, y: y, conn: cc, cfg: cfg, log: cfg.Logger, closed: make(chan struct{}), peerDraining: make(chan struct{}), streams: map[uint32]*Stream{}, since: time.Now()}
+	s := &Session{
+		Peer: peer, PeerHello: hello, y: y, conn: cc, cfg: cfg, log: cfg.Logger,
+		closed: make(chan struct{}), peerDraining: make(chan struct{}), peerReplaced: make(chan struct{}),
+		streams: map[uint32]*Stream{}, since: time.Now(), maxStreams: maxStreams,
+	}
 	if s.ctl, err = y.OpenStream(); err == nil {
 		_, err = s.ctl.Write([]byte{headerControl, 0})
 	}
@@ -183,6 +230,73 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 	}
 	s.wg.Go(s.watch)
 	return s, nil
+}
+
+// controlStreams is how many control streams a session holds: ours and
+// the peer's.
+const controlStreams = 2
+
+// streamCap is how many streams, control streams included, a session may
+// hold: the configured tunnelled streams plus the control streams, and no
+// more than the buffer budget allows at a full window each. Never below
+// what the control streams and one tunnelled stream need.
+func streamCap(maxStreams int, maxBuffer int64, window uint32) int {
+	n := int64(maxStreams) + controlStreams
+	if byBuffer := maxBuffer / int64(window); byBuffer < n {
+		n = byBuffer
+	}
+	return int(max(n, controlStreams+1))
+}
+
+// MaxStreams is the cap on the streams this session holds at once, both
+// directions, control streams included (see Config.MaxStreams and
+// Config.MaxBuffer).
+func (s *Session) MaxStreams() int { return s.maxStreams }
+
+// checkHello validates what the peer said about itself: every string in it
+// is the peer's, so only values from a fixed set pass, and errors quote at
+// most a short prefix of anything else.
+func checkHello(h Hello, ours string, classes []string) (Hello, error) {
+	want := RoleServer
+	if ours == RoleServer {
+		want = RoleClient
+	}
+	switch h.Role {
+	case want:
+	case ours:
+		return Hello{}, fmt.Errorf("peer is also a %s agent (connect a tunnel-client to a tunnel-server)", ours)
+	default:
+		return Hello{}, fmt.Errorf("peer's hello names role %s, not %q", quoteShort(h.Role), want)
+	}
+	if ours == RoleServer {
+		if !slices.Contains(classes, h.Class) && (len(classes) > 0 || h.Class != "") {
+			return Hello{}, fmt.Errorf("peer's hello names traffic class %s, not one of %q", quoteShort(h.Class), classes)
+		}
+	} else if h.Class != "" {
+		return Hello{}, fmt.Errorf("server's hello names traffic class %s; a server names none", quoteShort(h.Class))
+	}
+	// Logged only; keep it short and printable.
+	h.Agent = strings.ToValidUTF8(clip(h.Agent, 64), "?")
+	h.Capabilities = nil // none defined yet
+	return h, nil
+}
+
+// maxQuoted bounds how much of a peer's string an error or log line quotes.
+const maxQuoted = 32
+
+// quoteShort quotes at most maxQuoted bytes of s.
+func quoteShort(s string) string {
+	if len(s) <= maxQuoted {
+		return fmt.Sprintf("%q", s)
+	}
+	return fmt.Sprintf("%q... (%d bytes)", s[:maxQuoted], len(s))
+}
+
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
 }
 
 func exchangeHello(ctx context.Context, conn net.Conn, ours Hello, timeout time.Duration) (Hello, error) {
@@ -418,16 +532,38 @@ func (s *Session) markPeerDraining() {
 	s.peerDrainingOnce.Do(func() { close(s.peerDraining) })
 }
 
-// drainNotice is the control message "I am draining". yamux never uses
-// stream ID 0, so an older peer that reads it as an abort finds no stream
-// and ignores it.
-const drainNotice = 0
+// PeerReplaced is closed once the peer has said that a newer session from
+// the same certificate replaced this one (see NotifyReplaced). It is
+// closed before PeerDraining when the peer sends both.
+func (s *Session) PeerReplaced() <-chan struct{} { return s.peerReplaced }
+
+func (s *Session) markPeerReplaced() {
+	s.peerReplacedOnce.Do(func() { close(s.peerReplaced) })
+}
+
+// NotifyReplaced tells the peer that a newer session from its certificate
+// has replaced this one (the server says it before draining the old): a
+// client that did not open the new one (another host with the same key)
+// then backs off instead of taking the place back at once. It may block
+// up to OpenTimeout on a wedged connection: call it off any accept path.
+func (s *Session) NotifyReplaced() { s.sendControl(replacedNotice) }
+
+// Control messages, 4 bytes big endian each, on our control stream. An
+// older peer read every value as the ID of a stream to abort; neither
+// value is ever a yamux stream ID, so it ignores both.
+const (
+	// drainNotice: "I am draining". yamux never uses stream ID 0.
+	drainNotice = 0
+	// replacedNotice: "a newer session from your certificate replaced this
+	// one". yamux refuses to open an ID above MaxUint32-2.
+	replacedNotice = 0xFFFFFFFF
+)
 
 // sendAbort tells the peer to reset its end of stream id.
 func (s *Session) sendAbort(id uint32) { s.sendControl(id) }
 
-// sendControl writes one control message: a stream ID to abort, or
-// drainNotice.
+// sendControl writes one control message: a stream ID to abort, or a
+// notice.
 func (s *Session) sendControl(id uint32) {
 	var msg [4]byte
 	binary.BigEndian.PutUint32(msg[:], id)
@@ -435,27 +571,30 @@ func (s *Session) sendControl(id uint32) {
 	defer s.ctlMu.Unlock()
 	_ = s.ctl.SetWriteDeadline(time.Now().Add(s.cfg.OpenTimeout))
 	if _, err := s.ctl.Write(msg[:]); err != nil {
-		s.log.Debug("cannot send control message", "stream", id, "error", err)
+		s.log.Debug("cannot send control message", "message", id, "error", err)
 	}
 }
 
-// readAborts serves the peer's control stream until the session ends.
-func (s *Session) readAborts(ctl *yamux.Stream) {
+// readControl serves the peer's control stream until the session ends.
+// Values it does not know are ignored (a newer peer's notices).
+func (s *Session) readControl(ctl *yamux.Stream) {
 	var msg [4]byte
 	for {
 		if _, err := io.ReadFull(ctl, msg[:]); err != nil {
 			return
 		}
-		id := binary.BigEndian.Uint32(msg[:])
-		if id == drainNotice {
+		switch id := binary.BigEndian.Uint32(msg[:]); id {
+		case drainNotice:
 			s.markPeerDraining()
-			continue
-		}
-		s.live.Lock()
-		st := s.streams[id]
-		s.live.Unlock()
-		if st != nil {
-			st.abortedByPeer()
+		case replacedNotice:
+			s.markPeerReplaced()
+		default:
+			s.live.Lock()
+			st := s.streams[id]
+			s.live.Unlock()
+			if st != nil {
+				st.abortedByPeer()
+			}
 		}
 	}
 }
@@ -517,56 +656,120 @@ func (s *Session) Serve(ctx context.Context, lookup Lookup, accepted Accepted) e
 	}
 }
 
+// Kinds of refusal told to Config.OnRefuse: a fixed set, fit for a
+// metric label.
+const (
+	RefusedBadHeader     = "bad_header"      // the stream's header did not parse
+	RefusedHeaderTimeout = "header_timeout"  // no header within HeaderTimeout
+	RefusedControl       = "second_control"  // a control stream beyond the first
+	RefusedStreamLimit   = "stream_limit"    // the session held its cap of streams
+	RefusedBacklogFull   = "backlog_full"    // yamux's accept backlog was full
+	RefusedUnknown       = "unknown_service" // no such service (the peer hears "denied")
+	RefusedDenied        = "denied"          // the service's allow list refused the peer
+	RefusedDialFailed    = "dial_failed"     // the service's target could not be reached
+)
+
+// RefusedKinds lists every kind OnRefuse may be told.
+var RefusedKinds = []string{RefusedBadHeader, RefusedHeaderTimeout, RefusedControl, RefusedStreamLimit,
+	RefusedBacklogFull, RefusedUnknown, RefusedDenied, RefusedDialFailed}
+
+// refused reports n refusals of one kind to the owner. A flood of them is
+// the owner's to rate-limit: mux itself logs them only at debug.
+func (s *Session) refused(kind, service string, err error, n int) {
+	s.log.Debug("stream refused", "kind", kind, "service", service, "count", n, "error", err)
+	if s.cfg.OnRefuse != nil {
+		s.cfg.OnRefuse(kind, service, err, n)
+	}
+}
+
+// handle serves one stream the peer opened, from the moment yamux accepts
+// it: every stream counts against the session's cap from then on, and
+// waits at most HeaderTimeout for its header.
 func (s *Session) handle(ctx context.Context, y *yamux.Stream, lookup Lookup, accepted Accepted) {
-	_ = y.SetReadDeadline(time.Now().Add(s.cfg.OpenTimeout))
-	h, err := readHeader(y)
-	name := h.service
-	if h.control {
-		_ = y.SetReadDeadline(time.Time{})
-		s.readAborts(y)
+	// Our own opens can take the session past its cap, which yamux checks
+	// only on the peer's opens; this also guards a yamux without the cap.
+	if n := s.y.NumStreams(); n > s.maxStreams {
+		s.refused(RefusedStreamLimit, "", fmt.Errorf("session holds %d streams, its limit is %d", n, s.maxStreams), 1)
+		s.reset(y)
 		return
 	}
+	h, err := s.readHeader(y)
 	if err != nil {
-		s.log.Warn("stream refused: bad header", "peer", s.Peer.Name(), "error", err)
-		s.refuse(y, CodeBadHeader, err.Error())
+		var ne net.Error
+		switch {
+		case errors.As(err, &ne) && ne.Timeout():
+			s.refused(RefusedHeaderTimeout, "", fmt.Errorf("no stream header within %s", s.cfg.HeaderTimeout), 1)
+			s.reset(y)
+		case errors.Is(err, errMalformedHeader):
+			s.refused(RefusedBadHeader, "", err, 1)
+			s.refuse(y, CodeBadHeader, err.Error())
+		default: // the peer closed or reset it, or the session ended
+			s.log.Debug("stream ended before its header", "error", err)
+			s.reset(y)
+		}
 		return
 	}
-	_ = y.SetReadDeadline(time.Time{})
-	if s.NumStreams() >= s.cfg.MaxStreams {
-		s.log.Warn("stream refused: session at its stream limit", "peer", s.Peer.Name(), "service", name, "max_streams_per_session", s.cfg.MaxStreams)
-		s.refuse(y, CodeBusy, fmt.Sprintf("the peer has %d streams open on this session, its limit", s.cfg.MaxStreams))
+	if h.control {
+		if !s.peerCtl.CompareAndSwap(false, true) {
+			s.refused(RefusedControl, "", errors.New("the peer opened a second control stream"), 1)
+			s.reset(y)
+			return
+		}
+		s.readControl(y)
 		return
 	}
-	svc, ok := lookup(name)
-	if !ok {
-		s.log.Warn("stream refused: unknown service", "peer", s.Peer.Name(), "service", name)
-		s.refuse(y, CodeUnknownService, fmt.Sprintf("no service %q here", name))
-		return
-	}
-	if svc.Allowed == nil || !svc.Allowed(s.Peer) {
-		s.log.Warn("stream refused: denied", "peer", s.Peer.Name(), "service", name)
-		s.refuse(y, CodeDenied, fmt.Sprintf("%q may not open service %q", s.Peer.Name(), name))
+	name := h.service
+	// Unknown and denied get the same answer, so a peer cannot list the
+	// names of services it may not open; only our report tells them apart.
+	svc, known := lookup(name)
+	if !known || svc.Allowed == nil || !svc.Allowed(s.Peer) {
+		kind, why := RefusedDenied, errors.New("not allowed by the service's allow list")
+		if !known {
+			kind, why = RefusedUnknown, errors.New("no such service")
+		}
+		s.refused(kind, name, why, 1)
+		s.refuse(y, CodeDenied, fmt.Sprintf("service %q is not available to you", name))
 		return
 	}
 	target, err := svc.Dial(ctx, Request{Service: name, Source: h.source, Peer: s.Peer})
 	if err != nil {
-		s.log.Warn("stream refused: dial failed", "peer", s.Peer.Name(), "service", name, "error", err)
+		s.refused(RefusedDialFailed, name, err, 1)
 		s.refuse(y, CodeDialFailed, err.Error())
 		return
 	}
 	if _, err := y.Write(encodeReply(CodeOK, "")); err != nil {
 		s.log.Debug("stream lost before reply", "peer", s.Peer.Name(), "service", name, "error", err)
-		_ = y.Close()
+		s.reset(y)
 		_ = target.Close()
 		return
 	}
 	accepted(ctx, name, s.track(&Stream{y: y, sess: s, service: name}), target)
 }
 
+// readHeader reads a stream's header within HeaderTimeout, counted as
+// awaiting its header meanwhile.
+func (s *Session) readHeader(y *yamux.Stream) (header, error) {
+	if f := s.cfg.OnHeaderWait; f != nil {
+		f(1)
+		defer f(-1)
+	}
+	_ = y.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+	h, err := readHeader(y)
+	_ = y.SetReadDeadline(time.Time{})
+	return h, err
+}
+
+// refuse answers a stream open with a refusal, then half-closes: the
+// reply must reach the opener, which a reset would discard.
 func (s *Session) refuse(y *yamux.Stream, code Code, msg string) {
 	_ = y.SetWriteDeadline(time.Now().Add(s.cfg.OpenTimeout))
 	_, _ = y.Write(encodeReply(code, msg))
 	_ = y.Close()
+}
+
+// reset drops a stream the peer opened without a word to it.
+func (s *Session) reset(y *yamux.Stream) {
+	_ = y.Close() // TODO(p-yamux): y.Reset()
 }
 
 // ErrDraining is returned by Open on a session that is being drained.

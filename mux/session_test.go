@@ -193,7 +193,13 @@ func TestStreamsBothWays(t *testing.T) {
 }
 
 func TestRefusals(t *testing.T) {
-	server, client := sessions(t, "client-a", Config{})
+	var mu sync.Mutex
+	kinds := map[string]string{} // service -> kind reported
+	server, client := sessions(t, "client-a", Config{OnRefuse: func(kind, service string, err error, n int) {
+		mu.Lock()
+		kinds[service] = kind
+		mu.Unlock()
+	}})
 	echo := echoTarget(t)
 	ln, _ := net.Listen("tcp", "127.0.0.1:0")
 	refused := ln.Addr().String()
@@ -204,15 +210,18 @@ func TestRefusals(t *testing.T) {
 		"nobody": {Dial: dialTo(echo)},
 		"down":   {Allowed: allowOnly("client-a"), Dial: dialTo(refused)},
 	})
+	// Unknown and denied look the same to the peer: it cannot tell which
+	// services exist. Only the report says which.
 	for _, tc := range []struct {
 		service string
 		code    Code
 		msg     string
+		kind    string
 	}{
-		{"secret", CodeDenied, `"client-a" may not open service "secret"`},
-		{"nobody", CodeDenied, "may not open"},
-		{"missing", CodeUnknownService, `no service "missing"`},
-		{"down", CodeDialFailed, "connection refused"},
+		{"secret", CodeDenied, `service "secret" is not available to you`, RefusedDenied},
+		{"nobody", CodeDenied, `service "nobody" is not available to you`, RefusedDenied},
+		{"missing", CodeDenied, `service "missing" is not available to you`, RefusedUnknown},
+		{"down", CodeDialFailed, "connection refused", RefusedDialFailed},
 	} {
 		st, err := client.Open(context.Background(), tc.service, "")
 		if err != nil {
@@ -224,6 +233,11 @@ func TestRefusals(t *testing.T) {
 			t.Errorf("%s: err = %v, want %s containing %q", tc.service, err, tc.code, tc.msg)
 		}
 		st.Close()
+		mu.Lock()
+		if kinds[tc.service] != tc.kind {
+			t.Errorf("%s: reported as %q, want %q", tc.service, kinds[tc.service], tc.kind)
+		}
+		mu.Unlock()
 	}
 	// The session survives every refusal.
 	st, err := client.Open(context.Background(), "echo", "")
@@ -496,13 +510,141 @@ func TestMaxStreamsRefusesBusy(t *testing.T) {
 		open = append(open, st)
 	}
 	st, _ := client.Open(context.Background(), "echo", "")
-	_, err := st.Read(make([]byte, 1))
-	var oe *OpenError
-	if !errors.As(err, &oe) || oe.Code != CodeBusy {
-		t.Fatalf("third stream: %v, want busy", err)
+	if _, err := st.Read(make([]byte, 1)); err == nil {
+		t.Fatal("third stream answered; the session holds 2, its limit")
 	}
 	st.Close()
 	for _, s := range open {
 		s.Close()
 	}
+}
+
+func TestUnknownAndDeniedIdenticalOnTheWire(t *testing.T) {
+	server, client := sessions(t, "client-a", Config{})
+	echo := echoTarget(t)
+	serve(t, server, map[string]Service{"secret": {Allowed: allowOnly("client-b"), Dial: dialTo(echo)}})
+	reply := func(name string) []byte {
+		t.Helper()
+		y, err := client.y.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer y.Close()
+		hdr, _ := encodeHeader(name, "")
+		if _, err := y.Write(hdr); err != nil {
+			t.Fatal(err)
+		}
+		y.SetReadDeadline(time.Now().Add(10 * time.Second))
+		got, err := io.ReadAll(y)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return bytes.ReplaceAll(got, []byte(name), []byte("NAME"))
+	}
+	denied, unknown := reply("secret"), reply("absent") // names of one length
+	if !bytes.Equal(denied, unknown) {
+		t.Fatalf("denied answered %q, unknown %q: a peer can tell them apart", denied, unknown)
+	}
+	if Code(denied[0]) != CodeDenied {
+		t.Fatalf("code %d, want denied", denied[0])
+	}
+}
+
+func TestReplacedNotice(t *testing.T) {
+	server, client := sessions(t, "client-a", Config{})
+	serve(t, server, map[string]Service{})
+	serve(t, client, map[string]Service{})
+	server.NotifyReplaced()
+	select {
+	case <-client.PeerReplaced():
+	case <-time.After(10 * time.Second):
+		t.Fatal("replaced notice not delivered")
+	}
+	select {
+	case <-client.PeerDraining():
+		t.Fatal("a replaced notice alone says draining")
+	default:
+	}
+	// The drain that follows arrives after it, in order.
+	go server.Drain(context.Background())
+	select {
+	case <-client.PeerDraining():
+	case <-time.After(10 * time.Second):
+		t.Fatal("drain notice not delivered")
+	}
+	select {
+	case <-server.PeerReplaced():
+		t.Fatal("the server was told it was replaced")
+	default:
+	}
+}
+
+// hostileHello completes TLS and sends hello h from the client side, and
+// returns what the server's Establish said.
+func hostileHello(t *testing.T, h Hello, cfg Config) error {
+	t.Helper()
+	srvConn, cliConn, srvPeer, _ := tlsPair(t, "client-a")
+	msg, err := encodeHello(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		cliConn.Write(msg)
+		io.Copy(io.Discard, cliConn)
+	}()
+	sess, err := Establish(context.Background(), srvConn, RoleServer, srvPeer, cfg)
+	if sess != nil {
+		sess.Close()
+	}
+	srvConn.Close()
+	return err
+}
+
+func TestHelloValidated(t *testing.T) {
+	long := strings.Repeat("x", 5000)
+	classes := Config{Classes: []string{"control", "bulk"}, HelloTimeout: 5 * time.Second}
+	for _, tc := range []struct {
+		name string
+		h    Hello
+		want string
+	}{
+		{"no role", Hello{Class: "bulk"}, `peer's hello names role "", not "client"`},
+		{"odd role", Hello{Role: "admin", Class: "bulk"}, `peer's hello names role "admin", not "client"`},
+		{"unknown class", Hello{Role: RoleClient, Class: "gold"}, `peer's hello names traffic class "gold", not one of ["control" "bulk"]`},
+		{"no class", Hello{Role: RoleClient}, `traffic class "", not one of`},
+		{"long class", Hello{Role: RoleClient, Class: long[:3000]}, `traffic class "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"... (3000 bytes)`},
+		{"long role", Hello{Role: long[:3000]}, `role "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"... (3000 bytes)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := hostileHello(t, tc.h, classes)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+			if len(err.Error()) > 200 {
+				t.Fatalf("error quotes too much of the peer's value: %d bytes", len(err.Error()))
+			}
+		})
+	}
+	// A known class passes, and an agent string is cut short.
+	if err := hostileHello(t, Hello{Role: RoleClient, Class: "control", Agent: long[:1000]}, classes); err != nil {
+		t.Fatal(err)
+	}
+	// Without Classes only "" passes.
+	if err := hostileHello(t, Hello{Role: RoleClient, Class: "bulk"}, Config{}); err == nil {
+		t.Fatal("a class passed a server that takes none")
+	}
+}
+
+func TestServerHelloWithClassRefused(t *testing.T) {
+	srvConn, cliConn, _, cliPeer := tlsPair(t, "client-a")
+	msg, _ := encodeHello(Hello{Role: RoleServer, Class: "bulk"})
+	go func() {
+		srvConn.Write(msg)
+		io.Copy(io.Discard, srvConn)
+	}()
+	_, err := Establish(context.Background(), cliConn, RoleClient, cliPeer, Config{Class: "bulk"})
+	if err == nil || !strings.Contains(err.Error(), `server's hello names traffic class "bulk"`) {
+		t.Fatalf("err = %v", err)
+	}
+	cliConn.Close()
 }

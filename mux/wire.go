@@ -25,9 +25,17 @@ import (
 //	code (1 byte) | message length (1 byte) | message
 //
 // Control stream: each side opens one stream with the header
-// kind 2 | 0, and writes on it the 4-byte big-endian IDs of the streams it
-// aborts. yamux has no public stream reset; this carries one, so a reset on
-// one side of the tunnel becomes a reset on the other instead of a clean EOF.
+// kind 2 | 0, and writes on it 4-byte big-endian messages. A second control
+// stream from the same peer is reset. The messages are:
+//
+//	0x00000000  drain notice: "I am draining; open nothing more here"
+//	0xFFFFFFFF  replaced notice: "a newer session from your certificate
+//	            replaced this one" (the server sends it before its drain notice)
+//
+// Neither value is ever a yamux stream ID (yamux never uses 0 and opens no
+// ID above 0xFFFFFFFD): an older peer, which read every message as the ID
+// of a stream to abort, ignores both. A receiver ignores values it does not
+// know.
 
 // ProtocolVersion is the version of the session protocol spoken here.
 // A peer with another version is refused with a clear error on both sides.
@@ -123,6 +131,10 @@ type header struct {
 	control         bool // the peer's control stream
 }
 
+// errMalformedHeader is a stream header that arrived but does not parse
+// (as opposed to one that never arrived).
+var errMalformedHeader = errors.New("malformed stream header")
+
 func readHeader(r io.Reader) (header, error) {
 	var head [2]byte
 	if _, err := io.ReadFull(r, head[:]); err != nil {
@@ -132,7 +144,7 @@ func readHeader(r io.Reader) (header, error) {
 		return header{control: true}, nil
 	}
 	if head[0] != headerOpen {
-		return header{}, fmt.Errorf("malformed stream header: unknown kind %d", head[0])
+		return header{}, fmt.Errorf("%w: unknown kind %d", errMalformedHeader, head[0])
 	}
 	buf := make([]byte, int(head[1])+1) // the name and the source length
 	if _, err := io.ReadFull(r, buf); err != nil {
@@ -140,11 +152,11 @@ func readHeader(r io.Reader) (header, error) {
 	}
 	h := header{service: string(buf[:head[1]])}
 	if err := checkName(h.service); err != nil {
-		return header{}, fmt.Errorf("malformed stream header: %w", err)
+		return header{}, fmt.Errorf("%w: %w", errMalformedHeader, err)
 	}
 	if n := int(buf[head[1]]); n > 0 {
 		if n > maxSource {
-			return header{}, fmt.Errorf("malformed stream header: source of %d bytes", n)
+			return header{}, fmt.Errorf("%w: source of %d bytes", errMalformedHeader, n)
 		}
 		src := make([]byte, n)
 		if _, err := io.ReadFull(r, src); err != nil {
