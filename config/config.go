@@ -31,7 +31,10 @@
 //	ping_after = "10s"             # ping the peer this often; > 0
 //	dead_after = "30s"             # the peer is dead after this long without a single byte; > ping_after
 //	drain_timeout = "10s"          # graceful stop: how long open streams may finish; "0s": no drain
-//	max_streams_per_session = 4096 # streams open at once on one session; >= 1
+//	max_streams_per_session = 1024 # streams on one session at once, both directions, from the peer's open; >= 1
+//	max_session_buffer = "256MiB"  # receive buffer one session may make us hold: also caps its streams
+//	                               # at this / window (256 KiB control, 1 MiB bulk); "8MiB" to "1TiB"
+//	header_timeout = "10s"         # how long a stream the peer opened may take to send its header; > 0
 //	# reload_interval = "1m"       # also reload when the config or TLS files change; at least "1s"
 //	# dscp = "CS6"                 # marking of the tunnel's own TLS socket: 0..63 or CS0..CS7, EF, AF11..AF43
 //	# admin {                      # /metrics, /healthz, /status
@@ -112,7 +115,9 @@ const (
 	DefaultPingAfter              = 10 * time.Second
 	DefaultDeadAfter              = 30 * time.Second
 	DefaultDrainTimeout           = 10 * time.Second
-	DefaultMaxStreamsPerSession   = 4096
+	DefaultMaxStreamsPerSession   = 1024
+	DefaultMaxSessionBuffer       = 256 << 20
+	DefaultHeaderTimeout          = 10 * time.Second
 	DefaultMaxSessions            = 1024
 	DefaultMaxSessionsPerIdentity = 4
 	DefaultSessionWait            = 10 * time.Second
@@ -169,7 +174,9 @@ type Settings struct {
 	PingAfter            time.Duration // key ping_after: ping the peer this often; default 10s
 	DeadAfter            time.Duration // key dead_after: declare the peer dead after this long without a byte; default 30s
 	DrainTimeout         time.Duration // key drain_timeout: bound on the graceful stop; default 10s; 0 = none
-	MaxStreamsPerSession int           // key max_streams_per_session: default 4096
+	MaxStreamsPerSession int           // key max_streams_per_session: default 1024
+	MaxSessionBuffer     int64         // key max_session_buffer: bytes; default 256 MiB
+	HeaderTimeout        time.Duration // key header_timeout: default 10s
 	Admin                string        // admin { listen }: the admin listener; "" = off
 	AdminPublic          bool          // admin { public = true }: allow a non-loopback admin address
 	DSCP                 int           // key dscp: marking of the tunnel's own TLS socket; -1 = unset

@@ -475,6 +475,16 @@ func TestParseErrors(t *testing.T) {
 		// max_streams_per_session, max_sessions, max_sessions_per_identity, session_wait.
 		{name: "max_streams_per_session a string", client: true, src: "max_streams_per_session = \"10\"\n", line: 1, want: "max_streams_per_session must be a number, not a string"},
 		{name: "max_streams_per_session fraction", src: "max_streams_per_session = 2.5\n", line: 1, want: "must be a whole number, got 2.5"},
+		{name: "max_session_buffer a number", src: "max_session_buffer = 268435456\n", line: 1, want: `max_session_buffer must be a size string, not a number (e.g. max_session_buffer = "256MiB"; a bare number has no unit: write "256MiB")`},
+		{name: "max_session_buffer no unit", client: true, src: "max_session_buffer = \"256\"\n", line: 1, want: `max_session_buffer = "256" is not a size (write a whole number with a unit, e.g. "256MiB" or "1GiB"; units KiB, MiB, GiB, TiB)`},
+		{name: "max_session_buffer decimal unit", src: "max_session_buffer = \"256MB\"\n", line: 1, want: `max_session_buffer = "256MB" is not a size`},
+		{name: "max_session_buffer fraction", src: "max_session_buffer = \"1.5GiB\"\n", line: 1, want: `max_session_buffer = "1.5GiB" is not a size`},
+		{name: "max_session_buffer too small", src: "max_session_buffer = \"4MiB\"\n", line: 1, want: `max_session_buffer = "4MiB" is out of range (8MiB to 1TiB)`},
+		{name: "max_session_buffer too large", client: true, src: "max_session_buffer = \"2TiB\"\n", line: 1, want: "is out of range (8MiB to 1TiB)"},
+		{name: "max_session_buffer overflow", src: "max_session_buffer = \"99999999999999999TiB\"\n", line: 1, want: "is out of range (8MiB to 1TiB)"},
+		{name: "max_session_buffer negative", src: "max_session_buffer = \"-1GiB\"\n", line: 1, want: "is not a size"},
+		{name: "header_timeout zero", src: "header_timeout = \"0s\"\n", line: 1, want: `header_timeout = "0s" must be more than zero`},
+		{name: "header_timeout a number", client: true, src: "header_timeout = 10\n", line: 1, want: "header_timeout must be a duration string, not a number"},
 		{name: "max_sessions zero", src: "max_sessions = 0\n", line: 1, want: "max_sessions = 0 is out of range (1 to 2147483647)"},
 		{name: "max_sessions_per_identity negative", src: "max_sessions_per_identity = -1\n", line: 1, want: "max_sessions_per_identity = -1 is out of range (1 to"},
 		{name: "max_sessions_per_identity on the client", client: true, src: "max_sessions_per_identity = 3\n", line: 1, want: "max_sessions_per_identity is only for the server"},
@@ -873,7 +883,8 @@ func checkCommon(t TLS, hs, dial time.Duration, level, format string, services [
 // options, and set none of them: fill in their defaults.
 func defaultSettings() Settings {
 	return Settings{ExpiryWarning: DefaultExpiryWarning, PingAfter: DefaultPingAfter, DeadAfter: DefaultDeadAfter,
-		DrainTimeout: DefaultDrainTimeout, MaxStreamsPerSession: DefaultMaxStreamsPerSession, DSCP: -1}
+		DrainTimeout: DefaultDrainTimeout, MaxStreamsPerSession: DefaultMaxStreamsPerSession,
+		MaxSessionBuffer: DefaultMaxSessionBuffer, HeaderTimeout: DefaultHeaderTimeout, DSCP: -1}
 }
 
 func withCommonDefaults(t *TLS, st *Settings, svcs []Service, fwds []Forward) {

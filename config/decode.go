@@ -127,7 +127,7 @@ type schema struct {
 }
 
 // commonKeys are the top-level keys both configs take beyond the basics.
-var commonKeys = []string{"reload_interval", "expiry_warning", "ping_after", "dead_after", "drain_timeout", "max_streams_per_session", "dscp"}
+var commonKeys = []string{"reload_interval", "expiry_warning", "ping_after", "dead_after", "drain_timeout", "max_streams_per_session", "max_session_buffer", "header_timeout", "dscp"}
 
 var (
 	serverTop = schema{

@@ -71,6 +71,8 @@ func (d *decoder) settings(top *body) (Settings, hcl.Range) {
 		DeadAfter:            DefaultDeadAfter,
 		DrainTimeout:         DefaultDrainTimeout,
 		MaxStreamsPerSession: DefaultMaxStreamsPerSession,
+		MaxSessionBuffer:     DefaultMaxSessionBuffer,
+		HeaderTimeout:        DefaultHeaderTimeout,
 		DSCP:                 -1,
 	}
 	if a := top.attr("reload_interval"); a != nil {
@@ -107,6 +109,16 @@ func (d *decoder) settings(top *body) (Settings, hcl.Range) {
 	if a := top.attr("max_streams_per_session"); a != nil {
 		if n, ok := d.intRange(top, a, 1, math.MaxInt32); ok {
 			st.MaxStreamsPerSession = n
+		}
+	}
+	if a := top.attr("max_session_buffer"); a != nil {
+		if n, ok := d.size(top, a, minSessionBuffer, maxSessionBuffer); ok {
+			st.MaxSessionBuffer = n
+		}
+	}
+	if a := top.attr("header_timeout"); a != nil {
+		if v, ok := d.duration(top, a); ok {
+			st.HeaderTimeout = v
 		}
 	}
 	if a := top.attr("dscp"); a != nil {
@@ -165,6 +177,64 @@ func (d *decoder) durationOrZero(b *body, a *hclsyntax.Attribute) (time.Duration
 		}
 	}
 	return d.duration(b, a)
+}
+
+// Bounds of max_session_buffer: at least a few bulk streams' windows (1 MiB
+// each), at most what no machine this runs on could give one session.
+const (
+	minSessionBuffer = 8 << 20
+	maxSessionBuffer = 1 << 40
+)
+
+var sizeUnits = []struct {
+	suffix string
+	mult   int64
+}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}}
+
+// size decodes a byte size written as a whole number with a binary unit,
+// "256MiB" or "1GiB", in [lo, hi] bytes.
+func (d *decoder) size(b *body, a *hclsyntax.Attribute, lo, hi int64) (int64, bool) {
+	key := b.prefix + a.Name
+	v, ok := d.eval(b, a)
+	if !ok {
+		return 0, false
+	}
+	if !v.Type().Equals(cty.String) {
+		hint := ""
+		if v.Type().Equals(cty.Number) {
+			hint = `; a bare number has no unit: write "256MiB"`
+		}
+		d.addf(a.Expr.Range(), "%s must be a size string, not %s (e.g. %s = \"256MiB\"%s)", key, typeName(v), a.Name, hint)
+		return 0, false
+	}
+	text := strings.TrimSpace(v.AsString())
+	for _, u := range sizeUnits {
+		num, found := strings.CutSuffix(text, u.suffix)
+		if !found {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+		if err != nil || n < 0 {
+			break
+		}
+		if n > hi/u.mult || n*u.mult < lo || n*u.mult > hi {
+			d.addf(a.Expr.Range(), "%s = %q is out of range (%s to %s)", key, v.AsString(), formatSize(lo), formatSize(hi))
+			return 0, false
+		}
+		return n * u.mult, true
+	}
+	d.addf(a.Expr.Range(), "%s = %q is not a size (write a whole number with a unit, e.g. \"256MiB\" or \"1GiB\"; units KiB, MiB, GiB, TiB)", key, v.AsString())
+	return 0, false
+}
+
+// formatSize writes n bytes in the largest unit that divides it.
+func formatSize(n int64) string {
+	for _, u := range sizeUnits {
+		if n%u.mult == 0 {
+			return strconv.FormatInt(n/u.mult, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10) + "B"
 }
 
 // intRange decodes a whole number in [lo, hi].

@@ -26,6 +26,8 @@ ping_after = "2s"
 dead_after = "6s"
 drain_timeout = "0s"
 max_streams_per_session = 10
+max_session_buffer = "64MiB"
+header_timeout = "3s"
 max_sessions = 5
 max_sessions_per_identity = 1
 dscp = "CS6"
@@ -71,7 +73,7 @@ forward "bulk" {
 		t.Fatal(err)
 	}
 	want := Settings{ReloadInterval: time.Minute, ExpiryWarning: 240 * time.Hour, PingAfter: 2 * time.Second, DeadAfter: 6 * time.Second,
-		DrainTimeout: 0, MaxStreamsPerSession: 10, Admin: "127.0.0.1:0", DSCP: 48}
+		DrainTimeout: 0, MaxStreamsPerSession: 10, MaxSessionBuffer: 64 << 20, HeaderTimeout: 3 * time.Second, Admin: "127.0.0.1:0", DSCP: 48}
 	if s.Settings != want {
 		t.Errorf("settings %+v\nwant %+v", s.Settings, want)
 	}
@@ -165,6 +167,8 @@ func TestKeys(t *testing.T) {
 		timers   = settings(func(s Settings) any { return [2]time.Duration{s.PingAfter, s.DeadAfter} })
 		drain    = settings(func(s Settings) any { return s.DrainTimeout })
 		streams  = settings(func(s Settings) any { return s.MaxStreamsPerSession })
+		buffer   = settings(func(s Settings) any { return s.MaxSessionBuffer })
+		header   = settings(func(s Settings) any { return s.HeaderTimeout })
 		dscp     = settings(func(s Settings) any { return s.DSCP })
 		admin    = settings(func(s Settings) any { return s.Admin })
 		adminPub = settings(func(s Settings) any { return [2]any{s.Admin, s.AdminPublic} })
@@ -233,10 +237,21 @@ func TestKeys(t *testing.T) {
 		{name: "drain_timeout 0", sides: both, src: "drain_timeout = \"0\"\n", get: drain, want: time.Duration(0)},
 		{name: "drain_timeout 1m", sides: both, src: "drain_timeout = \"1m\"\n", get: drain, want: mins},
 
-		// max_streams_per_session: default 4096; >= 1.
-		{name: "max_streams_per_session default", sides: both, get: streams, want: 4096},
+		// max_streams_per_session: default 1024; >= 1.
+		{name: "max_streams_per_session default", sides: both, get: streams, want: 1024},
 		{name: "max_streams_per_session 1", sides: both, src: "max_streams_per_session = 1\n", get: streams, want: 1},
 		{name: "max_streams_per_session max", sides: both, src: "max_streams_per_session = 2147483647\n", get: streams, want: 2147483647},
+
+		// max_session_buffer: default 256MiB; 8MiB to 1TiB, binary units.
+		{name: "max_session_buffer default", sides: both, get: buffer, want: int64(256 << 20)},
+		{name: "max_session_buffer min", sides: both, src: "max_session_buffer = \"8MiB\"\n", get: buffer, want: int64(8 << 20)},
+		{name: "max_session_buffer KiB", sides: both, src: "max_session_buffer = \"16384KiB\"\n", get: buffer, want: int64(16 << 20)},
+		{name: "max_session_buffer GiB", sides: both, src: "max_session_buffer = \"8GiB\"\n", get: buffer, want: int64(8 << 30)},
+		{name: "max_session_buffer max", sides: both, src: "max_session_buffer = \"1TiB\"\n", get: buffer, want: int64(1 << 40)},
+
+		// header_timeout: default 10s; > 0.
+		{name: "header_timeout default", sides: both, get: header, want: 10 * sec},
+		{name: "header_timeout 1m", sides: both, src: "header_timeout = \"1m\"\n", get: header, want: mins},
 
 		// dscp: default unset (-1); 0..63 or a name, any case.
 		{name: "dscp default", sides: both, get: dscp, want: -1},
@@ -514,7 +529,7 @@ func checkExtras(t TLS, st Settings, services []Service, forwards []Forward, ser
 		}
 	}
 	if st.ReloadInterval != 0 && st.ReloadInterval < time.Second || st.ExpiryWarning <= 0 || st.PingAfter <= 0 ||
-		st.DeadAfter <= st.PingAfter || st.DrainTimeout < 0 || st.MaxStreamsPerSession < 1 || st.DSCP < -1 || st.DSCP > 63 {
+		st.DeadAfter <= st.PingAfter || st.DrainTimeout < 0 || st.MaxStreamsPerSession < 1 || st.MaxSessionBuffer < 8<<20 || st.HeaderTimeout <= 0 || st.DSCP < -1 || st.DSCP > 63 {
 		errs = append(errs, fmt.Errorf("settings %+v", st))
 	}
 	if st.Admin == "" && st.AdminPublic {

@@ -21,7 +21,7 @@ var fuzzSeeds = []string{
 	"listen = <<EOT\n:1\nEOT\n",
 	// The keys beyond the basics.
 	"reload_interval = \"1m\"\nexpiry_warning = \"240h\"\nping_after = \"2s\"\ndead_after = \"6s\"\ndrain_timeout = \"0s\"\n" +
-		"max_streams_per_session = 10\nmax_sessions = 5\nmax_sessions_per_identity = 1\nsession_wait = \"0s\"\ndscp = \"CS6\"\n" +
+		"max_streams_per_session = 10\nmax_session_buffer = \"64MiB\"\nheader_timeout = \"3s\"\nmax_sessions = 5\nmax_sessions_per_identity = 1\nsession_wait = \"0s\"\ndscp = \"CS6\"\n" +
 		"admin {\n  listen = \"127.0.0.1:9090\"\n}\n" + serverBase,
 	"admin {\n  listen = \"0.0.0.0:0\"\n  public = true\n}\n" + clientBase,
 	"admin {\n  listen = \":9090\"\n}\nadmin {\n}\nforward \"f\" {\n  listen = \"127.0.0.1:9090\"\n}\n" + clientBase,

@@ -72,9 +72,13 @@ func moduleRoot(ctx context.Context) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-// common settings of both agents: a short drain so stopping is quick.
+// common settings of both agents: a short drain so stopping is quick, and
+// stream limits above the -idle maximum (5,000 idle streams on one bulk
+// session; the defaults hold 256 there, see the README's stream limits).
 const commonHCL = `log_level     = "info"
 drain_timeout = "1s"
+max_streams_per_session = 8192
+max_session_buffer = "8GiB"
 `
 
 // serverConfig writes a server config with a service per name → target.
