@@ -23,6 +23,8 @@ type Metrics struct {
 	StreamsOpen       *prometheus.GaugeVec   // kind, name
 	StreamsOpened     *prometheus.CounterVec // kind, name
 	StreamsFailed     *prometheus.CounterVec // kind, name, reason
+	StreamsRefused    *prometheus.CounterVec // kind: a fixed set (mux.RefusedKinds)
+	AwaitingHeader    prometheus.Gauge       // streams the peer opened whose header has not arrived
 	Bytes             *prometheus.CounterVec // kind, name, direction
 	PingRTT           prometheus.Histogram
 	CertExpiry        *prometheus.GaugeVec // what, name
@@ -62,6 +64,12 @@ func NewMetrics(agent string) *Metrics {
 		StreamsFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tunnel_streams_failed_total", Help: "Streams that ended with an error or were refused, by reason.", ConstLabels: constLabels,
 		}, []string{"kind", "name", "reason"}),
+		StreamsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tunnel_streams_refused_total", Help: "Streams the peer opened that were refused, by kind (bad_header, header_timeout, second_control, stream_limit, backlog_full, unknown_service, denied, dial_failed).", ConstLabels: constLabels,
+		}, []string{"kind"}),
+		AwaitingHeader: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tunnel_streams_awaiting_header", Help: "Streams the peer opened whose header has not arrived yet.", ConstLabels: constLabels,
+		}),
 		Bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tunnel_stream_bytes_total", Help: "Bytes carried, by forward or service and direction (to_peer, from_peer).", ConstLabels: constLabels,
 		}, []string{"kind", "name", "direction"}),
@@ -74,7 +82,7 @@ func NewMetrics(agent string) *Metrics {
 		}, []string{"what", "name"}),
 	}
 	m.Registry.MustRegister(m.Sessions, m.SessionsUp, m.SessionsEnded, m.HandshakeFailures, m.StreamsOpen,
-		m.StreamsOpened, m.StreamsFailed, m.Bytes, m.PingRTT, m.CertExpiry,
+		m.StreamsOpened, m.StreamsFailed, m.StreamsRefused, m.AwaitingHeader, m.Bytes, m.PingRTT, m.CertExpiry,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -120,9 +120,22 @@ type sessionSettings struct {
 	HandshakeTimeout     time.Duration
 	PingAfter, DeadAfter time.Duration
 	MaxStreams           int
+	MaxBuffer            int64
+	HeaderTimeout        time.Duration
 	DSCP                 int
 	metrics              *admin.Metrics
+	limited              *limitedLog // refusals: once per interval per kind and peer
 }
+
+// settingsOf are the session settings of either agent's config.
+func settingsOf(cfg config.Settings, handshake time.Duration, m *admin.Metrics, limited *limitedLog) sessionSettings {
+	return sessionSettings{HandshakeTimeout: handshake, PingAfter: cfg.PingAfter, DeadAfter: cfg.DeadAfter,
+		MaxStreams: cfg.MaxStreamsPerSession, MaxBuffer: cfg.MaxSessionBuffer, HeaderTimeout: cfg.HeaderTimeout,
+		DSCP: cfg.DSCP, metrics: m, limited: limited}
+}
+
+// classes are the traffic classes a client may name in its hello.
+var classes = []string{classControl, classBulk}
 
 // classWindow is the per-stream window of a traffic class. Control keeps
 // yamux's minimum: its messages are small and a big window only lets bulk
@@ -174,12 +187,16 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, st sessi
 	if err != nil {
 		return nil, err
 	}
+	remote := conn.RemoteAddr().String()
 	sess, err := mux.Establish(ctx, conn, role, id, mux.Config{
-		Agent: Version, Class: class, HelloTimeout: st.HandshakeTimeout,
-		PingAfter: st.PingAfter, DeadAfter: st.DeadAfter, MaxStreams: st.MaxStreams,
-		OnPing:    func(rtt time.Duration) { st.metrics.PingRTT.Observe(rtt.Seconds()) },
-		WindowFor: classWindow,
-		Logger:    log,
+		Agent: Version, Class: class, Classes: classes, HelloTimeout: st.HandshakeTimeout,
+		PingAfter: st.PingAfter, DeadAfter: st.DeadAfter,
+		MaxStreams: st.MaxStreams, MaxBuffer: st.MaxBuffer, HeaderTimeout: st.HeaderTimeout,
+		OnPing:       func(rtt time.Duration) { st.metrics.PingRTT.Observe(rtt.Seconds()) },
+		OnRefuse:     func(kind, service string, err error, n int) { refused(st, id, remote, kind, service, err, n) },
+		OnHeaderWait: func(d int) { st.metrics.AwaitingHeader.Add(float64(d)) },
+		WindowFor:    classWindow,
+		Logger:       log,
 	})
 	if err != nil {
 		// In TLS 1.3 a client learns that the server refused its
@@ -187,6 +204,23 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, st sessi
 		return nil, errors.New(ssl.Describe(err))
 	}
 	return sess, nil
+}
+
+// refused counts streams the peer opened that mux refused, and logs them
+// at most once a minute per kind and peer: a flood of refusals must not
+// become a flood of log lines. kind is from mux's fixed set; service is the
+// peer's text and only ever a field, never a key or a label.
+func refused(st sessionSettings, peer ssl.Identity, remote, kind, service string, err error, n int) {
+	st.metrics.StreamsRefused.WithLabelValues(kind).Add(float64(n))
+	args := []any{"peer", peer.Name(), "remote", remote, "kind", kind}
+	if service != "" {
+		args = append(args, "service", service)
+	}
+	if n > 1 {
+		args = append(args, "count", n)
+	}
+	args = append(args, "error", err)
+	st.limited.Warn("stream-refused:"+kind+":"+peer.Name(), "stream refused: "+strings.ReplaceAll(kind, "_", " "), args...)
 }
 
 // watchPeer closes sess, saying why, when time alone makes its peer fail
@@ -315,6 +349,7 @@ func failureReason(err error) string {
 		{"not allowed", "not_allowed"},
 		{"name mismatch", "name_mismatch"},
 		{"protocol version", "protocol_version"},
+		{"hello names", "bad_hello"},
 		{"closed the connection", "peer_closed"},
 	} {
 		if strings.Contains(msg, r.has) {

@@ -85,7 +85,7 @@ func (c *Client) keeperFor(class string) *keeper {
 
 func (c *Client) settings() sessionSettings {
 	cfg := c.cfg()
-	return sessionSettings{HandshakeTimeout: cfg.HandshakeTimeout, PingAfter: cfg.PingAfter, DeadAfter: cfg.DeadAfter, MaxStreams: cfg.MaxStreamsPerSession, DSCP: cfg.DSCP, metrics: c.metrics}
+	return settingsOf(cfg.Settings, cfg.HandshakeTimeout, c.metrics, c.limited)
 }
 
 func clientPolicySpec(cfg *config.Client) ssl.PolicySpec {

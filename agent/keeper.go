@@ -93,12 +93,30 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 		case <-k.rotateC:
 			reason = "rotated"
 			log.Info("rotating session", "class", k.class, "streams_opened", sess.Opened())
+		case <-sess.PeerReplaced():
+			reason = "replaced"
 		case <-sess.PeerDraining():
 			// The server is stopping or restarting: its streams in flight
 			// finish on the old session while new connections go to a new
 			// one (a restarted server, or the next in the list) at once,
 			// instead of being refused until the drain ends.
 			reason = "server draining"
+		}
+		// The server says "replaced" before "draining", in order: a drain
+		// that follows a replacement is that replacement.
+		select {
+		case <-sess.PeerReplaced():
+			reason = "replaced"
+		default:
+		}
+		switch reason {
+		case "replaced":
+			// Another session from our certificate took this one's place:
+			// most likely another host with the same key. Taking it back at
+			// once would replace that one in turn, in a loop; back off as
+			// after any failure, and say so once per interval.
+			c.limited.Warn("replaced:"+k.class, "session replaced by a newer one from the same certificate (another host with this key?); reconnecting after a backoff", "class", k.class, "server", addr, "uptime", time.Since(up).Round(time.Second))
+		case "server draining":
 			log.Info("server is draining; connecting a new session", "class", k.class, "streams", sess.NumStreams())
 		}
 		if reason != "" {
@@ -116,6 +134,15 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 				<-ended
 			})
 			attempt-- // the same server: a restart comes back on it
+			if reason == "replaced" {
+				if time.Since(up) >= stableAfter {
+					delay = backoffMin
+				}
+				if !sleep(ctx, delay/2+rand.N(delay/2+1)) {
+					return
+				}
+				delay = min(2*delay, backoffMax)
+			}
 			continue
 		}
 		k.current.clear(sess)

@@ -101,7 +101,7 @@ func (s *Server) cfg() *config.Server { return s.state.Load().cfg }
 
 func (s *Server) settings() sessionSettings {
 	cfg := s.cfg()
-	return sessionSettings{HandshakeTimeout: cfg.HandshakeTimeout, PingAfter: cfg.PingAfter, DeadAfter: cfg.DeadAfter, MaxStreams: cfg.MaxStreamsPerSession, DSCP: cfg.DSCP, metrics: s.metrics}
+	return settingsOf(cfg.Settings, cfg.HandshakeTimeout, s.metrics, s.limited)
 }
 
 // Ready is closed once every listener is open.
@@ -288,6 +288,9 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	if old := s.sessions.put(sess.Peer, class, sess); old != nil {
 		log.Info("client reconnected; draining its previous session", "class", class, "key", key)
 		conns.Go(func() {
+			// Told first, so a client that did not open the new session
+			// (another host with the same key) backs off, not reconnects.
+			old.NotifyReplaced()
 			ctx, cancel := context.WithTimeout(streamCtx, cfg.DrainTimeout)
 			defer cancel()
 			_ = old.Drain(ctx)

@@ -30,8 +30,10 @@ func TestRefusedStreams(t *testing.T) {
 		{"denied", "deny",
 			[]string{"stream refused by peer", "forward=deny", "denied"},
 			[]string{"stream refused: denied", "peer=client-a", "service=secret"}},
+		// The peer hears "denied" for an unknown service too (it cannot
+		// list service names); only the server's log says which.
 		{"unknown service", "nope",
-			[]string{"stream refused by peer", "forward=nope", "unknown service"},
+			[]string{"stream refused by peer", "forward=nope", "denied", `service \"no-such-service\" is not available to you`},
 			[]string{"stream refused: unknown service", "peer=client-a", "service=no-such-service"}},
 		{"target refuses", "dead",
 			[]string{"stream refused by peer", "forward=dead", "dial failed", "connection refused"},

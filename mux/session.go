@@ -700,7 +700,7 @@ func (s *Session) handle(ctx context.Context, y *yamux.Stream, lookup Lookup, ac
 		case errors.As(err, &ne) && ne.Timeout():
 			s.refused(RefusedHeaderTimeout, "", fmt.Errorf("no stream header within %s", s.cfg.HeaderTimeout), 1)
 			s.reset(y)
-		case errors.Is(err, errMalformedHeader):
+		case errors.Is(err, errMalformedHeader) || errors.Is(err, io.ErrUnexpectedEOF):
 			s.refused(RefusedBadHeader, "", err, 1)
 			s.refuse(y, CodeBadHeader, err.Error())
 		default: // the peer closed or reset it, or the session ended

@@ -148,7 +148,7 @@ func readHeader(r io.Reader) (header, error) {
 	}
 	buf := make([]byte, int(head[1])+1) // the name and the source length
 	if _, err := io.ReadFull(r, buf); err != nil {
-		return header{}, fmt.Errorf("read stream header: %w", err)
+		return header{}, fmt.Errorf("read stream header: %w", cutShort(err))
 	}
 	h := header{service: string(buf[:head[1]])}
 	if err := checkName(h.service); err != nil {
@@ -160,11 +160,20 @@ func readHeader(r io.Reader) (header, error) {
 		}
 		src := make([]byte, n)
 		if _, err := io.ReadFull(r, src); err != nil {
-			return header{}, fmt.Errorf("read stream header: %w", err)
+			return header{}, fmt.Errorf("read stream header: %w", cutShort(err))
 		}
 		h.source = string(src)
 	}
 	return h, nil
+}
+
+// cutShort says that a header which had begun ended early: an EOF past
+// its first bytes is a truncated header, not a stream that never began.
+func cutShort(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 func checkName(name string) error {
