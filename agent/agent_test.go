@@ -534,3 +534,41 @@ forward "bgp" {
 		t.Fatal(err)
 	}
 }
+
+// Two hosts with one certificate replace each other's session on the
+// server. Each is told it was replaced and backs off before taking the
+// place back, and says so once a minute, not on every round.
+func TestReplacedClientBacksOff(t *testing.T) {
+	r := startRig(t)
+	cfg, err := config.LoadClient(filepath.Join(r.dir, "client.hcl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	log2 := &syncBuffer{}
+	twin, err := NewClient(cfg, hclog.New(&hclog.LoggerOptions{Output: log2, Level: hclog.Debug}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var done sync.WaitGroup
+	done.Go(func() { _ = twin.Run(ctx) })
+	defer func() { cancel(); done.Wait() }()
+	start := time.Now()
+	waitFor(t, "the first replacement", func() bool {
+		return strings.Contains(r.cliLog.String(), "session replaced by a newer one")
+	})
+	time.Sleep(4*time.Second - time.Since(start))
+	replaced := strings.Count(r.srvLog.String(), "client reconnected; draining its previous session")
+	t.Logf("%d replacements in 4 s", replaced)
+	// Backing off from 100 ms doubling to 2 s, the two take turns about
+	// a dozen times in 4 s; reconnecting at once they would take turns as
+	// fast as handshakes go, hundreds of times.
+	if replaced > 40 {
+		t.Errorf("%d replacements in 4 s: the replaced client does not back off", replaced)
+	}
+	for name, log := range map[string]*syncBuffer{"first": r.cliLog, "twin": log2} {
+		if n := strings.Count(log.String(), "session replaced by a newer one"); n > 1 {
+			t.Errorf("%s client logged the replacement %d times in 4 s, want at most once a minute", name, n)
+		}
+	}
+}
