@@ -17,9 +17,12 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/goleak"
 
 	"github.com/tunnelworks/tunnel/config"
+	"github.com/tunnelworks/tunnel/mux"
 	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
 
@@ -571,4 +574,49 @@ func TestReplacedClientBacksOff(t *testing.T) {
 			t.Errorf("%s client logged the replacement %d times in 4 s, want at most once a minute", name, n)
 		}
 	}
+}
+
+// Streams refused by the server are counted by kind and logged once per
+// interval per kind and peer, however many there are.
+func TestRefusalsCountedAndLoggedOnce(t *testing.T) {
+	r := startRig(t)
+	sess := r.cli.Session()
+	const n = 20
+	for i := range n {
+		name := "nope"
+		if i%2 == 1 {
+			name = "echo-" + fmt.Sprint(i) // many names, still one line
+		}
+		st, err := sess.Open(context.Background(), name, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Read(make([]byte, 1)); err == nil || !strings.Contains(err.Error(), "is not available to you") {
+			t.Fatalf("open %q: %v", name, err)
+		}
+		st.Close()
+	}
+	got := metricValue(t, r.srv.metrics.StreamsRefused.WithLabelValues(mux.RefusedUnknown))
+	if got != n {
+		t.Errorf("tunnel_streams_refused_total{kind=unknown_service} = %v, want %d", got, n)
+	}
+	if c := strings.Count(r.srvLog.String(), "stream refused: unknown service"); c != 1 {
+		t.Errorf("server logged %d refusal lines for %d refusals, want 1", c, n)
+	}
+	if metricValue(t, r.srv.metrics.AwaitingHeader) != 0 {
+		t.Error("streams still counted as awaiting their header")
+	}
+}
+
+// metricValue reads a counter's or gauge's value.
+func metricValue(t *testing.T, m prometheus.Metric) float64 {
+	t.Helper()
+	var v dto.Metric
+	if err := m.Write(&v); err != nil {
+		t.Fatal(err)
+	}
+	if c := v.GetCounter(); c != nil {
+		return c.GetValue()
+	}
+	return v.GetGauge().GetValue()
 }
