@@ -298,7 +298,7 @@ func (s *Session) Close() error {
 	s.streamLock.Lock()
 	defer s.streamLock.Unlock()
 	for _, stream := range s.streams {
-		stream.forceClose()
+		stream.shutdownClose()
 	}
 	<-s.sendDoneCh
 	return nil

@@ -57,6 +57,12 @@ type Stream struct {
 	// closeTimer is set with stateLock held to honor the StreamCloseTimeout
 	// setting on Session.
 	closeTimer *time.Timer
+
+	// shutdownErr is set with stateLock held when the session shuts down
+	// while the peer could still send on this stream: Read returns it
+	// instead of io.EOF once the buffer is empty, so a stream cut short
+	// does not look complete. Patched for tunnelworks, see PATCHED.md.
+	shutdownErr error
 }
 
 // newStream is used to construct a new stream within
@@ -107,7 +113,11 @@ START:
 		s.recvLock.Lock()
 		if s.recvBuf == nil || s.recvBuf.Len() == 0 {
 			s.recvLock.Unlock()
+			err := s.shutdownErr
 			s.stateLock.Unlock()
+			if err != nil {
+				return 0, err
+			}
 			return 0, io.EOF
 		}
 		s.recvLock.Unlock()
@@ -136,6 +146,13 @@ START:
 	return n, err
 
 WAIT:
+	// Patched for tunnelworks (see PATCHED.md): upstream loops back to
+	// START on shutdown and spins until Session.Close reaches this stream.
+	// Check first without blocking: select picks at random among ready
+	// cases, so a pending notify could keep winning.
+	if s.session.IsClosed() {
+		return 0, ErrSessionShutdown
+	}
 	var timeout <-chan time.Time
 	var timer *time.Timer
 	readDeadline := s.readDeadline.Load().(time.Time)
@@ -146,6 +163,10 @@ WAIT:
 	}
 	select {
 	case <-s.session.shutdownCh:
+		if timer != nil {
+			timer.Stop()
+		}
+		return 0, ErrSessionShutdown
 	case <-s.recvNotifyCh:
 	case <-timeout:
 		return 0, ErrTimeout
@@ -225,6 +246,10 @@ START:
 	return int(max), err
 
 WAIT:
+	// Patched for tunnelworks: as in Read, return on shutdown.
+	if s.session.IsClosed() {
+		return 0, ErrSessionShutdown
+	}
 	var timeout <-chan time.Time
 	var timer *time.Timer
 	writeDeadline := s.writeDeadline.Load().(time.Time)
@@ -235,6 +260,10 @@ WAIT:
 	}
 	select {
 	case <-s.session.shutdownCh:
+		if timer != nil {
+			timer.Stop()
+		}
+		return 0, ErrSessionShutdown
 	case <-s.sendNotifyCh:
 	case <-timeout:
 		return 0, ErrTimeout
@@ -401,6 +430,24 @@ func (s *Stream) closeTimeout() {
 func (s *Stream) forceClose() {
 	s.stateLock.Lock()
 	s.state = streamClosed
+	s.stateLock.Unlock()
+	s.notifyWaiting()
+}
+
+// shutdownClose is forceClose for a session that shuts down. Patched for
+// tunnelworks (see PATCHED.md): a reset stream stays reset, and a stream the
+// peer had not finished reads ErrSessionShutdown, not io.EOF, once its
+// buffer is empty.
+func (s *Stream) shutdownClose() {
+	s.stateLock.Lock()
+	switch s.state {
+	case streamReset:
+	case streamRemoteClose, streamClosed:
+		s.state = streamClosed
+	default:
+		s.state = streamClosed
+		s.shutdownErr = ErrSessionShutdown
+	}
 	s.stateLock.Unlock()
 	s.notifyWaiting()
 }
