@@ -409,6 +409,60 @@ SEND_CLOSE:
 	return nil
 }
 
+// Reset aborts the stream: the peer's Read and Write return
+// ErrConnectionReset (data it has not read yet is dropped), as do ours, at
+// once, including calls blocked now. The reset frame goes out after every
+// data frame this stream's writes have handed to the connection, so it
+// cannot overtake them. Reset also works after Close (the FIN is already
+// sent). It does nothing on a stream already reset, fully closed, or
+// whose session has shut down. It may return before the frame is written:
+// if a Write of this stream is inside the connection's Write, the frame is
+// sent once that returns.
+//
+// Patched for tunnelworks (see PATCHED.md); the frame is the one upstream
+// sends on a close timeout or a full backlog.
+func (s *Stream) Reset() error {
+	s.stateLock.Lock()
+	switch s.state {
+	case streamReset, streamClosed:
+		// Reset already, by either side; or closed both ways (the peer has
+		// handled our FIN and freed the stream) or by session shutdown.
+		s.stateLock.Unlock()
+		return nil
+	}
+	s.state = streamReset
+	if s.closeTimer != nil {
+		s.closeTimer.Stop()
+		s.closeTimer = nil
+	}
+	s.stateLock.Unlock()
+	// Wake our blocked Read and Write: they see streamReset.
+	s.notifyWaiting()
+	s.session.closeStream(s.id)
+
+	// sendLock orders the frame after this stream's data: a Write that
+	// holds it has handed its frames to conn when it lets go. A Write
+	// waiting for window lets go at once (it sees the reset); one inside
+	// conn.Write may take as long as the connection, so do not wait for it.
+	if s.sendLock.TryLock() {
+		defer s.sendLock.Unlock()
+		return s.sendReset()
+	}
+	go func() {
+		s.sendLock.Lock()
+		defer s.sendLock.Unlock()
+		_ = s.sendReset()
+	}()
+	return nil
+}
+
+// sendReset queues a RST frame for the stream. sendLock must be held.
+func (s *Stream) sendReset() error {
+	hdr := header(make([]byte, headerSize))
+	hdr.encode(typeWindowUpdate, flagRST, s.id, 0)
+	return s.session.sendNoWait(hdr)
+}
+
 // closeTimeout is called after StreamCloseTimeout during a close to
 // close this stream.
 func (s *Stream) closeTimeout() {
