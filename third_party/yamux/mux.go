@@ -51,6 +51,12 @@ type Config struct {
 	// Logger is used to pass in the logger to be used. Either Logger or
 	// LogOutput can be set, not both.
 	Logger Logger
+
+	// MaxStreams caps the streams a session holds, opened by either side
+	// and including those not yet accepted: a stream the peer opens beyond
+	// it is answered with a reset and never allocated. Zero means no cap.
+	// Patched for tunnelworks, see PATCHED.md.
+	MaxStreams int
 }
 
 func (c *Config) Clone() *Config {
@@ -79,6 +85,9 @@ func VerifyConfig(config *Config) error {
 	}
 	if config.KeepAliveInterval == 0 {
 		return fmt.Errorf("keep-alive interval must be positive")
+	}
+	if config.MaxStreams < 0 {
+		return fmt.Errorf("MaxStreams must not be negative")
 	}
 	if config.MaxStreamWindowSize < initialStreamWindow {
 		return fmt.Errorf("MaxStreamWindowSize must be larger than %d", initialStreamWindow)

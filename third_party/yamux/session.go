@@ -77,6 +77,12 @@ type Session struct {
 	recvDoneCh chan struct{}
 	sendDoneCh chan struct{}
 
+	// refusedOverLimit and refusedBacklog count streams the peer opened
+	// that were reset because of MaxStreams or a full accept backlog.
+	// Patched for tunnelworks, see PATCHED.md.
+	refusedOverLimit atomic.Uint64
+	refusedBacklog   atomic.Uint64
+
 	// shutdown is used to safely close a session
 	shutdown        bool
 	shutdownErr     error
@@ -152,6 +158,14 @@ func (s *Session) NumStreams() int {
 	num := len(s.streams)
 	s.streamLock.Unlock()
 	return num
+}
+
+// RefusedStreams returns how many streams the peer opened that were reset
+// at once: over Config.MaxStreams, or with the accept backlog full. They
+// are counted, not logged, as a peer may open any number of them.
+// Patched for tunnelworks, see PATCHED.md.
+func (s *Session) RefusedStreams() (overLimit, backlogFull uint64) {
+	return s.refusedOverLimit.Load(), s.refusedBacklog.Load()
 }
 
 // Open is used to create a new stream as a net.Conn
@@ -659,8 +673,18 @@ func (s *Session) handleStreamMessage(hdr header) error {
 	id := hdr.StreamID()
 	flags := hdr.Flags()
 	if flags&flagSYN == flagSYN {
-		if err := s.incomingStream(id); err != nil {
+		refused, err := s.incomingStream(id)
+		if err != nil {
 			return err
+		}
+		if refused {
+			// Counted in incomingStream; drop the frame without a log line.
+			if hdr.MsgType() == typeData && hdr.Length() > 0 {
+				if _, err := io.CopyN(ioutil.Discard, s.bufRead, int64(hdr.Length())); err != nil {
+					return err
+				}
+			}
+			return nil
 		}
 	}
 
@@ -753,45 +777,59 @@ func (s *Session) handleGoAway(hdr header) error {
 	return nil
 }
 
-// incomingStream is used to create a new incoming stream
-func (s *Session) incomingStream(id uint32) error {
+// incomingStream is used to create a new incoming stream. refused reports
+// a stream reset at once (MaxStreams, full backlog or go away).
+func (s *Session) incomingStream(id uint32) (refused bool, err error) {
 	// Reject immediately if we are doing a go away
 	if atomic.LoadInt32(&s.localGoAway) == 1 {
-		hdr := header(make([]byte, headerSize))
-		hdr.encode(typeWindowUpdate, flagRST, id, 0)
-		return s.sendNoWait(hdr)
+		return true, s.sendRST(id)
 	}
 
-	// Allocate a new stream
-	stream := newStream(s, id, streamSYNReceived)
-
 	s.streamLock.Lock()
-	defer s.streamLock.Unlock()
 
 	// Check if stream already exists
 	if _, ok := s.streams[id]; ok {
+		s.streamLock.Unlock()
 		s.logger.Printf("[ERR] yamux: duplicate stream declared")
 		if sendErr := s.sendNoWait(s.goAway(goAwayProtoErr)); sendErr != nil {
 			s.logger.Printf("[WARN] yamux: failed to send go away: %v", sendErr)
 		}
-		return ErrDuplicateStream
+		return false, ErrDuplicateStream
 	}
 
-	// Register the stream
+	// Patched for tunnelworks: refuse before allocating a stream the cap
+	// has no room for. The RSTs below are queued without streamLock held:
+	// a peer that opens streams and reads nothing must not hold it.
+	if max := s.config.MaxStreams; max > 0 && len(s.streams) >= max {
+		s.streamLock.Unlock()
+		s.refusedOverLimit.Add(1)
+		return true, s.sendRST(id)
+	}
+
+	// Allocate and register the stream
+	stream := newStream(s, id, streamSYNReceived)
 	s.streams[id] = stream
 
 	// Check if we've exceeded the backlog
 	select {
 	case s.acceptCh <- stream:
-		return nil
+		s.streamLock.Unlock()
+		return false, nil
 	default:
-		// Backlog exceeded! RST the stream
-		s.logger.Printf("[WARN] yamux: backlog exceeded, forcing connection reset")
+		// Backlog exceeded! RST the stream. Patched for tunnelworks:
+		// counted, not logged once per stream.
 		delete(s.streams, id)
-		hdr := header(make([]byte, headerSize))
-		hdr.encode(typeWindowUpdate, flagRST, id, 0)
-		return s.sendNoWait(hdr)
+		s.streamLock.Unlock()
+		s.refusedBacklog.Add(1)
+		return true, s.sendRST(id)
 	}
+}
+
+// sendRST queues a RST frame for the stream id.
+func (s *Session) sendRST(id uint32) error {
+	hdr := header(make([]byte, headerSize))
+	hdr.encode(typeWindowUpdate, flagRST, id, 0)
+	return s.sendNoWait(hdr)
 }
 
 // closeStream is used to close a stream once both sides have
