@@ -105,6 +105,9 @@ func pipeAndLog(ctx context.Context, log hclog.Logger, m *admin.Metrics, kind, n
 		log.Warn("stream refused by peer", append(fields, "ended", "refused", "reason", open.Code.String(), "error", open.Msg)...)
 	case errors.Is(res.Err, context.Canceled):
 		log.Info("stream closed", append(fields, "ended", "agent stopping")...)
+	case errors.Is(res.Err, mux.ErrAborted):
+		reason = "reset by peer"
+		log.Warn("stream failed", append(fields, "ended", reason, "error", res.Err)...)
 	case errors.Is(res.Err, mux.ErrSessionLost):
 		reason = "session lost"
 		log.Warn("stream cut: tunnel session lost", append(fields, "ended", reason, "error", res.Err)...)

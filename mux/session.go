@@ -170,7 +170,7 @@ type Session struct {
 	ctl     *yamux.Stream // ours: we write control messages on it
 	peerCtl atomic.Bool   // the peer's control stream has been accepted
 	live    sync.Mutex
-	streams map[uint32]*Stream // open streams, for aborts from the peer
+	streams map[uint32]*Stream // tunnelled streams open, for NumStreams and Drain
 
 	// maxStreams is the cap on streams yamux holds for this session, both
 	// directions, control streams included: Config.MaxStreams plus the two
@@ -559,19 +559,15 @@ const (
 	replacedNotice = 0xFFFFFFFF
 )
 
-// sendAbort tells the peer to reset its end of stream id.
-func (s *Session) sendAbort(id uint32) { s.sendControl(id) }
-
-// sendControl writes one control message: a stream ID to abort, or a
-// notice.
-func (s *Session) sendControl(id uint32) {
+// sendControl writes one control message.
+func (s *Session) sendControl(m uint32) {
 	var msg [4]byte
-	binary.BigEndian.PutUint32(msg[:], id)
+	binary.BigEndian.PutUint32(msg[:], m)
 	s.ctlMu.Lock()
 	defer s.ctlMu.Unlock()
 	_ = s.ctl.SetWriteDeadline(time.Now().Add(s.cfg.OpenTimeout))
 	if _, err := s.ctl.Write(msg[:]); err != nil {
-		s.log.Debug("cannot send control message", "message", id, "error", err)
+		s.log.Debug("cannot send control message", "message", m, "error", err)
 	}
 }
 
@@ -583,18 +579,11 @@ func (s *Session) readControl(ctl *yamux.Stream) {
 		if _, err := io.ReadFull(ctl, msg[:]); err != nil {
 			return
 		}
-		switch id := binary.BigEndian.Uint32(msg[:]); id {
+		switch binary.BigEndian.Uint32(msg[:]) {
 		case drainNotice:
 			s.markPeerDraining()
 		case replacedNotice:
 			s.markPeerReplaced()
-		default:
-			s.live.Lock()
-			st := s.streams[id]
-			s.live.Unlock()
-			if st != nil {
-				st.abortedByPeer()
-			}
 		}
 	}
 }
@@ -767,10 +756,9 @@ func (s *Session) refuse(y *yamux.Stream, code Code, msg string) {
 	_ = y.Close()
 }
 
-// reset drops a stream the peer opened without a word to it.
-func (s *Session) reset(y *yamux.Stream) {
-	_ = y.Close() // TODO(p-yamux): y.Reset()
-}
+// reset drops a stream the peer opened without a word to it; yamux frees
+// it at once, whether or not the peer ever closes its side.
+func (s *Session) reset(y *yamux.Stream) { _ = y.Reset() }
 
 // ErrDraining is returned by Open on a session that is being drained.
 var ErrDraining = errors.New("session is draining")

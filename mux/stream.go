@@ -34,6 +34,9 @@ var ErrAborted = errors.New("stream reset by the peer")
 // it: yamux reports that as a clean EOF, which would hide lost data.
 var ErrSessionLost = errors.New("tunnel session lost")
 
+// errResetHere is what a stream's own calls return after we reset it.
+var errResetHere = fmt.Errorf("stream reset here: %w", net.ErrClosed)
+
 // Stream is one tunnelled TCP connection. Close is yamux's half-close (FIN),
 // so CloseWrite is the same call; reads continue until the peer's FIN.
 type Stream struct {
@@ -41,11 +44,8 @@ type Stream struct {
 	sess       *Session
 	service    string
 	awaitReply bool        // opener side: the first Read consumes the peer's answer
-	aborted    atomic.Bool // by us or the peer
-	byPeer     atomic.Bool
+	aborted    atomic.Bool // we reset it
 	closeOnce  sync.Once
-	mu         sync.Mutex
-	onAbort    func()
 }
 
 // Service is the name the stream was opened for.
@@ -55,13 +55,16 @@ func (st *Stream) Service() string { return st.service }
 func (st *Stream) Session() *Session { return st.sess }
 
 func (st *Stream) Read(p []byte) (int, error) {
-	if st.aborted.Load() {
-		return 0, ErrAborted
-	}
 	if st.awaitReply {
 		code, msg, err := readReply(st.y)
 		if err != nil {
-			return 0, fmt.Errorf("waiting for the peer's answer: %w", st.readErr(err))
+			err = st.readErr(err)
+			if errors.Is(err, ErrAborted) {
+				// yamux resets a stream it will not hold (the peer's
+				// stream limit) before a word of answer.
+				return 0, fmt.Errorf("the peer reset the stream before answering (at its stream limit, or its target failed at once): %w", err)
+			}
+			return 0, fmt.Errorf("waiting for the peer's answer: %w", err)
 		}
 		st.awaitReply = false
 		_ = st.y.SetReadDeadline(time.Time{})
@@ -87,35 +90,11 @@ func (st *Stream) WaitReadable() {
 	_, _ = st.y.Read(nil)
 }
 
-func (st *Stream) abortedByPeer() {
-	st.byPeer.Store(true)
-	st.aborted.Store(true)
-	// Unblock a Read or Write in progress; they return ErrAborted.
-	_ = st.y.SetDeadline(time.Unix(1, 0))
-	// The user may be blocked elsewhere (reading its local connection):
-	// tell it directly.
-	st.mu.Lock()
-	f := st.onAbort
-	st.mu.Unlock()
-	if f != nil {
-		f()
-	}
-}
-
-// OnAbort registers f to run (once, on the session's control goroutine)
-// when the peer resets the stream; forward.Pipe uses it to reset the local
-// connection even while nothing reads the stream. f must not block.
-func (st *Stream) OnAbort(f func()) {
-	st.mu.Lock()
-	st.onAbort = f
-	st.mu.Unlock()
-	if st.byPeer.Load() {
-		f()
-	}
-}
-
 func (st *Stream) readErr(err error) error {
 	if st.aborted.Load() {
+		return errResetHere
+	}
+	if errors.Is(err, yamux.ErrConnectionReset) {
 		return ErrAborted
 	}
 	if err == io.EOF || errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, yamux.ErrStreamClosed) {
@@ -133,10 +112,14 @@ func (st *Stream) readErr(err error) error {
 func (st *Stream) Write(p []byte) (int, error) {
 	n, err := st.y.Write(p)
 	if err != nil {
-		if st.aborted.Load() {
-			return n, ErrAborted
+		switch {
+		case st.aborted.Load():
+			err = errResetHere
+		case errors.Is(err, yamux.ErrConnectionReset):
+			err = ErrAborted
+		default:
+			err = st.sess.explain(err)
 		}
-		err = st.sess.explain(err)
 	}
 	return n, err
 }
@@ -148,46 +131,22 @@ func (st *Stream) CloseWrite() error { return st.y.Close() }
 // it once the peer has closed its side too.
 func (st *Stream) Close() error {
 	st.closeOnce.Do(func() { st.sess.untrack(st) })
-	if st.aborted.Load() && !st.byPeer.Load() {
-		return nil // Abort sends the FIN later, on purpose
+	if st.aborted.Load() {
+		return nil
 	}
 	return st.y.Close()
 }
 
-// Abort resets the stream: the peer's reads and writes on it fail with
-// ErrAborted at once, so it resets its own local connection in turn rather
-// than see a clean end of data.
-//
-// The FIN that frees the stream in yamux is sent only after abortFinDelay:
-// the abort travels on the control stream, and a peer that read our FIN
-// before acting on the abort would hand its application a clean EOF.
+// Abort resets the stream: the reset travels in order behind the data we
+// already wrote on it (never on another stream that could overtake it), so
+// the peer's reads and writes fail with ErrAborted and it resets its own
+// local connection in turn rather than see a clean end of data. yamux
+// frees the stream here at once.
 func (st *Stream) Abort() error {
-	if st.byPeer.Load() || !st.aborted.CompareAndSwap(false, true) {
-		return st.Close()
-	}
-	st.sess.sendAbort(st.y.StreamID())
-	_ = st.y.SetDeadline(time.Unix(1, 0)) // our own blocked calls return now
+	st.aborted.Store(true)
 	st.closeOnce.Do(func() { st.sess.untrack(st) })
-	s := st.sess
-	started := s.spawn(func() {
-		t := time.NewTimer(abortFinDelay)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-s.closed:
-		}
-		_ = st.y.Close()
-	})
-	if !started {
-		_ = st.y.Close() // the session is closing anyway
-	}
-	return nil
+	return st.y.Reset()
 }
-
-// abortFinDelay is how long an aborted stream waits before its FIN; the
-// abort ahead of it on the same connection only needs the peer's control
-// goroutine to be scheduled.
-const abortFinDelay = time.Second
 
 func (st *Stream) LocalAddr() net.Addr                { return st.y.LocalAddr() }
 func (st *Stream) RemoteAddr() net.Addr               { return st.y.RemoteAddr() }
