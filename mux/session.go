@@ -106,8 +106,11 @@ func (c Config) withDefaults() Config {
 
 // yamuxConfig is the same on both sides: the receive window must agree
 // (a frame beyond it kills the whole session) and so should the backlog.
-func yamuxConfig(log hclog.Logger, window uint32) *yamux.Config {
+func yamuxConfig(log hclog.Logger, window uint32, maxStreams int) *yamux.Config {
 	return &yamux.Config{
+		// The peer's opens beyond the session's cap are reset by yamux
+		// before it allocates anything; counted in RefusedStreams.
+		MaxStreams: maxStreams,
 		// Both sides alike; our accept loop never blocks (each stream is
 		// handled on its own goroutine), so the backlog only absorbs bursts.
 		AcceptBacklog: 256,
@@ -209,9 +212,9 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 	maxStreams := streamCap(cfg.MaxStreams, cfg.MaxBuffer, cfg.Window)
 	joined := newFrameJoiner(cc)
 	if role == RoleClient {
-		y, err = yamux.Client(joined, yamuxConfig(cfg.Logger, cfg.Window))
+		y, err = yamux.Client(joined, yamuxConfig(cfg.Logger, cfg.Window, maxStreams))
 	} else {
-		y, err = yamux.Server(joined, yamuxConfig(cfg.Logger, cfg.Window))
+		y, err = yamux.Server(joined, yamuxConfig(cfg.Logger, cfg.Window, maxStreams))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
@@ -342,14 +345,17 @@ func (s *Session) watch() {
 	var (
 		outstanding atomic.Int32
 		lastPing    time.Time
+		refused     [2]uint64 // yamux's counts already reported
 	)
 	for {
 		select {
 		case <-s.y.CloseChan():
+			s.pollRefused(&refused)
 			s.finish(nil)
 			return
 		case <-tick.C:
 		}
+		s.pollRefused(&refused)
 		if quiet := s.conn.quietFor(); quiet >= s.cfg.DeadAfter {
 			s.finish(fmt.Errorf("peer silent for %s (dead after %s)", quiet.Round(time.Second), s.cfg.DeadAfter))
 			return
@@ -373,6 +379,19 @@ func (s *Session) watch() {
 			return
 		}
 	}
+}
+
+// pollRefused reports the opens yamux reset on its own since the last
+// poll: beyond the session's cap, or with its accept backlog full.
+func (s *Session) pollRefused(last *[2]uint64) {
+	overLimit, backlogFull := s.y.RefusedStreams()
+	if d := overLimit - last[0]; d > 0 {
+		s.refused(RefusedStreamLimit, "", fmt.Errorf("the session holds its limit of %d streams", s.maxStreams), int(d))
+	}
+	if d := backlogFull - last[1]; d > 0 {
+		s.refused(RefusedBacklogFull, "", errors.New("the accept backlog was full"), int(d))
+	}
+	last[0], last[1] = overLimit, backlogFull
 }
 
 // maxOutstandingPings bounds the pings awaiting a reply (each holds a
