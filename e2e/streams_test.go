@@ -181,9 +181,14 @@ func TestReverseForward(t *testing.T) {
 func TestManyConcurrentStreams(t *testing.T) {
 	t.Parallel()
 	const streams = 500
+	// More than a bulk session holds by default (256 x 1 MiB windows in
+	// max_session_buffer = 256MiB): raise the budget for this many.
+	limits := "max_session_buffer = \"1GiB\"\n"
 	tn := startTunnel(t, tunnelSpec{
-		services: []svc{{name: "echo", target: startEcho(t), allow: []string{"client-a"}}},
-		forwards: []fwd{{name: "echo", service: "echo"}},
+		serverExtra: limits,
+		clientExtra: limits,
+		services:    []svc{{name: "echo", target: startEcho(t), allow: []string{"client-a"}}},
+		forwards:    []fwd{{name: "echo", service: "echo"}},
 	})
 	addr := tn.client.forwards["echo"]
 
