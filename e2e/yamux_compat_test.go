@@ -64,7 +64,10 @@ func buildWithUpstreamYamux(t *testing.T) (server, client string) {
 	}
 	run("mod", "edit", "-modfile="+modfile, "-dropreplace=github.com/hashicorp/yamux")
 	bin := filepath.Join(dir, "bin")
-	run("build", "-race", "-modfile="+modfile, "-mod=mod", "-o", bin+string(filepath.Separator), "./cmd/tunnel-server", "./cmd/tunnel-client")
+	// The tag swaps mux's uses of our patch's API (Stream.Reset, the
+	// stream cap) for upstream's nearest (mux/yamux_upstream.go): what is
+	// tested here is the wire.
+	run("build", "-race", "-tags=upstreamyamux", "-modfile="+modfile, "-mod=mod", "-o", bin+string(filepath.Separator), "./cmd/tunnel-server", "./cmd/tunnel-client")
 	// The build must really have taken yamux from the module cache.
 	list := exec.CommandContext(ctx, "go", "list", "-modfile="+modfile, "-mod=mod", "-f", "{{.Version}} {{.Replace}}", "-m", "github.com/hashicorp/yamux")
 	list.Dir = root

@@ -107,10 +107,7 @@ func (c Config) withDefaults() Config {
 // yamuxConfig is the same on both sides: the receive window must agree
 // (a frame beyond it kills the whole session) and so should the backlog.
 func yamuxConfig(log hclog.Logger, window uint32, maxStreams int) *yamux.Config {
-	return &yamux.Config{
-		// The peer's opens beyond the session's cap are reset by yamux
-		// before it allocates anything; counted in RefusedStreams.
-		MaxStreams: maxStreams,
+	c := &yamux.Config{
 		// Both sides alike; our accept loop never blocks (each stream is
 		// handled on its own goroutine), so the backlog only absorbs bursts.
 		AcceptBacklog: 256,
@@ -135,6 +132,10 @@ func yamuxConfig(log hclog.Logger, window uint32, maxStreams int) *yamux.Config 
 		StreamOpenTimeout: 75 * time.Second,
 		Logger:            yamuxLogger{log.Named("yamux")},
 	}
+	// The peer's opens beyond the session's cap are reset by yamux before
+	// it allocates anything, and counted (refusedStreams).
+	setMaxStreams(c, maxStreams)
+	return c
 }
 
 // Session is one authenticated connection to a peer agent.
@@ -384,7 +385,7 @@ func (s *Session) watch() {
 // pollRefused reports the opens yamux reset on its own since the last
 // poll: beyond the session's cap, or with its accept backlog full.
 func (s *Session) pollRefused(last *[2]uint64) {
-	overLimit, backlogFull := s.y.RefusedStreams()
+	overLimit, backlogFull := refusedStreams(s.y)
 	if d := overLimit - last[0]; d > 0 {
 		s.refused(RefusedStreamLimit, "", fmt.Errorf("the session holds its limit of %d streams", s.maxStreams), int(d))
 	}
@@ -777,7 +778,7 @@ func (s *Session) refuse(y *yamux.Stream, code Code, msg string) {
 
 // reset drops a stream the peer opened without a word to it; yamux frees
 // it at once, whether or not the peer ever closes its side.
-func (s *Session) reset(y *yamux.Stream) { _ = y.Reset() }
+func (s *Session) reset(y *yamux.Stream) { _ = resetStream(y) }
 
 // ErrDraining is returned by Open on a session that is being drained.
 var ErrDraining = errors.New("session is draining")

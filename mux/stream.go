@@ -145,7 +145,7 @@ func (st *Stream) Close() error {
 func (st *Stream) Abort() error {
 	st.aborted.Store(true)
 	st.closeOnce.Do(func() { st.sess.untrack(st) })
-	return st.y.Reset()
+	return resetStream(st.y)
 }
 
 func (st *Stream) LocalAddr() net.Addr                { return st.y.LocalAddr() }

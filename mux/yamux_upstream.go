@@ -1,0 +1,16 @@
+//go:build upstreamyamux
+
+package mux
+
+import "github.com/hashicorp/yamux"
+
+// Upstream yamux v0.1.2 has no public reset and no stream cap: a build
+// against it (the e2e wire-compatibility test only) half-closes where we
+// would reset, and relies on mux's own check at accept for the cap. Never
+// ship it: a reset then reaches the far application as a clean EOF.
+
+func resetStream(y *yamux.Stream) error { return y.Close() }
+
+func refusedStreams(*yamux.Session) (overLimit, backlogFull uint64) { return 0, 0 }
+
+func setMaxStreams(*yamux.Config, int) {}
