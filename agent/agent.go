@@ -223,7 +223,9 @@ func refused(st sessionSettings, peer ssl.Identity, remote, kind, service string
 		args = append(args, "count", n)
 	}
 	args = append(args, "error", err)
-	st.limited.Warn("stream-refused:"+kind+":"+peer.Name(), "stream refused: "+strings.ReplaceAll(kind, "_", " "), args...)
+	// Keyed by the certificate, not its readable name, which two peers
+	// may share.
+	st.limited.Warn("stream-refused:"+kind+":"+peer.Key(), "stream refused: "+strings.ReplaceAll(kind, "_", " "), args...)
 }
 
 // watchPeer closes sess, saying why, when time alone makes its peer fail
