@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/mux"
+	"github.com/tunnelworks/tunnel/transport/ssl"
 	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
 
@@ -619,4 +621,38 @@ func metricValue(t *testing.T, m prometheus.Metric) float64 {
 		return c.GetValue()
 	}
 	return v.GetGauge().GetValue()
+}
+
+// A client whose hello names a traffic class outside the fixed set is
+// refused; the server says why, quoting the value, and counts it as a
+// bad hello, never as a class label.
+func TestHelloWithUnknownClassRefused(t *testing.T) {
+	r := startRig(t)
+	m, err := ssl.LoadMaterial(r.files.ClientCert, r.files.ClientKey, r.files.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.DialTimeout("tcp", r.srv.Addr("tunnel").String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := tls.Client(raw, ssl.ClientConfig(m, "localhost"))
+	defer conn.Close()
+	if err := ssl.Handshake(context.Background(), conn, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Our side of the hello exchange succeeds; the server closes the
+	// connection once it has read ours.
+	if sess, err := mux.Establish(context.Background(), conn, mux.RoleClient, ssl.Identity{}, mux.Config{Class: "gold-" + strings.Repeat("x", 100)}); err == nil {
+		defer sess.Close()
+	}
+	waitFor(t, "the refusal", func() bool {
+		return strings.Contains(r.srvLog.String(), `peer's hello names traffic class \"gold-xxxxxxxxxxxxxxxxxxxxxxxxxxx\"... (105 bytes)`)
+	})
+	if got := metricValue(t, r.srv.metrics.HandshakeFailures.WithLabelValues("bad_hello")); got != 1 {
+		t.Errorf("handshake failures{bad_hello} = %v, want 1", got)
+	}
+	if strings.Contains(r.srvLog.String(), "session up: class=gold") {
+		t.Error("a session came up with an unknown class")
+	}
 }
