@@ -135,6 +135,7 @@ func TestControlStreamFlood(t *testing.T) {
 	server, raw := rawClient(t, Config{OnRefuse: refusals.onRefuse}, echoSvc(t))
 	first := rawOpen(t, raw, []byte{headerControl, 0})
 	defer first.Close()
+	waitUntil(t, "the first control stream to be taken", server.peerCtl.Load)
 	const n = 50
 	for i := range n {
 		y := rawOpen(t, raw, []byte{headerControl, 0})
@@ -146,8 +147,17 @@ func TestControlStreamFlood(t *testing.T) {
 	if g := goroutinesIn("mux.(*Session).readControl"); g != 1 {
 		t.Errorf("%d goroutines read control streams, want 1", g)
 	}
-	// The first control stream still works: a drain notice is heard.
+	// The session still works, and so does the first control stream: a
+	// drain notice on it is heard.
 	checkEcho(t, raw)
+	if _, err := first.Write([]byte{0, 0, 0, 0}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-server.PeerDraining():
+	case <-time.After(10 * time.Second):
+		t.Fatal("a drain notice on the first control stream was not heard")
+	}
 	// Every reset stream is freed: our control stream, theirs, nothing else.
 	waitUntil(t, "the reset streams to be freed", func() bool { return server.y.NumStreams() == controlStreams })
 }
