@@ -930,6 +930,28 @@ func TestHostileResetOrdering(t *testing.T) {
 				v.expect(false, "round %d: the slow target never saw its connection end", i)
 			}
 		}
+		// The application resets at once after a 1-byte write: the reset
+		// follows the stream's header closely, while the server may still
+		// be dialling the target. The target must see a reset or no
+		// connection at all, never a clean end of data.
+		instant := map[string]int{}
+		for i := range 6 {
+			c, err := net.DialTimeout("tcp", e.clients[0].forwards["slow"], 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = c.Write(pattern(1))
+			_ = c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+			select {
+			case end := <-slowEnds:
+				v.expect(strings.HasPrefix(end, "reset"), "instant round %d: the target saw %s, want a reset or no connection", i, end)
+				instant[strings.SplitN(end, " after", 2)[0]]++
+			case <-time.After(2 * time.Second): // a dial would be at once
+				instant["never dialled"]++
+			}
+		}
+		out = append(out, fmt.Sprintf("instant-reset→%v", instant))
 		return strings.Join(out, ", ")
 	})
 }
