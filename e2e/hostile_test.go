@@ -723,6 +723,36 @@ func TestHostile(t *testing.T) {
 	})
 }
 
+// TestHostileYamuxLogFlood: yamux logs some protocol oddities once per
+// frame without ending the session (an ACK on an established stream:
+// "established stream without inflight SYN"). 10,000 such frames must not
+// become 10,000 log lines. Not in the agreed design: found by the frame
+// fuzzer.
+func TestHostileYamuxLogFlood(t *testing.T) {
+	e := startHostileEnv(t, envSpec{})
+	runAttack(t, e, attackLogLimit, func(e *hostileEnv, v *verdict) string {
+		p, err := hostileDial(t, e.srv.addr, e.attacker, "bulk")
+		if err != nil {
+			t.Fatalf("attacker refused: %v", err)
+		}
+		if code, err := p.probe("echo", 10*time.Second); err != nil || code != 0 {
+			t.Fatalf("the attacker's stream to echo: code %d, %v", code, err)
+		}
+		var buf []byte
+		for range 10000 {
+			buf = windowFrame(buf, flagACK, 1, 0) // stream 1: the probe's, established
+		}
+		if err := p.write(buf); err != nil {
+			v.expect(false, "the frames could not be sent: %v", err)
+		}
+		// The session survives these frames; let the server read them all.
+		code, err := p.probe("echo", 10*time.Second)
+		alive := err == nil && code == 0
+		p.close()
+		return fmt.Sprintf("session alive after the flood=%v", alive)
+	})
+}
+
 func sameKeys(a, b map[int]int) bool {
 	for k := range a {
 		if _, ok := b[k]; !ok {
