@@ -99,6 +99,7 @@ type rawPeer struct {
 	readErr   error // why the reader stopped
 	onAnswer  func(id uint32)
 	waiters   map[uint32]chan int // streams someone waits on: the reply code, or -1 for a reset
+	pending   []byte              // the reader's answers held while a write was in progress
 
 	done chan struct{} // closed when the reader has stopped
 }
@@ -229,8 +230,7 @@ func (p *rawPeer) read() {
 			cb(id)
 		}
 		if reply != nil {
-			// A failed write ends the session; the read sees it next.
-			_ = p.write(reply)
+			p.reply(reply)
 		}
 	}
 }
@@ -241,14 +241,36 @@ func (p *rawPeer) stop(err error) {
 	p.mu.Unlock()
 }
 
-// write sends b whole, bounded so a server that stopped reading cannot
-// hang the test.
+// write sends b whole (after any reply the reader queued), bounded so a
+// server that stopped reading cannot hang the test.
 func (p *rawPeer) write(b []byte) error {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
+	p.mu.Lock()
+	if len(p.pending) > 0 {
+		b = append(p.pending, b...)
+		p.pending = nil
+	}
+	p.mu.Unlock()
 	_ = p.raw.SetWriteDeadline(time.Now().Add(20 * time.Second))
 	_, err := p.conn.Write(b)
 	return err
+}
+
+// reply sends an answer from the reader without ever waiting for a write
+// in progress (which may itself wait for the server to read, while the
+// server waits for us to read): if one is, the answer goes out with the
+// next write.
+func (p *rawPeer) reply(b []byte) {
+	if !p.wmu.TryLock() {
+		p.mu.Lock()
+		p.pending = append(p.pending, b...)
+		p.mu.Unlock()
+		return
+	}
+	p.wmu.Unlock()
+	// A failed write ends the session; the read sees it next.
+	_ = p.write(b)
 }
 
 // openIDs reserves n stream IDs.
