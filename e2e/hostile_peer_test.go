@@ -246,6 +246,10 @@ func (p *rawPeer) stop(err error) {
 func (p *rawPeer) write(b []byte) error {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
+	return p.writeLocked(b)
+}
+
+func (p *rawPeer) writeLocked(b []byte) error {
 	p.mu.Lock()
 	if len(p.pending) > 0 {
 		b = append(p.pending, b...)
@@ -268,9 +272,9 @@ func (p *rawPeer) reply(b []byte) {
 		p.mu.Unlock()
 		return
 	}
-	p.wmu.Unlock()
+	defer p.wmu.Unlock()
 	// A failed write ends the session; the read sees it next.
-	_ = p.write(b)
+	_ = p.writeLocked(b)
 }
 
 // openIDs reserves n stream IDs.
