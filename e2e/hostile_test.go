@@ -37,7 +37,12 @@ import (
 //
 // HOSTILE_REPORT_ONLY=1 turns every expectation into a log line ("would
 // fail: ...") and prints one summary line per attack: that is how the
-// figures of a build without the fixes are taken.
+// figures of a build without the fixes are taken:
+//
+//	HOSTILE_REPORT_ONLY=1 go test -race -count=1 -v -run 'TestHostile|FuzzHostile' ./e2e/ | grep -E 'SUMMARY|would fail'
+//
+// The raw protocol speaker is in hostile_peer_test.go, the frame fuzzer in
+// framefuzz_test.go.
 
 var reportOnly = os.Getenv("HOSTILE_REPORT_ONLY") != ""
 
