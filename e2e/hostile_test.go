@@ -116,6 +116,9 @@ type hostileEnv struct {
 	attacker *tls.Config
 	link     *linkemu.Link
 	pingP99  time.Duration // the ping-pong's p99 bound: pingP99Limit unless the link is slow on purpose
+	// peakAbove, if > 0, bounds the server's goroutines during the attack
+	// to this many above the baseline.
+	peakAbove int
 }
 
 type envSpec struct {
@@ -566,6 +569,9 @@ func runAttack(t *testing.T, e *hostileEnv, logLimit int, a attack) {
 
 	v.expect(e.srv.running(), "the server exited during the attack (%v)", e.srv.err)
 	v.expect(healthFails == 0, "/healthz failed to answer within %s %d times (first %s)", healthzLimit, healthFails, firstFail)
+	if e.peakAbove > 0 {
+		v.expect(peak.goroutines <= before.goroutines+e.peakAbove, "server goroutines peaked at %d during the attack, baseline %d; want at most %d above", peak.goroutines, before.goroutines, e.peakAbove)
+	}
 	v.expect(recovered, "server usage not back near the baseline %s within %s of the attack's end: %s (slack: %d goroutines, %d fds)", before, recoverLimit, after, goroutineSlack, fdSlack)
 	v.expect(after.rss <= before.rss+rssSlack, "server RSS %.0f MiB after the attack, %.0f MiB before (slack %d MiB)", float64(after.rss)/(1<<20), float64(before.rss)/(1<<20), rssSlack>>20)
 	v.expect(logAfter-logBefore <= logLimit, "server logged %d lines during the attack, want at most %d", logAfter-logBefore, logLimit)
@@ -598,6 +604,8 @@ func TestHostile(t *testing.T) {
 		// 3 s, then the TCP connection vanishes. Fixed: one control stream
 		// per session, the others reset; no goroutine spins after close.
 		e := startHostileEnv(t, envSpec{})
+		// Every stream the session holds may have a goroutine; no more.
+		e.peakAbove = streamCap + streamCapSlack
 		runAttack(t, e, attackLogLimit, func(e *hostileEnv, v *verdict) string {
 			p, err := hostileDial(t, e.srv.addr, e.attacker, "bulk")
 			if err != nil {
@@ -618,6 +626,8 @@ func TestHostile(t *testing.T) {
 		// Fixed: at most max_streams_per_session (1024) exist at once, the
 		// rest are reset by yamux without a goroutine each.
 		e := startHostileEnv(t, envSpec{})
+		// Every stream the session holds may have a goroutine; no more.
+		e.peakAbove = streamCap + streamCapSlack
 		runAttack(t, e, attackLogLimit, func(e *hostileEnv, v *verdict) string {
 			p, err := hostileDial(t, e.srv.addr, e.attacker, "bulk")
 			if err != nil {
