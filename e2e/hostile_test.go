@@ -77,7 +77,9 @@ const (
 	// per kind of refusal, plus a session's own up/ended lines.
 	attackLogLimit = 20
 	// The fixed design's default max_streams_per_session, and the slack
-	// above it for the streams in flight while the cap acts.
+	// above it for the streams in flight while the cap acts. An upper
+	// bound: a bulk session's cap is lower by default (max_session_buffer
+	// 256 MiB over its 1 MiB window: 256 streams).
 	streamCap      = 1024
 	streamCapSlack = 100
 )
@@ -624,8 +626,9 @@ func TestHostile(t *testing.T) {
 
 	t.Run("headerless flood", func(t *testing.T) {
 		// 20,000 opens that never send a header, held 3 s, then gone.
-		// Fixed: at most max_streams_per_session (1024) exist at once, the
-		// rest are reset by yamux without a goroutine each.
+		// Fixed: at most the session's stream cap (max_streams_per_session,
+		// or less by max_session_buffer) exist at once, the rest are reset
+		// by yamux without a goroutine each.
 		e := startHostileEnv(t, envSpec{})
 		// Every stream the session holds may have a goroutine; no more.
 		e.peakAbove = streamCap + streamCapSlack
