@@ -25,6 +25,7 @@ import (
 	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/forward"
 	"github.com/tunnelworks/tunnel/mux"
+	"github.com/tunnelworks/tunnel/ratelog"
 	"github.com/tunnelworks/tunnel/transport/sockopt"
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
@@ -127,11 +128,11 @@ type sessionSettings struct {
 	HeaderTimeout        time.Duration
 	DSCP                 int
 	metrics              *admin.Metrics
-	limited              *limitedLog // refusals: once per interval per kind and peer
+	limited              *ratelog.Log // refusals: once per interval per kind and peer
 }
 
 // settingsOf are the session settings of either agent's config.
-func settingsOf(cfg config.Settings, handshake time.Duration, m *admin.Metrics, limited *limitedLog) sessionSettings {
+func settingsOf(cfg config.Settings, handshake time.Duration, m *admin.Metrics, limited *ratelog.Log) sessionSettings {
 	return sessionSettings{HandshakeTimeout: handshake, PingAfter: cfg.PingAfter, DeadAfter: cfg.DeadAfter,
 		MaxStreams: cfg.MaxStreamsPerSession, MaxBuffer: cfg.MaxSessionBuffer, HeaderTimeout: cfg.HeaderTimeout,
 		DSCP: cfg.DSCP, metrics: m, limited: limited}

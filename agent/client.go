@@ -17,6 +17,7 @@ import (
 	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/forward"
 	"github.com/tunnelworks/tunnel/mux"
+	"github.com/tunnelworks/tunnel/ratelog"
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
 
@@ -24,7 +25,7 @@ import (
 // its forwards over it, and serves the server's streams to its services.
 type Client struct {
 	log      hclog.Logger
-	limited  *limitedLog
+	limited  *ratelog.Log
 	metrics  *admin.Metrics
 	started  time.Time
 	lastErr  atomic.Pointer[string]
@@ -51,7 +52,7 @@ func NewClient(cfg *config.Client, log hclog.Logger) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
-	c := &Client{log: log, limited: newLimitedLog(log, time.Minute), metrics: admin.NewMetrics("client"), started: time.Now(), tls: ssl.NewReloader(p), ready: make(chan struct{}), keepers: map[string]*keeper{}}
+	c := &Client{log: log, limited: ratelog.New(log, time.Minute), metrics: admin.NewMetrics("client"), started: time.Now(), tls: ssl.NewReloader(p), ready: make(chan struct{}), keepers: map[string]*keeper{}}
 	c.state.Store(&clientState{cfg: cfg, lookup: services(cfg.Services, cfg.DialTimeout, true)})
 	// One session per traffic class in use, so control messages never
 	// queue behind bulk data; the server may open streams of either class.

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/forward"
+	"github.com/tunnelworks/tunnel/ratelog"
 	"github.com/tunnelworks/tunnel/transport/sockopt"
 )
 
@@ -22,7 +23,7 @@ import (
 // a new one starts listening.
 type forwardSet struct {
 	log     hclog.Logger
-	limited *limitedLog
+	limited *ratelog.Log
 	handle  func(ctx context.Context, f config.Forward, local net.Conn)
 	// conns is where each accepted connection's goroutine is counted: the
 	// agent's, so streams outlive a forward that a reload removed.
@@ -42,7 +43,7 @@ type runningForward struct {
 }
 
 func newForwardSet(log hclog.Logger, conns *sync.WaitGroup, handle func(context.Context, config.Forward, net.Conn)) *forwardSet {
-	return &forwardSet{log: log, limited: newLimitedLog(log, time.Minute), handle: handle, conns: conns, running: map[string]*runningForward{}}
+	return &forwardSet{log: log, limited: ratelog.New(log, time.Minute), handle: handle, conns: conns, running: map[string]*runningForward{}}
 }
 
 // start runs the first set of forwards. acceptCtx stops the accept loops;

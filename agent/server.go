@@ -17,6 +17,7 @@ import (
 	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/forward"
 	"github.com/tunnelworks/tunnel/mux"
+	"github.com/tunnelworks/tunnel/ratelog"
 	"github.com/tunnelworks/tunnel/transport/sockopt"
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
@@ -25,7 +26,7 @@ import (
 // carries its own forwards to connected clients.
 type Server struct {
 	log      hclog.Logger
-	limited  *limitedLog
+	limited  *ratelog.Log
 	metrics  *admin.Metrics
 	started  time.Time
 	lastErr  atomic.Pointer[string]
@@ -52,7 +53,7 @@ type serverState struct {
 // NewServer checks what can never work (unreadable or mismatched key, bad
 // CA bundle, bad CRL) before anything listens.
 func NewServer(cfg *config.Server, log hclog.Logger) (*Server, error) {
-	s := &Server{log: log, limited: newLimitedLog(log, time.Minute), metrics: admin.NewMetrics("server"), started: time.Now(), ready: make(chan struct{})}
+	s := &Server{log: log, limited: ratelog.New(log, time.Minute), metrics: admin.NewMetrics("server"), started: time.Now(), ready: make(chan struct{})}
 	st := newServerState(cfg)
 	p, err := ssl.LoadPolicy(serverPolicySpec(cfg, s.admit))
 	if err != nil {
@@ -259,13 +260,12 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 		if acceptCtx.Err() == nil {
 			// One line per source address and kind of failure per minute:
 			// a flood of garbage must not become a flood of log lines.
+			// The key is the kind from a fixed set, never text the peer
+			// chose (a hello's class, a certificate's name).
 			host, _, _ := net.SplitHostPort(remote)
-			kind := err.Error()
-			if len(kind) > 48 {
-				kind = kind[:48]
-			}
+			kind := failureReason(err)
 			s.limited.Warn("refused:"+host+":"+kind, "client refused", "remote", remote, "error", err)
-			s.metrics.HandshakeFailures.WithLabelValues(failureReason(err)).Inc()
+			s.metrics.HandshakeFailures.WithLabelValues(kind).Inc()
 			s.setLastErr(err)
 		}
 		conn.Close()

@@ -121,7 +121,7 @@ func yamuxConfig(log hclog.Logger, window uint32, maxStreams int) *yamux.Config 
 		// queue.
 		ConnectionWriteTimeout: 30 * time.Second,
 		// 256 KiB per stream: enough for loopback and LAN line rate; larger
-		// windows make small messages queue longer behind bulk (PITFALLS.md).
+		// windows make small messages queue longer behind bulk (bench/README.md).
 		MaxStreamWindowSize: window,
 		// Off: a timer here resets a half-closed stream whose reply runs
 		// long and the reader sees a clean EOF — silent truncation. A
@@ -130,7 +130,7 @@ func yamuxConfig(log hclog.Logger, window uint32, maxStreams int) *yamux.Config 
 		// An unanswered open closes the session; the peer acks on accept,
 		// which never waits, so this only fires on a wedged peer.
 		StreamOpenTimeout: 75 * time.Second,
-		Logger:            yamuxLogger{log.Named("yamux")},
+		Logger:            newYamuxLogger(log.Named("yamux")),
 	}
 	// The peer's opens beyond the session's cap are reset by yamux before
 	// it allocates anything, and counted (refusedStreams).
@@ -749,10 +749,20 @@ func (s *Session) handle(ctx context.Context, y *yamux.Stream, lookup Lookup, ac
 	if _, err := y.Write(encodeReply(CodeOK, "")); err != nil {
 		s.log.Debug("stream lost before reply", "peer", s.Peer.Name(), "service", name, "error", err)
 		s.reset(y)
-		_ = target.Close()
+		resetConn(target)
 		return
 	}
 	accepted(ctx, name, s.track(&Stream{y: y, sess: s, service: name}), target)
+}
+
+// resetConn closes a target whose stream was reset before it carried
+// anything, so the target sees a failed connection (TCP RST), not a clean
+// end of an empty one.
+func resetConn(c net.Conn) {
+	if l, ok := c.(interface{ SetLinger(int) error }); ok {
+		_ = l.SetLinger(0)
+	}
+	_ = c.Close()
 }
 
 // readHeader reads a stream's header within HeaderTimeout, counted as

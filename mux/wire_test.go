@@ -88,7 +88,7 @@ func FuzzReadReply(f *testing.F) {
 
 func TestYamuxLogLevels(t *testing.T) {
 	var buf bytes.Buffer
-	l := yamuxLogger{hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info})}
+	l := newYamuxLogger(hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info}))
 	l.Printf("[WARN] yamux: frame for missing stream: %v", 7)
 	l.Printf("[ERR] yamux: Failed to read header: %v", "EOF")
 	if buf.Len() != 0 {
@@ -97,5 +97,21 @@ func TestYamuxLogLevels(t *testing.T) {
 	l.Printf("[ERR] yamux: keepalive failed: %v", "x")
 	if !bytes.Contains(buf.Bytes(), []byte("[ERROR] keepalive failed: x")) {
 		t.Fatalf("error line: %q", buf.String())
+	}
+}
+
+// A peer that makes yamux log once per frame gets one line per interval.
+func TestYamuxLogRateLimited(t *testing.T) {
+	var buf bytes.Buffer
+	l := newYamuxLogger(hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info}))
+	for i := range 1000 {
+		l.Printf("[ERR] yamux: established stream without inflight SYN (no tracking entry): %d", i)
+	}
+	l.Printf("[ERR] yamux: keepalive failed: %v", "x")
+	if n := bytes.Count(buf.Bytes(), []byte("without inflight SYN")); n != 1 {
+		t.Fatalf("%d lines for 1000 frames, want 1:\n%s", n, buf.String())
+	}
+	if !bytes.Contains(buf.Bytes(), []byte("keepalive failed")) {
+		t.Fatalf("another kind of line was held back:\n%s", buf.String())
 	}
 }

@@ -3,8 +3,11 @@ package mux
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/tunnelworks/tunnel/ratelog"
 )
 
 // yamuxLogger routes yamux's log lines into hclog at the right level.
@@ -12,7 +15,18 @@ import (
 // was closed, the connection failing under a session we are already
 // logging the end of — go to debug, so the log at info is about things an
 // operator must look at.
-type yamuxLogger struct{ log hclog.Logger }
+//
+// yamux logs some of a peer's bad frames once per frame without ending
+// the session, so every line goes through a per-session rate limit keyed
+// by the line without its numbers: a peer cannot fill the disk with them.
+type yamuxLogger struct {
+	log     hclog.Logger
+	limited *ratelog.Log
+}
+
+func newYamuxLogger(log hclog.Logger) yamuxLogger {
+	return yamuxLogger{log: log, limited: ratelog.New(log, time.Minute)}
+}
 
 func (y yamuxLogger) Print(v ...any)                 { y.line(fmt.Sprint(v...)) }
 func (y yamuxLogger) Printf(format string, v ...any) { y.line(fmt.Sprintf(format, v...)) }
@@ -44,5 +58,12 @@ func (y yamuxLogger) line(msg string) {
 			break
 		}
 	}
-	y.log.Log(level, msg)
+	y.limited.Log(level, strings.Map(dropDigits, msg), msg)
+}
+
+func dropDigits(r rune) rune {
+	if r >= '0' && r <= '9' {
+		return -1
+	}
+	return r
 }

@@ -1,17 +1,37 @@
-package agent
+package ratelog
 
 import (
+	"bytes"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 )
 
+// syncBuffer is a bytes.Buffer safe for the logger and the test at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
 func TestLimitedLog(t *testing.T) {
 	var buf syncBuffer
-	l := newLimitedLog(hclog.New(&hclog.LoggerOptions{Output: &buf}), 50*time.Millisecond)
+	l := New(hclog.New(&hclog.LoggerOptions{Output: &buf}), 50*time.Millisecond)
 	for i := 0; i < 100; i++ {
 		l.Warn("k", "limit hit")
 	}
@@ -31,7 +51,7 @@ func TestLimitedLog(t *testing.T) {
 // never grow past maxKeys even within one interval.
 func TestLimitedLogBounded(t *testing.T) {
 	var buf syncBuffer
-	l := newLimitedLog(hclog.New(&hclog.LoggerOptions{Output: &buf}), time.Minute)
+	l := New(hclog.New(&hclog.LoggerOptions{Output: &buf}), time.Minute)
 	clock := time.Now()
 	l.now = func() time.Time { return clock }
 	for i := range 3 * maxKeys {

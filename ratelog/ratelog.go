@@ -1,4 +1,7 @@
-package agent
+// Package ratelog logs a line at most once per interval per key, with a
+// count of what it held back: a flood of refusals, or of a peer's bad
+// frames, must not become a flood of log lines.
+package ratelog
 
 import (
 	"sync"
@@ -7,10 +10,10 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
-// limitedLog logs a warning about a limit being hit at most once per
+// Log logs a warning about a limit being hit at most once per
 // interval per key, with how many were suppressed since: a flood of refused
 // connections must not become a flood of log lines.
-type limitedLog struct {
+type Log struct {
 	log      hclog.Logger
 	interval time.Duration
 
@@ -21,8 +24,8 @@ type limitedLog struct {
 	now    func() time.Time // time.Now; tests move it
 }
 
-func newLimitedLog(log hclog.Logger, interval time.Duration) *limitedLog {
-	return &limitedLog{log: log, interval: interval, last: map[string]time.Time{}, held: map[string]int{}, now: time.Now}
+func New(log hclog.Logger, interval time.Duration) *Log {
+	return &Log{log: log, interval: interval, last: map[string]time.Time{}, held: map[string]int{}, now: time.Now}
 }
 
 // Keys carry source addresses, and a scan from many addresses must not
@@ -36,7 +39,10 @@ const (
 )
 
 // Warn logs msg unless key was logged less than interval ago.
-func (l *limitedLog) Warn(key, msg string, args ...any) {
+func (l *Log) Warn(key, msg string, args ...any) { l.Log(hclog.Warn, key, msg, args...) }
+
+// Log logs msg at level unless key was logged less than interval ago.
+func (l *Log) Log(level hclog.Level, key, msg string, args ...any) {
 	l.mu.Lock()
 	now := l.now()
 	if len(l.last) >= pruneAbove && now.Sub(l.pruned) >= l.interval/4 {
@@ -58,13 +64,13 @@ func (l *limitedLog) Warn(key, msg string, args ...any) {
 	if suppressed > 0 {
 		args = append(args, "suppressed_since_last", suppressed)
 	}
-	l.log.Warn(msg, args...)
+	l.log.Log(level, msg, args...)
 }
 
 // prune forgets keys last logged an interval or more ago. Their next
 // warning is logged at once anyway; only a count of suppressed repeats
 // since then is lost.
-func (l *limitedLog) prune(now time.Time) {
+func (l *Log) prune(now time.Time) {
 	for key, last := range l.last {
 		if now.Sub(last) >= l.interval {
 			delete(l.last, key)
