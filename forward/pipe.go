@@ -45,9 +45,6 @@ func (noMeter) BToA(int) {}
 // ErrIdle ends a pipe through which nothing moved for its idle timeout.
 var ErrIdle = errors.New("idle timeout")
 
-// ErrPeerReset ends a pipe whose tunnel stream was reset by the far side.
-var ErrPeerReset = errors.New("reset by the far side of the tunnel")
-
 // Result says what a pipe moved and how it ended.
 type Result struct {
 	AToB, BToA int64
@@ -83,13 +80,6 @@ func Pipe(ctx context.Context, a, b net.Conn, m Meter, idle time.Duration) Resul
 	}
 	stop := context.AfterFunc(ctx, func() { closeBoth(ctx.Err()) })
 	defer stop()
-	// A tunnel stream reset by the far side must reset the local side too,
-	// even while we are blocked reading the local connection.
-	for _, c := range []net.Conn{a, b} {
-		if n, ok := c.(interface{ OnAbort(func()) }); ok {
-			n.OnAbort(func() { closeBoth(ErrPeerReset) })
-		}
-	}
 
 	countAToB, countBToA := m.AToB, m.BToA
 	if idle > 0 {
@@ -250,8 +240,6 @@ func Classify(err error) string {
 		return "cancelled"
 	case errors.Is(err, ErrIdle):
 		return "idle timeout"
-	case errors.Is(err, ErrPeerReset):
-		return "reset by peer"
 	case errors.Is(err, net.ErrClosed):
 		return "closed locally"
 	case errors.Is(err, syscall.ECONNRESET):
