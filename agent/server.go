@@ -198,7 +198,7 @@ func (s *Server) serveTunnel(acceptCtx, streamCtx context.Context, ln net.Listen
 	slots := make(chan struct{}, s.cfg().MaxHandshakes)
 	// One source address gets at most a quarter of the slots, so a flood
 	// from one host cannot keep every other client out until it times out.
-	perSource := max(1, s.cfg().MaxHandshakes/4)
+	perSource := s.cfg().MaxHandshakesPerSource
 	var (
 		mu       sync.Mutex
 		inFlight = map[string]int{} // handshakes in progress per source address
@@ -376,6 +376,9 @@ func (s *Server) Reload() error {
 	var more []string
 	if old.MaxHandshakes != cfg.MaxHandshakes {
 		more = append(more, "max_handshakes")
+	}
+	if old.MaxHandshakesPerSource != cfg.MaxHandshakesPerSource {
+		more = append(more, "max_handshakes_per_source")
 	}
 	if r := restartKeys(old.Settings, cfg.Settings, [2]string{old.LogLevel, old.LogFormat}, [2]string{cfg.LogLevel, cfg.LogFormat}, more...); r != "" {
 		changes = append(changes, r)

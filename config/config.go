@@ -6,6 +6,7 @@
 //	listen = "0.0.0.0:8443"    # required
 //	handshake_timeout = "10s"  # default 10s
 //	max_handshakes = 64        # default 64, handshakes in progress at once
+//	max_handshakes_per_source = 16 # default a quarter of max_handshakes: from one IP address
 //	dial_timeout = "10s"       # default 10s
 //	log_level = "info"         # trace, debug, info (default), warn, error
 //	log_format = "text"        # text (default), json
@@ -189,11 +190,16 @@ type Server struct {
 	TLS              TLS           // required
 	HandshakeTimeout time.Duration // key handshake_timeout; default 10s; > 0
 	MaxHandshakes    int           // key max_handshakes; default 64; >= 1
-	DialTimeout      time.Duration // key dial_timeout; default 10s; > 0
-	LogLevel         string        // key log_level: trace|debug|info|warn|error; default "info"
-	LogFormat        string        // key log_format: text|json; default "text"
-	Services         []Service     // in file order
-	Forwards         []Forward     // in file order
+	// MaxHandshakesPerSource is key max_handshakes_per_source: handshakes in
+	// progress from one IP address; default a quarter of MaxHandshakes (at
+	// least 1), at most MaxHandshakes. A flood from one host then cannot
+	// keep every other client out until its handshakes time out.
+	MaxHandshakesPerSource int
+	DialTimeout            time.Duration // key dial_timeout; default 10s; > 0
+	LogLevel               string        // key log_level: trace|debug|info|warn|error; default "info"
+	LogFormat              string        // key log_format: text|json; default "text"
+	Services               []Service     // in file order
+	Forwards               []Forward     // in file order
 	Settings
 
 	MaxSessions            int // key max_sessions: default 1024
@@ -262,6 +268,18 @@ func ParseServer(filename string, src []byte) (*Server, error) {
 				s.MaxHandshakes = n
 			}
 		}
+	}
+	if a := top.attr("max_handshakes_per_source"); a != nil {
+		if n, ok := d.intRange(top, a, 1, math.MaxInt32); ok {
+			if n > s.MaxHandshakes {
+				d.addf(a.Expr.Range(), "max_handshakes_per_source is %d, more than max_handshakes (%d): one address could then take every handshake slot (lower it, or raise max_handshakes)", n, s.MaxHandshakes)
+			} else {
+				s.MaxHandshakesPerSource = n
+			}
+		}
+	}
+	if s.MaxHandshakesPerSource == 0 {
+		s.MaxHandshakesPerSource = max(1, s.MaxHandshakes/4)
 	}
 	for key, dst := range map[string]*int{"max_sessions": &s.MaxSessions, "max_sessions_per_identity": &s.MaxSessionsPerIdentity} {
 		if a := top.attr(key); a != nil {

@@ -131,7 +131,7 @@ var commonKeys = []string{"reload_interval", "expiry_warning", "ping_after", "de
 
 var (
 	serverTop = schema{
-		attrs: append([]string{"listen", "handshake_timeout", "max_handshakes", "dial_timeout", "log_level", "log_format",
+		attrs: append([]string{"listen", "handshake_timeout", "max_handshakes", "max_handshakes_per_source", "dial_timeout", "log_level", "log_format",
 			"max_sessions", "max_sessions_per_identity"}, commonKeys...),
 		blocks: []string{"tls", "service", "forward", "admin"},
 		elsewhere: map[string]string{
@@ -145,6 +145,7 @@ var (
 		elsewhere: map[string]string{
 			"listen":                    `listen is a server key (the client connects to server = "host:port"; put listeners in forward blocks)`,
 			"max_handshakes":            "max_handshakes is only for the server (remove it)",
+			"max_handshakes_per_source": "max_handshakes_per_source is only for the server (remove it)",
 			"max_sessions":              "max_sessions is only for the server (remove it)",
 			"max_sessions_per_identity": "max_sessions_per_identity is only for the server (remove it)",
 		},
