@@ -139,12 +139,15 @@ func buffered(s *Stream) int {
 // noStrayFrames fails if the server dropped a frame for a stream it no
 // longer had: a data frame behind the reset (the reset overtook it) or a
 // second reset.
-func noStrayFrames(t *testing.T, client *Session, log *logCapture) {
+func noStrayFrames(t *testing.T, client, server *Session, log *logCapture) {
 	t.Helper()
 	// The ping's reply comes after the server has handled every frame sent
 	// before it.
 	if _, err := client.Ping(); err != nil {
 		t.Fatalf("ping: %v", err)
+	}
+	if n := server.StrayFrames(); n != 0 {
+		t.Errorf("server dropped %d frames for missing streams", n)
 	}
 	for _, l := range log.logs() {
 		if strings.Contains(l, "Discarding data") || strings.Contains(l, "missing stream") {
@@ -188,7 +191,7 @@ func TestStream_ResetAfterWrite(t *testing.T) {
 		t.Errorf("client holds %d streams after reset", n)
 	}
 	waitFor(t, "server frees the stream", func() bool { return server.NumStreams() == 0 })
-	noStrayFrames(t, client, serverLog)
+	noStrayFrames(t, client, server, serverLog)
 }
 
 // A reader on the far side reads the data, then ErrConnectionReset.
@@ -258,7 +261,7 @@ func TestStream_ResetReaderSeesDataThenReset(t *testing.T) {
 				t.Errorf("far side read %d bytes, want %d", len(r.got), len(data))
 			}
 			t.Logf("far side read %d of %d bytes, then %v", len(r.got), len(data), r.err)
-			noStrayFrames(t, client, serverLog)
+			noStrayFrames(t, client, server, serverLog)
 		})
 	}
 }
@@ -296,7 +299,7 @@ func TestStream_ResetAfterClose(t *testing.T) {
 		t.Errorf("client holds %d streams after reset", n)
 	}
 	waitFor(t, "server frees the stream", func() bool { return server.NumStreams() == 0 })
-	noStrayFrames(t, client, serverLog) // the second Reset sent nothing
+	noStrayFrames(t, client, server, serverLog) // the second Reset sent nothing
 }
 
 // Reset on a stream closed both ways, or already reset by the peer, sends
@@ -321,7 +324,7 @@ func TestStream_ResetNoOp(t *testing.T) {
 		t.Errorf("reset of a stream the peer reset: %v", err)
 	}
 	waitFor(t, "server frees the streams", func() bool { return server.NumStreams() == 0 })
-	noStrayFrames(t, client, serverLog)
+	noStrayFrames(t, client, server, serverLog)
 }
 
 // Our own calls blocked on the stream return ErrConnectionReset at once.
@@ -400,7 +403,7 @@ func TestStream_ResetCongested(t *testing.T) {
 		if n := buffered(ss); n != int(initialStreamWindow) {
 			t.Errorf("server held %d bytes at the reset, want %d", n, initialStreamWindow)
 		}
-		noStrayFrames(t, client, serverLog)
+		noStrayFrames(t, client, server, serverLog)
 	})
 	t.Run("writer inside conn.Write", func(t *testing.T) {
 		client, server, conn, serverLog := resetPair(t)
@@ -433,7 +436,7 @@ func TestStream_ResetCongested(t *testing.T) {
 		if n := buffered(ss); n != len(data) {
 			t.Errorf("server held %d bytes at the reset, want %d: the reset overtook data", n, len(data))
 		}
-		noStrayFrames(t, client, serverLog)
+		noStrayFrames(t, client, server, serverLog)
 	})
 }
 

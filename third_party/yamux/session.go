@@ -83,6 +83,10 @@ type Session struct {
 	refusedOverLimit atomic.Uint64
 	refusedBacklog   atomic.Uint64
 
+	// strayFrames counts frames received for streams the session does not
+	// hold. Patched for tunnelworks, see PATCHED.md.
+	strayFrames atomic.Uint64
+
 	// shutdown is used to safely close a session
 	shutdown        bool
 	shutdownErr     error
@@ -166,6 +170,14 @@ func (s *Session) NumStreams() int {
 // Patched for tunnelworks, see PATCHED.md.
 func (s *Session) RefusedStreams() (overLimit, backlogFull uint64) {
 	return s.refusedOverLimit.Load(), s.refusedBacklog.Load()
+}
+
+// StrayFrames returns how many frames arrived for streams the session does
+// not hold: data the peer sent before it saw our reset, or frames for
+// streams that never existed. Only the first is logged. Patched for
+// tunnelworks, see PATCHED.md.
+func (s *Session) StrayFrames() uint64 {
+	return s.strayFrames.Load()
 }
 
 // Open is used to create a new stream as a net.Conn
@@ -695,15 +707,20 @@ func (s *Session) handleStreamMessage(hdr header) error {
 
 	// If we do not have a stream, likely we sent a RST
 	if stream == nil {
+		// Patched for tunnelworks (see PATCHED.md): counted; only the
+		// first of a session is logged, as the peer may send any number.
+		first := s.strayFrames.Add(1) == 1
 		// Drain any data on the wire
 		if hdr.MsgType() == typeData && hdr.Length() > 0 {
-			s.logger.Printf("[WARN] yamux: Discarding data for stream: %d", id)
+			if first {
+				s.logger.Printf("[WARN] yamux: Discarding data for stream: %d (further frames for missing streams are counted, not logged)", id)
+			}
 			if _, err := io.CopyN(ioutil.Discard, s.bufRead, int64(hdr.Length())); err != nil {
 				s.logger.Printf("[ERR] yamux: Failed to discard data: %v", err)
 				return nil
 			}
-		} else {
-			s.logger.Printf("[WARN] yamux: frame for missing stream: %v", hdr)
+		} else if first {
+			s.logger.Printf("[WARN] yamux: frame for missing stream: %v (further frames for missing streams are counted, not logged)", hdr)
 		}
 		return nil
 	}
