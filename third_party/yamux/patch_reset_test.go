@@ -478,3 +478,30 @@ func TestStream_ResetNoLeak(t *testing.T) {
 	}()
 	waitGoroutines(t, baseline)
 }
+
+// A stream reset before the peer acknowledged it gives back its open
+// credit once and leaves no tracking entry behind.
+func TestStream_ResetBeforeAck(t *testing.T) {
+	client, server, _, serverLog := resetPair(t)
+	const n = 10
+	for i := 0; i < n; i++ {
+		cs, err := client.OpenStream() // the server never accepts: no ACK
+		if err != nil {
+			t.Fatalf("open: %v", err)
+		}
+		if err := cs.Reset(); err != nil {
+			t.Fatalf("reset: %v", err)
+		}
+		if err := cs.Reset(); err != nil {
+			t.Fatalf("second reset: %v", err)
+		}
+	}
+	client.streamLock.Lock()
+	inflight, credits := len(client.inflight), len(client.synCh)
+	client.streamLock.Unlock()
+	if inflight != 0 || credits != 0 {
+		t.Errorf("after %d resets before ACK: %d inflight entries, %d credits taken; want 0, 0", n, inflight, credits)
+	}
+	waitFor(t, "server frees the streams", func() bool { return server.NumStreams() == 0 })
+	noStrayFrames(t, client, server, serverLog)
+}

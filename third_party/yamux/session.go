@@ -855,6 +855,11 @@ func (s *Session) sendRST(id uint32) error {
 func (s *Session) closeStream(id uint32) {
 	s.streamLock.Lock()
 	if _, ok := s.inflight[id]; ok {
+		// Patched for tunnelworks (see PATCHED.md): forget the entry too,
+		// or a second close (Reset racing a close timeout) would take
+		// another stream's credit, and every stream reset before its ACK
+		// would leave an entry behind.
+		delete(s.inflight, id)
 		select {
 		case <-s.synCh:
 		default:
