@@ -145,7 +145,9 @@ func testCloseManyBlocked(t *testing.T, closeFn func(*Session, net.Conn, net.Con
 	defer client.Close()
 	defer server.Close()
 
+	setup := time.Now()
 	cs, ss := openMany(t, client, server, streams)
+	t.Logf("opened %d streams in %v", streams, time.Since(setup))
 
 	var wg sync.WaitGroup
 	var pending atomic.Int64
@@ -205,6 +207,7 @@ func testCloseManyBlocked(t *testing.T, closeFn func(*Session, net.Conn, net.Con
 	}
 	// Let the readers reach their wait.
 	time.Sleep(200 * time.Millisecond)
+	t.Logf("%d calls blocked %v after the start", 2*streams, time.Since(setup))
 	if n := pending.Load(); n != 2*streams {
 		t.Fatalf("%d calls blocked, want %d", n, 2*streams)
 	}
@@ -244,4 +247,5 @@ func testCloseManyBlocked(t *testing.T, closeFn func(*Session, net.Conn, net.Con
 	clientConn.Close()
 	serverConn.Close()
 	waitGoroutines(t, baseline)
+	t.Logf("goroutines back to baseline %v after close", time.Since(start))
 }
