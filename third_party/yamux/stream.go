@@ -140,7 +140,12 @@ START:
 
 	// Send a window update potentially
 	err = s.sendWindowUpdate()
-	if err == ErrSessionShutdown {
+	// Patched for tunnelworks (see PATCHED.md): upstream drops only
+	// ErrSessionShutdown here. A failed connection write ends the session
+	// too (sendLoop exits with it), and which of the two the window update
+	// sees is a race: drop both, so bytes read are not reported as a
+	// failed read. ErrConnectionWriteTimeout is still returned.
+	if err != nil && err != ErrConnectionWriteTimeout {
 		err = nil
 	}
 	return n, err
