@@ -1022,6 +1022,18 @@ func TestHalfCloseSessionShutdown(t *testing.T) {
 		t.Fatalf("err: %v", err)
 	}
 
+	// Patched for tunnelworks (see PATCHED.md, patch 2): wait for the FIN to
+	// arrive. If the receiving session ends before it has read the FIN (a
+	// window update it sends can meet the closed connection and end it), it
+	// cannot know the stream was complete, and its reader now sees
+	// ErrSessionShutdown where upstream said io.EOF.
+	waitUntil(t, "FIN received", func() bool {
+		s := stream2.(*Stream)
+		s.stateLock.Lock()
+		defer s.stateLock.Unlock()
+		return s.state == streamRemoteClose
+	})
+
 	// Shut down the session of the sending side. This should not cause reads
 	// to fail on the receiving side.
 	if err := client.Close(); err != nil {
