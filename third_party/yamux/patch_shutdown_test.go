@@ -213,12 +213,15 @@ func testCloseManyBlocked(t *testing.T, closeFn func(*Session, net.Conn, net.Con
 	}
 
 	start := time.Now()
-	closeFn(client, clientConn, serverConn)
+	// Upstream's Session.Close itself can take minutes here (its loop over
+	// the streams waits for locks the spinning calls hold): bound it too.
+	closed := make(chan struct{})
+	go func() { closeFn(client, clientConn, serverConn); close(closed) }()
 	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
+	go func() { <-closed; wg.Wait(); close(done) }()
 	select {
 	case <-done:
-		t.Logf("%d blocked calls returned %v after close", 2*streams, time.Since(start))
+		t.Logf("close and %d blocked calls returned %v after close", 2*streams, time.Since(start))
 	case <-time.After(patchBound):
 		t.Errorf("%d of %d blocked calls still blocked %v after close", pending.Load(), 2*streams, patchBound)
 		// Measure how long they take (bounded), for the record.
