@@ -36,8 +36,8 @@ gofmt_check() {
 part "gofmt" gofmt_check
 part "go vet (main module)" go vet ./...
 part "go test -race (main module: unit and end to end)" go test -race -count=1 -timeout 20m ./...
-# Our patched copy of yamux (third_party/yamux/PATCHED.md) passes yamux's
-# own tests.
+# Our patched copy of yamux passes yamux's own tests and each patch's tests
+# (third_party/yamux/PATCHED.md lists the patches).
 part "yamux: go vet and go test -race (third_party/yamux)" \
   bash -c 'cd third_party/yamux && go vet ./... && go test -race -count=1 -timeout 10m ./...'
 if [ -d interop ]; then
