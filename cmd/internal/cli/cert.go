@@ -22,73 +22,105 @@ import (
 	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
 
-const certUsage = `usage: %[1]s cert <command> [flags]
+// certCommands are the cert helper's commands, in the order 'cert help'
+// lists them.
+var certCommands = []struct {
+	name, synopsis, about string
+}{
+	{"ca create", `--dir DIR [--name "Tunnel Root CA"] [--days 3650]`,
+		"make a root CA: DIR/ca.crt and DIR/ca.key (0600); never overwrites a CA"},
+	{"ca intermediate", "--ca-dir DIR --out-dir OUT --name NAME [--days 3650]",
+		`make an intermediate CA signed by the CA in DIR: OUT/ca.crt (the
+intermediate), OUT/chain.crt (it, then its parents, the root last),
+OUT/ca.key (0600); never overwrites a CA`},
+	{"issue", `--ca-dir DIR (--server NAME | --client NAME) [--dns a,b] [--ip x,y]
+    [--uri spiffe://...] [--out-dir .] [--days 365]`,
+		`issue a leaf, verified against the CA before anything is written:
+OUT/NAME.crt (the leaf, then the intermediates when DIR is an
+intermediate: use it as the agents' tls.cert) and OUT/NAME.key (0600).
+A server without --dns/--ip gets NAME as its DNS name (or IP).`},
+	{"revoke", "--ca-dir DIR [--reason REASON] [--next-update-days 7] [SERIAL...]",
+		`add the serials to DIR/revoked.txt and write DIR/ca.crl, a version 2
+CRL signed by the CA whose number increases every time. Without a
+SERIAL it re-signs the CRL: do that before its next update is due.
+SERIAL is hex: 0A:1B:2C as 'cert inspect' prints it, 0x0A1B2C, or
+0A1B2C when it holds a letter; decimal needs a prefix: dec:662316.
+Bare digits (1000) are refused as ambiguous.
+REASON: keyCompromise, cACompromise, affiliationChanged, superseded,
+cessationOfOperation, privilegeWithdrawn, unspecified (default).`},
+	{"inspect", "[--ca CA.crt] FILE",
+		`show a certificate or chain (subject, names, issuer chain, serial in
+hex, validity, key type, SPKI pin for allow rules) or a CRL (PEM or
+DER: issuer, number, updates, revoked serials). With --ca, also check
+the chain or the CRL's signature against that CA. Never prints keys.`},
+}
 
-  ca create --dir DIR [--name "Tunnel Root CA"] [--days 3650]
-        make a root CA: DIR/ca.crt and DIR/ca.key (0600); never overwrites a CA
-  ca intermediate --ca-dir DIR --out-dir OUT --name NAME [--days 3650]
-        make an intermediate CA signed by the CA in DIR: OUT/ca.crt (the
-        intermediate), OUT/chain.crt (it, then its parents, the root last),
-        OUT/ca.key (0600); never overwrites a CA
-  issue --ca-dir DIR (--server NAME | --client NAME) [--dns a,b] [--ip x,y]
-        [--uri spiffe://...] [--out-dir .] [--days 365]
-        issue a leaf, verified against the CA before anything is written:
-        OUT/NAME.crt (the leaf, then the intermediates when DIR is an
-        intermediate: use it as the agents' tls.cert) and OUT/NAME.key (0600).
-        A server without --dns/--ip gets NAME as its DNS name (or IP).
-  revoke --ca-dir DIR [--reason REASON] [--next-update-days 7] [SERIAL...]
-        add the serials to DIR/revoked.txt and write DIR/ca.crl, a version 2
-        CRL signed by the CA whose number increases every time. Without a
-        SERIAL it re-signs the CRL: do that before its next update is due.
-        SERIAL is hex: 0A:1B:2C as 'cert inspect' prints it, 0x0A1B2C, or
-        0A1B2C when it holds a letter; decimal needs a prefix: dec:662316.
-        Bare digits (1000) are refused as ambiguous.
-        REASON: keyCompromise, cACompromise, affiliationChanged, superseded,
-        cessationOfOperation, privilegeWithdrawn, unspecified (default).
-  inspect [--ca CA.crt] FILE
-        show a certificate or chain (subject, names, issuer chain, serial in
-        hex, validity, key type, SPKI pin for allow rules) or a CRL (PEM or
-        DER: issuer, number, updates, revoked serials). With --ca, also check
-        the chain or the CRL's signature against that CA. Never prints keys.
-
-Usage errors exit 2, other failures 1.
-`
+// certUsage lists the commands whose name starts with group ("" for all,
+// "ca" for the CA commands).
+func certUsage(w io.Writer, prog, group string) {
+	if group == "" {
+		fmt.Fprintf(w, "usage: %s cert <command> [flags]\n\n", prog)
+	} else {
+		fmt.Fprintf(w, "usage: %s cert %s <command> [flags]\n\n", prog, group)
+	}
+	for _, c := range certCommands {
+		if !strings.HasPrefix(c.name, group) {
+			continue
+		}
+		fmt.Fprintf(w, "  %s %s\n", c.name, c.synopsis)
+		for line := range strings.SplitSeq(c.about, "\n") {
+			fmt.Fprintf(w, "        %s\n", line)
+		}
+	}
+	fmt.Fprintf(w, "\n'%s cert COMMAND -h' shows a command's flags and defaults.\nUsage errors exit 2, other failures 1.\n", prog)
+}
 
 // certCmd is the `cert` helper: one implementation in both binaries.
 func certCmd(prog string, args []string, stdout, stderr io.Writer) int {
-	usage := func(w io.Writer) { fmt.Fprintf(w, certUsage, prog) }
-	if len(args) == 0 {
-		usage(stderr)
+	switch {
+	case len(args) == 0:
+		certUsage(stderr, prog, "")
 		return exitUsage
+	case isHelp(args[0]):
+		certUsage(stdout, prog, "")
+		return exitOK
+	case args[0] == "ca" && len(args) == 1:
+		fmt.Fprintf(stderr, "%s cert ca: which one? create or intermediate\n", prog)
+		certUsage(stderr, prog, "ca")
+		return exitUsage
+	case args[0] == "ca" && isHelp(args[1]):
+		certUsage(stdout, prog, "ca")
+		return exitOK
+	}
+	name, rest := args[0], args[1:]
+	if name == "ca" {
+		name, rest = "ca "+args[1], args[2:]
 	}
 	var err error
-	switch {
-	case args[0] == "help" || args[0] == "-h" || args[0] == "-help" || args[0] == "--help":
-		usage(stdout)
-		return exitOK
-	case args[0] == "ca" && len(args) > 1 && args[1] == "create":
-		err = certCACreate(prog, args[2:], stdout, stderr)
-	case args[0] == "ca" && len(args) > 1 && args[1] == "intermediate":
-		err = certCAIntermediate(prog, args[2:], stdout, stderr)
-	case args[0] == "issue":
-		err = certIssue(prog, args[1:], stdout, stderr)
-	case args[0] == "revoke":
-		err = certRevoke(prog, args[1:], stdout, stderr)
-	case args[0] == "inspect":
-		err = certInspect(prog, args[1:], stdout, stderr)
+	switch name {
+	case "ca create":
+		err = certCACreate(prog, rest, stdout, stderr)
+	case "ca intermediate":
+		err = certCAIntermediate(prog, rest, stdout, stderr)
+	case "issue":
+		err = certIssue(prog, rest, stdout, stderr)
+	case "revoke":
+		err = certRevoke(prog, rest, stdout, stderr)
+	case "inspect":
+		err = certInspect(prog, rest, stdout, stderr)
 	default:
-		fmt.Fprintf(stderr, "%s cert: unknown command %q\n", prog, strings.Join(args, " "))
-		usage(stderr)
+		fmt.Fprintf(stderr, "%s cert: unknown command %q\n", prog, name)
+		certUsage(stderr, prog, "")
 		return exitUsage
 	}
 	var ue usageError
 	switch {
-	case err == nil, errors.Is(err, errCertHelp):
+	case err == nil, errors.Is(err, errHelp):
 		return exitOK
+	case errors.Is(err, errBadFlags):
+		return exitUsage
 	case errors.As(err, &ue):
-		if ue.msg != "" {
-			fmt.Fprintf(stderr, "%s cert: %s (see '%s cert help')\n", prog, ue.msg, prog)
-		}
+		fmt.Fprintf(stderr, "%s cert: %s (see '%s cert %s -h')\n", prog, ue.msg, prog, name)
 		return exitUsage
 	default:
 		fmt.Fprintf(stderr, "%s cert: %v\n", prog, err)
@@ -96,38 +128,22 @@ func certCmd(prog string, args []string, stdout, stderr io.Writer) int {
 	}
 }
 
-// usageError is a mistake on the command line (exit 2). An empty message
-// means the flag package has already said what is wrong.
+// usageError is a mistake on the command line (exit 2).
 type usageError struct{ msg string }
 
 func (e usageError) Error() string { return e.msg }
 
-// errCertHelp: -h was asked for and the flag package printed the flags.
-var errCertHelp = errors.New("help")
-
 func certUsagef(format string, a ...any) error { return usageError{fmt.Sprintf(format, a...)} }
 
-// parse parses flags placed before, between or after the positional
-// arguments (`revoke --ca-dir D SERIAL --reason keyCompromise`) and returns
-// the positional ones.
-func parse(fs *flag.FlagSet, args []string, stderr io.Writer) ([]string, error) {
-	fs.SetOutput(stderr)
-	var pos []string
-	for {
-		if err := fs.Parse(args); errors.Is(err, flag.ErrHelp) {
-			return nil, errCertHelp
-		} else if err != nil {
-			return nil, usageError{}
+// certFlags is the flag set of "cert NAME", whose usage is its entry in
+// certCommands.
+func certFlags(prog, name string) *flag.FlagSet {
+	for _, c := range certCommands {
+		if c.name == name {
+			return newFlagSet(prog, "cert "+name, strings.ReplaceAll(c.synopsis, "\n    ", " "), c.about)
 		}
-		rest := fs.Args()
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		if len(args) > len(rest) && args[len(args)-len(rest)-1] == "--" {
-			return append(pos, rest...), nil // everything after -- is positional
-		}
-		pos, args = append(pos, rest[0]), rest[1:]
 	}
+	panic("cert: no command " + name)
 }
 
 const certMaxDays = 100 * 365
@@ -140,11 +156,11 @@ func certDays(flagName string, n int) (time.Duration, error) {
 }
 
 func certCACreate(prog string, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet(prog+" cert ca create", flag.ContinueOnError)
+	fs := certFlags(prog, "ca create")
 	dir := fs.String("dir", "", "directory for ca.crt and ca.key (required; created 0700)")
 	name := fs.String("name", "Tunnel Root CA", "the CA's common name")
 	n := fs.Int("days", 3650, "validity in days")
-	pos, err := parse(fs, args, stderr)
+	pos, err := parseFlags(fs, args, stdout, stderr)
 	if err != nil {
 		return err
 	}
@@ -174,12 +190,12 @@ func certCACreate(prog string, args []string, stdout, stderr io.Writer) error {
 }
 
 func certCAIntermediate(prog string, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet(prog+" cert ca intermediate", flag.ContinueOnError)
+	fs := certFlags(prog, "ca intermediate")
 	caDir := fs.String("ca-dir", "", "directory of the signing CA (required)")
 	out := fs.String("out-dir", "", "directory for the intermediate (required; created 0700)")
 	name := fs.String("name", "", "the intermediate's common name (required)")
 	n := fs.Int("days", 3650, "validity in days")
-	pos, err := parse(fs, args, stderr)
+	pos, err := parseFlags(fs, args, stdout, stderr)
 	if err != nil {
 		return err
 	}
@@ -232,7 +248,7 @@ func splitList(s string) []string {
 }
 
 func certIssue(prog string, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet(prog+" cert issue", flag.ContinueOnError)
+	fs := certFlags(prog, "issue")
 	caDir := fs.String("ca-dir", "", "directory of the issuing CA (required)")
 	server := fs.String("server", "", "issue a server certificate with this common name")
 	client := fs.String("client", "", "issue a client certificate with this common name (its identity)")
@@ -241,7 +257,7 @@ func certIssue(prog string, args []string, stdout, stderr io.Writer) error {
 	uris := fs.String("uri", "", "URI SANs (e.g. spiffe://corp/router/r1), comma separated")
 	out := fs.String("out-dir", ".", "directory for NAME.crt and NAME.key")
 	n := fs.Int("days", 365, "validity in days")
-	pos, err := parse(fs, args, stderr)
+	pos, err := parseFlags(fs, args, stdout, stderr)
 	if err != nil {
 		return err
 	}
@@ -338,11 +354,11 @@ func checkName(s string) string {
 }
 
 func certRevoke(prog string, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet(prog+" cert revoke", flag.ContinueOnError)
+	fs := certFlags(prog, "revoke")
 	caDir := fs.String("ca-dir", "", "directory of the CA that issued the certificates (required)")
 	reasonName := fs.String("reason", "unspecified", "revocation reason: "+strings.Join(pki.ReasonNames(), ", "))
 	next := fs.Int("next-update-days", 7, "days until the CRL's next update")
-	pos, err := parse(fs, args, stderr)
+	pos, err := parseFlags(fs, args, stdout, stderr)
 	if err != nil {
 		return err
 	}
@@ -386,9 +402,9 @@ func certRevoke(prog string, args []string, stdout, stderr io.Writer) error {
 }
 
 func certInspect(prog string, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet(prog+" cert inspect", flag.ContinueOnError)
+	fs := certFlags(prog, "inspect")
 	caFile := fs.String("ca", "", "CA certificate(s) to verify the chain or the CRL's signature against")
-	pos, err := parse(fs, args, stderr)
+	pos, err := parseFlags(fs, args, stdout, stderr)
 	if err != nil {
 		return err
 	}

@@ -220,8 +220,8 @@ func TestCertHelp(t *testing.T) {
 			t.Fatalf("%v: exit %d\n%s", args, code, out)
 		}
 	}
-	if _, errs, code := run2(t, "cert", "issue", "-h"); code != 0 || !strings.Contains(errs, "-ca-dir") {
-		t.Fatalf("issue -h: exit %d\n%s", code, errs)
+	if out, _, code := run2(t, "cert", "issue", "-h"); code != 0 || !strings.Contains(out, "-ca-dir") {
+		t.Fatalf("issue -h: exit %d\n%s", code, out)
 	}
 	if out, _, _ := run2(t, "help"); !strings.Contains(out, "cert ...") {
 		t.Fatalf("main usage lacks cert:\n%s", out)

@@ -6,7 +6,6 @@ package cli
 import (
 	"context"
 	"crypto/x509"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -47,12 +46,13 @@ func Main(role Role, args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "run":
-		return run(role, prog, args[1:], stderr)
+		return run(role, prog, args[1:], stdout, stderr)
 	case "validate":
 		return validate(role, prog, args[1:], stdout, stderr)
 	case "version":
-		fmt.Fprintf(stdout, "%s %s (tunnel protocol %d)\n", prog, agent.Version, 1)
-		return exitOK
+		return version(prog, args[1:], stdout, stderr)
+	case "--version", "-version":
+		return version(prog, nil, stdout, stderr)
 	case "demo":
 		return demo(prog, args[1:], stdout, stderr)
 	case "status":
@@ -61,7 +61,14 @@ func Main(role Role, args []string, stdout, stderr io.Writer) int {
 		return certCmd(prog, args[1:], stdout, stderr)
 	case "install", "uninstall", "start", "stop", "restart":
 		return serviceCmd(role, prog, args[0], args[1:], stdout, stderr)
-	case "help", "-h", "-help", "--help":
+	case "help":
+		if len(args) > 1 && !isHelp(args[1]) {
+			// `help run` is `run -h`; `help cert issue` is `cert issue -h`.
+			return Main(role, append(args[1:len(args):len(args)], "-h"), stdout, stderr)
+		}
+		usage(prog, stdout)
+		return exitOK
+	case "-h", "-help", "--help":
 		usage(prog, stdout)
 		return exitOK
 	}
@@ -83,8 +90,26 @@ commands:
   uninstall | start | stop | restart [-name NAME]
                           control the installed service
   demo                    run a server and a client on loopback with a throwaway CA
-  version                 print the version
+  version, --version      print the version
+
+'%[1]s help COMMAND' or '%[1]s COMMAND -h' shows a command's flags and defaults.
+Exit status: 0 success, 1 the agent failed while running, 2 bad command
+line, config or certificates.
 `, prog)
+}
+
+func version(prog string, args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet(prog, "version", "", "Print the version of this program and of the tunnel protocol it speaks.")
+	pos, err := parseFlags(fs, args, stdout, stderr)
+	if err != nil {
+		return exitCode(err)
+	}
+	if len(pos) > 0 {
+		fmt.Fprintf(stderr, "%s version: unexpected argument %q\n", prog, pos[0])
+		return exitUsage
+	}
+	fmt.Fprintf(stdout, "%s %s (tunnel protocol %d)\n", prog, agent.Version, 1)
+	return exitOK
 }
 
 type runFlags struct {
@@ -93,39 +118,45 @@ type runFlags struct {
 	logFormat string
 }
 
-func parseFlags(prog, cmd string, args []string, stderr io.Writer, withLog bool) (runFlags, bool) {
-	var f runFlags
-	fs := flag.NewFlagSet(prog+" "+cmd, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+// agentFlags parses the flags of run and validate (withLog: also the log
+// overrides). ok is false when the command should exit with code.
+func agentFlags(prog, cmd string, args []string, stdout, stderr io.Writer, withLog bool) (f runFlags, code int, ok bool) {
+	synopsis, about := "-config FILE", "Check the config file and its certificates offline (readable, key matches, not expired,\nissued for this side's use) and list every problem at once; exit 2 if there is one.\nWarnings and notes do not change the exit status."
+	if withLog {
+		synopsis = "-config FILE [-log-level LEVEL] [-log-format text|json]"
+		about = "Run the agent in the foreground. SIGINT or SIGTERM stops it gracefully (a second one\nexits at once); SIGHUP reloads the config and certificates."
+	}
+	fs := newFlagSet(prog, cmd, synopsis, about)
 	fs.StringVar(&f.config, "config", "", "config file (required)")
 	if withLog {
 		fs.StringVar(&f.logLevel, "log-level", "", "override log_level: trace, debug, info, warn, error")
 		fs.StringVar(&f.logFormat, "log-format", "", "override log_format: text or json")
 	}
-	if err := fs.Parse(args); err != nil {
-		return f, false
+	pos, err := parseFlags(fs, args, stdout, stderr)
+	if err != nil {
+		return f, exitCode(err), false
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "%s %s: unexpected argument %q\n", prog, cmd, fs.Arg(0))
-		return f, false
+	fail := func(format string, a ...any) (runFlags, int, bool) {
+		fmt.Fprintf(stderr, "%s %s: %s\n", prog, cmd, fmt.Sprintf(format, a...))
+		return f, exitUsage, false
+	}
+	if len(pos) > 0 {
+		return fail("unexpected argument %q", pos[0])
 	}
 	if f.config == "" {
-		fmt.Fprintf(stderr, "%s %s: -config FILE is required\n", prog, cmd)
-		return f, false
+		return fail("-config FILE is required")
 	}
 	switch f.logLevel {
 	case "", "trace", "debug", "info", "warn", "error":
 	default:
-		fmt.Fprintf(stderr, "%s %s: -log-level %q: want trace, debug, info, warn or error\n", prog, cmd, f.logLevel)
-		return f, false
+		return fail("-log-level %q: want trace, debug, info, warn or error", f.logLevel)
 	}
 	switch f.logFormat {
 	case "", "text", "json":
 	default:
-		fmt.Fprintf(stderr, "%s %s: -log-format %q: want text or json\n", prog, cmd, f.logFormat)
-		return f, false
+		return fail("-log-format %q: want text or json", f.logFormat)
 	}
-	return f, true
+	return f, exitOK, true
 }
 
 // runner is what both agents are.
@@ -134,10 +165,10 @@ type runner interface {
 	Reload() error
 }
 
-func run(role Role, prog string, args []string, stderr io.Writer) int {
-	f, ok := parseFlags(prog, "run", args, stderr, true)
+func run(role Role, prog string, args []string, stdout, stderr io.Writer) int {
+	f, code, ok := agentFlags(prog, "run", args, stdout, stderr, true)
 	if !ok {
-		return exitUsage
+		return code
 	}
 	var (
 		a             runner
@@ -157,18 +188,22 @@ func run(role Role, prog string, args []string, stderr io.Writer) int {
 	switch role {
 	case Server:
 		var cfg *config.Server
-		if cfg, err = config.LoadServer(f.config); err == nil {
-			level, format = pick(f.logLevel, cfg.LogLevel), pick(f.logFormat, cfg.LogFormat)
-			log = agent.NewLogger(prog, level, format, stderr)
-			a, err = agent.NewServer(cfg, log)
+		if cfg, err = config.LoadServer(f.config); err != nil {
+			printLoadError(stderr, role, prog, f.config, err)
+			return exitUsage
 		}
+		level, format = pick(f.logLevel, cfg.LogLevel), pick(f.logFormat, cfg.LogFormat)
+		log = agent.NewLogger(prog, level, format, stderr)
+		a, err = agent.NewServer(cfg, log)
 	case Client:
 		var cfg *config.Client
-		if cfg, err = config.LoadClient(f.config); err == nil {
-			level, format = pick(f.logLevel, cfg.LogLevel), pick(f.logFormat, cfg.LogFormat)
-			log = agent.NewLogger(prog, level, format, stderr)
-			a, err = agent.NewClient(cfg, log)
+		if cfg, err = config.LoadClient(f.config); err != nil {
+			printLoadError(stderr, role, prog, f.config, err)
+			return exitUsage
 		}
+		level, format = pick(f.logLevel, cfg.LogLevel), pick(f.logFormat, cfg.LogFormat)
+		log = agent.NewLogger(prog, level, format, stderr)
+		a, err = agent.NewClient(cfg, log)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", prog, err)
@@ -182,7 +217,7 @@ func run(role Role, prog string, args []string, stderr io.Writer) int {
 		}
 		return exitOK
 	}
-	ctx, stop := signalContext(stderr, prog)
+	ctx, stop := signalContext(log)
 	defer stop()
 	stopReloads := reloadOnHUP(a, log)
 	defer stopReloads()
@@ -228,8 +263,8 @@ func pick(flagValue, configValue string) string {
 }
 
 // signalContext is cancelled by the first SIGINT or SIGTERM (graceful stop);
-// a second one exits at once.
-func signalContext(stderr io.Writer, prog string) (context.Context, func()) {
+// a second one exits at once. Both are logged in the agent's log format.
+func signalContext(log hclog.Logger) (context.Context, func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
@@ -237,14 +272,14 @@ func signalContext(stderr io.Writer, prog string) (context.Context, func()) {
 	go func() {
 		select {
 		case s := <-sigs:
-			fmt.Fprintf(stderr, "%s: %s received, stopping (send again to exit at once)\n", prog, s)
+			log.Info("stopping gracefully: " + signalName(s) + " received (send it again to stop at once)")
 			cancel()
 		case <-done:
 			return
 		}
 		select {
-		case <-sigs:
-			fmt.Fprintf(stderr, "%s: second signal, exiting now\n", prog)
+		case s := <-sigs:
+			log.Warn("stopping at once: a second signal (" + signalName(s) + ") received")
 			os.Exit(exitFailure)
 		case <-done:
 		}
@@ -256,10 +291,24 @@ func signalContext(stderr io.Writer, prog string) (context.Context, func()) {
 	}
 }
 
+// signalName is the name an operator sends the signal by (SIGTERM, not
+// "terminated").
+func signalName(s os.Signal) string {
+	switch s {
+	case syscall.SIGINT:
+		return "SIGINT (Ctrl-C)"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGHUP:
+		return "SIGHUP"
+	}
+	return s.String()
+}
+
 func validate(role Role, prog string, args []string, stdout, stderr io.Writer) int {
-	f, ok := parseFlags(prog, "validate", args, stderr, false)
+	f, code, ok := agentFlags(prog, "validate", args, stdout, stderr, false)
 	if !ok {
-		return exitUsage
+		return code
 	}
 	var (
 		spec    ssl.PolicySpec
@@ -288,7 +337,7 @@ func validate(role Role, prog string, args []string, stdout, stderr io.Writer) i
 		}
 	}
 	if err != nil {
-		fmt.Fprintln(stderr, err)
+		printLoadError(stderr, role, prog, f.config, err)
 		return exitUsage
 	}
 	p, err := ssl.LoadPolicy(spec)
@@ -326,13 +375,22 @@ func validate(role Role, prog string, args []string, stdout, stderr io.Writer) i
 }
 
 func demo(prog string, args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 {
+	fs := newFlagSet(prog, "demo", "", `Run a server and a client on loopback, mutually authenticated with a throwaway CA
+held in a temporary directory, with an echo service on each side and a forward
+in each direction. It prints the two ports to try; Ctrl-C stops it and removes
+everything it wrote.`)
+	pos, err := parseFlags(fs, args, stdout, stderr)
+	if err != nil {
+		return exitCode(err)
+	}
+	if len(pos) > 0 {
 		fmt.Fprintf(stderr, "%s demo: takes no arguments\n", prog)
 		return exitUsage
 	}
-	ctx, stop := signalContext(stderr, prog)
+	log := agent.NewLogger(prog, "info", "text", stderr)
+	ctx, stop := signalContext(log)
 	defer stop()
-	if err := agent.RunDemo(ctx, stdout, agent.NewLogger(prog, "info", "text", stderr)); err != nil {
+	if err := agent.RunDemo(ctx, stdout, log); err != nil {
 		fmt.Fprintf(stderr, "%s demo: %v\n", prog, err)
 		return exitFailure
 	}

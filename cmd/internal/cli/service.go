@@ -2,7 +2,6 @@ package cli
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -205,8 +204,17 @@ func serviceConfig(role Role, prog string, o serviceOptions) (*service.Config, e
 // cannot be done here (not root, already installed, not installed, the
 // service manager refused).
 func serviceCmd(role Role, prog, action string, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet(prog+" "+action, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	synopsis, about := "[-name NAME]", map[string]string{
+		"uninstall": "Remove the installed system service (stopping it first).",
+		"start":     "Start the installed system service.",
+		"stop":      "Stop the installed system service (gracefully: open streams may finish).",
+		"restart":   "Restart the installed system service.",
+	}[action]
+	if action == "install" {
+		synopsis = "-config FILE [-user USER] [-name NAME]"
+		about = "Install the agent as a system service (systemd, launchd or the Windows service\nmanager) that runs '" + prog + " run -config FILE' as USER, after checking the config."
+	}
+	fs := newFlagSet(prog, action, synopsis, about)
 	var o serviceOptions
 	var cfgPath string
 	if action == "install" {
@@ -218,15 +226,16 @@ func serviceCmd(role Role, prog, action string, args []string, stdout, stderr io
 		fs.StringVar(&o.user, "user", defUser, "account the service runs as (must exist)")
 	}
 	fs.StringVar(&o.name, "name", prog, "service name (several agents on one host: "+prog+"-NAME)")
-	if err := fs.Parse(args); err != nil {
-		return exitUsage
+	pos, err := parseFlags(fs, args, stdout, stderr)
+	if err != nil {
+		return exitCode(err)
 	}
 	fail := func(code int, format string, a ...any) int {
 		fmt.Fprintf(stderr, "%s %s: %s\n", prog, action, fmt.Sprintf(format, a...))
 		return code
 	}
-	if fs.NArg() > 0 {
-		return fail(exitUsage, "unexpected argument %q", fs.Arg(0))
+	if len(pos) > 0 {
+		return fail(exitUsage, "unexpected argument %q", pos[0])
 	}
 	if !serviceNameRE.MatchString(o.name) {
 		return fail(exitUsage, "-name %q: use letters, digits and . _ - @", o.name)

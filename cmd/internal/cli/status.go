@@ -2,7 +2,6 @@ package cli
 
 import (
 	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -16,12 +15,17 @@ import (
 
 // status prints the running agent's /status as tables.
 func status(role Role, prog string, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet(prog+" status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlagSet(prog, "status", "(-config FILE | -admin HOST:PORT) [-json]",
+		"Show the running agent's sessions, forwards, services and certificate expiries, read\nfrom its admin listener (the config's admin block). Exit 1 when it is not healthy.")
 	cfgPath := fs.String("config", "", "config file; its admin block says where the agent listens")
 	addr := fs.String("admin", "", "admin address (host:port), instead of -config")
 	asJSON := fs.Bool("json", false, "print the raw JSON")
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseFlags(fs, args, stdout, stderr)
+	if err != nil {
+		return exitCode(err)
+	}
+	if len(pos) > 0 {
+		fmt.Fprintf(stderr, "%s status: unexpected argument %q\n", prog, pos[0])
 		return exitUsage
 	}
 	if *addr == "" {
@@ -31,7 +35,7 @@ func status(role Role, prog string, args []string, stdout, stderr io.Writer) int
 		}
 		a, err := adminFromConfig(role, *cfgPath)
 		if err != nil {
-			fmt.Fprintf(stderr, "%s status: %v\n", prog, err)
+			printLoadError(stderr, role, prog+" status", *cfgPath, err)
 			return exitUsage
 		}
 		if a == "" {
