@@ -22,24 +22,32 @@ import (
 	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
 
+// defaultCADir is where `cert ca create` puts a CA and where the other
+// commands look for it, relative to the current directory: visible, next
+// to the certificates it issues, and what the README's commands use.
+const defaultCADir = "ca"
+
 // certCommands are the cert helper's commands, in the order 'cert help'
 // lists them.
 var certCommands = []struct {
 	name, synopsis, about string
 }{
-	{"ca create", `--dir DIR [--name "Tunnel Root CA"] [--days 3650]`,
+	{"ca create", `[--dir ca] [--name "Tunnel Root CA"] [--days 3650]`,
 		"make a root CA: DIR/ca.crt and DIR/ca.key (0600); never overwrites a CA"},
-	{"ca intermediate", "--ca-dir DIR --out-dir OUT --name NAME [--days 3650]",
+	{"ca intermediate", "[--ca-dir ca] --out-dir OUT --name NAME [--days 3650]",
 		`make an intermediate CA signed by the CA in DIR: OUT/ca.crt (the
 intermediate), OUT/chain.crt (it, then its parents, the root last),
 OUT/ca.key (0600); never overwrites a CA`},
-	{"issue", `--ca-dir DIR (--server NAME | --client NAME) [--dns a,b] [--ip x,y]
-    [--uri spiffe://...] [--out-dir .] [--days 365]`,
+	{"issue", `(--server NAME | --client NAME) [--ca-dir ca] [--out-dir .] [--dns a,b]
+    [--ip x,y] [--uri spiffe://...] [--days 365]`,
 		`issue a leaf, verified against the CA before anything is written:
 OUT/NAME.crt (the leaf, then the intermediates when DIR is an
 intermediate: use it as the agents' tls.cert) and OUT/NAME.key (0600).
-A server without --dns/--ip gets NAME as its DNS name (or IP).`},
-	{"revoke", "--ca-dir DIR [--reason REASON] [--next-update-days 7] [SERIAL...]",
+Never overwrites: an existing NAME.crt or NAME.key stops it.
+A server without --dns/--ip gets NAME as its DNS name (or IP).
+Defaults: the CA in ./ca (as 'ca create' makes it), files into the
+current directory, 365 days.`},
+	{"revoke", "[--ca-dir ca] [--reason REASON] [--next-update-days 7] [SERIAL...]",
 		`add the serials to DIR/revoked.txt and write DIR/ca.crl, a version 2
 CRL signed by the CA whose number increases every time. Without a
 SERIAL it re-signs the CRL: do that before its next update is due.
@@ -157,7 +165,7 @@ func certDays(flagName string, n int) (time.Duration, error) {
 
 func certCACreate(prog string, args []string, stdout, stderr io.Writer) error {
 	fs := certFlags(prog, "ca create")
-	dir := fs.String("dir", "", "directory for ca.crt and ca.key (required; created 0700)")
+	dir := fs.String("dir", defaultCADir, "directory for ca.crt and ca.key (created 0700)")
 	name := fs.String("name", "Tunnel Root CA", "the CA's common name")
 	n := fs.Int("days", 3650, "validity in days")
 	pos, err := parseFlags(fs, args, stdout, stderr)
@@ -166,7 +174,7 @@ func certCACreate(prog string, args []string, stdout, stderr io.Writer) error {
 	}
 	switch {
 	case *dir == "":
-		return certUsagef("ca create: --dir DIR is required")
+		return certUsagef("ca create: --dir must not be empty")
 	case len(pos) > 0:
 		return certUsagef("ca create: unexpected argument %q", pos[0])
 	case strings.TrimSpace(*name) == "":
@@ -186,12 +194,17 @@ func certCACreate(prog string, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "root CA %q written to %s, key %s (0600; keep it off the tunnel hosts)\nvalid until %s; pin %s\n",
 		*name, filepath.Join(*dir, pki.CACertFile), filepath.Join(*dir, pki.CAKeyFile),
 		ca.Cert.NotAfter.UTC().Format(time.DateOnly), pki.SPKIPin(ca.Cert))
+	caFlag := ""
+	if *dir != defaultCADir {
+		caFlag = " --ca-dir " + *dir
+	}
+	fmt.Fprintf(stdout, "next: %[1]s cert issue%[2]s --server HOSTNAME, and %[1]s cert issue%[2]s --client NAME for each client\n", prog, caFlag)
 	return nil
 }
 
 func certCAIntermediate(prog string, args []string, stdout, stderr io.Writer) error {
 	fs := certFlags(prog, "ca intermediate")
-	caDir := fs.String("ca-dir", "", "directory of the signing CA (required)")
+	caDir := fs.String("ca-dir", defaultCADir, "directory of the signing CA")
 	out := fs.String("out-dir", "", "directory for the intermediate (required; created 0700)")
 	name := fs.String("name", "", "the intermediate's common name (required)")
 	n := fs.Int("days", 3650, "validity in days")
@@ -201,7 +214,7 @@ func certCAIntermediate(prog string, args []string, stdout, stderr io.Writer) er
 	}
 	switch {
 	case *caDir == "" || *out == "" || strings.TrimSpace(*name) == "":
-		return certUsagef("ca intermediate: --ca-dir DIR, --out-dir OUT and --name NAME are required")
+		return certUsagef("ca intermediate: --out-dir OUT and --name NAME are required (and --ca-dir, if not %s)", defaultCADir)
 	case len(pos) > 0:
 		return certUsagef("ca intermediate: unexpected argument %q", pos[0])
 	case filepath.Clean(*caDir) == filepath.Clean(*out):
@@ -249,7 +262,7 @@ func splitList(s string) []string {
 
 func certIssue(prog string, args []string, stdout, stderr io.Writer) error {
 	fs := certFlags(prog, "issue")
-	caDir := fs.String("ca-dir", "", "directory of the issuing CA (required)")
+	caDir := fs.String("ca-dir", defaultCADir, "directory of the issuing CA")
 	server := fs.String("server", "", "issue a server certificate with this common name")
 	client := fs.String("client", "", "issue a client certificate with this common name (its identity)")
 	dns := fs.String("dns", "", "DNS names, comma separated")
@@ -263,7 +276,7 @@ func certIssue(prog string, args []string, stdout, stderr io.Writer) error {
 	}
 	switch {
 	case *caDir == "":
-		return certUsagef("issue: --ca-dir DIR is required")
+		return certUsagef("issue: --ca-dir must not be empty")
 	case (*server == "") == (*client == ""):
 		return certUsagef("issue: give exactly one of --server NAME or --client NAME")
 	case len(pos) > 0:
@@ -296,8 +309,10 @@ func certIssue(prog string, args []string, stdout, stderr io.Writer) error {
 		return certUsagef("issue: --%s %q %s (it becomes the file name NAME.crt)", kind, name, msg)
 	}
 	certPath, keyPath := filepath.Join(*out, name+".crt"), filepath.Join(*out, name+".key")
-	if _, err := os.Lstat(keyPath); err == nil {
-		return fmt.Errorf("issue: %s already exists; refusing to overwrite a key (remove it, or choose another --out-dir or name)", keyPath)
+	for _, p := range []string{keyPath, certPath} {
+		if _, err := os.Lstat(p); err == nil {
+			return fmt.Errorf("issue: %s already exists; refusing to overwrite it (remove it, or choose another --out-dir or name)", p)
+		}
 	}
 	ca, err := pki.LoadCA(*caDir)
 	if err != nil {
@@ -355,7 +370,7 @@ func checkName(s string) string {
 
 func certRevoke(prog string, args []string, stdout, stderr io.Writer) error {
 	fs := certFlags(prog, "revoke")
-	caDir := fs.String("ca-dir", "", "directory of the CA that issued the certificates (required)")
+	caDir := fs.String("ca-dir", defaultCADir, "directory of the CA that issued the certificates")
 	reasonName := fs.String("reason", "unspecified", "revocation reason: "+strings.Join(pki.ReasonNames(), ", "))
 	next := fs.Int("next-update-days", 7, "days until the CRL's next update")
 	pos, err := parseFlags(fs, args, stdout, stderr)
@@ -363,7 +378,7 @@ func certRevoke(prog string, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *caDir == "" {
-		return certUsagef("revoke: --ca-dir DIR is required")
+		return certUsagef("revoke: --ca-dir must not be empty")
 	}
 	reason, err := pki.ParseReason(*reasonName)
 	if err != nil {

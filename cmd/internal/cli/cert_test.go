@@ -160,6 +160,7 @@ func mustLeaf(t *testing.T, path string) *x509.Certificate {
 }
 
 func TestCertUsageErrors(t *testing.T) {
+	t.Chdir(t.TempDir()) // the default CA directory must not be found here
 	for _, args := range [][]string{
 		{"cert"},
 		{"cert", "bogus"},
@@ -167,14 +168,14 @@ func TestCertUsageErrors(t *testing.T) {
 		{"cert", "issue", "--ca-dir", "x", "--server", "a", "--client", "b"},
 		{"cert", "issue", "--ca-dir", "x", "--client", "b", "--ip", "nope"},
 		{"cert", "revoke", "--ca-dir", "x", "zz"},
-		{"cert", "ca", "create"},
+		{"cert", "ca", "create", "--dir", ""},
 		{"cert", "ca", "create", "--dir", "d", "--days", "0"},
 		{"cert", "inspect"},
 		{"cert", "inspect", "a", "b"},
 		{"cert", "revoke", "--ca-dir", "x", "1000"},
 		{"cert", "revoke", "--ca-dir", "x", "--reason", "certificateHold", "0A:1B"},
 		{"cert", "revoke", "--ca-dir", "x", "--next-update-days", "0"},
-		{"cert", "revoke", "0A:1B"},
+		{"cert", "revoke", "--ca-dir", "", "0A:1B"},
 		{"cert", "issue", "--ca-dir", "x", "--client", "../evil"},
 		{"cert", "issue", "--ca-dir", "x", "--client", "b", "--uri", "not-a-uri"},
 		{"cert", "issue", "--ca-dir", "x", "--client", "b", "--days", "-1"},
@@ -216,7 +217,7 @@ func FuzzParseRule(f *testing.F) {
 func TestCertHelp(t *testing.T) {
 	for _, args := range [][]string{{"cert", "help"}, {"cert", "--help"}} {
 		out, _, code := run2(t, args...)
-		if code != 0 || !strings.Contains(out, "ca create --dir DIR") || !strings.Contains(out, "dec:") {
+		if code != 0 || !strings.Contains(out, "ca create [--dir ca]") || !strings.Contains(out, "dec:") {
 			t.Fatalf("%v: exit %d\n%s", args, code, out)
 		}
 	}
@@ -336,5 +337,74 @@ func TestCertRevokeSerialForms(t *testing.T) {
 	}
 	if _, errs, code := run2(t, "cert", "ca", "intermediate", "--ca-dir", ca, "--out-dir", dir+"/int", "--name", "I2"); code != 1 || !strings.Contains(errs, "never overwritten") {
 		t.Fatalf("second intermediate: %d %s", code, errs)
+	}
+}
+
+// The README's three commands with no directories named: the CA goes to
+// ./ca, the certificates to the current directory, keys 0600, and nothing
+// is ever overwritten.
+func TestCertDefaults(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	out := mustRun(t, "cert", "ca", "create")
+	if !strings.Contains(out, filepath.Join("ca", "ca.crt")) || !strings.Contains(out, "next: tunnel-server cert issue --server") {
+		t.Fatalf("ca create output: %s", out)
+	}
+	mustRun(t, "cert", "issue", "--server", "tunnel.example.net")
+	mustRun(t, "cert", "issue", "--client", "edge-1")
+	for _, key := range []string{"ca/ca.key", "tunnel.example.net.key", "edge-1.key"} {
+		if st, err := os.Stat(key); err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", key, st, err)
+		}
+	}
+	leaf, err := tls.LoadX509KeyPair("tunnel.example.net.crt", "tunnel.example.net.key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := x509.ParseCertificate(leaf.Certificate[0]); c == nil || len(c.DNSNames) != 1 || c.DNSNames[0] != "tunnel.example.net" {
+		t.Fatalf("server certificate names: %v", c.DNSNames)
+	}
+
+	// Again: every command refuses and leaves the files as they were.
+	before := map[string][]byte{}
+	for _, f := range []string{"ca/ca.crt", "ca/ca.key", "edge-1.crt", "edge-1.key"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[f] = b
+	}
+	for _, args := range [][]string{{"cert", "ca", "create"}, {"cert", "issue", "--client", "edge-1"}} {
+		if _, errs, code := run2(t, args...); code != exitFailure || !strings.Contains(errs, "already exists") {
+			t.Errorf("%v again: exit %d, %s; want 1 and 'already exists'", args, code, errs)
+		}
+	}
+	// A certificate without its key is not replaced either.
+	if err := os.Remove("edge-1.key"); err != nil {
+		t.Fatal(err)
+	}
+	if _, errs, code := run2(t, "cert", "issue", "--client", "edge-1"); code != exitFailure || !strings.Contains(errs, "edge-1.crt already exists") {
+		t.Errorf("issue over a lone certificate: exit %d, %s", code, errs)
+	}
+	if _, err := os.Stat("edge-1.key"); err == nil {
+		t.Error("issue wrote a key beside a certificate it refused to replace")
+	}
+	for f, b := range before {
+		if now, err := os.ReadFile(f); f != "edge-1.key" && (err != nil || !bytes.Equal(now, b)) {
+			t.Errorf("%s changed (%v)", f, err)
+		}
+	}
+
+	// The defaults are listed in the help.
+	help := mustRun(t, "cert", "issue", "--help")
+	for _, want := range []string{`-ca-dir string`, `(default "ca")`, `-out-dir string`, `(default ".")`, `(default 365)`, "Never overwrites"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("cert issue --help lacks %q:\n%s", want, help)
+		}
+	}
+	// Without a CA where the default says, the error says how to make one.
+	t.Chdir(t.TempDir())
+	if _, errs, code := run2(t, "cert", "issue", "--client", "x"); code != exitFailure || !strings.Contains(errs, "cert ca create") {
+		t.Errorf("issue without a CA: exit %d, %s", code, errs)
 	}
 }
