@@ -65,7 +65,7 @@ func warnExpiries(ctx context.Context, window time.Duration, policy func() *ssl.
 		now := time.Now()
 		for _, e := range policy().Expiries() {
 			m.CertExpiry.WithLabelValues(e.What, e.Name).Set(float64(e.When.Unix()))
-			if left := e.When.Sub(now); left < window {
+			if left := e.When.Sub(now); left < e.Window(window) {
 				if left < 0 {
 					log.Error(e.What+" has expired", "name", e.Name, "expired", e.When.UTC().Format(time.RFC3339))
 				} else {

@@ -342,22 +342,38 @@ type Expiry struct {
 	What string // "certificate", "CA", "CRL next update"
 	Name string // subject CN or file
 	When time.Time
+	// Period is how long it is valid in all: NotAfter - NotBefore, or a
+	// CRL's next update - this update.
+	Period time.Duration
 }
 
 // DaysLeft is the whole days from now until e.When (negative when past).
 func (e Expiry) DaysLeft(now time.Time) int { return int(e.When.Sub(now).Hours() / 24) }
 
+// Window is how long before e.When to warn: window (expiry_warning), or the
+// last third of e's own validity period if that is shorter. Things issued
+// for short periods are replaced often by design (a CRL re-signed every
+// 7 days, a day-long SPIFFE certificate): a fixed 30-day window would warn
+// about them all the time, and a warning that is always on gets ignored.
+func (e Expiry) Window(window time.Duration) time.Duration {
+	if e.Period > 0 {
+		return min(window, e.Period/3)
+	}
+	return window
+}
+
 // Expiries lists our certificate, every CA of the bundle and every CRL's
 // next update, for warnings and metrics.
 func (p *Policy) Expiries() []Expiry {
 	m := p.Material
-	out := []Expiry{{"certificate", m.Leaf.Subject.CommonName, m.Leaf.NotAfter}}
+	validity := func(c *x509.Certificate) time.Duration { return c.NotAfter.Sub(c.NotBefore) }
+	out := []Expiry{{"certificate", m.Leaf.Subject.CommonName, m.Leaf.NotAfter, validity(m.Leaf)}}
 	for _, c := range m.CACerts {
-		out = append(out, Expiry{"CA", c.Subject.CommonName, c.NotAfter})
+		out = append(out, Expiry{"CA", c.Subject.CommonName, c.NotAfter, validity(c)})
 	}
 	for _, c := range p.CRLs {
 		if !c.List.NextUpdate.IsZero() {
-			out = append(out, Expiry{"CRL next update", c.File, c.List.NextUpdate})
+			out = append(out, Expiry{"CRL next update", c.File, c.List.NextUpdate, c.List.NextUpdate.Sub(c.List.ThisUpdate)})
 		}
 	}
 	return out

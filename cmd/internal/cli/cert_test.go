@@ -408,3 +408,33 @@ func TestCertDefaults(t *testing.T) {
 		t.Errorf("issue without a CA: exit %d, %s", code, errs)
 	}
 }
+
+// A CRL as `cert revoke` writes it (7 days) passes validate without an
+// expiry warning; one in the last third of its validity is warned about.
+func TestValidateCRLExpiryWarning(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	mustRun(t, "cert", "ca", "create")
+	mustRun(t, "cert", "issue", "--client", "edge-1")
+	mustRun(t, "cert", "revoke")
+	cfg := filepath.Join(dir, "client.hcl")
+	if err := os.WriteFile(cfg, []byte("server = \"127.0.0.1:1\"\ntls {\n  cert = \"edge-1.crt\"\n  key = \"edge-1.key\"\n  ca = \"ca/ca.crt\"\n  crl = [\"ca/ca.crl\"]\n}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out, errs bytes.Buffer
+	if code := Main(Client, []string{"validate", "-config", cfg}, &out, &errs); code != 0 || strings.Contains(errs.String(), "expires") {
+		t.Fatalf("validate with a fresh 7-day CRL: exit %d, stderr %q; want 0 and no expiry warning", code, errs.String())
+	}
+	ca, err := pki.LoadCA("ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if _, err := ca.Revoke("ca", nil, 0, now.Add(-6*24*time.Hour), now.Add(24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	errs.Reset()
+	if code := Main(Client, []string{"validate", "-config", cfg}, &out, &errs); code != 0 || !strings.Contains(errs.String(), "ca.crl is due for its next update in 23 hours") {
+		t.Fatalf("validate with a CRL due in a day: exit %d, stderr %q; want 0 and a warning", code, errs.String())
+	}
+}

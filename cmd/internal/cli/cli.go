@@ -348,8 +348,13 @@ func validate(role Role, prog string, args []string, stdout, stderr io.Writer) i
 	now := time.Now()
 	problems, warnings := p.CheckOwn(now, usage)
 	for _, e := range p.Expiries() {
-		if left := e.When.Sub(now); left > 0 && left < window {
-			warnings = append(warnings, fmt.Errorf("%s %s expires in %d days (%s)", e.What, e.Name, e.DaysLeft(now), e.When.UTC().Format(time.DateOnly)))
+		if left := e.When.Sub(now); left > 0 && left < e.Window(window) {
+			when := e.When.UTC().Format(time.DateOnly)
+			if e.What == "CRL next update" {
+				warnings = append(warnings, fmt.Errorf("CRL %s is due for its next update in %s (%s): re-sign it (cert revoke with no serial) and copy it to the agents", e.Name, timeLeft(left), when))
+			} else {
+				warnings = append(warnings, fmt.Errorf("%s %s expires in %s (%s)", e.What, e.Name, timeLeft(left), when))
+			}
 		}
 	}
 	for _, w := range warnings {
@@ -372,6 +377,14 @@ func validate(role Role, prog string, args []string, stdout, stderr io.Writer) i
 	}
 	fmt.Fprintf(stdout, "%s: ok (%s; certificate %q valid until %s)\n", f.config, summary, leaf.Subject.CommonName, leaf.NotAfter.UTC().Format(time.DateOnly))
 	return exitOK
+}
+
+// timeLeft says how long d is in the unit an operator plans with.
+func timeLeft(d time.Duration) string {
+	if d < 48*time.Hour {
+		return fmt.Sprintf("%d hours", int(d.Hours()))
+	}
+	return fmt.Sprintf("%d days", int(d.Hours()/24))
 }
 
 func demo(prog string, args []string, stdout, stderr io.Writer) int {

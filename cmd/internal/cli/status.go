@@ -1,11 +1,13 @@
 package cli
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -111,7 +113,10 @@ func printStatus(w io.Writer, st admin.Status) {
 	if st.LastError != "" {
 		fmt.Fprintf(w, "last error: %s\n", st.LastError)
 	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	// tabwriter pads every cell but a line's last; trailing spaces go when
+	// the table is copied out below.
+	var table bytes.Buffer
+	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nSESSION\tCLASS\tREMOTE\tUP SINCE\tSTREAMS")
 	if len(st.Sessions) == 0 {
 		fmt.Fprintln(tw, "(none)\t\t\t\t")
@@ -153,4 +158,7 @@ func printStatus(w io.Writer, st admin.Status) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t\n", e.What, e.Name, e.When.Format(time.DateOnly), e.DaysLeft)
 	}
 	_ = tw.Flush()
+	for line := range strings.Lines(table.String()) {
+		fmt.Fprintln(w, strings.TrimRight(line, " \n"))
+	}
 }

@@ -31,3 +31,27 @@ func TestPrintStatusShowsKeyWhereNamesCollide(t *testing.T) {
 		t.Errorf("status shows the key of a name no other certificate holds:\n%s", got)
 	}
 }
+
+// No line of the tables ends in spaces, whether a table is empty or full.
+func TestPrintStatusNoTrailingSpaces(t *testing.T) {
+	now := time.Now()
+	for _, st := range []admin.Status{
+		{Agent: "client", Healthy: false, LastError: "dial: refused"},
+		{Agent: "server", Healthy: true,
+			Sessions: []admin.SessionStatus{{Peer: "edge-1", Key: "sha256:AAAA", Class: "control", Remote: "192.0.2.1:50000", Since: now, Streams: 3}},
+			Forwards: []admin.ForwardStatus{{Name: "edge-ssh", Listen: "127.0.0.1:2222", StreamsOpen: 1}},
+			Services: []admin.ForwardStatus{{Name: "bgp", Target: "127.0.0.1:179"}},
+			Expiries: []admin.ExpiryStatus{{What: "certificate", Name: "tunnel.example.net", When: now, DaysLeft: 364}}},
+	} {
+		var out bytes.Buffer
+		printStatus(&out, st)
+		for i, line := range strings.Split(out.String(), "\n") {
+			if strings.TrimRight(line, " \t") != line {
+				t.Errorf("line %d ends in spaces: %q\n%s", i+1, line, out.String())
+			}
+		}
+		if !strings.Contains(out.String(), "EXPIRES") || !strings.HasSuffix(out.String(), "\n") {
+			t.Errorf("status output:\n%s", out.String())
+		}
+	}
+}
