@@ -116,18 +116,29 @@ type runFlags struct {
 	config    string
 	logLevel  string
 	logFormat string
+	online    bool // validate: also connect to the server
 }
 
 // agentFlags parses the flags of run and validate (withLog: also the log
 // overrides). ok is false when the command should exit with code.
 func agentFlags(prog, cmd string, args []string, stdout, stderr io.Writer, withLog bool) (f runFlags, code int, ok bool) {
-	synopsis, about := "-config FILE", "Check the config file and its certificates offline (readable, key matches, not expired,\nissued for this side's use) and list every problem at once; exit 2 if there is one.\nWarnings and notes do not change the exit status."
+	synopsis, about := "-config FILE [-online]", `Check the config file and its certificates offline (readable, key matches, not expired,
+issued for this side's use) and list every problem at once; exit 2 if there is one.
+Warnings and notes do not change the exit status.
+
+With -online (tunnel-client), also connect to each server as the agent would: resolve,
+connect, TLS with our certificate, the server's chain, the server's verdict on our
+certificate; each step is printed and a failure is said in one line (exit 1 when no
+server accepted us). It starts no session: a running client is not disturbed.`
 	if withLog {
 		synopsis = "-config FILE [-log-level LEVEL] [-log-format text|json]"
 		about = "Run the agent in the foreground. SIGINT or SIGTERM stops it gracefully (a second one\nexits at once); SIGHUP reloads the config and certificates."
 	}
 	fs := newFlagSet(prog, cmd, synopsis, about)
 	fs.StringVar(&f.config, "config", "", "config file (required)")
+	if cmd == "validate" {
+		fs.BoolVar(&f.online, "online", false, "tunnel-client: also connect to the server and complete the TLS handshake")
+	}
 	if withLog {
 		fs.StringVar(&f.logLevel, "log-level", "", "override log_level: trace, debug, info, warn, error")
 		fs.StringVar(&f.logFormat, "log-format", "", "override log_format: text or json")
@@ -310,13 +321,18 @@ func validate(role Role, prog string, args []string, stdout, stderr io.Writer) i
 	if !ok {
 		return code
 	}
+	if f.online && role != Client {
+		fmt.Fprintf(stderr, "%s validate: -online is for tunnel-client: it connects to the server (run it on a client host)\n", prog)
+		return exitUsage
+	}
 	var (
-		spec    ssl.PolicySpec
-		usage   x509.ExtKeyUsage
-		window  time.Duration
-		summary string
-		setup   []string
-		err     error
+		spec      ssl.PolicySpec
+		usage     x509.ExtKeyUsage
+		window    time.Duration
+		summary   string
+		setup     []string
+		clientCfg *config.Client
+		err       error
 	)
 	switch role {
 	case Server:
@@ -330,6 +346,7 @@ func validate(role Role, prog string, args []string, stdout, stderr io.Writer) i
 	case Client:
 		var cfg *config.Client
 		if cfg, err = config.LoadClient(f.config); err == nil {
+			clientCfg = cfg
 			spec = ssl.PolicySpec{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, CA: cfg.TLS.CA, CRLs: cfg.TLS.CRL, CRLStale: cfg.TLS.CRLStale}
 			usage, window = x509.ExtKeyUsageClientAuth, cfg.ExpiryWarning
 			summary = fmt.Sprintf("servers %v, %d forwards, %d services", cfg.Servers, len(cfg.Forwards), len(cfg.Services))
@@ -376,6 +393,13 @@ func validate(role Role, prog string, args []string, stdout, stderr io.Writer) i
 			f.config, spec.Cert, spec.CA, leaf.Issuer.CommonName)
 	}
 	fmt.Fprintf(stdout, "%s: ok (%s; certificate %q valid until %s)\n", f.config, summary, leaf.Subject.CommonName, leaf.NotAfter.UTC().Format(time.DateOnly))
+	if f.online {
+		if !checkOnline(context.Background(), clientCfg, spec, stdout) {
+			fmt.Fprintf(stdout, "%s: online: no server accepted us as %s\n", f.config, ourIdentity(leaf))
+			return exitFailure
+		}
+		fmt.Fprintf(stdout, "%s: online: ok, a server accepts us as %s\n", f.config, ourIdentity(leaf))
+	}
 	return exitOK
 }
 
