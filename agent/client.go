@@ -39,7 +39,7 @@ type Client struct {
 	// forward uses (learned from its hello), started then.
 	keepersMu  sync.Mutex
 	keepers    map[string]*keeper
-	keeperRun  func(*keeper) // starts a keeper once Run runs; nil before and after
+	keeperRun  func(*keeper)                     // starts a keeper once Run runs; nil before and after
 	serverSays atomic.Pointer[map[string]string] // the classes of the server's services, from the last hello
 
 	admin adminHost
