@@ -257,6 +257,7 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	// Refusals by our rules complete the handshake, so the client can be
 	// told why in words; it is served nothing (see establish).
 	var deferred atomic.Pointer[ssl.PolicyError]
+	policy := s.tls.Policy() // the handshake's, or an older one
 	tconn := ssl.Server(conn, s.tls.DeferringServerConfig(&deferred))
 	sess, err := establish(acceptCtx, tconn, mux.RoleServer, "", st, hello{
 		services: func(id ssl.Identity) map[string]string { return s.state.Load().offer(id) },
@@ -312,6 +313,16 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 			_ = old.Drain(ctx)
 			old.CloseWithReason(errors.New("replaced by a new session from the same client"))
 		})
+	}
+	// A reload between our handshake and the put above did not see this
+	// session: check it against the policy now current.
+	if p := s.tls.Policy(); p != policy {
+		if err := p.Recheck(sess.Peer, x509.ExtKeyUsageClientAuth, time.Now()); err != nil {
+			log.Warn("closing session: its client no longer passes", "reason", err)
+			s.sessions.remove(sess.Peer, class, sess)
+			endRefused(map[*mux.Session]error{sess: err})
+			return
+		}
 	}
 	log.Info("session up", "class", class, "agent", sess.PeerHello.Agent, "key", key)
 	conns.Go(func() { watchPeer(s.tls, sess, x509.ExtKeyUsageClientAuth, log) })
