@@ -75,8 +75,10 @@
 // path segment), "sha256:BASE64" (SPKI pin), "issuer:NAME" or
 // "issuer:sha256:BASE64".
 //
-// class defaults to "control" for the well-known ports of routing and
-// control protocols (see [DefaultClass]) and "bulk" otherwise. A dscp is a
+// A service's class defaults to "control" for the well-known target ports
+// of routing and control protocols (see [DefaultClass]) and "bulk"
+// otherwise; a forward without one takes the class the other side gives
+// the service (its listen port's default is only the fallback). A dscp is a
 // number 0..63 or one of the names CS0..CS7, EF and AF11..AF43 (any case);
 // the field holds the number, -1 when unset. Zero values written out are
 // kept, never replaced by a default: drain_timeout = "0s" means no drain,
