@@ -261,3 +261,40 @@ forward "bgp-bulk" {
 		}
 	}
 }
+
+// The other way round: the server's forward (on an ephemeral port) to a
+// service the client gives the control class rides the client's control
+// session.
+func TestServerForwardFollowsClientServiceClass(t *testing.T) {
+	echo := echoServer(t)
+	f := startFleet(t, fleetOptions{allow: `"edge"`, extra: `forward "to-edge" {
+  listen  = "127.0.0.1:0"
+  client  = "edge"
+  service = "rtr"
+}
+`})
+	f.startClient(t, pki.Options{CommonName: "edge"}, fmt.Sprintf(`forward "echo" {
+  listen = "127.0.0.1:0"
+}
+service "rtr" {
+  target = %q
+  class  = "control"
+}
+`, echo))
+	waitFor(t, "both sessions", func() bool { return len(f.srv.sessions.snapshot()) == 2 })
+	if err := roundTrip(f.srv.Addr("to-edge").String(), []byte("open")); err != nil {
+		t.Fatal(err)
+	}
+	for k, sess := range f.srv.sessions.snapshot() {
+		want := uint64(0)
+		if k.class == classControl {
+			want = 1
+		}
+		if got := sess.Opened(); got != want {
+			t.Errorf("server opened %d streams on the %s session, want %d", got, k.class, want)
+		}
+	}
+	if fs := f.srv.status().Forwards; len(fs) != 1 || fs[0].Class != classControl || fs[0].ClassFrom != classFromService {
+		t.Errorf("status: %+v", fs)
+	}
+}

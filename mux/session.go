@@ -654,6 +654,10 @@ func (s *Session) EndWithRefusal(code RefusalCode, msg string, wait time.Duratio
 	_ = s.ctl.SetWriteDeadline(time.Now().Add(min(s.cfg.OpenTimeout, 5*time.Second)))
 	_, err := s.ctl.Write(append(note[:], encodeRefusal(code, msg)...))
 	s.ctlMu.Unlock()
+	if reason != nil {
+		// The peer's close, which we wait for, ends the session for our reason.
+		s.reason.CompareAndSwap(nil, &reason)
+	}
 	if err == nil {
 		t := time.NewTimer(wait)
 		select {
