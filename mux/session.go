@@ -703,6 +703,8 @@ func (s *Session) readControl(ctl *yamux.Stream) {
 			if errors.As(err, &refused) {
 				s.log.Debug("peer ends the session", "code", refused.Code, "reason", refused.Msg)
 				s.finish(refused)
+			} else {
+				s.finish(fmt.Errorf("peer ends the session without a readable reason: %w", err))
 			}
 			return
 		}
