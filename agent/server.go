@@ -278,8 +278,9 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 			// chose (a hello's class, a certificate's name).
 			host, _, _ := net.SplitHostPort(remote)
 			kind := failureReason(err)
-			s.limited.Warn("refused:"+host+":"+kind, "client refused", "remote", remote, "error", err)
+			// Counted first: whoever reads the line finds it counted.
 			s.metrics.HandshakeFailures.WithLabelValues(kind).Inc()
+			s.limited.Warn("refused:"+host+":"+kind, "client refused", "remote", remote, "error", err)
 			s.setLastErr(err)
 		}
 		conn.Close()
