@@ -298,3 +298,23 @@ service "rtr" {
 		t.Errorf("status: %+v", fs)
 	}
 }
+
+// A client over the server's session limit is told so; the refusal is not
+// definite (a session may end any moment), so its local connections still
+// wait for a session.
+func TestSessionLimitToldNotDefinite(t *testing.T) {
+	f := startFleet(t, fleetOptions{allow: `"edge", "edge-2"`, extra: "max_sessions = 1\n"})
+	first, _, _ := f.startClient(t, pki.Options{CommonName: "edge"}, "forward \"echo\" {\n  listen = \"127.0.0.1:0\"\n}\n")
+	waitFor(t, "the first session", func() bool { return first.Session() != nil })
+	second, log, _ := f.startClient(t, pki.Options{CommonName: "edge-2"}, "forward \"echo\" {\n  listen = \"127.0.0.1:0\"\n}\n")
+	waitFor(t, "the second client to say why", func() bool {
+		return strings.Contains(log.String(), "the server refused us; retrying") && strings.Contains(log.String(), "its limit (max_sessions)")
+	})
+	k := second.keeperList()[classBulk]
+	k.current.mu.Lock()
+	refused := k.current.refused
+	k.current.mu.Unlock()
+	if refused != nil {
+		t.Fatalf("a session limit was taken as definite: %v", refused)
+	}
+}
