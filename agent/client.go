@@ -369,14 +369,19 @@ func (c *Client) serverSaid() map[string]string {
 	return nil
 }
 
+// maxClassSwitches bounds how often one connection follows a change of
+// its service's class (servers that disagree, reconnecting in turn).
+const maxClassSwitches = 2
+
 func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.Conn) {
 	class, _ := c.forwardClass(f)
 	k := c.keeperFor(class)
 	deadline := time.Now().Add(c.cfg().SessionWait)
 	var (
-		sess   *mux.Session
-		stream *mux.Stream
-		err    error
+		sess     *mux.Session
+		stream   *mux.Stream
+		err      error
+		switches int
 	)
 	for {
 		// A refusal that retrying cannot change (revoked, not allowed)
@@ -391,8 +396,9 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 		}
 		// The server's hello may give the service another class than
 		// the port's default we started with: ride that class's session.
-		if now, _ := c.forwardClass(f); now != class {
+		if now, _ := c.forwardClass(f); now != class && switches < maxClassSwitches {
 			class, k = now, c.keeperFor(now)
+			switches++
 			continue
 		}
 		if sess.Opened() >= rotateAfter {
