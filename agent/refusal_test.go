@@ -122,9 +122,11 @@ forward "echo" {
 	} else if !strings.Contains(err.Error(), "reset") {
 		t.Fatal(err)
 	}
-	if took := time.Since(start); took >= 15*time.Second {
+	took := time.Since(start)
+	if took >= 15*time.Second {
 		t.Fatalf("local connection held %s (session_wait is 30s)", took)
 	}
+	t.Logf("local connection refused after %s (session_wait 30s)", took)
 	waitFor(t, "the refused local connection's line", func() bool {
 		return strings.Contains(cliLog.String(), "connection refused: no session to the server") && strings.Contains(cliLog.String(), "is revoked")
 	})
