@@ -42,6 +42,8 @@ type ForwardStatus struct {
 	Name         string `json:"name"`
 	Listen       string `json:"listen,omitempty"`
 	Target       string `json:"target,omitempty"`
+	Class        string `json:"class,omitempty"`
+	ClassFrom    string `json:"class_from,omitempty"` // "explicit", "service" (the peer's), "default" (the port's)
 	StreamsOpen  int64  `json:"streams_open"`
 	StreamsTotal int64  `json:"streams_total"`
 	BytesToPeer  int64  `json:"bytes_to_peer"`

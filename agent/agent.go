@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -181,9 +182,21 @@ func NewLogger(name, level, format string, out interface{ Write([]byte) (int, er
 	})
 }
 
+// hello is what one side says in its hello beyond its role and class,
+// and, on the server, how it decides on the client.
+type hello struct {
+	// services are the classes of the services the peer may open here.
+	services func(peer ssl.Identity) map[string]string
+	// deferred holds a refusal by policy that the TLS handshake let pass
+	// so that the client is told why (ssl.Reloader.DeferringServerConfig).
+	deferred *atomic.Pointer[ssl.PolicyError]
+	// admit decides on a client whose hello passed (session limits).
+	admit func(peer ssl.Identity, h mux.Hello) error
+}
+
 // establish runs the TLS handshake and the hello on a raw connection,
 // each bounded by the handshake timeout.
-func establish(ctx context.Context, conn *ssl.Conn, role, class string, st sessionSettings, log hclog.Logger) (*mux.Session, error) {
+func establish(ctx context.Context, conn *ssl.Conn, role, class string, st sessionSettings, hi hello, log hclog.Logger) (*mux.Session, error) {
 	if err := ssl.Handshake(ctx, conn.Conn, st.HandshakeTimeout); err != nil {
 		return nil, err
 	}
@@ -192,7 +205,7 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, st sessi
 		return nil, err
 	}
 	remote := conn.RemoteAddr().String()
-	sess, err := mux.Establish(ctx, conn, role, id, mux.Config{
+	cfg := mux.Config{
 		Agent: Version, Class: class, Classes: classes, HelloTimeout: st.HandshakeTimeout,
 		PingAfter: st.PingAfter, DeadAfter: st.DeadAfter,
 		MaxStreams: st.MaxStreams, MaxBuffer: st.MaxBuffer, HeaderTimeout: st.HeaderTimeout,
@@ -201,13 +214,79 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, st sessi
 		OnHeaderWait: func(d int) { st.metrics.AwaitingHeader.Add(float64(d)) },
 		WindowFor:    classWindow,
 		Logger:       log,
-	})
+	}
+	var policy *ssl.PolicyError
+	if hi.deferred != nil {
+		policy = hi.deferred.Load()
+	}
+	switch {
+	case policy != nil:
+		// Authenticated by the CA, refused by our rules: say why, offer
+		// nothing (no service names), serve nothing.
+		cfg.Refusal = &mux.RefusedError{Code: refusalCode(policy.Kind), Msg: policy.Public}
+	default:
+		if hi.services != nil {
+			cfg.Services = hi.services(id)
+		}
+		if hi.admit != nil {
+			cfg.Admit = func(h mux.Hello) error { return hi.admit(id, h) }
+		}
+	}
+	sess, err := mux.Establish(ctx, conn, role, id, cfg)
 	if err != nil {
+		var refusal *mux.RefusedError
+		switch {
+		case policy != nil:
+			// Our log has our words, file names included.
+			return nil, &refusedClientError{msg: ssl.Describe(policy), sent: cfg.Refusal}
+		case errors.As(err, &refusal):
+			return nil, err
+		}
 		// In TLS 1.3 a client learns that the server refused its
 		// certificate only here, on its first read: name the cause.
 		return nil, errors.New(ssl.Describe(err))
 	}
 	return sess, nil
+}
+
+// refusedClientError is a client we refused by policy and told why: the
+// error reads as our log's words; it unwraps to the refusal sent.
+type refusedClientError struct {
+	msg  string
+	sent *mux.RefusedError
+}
+
+func (e *refusedClientError) Error() string { return e.msg }
+func (e *refusedClientError) Unwrap() error { return e.sent }
+
+// refusalCode is the wire code of a policy refusal's kind.
+func refusalCode(kind string) mux.RefusalCode {
+	switch kind {
+	case ssl.KindNotAllowed:
+		return mux.RefusalNotAllowed
+	case ssl.KindRevoked:
+		return mux.RefusalRevoked
+	case ssl.KindCACert:
+		return mux.RefusalCACert
+	case ssl.KindCRLStale:
+		return mux.RefusalCRLStale
+	}
+	return mux.RefusalOther
+}
+
+// definiteRefusal is a refusal that retrying cannot change until someone
+// changes a certificate, a CRL or the server's config (see
+// mux.RefusedError.Definite), or nil. An expired certificate reaches us
+// as TLS's own alert.
+func definiteRefusal(err error) error {
+	var r *mux.RefusedError
+	if errors.As(err, &r) && r.ByPeer && r.Definite() {
+		return err
+	}
+	if err != nil && strings.Contains(err.Error(), "it says our certificate has expired") {
+		return err
+	}
+	return nil
 }
 
 // refused counts streams the peer opened that mux refused, and logs them
@@ -232,11 +311,52 @@ func refused(st sessionSettings, peer ssl.Identity, remote, kind, service string
 // watchPeer closes sess, saying why, when time alone makes its peer fail
 // the current policy (certificate expired, stale CRL under crl_stale =
 // "refuse"); see ssl.Reloader.WatchPeer. It returns when sess ends.
+// The server tells its client why first, so the client's log says so.
 func watchPeer(r *ssl.Reloader, sess *mux.Session, usage x509.ExtKeyUsage, log hclog.Logger) {
 	r.WatchPeer(sess.Done(), sess.Peer, usage, func(err error) {
 		log.Warn("closing session: its peer's certificate is no longer valid", "reason", err)
-		sess.CloseWithReason(err)
+		if usage != x509.ExtKeyUsageClientAuth {
+			sess.CloseWithReason(err)
+			return
+		}
+		code, msg := expiryRefusal(err, sess.Peer)
+		sess.EndWithRefusal(code, msg, tellWait, err)
 	})
+}
+
+// tellWait bounds how long the server waits, after telling a client why it
+// ends its session, for the client to close first.
+const tellWait = 2 * time.Second
+
+// expiryRefusal is what a client is told when time alone ended its
+// session (see ssl.Reloader.WatchPeer): no file names, only its own
+// certificate's facts.
+func expiryRefusal(err error, peer ssl.Identity) (mux.RefusalCode, string) {
+	var ee *ssl.ExpiredError
+	switch {
+	case errors.As(err, &ee) && strings.Contains(ee.What, "CRL"):
+		return mux.RefusalCRLStale, "a CRL covering your certificate passed its next update and the server refuses until it has a fresh one (crl_stale = \"refuse\")"
+	case errors.As(err, &ee) && strings.HasPrefix(ee.What, "CA certificate"):
+		return mux.RefusalExpired, "a CA certificate above your certificate expired"
+	case peer.Leaf != nil:
+		return mux.RefusalExpired, fmt.Sprintf("your certificate %q expired (not after %s)", peer.Name(), peer.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return mux.RefusalExpired, "your certificate expired"
+}
+
+// endRefused ends sessions whose client a reload refused, telling each
+// why (at most tellWait each, all at once).
+func endRefused(ends map[*mux.Session]error) {
+	var wg sync.WaitGroup
+	for sess, err := range ends {
+		code, msg := mux.RefusalOther, "a reload of the server's configuration refused your certificate"
+		var pe *ssl.PolicyError
+		if errors.As(err, &pe) && pe.Kind != "" {
+			code, msg = refusalCode(pe.Kind), pe.Public
+		}
+		wg.Go(func() { sess.EndWithRefusal(code, msg, tellWait, fmt.Errorf("closed by reload: %w", err)) })
+	}
+	wg.Wait()
 }
 
 // describeChanges lists what a reload changed, for the `reloaded` log line
@@ -337,6 +457,10 @@ func diffNamed(kind string, old, cur map[string]any) []string {
 // failureReason names a refused handshake for the metrics, from the
 // operator wording of ssl.Describe.
 func failureReason(err error) string {
+	var refusal *mux.RefusedError
+	if errors.As(err, &refusal) {
+		return refusal.Code.String()
+	}
 	msg := err.Error()
 	for _, r := range []struct{ has, reason string }{
 		{"did not complete it within", "timeout"},
@@ -387,10 +511,73 @@ func endReason(err error) string {
 	return "connection_lost"
 }
 
-func forwardStatus(m *admin.Metrics, kind, name, listen, target string) admin.ForwardStatus {
+func forwardStatus(m *admin.Metrics, kind, name, listen, target, class, classFrom string) admin.ForwardStatus {
 	c := m.Counts(kind, name)
-	return admin.ForwardStatus{Name: name, Listen: listen, Target: target, StreamsOpen: c.Open.Load(), StreamsTotal: c.Total.Load(), BytesToPeer: c.ToPeer.Load(), BytesFrom: c.FromPeer.Load()}
+	return admin.ForwardStatus{Name: name, Listen: listen, Target: target, Class: class, ClassFrom: classFrom,
+		StreamsOpen: c.Open.Load(), StreamsTotal: c.Total.Load(), BytesToPeer: c.ToPeer.Load(), BytesFrom: c.FromPeer.Load()}
 }
+
+// Where a forward's or a service's class came from, for status.
+const (
+	classFromExplicit = "explicit" // its own class key
+	classFromService  = "service"  // the other side's service (its hello)
+	classFromDefault  = "default"  // the port's default (config.DefaultClass)
+)
+
+// forwardClass is the class a forward's streams ride: its own class key
+// if it has one, else the class the side that owns the service gave it
+// in its hello (peerServices), else
+// the default of its listen port.
+func forwardClass(f config.Forward, peerServices map[string]string) (class, from string) {
+	if f.ClassExplicit {
+		return f.Class, classFromExplicit
+	}
+	if c, ok := peerServices[f.Service]; ok {
+		return c, classFromService
+	}
+	return f.Class, classFromDefault
+}
+
+func serviceClassFrom(svc config.Service) string {
+	if svc.ClassExplicit {
+		return classFromExplicit
+	}
+	return classFromDefault
+}
+
+// offered lists, for a peer, the classes of the services it may open (see
+// mux.Hello.Services): never the name of one it may not. allowAll is for
+// the client, whose services without an allow list accept the server. At
+// most the hello's limit, by name; the peer uses its own default for any
+// beyond.
+func offered(list []config.Service, allowAll bool) func(ssl.Identity) map[string]string {
+	type entry struct {
+		name, class string
+		rules       ssl.Rules
+		all         bool
+	}
+	var entries []entry
+	for _, svc := range list {
+		rules, _ := ssl.ParseRules(svc.Allow) // validated with the config
+		entries = append(entries, entry{svc.Name, svc.Class, rules, allowAll && len(svc.Allow) == 0})
+	}
+	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.name, b.name) })
+	return func(id ssl.Identity) map[string]string {
+		m := map[string]string{}
+		for _, e := range entries {
+			if len(m) == maxOffered {
+				break
+			}
+			if _, ok := e.rules.Match(id); ok || e.all {
+				m[e.name] = e.class
+			}
+		}
+		return m
+	}
+}
+
+// maxOffered is mux's bound on the services a hello lists.
+const maxOffered = 128
 
 func expiryStatus(p *ssl.Policy) []admin.ExpiryStatus {
 	now := time.Now()

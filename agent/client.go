@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"sync"
@@ -31,8 +32,15 @@ type Client struct {
 	lastErr  atomic.Pointer[string]
 	tls      *ssl.Reloader
 	state    atomic.Pointer[clientState]
-	keepers  map[string]*keeper // by traffic class; fixed at start
 	reloadMu sync.Mutex
+
+	// keepers keep one session per traffic class in use: those of the
+	// config at start, and any class the server gives a service that a
+	// forward uses (learned from its hello), started then.
+	keepersMu  sync.Mutex
+	keepers    map[string]*keeper
+	keeperRun  func(*keeper)                     // starts a keeper once Run runs; nil before and after
+	serverSays atomic.Pointer[map[string]string] // the classes of the server's services, from the last hello
 
 	admin adminHost
 
@@ -44,6 +52,7 @@ type Client struct {
 type clientState struct {
 	cfg    *config.Client
 	lookup mux.Lookup
+	offer  func(ssl.Identity) map[string]string
 }
 
 // NewClient checks what can never work before anything starts.
@@ -53,35 +62,79 @@ func NewClient(cfg *config.Client, log hclog.Logger) (*Client, error) {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
 	c := &Client{log: log, limited: ratelog.New(log, time.Minute), metrics: admin.NewMetrics("client"), started: time.Now(), tls: ssl.NewReloader(p), ready: make(chan struct{}), keepers: map[string]*keeper{}}
-	c.state.Store(&clientState{cfg: cfg, lookup: services(cfg.Services, cfg.DialTimeout, true)})
+	c.state.Store(newClientState(cfg))
 	// One session per traffic class in use, so control messages never
 	// queue behind bulk data; the server may open streams of either class.
-	for _, f := range cfg.Forwards {
-		c.keepers[f.Class] = nil
-	}
-	for _, svc := range cfg.Services {
-		c.keepers[svc.Class] = nil
+	// A forward without a class key starts with its port's default; the
+	// server's hello may name another, whose session starts then.
+	for _, class := range classesOf(cfg) {
+		c.keepers[class] = newKeeper(c, class)
 	}
 	if len(c.keepers) == 0 {
-		c.keepers[classBulk] = nil
-	}
-	for class := range c.keepers {
-		c.keepers[class] = newKeeper(c, class)
+		c.keepers[classBulk] = newKeeper(c, classBulk)
 	}
 	return c, nil
 }
 
-// keeperFor is the keeper of a class, or any keeper when that class has
-// none (a forward added by a reload with a new class rides an existing
-// session until the next restart).
+func newClientState(cfg *config.Client) *clientState {
+	return &clientState{cfg: cfg, lookup: services(cfg.Services, cfg.DialTimeout, true), offer: offered(cfg.Services, true)}
+}
+
+// classesOf are the classes cfg's forwards and services use, as far as
+// the config alone says.
+func classesOf(cfg *config.Client) []string {
+	var out []string
+	for _, f := range cfg.Forwards {
+		out = append(out, f.Class)
+	}
+	for _, svc := range cfg.Services {
+		out = append(out, svc.Class)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// keeperFor is the keeper of a class, started now if that class has none
+// yet (a class the server gave a service, or a reload added).
 func (c *Client) keeperFor(class string) *keeper {
+	c.keepersMu.Lock()
+	defer c.keepersMu.Unlock()
 	if k, ok := c.keepers[class]; ok {
 		return k
 	}
-	if k, ok := c.keepers[classBulk]; ok {
-		return k
+	k := newKeeper(c, class)
+	c.keepers[class] = k
+	if c.keeperRun != nil {
+		c.keeperRun(k)
 	}
-	return c.keepers[classControl]
+	return k
+}
+
+// keeperList is every keeper, by class.
+func (c *Client) keeperList() map[string]*keeper {
+	c.keepersMu.Lock()
+	defer c.keepersMu.Unlock()
+	return maps.Clone(c.keepers)
+}
+
+// forwardClass is the class a forward's streams ride (see forwardClass).
+func (c *Client) forwardClass(f config.Forward) (class, from string) {
+	var says map[string]string
+	if p := c.serverSays.Load(); p != nil {
+		says = *p
+	}
+	return forwardClass(f, says)
+}
+
+// learn takes the classes the server gives its services, from a new
+// session's hello, and starts the session of any class a forward now
+// needs, so that it is up before the forward's first connection.
+func (c *Client) learn(services map[string]string) {
+	c.serverSays.Store(&services)
+	for _, f := range c.cfg().Forwards {
+		class, _ := c.forwardClass(f)
+		c.keeperFor(class)
+	}
 }
 
 func (c *Client) settings() sessionSettings {
@@ -125,7 +178,17 @@ func (c *Client) Addr(name string) net.Addr {
 
 // Session is the current session of the bulk class (or the only class),
 // or nil while disconnected.
-func (c *Client) Session() *mux.Session { return c.keeperFor(classBulk).current.get() }
+func (c *Client) Session() *mux.Session {
+	ks := c.keeperList()
+	k, ok := ks[classBulk]
+	if !ok {
+		k = ks[classControl]
+	}
+	if k == nil {
+		return nil
+	}
+	return k.current.get()
+}
 
 // Run keeps the session up and serves forwards until ctx is cancelled, then
 // stops gracefully like Server.Run.
@@ -150,20 +213,31 @@ func (c *Client) Run(ctx context.Context) error {
 	c.mu.Unlock()
 	close(c.ready)
 
-	var keeper sync.WaitGroup
+	var loops sync.WaitGroup
+	c.keepersMu.Lock()
+	c.keeperRun = func(k *keeper) { loops.Go(func() { k.run(acceptCtx, streamCtx) }) }
 	for _, k := range c.keepers {
-		keeper.Go(func() { k.run(acceptCtx, streamCtx) })
+		c.keeperRun(k)
 	}
-	keeper.Go(func() { warnExpiries(acceptCtx, c.cfg().ExpiryWarning, c.tls.Policy, c.log, c.metrics) })
+	c.keepersMu.Unlock()
+	// No keeper starts once Run is stopping: loops.Wait needs them all.
+	stopKeepers := func() {
+		c.keepersMu.Lock()
+		c.keeperRun = nil
+		c.keepersMu.Unlock()
+	}
+	defer stopKeepers()
+	loops.Go(func() { warnExpiries(acceptCtx, c.cfg().ExpiryWarning, c.tls.Policy, c.log, c.metrics) })
 	c.admin.srv = &admin.Server{Metrics: c.metrics, Healthy: c.healthy, Status: c.status, Log: c.log}
 	if err := c.admin.start(acceptCtx, c.cfg().Admin); err != nil {
 		stopAccepting()
+		stopKeepers()
 		fs.stop()
-		keeper.Wait()
+		loops.Wait()
 		return err
 	}
 	if every := c.cfg().ReloadInterval; every > 0 {
-		keeper.Go(func() {
+		loops.Go(func() {
 			watchFiles(acceptCtx, every, func() []string {
 				cfg := c.cfg()
 				return append([]string{cfg.Path, cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA}, cfg.TLS.CRL...)
@@ -171,11 +245,12 @@ func (c *Client) Run(ctx context.Context) error {
 		})
 	}
 	<-ctx.Done()
+	stopKeepers()
 	fs.stop()
 	c.admin.stop()
 	c.drain(c.cfg().DrainTimeout)
 	killStreams()
-	keeper.Wait()
+	loops.Wait()
 	conns.Wait()
 	c.log.Info("stopped")
 	return nil
@@ -183,7 +258,7 @@ func (c *Client) Run(ctx context.Context) error {
 
 // healthy: every class has its session up.
 func (c *Client) healthy() bool {
-	for _, k := range c.keepers {
+	for _, k := range c.keeperList() {
 		if k.current.get() == nil {
 			return false
 		}
@@ -203,16 +278,17 @@ func (c *Client) status() admin.Status {
 	if e := c.lastErr.Load(); e != nil {
 		st.LastError = *e
 	}
-	for class, k := range c.keepers {
+	for class, k := range c.keeperList() {
 		if sess := k.current.get(); sess != nil {
 			st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: sess.Peer.Name(), Key: sess.Peer.Key(), Class: class, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams()})
 		}
 	}
 	for _, f := range cfg.Forwards {
-		st.Forwards = append(st.Forwards, forwardStatus(c.metrics, "forward", f.Name, addrString(c.Addr(f.Name)), ""))
+		class, from := c.forwardClass(f)
+		st.Forwards = append(st.Forwards, forwardStatus(c.metrics, "forward", f.Name, addrString(c.Addr(f.Name)), "", class, from))
 	}
 	for _, svc := range cfg.Services {
-		st.Services = append(st.Services, forwardStatus(c.metrics, "service", svc.Name, "", svc.Target))
+		st.Services = append(st.Services, forwardStatus(c.metrics, "service", svc.Name, "", svc.Target, svc.Class, serviceClassFrom(svc)))
 	}
 	st.Expiries = expiryStatus(c.tls.Policy())
 	return st
@@ -222,7 +298,7 @@ func (c *Client) status() admin.Status {
 // the streams in flight, on every class's session at once.
 func (c *Client) drain(limit time.Duration) {
 	var sessions []*mux.Session
-	for _, k := range c.keepers {
+	for _, k := range c.keeperList() {
 		if s := k.current.get(); s != nil {
 			sessions = append(sessions, s)
 		}
@@ -249,7 +325,7 @@ func (c *Client) Reload() error {
 		changes = append(changes, "servers used from the next connection")
 	}
 	c.tls.Store(p)
-	c.state.Store(&clientState{cfg: cfg, lookup: services(cfg.Services, cfg.DialTimeout, true)})
+	c.state.Store(newClientState(cfg))
 	c.mu.Lock()
 	fs := c.forwards
 	c.mu.Unlock()
@@ -261,19 +337,18 @@ func (c *Client) Reload() error {
 	if moved, aerr = c.admin.apply(cfg.Admin); moved != "" {
 		changes = append(changes, moved)
 	}
-	// Sessions are one per class, made at start: a new class rides an
-	// existing session until a restart.
-	var more []string
-	for _, class := range newClasses(c.keepers, cfg) {
-		more = append(more, "class "+class)
+	// A class new to this config gets its session now.
+	for _, class := range classesOf(cfg) {
+		c.keeperFor(class)
 	}
-	if r := restartKeys(old.Settings, cfg.Settings, [2]string{old.LogLevel, old.LogFormat}, [2]string{cfg.LogLevel, cfg.LogFormat}, more...); r != "" {
+	c.learn(c.serverSaid())
+	if r := restartKeys(old.Settings, cfg.Settings, [2]string{old.LogLevel, old.LogFormat}, [2]string{cfg.LogLevel, cfg.LogFormat}); r != "" {
 		changes = append(changes, r)
 	}
 	// Warnings first, so that whoever sees the reloaded line has seen them.
 	logSetupWarnings(c.log, cfg.TLS.Key, cfg.Admin, cfg.AdminPublic)
 	c.log.Info("reloaded", "changes", changesSentence(changes))
-	for _, k := range c.keepers {
+	for _, k := range c.keeperList() {
 		sess := k.current.get()
 		if sess == nil {
 			continue
@@ -286,38 +361,45 @@ func (c *Client) Reload() error {
 	return incomplete(ferr, aerr)
 }
 
-// newClasses are the traffic classes cfg uses that have no session.
-func newClasses(keepers map[string]*keeper, cfg *config.Client) []string {
-	var out []string
-	add := func(class string) {
-		if _, ok := keepers[class]; !ok && !slices.Contains(out, class) {
-			out = append(out, class)
-		}
+// serverSaid is the classes of the server's services from its last hello.
+func (c *Client) serverSaid() map[string]string {
+	if p := c.serverSays.Load(); p != nil {
+		return *p
 	}
-	for _, f := range cfg.Forwards {
-		add(f.Class)
-	}
-	for _, svc := range cfg.Services {
-		add(svc.Class)
-	}
-	slices.Sort(out)
-	return out
+	return nil
 }
 
+// maxClassSwitches bounds how often one connection follows a change of
+// its service's class (servers that disagree, reconnecting in turn).
+const maxClassSwitches = 2
+
 func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.Conn) {
-	k := c.keeperFor(f.Class)
+	class, _ := c.forwardClass(f)
+	k := c.keeperFor(class)
 	deadline := time.Now().Add(c.cfg().SessionWait)
 	var (
-		sess   *mux.Session
-		stream *mux.Stream
-		err    error
+		sess     *mux.Session
+		stream   *mux.Stream
+		err      error
+		switches int
 	)
 	for {
+		// A refusal that retrying cannot change (revoked, not allowed)
+		// refuses at once: holding the connection for session_wait only
+		// delays the same answer.
 		sess, err = k.current.wait(ctx, max(time.Until(deadline), time.Millisecond))
 		if err != nil {
-			c.limited.Warn("no-session:"+f.Name, "connection refused: no session to the server", "forward", f.Name, "local", local.RemoteAddr().String(), "error", err)
+			// Keyed by cause too, so a new cause is logged at once.
+			c.limited.Warn("no-session:"+f.Name+":"+failureReason(err), "connection refused: no session to the server", "forward", f.Name, "local", local.RemoteAddr().String(), "error", err)
 			forward.Reset(local)
 			return
+		}
+		// The server's hello may give the service another class than
+		// the port's default we started with: ride that class's session.
+		if now, _ := c.forwardClass(f); now != class && switches < maxClassSwitches {
+			class, k = now, c.keeperFor(now)
+			switches++
+			continue
 		}
 		if sess.Opened() >= rotateAfter {
 			k.rotate()

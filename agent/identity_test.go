@@ -347,9 +347,17 @@ func TestSessionEndsWhenClientCertificateExpires(t *testing.T) {
 	})
 	waitFor(t, "the session's end", func() bool { return strings.Contains(f.srvLog.String(), "session ended") })
 	log := f.srvLog.String()
-	if !strings.Contains(log, `peer certificate \"edge\" expired`) || !strings.Contains(log, `reason="peer certificate \"edge\" expired`) {
+	ended := false
+	for _, line := range strings.Split(log, "\n") {
+		ended = ended || strings.Contains(line, "session ended") && strings.Contains(line, `reason="peer certificate \"edge\" expired`)
+	}
+	if !strings.Contains(log, `peer certificate \"edge\" expired`) || !ended {
 		t.Errorf("server log does not say the session ended because the certificate expired:\n%s", log)
 	}
+	// The server told the client why before it closed.
+	waitFor(t, "the client to say why its session ended", func() bool {
+		return strings.Contains(f.cliLogs[0].String(), `session ended; reconnecting`) && strings.Contains(f.cliLogs[0].String(), `reason="the server refused us: your certificate \"edge\" expired`)
+	})
 	if time.Now().Before(end) {
 		t.Error("session closed before the certificate's end")
 	}

@@ -65,8 +65,19 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 				return
 			}
 			wait := delay/2 + rand.N(delay/2+1)
-			c.limited.Warn("connect:"+k.class, "cannot reach server; retrying", "server", addr, "class", k.class, "error", err, "retry_in", wait.Round(time.Millisecond))
-			c.metrics.HandshakeFailures.WithLabelValues(failureReason(err)).Inc()
+			cause := failureReason(err)
+			// Keyed by cause too: a new cause (revoked after expired,
+			// refused after unreachable) is logged at once.
+			msg := "cannot reach server; retrying"
+			var refusal *mux.RefusedError
+			if errors.As(err, &refusal) {
+				msg = "the server refused us; retrying"
+			}
+			c.limited.Warn("connect:"+k.class+":"+cause, msg, "server", addr, "class", k.class, "error", err, "retry_in", wait.Round(time.Millisecond))
+			c.metrics.HandshakeFailures.WithLabelValues(cause).Inc()
+			// A refusal retrying cannot change refuses local connections
+			// at once (any other outcome lets them wait again).
+			k.current.refuse(definiteRefusal(err))
 			c.setLastErr(err)
 			delay = min(2*delay, backoffMax)
 			if !sleep(ctx, wait) {
@@ -77,6 +88,9 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 		up := time.Now()
 		log := c.log.With("server", addr, "peer", sess.Peer.Name())
 		log.Info("session up", "class", k.class, "agent", sess.PeerHello.Agent)
+		// What the server says of its services first: a forward waiting
+		// for this session then moves to its service's class at once.
+		c.learn(sess.PeerHello.Services)
 		k.current.set(sess)
 		serving.Go(func() { watchPeer(c.tls, sess, x509.ExtKeyUsageServerAuth, log) })
 		c.metrics.Sessions.WithLabelValues(k.class).Inc()
@@ -156,6 +170,7 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 			c.setLastErr(fmt.Errorf("session ended: %w", err))
 		}
 		log.Warn("session ended; reconnecting", "class", k.class, "reason", reasonText(err), "uptime", time.Since(up).Round(time.Second))
+		k.current.refuse(definiteRefusal(err)) // the server told us why
 		if time.Since(up) >= stableAfter {
 			delay = backoffMin
 		}
@@ -179,7 +194,8 @@ func (k *keeper) connect(ctx context.Context, addr string) (*mux.Session, error)
 	if err := sockopt.Apply(raw, tunnelSockopts(k.c.settings(), k.class)); err != nil {
 		k.c.log.Warn("cannot set socket options on the tunnel connection", "error", err)
 	}
-	sess, err := establish(ctx, ssl.Client(raw, k.c.tls.ClientConfig(cfg.TLS.ServerName)), mux.RoleClient, k.class, k.c.settings(), k.c.log)
+	offer := k.c.state.Load().offer
+	sess, err := establish(ctx, ssl.Client(raw, k.c.tls.ClientConfig(cfg.TLS.ServerName)), mux.RoleClient, k.class, k.c.settings(), hello{services: offer}, k.c.log)
 	if err != nil {
 		raw.Close()
 		return nil, err
@@ -202,6 +218,7 @@ func sleep(ctx context.Context, d time.Duration) bool {
 type sessionHolder struct {
 	mu      sync.Mutex
 	s       *mux.Session
+	refused error         // while no session: the server's definite refusal, if any
 	changed chan struct{} // closed and replaced on every change
 }
 
@@ -216,9 +233,21 @@ func (h *sessionHolder) get() *mux.Session {
 func (h *sessionHolder) set(s *mux.Session) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.s = s
+	h.s, h.refused = s, nil
 	close(h.changed)
 	h.changed = make(chan struct{})
+}
+
+// refuse records the server's definite refusal (nil: none); those waiting
+// for a session get it at once.
+func (h *sessionHolder) refuse(err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.refused = err
+	if err != nil {
+		close(h.changed)
+		h.changed = make(chan struct{})
+	}
 }
 
 func (h *sessionHolder) clear(s *mux.Session) {
@@ -237,10 +266,13 @@ func (h *sessionHolder) wait(ctx context.Context, limit time.Duration) (*mux.Ses
 	defer t.Stop()
 	for {
 		h.mu.Lock()
-		s, changed := h.s, h.changed
+		s, refused, changed := h.s, h.refused, h.changed
 		h.mu.Unlock()
 		if s != nil {
 			return s, nil
+		}
+		if refused != nil {
+			return nil, refused
 		}
 		select {
 		case <-ctx.Done():

@@ -48,6 +48,7 @@ type serverState struct {
 	cfg    *config.Server
 	lookup mux.Lookup
 	admit  func(ssl.Identity) error
+	offer  func(ssl.Identity) map[string]string
 }
 
 // NewServer checks what can never work (unreadable or mismatched key, bad
@@ -69,7 +70,7 @@ func serverPolicySpec(cfg *config.Server, admit func(ssl.Identity) error) ssl.Po
 }
 
 func newServerState(cfg *config.Server) *serverState {
-	st := &serverState{cfg: cfg, lookup: services(cfg.Services, cfg.DialTimeout, false)}
+	st := &serverState{cfg: cfg, lookup: services(cfg.Services, cfg.DialTimeout, false), offer: offered(cfg.Services, false)}
 	var rules ssl.Rules
 	for _, svc := range cfg.Services {
 		r, _ := ssl.ParseRules(svc.Allow) // validated with the config
@@ -253,8 +254,21 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	if err := sockopt.Apply(conn, tunnelSockopts(st, "")); err != nil {
 		s.log.Warn("cannot set socket options on a tunnel connection", "remote", remote, "error", err)
 	}
-	tconn := ssl.Server(conn, s.tls.ServerConfig())
-	sess, err := establish(acceptCtx, tconn, mux.RoleServer, "", st, s.log)
+	// Refusals by our rules complete the handshake, so the client can be
+	// told why in words; it is served nothing (see establish).
+	var deferred atomic.Pointer[ssl.PolicyError]
+	policy := s.tls.Policy() // the handshake's, or an older one
+	tconn := ssl.Server(conn, s.tls.DeferringServerConfig(&deferred))
+	sess, err := establish(acceptCtx, tconn, mux.RoleServer, "", st, hello{
+		services: func(id ssl.Identity) map[string]string { return s.state.Load().offer(id) },
+		deferred: &deferred,
+		admit: func(id ssl.Identity, h mux.Hello) error {
+			if err := s.sessions.admit(id, h.Class, cfg.MaxSessions, cfg.MaxSessionsPerIdentity); err != nil {
+				return &mux.RefusedError{Code: mux.RefusalLimit, Msg: err.Error()}
+			}
+			return nil
+		},
+	}, s.log)
 	release()
 	if err != nil {
 		if acceptCtx.Err() == nil {
@@ -264,8 +278,9 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 			// chose (a hello's class, a certificate's name).
 			host, _, _ := net.SplitHostPort(remote)
 			kind := failureReason(err)
-			s.limited.Warn("refused:"+host+":"+kind, "client refused", "remote", remote, "error", err)
+			// Counted first: whoever reads the line finds it counted.
 			s.metrics.HandshakeFailures.WithLabelValues(kind).Inc()
+			s.limited.Warn("refused:"+host+":"+kind, "client refused", "remote", remote, "error", err)
 			s.setLastErr(err)
 		}
 		conn.Close()
@@ -276,9 +291,12 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	peer, key := sess.Peer.Name(), sess.Peer.Key()
 	class := sess.PeerHello.Class
 	log := s.log.With("peer", peer, "remote", remote)
+	// Checked in the hello already; again here, as another session of
+	// the same client may have come up meanwhile.
 	if err := s.sessions.admit(sess.Peer, class, cfg.MaxSessions, cfg.MaxSessionsPerIdentity); err != nil {
 		s.limited.Warn("limit:"+key, "client refused", "peer", peer, "key", key, "remote", remote, "error", err)
-		sess.CloseWithReason(err)
+		s.metrics.HandshakeFailures.WithLabelValues(mux.RefusalLimit.String()).Inc()
+		sess.EndWithRefusal(mux.RefusalLimit, err.Error(), tellWait, err)
 		return
 	}
 	// A client that reconnects replaces its old session of the same class
@@ -297,6 +315,16 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 			old.CloseWithReason(errors.New("replaced by a new session from the same client"))
 		})
 	}
+	// A reload between our handshake and the put above did not see this
+	// session: check it against the policy now current.
+	if p := s.tls.Policy(); p != policy {
+		if err := p.Recheck(sess.Peer, x509.ExtKeyUsageClientAuth, time.Now()); err != nil {
+			log.Warn("closing session: its client no longer passes", "reason", err)
+			s.sessions.remove(sess.Peer, class, sess)
+			endRefused(map[*mux.Session]error{sess: err})
+			return
+		}
+	}
 	log.Info("session up", "class", class, "agent", sess.PeerHello.Agent, "key", key)
 	conns.Go(func() { watchPeer(s.tls, sess, x509.ExtKeyUsageClientAuth, log) })
 	s.metrics.Sessions.WithLabelValues(class).Inc()
@@ -313,11 +341,27 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	}
 }
 
+// peerServices are the classes sess's client gives its services (nil
+// when there is no session).
+func peerServices(sess *mux.Session) map[string]string {
+	if sess == nil {
+		return nil
+	}
+	return sess.PeerHello.Services
+}
+
 // lookup reads the current services, so a reload applies to the next stream.
 func (s *Server) lookup(name string) (mux.Service, bool) { return s.state.Load().lookup(name) }
 
 func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.Conn) {
-	sess, certs := s.sessions.find(clientMatcher(f.Client), f.Class)
+	matches := clientMatcher(f.Client)
+	sess, certs := s.sessions.find(matches, f.Class)
+	if class, from := forwardClass(f, peerServices(sess)); from == classFromService && class != f.Class {
+		// The client owns the service and gave it another class.
+		if other, _ := s.sessions.find(matches, class); other != nil {
+			sess = other
+		}
+	}
 	if certs > 1 {
 		// Several certificates answer to this name (a shared CN, a URI
 		// pattern): the newest session is most likely the live host.
@@ -386,12 +430,14 @@ func (s *Server) Reload() error {
 	// Warnings first, so that whoever sees the reloaded line has seen them.
 	logSetupWarnings(s.log, cfg.TLS.Key, cfg.Admin, cfg.AdminPublic)
 	s.log.Info("reloaded", "changes", changesSentence(changes))
+	ends := map[*mux.Session]error{}
 	for _, sess := range s.sessions.all() {
 		if err := p.Recheck(sess.Peer, x509.ExtKeyUsageClientAuth, time.Now()); err != nil {
 			s.log.Warn("closing session: its client no longer passes", "peer", sess.Peer.Name(), "reason", err)
-			sess.CloseWithReason(fmt.Errorf("closed by reload: %w", err))
+			ends[sess] = err
 		}
 	}
+	endRefused(ends)
 	return incomplete(ferr, aerr)
 }
 
@@ -416,10 +462,12 @@ func (s *Server) status() admin.Status {
 		st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: sess.Peer.Name(), Key: k.key, Class: k.class, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams()})
 	}
 	for _, f := range cfg.Forwards {
-		st.Forwards = append(st.Forwards, forwardStatus(s.metrics, "forward", f.Name, addrString(s.Addr(f.Name)), ""))
+		sess, _ := s.sessions.find(clientMatcher(f.Client), f.Class)
+		class, from := forwardClass(f, peerServices(sess))
+		st.Forwards = append(st.Forwards, forwardStatus(s.metrics, "forward", f.Name, addrString(s.Addr(f.Name)), "", class, from))
 	}
 	for _, svc := range cfg.Services {
-		st.Services = append(st.Services, forwardStatus(s.metrics, "service", svc.Name, "", svc.Target))
+		st.Services = append(st.Services, forwardStatus(s.metrics, "service", svc.Name, "", svc.Target, svc.Class, serviceClassFrom(svc)))
 	}
 	st.Expiries = expiryStatus(s.tls.Policy())
 	return st

@@ -55,7 +55,7 @@
 //	  idle_timeout = "0s"          # close a stream idle this long; "0s": never
 //	}
 //	forward "x" {
-//	  class = "bulk"               # default DefaultClass(port of listen)
+//	  class = "bulk"               # default: the service's class on the other side, else DefaultClass(port of listen)
 //	  max_conns = 1024             # connections in progress through it; >= 1
 //	  idle_timeout = "0s"          # as for service
 //	  # min_ttl = 254              # refuse local connections arriving with a lower IP TTL (GTSM), 1..255
@@ -75,8 +75,10 @@
 // path segment), "sha256:BASE64" (SPKI pin), "issuer:NAME" or
 // "issuer:sha256:BASE64".
 //
-// class defaults to "control" for the well-known ports of routing and
-// control protocols (see [DefaultClass]) and "bulk" otherwise. A dscp is a
+// A service's class defaults to "control" for the well-known target ports
+// of routing and control protocols (see [DefaultClass]) and "bulk"
+// otherwise; a forward without one takes the class the other side gives
+// the service (its listen port's default is only the fallback). A dscp is a
 // number 0..63 or one of the names CS0..CS7, EF and AF11..AF43 (any case);
 // the field holds the number, -1 when unset. Zero values written out are
 // kept, never replaced by a default: drain_timeout = "0s" means no drain,
@@ -146,6 +148,7 @@ type Service struct {
 	Allow  []string // identities allowed to open it; required and non-empty on the server, optional on the client
 
 	Class         string        // key class: "control" or "bulk"; default DefaultClass(target port)
+	ClassExplicit bool          // Class was given in the file (not the default)
 	Source        string        // key source: IP address (no port) to dial the target from, of the target's family when that is an IP; optional
 	TTL           int           // key ttl: IP TTL / hop limit towards the target, 1..255 (255 for GTSM); 0 = system default
 	DSCP          int           // key dscp: 0..63 or a name (CS6, EF, AF41...); -1 = unset
@@ -161,11 +164,15 @@ type Forward struct {
 	Service string // default: Name
 	Client  string // server side only (required there): identity of the client whose session carries the stream
 
-	Class       string        // key class: "control" or "bulk"; default DefaultClass(listen port)
-	MaxConns    int           // key max_conns: connections in progress through it; default 1024
-	IdleTimeout time.Duration // key idle_timeout: close a stream idle this long; 0 = never
-	MinTTL      int           // key min_ttl: drop local connections arriving with a lower IP TTL (GTSM), 1..255; 0 = off
-	DSCP        int           // key dscp: marking of the local socket, as for Service; -1 = unset
+	// Class is the key class, an explicit choice when ClassExplicit. Without
+	// one it is only a fallback, DefaultClass(listen port): the agents use
+	// the class the other side gives its service (see mux.Hello.Services).
+	Class         string
+	ClassExplicit bool
+	MaxConns      int           // key max_conns: connections in progress through it; default 1024
+	IdleTimeout   time.Duration // key idle_timeout: close a stream idle this long; 0 = never
+	MinTTL        int           // key min_ttl: drop local connections arriving with a lower IP TTL (GTSM), 1..255; 0 = off
+	DSCP          int           // key dscp: marking of the local socket, as for Service; -1 = unset
 }
 
 // Settings both agents share beyond the basics.

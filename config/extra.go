@@ -326,7 +326,7 @@ func (d *decoder) serviceExtras(b *body, s *Service) bool {
 	s.DSCP = -1
 	if a := b.attr("class"); a != nil {
 		if c := d.class(b, a); c != "" {
-			s.Class = c
+			s.Class, s.ClassExplicit = c, true
 		} else {
 			ok = false
 		}
@@ -370,7 +370,7 @@ func (d *decoder) forwardExtras(b *body, f *Forward) bool {
 	f.DSCP = -1
 	if a := b.attr("class"); a != nil {
 		if c := d.class(b, a); c != "" {
-			f.Class = c
+			f.Class, f.ClassExplicit = c, true
 		} else {
 			ok = false
 		}

@@ -129,7 +129,9 @@ func TestMetricsAndStatusWhileStreaming(t *testing.T) {
 }
 
 // SIGHUP after revoking the connected client: its session is closed within
-// the reload and it cannot come back.
+// the reload and it cannot come back. The client is told why, in words, and
+// refuses its local connections at once instead of holding each for
+// session_wait.
 func TestReloadRevokesConnectedClient(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -152,7 +154,7 @@ func TestReloadRevokesConnectedClient(t *testing.T) {
 	}
 	srvProc := startProc(t, "tunnel-server", serverBin, "run", "-config", srvCfg)
 	addr := srvProc.waitMatch(t, reListening)[1]
-	cli := startClient(t, clientHCL(addr, filepath.Join(dir, "client-a.crt"), filepath.Join(dir, "client-a.key"), filepath.Join(ca, "ca.crt"), "", []fwd{{name: "echo", service: "echo"}}, nil), 1)
+	cli := startClient(t, clientHCL(addr, filepath.Join(dir, "client-a.crt"), filepath.Join(dir, "client-a.key"), filepath.Join(ca, "ca.crt"), `session_wait = "60s"`, []fwd{{name: "echo", service: "echo"}}, nil), 1)
 	cli.waitLine(t, "session up:")
 	if err := oneStream(cli.forwards["echo"], 1); err != nil {
 		t.Fatal(err)
@@ -173,6 +175,18 @@ func TestReloadRevokesConnectedClient(t *testing.T) {
 	t.Log(srvProc.waitLine(t, "client refused", "serial "+serial+") is revoked"))
 	if n := len(srvProc.allMatches(regexp.MustCompile(`session up: peer=client-a`))); n != 1 {
 		t.Errorf("revoked client got %d sessions, want only the first", n)
+	}
+	// The client's log says why, from the server's own words (without its
+	// file names), both when its session ended and on its retries.
+	t.Log(cli.waitLine(t, "session ended; reconnecting", "the server refused us", "serial "+serial+`) is revoked`))
+	t.Log(cli.waitLine(t, "the server refused us; retrying", "serial "+serial+`) is revoked`))
+	if line, ok := cli.findLine("the server refused us", "ca.crl"); ok {
+		t.Errorf("the client was told the server's CRL file: %s", line)
+	}
+	start := time.Now()
+	expectRefused(t, cli.forwards["echo"])
+	if took := time.Since(start); took >= 30*time.Second {
+		t.Errorf("local connection held %s; session_wait is 60s and the refusal definite", took)
 	}
 	cli.stop(t)
 	srvProc.stop(t)

@@ -31,7 +31,7 @@ func rawClient(t *testing.T, cfg Config, svcs map[string]Service) (*Session, *ya
 		s, err := Establish(context.Background(), srvConn, RoleServer, srvPeer, cfg)
 		ch <- res{s, err}
 	}()
-	if _, err := exchangeHello(context.Background(), cliConn, Hello{Role: RoleClient, Class: cfg.Class}, 5*time.Second); err != nil {
+	if _, err := exchangeHello(context.Background(), cliConn, RoleClient, Hello{Role: RoleClient, Class: cfg.Class}, Config{HelloTimeout: 5 * time.Second, Classes: cfg.Classes}); err != nil {
 		t.Fatal(err)
 	}
 	r := <-ch

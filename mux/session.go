@@ -51,10 +51,26 @@ type Config struct {
 	// HeaderTimeout bounds how long an accepted stream may take to send
 	// its header; a stream still silent then is reset. Default 10s.
 	HeaderTimeout time.Duration
-	// Classes are the traffic classes a client may name in its hello (the
-	// server checks them; a class outside the set refuses the session).
-	// Empty: only "" (no class).
+	// Classes are the traffic classes a client may name in its hello and
+	// either side may give a service in its hello's Services (checked on
+	// receipt; a class outside the set refuses the session). Empty: only
+	// "" (no class), and no services.
 	Classes []string
+	// Services are the classes of the services we offer the peer, by name,
+	// sent in our hello (see Hello.Services): at most maxHelloServices,
+	// each class one of Classes.
+	Services map[string]string
+	// Refusal, on the server, refuses this client whatever its hello says:
+	// the server reads the hello, sends the refusal in place of its own
+	// and Establish returns it. For refusals by policy that TLS cannot
+	// word (revoked, not allowed): the handshake completed, the client is
+	// authenticated, and nothing is ever served on the connection.
+	Refusal *RefusedError
+	// Admit, on the server, decides on a client whose hello passed, before
+	// the server answers: an error refuses it (a *RefusedError gives the
+	// code and the words the client gets; any other error is sent as
+	// RefusalOther with its text).
+	Admit func(Hello) error
 	// OnRefuse, if set, is told of every stream the peer opened that we
 	// refused: kind is one of the Refused* constants, service the name the
 	// peer asked for ("" when unknown yet), n how many (more than one only
@@ -193,11 +209,8 @@ const (
 // the yamux session. role is RoleClient or RoleServer.
 func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identity, cfg Config) (*Session, error) {
 	cfg = cfg.withDefaults()
-	hello, err := exchangeHello(ctx, conn, Hello{Role: role, Agent: cfg.Agent, Class: cfg.Class}, cfg.HelloTimeout)
+	hello, err := exchangeHello(ctx, conn, role, Hello{Role: role, Agent: cfg.Agent, Class: cfg.Class, Services: cfg.Services}, cfg)
 	if err != nil {
-		return nil, err
-	}
-	if hello, err = checkHello(hello, role, cfg.Classes); err != nil {
 		return nil, err
 	}
 	cc := &countingConn{Conn: conn}
@@ -279,6 +292,17 @@ func checkHello(h Hello, ours string, classes []string) (Hello, error) {
 	} else if h.Class != "" {
 		return Hello{}, fmt.Errorf("server's hello names traffic class %s; a server names none", quoteShort(h.Class))
 	}
+	if len(h.Services) > maxHelloServices {
+		return Hello{}, fmt.Errorf("peer's hello lists %d services, more than %d", len(h.Services), maxHelloServices)
+	}
+	for name, class := range h.Services {
+		if err := checkName(name); err != nil {
+			return Hello{}, fmt.Errorf("peer's hello lists a service named %s: %s", quoteShort(name), "not a service name")
+		}
+		if class == "" || !slices.Contains(classes, class) {
+			return Hello{}, fmt.Errorf("peer's hello gives service %q traffic class %s, not one of %q", name, quoteShort(class), classes)
+		}
+	}
 	// Logged only; keep it short and printable.
 	h.Agent = strings.ToValidUTF8(clip(h.Agent, 64), "?")
 	h.Capabilities = nil // none defined yet
@@ -303,7 +327,12 @@ func clip(s string, n int) string {
 	return s
 }
 
-func exchangeHello(ctx context.Context, conn net.Conn, ours Hello, timeout time.Duration) (Hello, error) {
+// exchangeHello sends our hello and reads the peer's. The client writes
+// first; the server reads the client's hello first, so it can answer with
+// a refusal in place of its own (cfg.Refusal, a hello that does not pass,
+// cfg.Admit). Either way each side learns the other's version.
+func exchangeHello(ctx context.Context, conn net.Conn, role string, ours Hello, cfg Config) (Hello, error) {
+	timeout := cfg.HelloTimeout
 	deadline := time.Now().Add(timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -317,11 +346,12 @@ func exchangeHello(ctx context.Context, conn net.Conn, ours Hello, timeout time.
 	if err != nil {
 		return Hello{}, err
 	}
-	// Both sides write first, then read: a hello is far smaller than any
-	// socket buffer, so this cannot deadlock, and each side learns the
-	// other's version even when they differ.
-	if _, err := conn.Write(msg); err != nil {
-		return Hello{}, fmt.Errorf("send hello: %w", err)
+	if role == RoleClient {
+		// A hello is far smaller than any socket buffer: the write never
+		// waits for the server's read.
+		if _, err := conn.Write(msg); err != nil {
+			return Hello{}, fmt.Errorf("send hello: %w", err)
+		}
 	}
 	theirs, err := readHello(conn)
 	if err != nil {
@@ -331,8 +361,39 @@ func exchangeHello(ctx context.Context, conn net.Conn, ours Hello, timeout time.
 		}
 		return Hello{}, err
 	}
+	var refusal *RefusedError
 	if theirs.Version != ProtocolVersion {
-		return Hello{}, fmt.Errorf("peer speaks tunnel protocol version %d, we speak %d: run the same agent version on both ends", theirs.Version, ProtocolVersion)
+		err = fmt.Errorf("peer speaks tunnel protocol version %d, we speak %d: run the same agent version on both ends", theirs.Version, ProtocolVersion)
+		refusal = &RefusedError{Code: RefusalBadHello, Msg: fmt.Sprintf("the server speaks tunnel protocol version %d, the client %d: run the same agent version on both ends", ProtocolVersion, theirs.Version)}
+	} else if theirs, err = checkHello(theirs, role, cfg.Classes); err != nil {
+		refusal = &RefusedError{Code: RefusalBadHello, Msg: err.Error()}
+	}
+	if role == RoleClient {
+		return theirs, err
+	}
+	// The server: a refusal by policy comes first (it is the operator's
+	// real answer), then a hello that does not pass, then admission.
+	switch {
+	case cfg.Refusal != nil:
+		refusal = cfg.Refusal
+	case refusal != nil:
+	case cfg.Admit != nil:
+		if aerr := cfg.Admit(theirs); aerr != nil {
+			if !errors.As(aerr, &refusal) {
+				refusal = &RefusedError{Code: RefusalOther, Msg: aerr.Error()}
+			}
+		}
+	}
+	if refusal != nil {
+		// Best effort: the client learns why, then the connection closes.
+		_, _ = conn.Write(encodeRefusal(refusal.Code, refusal.Msg))
+		if err != nil && cfg.Refusal == nil {
+			return Hello{}, err // the hello's own fault, in our words
+		}
+		return Hello{}, &RefusedError{Code: refusal.Code, Msg: refusal.Msg}
+	}
+	if _, err := conn.Write(msg); err != nil {
+		return Hello{}, fmt.Errorf("send hello: %w", err)
 	}
 	return theirs, nil
 }
@@ -577,7 +638,36 @@ const (
 	// replacedNotice: "a newer session from your certificate replaced this
 	// one". yamux refuses to open an ID above MaxUint32-2.
 	replacedNotice = 0xFFFFFFFF
+	// refusalNotice: "I am ending this session for the reason that
+	// follows" (a refusal in its wire form).
+	refusalNotice = 0xFFFFFFFE
 )
+
+// EndWithRefusal tells the peer why we are ending the session (its
+// certificate expired, a reload revoked it), waits up to wait for the peer
+// to close it (so the words arrive before our close), then closes it with
+// reason. It blocks for at most a few seconds more than wait.
+func (s *Session) EndWithRefusal(code RefusalCode, msg string, wait time.Duration, reason error) {
+	var note [4]byte
+	binary.BigEndian.PutUint32(note[:], refusalNotice)
+	s.ctlMu.Lock()
+	_ = s.ctl.SetWriteDeadline(time.Now().Add(min(s.cfg.OpenTimeout, 5*time.Second)))
+	_, err := s.ctl.Write(append(note[:], encodeRefusal(code, msg)...))
+	s.ctlMu.Unlock()
+	if reason != nil {
+		// The peer's close, which we wait for, ends the session for our reason.
+		s.reason.CompareAndSwap(nil, &reason)
+	}
+	if err == nil {
+		t := time.NewTimer(wait)
+		select {
+		case <-s.closed:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	s.CloseWithReason(reason)
+}
 
 // sendControl writes one control message.
 func (s *Session) sendControl(m uint32) {
@@ -604,6 +694,19 @@ func (s *Session) readControl(ctl *yamux.Stream) {
 			s.markPeerDraining()
 		case replacedNotice:
 			s.markPeerReplaced()
+		case refusalNotice:
+			// The refusal follows at once; a peer that stalls in the
+			// middle of one has said enough.
+			_ = ctl.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+			err := readRefusal(ctl)
+			var refused *RefusedError
+			if errors.As(err, &refused) {
+				s.log.Debug("peer ends the session", "code", refused.Code, "reason", refused.Msg)
+				s.finish(refused)
+			} else {
+				s.finish(fmt.Errorf("peer ends the session without a readable reason: %w", err))
+			}
+			return
 		}
 	}
 }

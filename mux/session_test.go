@@ -309,7 +309,7 @@ func TestHelloMismatch(t *testing.T) {
 		{"other version", append([]byte("TUNL\x02\x00\x02"), "{}"...), "version 2, we speak 1"},
 		{"not a tunnel", []byte("GET / HTTP/1.1\r\n"), "does not speak the tunnel protocol"},
 		{"bad json", append([]byte("TUNL\x01\x00\x03"), "{x}"...), "malformed hello"},
-		{"huge body", []byte("TUNL\x01\xff\xff"), "over the 4096 byte limit"},
+		{"huge body", []byte("TUNL\x01\xff\xff"), "over the 16384 byte limit"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			srvConn, cliConn, srvPeer, _ := tlsPair(t, "client-a")
@@ -335,12 +335,14 @@ func TestHelloTimeoutAndSameRole(t *testing.T) {
 	_ = cliPeer
 	srvConn2, cliConn2, srvPeer2, cliPeer2 := tlsPair(t, "client-a")
 	done := make(chan error, 1)
+	// Two clients: both write first, so each reads the other's role (two
+	// servers cannot meet: a server never dials).
 	go func() {
-		_, err := Establish(context.Background(), cliConn2, RoleServer, cliPeer2, Config{})
+		_, err := Establish(context.Background(), cliConn2, RoleClient, cliPeer2, Config{})
 		done <- err
 	}()
-	_, err = Establish(context.Background(), srvConn2, RoleServer, srvPeer2, Config{})
-	if err == nil || !strings.Contains(err.Error(), "also a server agent") {
+	_, err = Establish(context.Background(), srvConn2, RoleClient, srvPeer2, Config{})
+	if err == nil || !strings.Contains(err.Error(), "also a client agent") {
 		t.Fatalf("err = %v", err)
 	}
 	<-done
@@ -357,7 +359,7 @@ func TestDeadPeerDetected(t *testing.T) {
 		ch <- s
 	}()
 	// The client completes the hello, then never reads or answers again.
-	if _, err := exchangeHello(context.Background(), cliConn, Hello{Role: RoleClient}, time.Second); err != nil {
+	if _, err := exchangeHello(context.Background(), cliConn, RoleClient, Hello{Role: RoleClient}, Config{HelloTimeout: time.Second}); err != nil {
 		t.Fatal(err)
 	}
 	server := <-ch

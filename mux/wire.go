@@ -6,14 +6,24 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
+	"unicode/utf8"
 )
 
 // The wire format of the session protocol. Everything here parses bytes
 // from the network and is fuzzed (wire_test.go).
 //
-// Hello, sent by each side once, right after the TLS handshake:
+// Hello, sent by each side once, right after the TLS handshake (the client
+// writes first; the server reads the client's, then answers):
 //
 //	"TUNL" | version (1 byte) | body length (2 bytes, big endian) | JSON body
+//
+// Refusal, which a server sends in place of its hello when it will not
+// serve this client (then closes), and after a control message
+// refusalNotice when it ends a session for such a reason:
+//
+//	"TUNR" | version (1 byte, 1) | code (1 byte, a RefusalCode) |
+//	text length (2 bytes, big endian, at most 512) | text (UTF-8)
 //
 // Stream header, the first bytes the opening side writes on a stream:
 //
@@ -31,6 +41,8 @@ import (
 //	0x00000000  drain notice: "I am draining; open nothing more here"
 //	0xFFFFFFFF  replaced notice: "a newer session from your certificate
 //	            replaced this one" (the server sends it before its drain notice)
+//	0xFFFFFFFE  refusal notice: followed by a refusal (above); "I am ending
+//	            this session for this reason" (the receiver closes it)
 //
 // Neither value is ever a yamux stream ID (yamux never uses 0 and opens no
 // ID above 0xFFFFFFFD): an older peer, which read every message as the ID
@@ -41,13 +53,21 @@ import (
 // A peer with another version is refused with a clear error on both sides.
 const ProtocolVersion = 1
 
-var helloMagic = [4]byte{'T', 'U', 'N', 'L'}
+var (
+	helloMagic   = [4]byte{'T', 'U', 'N', 'L'}
+	refusalMagic = [4]byte{'T', 'U', 'N', 'R'}
+)
 
 const (
-	maxHelloBody   = 4096
-	maxServiceName = 64
-	headerOpen     = 1
-	headerControl  = 2
+	// maxHelloBody bounds a hello: a full list of services (maxHelloServices
+	// names of at most maxServiceName bytes) fits.
+	maxHelloBody     = 16384
+	maxHelloServices = 128
+	maxServiceName   = 64
+	refusalVersion   = 1
+	maxRefusalText   = 512
+	headerOpen       = 1
+	headerControl    = 2
 )
 
 // Hello is what each agent says about itself before the session starts.
@@ -58,8 +78,13 @@ type Hello struct {
 	// Class is the traffic class the client dedicates this session to
 	// ("control" or "bulk"): one TLS connection per class keeps small
 	// control messages from queueing behind bulk data.
-	Class        string   `json:"class,omitempty"`
-	Capabilities []string `json:"caps,omitempty"`
+	Class string `json:"class,omitempty"`
+	// Services are the traffic classes of the services this side offers
+	// the peer (only those the peer may open; at most maxHelloServices),
+	// by name: the side that owns a service knows its protocol, and the
+	// peer's forwards to it that name no class ride that class's session.
+	Services     map[string]string `json:"services,omitempty"`
+	Capabilities []string          `json:"caps,omitempty"`
 }
 
 // ErrNotTunnel means the peer completed TLS but did not speak this protocol.
@@ -80,10 +105,15 @@ func encodeHello(h Hello) ([]byte, error) {
 	return append(buf, body...), nil
 }
 
+// readHello reads the peer's hello, or its refusal (a *RefusedError with
+// ByPeer set).
 func readHello(r io.Reader) (Hello, error) {
 	var head [7]byte
 	if _, err := io.ReadFull(r, head[:]); err != nil {
 		return Hello{}, fmt.Errorf("read hello: %w", err)
+	}
+	if [4]byte(head[:4]) == refusalMagic {
+		return Hello{}, readRefusalRest(r, head[4:])
 	}
 	if [4]byte(head[:4]) != helloMagic {
 		return Hello{}, fmt.Errorf("%w (hello starts with %q)", ErrNotTunnel, head[:4])
@@ -238,4 +268,127 @@ func readReply(r io.Reader) (Code, string, error) {
 		return 0, "", err
 	}
 	return Code(head[0]), string(msg), nil
+}
+
+// RefusalCode says why a server refused a client: a fixed set, so it can
+// be a log key and a metric label.
+type RefusalCode byte
+
+const (
+	RefusalOther      RefusalCode = 0 // a reason this side has no code for
+	RefusalNotAllowed RefusalCode = 1 // no service or forward names the certificate
+	RefusalRevoked    RefusalCode = 2 // a CRL revokes the certificate
+	RefusalExpired    RefusalCode = 3 // the certificate (or a CA above it) expired
+	RefusalCACert     RefusalCode = 4 // a CA certificate presented as a client's own
+	RefusalCRLStale   RefusalCode = 5 // a CRL covering it is stale and crl_stale = "refuse"
+	RefusalLimit      RefusalCode = 6 // max_sessions or max_sessions_per_identity reached
+	RefusalBadHello   RefusalCode = 7 // the hello did not pass (version, role, class)
+)
+
+// String is the code's name, fit for a log key or a metric label;
+// unknown codes (a newer peer's) are all "other".
+func (c RefusalCode) String() string {
+	switch c {
+	case RefusalNotAllowed:
+		return "not_allowed"
+	case RefusalRevoked:
+		return "revoked"
+	case RefusalExpired:
+		return "expired"
+	case RefusalCACert:
+		return "ca_certificate"
+	case RefusalCRLStale:
+		return "crl_stale"
+	case RefusalLimit:
+		return "limit"
+	case RefusalBadHello:
+		return "bad_hello"
+	}
+	return "other"
+}
+
+// RefusedError is a server's refusal of a client: what the server sends
+// (ByPeer false) or what the client received (ByPeer true).
+type RefusedError struct {
+	Code   RefusalCode
+	Msg    string // operator words; never names a service
+	ByPeer bool
+}
+
+func (e *RefusedError) Error() string {
+	if e.ByPeer {
+		return "the server refused us: " + e.Msg
+	}
+	return "we refused the client: " + e.Msg
+}
+
+// Definite reports whether retrying cannot succeed until someone changes
+// a certificate, a CRL or the server's config: the client then refuses its
+// local connections at once instead of holding them for a session.
+func (e *RefusedError) Definite() bool {
+	switch e.Code {
+	case RefusalNotAllowed, RefusalRevoked, RefusalExpired, RefusalCACert:
+		return true
+	}
+	return false
+}
+
+func encodeRefusal(code RefusalCode, msg string) []byte {
+	msg = cleanText(msg, maxRefusalText)
+	buf := make([]byte, 0, 8+len(msg))
+	buf = append(buf, refusalMagic[:]...)
+	buf = append(buf, refusalVersion, byte(code))
+	buf = binary.BigEndian.AppendUint16(buf, uint16(len(msg)))
+	return append(buf, msg...)
+}
+
+// readRefusal reads a whole refusal, magic included.
+func readRefusal(r io.Reader) error {
+	var head [5]byte
+	if _, err := io.ReadFull(r, head[:]); err != nil {
+		return fmt.Errorf("read refusal: %w", err)
+	}
+	if [4]byte(head[:4]) != refusalMagic {
+		return fmt.Errorf("%w (refusal starts with %q)", ErrNotTunnel, head[:4])
+	}
+	return readRefusalRest(r, head[4:])
+}
+
+// readRefusalRest reads a refusal after its magic; rest holds the bytes
+// already read past the magic (at most 3). It returns the *RefusedError,
+// or why it could not be read.
+func readRefusalRest(r io.Reader, rest []byte) error {
+	var head [4]byte // version, code, length
+	n := copy(head[:], rest)
+	if _, err := io.ReadFull(r, head[n:]); err != nil {
+		return fmt.Errorf("read refusal: %w", cutShort(err))
+	}
+	if head[0] != refusalVersion {
+		return &RefusedError{Code: RefusalOther, Msg: fmt.Sprintf("(a refusal of version %d, we read version %d)", head[0], refusalVersion), ByPeer: true}
+	}
+	size := binary.BigEndian.Uint16(head[2:])
+	if size > maxRefusalText {
+		return fmt.Errorf("%w: refusal text of %d bytes is over the %d byte limit", ErrNotTunnel, size, maxRefusalText)
+	}
+	text := make([]byte, size)
+	if _, err := io.ReadFull(r, text); err != nil {
+		return fmt.Errorf("read refusal: %w", cutShort(err))
+	}
+	return &RefusedError{Code: RefusalCode(head[1]), Msg: cleanText(string(text), maxRefusalText), ByPeer: true}
+}
+
+// cleanText makes the peer's words safe for one log line: valid UTF-8,
+// no control characters, at most n bytes.
+func cleanText(s string, n int) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
+			return '?'
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
+	for len(s) > n {
+		_, size := utf8.DecodeLastRuneInString(s)
+		s = s[:len(s)-size]
+	}
+	return s
 }

@@ -43,6 +43,9 @@ func FuzzReadHello(f *testing.F) {
 	f.Add(good)
 	f.Add([]byte("TUNL\x02\x00\x00"))
 	f.Add([]byte("TUNL\x01\x00\x05{\"a\":"))
+	withServices, _ := encodeHello(Hello{Role: RoleServer, Services: map[string]string{"bgp": "control", "web": "bulk"}})
+	f.Add(withServices)
+	f.Add(encodeRefusal(RefusalRevoked, "certificate revoked"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := readHello(bytes.NewReader(b))
 		if err == nil && h.Version == ProtocolVersion {

@@ -95,10 +95,13 @@ func (p *Policy) checkRevocation(chain []*x509.Certificate, now time.Time) error
 		cert, issuer := chain[i], chain[i+1]
 		for _, crl := range p.crlsFor(cert, issuer) {
 			if crl.revoked[cert.SerialNumber.String()] {
-				return &PolicyError{fmt.Sprintf("certificate %q (serial %s) is revoked (CRL %s)", cert.Subject.CommonName, FormatSerial(cert.SerialNumber), crl.File)}
+				what := fmt.Sprintf("certificate %q (serial %s) is revoked", cert.Subject.CommonName, FormatSerial(cert.SerialNumber))
+				return &PolicyError{Msg: what + " (CRL " + crl.File + ")", Kind: KindRevoked, Public: what}
 			}
 			if crl.Stale(now) && p.spec.CRLStale == "refuse" {
-				return &PolicyError{fmt.Sprintf("CRL %s for %q is stale (next update was due %s) and crl_stale = \"refuse\"", crl.File, issuer.Subject.CommonName, crl.List.NextUpdate.UTC().Format(time.RFC3339))}
+				due := crl.List.NextUpdate.UTC().Format(time.RFC3339)
+				return &PolicyError{Msg: fmt.Sprintf("CRL %s for %q is stale (next update was due %s) and crl_stale = \"refuse\"", crl.File, issuer.Subject.CommonName, due), Kind: KindCRLStale,
+					Public: fmt.Sprintf("the CRL of %q it holds is stale (next update was due %s) and it refuses until it has a fresh one", issuer.Subject.CommonName, due)}
 			}
 		}
 	}
@@ -136,7 +139,7 @@ func (p *Policy) Recheck(id Identity, usage x509.ExtKeyUsage, now time.Time) err
 	}
 	chains, err := id.Leaf.Verify(x509.VerifyOptions{Roots: p.Material.CAs, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{usage}})
 	if err != nil {
-		return &PolicyError{Describe(err)}
+		return &PolicyError{Msg: Describe(err)}
 	}
 	if err := p.checkRevocation(chains[0], now); err != nil {
 		return err
@@ -162,7 +165,7 @@ func (p *Policy) verifyConnection(cs tls.ConnectionState) error {
 	}
 	if p.spec.Admit != nil {
 		if err := p.spec.Admit(id); err != nil {
-			return &PolicyError{err.Error()}
+			return &PolicyError{Msg: err.Error(), Kind: KindNotAllowed, Public: err.Error()}
 		}
 	}
 	return nil
@@ -175,14 +178,31 @@ func (p *Policy) verifyConnection(cs tls.ConnectionState) error {
 // certificates for any other name.
 func checkLeaf(leaf *x509.Certificate) error {
 	if leaf.IsCA {
-		return &PolicyError{fmt.Sprintf("peer certificate is a CA certificate (basicConstraints CA:TRUE); issue a leaf certificate (subject %q, serial %s)", leaf.Subject.String(), FormatSerial(leaf.SerialNumber))}
+		msg := fmt.Sprintf("peer certificate is a CA certificate (basicConstraints CA:TRUE); issue a leaf certificate (subject %q, serial %s)", leaf.Subject.String(), FormatSerial(leaf.SerialNumber))
+		return &PolicyError{Msg: msg, Kind: KindCACert, Public: msg}
 	}
 	return nil
 }
 
 // PolicyError is a refusal by our own rules (revoked, not allowed); its
 // text is already in operator words.
-type PolicyError struct{ Msg string }
+type PolicyError struct {
+	Msg string
+	// Kind is one of the Kind* constants when the refusal can be told to
+	// the peer in words (a server defers it past the handshake, see
+	// Reloader.DeferringServerConfig); "" otherwise.
+	Kind string
+	// Public is what the peer may be told: Msg without our file names.
+	Public string
+}
+
+// Kinds of PolicyError a server can tell the client about.
+const (
+	KindNotAllowed = "not_allowed"
+	KindRevoked    = "revoked"
+	KindCRLStale   = "crl_stale"
+	KindCACert     = "ca_certificate"
+)
 
 func (e *PolicyError) Error() string { return e.Msg }
 
@@ -324,6 +344,35 @@ func (r *Reloader) ServerConfig() *tls.Config {
 			c := ServerConfig(p.Material)
 			c.SessionTicketsDisabled = true
 			c.VerifyConnection = p.verifyConnection
+			return c, nil
+		},
+	}
+}
+
+// DeferringServerConfig is ServerConfig for one connection, except that a
+// refusal by our own rules that the client may be told about (a
+// PolicyError with a Kind: not allowed, revoked, a CA certificate, a stale
+// CRL) does not fail the handshake: it is stored in deferred, and the
+// caller must refuse the client in the tunnel protocol, in words, and
+// serve it nothing. TLS can only say "bad certificate" for all of these.
+// A chain that does not verify (unknown CA, expired, wrong usage) still
+// fails the handshake.
+func (r *Reloader) DeferringServerConfig(deferred *atomic.Pointer[PolicyError]) *tls.Config {
+	return &tls.Config{
+		MinVersion: tls.VersionTLS12,
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			p := r.current.Load()
+			c := ServerConfig(p.Material)
+			c.SessionTicketsDisabled = true
+			c.VerifyConnection = func(cs tls.ConnectionState) error {
+				err := p.verifyConnection(cs)
+				var pe *PolicyError
+				if errors.As(err, &pe) && pe.Kind != "" {
+					deferred.Store(pe)
+					return nil
+				}
+				return err
+			}
 			return c, nil
 		},
 	}

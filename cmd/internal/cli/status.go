@@ -144,13 +144,19 @@ func printStatus(w io.Writer, st admin.Status) {
 		if len(group.list) == 0 {
 			continue
 		}
-		fmt.Fprintf(tw, "\n%s\tADDRESS\tOPEN\tTOTAL\tBYTES TO PEER\tBYTES FROM PEER\n", group.title)
+		fmt.Fprintf(tw, "\n%s\tADDRESS\tCLASS\tOPEN\tTOTAL\tBYTES TO PEER\tBYTES FROM PEER\n", group.title)
 		for _, f := range group.list {
 			addr := f.Listen
 			if addr == "" {
 				addr = f.Target
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\n", f.Name, addr, f.StreamsOpen, f.StreamsTotal, f.BytesToPeer, f.BytesFrom)
+			// The class and where it came from: "control (service)" is
+			// the class the other side gave its service.
+			class := f.Class
+			if f.ClassFrom != "" {
+				class += " (" + f.ClassFrom + ")"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\n", f.Name, addr, class, f.StreamsOpen, f.StreamsTotal, f.BytesToPeer, f.BytesFrom)
 		}
 	}
 	fmt.Fprintln(tw, "\nEXPIRES\tNAME\tWHEN\tDAYS LEFT\t")

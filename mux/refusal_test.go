@@ -1,0 +1,210 @@
+package mux
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/yamux"
+
+	"github.com/tunnelworks/tunnel/transport/ssl"
+)
+
+func TestRefusalWire(t *testing.T) {
+	msg := encodeRefusal(RefusalRevoked, "certificate \"edge-1\" (serial 01:02) is revoked\n\x00")
+	_, err := readHello(bytes.NewReader(msg))
+	var r *RefusedError
+	if !errors.As(err, &r) || r.Code != RefusalRevoked || !r.ByPeer || !r.Definite() {
+		t.Fatalf("err = %#v", err)
+	}
+	if r.Msg != `certificate "edge-1" (serial 01:02) is revoked??` {
+		t.Fatalf("text not cleaned: %q", r.Msg)
+	}
+	if got := r.Error(); got != "the server refused us: "+r.Msg {
+		t.Fatalf("Error() = %q", got)
+	}
+	// The text is bounded whatever the sender wanted.
+	long := encodeRefusal(RefusalLimit, strings.Repeat("é", 1000))
+	if err := readRefusal(bytes.NewReader(long)); !errors.As(err, &r) || len(r.Msg) > maxRefusalText || r.Definite() {
+		t.Fatalf("long: %v", err)
+	}
+	// Another refusal version: still a refusal, with no words we trust.
+	if err := readRefusal(bytes.NewReader([]byte("TUNR\x02\x01\x00\x00"))); !errors.As(err, &r) || r.Code != RefusalOther {
+		t.Fatalf("version 2: %v", err)
+	}
+	for _, bad := range [][]byte{[]byte("TUNR\x01\x02\x00"), []byte("TUNR\x01\x02\x02\x01"), []byte("TUNR\x01\x02\x00\x05ab")} {
+		if err := readRefusal(bytes.NewReader(bad)); errors.As(err, &r) {
+			t.Errorf("%q read as a refusal: %v", bad, r)
+		}
+	}
+}
+
+func FuzzReadRefusal(f *testing.F) {
+	f.Add(encodeRefusal(RefusalNotAllowed, "not allowed"))
+	f.Add([]byte("TUNR\x01\x02\xff\xff"))
+	f.Add([]byte("TUNR\x09"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var r *RefusedError
+		if err := readRefusal(bytes.NewReader(b)); errors.As(err, &r) {
+			if len(r.Msg) > maxRefusalText || cleanText(r.Msg, maxRefusalText) != r.Msg {
+				t.Fatalf("unclean or long text %q", r.Msg)
+			}
+			// Whatever parsed survives a round trip.
+			var again *RefusedError
+			if err := readRefusal(bytes.NewReader(encodeRefusal(r.Code, r.Msg))); !errors.As(err, &again) || *again != *r {
+				t.Fatalf("round trip: %v vs %v", again, r)
+			}
+		}
+	})
+}
+
+func TestHelloServices(t *testing.T) {
+	cfg := Config{Classes: []string{"control", "bulk"}, Class: "bulk"}
+	cli := cfg
+	cli.Services = map[string]string{"ssh": "bulk"}
+	srv := cfg
+	srv.Class = "" // a server names no class
+	srv.Services = map[string]string{"bgp": "control", "web": "bulk"}
+	srvConn, cliConn, srvPeer, cliPeer := tlsPair(t, "client-a")
+	ch := make(chan *Session, 1)
+	go func() {
+		s, err := Establish(context.Background(), srvConn, RoleServer, srvPeer, srv)
+		if err != nil {
+			t.Error(err)
+		}
+		ch <- s
+	}()
+	client, err := Establish(context.Background(), cliConn, RoleClient, cliPeer, cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := <-ch
+	defer server.Close()
+	defer client.Close()
+	if got := client.PeerHello.Services; len(got) != 2 || got["bgp"] != "control" || got["web"] != "bulk" {
+		t.Fatalf("client got %v", got)
+	}
+	if got := server.PeerHello.Services; len(got) != 1 || got["ssh"] != "bulk" {
+		t.Fatalf("server got %v", got)
+	}
+	for name, svcs := range map[string]map[string]string{
+		"unknown class": {"bgp": "urgent"},
+		"empty class":   {"bgp": ""},
+		"bad name":      {"a b": "bulk"},
+		"too many":      manyServices(maxHelloServices + 1),
+	} {
+		if _, err := checkHello(Hello{Role: RoleServer, Services: svcs}, RoleClient, cfg.Classes); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := checkHello(Hello{Role: RoleServer, Services: manyServices(maxHelloServices)}, RoleClient, cfg.Classes); err != nil {
+		t.Errorf("a full list refused: %v", err)
+	}
+	if _, err := encodeHello(Hello{Role: RoleServer, Services: manyServices(maxHelloServices)}); err != nil {
+		t.Errorf("a full list of the longest names does not fit a hello: %v", err)
+	}
+}
+
+func manyServices(n int) map[string]string {
+	m := map[string]string{}
+	for i := range n {
+		name := strings.Repeat("s", maxServiceName-4) + string(rune('a'+i/26%26)) + string(rune('a'+i%26)) + string(rune('a'+i/676)) + "x"
+		m[name] = "control"
+	}
+	return m
+}
+
+// A refused client is told why, and nothing is served on its connection,
+// whatever it sends after its hello.
+func TestRefusedClientGetsNothing(t *testing.T) {
+	srvConn, cliConn, srvPeer, _ := tlsPair(t, "client-a")
+	dialed := make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() {
+		s, err := Establish(context.Background(), srvConn, RoleServer, srvPeer, Config{
+			HelloTimeout: 5 * time.Second,
+			Refusal:      &RefusedError{Code: RefusalRevoked, Msg: `certificate "client-a" (serial 01) is revoked`},
+		})
+		if s != nil {
+			// Were there a session, serve it: the test would see the dial.
+			s.Serve(context.Background(), func(string) (Service, bool) {
+				return Service{Allowed: func(_ ssl.Identity) bool { return true }, Dial: func(context.Context, Request) (net.Conn, error) {
+					dialed <- struct{}{}
+					return nil, errors.New("no")
+				}}, true
+			}, nil)
+		}
+		srvConn.Close()
+		done <- err
+	}()
+	// The hostile client: its hello, then at once a yamux stream with a
+	// header, as if the hello had been accepted.
+	hello, _ := encodeHello(Hello{Role: RoleClient})
+	if _, err := cliConn.Write(hello); err != nil {
+		t.Fatal(err)
+	}
+	y, err := yamux.Client(cliConn, yamuxConfig(hclog.NewNullLogger(), 256<<10, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer y.Close()
+	if st, err := y.OpenStream(); err == nil {
+		hdr, _ := encodeHeader("bgp", "")
+		st.Write(hdr)
+	}
+	var r *RefusedError
+	if err := <-done; !errors.As(err, &r) || r.Code != RefusalRevoked || r.ByPeer {
+		t.Fatalf("server: %v", err)
+	}
+	select {
+	case <-dialed:
+		t.Fatal("a refused client's stream was served")
+	default:
+	}
+	<-y.CloseChan() // the server closed the connection
+}
+
+// A well-behaved client reads the refusal in place of the hello.
+func TestClientReadsRefusal(t *testing.T) {
+	srvConn, cliConn, srvPeer, cliPeer := tlsPair(t, "client-a")
+	go func() {
+		_, _ = Establish(context.Background(), srvConn, RoleServer, srvPeer, Config{
+			Admit: func(Hello) error {
+				return &RefusedError{Code: RefusalLimit, Msg: "server has 1 sessions, its limit (max_sessions)"}
+			},
+		})
+		srvConn.Close()
+	}()
+	_, err := Establish(context.Background(), cliConn, RoleClient, cliPeer, Config{})
+	var r *RefusedError
+	if !errors.As(err, &r) || !r.ByPeer || r.Code != RefusalLimit || r.Definite() || !strings.Contains(err.Error(), "the server refused us: server has 1 sessions") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// EndWithRefusal reaches the peer as the reason its session ended.
+func TestEndWithRefusal(t *testing.T) {
+	server, client := sessions(t, "client-a", Config{})
+	serve(t, client, nil)
+	serve(t, server, nil)
+	start := time.Now()
+	server.EndWithRefusal(RefusalExpired, `your certificate "client-a" expired`, 5*time.Second, errors.New("peer certificate expired"))
+	select {
+	case <-client.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("client session still up")
+	}
+	var r *RefusedError
+	if err := client.Err(); !errors.As(err, &r) || r.Code != RefusalExpired || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("client's reason = %v", client.Err())
+	}
+	// The client closed first: the server did not wait out its bound.
+	if d := time.Since(start); d >= 5*time.Second {
+		t.Fatalf("took %s", d)
+	}
+}
