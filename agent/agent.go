@@ -239,7 +239,7 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, st sessi
 		case policy != nil:
 			// Our log has our words, file names included.
 			return nil, &refusedClientError{msg: ssl.Describe(policy), sent: cfg.Refusal}
-		case errors.As(err, &refusal):
+		case errors.As(err, &refusal), errors.Is(err, mux.ErrProbed):
 			return nil, err
 		}
 		// In TLS 1.3 a client learns that the server refused its
@@ -247,6 +247,20 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, st sessi
 		return nil, errors.New(ssl.Describe(err))
 	}
 	return sess, nil
+}
+
+// Probe is `validate -online`'s question to a server on conn (TLS done):
+// its hello, listing the services our certificate may open, or its
+// refusal in its words. No session starts on either side.
+func Probe(ctx context.Context, conn net.Conn, timeout time.Duration) (mux.Hello, error) {
+	h, err := mux.Probe(ctx, conn, mux.Config{Agent: Version, Classes: classes, HelloTimeout: timeout})
+	var refusal *mux.RefusedError
+	if err != nil && !errors.As(err, &refusal) {
+		// In TLS 1.3 the server's verdict on our certificate arrives
+		// here, on the first read: name the cause.
+		return h, errors.New(ssl.Describe(err))
+	}
+	return h, err
 }
 
 // refusedClientError is a client we refused by policy and told why: the

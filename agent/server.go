@@ -270,6 +270,11 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 		},
 	}, s.log)
 	release()
+	if errors.Is(err, mux.ErrProbed) {
+		s.limited.Log(hclog.Info, "probe:"+hostOf(conn.RemoteAddr()), "answered a probe (validate -online); no session started", "remote", remote)
+		conn.Close()
+		return
+	}
 	if err != nil {
 		if acceptCtx.Err() == nil {
 			// One line per source address and kind of failure per minute:

@@ -208,3 +208,46 @@ func TestEndWithRefusal(t *testing.T) {
 		t.Fatalf("took %s", d)
 	}
 }
+
+// A probe (validate -online) learns the verdict and the services it may
+// open; the server starts no session and applies no session limit to it.
+func TestProbeStartsNoSession(t *testing.T) {
+	srvConn, cliConn, srvPeer, _ := tlsPair(t, "client-a")
+	type result struct {
+		sess *Session
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		sess, err := Establish(context.Background(), srvConn, RoleServer, srvPeer, Config{
+			Classes:  []string{"control", "bulk"},
+			Services: map[string]string{"bgp": "control"},
+			Admit: func(Hello) error {
+				return &RefusedError{Code: RefusalLimit, Msg: "a session limit must not apply to a probe"}
+			},
+		})
+		srvConn.Close()
+		done <- result{sess, err}
+	}()
+	h, err := Probe(context.Background(), cliConn, Config{Classes: []string{"control", "bulk"}})
+	if err != nil || h.Role != RoleServer || h.Services["bgp"] != "control" {
+		t.Fatalf("probe: hello %+v, err %v", h, err)
+	}
+	r := <-done
+	if r.sess != nil || !errors.Is(r.err, ErrProbed) {
+		t.Fatalf("server: session %v, err %v; want no session and ErrProbed", r.sess, r.err)
+	}
+
+	// A refusal by policy reaches the probe in words.
+	srvConn, cliConn, srvPeer, _ = tlsPair(t, "client-a")
+	go func() {
+		_, _ = Establish(context.Background(), srvConn, RoleServer, srvPeer, Config{
+			Refusal: &RefusedError{Code: RefusalRevoked, Msg: `certificate "client-a" is revoked`},
+		})
+		srvConn.Close()
+	}()
+	var refusal *RefusedError
+	if _, err := Probe(context.Background(), cliConn, Config{}); !errors.As(err, &refusal) || refusal.Code != RefusalRevoked {
+		t.Fatalf("probe of a revoked client: %v", err)
+	}
+}

@@ -203,7 +203,16 @@ type Session struct {
 const (
 	RoleClient = "client"
 	RoleServer = "server"
+	// RoleProbe is a client that only asks for the server's verdict
+	// (`validate -online`): the server answers with its hello (the services
+	// this certificate may open) or its refusal, and starts no session, so
+	// a probe never replaces the running client's session.
+	RoleProbe = "probe"
 )
+
+// ErrProbed is Establish's answer on the server to a probe: it has been
+// told the verdict, and no session starts.
+var ErrProbed = errors.New("the client only probed (validate -online); no session started")
 
 // Establish exchanges hellos on conn (already authenticated by TLS) and starts
 // the yamux session. role is RoleClient or RoleServer.
@@ -212,6 +221,9 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 	hello, err := exchangeHello(ctx, conn, role, Hello{Role: role, Agent: cfg.Agent, Class: cfg.Class, Services: cfg.Services}, cfg)
 	if err != nil {
 		return nil, err
+	}
+	if hello.Role == RoleProbe {
+		return nil, ErrProbed
 	}
 	cc := &countingConn{Conn: conn}
 	cc.touch()
@@ -280,12 +292,19 @@ func checkHello(h Hello, ours string, classes []string) (Hello, error) {
 	}
 	switch h.Role {
 	case want:
+	case RoleProbe:
+		if ours != RoleServer {
+			return Hello{}, errors.New("a probe's hello reached a client (a probe connects to a tunnel-server)")
+		}
+		if h.Class != "" {
+			return Hello{}, fmt.Errorf("probe's hello names traffic class %s; a probe names none", quoteShort(h.Class))
+		}
 	case ours:
 		return Hello{}, fmt.Errorf("peer is also a %s agent (connect a tunnel-client to a tunnel-server)", ours)
 	default:
 		return Hello{}, fmt.Errorf("peer's hello names role %s, not %q", quoteShort(h.Role), want)
 	}
-	if ours == RoleServer {
+	if ours == RoleServer && h.Role != RoleProbe {
 		if !slices.Contains(classes, h.Class) && (len(classes) > 0 || h.Class != "") {
 			return Hello{}, fmt.Errorf("peer's hello names traffic class %s, not one of %q", quoteShort(h.Class), classes)
 		}
@@ -346,7 +365,7 @@ func exchangeHello(ctx context.Context, conn net.Conn, role string, ours Hello, 
 	if err != nil {
 		return Hello{}, err
 	}
-	if role == RoleClient {
+	if role != RoleServer {
 		// A hello is far smaller than any socket buffer: the write never
 		// waits for the server's read.
 		if _, err := conn.Write(msg); err != nil {
@@ -368,7 +387,7 @@ func exchangeHello(ctx context.Context, conn net.Conn, role string, ours Hello, 
 	} else if theirs, err = checkHello(theirs, role, cfg.Classes); err != nil {
 		refusal = &RefusedError{Code: RefusalBadHello, Msg: err.Error()}
 	}
-	if role == RoleClient {
+	if role != RoleServer {
 		return theirs, err
 	}
 	// The server: a refusal by policy comes first (it is the operator's
@@ -377,7 +396,7 @@ func exchangeHello(ctx context.Context, conn net.Conn, role string, ours Hello, 
 	case cfg.Refusal != nil:
 		refusal = cfg.Refusal
 	case refusal != nil:
-	case cfg.Admit != nil:
+	case cfg.Admit != nil && theirs.Role != RoleProbe: // a probe starts no session: no session limit applies
 		if aerr := cfg.Admit(theirs); aerr != nil {
 			if !errors.As(aerr, &refusal) {
 				refusal = &RefusedError{Code: RefusalOther, Msg: aerr.Error()}
@@ -396,6 +415,14 @@ func exchangeHello(ctx context.Context, conn net.Conn, role string, ours Hello, 
 		return Hello{}, fmt.Errorf("send hello: %w", err)
 	}
 	return theirs, nil
+}
+
+// Probe asks a server for its verdict on our certificate without starting
+// a session (RoleProbe): its hello, whose Services are what we may open, or
+// its refusal (a *RefusedError). conn is authenticated by TLS already.
+func Probe(ctx context.Context, conn net.Conn, cfg Config) (Hello, error) {
+	cfg = cfg.withDefaults()
+	return exchangeHello(ctx, conn, RoleProbe, Hello{Role: RoleProbe, Agent: cfg.Agent}, cfg)
 }
 
 // watch pings the peer every PingAfter (its round trip time is a useful

@@ -73,7 +73,7 @@ const (
 // Hello is what each agent says about itself before the session starts.
 type Hello struct {
 	Version int    `json:"-"`
-	Role    string `json:"role"`  // "client" or "server"
+	Role    string `json:"role"`  // "client", "server", or "probe" (validate -online: no session)
 	Agent   string `json:"agent"` // the agent's version, for messages
 	// Class is the traffic class the client dedicates this session to
 	// ("control" or "bulk"): one TLS connection per class keeps small

@@ -1,20 +1,20 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/tunnelworks/tunnel/agent"
 	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/mux"
 	"github.com/tunnelworks/tunnel/transport/ssl"
@@ -97,18 +97,34 @@ func probeServer(ctx context.Context, addr string, tlsCfg *tls.Config, timeout t
 	printPeerChain(w, cs)
 
 	// In TLS 1.3 the server judges our certificate after our side of the
-	// handshake is done: its verdict is the first thing it sends, a hello
-	// or an alert.
-	_ = conn.SetReadDeadline(time.Now().Add(timeout))
-	hello, err := readServerHello(conn)
+	// handshake is done: its verdict is its answer to our probe's hello,
+	// its own hello or a refusal in words (or, for a chain it cannot
+	// verify, an alert). A probe starts no session on the server.
+	hello, err := agent.Probe(ctx, conn, timeout)
 	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
+		var refusal *mux.RefusedError
+		if errors.As(err, &refusal) {
+			return "the server refused us: " + refusal.Msg, false
+		}
+		if isTimeout(err) {
 			return fmt.Sprintf("the server completed TLS but sent no hello within %s", timeout), false
 		}
-		return ssl.Describe(err), false
+		return err.Error(), false
 	}
-	return hello, true
+	return fmt.Sprintf("the server accepted our certificate (agent %s, protocol %d); services we may open: %s", hello.Agent, mux.ProtocolVersion, servicesText(hello.Services)), true
+}
+
+// servicesText lists the services the server's hello offers us, with the
+// class each rides, sorted by name.
+func servicesText(services map[string]string) string {
+	if len(services) == 0 {
+		return "none"
+	}
+	var out []string
+	for _, name := range slices.Sorted(maps.Keys(services)) {
+		out = append(out, fmt.Sprintf("%s (%s)", name, services[name]))
+	}
+	return strings.Join(out, ", ")
 }
 
 func isTimeout(err error) bool {
@@ -143,33 +159,6 @@ func printPeerChain(w io.Writer, cs tls.ConnectionState) {
 		}
 		fmt.Fprintf(w, "  verified against tls.ca: %s\n", strings.Join(names, " <- "))
 	}
-}
-
-// readServerHello reads the server's hello (mux's wire format: "TUNL",
-// version, body length, JSON body) and says who answered.
-func readServerHello(r io.Reader) (string, error) {
-	var head [7]byte
-	if _, err := io.ReadFull(r, head[:]); err != nil {
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-			return "", errors.New("the server closed the connection after the TLS handshake (its log says why)")
-		}
-		return "", err
-	}
-	if !bytes.Equal(head[:4], []byte("TUNL")) {
-		return "", fmt.Errorf("the server completed TLS but does not speak the tunnel protocol (it sent %q)", head[:4])
-	}
-	if v := int(head[4]); v != mux.ProtocolVersion {
-		return "", fmt.Errorf("the server speaks tunnel protocol version %d, we speak %d: run the same agent version on both ends", v, mux.ProtocolVersion)
-	}
-	body := make([]byte, min(binary.BigEndian.Uint16(head[5:]), 4096))
-	if _, err := io.ReadFull(r, body); err != nil {
-		return "", fmt.Errorf("read the server's hello: %w", err)
-	}
-	var h mux.Hello
-	if err := json.Unmarshal(body, &h); err != nil {
-		return "", fmt.Errorf("the server's hello is malformed: %v", err)
-	}
-	return fmt.Sprintf("the server accepted our certificate and said hello (role %s, agent %s, protocol %d); a session would start here", h.Role, h.Agent, mux.ProtocolVersion), nil
 }
 
 // ourIdentity names our certificate for the summary line.

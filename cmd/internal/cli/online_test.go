@@ -27,26 +27,34 @@ func TestValidateOnline(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srvPath := filepath.Join(dir, "server.hcl")
-	writeFile(t, srvPath, fmt.Sprintf("listen = \"127.0.0.1:0\"\ntls {\n  cert = %q\n  key = %q\n  ca = %q\n}\nservice \"bgp\" {\n  target = \"127.0.0.1:1\"\n  allow = [\"edge-1\"]\n}\n", files.ServerCert, files.ServerKey, files.CA))
-	srvCfg, err := config.LoadServer(srvPath)
-	if err != nil {
-		t.Fatal(err)
+	// startServer runs a real server on loopback whose one service allows
+	// the identities in allow.
+	startServer := func(allow string) (addr, path string) {
+		path = filepath.Join(t.TempDir(), "server.hcl")
+		writeFile(t, path, fmt.Sprintf("listen = \"127.0.0.1:0\"\ntls {\n  cert = %q\n  key = %q\n  ca = %q\n}\nservice \"bgp\" {\n  target = \"127.0.0.1:1\"\n  class = \"control\"\n  allow = [%q]\n}\n", files.ServerCert, files.ServerKey, files.CA, allow))
+		srvCfg, err := config.LoadServer(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv, err := agent.NewServer(srvCfg, hclog.NewNullLogger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		wg.Go(func() { _ = srv.Run(ctx) })
+		t.Cleanup(func() { cancel(); wg.Wait() })
+		select {
+		case <-srv.Ready():
+		case <-time.After(20 * time.Second):
+			t.Fatal("server not ready")
+		}
+		return srv.Addr("tunnel").String(), path
 	}
-	srv, err := agent.NewServer(srvCfg, hclog.NewNullLogger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = srv.Run(ctx) })
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	select {
-	case <-srv.Ready():
-	case <-time.After(20 * time.Second):
-		t.Fatal("server not ready")
-	}
-	addr := srv.Addr("tunnel").String()
+	addr, srvPath := startServer("edge-1")
+	// The same CA, but its one service allows someone else: refused by
+	// policy, in the server's words.
+	elsewhere, _ := startServer("edge-2")
 
 	// A client certificate from another CA.
 	other, err := pki.NewRootCA(pki.Options{CommonName: "Other CA"})
@@ -81,8 +89,12 @@ func TestValidateOnline(t *testing.T) {
 		{"accepted", client(addr, files.ClientCert, files.ClientKey, ""), exitOK, []string{
 			`server certificate: "tunnel-server" (localhost, 127.0.0.1, ::1), issued by "tunnel demo CA"`,
 			`verified against tls.ca: "tunnel-server" <- "tunnel demo CA"`,
-			"ok: the server accepted our certificate and said hello (role server",
+			"ok: the server accepted our certificate (agent ",
+			"services we may open: bgp (control)",
 			`online: ok, a server accepts us as "edge-1" (pin sha256:`}},
+		{"not allowed by the server's rules", client(elsewhere, files.ClientCert, files.ClientKey, ""), exitFailure, []string{
+			`PROBLEM: the server refused us: `,
+			`online: no server accepted us as "edge-1"`}},
 		{"nothing listening", client(closedAddr, files.ClientCert, files.ClientKey, ""), exitFailure, []string{
 			"PROBLEM: connection refused by " + closedAddr + ": nothing listens on port",
 			`online: no server accepted us as "edge-1"`}},
