@@ -102,6 +102,20 @@ func startFleet(t *testing.T, opts fleetOptions) *fleet {
 // that answers with reply.
 func (f *fleet) addClient(t *testing.T, opts pki.Options, reply string) *Client {
 	t.Helper()
+	cli, _, _ := f.startClient(t, opts, fmt.Sprintf(`forward "echo" {
+  listen = "127.0.0.1:0"
+}
+service "id" {
+  target = %q
+}
+`, replyServer(t, reply)))
+	return cli
+}
+
+// startClient starts a client of f with a certificate from f's CA and
+// the given config body (forwards, services, settings).
+func (f *fleet) startClient(t *testing.T, opts pki.Options, body string) (*Client, *syncBuffer, *pki.Cert) {
+	t.Helper()
 	n := len(f.clients)
 	c, err := f.ca.IssueClient(opts)
 	if err != nil {
@@ -119,13 +133,7 @@ tls {
   ca   = "ca.crt"
   server_name = "localhost"
 }
-forward "echo" {
-  listen = "127.0.0.1:0"
-}
-service "id" {
-  target = %q
-}
-`, f.srv.Addr("tunnel").String(), certFile, keyFile, replyServer(t, reply)), 0o644); err != nil {
+%s`, f.srv.Addr("tunnel").String(), certFile, keyFile, body), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err := config.LoadClient(path)
@@ -140,7 +148,7 @@ service "id" {
 	f.clients, f.cliLogs = append(f.clients, cli), append(f.cliLogs, log)
 	f.done.Go(func() { _ = cli.Run(f.ctx) })
 	<-cli.Ready()
-	return cli
+	return cli, log, c
 }
 
 // replyServer answers every connection with reply and closes it.

@@ -14,50 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-
-	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
-
-// startClient starts a client of f with a certificate from f's CA and
-// the given config body (forwards, services, settings).
-func (f *fleet) startClient(t *testing.T, opts pki.Options, body string) (*Client, *syncBuffer, *pki.Cert) {
-	t.Helper()
-	n := len(f.clients)
-	c, err := f.ca.IssueClient(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile := filepath.Join(f.dir, fmt.Sprintf("client%d.crt", n)), filepath.Join(f.dir, fmt.Sprintf("client%d.key", n))
-	if err := c.WriteFiles(certFile, keyFile); err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(f.dir, fmt.Sprintf("client%d.hcl", n))
-	if err := os.WriteFile(path, fmt.Appendf(nil, `server = %q
-tls {
-  cert = %q
-  key  = %q
-  ca   = "ca.crt"
-  server_name = "localhost"
-}
-%s`, f.srv.Addr("tunnel").String(), certFile, keyFile, body), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.LoadClient(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := &syncBuffer{}
-	cli, err := NewClient(cfg, hclog.New(&hclog.LoggerOptions{Output: log, Level: hclog.Debug}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.clients, f.cliLogs = append(f.clients, cli), append(f.cliLogs, log)
-	f.done.Go(func() { _ = cli.Run(f.ctx) })
-	<-cli.Ready()
-	return cli, log, c
-}
 
 // A revoked client is told so in words: its log says why, its local
 // connections are refused at once (not after session_wait), and when the
