@@ -462,9 +462,21 @@ func (tn *tunnel) stop(t testing.TB) {
 // the handlers waited for.
 func startTarget(t testing.TB, handle func(net.Conn)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, stop, err := serveTarget(handle)
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return addr
+}
+
+// serveTarget is startTarget for owners other than a test (a testscript):
+// stop closes the listener and every connection and waits for the
+// handlers.
+func serveTarget(handle func(net.Conn)) (addr string, stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
 	}
 	var (
 		wg    sync.WaitGroup
@@ -491,7 +503,7 @@ func startTarget(t testing.TB, handle func(net.Conn)) string {
 			})
 		}
 	})
-	t.Cleanup(func() {
+	stop = func() {
 		ln.Close()
 		mu.Lock()
 		for c := range conns {
@@ -499,8 +511,8 @@ func startTarget(t testing.TB, handle func(net.Conn)) string {
 		}
 		mu.Unlock()
 		wg.Wait()
-	})
-	return ln.Addr().String()
+	}
+	return ln.Addr().String(), stop, nil
 }
 
 // echo copies everything back, then half-closes.

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -125,48 +124,17 @@ func freePorts(n int) ([]string, error) {
 // startGreetingEcho runs an echo server that first writes "name: ", so a
 // round trip shows which target it reached. It stops when the script ends.
 func startGreetingEcho(env *testscript.Env, name string) (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, stop, err := serveTarget(func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(waitLimit))
+		if _, err := io.WriteString(c, name+": "); err == nil {
+			_, _ = io.Copy(c, c)
+		}
+	})
 	if err != nil {
 		return "", err
 	}
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		conns = map[net.Conn]struct{}{}
-	)
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns[c] = struct{}{}
-			mu.Unlock()
-			wg.Go(func() {
-				defer func() {
-					mu.Lock()
-					delete(conns, c)
-					mu.Unlock()
-					c.Close()
-				}()
-				_ = c.SetDeadline(time.Now().Add(waitLimit))
-				if _, err := io.WriteString(c, name+": "); err == nil {
-					_, _ = io.Copy(c, c)
-				}
-			})
-		}
-	})
-	env.Defer(func() {
-		ln.Close()
-		mu.Lock()
-		for c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String(), nil
+	env.Defer(stop)
+	return addr, nil
 }
 
 // cmdRoundtrip: roundtrip ADDR NAME connects to ADDR, sends a line and
