@@ -214,6 +214,7 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, st sessi
 		OnHeaderWait: func(d int) { st.metrics.AwaitingHeader.Add(float64(d)) },
 		WindowFor:    classWindow,
 		Logger:       log,
+		YamuxLog:     st.limited,
 	}
 	var policy *ssl.PolicyError
 	if hi.deferred != nil {

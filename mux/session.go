@@ -19,6 +19,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/yamux"
 
+	"github.com/tunnelworks/tunnel/ratelog"
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
 
@@ -87,6 +88,9 @@ type Config struct {
 	// (ours on the client, the hello's on the server), so both ends agree.
 	WindowFor func(class string) uint32
 	Logger    hclog.Logger
+	// YamuxLog, if set, limits yamux's own log lines across every session
+	// that shares it (the agent's); nil limits each session on its own.
+	YamuxLog *ratelog.Log
 }
 
 func (c Config) withDefaults() Config {
@@ -122,7 +126,7 @@ func (c Config) withDefaults() Config {
 
 // yamuxConfig is the same on both sides: the receive window must agree
 // (a frame beyond it kills the whole session) and so should the backlog.
-func yamuxConfig(log hclog.Logger, window uint32, maxStreams int) *yamux.Config {
+func yamuxConfig(log hclog.Logger, limited *ratelog.Log, window uint32, maxStreams int) *yamux.Config {
 	c := &yamux.Config{
 		// Both sides alike; our accept loop never blocks (each stream is
 		// handled on its own goroutine), so the backlog only absorbs bursts.
@@ -146,7 +150,7 @@ func yamuxConfig(log hclog.Logger, window uint32, maxStreams int) *yamux.Config 
 		// An unanswered open closes the session; the peer acks on accept,
 		// which never waits, so this only fires on a wedged peer.
 		StreamOpenTimeout: 75 * time.Second,
-		Logger:            newYamuxLogger(log.Named("yamux")),
+		Logger:            newYamuxLogger(log.Named("yamux"), limited),
 	}
 	// The peer's opens beyond the session's cap are reset by yamux before
 	// it allocates anything, and counted (refusedStreams).
@@ -238,9 +242,9 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 	maxStreams := streamCap(cfg.MaxStreams, cfg.MaxBuffer, cfg.Window)
 	joined := newFrameJoiner(cc)
 	if role == RoleClient {
-		y, err = yamux.Client(joined, yamuxConfig(cfg.Logger, cfg.Window, maxStreams))
+		y, err = yamux.Client(joined, yamuxConfig(cfg.Logger, cfg.YamuxLog, cfg.Window, maxStreams))
 	} else {
-		y, err = yamux.Server(joined, yamuxConfig(cfg.Logger, cfg.Window, maxStreams))
+		y, err = yamux.Server(joined, yamuxConfig(cfg.Logger, cfg.YamuxLog, cfg.Window, maxStreams))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)

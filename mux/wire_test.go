@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/tunnelworks/tunnel/ratelog"
 )
 
 func writeFile(path string, b []byte) error { return os.WriteFile(path, b, 0o644) }
@@ -91,7 +94,7 @@ func FuzzReadReply(f *testing.F) {
 
 func TestYamuxLogLevels(t *testing.T) {
 	var buf bytes.Buffer
-	l := newYamuxLogger(hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info}))
+	l := newYamuxLogger(hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info}), nil)
 	l.Printf("[WARN] yamux: frame for missing stream: %v", 7)
 	l.Printf("[ERR] yamux: Failed to read header: %v", "EOF")
 	if buf.Len() != 0 {
@@ -106,7 +109,7 @@ func TestYamuxLogLevels(t *testing.T) {
 // A peer that makes yamux log once per frame gets one line per interval.
 func TestYamuxLogRateLimited(t *testing.T) {
 	var buf bytes.Buffer
-	l := newYamuxLogger(hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info}))
+	l := newYamuxLogger(hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info}), nil)
 	for i := range 1000 {
 		l.Printf("[ERR] yamux: established stream without inflight SYN (no tracking entry): %d", i)
 	}
@@ -116,5 +119,20 @@ func TestYamuxLogRateLimited(t *testing.T) {
 	}
 	if !bytes.Contains(buf.Bytes(), []byte("keepalive failed")) {
 		t.Fatalf("another kind of line was held back:\n%s", buf.String())
+	}
+}
+
+// With a shared limit (the agent's), a new session brings no new line of
+// a kind another session logged within the interval.
+func TestYamuxLogSharedAcrossSessions(t *testing.T) {
+	var buf bytes.Buffer
+	log := hclog.New(&hclog.LoggerOptions{Output: &buf, Level: hclog.Info})
+	shared := ratelog.New(log, time.Minute)
+	for session := range 100 {
+		l := newYamuxLogger(log.With("session", session), shared)
+		l.Printf("[ERR] yamux: Invalid protocol version: %d", session)
+	}
+	if n := bytes.Count(buf.Bytes(), []byte("Invalid protocol version")); n != 1 {
+		t.Fatalf("%d lines for 100 sessions, want 1:\n%s", n, buf.String())
 	}
 }

@@ -17,15 +17,21 @@ import (
 // operator must look at.
 //
 // yamux logs some of a peer's bad frames once per frame without ending
-// the session, so every line goes through a per-session rate limit keyed
-// by the line without its numbers: a peer cannot fill the disk with them.
+// the session, so every line goes through a rate limit keyed by the line
+// without its numbers: a peer cannot fill the disk with them, nor by
+// opening session after session when the limit is shared (Config.YamuxLog).
 type yamuxLogger struct {
 	log     hclog.Logger
 	limited *ratelog.Log
 }
 
-func newYamuxLogger(log hclog.Logger) yamuxLogger {
-	return yamuxLogger{log: log, limited: ratelog.New(log, time.Minute)}
+// newYamuxLogger logs through log, limited by limited; nil gives the
+// logger a limit of its own.
+func newYamuxLogger(log hclog.Logger, limited *ratelog.Log) yamuxLogger {
+	if limited == nil {
+		limited = ratelog.New(log, time.Minute)
+	}
+	return yamuxLogger{log: log, limited: limited}
 }
 
 func (y yamuxLogger) Print(v ...any)                 { y.line(fmt.Sprint(v...)) }
@@ -58,7 +64,7 @@ func (y yamuxLogger) line(msg string) {
 			break
 		}
 	}
-	y.limited.Log(level, strings.Map(dropDigits, msg), msg)
+	y.limited.LogTo(y.log, level, "yamux:"+strings.Map(dropDigits, msg), msg)
 }
 
 func dropDigits(r rune) rune {

@@ -43,6 +43,12 @@ func (l *Log) Warn(key, msg string, args ...any) { l.Log(hclog.Warn, key, msg, a
 
 // Log logs msg at level unless key was logged less than interval ago.
 func (l *Log) Log(level hclog.Level, key, msg string, args ...any) {
+	l.LogTo(l.log, level, key, msg, args...)
+}
+
+// LogTo is Log through another logger (one with a session's own fields),
+// limited by the same keys: many sessions share one budget of lines.
+func (l *Log) LogTo(to hclog.Logger, level hclog.Level, key, msg string, args ...any) {
 	l.mu.Lock()
 	now := l.now()
 	if len(l.last) >= pruneAbove && now.Sub(l.pruned) >= l.interval/4 {
@@ -64,7 +70,7 @@ func (l *Log) Log(level hclog.Level, key, msg string, args ...any) {
 	if suppressed > 0 {
 		args = append(args, "suppressed_since_last", suppressed)
 	}
-	l.log.Log(level, msg, args...)
+	to.Log(level, msg, args...)
 }
 
 // prune forgets keys last logged an interval or more ago. Their next
