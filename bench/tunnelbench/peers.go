@@ -51,9 +51,13 @@ func findPeers(ctx context.Context, names []string, quick bool, dir string, logf
 		case "ghostunnel":
 			if v := os.Getenv("BENCH_GHOSTUNNEL"); v != "" {
 				p.bin = v
-			} else if p.bin, p.missing = lookPath("ghostunnel"); p.bin == "" && !quick {
-				logf("building %s", ghostunnelModule)
-				p.bin, p.missing = buildGhostunnel(ctx, dir)
+			} else if p.bin, p.missing = lookPath("ghostunnel"); p.bin == "" {
+				if quick {
+					p.missing += "; a quick run does not build it"
+				} else {
+					logf("building %s", ghostunnelModule)
+					p.bin, p.missing = buildGhostunnel(ctx, dir)
+				}
 			}
 		}
 		if p.bin != "" {
@@ -80,11 +84,17 @@ func buildGhostunnel(ctx context.Context, dir string) (bin, missing string) {
 	gobin := filepath.Join(dir, "peers")
 	cmd := exec.CommandContext(bctx, "go", "install", ghostunnelModule)
 	cmd.Dir = dir // outside our module: its go.mod plays no part
-	cmd.Env = append(os.Environ(), "GOBIN="+gobin, "GOFLAGS=-mod=mod", "GOWORK=off")
+	cmd.Env = append(os.Environ(), "GOBIN="+gobin, "GOWORK=off")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		first, _, _ := strings.Cut(strings.TrimSpace(string(out)), "\n")
-		return "", fmt.Sprintf("go install %s failed (%v): %s", ghostunnelModule, err, first)
+		// The first and last lines say what went wrong (the last is the
+		// proxy's answer when it refuses); the URLs only say where.
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		why := strings.TrimSpace(lines[0])
+		if last := strings.TrimSpace(lines[len(lines)-1]); len(lines) > 1 {
+			why += " … " + last
+		}
+		return "", fmt.Sprintf("go install %s failed (%v): %s", ghostunnelModule, err, reURL.ReplaceAllString(why, "(url)"))
 	}
 	return filepath.Join(gobin, "ghostunnel"), ""
 }
@@ -93,6 +103,7 @@ var (
 	reStunnelVersion = regexp.MustCompile(`stunnel (\d\S*)`)
 	reOpenSSLRunning = regexp.MustCompile(`Running\s+with (OpenSSL \S+)`)
 	reGhostVersion   = regexp.MustCompile(`(?i)version\s+(\S+)`)
+	reURL            = regexp.MustCompile(`https?://\S+`)
 )
 
 // peerVersion is the peer's version as it prints it, or "version unknown".
