@@ -2,9 +2,11 @@ package tunnelbench
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -266,5 +268,32 @@ func TestFreePortsAndListeningPorts(t *testing.T) {
 	// PID 1 does not hold this process's listener.
 	if other, err := listeningPorts(1); err == nil && other[ln.Addr().(*net.TCPAddr).Port] {
 		t.Error("another process's listening ports include ours")
+	}
+}
+
+// The best peer is the highest figure where higher is better, the lowest
+// otherwise, among the peers that measured it and did not fail.
+func TestBestPeer(t *testing.T) {
+	a, b, c := newPath("a", nil, nil, nil), newPath("b", nil, nil, nil), newPath("c", nil, nil, nil)
+	a.fig.t1, b.fig.t1, c.fig.t1 = 2, 3, 9
+	a.fig.rtt, b.fig.rtt = []time.Duration{300 * time.Microsecond}, []time.Duration{200 * time.Microsecond}
+	c.failed = errors.New("died")
+	for _, tc := range []struct {
+		m        metric
+		want     float64
+		wantName string
+	}{{mT1, 3, "b"}, {mRTT50, 200, "b"}, {mConns, -1, ""}} {
+		if v, name := best(tc.m, []*path{a, b, c}); v != tc.want || name != tc.wantName {
+			t.Errorf("%s: %v (%q), want %v (%q)", tc.m.name, v, name, tc.want, tc.wantName)
+		}
+	}
+	a.fig.rtt = []time.Duration{100 * time.Microsecond}
+	if v, name := best(mRTT50, []*path{a, b}); v != 100 || name != "a" {
+		t.Errorf("lower is better: %v (%q), want 100 (a)", v, name)
+	}
+	var sb strings.Builder
+	writeTable(&sb, []row{{metric: "m", unit: "u", base: 4, tunnel: 2, peer: 8, peerName: "b", higherBetter: true}})
+	if !strings.Contains(sb.String(), "| b | 8.00 | 0.25× |") {
+		t.Errorf("table row lacks the peer columns:\n%s", sb.String())
 	}
 }
