@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -51,10 +52,19 @@ func TestQuickSuite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"throughput, 1 stream", "one TLS conn", "round trip p99, 4 bulk streams alongside", "connections/s", "RSS per idle stream", "CPU per GB", "Session stayed up"} {
+	for _, want := range []string{"throughput, 1 stream", "one TLS conn", "round trip p99, 4 bulk streams alongside", "connections/s", "RSS per idle stream", "CPU per GB", "Session stayed up", "tunnel / best peer", "Loopback: every path"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("report lacks %q", want)
 		}
+	}
+	// A peer that is installed must be measured: a peer failing is only
+	// reported by the command, but here it means the bench's peer set-up
+	// is broken.
+	if _, err := exec.LookPath("stunnel4"); err == nil && !strings.Contains(string(b), "| relay floor | stunnel |") {
+		t.Error("stunnel is installed but the report has no stunnel column")
+	}
+	if strings.Contains(string(b), "FAILED") {
+		t.Error("a peer failed")
 	}
 }
 

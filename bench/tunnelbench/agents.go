@@ -131,7 +131,7 @@ func (b *logBuffer) String() string {
 	return b.buf.String()
 }
 
-// proc is one running agent process.
+// proc is one running process under test: an agent or a peer tunnel.
 type proc struct {
 	name string
 	cmd  *exec.Cmd
@@ -141,11 +141,19 @@ type proc struct {
 }
 
 func startAgent(name, bin, config string) (*proc, error) {
-	p := &proc{name: name, log: &logBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(bin, "run", "-config", config)
+	var env []string
 	if v := os.Getenv("BENCH_AGENT_GOMAXPROCS"); v != "" {
-		p.cmd.Env = append(os.Environ(), "GOMAXPROCS="+v)
+		env = append(os.Environ(), "GOMAXPROCS="+v)
 	}
+	return startProc(name, env, bin, "run", "-config", config)
+}
+
+// startProc starts bin with args (env nil: this process's), its output
+// kept in its log.
+func startProc(name string, env []string, bin string, args ...string) (*proc, error) {
+	p := &proc{name: name, log: &logBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Env = env
 	p.cmd.Stdout = p.log
 	p.cmd.Stderr = p.log
 	if err := p.cmd.Start(); err != nil {

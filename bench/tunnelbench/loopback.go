@@ -25,6 +25,9 @@ type row struct {
 	ratio float64
 	abs   bool
 	note  string
+	// The best peer's figure (<0: no peer measured) and its name.
+	peer     float64
+	peerName string
 }
 
 func (r row) ratioValue() (float64, bool) {
@@ -79,8 +82,8 @@ func num(v float64) string {
 }
 
 func writeTable(b *strings.Builder, rows []row) (met, total int) {
-	b.WriteString("| metric | unit | baseline | baseline value | tunnel | tunnel / baseline | target | result |\n")
-	b.WriteString("| --- | --- | --- | ---: | ---: | ---: | --- | --- |\n")
+	b.WriteString("| metric | unit | baseline | baseline value | tunnel | tunnel / baseline | best peer | peer value | tunnel / best peer | target | result |\n")
+	b.WriteString("| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- | --- |\n")
 	for _, r := range rows {
 		base := r.baseName
 		if base == "" {
@@ -104,18 +107,195 @@ func writeTable(b *strings.Builder, rows []row) (met, total int) {
 		if r.note != "" {
 			metric += " (" + r.note + ")"
 		}
-		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", metric, r.unit, base, num(r.base), num(r.tunnel), ratio, r.target(), res)
+		peer, peerRatio := "—", "—"
+		if r.peer > 0 {
+			peer = r.peerName
+			if r.tunnel >= 0 {
+				peerRatio = fmt.Sprintf("%.2f×", r.tunnel/r.peer)
+			}
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", metric, r.unit, base, num(r.base), num(r.tunnel), ratio, peer, num(r.peer), peerRatio, r.target(), res)
 	}
 	return met, total
 }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
-// runLoopback is the main table: both agents as processes on loopback.
+// path is one way from the bench to its targets; every path gets the same
+// measurements in the same run.
+type path struct {
+	name                 string // as the tables show it
+	sink, echo, echoBulk dialer
+	// The processes between the bench and the targets (none for direct
+	// TCP): those carrying the sink, whose CPU time is counted around the
+	// 1-stream run, and those carrying the bulk echo, whose memory is
+	// counted around the idle connections.
+	sinkPids, echoPids []int
+	// A peer's failure is reported and drops it from the comparison; the
+	// run goes on. Any other path's failure fails the run.
+	peer   bool
+	failed error
+	fig    figures
+}
+
+// figures are one path's results; -1 or empty where not measured.
+type figures struct {
+	t1, t8    float64 // Gbit/s
+	cpuPerGB  float64 // 1-stream run, all processes carrying the sink
+	rtt, load []time.Duration
+	conns     float64 // per second
+	// Memory (KiB) of the processes carrying the bulk echo, before and
+	// with the idle connections open, per process in echoPids order.
+	rssBefore, rssAfter []float64
+	idle                int // idle connections held for rssAfter
+}
+
+func newPath(name string, sink, echo, echoBulk dialer) *path {
+	return &path{name: name, sink: sink, echo: echo, echoBulk: echoBulk, fig: figures{t1: -1, t8: -1, cpuPerGB: -1, conns: -1}}
+}
+
+// chainPath is the path through a chain carrying the echo (0) and the
+// sink (1).
+func chainPath(name string, c *chain) *path {
+	p := newPath(name, c.dialer(1), c.dialer(0), c.dialer(0))
+	p.sinkPids, p.echoPids = c.pids(1), c.pids(0)
+	return p
+}
+
+// idleKiB is RSS per idle connection, all the path's processes together
+// (-1 if not measured).
+func (f *figures) idleKiB() float64 {
+	if f.idle == 0 {
+		return -1
+	}
+	var d float64
+	for i := range f.rssAfter {
+		d += f.rssAfter[i] - f.rssBefore[i]
+	}
+	return d / float64(f.idle)
+}
+
+// idleMiB is RSS with the idle connections open, all the path's processes.
+func (f *figures) idleMiB() float64 {
+	if f.idle == 0 {
+		return -1
+	}
+	var s float64
+	for _, v := range f.rssAfter {
+		s += v
+	}
+	return s / 1024
+}
+
+// metric is one figure of a path, as a table row shows it.
+type metric struct {
+	name, unit   string
+	higherBetter bool
+	get          func(*figures) float64 // -1: not measured
+}
+
+func pct(d []time.Duration, q float64) float64 {
+	if len(d) == 0 {
+		return -1
+	}
+	return us(percentile(d, q))
+}
+
+var (
+	mT1     = metric{"throughput, 1 stream", "Gbit/s", true, func(f *figures) float64 { return f.t1 }}
+	mT8     = metric{"throughput, 8 streams", "Gbit/s", true, func(f *figures) float64 { return f.t8 }}
+	mRTT50  = metric{"64 B round trip p50", "µs", false, func(f *figures) float64 { return pct(f.rtt, 0.5) }}
+	mRTT99  = metric{"64 B round trip p99", "µs", false, func(f *figures) float64 { return pct(f.rtt, 0.99) }}
+	mLoad50 = metric{"64 B round trip p50, 4 bulk streams alongside", "µs", false, func(f *figures) float64 { return pct(f.load, 0.5) }}
+	mLoad99 = metric{"64 B round trip p99, 4 bulk streams alongside", "µs", false, func(f *figures) float64 { return pct(f.load, 0.99) }}
+	mConns  = metric{"connections/s (open, 1 B echo, close; 16 parallel)", "conn/s", true, func(f *figures) float64 { return f.conns }}
+	mIdle   = metric{"RSS per idle connection, both sides", "KiB", false, (*figures).idleKiB}
+	mIdleMB = metric{"RSS with the idle connections open, both sides", "MiB", false, (*figures).idleMiB}
+	mCPU    = metric{"CPU per GB moved, both sides (1-stream run)", "CPU-s/GB", false, func(f *figures) float64 { return f.cpuPerGB }}
+)
+
+// best is the best figure of m among the peers that were measured, and
+// which peer it is; -1 when none was.
+func best(m metric, peers []*path) (float64, string) {
+	v, name := -1.0, ""
+	for _, p := range peers {
+		x := m.get(&p.fig)
+		if p.failed != nil || x < 0 {
+			continue
+		}
+		if v < 0 || (m.higherBetter && x > v) || (!m.higherBetter && x < v) {
+			v, name = x, p.name
+		}
+	}
+	return v, name
+}
+
+// measureIdle holds n idle connections through p's bulk echo, each echoed
+// once (so the stream exists end to end), and records the RSS of p's
+// processes before and with them.
+func measureIdle(p *path, n int) error {
+	if _, err := pingPong(p.echoBulk, 100, 64, time.Now().Add(10*time.Second)); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	rss := func() ([]float64, error) {
+		var out []float64
+		for _, pid := range p.echoPids {
+			v, err := rssKiB(pid)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, float64(v))
+		}
+		return out, nil
+	}
+	before, err := rss()
+	if err != nil {
+		return err
+	}
+	conns, err := openIdle(p.echoBulk, n)
+	if err == nil {
+		time.Sleep(time.Second)
+	}
+	after, err2 := rss()
+	for _, c := range conns {
+		c.Close()
+	}
+	if err := errors.Join(err, err2); err != nil {
+		return err
+	}
+	p.fig.rssBefore, p.fig.rssAfter, p.fig.idle = before, after, n
+	return nil
+}
+
+// measureThroughput1 is the 1-stream run, with the CPU time of the
+// processes carrying the sink.
+func measureThroughput1(p *path, d time.Duration) error {
+	cpu0, err := sumOver(p.sinkPids, cpuSeconds)
+	if err != nil {
+		return err
+	}
+	gbps, moved, err := throughput(p.sink, 1, d)
+	if err != nil {
+		return err
+	}
+	cpu1, err := sumOver(p.sinkPids, cpuSeconds)
+	if err != nil {
+		return err
+	}
+	p.fig.t1 = gbps
+	if len(p.sinkPids) > 0 {
+		p.fig.cpuPerGB = (cpu1 - cpu0) / (float64(moved) / 1e9)
+	}
+	return nil
+}
+
+// runLoopback is the main table: both agents as processes on loopback,
+// beside direct TCP, the relay floor and the peers.
 func runLoopback(ctx context.Context, w *workspace, o options, report *strings.Builder, logf func(string, ...any)) (err error) {
 	tputDur := pick(o.quick, 500*time.Millisecond, 2*time.Second)
 	rateDur := pick(o.quick, 500*time.Millisecond, 2*time.Second)
-	// Under load, both paths ping for the same time (not the same count:
+	// Under load, every path pings for the same time (not the same count:
 	// direct round trips are ten times faster and would see only a fraction
 	// of the scheduling hiccups), in alternating rounds, samples pooled.
 	loadDur := pick(o.quick, time.Second, 2*time.Second)
@@ -146,187 +326,254 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		return err
 	}
 	defer relays.close()
-	relayEcho, relaySink := relays.dialer(0), relays.dialer(1)
 	remote, err := startRemoteTargets()
 	if err != nil {
 		return err
 	}
 	defer remote.close()
-	direct := struct{ sink, echo, echoBulk dialer }{tcpDialer(tg.sink), tcpDialer(tg.echo), tcpDialer(tg.echo)}
-	via := struct{ sink, echo, echoBulk dialer }{tcpDialer(tun.forwards["sink"]), tcpDialer(tun.forwards["echo"]), tcpDialer(tun.forwards["echo-bulk"])}
-	var rows []row
-	check := func(what string, e error) bool {
-		if e != nil && err == nil {
-			err = fmt.Errorf("%s: %w", what, e)
+
+	direct := newPath("direct TCP", tcpDialer(tg.sink), tcpDialer(tg.echo), tcpDialer(tg.echo))
+	tunnel := newPath("tunnel", tcpDialer(tun.forwards["sink"]), tcpDialer(tun.forwards["echo"]), tcpDialer(tun.forwards["echo-bulk"]))
+	tunnel.sinkPids, tunnel.echoPids = tun.pids(), tun.pids()
+	relay := chainPath(relayName, relays)
+	// Through processes: the tunnel, the relay floor, the peers.
+	procs := []*path{tunnel, relay}
+	var peers []*path
+	var peerNotes []string
+	for _, pr := range findPeers(ctx, o.peers, o.quick, w.dir, logf) {
+		if pr.bin == "" {
+			logf("%s: missing (%s)", pr.name, pr.missing)
+			peerNotes = append(peerNotes, fmt.Sprintf("%s: missing (%s).", pr.name, pr.missing))
+			continue
 		}
-		return e == nil && ctx.Err() == nil
+		c, e := pr.start(w.dir, w.pki, tg.echo, tg.sink)
+		if e != nil {
+			logf("%s: could not start: %v", pr.name, e)
+			peerNotes = append(peerNotes, fmt.Sprintf("%s (%s): FAILED to start: %s.", pr.name, pr.version, firstLine(e.Error())))
+			continue
+		}
+		defer c.close()
+		p := chainPath(pr.name, c)
+		p.peer = true
+		peers, procs = append(peers, p), append(procs, p)
+		peerNotes = append(peerNotes, fmt.Sprintf("%s: %s, %d processes.", pr.name, pr.version, len(c.allPids())))
 	}
 
-	// Idle streams first, on fresh agents: RSS grown by the bulk runs
-	// would hide what idle streams cost.
-	logf("idle streams: %d", o.idle)
-	if _, e := pingPong(via.echoBulk, 100, 64, time.Now().Add(10*time.Second)); !check("warm-up", e) {
-		return err
+	// step runs one measurement of p (skipped once p failed); false when
+	// the run must stop.
+	step := func(p *path, what string, f func() error) bool {
+		if ctx.Err() != nil {
+			return false
+		}
+		if p.failed != nil {
+			return true
+		}
+		e := f()
+		if e == nil {
+			return ctx.Err() == nil
+		}
+		e = fmt.Errorf("%s: %s: %w", p.name, what, e)
+		if p.peer {
+			p.failed = e
+			logf("%v (dropped from the comparison)", e)
+			return true
+		}
+		if err == nil {
+			err = e
+		}
+		return false
 	}
-	time.Sleep(300 * time.Millisecond)
-	srvBefore, _ := rssKiB(tun.server.pid())
-	rssBefore, e := sumOver(tun.pids(), func(p int) (float64, error) { v, err := rssKiB(p); return float64(v), err })
-	if !check("rss", e) {
-		return err
-	}
-	conns, e := openIdle(via.echoBulk, o.idle)
-	if e == nil {
-		time.Sleep(time.Second)
-	}
-	srvAfter, _ := rssKiB(tun.server.pid())
-	rssAfter, e2 := sumOver(tun.pids(), func(p int) (float64, error) { v, err := rssKiB(p); return float64(v), err })
-	for _, c := range conns {
-		c.Close()
-	}
-	if !check("idle streams", errors.Join(e, e2)) {
-		return err
-	}
-	perIdle := (rssAfter - rssBefore) / float64(o.idle)
-	perIdleServer := float64(srvAfter-srvBefore) / float64(o.idle)
-	time.Sleep(time.Second) // let the agents close those streams before timing anything
 
-	// Throughput, one stream: direct, TLS ceiling, tunnel (with CPU).
+	// Idle connections first, on fresh processes: RSS grown by the bulk
+	// runs would hide what idle connections cost.
+	logf("idle connections: %d per path", o.idle)
+	for _, p := range procs {
+		if !step(p, "idle connections", func() error { return measureIdle(p, o.idle) }) {
+			return err
+		}
+	}
+	time.Sleep(time.Second) // let every path close those before timing anything
+
 	logf("throughput, 1 stream")
-	d1, _, e := throughput(direct.sink, 1, tputDur)
-	if !check("direct throughput", e) {
+	if !step(direct, "throughput", func() (e error) { direct.fig.t1, _, e = throughput(direct.sink, 1, tputDur); return e }) {
 		return err
 	}
 	tp, e := tlsCeiling(w)
-	if !check("tls ceiling", e) {
-		return err
+	if e != nil {
+		return fmt.Errorf("tls ceiling: %w", e)
 	}
 	defer tp.close()
-	tls1, _, e := throughput(tp.dial, 1, tputDur)
-	if !check("tls throughput", e) {
+	tlsOne := newPath("one TLS conn", tp.dial, nil, nil)
+	if !step(tlsOne, "throughput", func() (e error) { tlsOne.fig.t1, _, e = throughput(tp.dial, 1, tputDur); return e }) {
 		return err
 	}
-	rcpu0, e := sumOver(relays.pids(), cpuSeconds)
-	if !check("relay cpu", e) {
-		return err
-	}
-	r1, rmoved, e := throughput(relaySink, 1, tputDur)
-	if !check("relay throughput", e) {
-		return err
-	}
-	rcpu1, e := sumOver(relays.pids(), cpuSeconds)
-	if !check("relay cpu", e) {
-		return err
-	}
-	relayCPUPerGB := (rcpu1 - rcpu0) / (float64(rmoved) / 1e9)
-	cpu0, e := sumOver(tun.pids(), cpuSeconds)
-	if !check("cpu", e) {
-		return err
-	}
-	t1, moved, e := throughput(via.sink, 1, tputDur)
-	if !check("tunnel throughput", e) {
-		return err
-	}
-	cpu1, e := sumOver(tun.pids(), cpuSeconds)
-	if !check("cpu", e) {
-		return err
-	}
-	cpuPerGB := (cpu1 - cpu0) / (float64(moved) / 1e9)
 	suite := tls.CipherSuiteName(uint16(tp.suite.Load()))
+	for _, p := range procs {
+		if !step(p, "throughput", func() error { return measureThroughput1(p, tputDur) }) {
+			return err
+		}
+	}
 
 	logf("throughput, 8 streams")
-	d8, _, e := throughput(direct.sink, 8, tputDur)
-	if !check("direct throughput 8", e) {
-		return err
-	}
-	t8, _, e := throughput(via.sink, 8, tputDur)
-	if !check("tunnel throughput 8", e) {
-		return err
+	for _, p := range append([]*path{direct}, procs...) {
+		if !step(p, "throughput, 8 streams", func() (e error) { p.fig.t8, _, e = throughput(p.sink, 8, tputDur); return e }) {
+			return err
+		}
 	}
 
 	logf("round trips: %d", o.rtts)
 	limit := pick(o.quick, 5*time.Second, 20*time.Second)
-	dr, e := pingPong(direct.echo, o.rtts, 64, time.Now().Add(limit))
-	if !check("direct rtt", e) {
-		return err
-	}
-	tr, e := pingPong(via.echo, o.rtts, 64, time.Now().Add(limit))
-	if !check("tunnel rtt", e) {
-		return err
-	}
-	xr, e := pingPong(tcpDialer(remote.echo), o.rtts, 64, time.Now().Add(limit))
-	if !check("direct rtt, echo in another process", e) {
-		return err
-	}
-	rr, e := pingPong(relayEcho, o.rtts, 64, time.Now().Add(limit))
-	if !check("relay rtt", e) {
-		return err
+	other := newPath("direct TCP, echo in another process", nil, tcpDialer(remote.echo), nil)
+	for _, p := range append([]*path{direct, other}, procs...) {
+		if !step(p, "round trips", func() (e error) { p.fig.rtt, e = pingPong(p.echo, o.rtts, 64, time.Now().Add(limit)); return e }) {
+			return err
+		}
 	}
 
 	logf("round trips under load: %d rounds of %s per path", loadRounds, loadDur)
 	warm := pick(o.quick, 200*time.Millisecond, 500*time.Millisecond)
-	var dl, tl, rl []time.Duration
 	for range loadRounds {
-		d, _, e := underLoad(direct.sink, direct.echo, 4, loadDur, warm)
-		if !check("direct rtt under load", e) {
-			return err
+		for _, p := range append([]*path{direct}, procs...) {
+			if !step(p, "round trips under load", func() error {
+				r, _, e := underLoad(p.sink, p.echo, 4, loadDur, warm)
+				p.fig.load = append(p.fig.load, r...)
+				return e
+			}) {
+				return err
+			}
 		}
-		t, _, e := underLoad(via.sink, via.echo, 4, loadDur, warm)
-		if !check("tunnel rtt under load", e) {
-			return err
-		}
-		r, _, e := underLoad(relaySink, relayEcho, 4, loadDur, warm)
-		if !check("relay rtt under load", e) {
-			return err
-		}
-		dl, tl, rl = append(dl, d...), append(tl, t...), append(rl, r...)
 	}
 
 	logf("connection rate")
-	dc, e := connRate(direct.echoBulk, 16, rateDur)
-	if !check("direct connection rate", e) {
-		return err
-	}
-	time.Sleep(200 * time.Millisecond)
-	tc, e := connRate(via.echoBulk, 16, rateDur)
-	if !check("tunnel connection rate", e) {
-		return err
-	}
-	time.Sleep(200 * time.Millisecond)
-	rc, e := connRate(relayEcho, 16, rateDur)
-	if !check("relay connection rate", e) {
-		return err
+	for i, p := range append([]*path{direct}, procs...) {
+		if i > 0 {
+			time.Sleep(200 * time.Millisecond)
+		}
+		if !step(p, "connection rate", func() (e error) { p.fig.conns, e = connRate(p.echoBulk, 16, rateDur); return e }) {
+			return err
+		}
 	}
 
 	lost := reReconnect.FindAllString(tun.client.log.String(), -1)
 
-	rows = append(rows,
-		row{metric: "throughput, 1 stream", unit: "Gbit/s", base: d1, tunnel: t1, higherBetter: true, ratio: 0.28},
-		row{metric: "throughput, 1 stream", unit: "Gbit/s", base: tls1, tunnel: t1, baseName: "one TLS conn (" + suite + ")", higherBetter: true, ratio: 0.65},
-		row{metric: "throughput, 8 streams", unit: "Gbit/s", base: d8, tunnel: t8, higherBetter: true, ratio: 0.27},
-		row{metric: "64 B round trip p50", unit: "µs", base: us(percentile(dr, 0.5)), tunnel: us(percentile(tr, 0.5)), ratio: 5},
-		row{metric: "64 B round trip p99", unit: "µs", base: us(percentile(dr, 0.99)), tunnel: us(percentile(tr, 0.99))},
-		row{metric: "64 B round trip p50, 4 bulk streams alongside", unit: "µs", base: us(percentile(dl, 0.5)), tunnel: us(percentile(tl, 0.5))},
-		row{metric: "64 B round trip p99, 4 bulk streams alongside", unit: "µs", base: us(percentile(dl, 0.99)), tunnel: us(percentile(tl, 0.99)), ratio: 1.3},
-		row{metric: "connections/s (open, 1 B echo, close; 16 parallel)", unit: "conn/s", base: dc, tunnel: tc, higherBetter: true, ratio: 0.45},
-		row{metric: "throughput, 1 stream", unit: "Gbit/s", base: r1, tunnel: t1, baseName: relayName, higherBetter: true},
-		row{metric: "64 B round trip p50", unit: "µs", base: us(percentile(xr, 0.5)), tunnel: us(percentile(tr, 0.5)), baseName: "direct TCP, echo in another process"},
-		row{metric: "64 B round trip p50", unit: "µs", base: us(percentile(rr, 0.5)), tunnel: us(percentile(tr, 0.5)), baseName: relayName},
-		row{metric: "64 B round trip p99, 4 bulk streams alongside", unit: "µs", base: us(percentile(rl, 0.99)), tunnel: us(percentile(tl, 0.99)), baseName: relayName},
-		row{metric: "connections/s (open, 1 B echo, close; 16 parallel)", unit: "conn/s", base: rc, tunnel: tc, baseName: relayName, higherBetter: true},
-		row{metric: fmt.Sprintf("RSS per idle stream, both agents (%d streams)", o.idle), unit: "KiB", base: -1, tunnel: perIdle, abs: true, ratio: 40},
-		row{metric: "CPU per GB moved, both agents (1-stream run)", unit: "CPU-s/GB", base: -1, tunnel: cpuPerGB, abs: true, ratio: 2},
-		row{metric: "CPU per GB moved, both agents (1-stream run)", unit: "CPU-s/GB", base: relayCPUPerGB, tunnel: cpuPerGB, baseName: relayName},
-	)
+	mk := func(m metric, base *path) row {
+		r := row{metric: m.name, unit: m.unit, higherBetter: m.higherBetter, base: -1, tunnel: m.get(&tunnel.fig)}
+		if base != nil {
+			r.base = m.get(&base.fig)
+			if base != direct {
+				r.baseName = base.name
+			}
+		}
+		r.peer, r.peerName = best(m, peers)
+		return r
+	}
+	target := func(r row, ratio float64, abs bool) row { r.ratio, r.abs = ratio, abs; return r }
+	tlsRow := target(mk(mT1, tlsOne), 0.65, false)
+	tlsRow.baseName = "one TLS conn (" + suite + ")"
+	idleRow := target(mk(mIdle, nil), 40, true)
+	idleRow.metric = fmt.Sprintf("RSS per idle stream, both agents (%d streams)", o.idle)
+	cpuRow := target(mk(mCPU, nil), 2, true)
+	cpuRow.metric = "CPU per GB moved, both agents (1-stream run)"
+	cpuRelay := mk(mCPU, relay)
+	cpuRelay.metric = cpuRow.metric
+	rows := []row{
+		target(mk(mT1, direct), 0.28, false),
+		tlsRow,
+		target(mk(mT8, direct), 0.27, false),
+		target(mk(mRTT50, direct), 5, false),
+		mk(mRTT99, direct),
+		mk(mLoad50, direct),
+		target(mk(mLoad99, direct), 1.3, false),
+		target(mk(mConns, direct), 0.45, false),
+		mk(mT1, relay),
+		mk(mRTT50, other),
+		mk(mRTT50, relay),
+		mk(mLoad99, relay),
+		mk(mConns, relay),
+		idleRow,
+		cpuRow,
+		cpuRelay,
+	}
 	fmt.Fprintf(report, "## Loopback: tunnel vs direct TCP\n\n")
-	fmt.Fprintf(report, "Throughput runs %s each; %d round trips; under load, %d alternating rounds of %s of round trips per path after %s of bulk warm-up (%d direct, %d tunnel, %d relay samples); connection rate %s each.\n\n", tputDur, o.rtts, loadRounds, loadDur, warm, len(dl), len(tl), len(rl), rateDur)
+	fmt.Fprintf(report, "Throughput runs %s each; %d round trips; under load, %d alternating rounds of %s of round trips per path after %s of bulk warm-up (samples: %s); connection rate %s each.\n\n",
+		tputDur, o.rtts, loadRounds, loadDur, warm, sampleCounts(append([]*path{direct}, procs...)), rateDur)
 	met, total := writeTable(report, rows)
-	fmt.Fprintf(report, "\n%d of %d targets met. Agents' RSS before the idle streams: %.1f MiB (both), after: %.1f MiB (per idle stream: server %.1f KiB, client %.1f KiB).", met, total, rssBefore/1024, rssAfter/1024, perIdleServer, perIdle-perIdleServer)
+	tf := &tunnel.fig
+	fmt.Fprintf(report, "\n%d of %d targets met. Agents' RSS before the idle streams: %.1f MiB (both), after: %.1f MiB (per idle stream: server %.1f KiB, client %.1f KiB).",
+		met, total, sum(tf.rssBefore)/1024, sum(tf.rssAfter)/1024, (tf.rssAfter[0]-tf.rssBefore[0])/float64(o.idle), (tf.rssAfter[1]-tf.rssBefore[1])/float64(o.idle))
 	if len(lost) == 0 {
 		fmt.Fprintf(report, " Session stayed up throughout.\n\n")
 	} else {
 		fmt.Fprintf(report, " The client LOST its session %d time(s): %s\n\n", len(lost), strings.Join(lost, " / "))
 	}
+	writePaths(report, direct, relay, peers, tunnel, o.idle)
+	fmt.Fprintf(report, "Peers: %s\n\n", strings.Join(peerNotes, " "))
+	for _, p := range peers {
+		if p.failed != nil {
+			fmt.Fprintf(report, "%s FAILED during the run and is left out of the comparison: %s\n\n", p.name, firstLine(p.failed.Error()))
+		}
+	}
 	return err
+}
+
+// writePaths is the second table: every path's figures side by side, and
+// the tunnel against the best peer.
+func writePaths(b *strings.Builder, direct, relay *path, peers []*path, tunnel *path, idle int) {
+	cols := []*path{direct, relay}
+	for _, p := range peers {
+		if p.failed == nil {
+			cols = append(cols, p)
+		}
+	}
+	cols = append(cols, tunnel)
+	fmt.Fprintf(b, "## Loopback: every path\n\n| metric | unit |")
+	for _, p := range cols {
+		name := p.name
+		if p == relay {
+			name = "relay floor"
+		}
+		fmt.Fprintf(b, " %s |", name)
+	}
+	b.WriteString(" tunnel / best peer |\n| --- | --- |")
+	b.WriteString(strings.Repeat(" ---: |", len(cols)+1) + "\n")
+	idleName := fmt.Sprintf("%s (%d connections)", mIdle.name, idle)
+	for _, m := range []metric{mT1, mT8, mRTT50, mRTT99, mLoad50, mLoad99, mConns, mIdle, mIdleMB, mCPU} {
+		name := m.name
+		if m.name == mIdle.name {
+			name = idleName
+		}
+		fmt.Fprintf(b, "| %s | %s |", name, m.unit)
+		for _, p := range cols {
+			fmt.Fprintf(b, " %s |", num(m.get(&p.fig)))
+		}
+		ratio := "—"
+		if v, who := best(m, peers); v > 0 && m.get(&tunnel.fig) >= 0 {
+			ratio = fmt.Sprintf("%.2f× (%s)", m.get(&tunnel.fig)/v, who)
+		}
+		fmt.Fprintf(b, " %s |\n", ratio)
+	}
+	b.WriteString("\n")
+}
+
+func sampleCounts(paths []*path) string {
+	var s []string
+	for _, p := range paths {
+		s = append(s, fmt.Sprintf("%s %d", p.name, len(p.fig.load)))
+	}
+	return strings.Join(s, ", ")
+}
+
+func sum(v []float64) float64 {
+	var s float64
+	for _, x := range v {
+		s += x
+	}
+	return s
+}
+
+func firstLine(s string) string {
+	first, _, _ := strings.Cut(s, "\n")
+	return first
 }
 
 // relayName names the relay floor in the table.

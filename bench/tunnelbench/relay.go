@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 )
@@ -93,16 +92,12 @@ func relayHalf(dst, src net.Conn) {
 	}
 }
 
-// relayChain is two relay processes: entry → second → target, for each
-// target.
-type relayChain struct {
-	entries []string
-	cmds    []*exec.Cmd
-}
-
-func startRelayChain(targets ...string) (*relayChain, error) {
-	rc := &relayChain{}
+// startRelayChain starts two relay processes: entry → second → target,
+// for each target.
+func startRelayChain(targets ...string) (*chain, error) {
+	rc := &chain{}
 	next := targets
+	var pids []int
 	for range 2 {
 		var spec []string
 		for _, t := range next {
@@ -113,28 +108,13 @@ func startRelayChain(targets ...string) (*relayChain, error) {
 			rc.close()
 			return nil, fmt.Errorf("relay: %w", err)
 		}
-		rc.cmds = append(rc.cmds, cmd)
+		rc.stops = append(rc.stops, func() { stopChild(cmd) })
+		pids = append(pids, cmd.Process.Pid)
 		next = addrs
 	}
 	rc.entries = next
+	for range targets {
+		rc.carry = append(rc.carry, pids)
+	}
 	return rc, nil
-}
-
-// close stops the relays this bench started, by PID.
-func (rc *relayChain) close() {
-	for _, cmd := range rc.cmds {
-		stopChild(cmd)
-	}
-}
-
-// dialer dials through the chain to the i-th target given to
-// startRelayChain.
-func (rc *relayChain) dialer(i int) dialer { return tcpDialer(rc.entries[i]) }
-
-func (rc *relayChain) pids() []int {
-	var out []int
-	for _, cmd := range rc.cmds {
-		out = append(out, cmd.Process.Pid)
-	}
-	return out
 }

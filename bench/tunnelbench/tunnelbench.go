@@ -4,7 +4,7 @@
 // TCP in the same run, and prints a table with the ratios and the targets;
 // with -scenario wan it runs them across a bench/linkemu link.
 //
-//	go run ./bench/cmd/tunnel-bench [-quick] [-scenario loopback|wan|all] [-duration 20s] [-out FILE]
+//	go run ./bench/cmd/tunnel-bench [-quick] [-scenario loopback|wan|all] [-peers stunnel,ghostunnel|none] [-duration 20s] [-out FILE]
 //
 // See bench/README.md for what each row means.
 package tunnelbench
@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -29,6 +30,7 @@ type options struct {
 	wanDur   time.Duration
 	idle     int
 	rtts     int
+	peers    []string // the peer tunnels to measure beside ours
 }
 
 // Main runs the benchmark; 0 on success (targets missed are reported, not
@@ -47,6 +49,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.wanDur, "duration", 0, "length of each wan run (default 20s, quick 5s)")
 	fs.IntVar(&o.idle, "idle", 1000, "idle streams for the RSS measurement")
 	fs.IntVar(&o.rtts, "rtts", 0, "round trips per latency measurement (default 5000; half that under load)")
+	peers := fs.String("peers", strings.Join(peerNames, ","), "peer tunnels to measure beside ours (comma-separated: "+strings.Join(peerNames, ", ")+"), or none")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -59,6 +62,15 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	default:
 		fmt.Fprintf(stderr, "tunnel-bench: -scenario %q: want loopback, wan or all\n", o.scenario)
 		return 2
+	}
+	if *peers != "none" && *peers != "" {
+		for name := range strings.SplitSeq(*peers, ",") {
+			if !slices.Contains(peerNames, name) || slices.Contains(o.peers, name) {
+				fmt.Fprintf(stderr, "tunnel-bench: -peers %q: want a list of %s, or none\n", *peers, strings.Join(peerNames, ", "))
+				return 2
+			}
+			o.peers = append(o.peers, name)
+		}
 	}
 	if o.wanDur <= 0 {
 		o.wanDur = pick(o.quick, 5*time.Second, 20*time.Second)

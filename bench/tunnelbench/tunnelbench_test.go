@@ -2,11 +2,18 @@ package tunnelbench
 
 import (
 	"bytes"
+	"errors"
+	"net"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/tunnelworks/tunnel/agent"
+	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
 
 func TestMain(m *testing.M) {
@@ -31,8 +38,8 @@ func TestRelayChainCarriesEachTarget(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rc.close()
-	if len(rc.pids()) != 2 {
-		t.Fatalf("%d relay processes, want 2", len(rc.pids()))
+	if len(rc.allPids()) != 2 || len(rc.pids(0)) != 2 {
+		t.Fatalf("%d relay processes, want 2", len(rc.allPids()))
 	}
 	rtts, err := pingPong(rc.dialer(0), 100, 64, time.Now().Add(10*time.Second))
 	if err != nil || len(rtts) != 100 {
@@ -80,7 +87,7 @@ func TestRelayBadSpec(t *testing.T) {
 }
 
 func TestBadCommandLine(t *testing.T) {
-	for _, args := range [][]string{{"-scenario", "moon"}, {"extra"}, {"-idle", "0"}, {"-nope"}} {
+	for _, args := range [][]string{{"-scenario", "moon"}, {"extra"}, {"-idle", "0"}, {"-nope"}, {"-peers", "moon"}, {"-peers", "stunnel,stunnel"}} {
 		var out, errb bytes.Buffer
 		if code := Main(args, &out, &errb); code != 2 {
 			t.Errorf("%q: exit %d, want 2 (stderr %q)", args, code, errb.String())
@@ -119,5 +126,174 @@ func TestRowTargets(t *testing.T) {
 		if got := c.r.pass(); got != c.want {
 			t.Errorf("%+v: %q, want %q", c.r, got, c.want)
 		}
+	}
+}
+
+// testPKI is the agents' kind of PKI plus two client certificates the
+// server side must refuse: another CN from the same CA, and the right CN
+// from another CA.
+func testPKI(t *testing.T) (good agent.DemoFiles, wrongCN, otherCA [2]string) {
+	t.Helper()
+	dir := t.TempDir()
+	good = agent.DemoFiles{
+		CA:         filepath.Join(dir, "ca.crt"),
+		ServerCert: filepath.Join(dir, "server.crt"), ServerKey: filepath.Join(dir, "server.key"),
+		ClientCert: filepath.Join(dir, "client.crt"), ClientKey: filepath.Join(dir, "client.key"),
+	}
+	ca, err := pki.NewRootCA(pki.Options{CommonName: "bench test CA"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := pki.NewRootCA(pki.Options{CommonName: "another CA"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(good.CA, ca.CertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ca.IssueServer(pki.Options{CommonName: "tunnel-server", DNSNames: []string{"localhost"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.WriteFiles(good.ServerCert, good.ServerKey); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		ca        *pki.Cert
+		cn        string
+		cert, key string
+	}{
+		{ca, clientName, good.ClientCert, good.ClientKey},
+		{ca, "intruder", filepath.Join(dir, "intruder.crt"), filepath.Join(dir, "intruder.key")},
+		{other, clientName, filepath.Join(dir, "other.crt"), filepath.Join(dir, "other.key")},
+	} {
+		cli, err := c.ca.IssueClient(pki.Options{CommonName: c.cn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cli.WriteFiles(c.cert, c.key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return good, [2]string{filepath.Join(dir, "intruder.crt"), filepath.Join(dir, "intruder.key")},
+		[2]string{filepath.Join(dir, "other.crt"), filepath.Join(dir, "other.key")}
+}
+
+// A peer chain carries both targets, each to its own, with every byte
+// checked both ways (the echo byte for byte, the sink's count and CRC of
+// what went the other way), and its server side refuses a client
+// certificate with another CN or from another CA.
+func testPeerChain(t *testing.T, pr *peer) {
+	good, wrongCN, otherCA := testPKI(t)
+	tg, err := startTargets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.close()
+	dir := t.TempDir()
+	c, err := pr.start(dir, good, tg.echo, tg.sink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(c.allPids()); n < 2 {
+		t.Errorf("%d processes, want at least 2", n)
+	}
+	for _, size := range []int{64, 16 << 10} {
+		rtts, err := pingPong(c.dialer(0), 50, size, time.Now().Add(20*time.Second))
+		if err != nil || len(rtts) != 50 {
+			t.Errorf("echo of %d B through %s: %d round trips, %v", size, pr.name, len(rtts), err)
+		}
+	}
+	if _, moved, err := throughput(c.dialer(1), 2, 200*time.Millisecond); err != nil || moved == 0 {
+		t.Errorf("bulk through %s: %d bytes, %v", pr.name, moved, err)
+	}
+	c.close()
+	if _, err := pingPong(c.dialer(0), 1, 64, time.Now().Add(2*time.Second)); err == nil {
+		t.Error("the chain still answers after close")
+	}
+
+	for _, bad := range []struct {
+		what      string
+		cert, key string
+	}{{"another CN", wrongCN[0], wrongCN[1]}, {"another CA", otherCA[0], otherCA[1]}} {
+		files := good
+		files.ClientCert, files.ClientKey = bad.cert, bad.key
+		c, err := pr.start(dir, files, tg.echo, tg.sink)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pingPong(c.dialer(0), 1, 64, time.Now().Add(5*time.Second)); err == nil {
+			t.Errorf("%s: a client certificate with %s got through", pr.name, bad.what)
+		}
+		c.close()
+	}
+}
+
+func TestStunnelChain(t *testing.T) {
+	bin, missing := lookPath("stunnel4", "stunnel")
+	if bin == "" {
+		t.Skipf("stunnel is not installed (%s; Debian: apt-get install stunnel4)", missing)
+	}
+	testPeerChain(t, &peer{name: "stunnel", bin: bin})
+}
+
+func TestGhostunnelChain(t *testing.T) {
+	bin := os.Getenv("BENCH_GHOSTUNNEL")
+	if bin == "" {
+		var missing string
+		if bin, missing = lookPath("ghostunnel"); bin == "" {
+			t.Skipf("ghostunnel is not installed (%s, BENCH_GHOSTUNNEL unset)", missing)
+		}
+	}
+	testPeerChain(t, &peer{name: "ghostunnel", bin: bin})
+}
+
+func TestFreePortsAndListeningPorts(t *testing.T) {
+	ports, err := freePorts(3)
+	if err != nil || len(ports) != 3 {
+		t.Fatalf("%v, %v", ports, err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	have, err := listeningPorts(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !have[ln.Addr().(*net.TCPAddr).Port] {
+		t.Errorf("own listener on %s not found among %v", ln.Addr(), have)
+	}
+	// PID 1 does not hold this process's listener.
+	if other, err := listeningPorts(1); err == nil && other[ln.Addr().(*net.TCPAddr).Port] {
+		t.Error("another process's listening ports include ours")
+	}
+}
+
+// The best peer is the highest figure where higher is better, the lowest
+// otherwise, among the peers that measured it and did not fail.
+func TestBestPeer(t *testing.T) {
+	a, b, c := newPath("a", nil, nil, nil), newPath("b", nil, nil, nil), newPath("c", nil, nil, nil)
+	a.fig.t1, b.fig.t1, c.fig.t1 = 2, 3, 9
+	a.fig.rtt, b.fig.rtt = []time.Duration{300 * time.Microsecond}, []time.Duration{200 * time.Microsecond}
+	c.failed = errors.New("died")
+	for _, tc := range []struct {
+		m        metric
+		want     float64
+		wantName string
+	}{{mT1, 3, "b"}, {mRTT50, 200, "b"}, {mConns, -1, ""}} {
+		if v, name := best(tc.m, []*path{a, b, c}); v != tc.want || name != tc.wantName {
+			t.Errorf("%s: %v (%q), want %v (%q)", tc.m.name, v, name, tc.want, tc.wantName)
+		}
+	}
+	a.fig.rtt = []time.Duration{100 * time.Microsecond}
+	if v, name := best(mRTT50, []*path{a, b}); v != 100 || name != "a" {
+		t.Errorf("lower is better: %v (%q), want 100 (a)", v, name)
+	}
+	var sb strings.Builder
+	writeTable(&sb, []row{{metric: "m", unit: "u", base: 4, tunnel: 2, peer: 8, peerName: "b", higherBetter: true}})
+	if !strings.Contains(sb.String(), "| b | 8.00 | 0.25× |") {
+		t.Errorf("table row lacks the peer columns:\n%s", sb.String())
 	}
 }

@@ -1,7 +1,7 @@
 // Command tunnel-bench measures the built tunnel agents against direct TCP
 // on loopback, and across an emulated WAN link; see bench/README.md.
 //
-//	go run ./bench/cmd/tunnel-bench [-quick] [-scenario loopback|wan|all] [-duration 20s] [-out FILE]
+//	go run ./bench/cmd/tunnel-bench [-quick] [-scenario loopback|wan|all] [-peers stunnel,ghostunnel|none] [-duration 20s] [-out FILE]
 package main
 
 import (
