@@ -176,6 +176,12 @@ func (r *rig) writeServer(t *testing.T, hcl string) {
 }
 
 func echoServer(t *testing.T) string {
+	return testServer(t, func(c net.Conn) { io.Copy(c, c) })
+}
+
+// testServer runs a loopback TCP server whose handle owns each connection
+// until it returns; cleanup closes the listener and waits for every handler.
+func testServer(t *testing.T, handle func(net.Conn)) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -187,7 +193,7 @@ func echoServer(t *testing.T) string {
 			if err != nil {
 				return
 			}
-			wg.Go(func() { defer c.Close(); io.Copy(c, c) })
+			wg.Go(func() { defer c.Close(); handle(c) })
 		}
 	})
 	t.Cleanup(func() { ln.Close(); wg.Wait() })

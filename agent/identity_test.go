@@ -153,22 +153,7 @@ tls {
 
 // replyServer answers every connection with reply and closes it.
 func replyServer(t *testing.T, reply string) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() { defer c.Close(); io.WriteString(c, reply) })
-		}
-	})
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String()
+	return testServer(t, func(c net.Conn) { io.WriteString(c, reply) })
 }
 
 // Two clients with the same CN and two URI-only clients with the same URI
