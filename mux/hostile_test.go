@@ -231,20 +231,7 @@ func TestResetNotEOFOnCongestedStream(t *testing.T) {
 			t.FailNow()
 		}
 		t.Cleanup(func() { client.Close(); server.Close() })
-		accepted := make(chan *Stream, 1)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			server.Serve(ctx, func(string) (Service, bool) {
-				return Service{Allowed: allowOnly("client-a"), Dial: func(context.Context, Request) (net.Conn, error) { a, _ := net.Pipe(); return a, nil }}, true
-			}, func(ctx context.Context, _ string, st *Stream, target net.Conn) {
-				accepted <- st
-				<-ctx.Done()
-				target.Close()
-			})
-		}()
-		defer func() { cancel(); <-done }()
+		accepted := acceptedStreams(t, server, pipeTarget)
 
 		st, err := client.Open(context.Background(), "sink", "")
 		if err != nil {
@@ -285,27 +272,14 @@ func TestResetNotEOFOnCongestedStream(t *testing.T) {
 	})
 
 	t.Run("raw peer sees RST", func(t *testing.T) {
-		accepted := make(chan *Stream, 1)
 		release := make(chan struct{})
 		defer close(release)
-		svcs := map[string]Service{"sink": {Allowed: allowOnly("client-a"), Dial: func(context.Context, Request) (net.Conn, error) {
+		server, raw := rawClient(t, Config{}, nil)
+		accepted := acceptedStreams(t, server, func(context.Context, Request) (net.Conn, error) {
 			a, b := net.Pipe()
 			go func() { <-release; b.Close() }()
 			return a, nil
-		}}}
-		server, raw := rawClient(t, Config{}, nil)
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			server.Serve(ctx, func(name string) (Service, bool) { v, ok := svcs[name]; return v, ok },
-				func(ctx context.Context, _ string, st *Stream, target net.Conn) {
-					accepted <- st
-					<-ctx.Done()
-					target.Close()
-				})
-		}()
-		defer func() { cancel(); <-done }()
+		})
 		hdr, _ := encodeHeader("sink", "")
 		y := rawOpen(t, raw, hdr)
 		st := <-accepted

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/yamux"
 	"go.uber.org/goleak"
 
 	"github.com/tunnelworks/tunnel/transport/ssl"
@@ -399,24 +398,33 @@ func TestBusyPeerIsAlive(t *testing.T) {
 	st.Close()
 }
 
-var _ = yamux.ErrSessionShutdown
-
-func TestAbortReachesThePeer(t *testing.T) {
-	server, client := sessions(t, "client-a", Config{})
-	targetSide := make(chan *Stream, 1)
+// acceptedStreams serves s, allowing client-a every service name with
+// targets from dial, and hands each accepted stream over; the target stays
+// open until the test ends, when serving stops.
+func acceptedStreams(t *testing.T, s *Session, dial func(context.Context, Request) (net.Conn, error)) <-chan *Stream {
+	accepted := make(chan *Stream, 1)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		server.Serve(ctx, func(string) (Service, bool) {
-			return Service{Allowed: allowOnly("client-a"), Dial: func(context.Context, Request) (net.Conn, error) { a, _ := net.Pipe(); return a, nil }}, true
+		s.Serve(ctx, func(string) (Service, bool) {
+			return Service{Allowed: allowOnly("client-a"), Dial: dial}, true
 		}, func(ctx context.Context, _ string, st *Stream, target net.Conn) {
-			targetSide <- st
+			accepted <- st
 			<-ctx.Done()
 			target.Close()
 		})
 	}()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { cancel(); <-done })
+	return accepted
+}
+
+// pipeTarget is a target nobody reads: one end of a net.Pipe.
+func pipeTarget(context.Context, Request) (net.Conn, error) { a, _ := net.Pipe(); return a, nil }
+
+func TestAbortReachesThePeer(t *testing.T) {
+	server, client := sessions(t, "client-a", Config{})
+	targetSide := acceptedStreams(t, server, pipeTarget)
 	st, err := client.Open(context.Background(), "any", "")
 	if err != nil {
 		t.Fatal(err)
