@@ -100,18 +100,8 @@ func startRig(t *testing.T) *rig {
 	r.echo = echoServer(t)
 	r.srvPath = filepath.Join(r.dir, "server.hcl")
 	r.writeServer(t, serverHCL(r.echo, `"client-a"`, ""))
-	scfg, err := config.LoadServer(r.srvPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.srv, err = NewServer(scfg, hclog.New(&hclog.LoggerOptions{Output: r.srvLog, Level: hclog.Debug}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r.cancel = cancel
-	r.done.Go(func() { _ = r.srv.Run(ctx) })
-	<-r.srv.Ready()
+	var ctx context.Context
+	r.srv, ctx, r.cancel = runServerFile(t, r.srvPath, r.srvLog, &r.done)
 	cliPath := filepath.Join(r.dir, "client.hcl")
 	if err := os.WriteFile(cliPath, fmt.Appendf(nil, `server = %q
 tls {
@@ -173,6 +163,25 @@ func (r *rig) writeServer(t *testing.T, hcl string) {
 	if err := os.WriteFile(r.srvPath, []byte(hcl), 0o644); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// runServerFile loads the server config at path and runs the server on
+// wg, logging at debug to log; it returns once the server is ready.
+// Cancelling the returned context's cancel stops it.
+func runServerFile(t *testing.T, path string, log io.Writer, wg *sync.WaitGroup) (*Server, context.Context, context.CancelFunc) {
+	t.Helper()
+	cfg, err := config.LoadServer(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(cfg, hclog.New(&hclog.LoggerOptions{Output: log, Level: hclog.Debug}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	wg.Go(func() { _ = srv.Run(ctx) })
+	<-srv.Ready()
+	return srv, ctx, cancel
 }
 
 func echoServer(t *testing.T) string {

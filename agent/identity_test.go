@@ -72,18 +72,8 @@ func startFleet(t *testing.T, opts fleetOptions) *fleet {
 	if err := os.WriteFile(path, []byte(hcl), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.LoadServer(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f.srv, err = NewServer(cfg, hclog.New(&hclog.LoggerOptions{Output: f.srvLog, Level: hclog.Debug}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	f.ctx = ctx
-	f.done.Go(func() { _ = f.srv.Run(ctx) })
-	<-f.srv.Ready()
+	var cancel context.CancelFunc
+	f.srv, f.ctx, cancel = runServerFile(t, path, f.srvLog, f.done)
 	t.Cleanup(func() {
 		cancel()
 		f.done.Wait()
