@@ -1,0 +1,398 @@
+//go:build linux
+
+package handover
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sys/unix"
+)
+
+// The channel is a SOCK_SEQPACKET socket pair: one message per file, its
+// descriptor attached (SCM_RIGHTS), then an end message with the count.
+// The successor answers with its PID once it is ready. Messages keep
+// their boundaries, so no framing; the parent writes while the successor
+// reads, so the pair never fills for long.
+
+const (
+	kindListener = "listener"
+	kindConn     = "conn"
+	kindState    = "state"
+	kindEnd      = "end"
+	kindReady    = "ready"
+)
+
+// maxMessage bounds one message (a listener's address or a connection's
+// name, in JSON).
+const maxMessage = 4 * maxName
+
+type message struct {
+	Kind    string `json:"kind"`
+	Network string `json:"network,omitempty"`
+	Addr    string `json:"addr,omitempty"`
+	Name    string `json:"name,omitempty"`
+	Count   int    `json:"count,omitempty"` // end: files sent
+	PID     int    `json:"pid,omitempty"`   // ready
+}
+
+// item is one file to send; its descriptor is duplicated when sent.
+type item struct {
+	m   message
+	src syscall.Conn
+}
+
+type sendResult struct {
+	listeners, conns, pid int
+}
+
+// send writes every item, then the end, then waits for the successor's
+// PID (until c is closed or its read deadline passes). An item closed
+// since it was queued is left out.
+func send(c *net.UnixConn, items []item, log hclog.Logger) sendResult {
+	var r sendResult
+	n := 0
+	for _, it := range items {
+		fd, err := dup(it.src)
+		if err != nil {
+			log.Warn("not passed on: closed before the upgrade", "kind", it.m.Kind, "name", it.m.Name, "addr", it.m.Addr, "error", err)
+			continue
+		}
+		err = writeMessage(c, it.m, []int{fd})
+		syscall.Close(fd) // the message holds its own reference
+		if err != nil {
+			return r
+		}
+		n++
+		switch it.m.Kind {
+		case kindListener:
+			r.listeners++
+		case kindConn:
+			r.conns++
+		}
+	}
+	if writeMessage(c, message{Kind: kindEnd, Count: n}, nil) != nil {
+		return r
+	}
+	m, files, err := readMessage(c)
+	closeAll(files)
+	if err == nil && m.Kind == kindReady {
+		r.pid = m.PID
+	}
+	return r
+}
+
+// dup duplicates c's descriptor (close-on-exec).
+func dup(c syscall.Conn) (int, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd, derr := -1, error(nil)
+	if err := raw.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, err
+	}
+	return fd, derr
+}
+
+func writeMessage(c *net.UnixConn, m message, fds []int) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	if _, _, err := c.WriteMsgUnix(b, oob, nil); err != nil {
+		return fmt.Errorf("send %s: %w", m.Kind, err)
+	}
+	return nil
+}
+
+// readMessage reads one message and the files attached to it.
+func readMessage(c *net.UnixConn) (message, []*os.File, error) {
+	var m message
+	buf := make([]byte, maxMessage)
+	oob := make([]byte, unix.CmsgSpace(4)) // one descriptor
+	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return m, nil, err
+	}
+	files, err := rights(oob[:oobn])
+	switch {
+	case err != nil:
+	case flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0:
+		err = errors.New("message truncated")
+	default:
+		err = json.Unmarshal(buf[:n], &m)
+	}
+	if err != nil {
+		closeAll(files)
+		return m, nil, fmt.Errorf("bad message: %w", err)
+	}
+	return m, files, nil
+}
+
+func rights(oob []byte) ([]*os.File, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, err
+	}
+	var files []*os.File
+	for i := range msgs {
+		fds, err := unix.ParseUnixRights(&msgs[i])
+		if err != nil {
+			closeAll(files)
+			return nil, err
+		}
+		for _, fd := range fds {
+			files = append(files, os.NewFile(uintptr(fd), "inherited"))
+		}
+	}
+	return files, nil
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
+}
+
+// receive reads what the previous process sends, up to its end message,
+// within timeout. The connection stays open for Ready's answer.
+func receive(f *os.File, timeout time.Duration) (*inheritance, *net.UnixConn, error) {
+	c, err := unixConn(f)
+	f.Close()
+	if err != nil {
+		return nil, nil, err
+	}
+	_ = c.SetReadDeadline(time.Now().Add(timeout))
+	in := &inheritance{listeners: map[string][]*os.File{}, conns: map[string]*os.File{}}
+	fail := func(err error) (*inheritance, *net.UnixConn, error) {
+		in.close()
+		c.Close()
+		return nil, nil, err
+	}
+	for n := 0; ; n++ {
+		m, files, err := readMessage(c)
+		if err != nil {
+			return fail(fmt.Errorf("after %d files: %w", n, err))
+		}
+		if m.Kind == kindEnd {
+			if len(files) > 0 || m.Count != n {
+				closeAll(files)
+				return fail(fmt.Errorf("got %d files, the previous process sent %d", n, m.Count))
+			}
+			_ = c.SetReadDeadline(time.Time{})
+			return in, c, nil
+		}
+		if len(files) != 1 {
+			closeAll(files)
+			return fail(fmt.Errorf("%s message with %d files", m.Kind, len(files)))
+		}
+		if err := in.add(m, files[0]); err != nil {
+			files[0].Close()
+			return fail(err)
+		}
+	}
+}
+
+// takeBack empties the successor's end of a failed upgrade's pair
+// (ours closed: it ends at EOF), closing every file in it.
+func takeBack(theirs *net.UnixConn) {
+	_ = theirs.SetReadDeadline(time.Now().Add(replyWait))
+	for {
+		_, files, err := readMessage(theirs)
+		closeAll(files)
+		if err != nil {
+			return
+		}
+	}
+}
+
+// unixConn makes a *net.UnixConn of f's socket (a second descriptor; f
+// stays the caller's).
+func unixConn(f *os.File) (*net.UnixConn, error) {
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("handover channel is a %T, not a unix socket", c)
+	}
+	return uc, nil
+}
+
+// inheritance is what the previous process passed on, until taken or
+// closed by Ready.
+type inheritance struct {
+	listeners map[string][]*os.File // by network and address, in the order sent
+	conns     map[string]*os.File
+	state     *os.File
+	stateSize int64
+}
+
+func listenerKey(network, addr string) string { return network + " " + addr }
+
+func (in *inheritance) add(m message, f *os.File) error {
+	switch m.Kind {
+	case kindListener:
+		k := listenerKey(m.Network, m.Addr)
+		in.listeners[k] = append(in.listeners[k], f)
+	case kindConn:
+		if in.conns[m.Name] != nil {
+			return fmt.Errorf("connection %q sent twice", m.Name)
+		}
+		in.conns[m.Name] = f
+	case kindState:
+		if in.state != nil {
+			return errors.New("state sent twice")
+		}
+		st, err := f.Stat()
+		if err != nil {
+			return fmt.Errorf("state: %w", err)
+		}
+		in.state, in.stateSize = f, st.Size()
+	default:
+		return fmt.Errorf("unknown message %q", m.Kind)
+	}
+	return nil
+}
+
+func (in *inheritance) numListeners() int {
+	n := 0
+	for _, l := range in.listeners {
+		n += len(l)
+	}
+	return n
+}
+
+// takeListener is the next inherited listener of network and addr, or
+// nil; in may be nil (nothing inherited, or ready already).
+func (in *inheritance) takeListener(network, addr string) *os.File {
+	if in == nil {
+		return nil
+	}
+	k := listenerKey(network, addr)
+	l := in.listeners[k]
+	if len(l) == 0 {
+		return nil
+	}
+	in.listeners[k] = l[1:]
+	return l[0]
+}
+
+func (in *inheritance) takeConn(name string, hasParent bool) (*os.File, error) {
+	if in == nil {
+		if hasParent {
+			return nil, errors.New("asked for after Ready, which closed it")
+		}
+		return nil, ErrNotInherited
+	}
+	f := in.conns[name]
+	if f == nil {
+		return nil, ErrNotInherited
+	}
+	delete(in.conns, name)
+	return f, nil
+}
+
+func (in *inheritance) takeState(hasParent bool) (*os.File, error) {
+	if in == nil {
+		if hasParent {
+			return nil, errors.New("handover: state asked for after Ready, which closed it")
+		}
+		return nil, nil
+	}
+	f := in.state
+	in.state = nil
+	return f, nil
+}
+
+// close closes everything not taken and says how much that was.
+func (in *inheritance) close() (listeners, conns, state int) {
+	for _, l := range in.listeners {
+		listeners += len(l)
+		closeAll(l)
+	}
+	for _, f := range in.conns {
+		conns++
+		f.Close()
+	}
+	if in.state != nil {
+		state = 1
+		in.state.Close()
+	}
+	in.listeners, in.conns, in.state = nil, nil, nil
+	return listeners, conns, state
+}
+
+// stateFile holds blob for the successor: a sealed memfd (it reads
+// exactly what was written, whatever this process does next), or where
+// memfd_create is refused an unlinked temporary file. Never the
+// environment or a pipe, which a few MiB would fill.
+func stateFile(blob []byte) (*os.File, error) {
+	fd, err := unix.MemfdCreate("tunnel-handover-state", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return tempStateFile(blob)
+	}
+	f := os.NewFile(uintptr(fd), "handover-state")
+	if _, err := f.Write(blob); err != nil {
+		f.Close()
+		return nil, err
+	}
+	raw, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	var serr error
+	err = raw.Control(func(s uintptr) {
+		_, serr = unix.FcntlInt(s, unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_WRITE|unix.F_SEAL_SEAL)
+	})
+	if err = errors.Join(err, serr); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("seal: %w", err)
+	}
+	return f, nil
+}
+
+func tempStateFile(blob []byte) (*os.File, error) {
+	f, err := os.CreateTemp("", "tunnel-handover-*")
+	if err != nil {
+		return nil, err
+	}
+	err = os.Remove(f.Name())
+	if err == nil {
+		_, err = f.Write(blob)
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// readState reads the whole of f from its start (its offset is shared
+// with the previous process's descriptor: read by position).
+func readState(f *os.File) ([]byte, error) {
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, st.Size())
+	if _, err := io.ReadFull(io.NewSectionReader(f, 0, st.Size()), b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
