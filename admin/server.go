@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -85,18 +86,73 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
-// Serve listens on addr and serves until ctx ends. ready gets the bound address.
+// Serve serves on ln until ctx ends, then stops accepting and finishes
+// the requests of connections already accepted (2 s at most).
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	var fresh freshConns
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second, ConnState: fresh.track}
+	served, shutdown := make(chan struct{}), make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
+		defer close(shutdown)
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
+		// Stop accepting, then let the connections accepted before read
+		// their request: Shutdown drops a request it reads once it has
+		// begun. After a handover the port's next connections go to the
+		// successor.
+		_ = ln.Close()
+		<-served
+		fresh.wait(sctx)
 		_ = srv.Shutdown(sctx)
 	})
-	defer stop()
 	s.Log.Info("admin listening", "addr", ln.Addr().String())
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+	err := srv.Serve(ln)
+	close(served)
+	if !stop() {
+		<-shutdown // ctx ended: our own close, not an error
+		return nil
+	}
+	if err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("admin listener: %w", err)
 	}
 	return nil
+}
+
+// freshConns tracks the connections that have not sent a request yet.
+type freshConns struct {
+	mu sync.Mutex
+	m  map[net.Conn]bool
+}
+
+func (f *freshConns) track(c net.Conn, st http.ConnState) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.m == nil {
+		f.m = map[net.Conn]bool{}
+	}
+	if st == http.StateNew {
+		f.m[c] = true
+	} else {
+		delete(f.m, c)
+	}
+}
+
+// wait returns once every fresh connection has sent its request or
+// closed, or when ctx ends.
+func (f *freshConns) wait(ctx context.Context) {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		f.mu.Lock()
+		n := len(f.m)
+		f.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }

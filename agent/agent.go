@@ -621,16 +621,17 @@ func serviceIdle(list []config.Service, name string) time.Duration {
 }
 
 // drainSessions sends GoAway on every session and waits up to limit for
-// their streams to finish, all at once.
+// their streams to finish, all at once. Sessions without streams are
+// drained too: the peer hears why the session ends, and the last frames
+// of streams that just ended reach it before the session closes.
 func drainSessions(log hclog.Logger, sessions []*mux.Session, limit time.Duration) {
 	open := 0
 	for _, s := range sessions {
 		open += s.NumStreams()
 	}
-	if open == 0 {
-		return
+	if open > 0 {
+		log.Info("stopping: draining streams", "streams", open, "drain_timeout", limit)
 	}
-	log.Info("stopping: draining streams", "streams", open, "drain_timeout", limit)
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	var wg sync.WaitGroup

@@ -584,6 +584,18 @@ func (s *Session) Drain(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+	// The last streams' final frames (their FIN) are written, but the
+	// caller closes the session next, and a close with unread bytes from
+	// the peer resets the connection: the peer would see its streams cut
+	// instead of ended. A ping's answer comes back behind those frames.
+	pong := make(chan struct{})
+	if s.spawn(func() { _, _ = s.y.Ping(); close(pong) }) {
+		select {
+		case <-pong:
+		case <-ctx.Done():
+		case <-s.closed:
+		}
+	}
 	return nil
 }
 

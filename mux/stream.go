@@ -130,11 +130,13 @@ func (st *Stream) CloseWrite() error { return st.y.Close() }
 // Close says we are done with the stream: FIN if not sent yet. yamux frees
 // it once the peer has closed its side too.
 func (st *Stream) Close() error {
-	st.closeOnce.Do(func() { st.sess.untrack(st) })
-	if st.aborted.Load() {
-		return nil
+	var err error
+	if !st.aborted.Load() {
+		err = st.y.Close()
 	}
-	return st.y.Close()
+	// Untracked after its FIN is written: Drain counts on that order.
+	st.closeOnce.Do(func() { st.sess.untrack(st) })
+	return err
 }
 
 // Abort resets the stream: the reset travels in order behind the data we
