@@ -8,14 +8,14 @@ import (
 	"sync"
 
 	"github.com/tunnelworks/tunnel/admin"
-	"github.com/tunnelworks/tunnel/forward"
 )
 
 // adminHost owns the admin listener so that a reload can start, move or
 // stop it. Its context is the agent's accept context: when Run stops
 // accepting, the admin listener stops too.
 type adminHost struct {
-	srv *admin.Server // set by Run before start
+	srv    *admin.Server // set by Run before start
+	listen listenFunc    // set by Run before start
 
 	mu      sync.Mutex
 	ctx     context.Context // nil until start
@@ -34,7 +34,7 @@ func (h *adminHost) start(ctx context.Context, addr string) error {
 	if addr == "" {
 		return nil
 	}
-	ln, err := forward.Listen(ctx, addr)
+	ln, err := h.listen(ctx, addr)
 	if err != nil {
 		return fmt.Errorf("admin: %w", err)
 	}
@@ -77,14 +77,14 @@ func (h *adminHost) apply(addr string) (change string, err error) {
 		h.close()
 		return "admin listener on " + old + " stopped", nil
 	}
-	ln, err := forward.Listen(h.ctx, addr)
+	ln, err := h.listen(h.ctx, addr)
 	if err != nil && h.ln != nil && samePort(addr, h.ln.Addr()) {
 		// The new address overlaps the old one (same port, another host):
 		// free it and try once more, else reopen the old one.
 		oldConf, old := h.conf, h.ln.Addr().String()
 		h.close()
-		if ln, err = forward.Listen(h.ctx, addr); err != nil {
-			if back, berr := forward.Listen(h.ctx, old); berr == nil {
+		if ln, err = h.listen(h.ctx, addr); err != nil {
+			if back, berr := h.listen(h.ctx, old); berr == nil {
 				h.serve(back)
 				h.conf = oldConf
 				return "", fmt.Errorf("admin: %w (still on %s)", err, old)

@@ -17,6 +17,7 @@ import (
 	"github.com/tunnelworks/tunnel/admin"
 	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/forward"
+	"github.com/tunnelworks/tunnel/handover"
 	"github.com/tunnelworks/tunnel/mux"
 	"github.com/tunnelworks/tunnel/ratelog"
 	"github.com/tunnelworks/tunnel/transport/ssl"
@@ -42,7 +43,8 @@ type Client struct {
 	keeperRun  func(*keeper)                     // starts a keeper once Run runs; nil before and after
 	serverSays atomic.Pointer[map[string]string] // the classes of the server's services, from the last hello
 
-	admin adminHost
+	admin    adminHost
+	handover handoverHost
 
 	mu       sync.Mutex
 	forwards *forwardSet
@@ -203,7 +205,7 @@ func (c *Client) Run(ctx context.Context) error {
 	// Listeners open before the first session and stay open while it is
 	// down, so local applications see a stable port.
 	var conns sync.WaitGroup
-	fs := newForwardSet(c.log, &conns, c.serveForward)
+	fs := newForwardSet(c.log, &conns, c.handover.listen, c.serveForward)
 	if err := fs.start(acceptCtx, streamCtx, c.cfg().Forwards); err != nil {
 		fs.stop()
 		return err
@@ -229,10 +231,16 @@ func (c *Client) Run(ctx context.Context) error {
 	defer stopKeepers()
 	loops.Go(func() { warnExpiries(acceptCtx, c.cfg().ExpiryWarning, c.tls.Policy, c.log, c.metrics) })
 	c.admin.srv = &admin.Server{Metrics: c.metrics, Healthy: c.healthy, Status: c.status, Log: c.log}
-	if err := c.admin.start(acceptCtx, c.cfg().Admin); err != nil {
+	c.admin.listen = c.handover.listen
+	err := c.admin.start(acceptCtx, c.cfg().Admin)
+	if err == nil {
+		err = c.handover.ready(c.log)
+	}
+	if err != nil {
 		stopAccepting()
 		stopKeepers()
 		fs.stop()
+		c.admin.stop()
 		loops.Wait()
 		return err
 	}
@@ -244,7 +252,11 @@ func (c *Client) Run(ctx context.Context) error {
 			}, c.Reload, c.log)
 		})
 	}
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-c.handover.handedOver():
+		c.log.Info("stopping: the new process serves the forwards now; draining this one's streams")
+	}
 	stopKeepers()
 	fs.stop()
 	c.admin.stop()
@@ -254,6 +266,19 @@ func (c *Client) Run(ctx context.Context) error {
 	conns.Wait()
 	c.log.Info("stopped")
 	return nil
+}
+
+// UseHandover makes Run open its listeners through h (see
+// Server.UseHandover). Call it before Run.
+func (c *Client) UseHandover(h *handover.Handover) { c.handover.h = h }
+
+// HandOver starts the binary on disk as a successor that takes over the
+// forward and admin listeners, and waits until it is ready; Run then stops
+// accepting and drains as for a stop. On error nothing changed.
+func (c *Client) HandOver(ctx context.Context) error {
+	c.reloadMu.Lock()
+	defer c.reloadMu.Unlock()
+	return c.handover.upgrade(ctx)
 }
 
 // healthy: every class has its session up.

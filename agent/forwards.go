@@ -25,6 +25,7 @@ type forwardSet struct {
 	log     hclog.Logger
 	limited *ratelog.Log
 	handle  func(ctx context.Context, f config.Forward, local net.Conn)
+	listen  listenFunc
 	// conns is where each accepted connection's goroutine is counted: the
 	// agent's, so streams outlive a forward that a reload removed.
 	conns *sync.WaitGroup
@@ -42,8 +43,11 @@ type runningForward struct {
 	done   chan struct{}
 }
 
-func newForwardSet(log hclog.Logger, conns *sync.WaitGroup, handle func(context.Context, config.Forward, net.Conn)) *forwardSet {
-	return &forwardSet{log: log, limited: ratelog.New(log, time.Minute), handle: handle, conns: conns, running: map[string]*runningForward{}}
+// listenFunc opens a listener (forward.Listen, or through a handover).
+type listenFunc func(ctx context.Context, addr string, opts ...sockopt.Options) (net.Listener, error)
+
+func newForwardSet(log hclog.Logger, conns *sync.WaitGroup, listen listenFunc, handle func(context.Context, config.Forward, net.Conn)) *forwardSet {
+	return &forwardSet{log: log, limited: ratelog.New(log, time.Minute), handle: handle, listen: listen, conns: conns, running: map[string]*runningForward{}}
 }
 
 // start runs the first set of forwards. acceptCtx stops the accept loops;
@@ -86,7 +90,7 @@ func (fs *forwardSet) apply(want []config.Forward) error {
 		}
 		// The minimum TTL and DSCP sit on the listening socket, so they
 		// hold for every accepted connection from its first packet.
-		ln, err := forward.Listen(acceptCtx, f.Listen, sockopt.Options{MinTTL: f.MinTTL, DSCP: f.DSCP})
+		ln, err := fs.listen(acceptCtx, f.Listen, sockopt.Options{MinTTL: f.MinTTL, DSCP: f.DSCP})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("forward %q: %w", f.Name, err))
 			continue

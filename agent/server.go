@@ -16,6 +16,7 @@ import (
 	"github.com/tunnelworks/tunnel/admin"
 	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/forward"
+	"github.com/tunnelworks/tunnel/handover"
 	"github.com/tunnelworks/tunnel/mux"
 	"github.com/tunnelworks/tunnel/ratelog"
 	"github.com/tunnelworks/tunnel/transport/sockopt"
@@ -35,7 +36,8 @@ type Server struct {
 	sessions sessionSet
 	reloadMu sync.Mutex // one reload at a time
 
-	admin adminHost
+	admin    adminHost
+	handover handoverHost
 
 	mu       sync.Mutex
 	tunnel   net.Addr
@@ -138,12 +140,12 @@ func (s *Server) Run(ctx context.Context) error {
 	acceptCtx, stopAccepting := context.WithCancel(ctx)
 	defer stopAccepting()
 
-	tunnelLn, err := forward.Listen(ctx, cfg.Listen)
+	tunnelLn, err := s.handover.listen(ctx, cfg.Listen)
 	if err != nil {
 		return err
 	}
 	var conns sync.WaitGroup // every session and stream goroutine
-	fs := newForwardSet(s.log, &conns, s.serveForward)
+	fs := newForwardSet(s.log, &conns, s.handover.listen, s.serveForward)
 	if err := fs.start(acceptCtx, streamCtx, cfg.Forwards); err != nil {
 		fs.stop()
 		tunnelLn.Close()
@@ -157,10 +159,18 @@ func (s *Server) Run(ctx context.Context) error {
 	var loops sync.WaitGroup
 	loops.Go(func() { tunnelErr <- s.serveTunnel(acceptCtx, streamCtx, tunnelLn, &conns) })
 	loops.Go(func() { warnExpiries(acceptCtx, cfg.ExpiryWarning, s.tls.Policy, s.log, s.metrics) })
-	s.admin.srv = &admin.Server{Metrics: s.metrics, Healthy: func() bool { return acceptCtx.Err() == nil }, Status: s.status, Log: s.log}
-	if err := s.admin.start(acceptCtx, s.cfg().Admin); err != nil {
+	// Unhealthy once stopping; not after a handover, whose successor
+	// serves the admin port while this process finishes its streams.
+	s.admin.srv = &admin.Server{Metrics: s.metrics, Healthy: func() bool { return ctx.Err() == nil }, Status: s.status, Log: s.log}
+	s.admin.listen = s.handover.listen
+	err = s.admin.start(acceptCtx, s.cfg().Admin)
+	if err == nil {
+		err = s.handover.ready(s.log)
+	}
+	if err != nil {
 		stopAccepting()
 		fs.stop()
+		s.admin.stop()
 		tunnelLn.Close()
 		loops.Wait()
 		return err
@@ -175,6 +185,8 @@ func (s *Server) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case first = <-tunnelErr:
+	case <-s.handover.handedOver():
+		s.log.Info("stopping: the new process serves the listeners now; draining this one's streams")
 	}
 	stopAccepting()
 	fs.stop()
@@ -185,6 +197,21 @@ func (s *Server) Run(ctx context.Context) error {
 	conns.Wait()
 	s.log.Info("stopped")
 	return first
+}
+
+// UseHandover makes Run open its listeners through h, so that a
+// successor started by HandOver inherits them, and tell h when they are
+// open (h.Ready). Call it before Run.
+func (s *Server) UseHandover(h *handover.Handover) { s.handover.h = h }
+
+// HandOver starts the binary on disk as a successor that takes over the
+// listeners, and waits until it is ready; Run then stops accepting and
+// drains its sessions as for a stop. On error nothing changed and Run
+// carries on. No reload runs meanwhile.
+func (s *Server) HandOver(ctx context.Context) error {
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	return s.handover.upgrade(ctx)
 }
 
 // drain tells every client to open no more streams and waits up to limit

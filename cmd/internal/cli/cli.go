@@ -6,6 +6,7 @@ package cli
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/tunnelworks/tunnel/agent"
 	"github.com/tunnelworks/tunnel/config"
+	"github.com/tunnelworks/tunnel/handover"
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
 
@@ -81,7 +83,8 @@ func usage(prog string, w io.Writer) {
 	fmt.Fprintf(w, `usage: %[1]s <command> [flags]
 
 commands:
-  run -config FILE        run the agent (SIGINT/SIGTERM stop it gracefully)
+  run -config FILE        run the agent (SIGINT/SIGTERM stop it gracefully, SIGHUP reloads,
+                          SIGUSR2 hands over to the binary on disk)
   validate -config FILE   check the config and its certificates, list every problem
   status -config FILE     show the running agent's sessions, forwards and certificates
   cert ...                make a CA, issue, revoke and inspect certificates ('cert help')
@@ -132,7 +135,7 @@ certificate; each step is printed and a failure is said in one line (exit 1 when
 server accepted us). It starts no session: a running client is not disturbed.`
 	if withLog {
 		synopsis = "-config FILE [-log-level LEVEL] [-log-format text|json]"
-		about = "Run the agent in the foreground. SIGINT or SIGTERM stops it gracefully (a second one\nexits at once); SIGHUP reloads the config and certificates."
+		about = "Run the agent in the foreground. SIGINT or SIGTERM stops it gracefully (a second one\nexits at once); SIGHUP reloads the config and certificates; SIGUSR2 starts the binary\non disk, which takes over the listeners, and this process then drains and exits."
 	}
 	fs := newFlagSet(prog, cmd, synopsis, about)
 	fs.StringVar(&f.config, "config", "", "config file (required)")
@@ -176,13 +179,25 @@ type runner interface {
 	Reload() error
 }
 
+// handingOver is what upgradeOnUSR2 needs of an agent.
+type handingOver interface {
+	HandOver(context.Context) error
+}
+
+// agentRunner is both agents as run starts them.
+type agentRunner interface {
+	runner
+	handingOver
+	UseHandover(*handover.Handover)
+}
+
 func run(role Role, prog string, args []string, stdout, stderr io.Writer) int {
 	f, code, ok := agentFlags(prog, "run", args, stdout, stderr, true)
 	if !ok {
 		return code
 	}
 	var (
-		a             runner
+		a             agentRunner
 		level, format string
 		log           hclog.Logger
 		err           error
@@ -228,10 +243,24 @@ func run(role Role, prog string, args []string, stdout, stderr io.Writer) int {
 		}
 		return exitOK
 	}
+	// Listeners go through the handover, so that SIGUSR2's successor
+	// inherits them; where it is not supported they are plain.
+	h, err := handover.New(handover.Options{Logger: log.Named("handover")})
+	switch {
+	case errors.Is(err, handover.ErrNotSupported):
+	case err != nil:
+		fmt.Fprintf(stderr, "%s: %v\n", prog, err)
+		return exitFailure
+	default:
+		defer h.Stop()
+		a.UseHandover(h)
+	}
 	ctx, stop := signalContext(log)
 	defer stop()
 	stopReloads := reloadOnHUP(a, log)
 	defer stopReloads()
+	stopUpgrades := upgradeOnUSR2(ctx, a, log)
+	defer stopUpgrades()
 	if err := a.Run(ctx); err != nil {
 		fmt.Fprintf(stderr, "%s: %v\n", prog, err)
 		return exitFailure
