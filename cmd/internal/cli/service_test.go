@@ -15,9 +15,9 @@ import (
 // for the standard paths. UPDATE_UNITS=1 rewrites them.
 func shippedUnits() map[string]string {
 	return map[string]string{
-		"tunnel-server.service":  systemdUnit(unitSpec{Binary: "/usr/bin/tunnel-server", Description: "Secure TCP tunnel server", Doc: "tunnel-server", Config: "/etc/tunnel/server.hcl", User: "tunnel", LowPort: true}),
-		"tunnel-client.service":  systemdUnit(unitSpec{Binary: "/usr/bin/tunnel-client", Description: "Secure TCP tunnel client", Doc: "tunnel-client", Config: "/etc/tunnel/client.hcl", User: "tunnel"}),
-		"tunnel-client@.service": systemdUnit(unitSpec{Binary: "/usr/bin/tunnel-client", Description: "Secure TCP tunnel client %i", Doc: "tunnel-client", Config: "/etc/tunnel/client-%i.hcl", User: "tunnel"}),
+		"tunnel-server.service":  systemdUnit(unitSpec{Name: "tunnel-server", Binary: "/usr/bin/tunnel-server", Description: "Secure TCP tunnel server", Doc: "tunnel-server", Config: "/etc/tunnel/server.hcl", User: "tunnel", LowPort: true}),
+		"tunnel-client.service":  systemdUnit(unitSpec{Name: "tunnel-client", Binary: "/usr/bin/tunnel-client", Description: "Secure TCP tunnel client", Doc: "tunnel-client", Config: "/etc/tunnel/client.hcl", User: "tunnel"}),
+		"tunnel-client@.service": systemdUnit(unitSpec{Name: "tunnel-client@NAME", Binary: "/usr/bin/tunnel-client", Description: "Secure TCP tunnel client %i", Doc: "tunnel-client", Config: "/etc/tunnel/client-%i.hcl", User: "tunnel"}),
 	}
 }
 
@@ -101,6 +101,8 @@ func TestInstallUnit(t *testing.T) {
 			"ExecStart=" + tc.wantExe + " run -config " + tc.wantConfig,
 			"ExecStartPre=" + tc.wantExe + " validate -config " + tc.wantConfig,
 			"ExecReload=/bin/kill -HUP $MAINPID",
+			"Type=notify", "NotifyAccess=all",
+			"#   systemctl kill -s USR2 --kill-whom=main " + prog,
 			"User=" + tc.user, "Group=" + group,
 			"Restart=on-failure", "RestartSec=2", "KillSignal=SIGTERM", "TimeoutStopSec=30",
 			"WantedBy=multi-user.target",
