@@ -707,6 +707,7 @@ func (s *Session) Resume(ctx context.Context, token Token, delivered uint64) (*S
 		return nil, 0, fmt.Errorf("resume stream: %w: the peer's answer holds %d bytes, not 8", ErrNotTunnel, len(msg))
 	}
 	st := &Stream{y: y, sess: s, token: token, resumable: true}
+	st.answered.Store(true)
 	return s.track(st), binary.BigEndian.Uint64([]byte(msg)), nil
 }
 
@@ -1037,7 +1038,9 @@ func (s *Session) handle(ctx context.Context, y *yamux.Stream, lookup Lookup, ac
 		resetConn(target)
 		return
 	}
-	accepted(ctx, name, s.track(&Stream{y: y, sess: s, service: name, token: h.token, resumable: h.resumable}), target)
+	st := &Stream{y: y, sess: s, service: name, token: h.token, resumable: h.resumable}
+	st.answered.Store(true)
+	accepted(ctx, name, s.track(st), target)
 }
 
 // handleResume serves the peer's move of a resumable stream here.
@@ -1047,7 +1050,9 @@ func (s *Session) handleResume(y *yamux.Stream, h header) {
 		s.refuse(y, CodeBadHeader, "resume without resume announced in the hello")
 		return
 	}
-	st := s.track(&Stream{y: y, sess: s, token: h.token, resumable: true})
+	st := &Stream{y: y, sess: s, token: h.token, resumable: true}
+	st.answered.Store(true)
+	s.track(st)
 	if err := s.cfg.Resume(st, h.token, h.delivered); err != nil {
 		var no *ResumeRefusal
 		if !errors.As(err, &no) {

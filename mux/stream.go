@@ -45,11 +45,18 @@ type Stream struct {
 	sess       *Session
 	service    string
 	awaitReply bool        // opener side: the first Read consumes the peer's answer
+	answered   atomic.Bool // the peer accepted it (its answer was ok)
 	aborted    atomic.Bool // we reset it
 	closeOnce  sync.Once
 	resumable  bool  // opened resumable (or moved here): named token
 	token      Token // its name, when resumable
 }
+
+// Answered says whether the peer has accepted the stream: always on the
+// accepting side; on the opening side once the first Read has read the
+// peer's ok. A resumable stream lost before then may never have reached
+// the peer, and is opened again rather than resumed.
+func (st *Stream) Answered() bool { return st.answered.Load() }
 
 // Token is the name of a resumable stream; ok is false for a plain one.
 func (st *Stream) Token() (token Token, ok bool) { return st.token, st.resumable }
@@ -120,6 +127,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 		if code != CodeOK {
 			return 0, &OpenError{Service: st.service, Code: code, Msg: msg}
 		}
+		st.answered.Store(true)
 	}
 	n, err := st.y.Read(p)
 	if err != nil {
