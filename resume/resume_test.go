@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunnelworks/tunnel/forward"
 	"github.com/tunnelworks/tunnel/mux"
 )
 
@@ -319,5 +320,68 @@ func TestReplayBufferBackpressure(t *testing.T) {
 	}
 	if n := <-got; n != sent {
 		t.Fatalf("echoed %d bytes of %d", n, sent)
+	}
+}
+
+// TestHandoverToSuccessor: the client agent freezes its streams, exports
+// them, and exits; a successor with the same certificate restores them on
+// duplicated descriptors (as a new process inherits them) and resumes.
+// The application sees nothing but a pause.
+func TestHandoverToSuccessor(t *testing.T) {
+	r := newRig(t, 30*time.Second)
+	old := r.newClient("client-a")
+	app, local := tcpPair(t)
+	rs, err := old.table.Open(context.Background(), old.session(t), "echo", "", local.LocalAddr(), local.RemoteAddr(), Options{Window: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	piped := make(chan forward.Result, 1)
+	go func() { piped <- forward.Pipe(context.Background(), rs.Local(local), rs, nil, 0) }()
+	errc := make(chan error, 1)
+	go func() { errc <- exchange(app, 16<<20, 3) }()
+	time.Sleep(300 * time.Millisecond)
+
+	old.table.Freeze()
+	if res := <-piped; !errors.Is(res.Err, ErrHandedOver) {
+		t.Fatalf("frozen pipe ended with %v, want ErrHandedOver", res.Err)
+	}
+	inst, handoffs := old.table.Export()
+	if len(handoffs) != 1 || handoffs[0].Local != local {
+		t.Fatalf("exported %d streams", len(handoffs))
+	}
+	// The successor's descriptor: a duplicate, as a new process inherits.
+	f, err := local.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inherited, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inherited.Close()
+	blob, err := State{Instance: inst, Streams: []StreamState{handoffs[0].State}}.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.shutdown() // the old process exits: its session ends
+	local.Close()  // and its descriptor closes; the socket lives on in the successor's
+
+	st, err := UnmarshalState(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	succ := r.startClient(old.mat, NewTable(Config{Instance: st.Instance}))
+	rs2, err := succ.table.Restore(st.Streams[0], inherited)
+	if err != nil {
+		t.Fatal(err)
+	}
+	piped2 := make(chan forward.Result, 1)
+	go func() { piped2 <- forward.Pipe(context.Background(), rs2.Local(inherited), rs2, nil, 0) }()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if res := <-piped2; res.Err != nil {
+		t.Fatalf("successor's pipe: %v", res.Err)
 	}
 }

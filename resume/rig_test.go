@@ -183,16 +183,25 @@ func (r *rig) newClient(name string) *client {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	cl := &client{r: r, mat: r.material(name, c), table: NewTable(Config{}), up: make(chan struct{})}
+	return r.startClient(r.material(name, c), NewTable(Config{}))
+}
+
+// startClient starts a client agent with a certificate and a table (a
+// successor's, in a handover).
+func (r *rig) startClient(mat *ssl.Material, table *Table) *client {
+	cl := &client{r: r, mat: mat, table: table, up: make(chan struct{})}
 	cl.ctx, cl.stop = context.WithCancel(context.Background())
 	cl.wg.Go(cl.keep)
-	r.t.Cleanup(func() {
-		cl.stop()
-		cl.wg.Wait()
-		cl.table.Close()
-	})
+	r.t.Cleanup(cl.shutdown)
 	cl.session(r.t)
 	return cl
+}
+
+// shutdown stops the client agent: its sessions end (its process exits).
+func (cl *client) shutdown() {
+	cl.stop()
+	cl.wg.Wait()
+	cl.table.Close()
 }
 
 func (cl *client) connect() (*mux.Session, error) {

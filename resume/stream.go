@@ -92,6 +92,10 @@ type Stream struct {
 	finWritten bool   // and the current carrier has the FIN
 	closing    bool   // Close was called: ends once the peer has everything
 
+	held   int64      // budget bytes this stream holds
+	frozen bool       // handed over to the successor (see Freeze)
+	local2 *localConn // its local connection, when given to Local
+
 	// The peer's direction.
 	delivered    uint64 // bytes Read returned, plus one for the FIN
 	finDelivered bool
@@ -117,12 +121,16 @@ func (s *Stream) Service() string { return s.service }
 func (s *Stream) Read(p []byte) (int, error) {
 	for {
 		s.mu.Lock()
-		for s.carrier == nil && s.err == nil && !s.finDelivered {
+		for s.carrier == nil && s.err == nil && !s.finDelivered && !s.frozen {
 			s.cond.Wait()
 		}
 		if s.finDelivered {
 			s.mu.Unlock()
 			return 0, io.EOF
+		}
+		if s.frozen {
+			s.mu.Unlock()
+			return 0, ErrHandedOver
 		}
 		if s.err != nil {
 			err := s.err
@@ -190,11 +198,14 @@ func (s *Stream) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	if err := s.budget.Acquire(s.ctx, int64(len(p))); err != nil {
+	n := int64(len(p))
+	budgeted := s.budget.Acquire(s.ctx, n) == nil
+	s.mu.Lock()
+	if !budgeted && !s.frozen {
+		s.mu.Unlock()
 		return 0, s.endErr()
 	}
-	s.mu.Lock()
-	for s.err == nil && s.replay.len() > 0 && s.replay.len()+len(p) > s.maxReplay {
+	for s.err == nil && !s.frozen && s.replay.len() > 0 && s.replay.len()+len(p) > s.maxReplay {
 		s.cond.Wait()
 	}
 	if s.err != nil || s.finSent {
@@ -203,16 +214,33 @@ func (s *Stream) Write(p []byte) (int, error) {
 			err = errors.New("write after close")
 		}
 		s.mu.Unlock()
-		s.budget.Release(int64(len(p)))
+		if budgeted {
+			s.budget.Release(n)
+		}
 		return 0, err
+	}
+	if budgeted {
+		s.held += n
 	}
 	s.replay.push(p)
 	s.sent += uint64(len(p))
+	frozen := s.frozen
 	s.mu.Unlock()
+	if frozen {
+		return len(p), nil // the successor sends it
+	}
 	if err := s.flush(); err != nil {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// releaseLocked returns freed bytes of budget, up to what the stream holds.
+func (s *Stream) releaseLocked(freed int) {
+	if k := min(int64(freed), s.held); k > 0 {
+		s.held -= k
+		s.budget.Release(k)
+	}
 }
 
 // CloseWrite sends our end of data.
@@ -224,7 +252,11 @@ func (s *Stream) CloseWrite() error {
 		return err
 	}
 	s.finSent = true
+	frozen := s.frozen
 	s.mu.Unlock()
+	if frozen {
+		return nil // the successor sends it
+	}
 	return s.flush()
 }
 
@@ -341,7 +373,7 @@ func (s *Stream) detachLocked() {
 		s.carrier = nil
 	}
 	s.gen++
-	s.written, s.finWritten = s.acked, false
+	s.written, s.finWritten = min(s.acked, s.sent), false
 	s.cond.Broadcast()
 }
 
@@ -377,10 +409,8 @@ func (s *Stream) acknowledge(n uint64) {
 
 // ackLocked drops [acked, n) from the replay buffer.
 func (s *Stream) ackLocked(n uint64) {
-	data := min(n, s.sent)
-	if data > s.acked {
-		freed := s.replay.drop(int(data - s.acked))
-		s.budget.Release(int64(freed))
+	if data := min(n, s.sent); data > s.acked {
+		s.releaseLocked(s.replay.drop(int(data - s.acked)))
 	}
 	s.acked = n
 	s.cond.Broadcast()
@@ -475,7 +505,7 @@ func (s *Stream) finish(err error) {
 	if s.ackTimer != nil {
 		s.ackTimer.Stop()
 	}
-	freed := s.replay.drop(s.replay.len())
+	s.releaseLocked(s.replay.drop(s.replay.len()))
 	c := s.carrier
 	if clean {
 		s.carrier = nil
@@ -488,7 +518,6 @@ func (s *Stream) finish(err error) {
 			_ = c.Close() // both FINs crossed: yamux frees it
 		}
 	}
-	s.budget.Release(int64(freed))
 	s.cancel()
 	s.t.remove(s)
 }
@@ -498,7 +527,7 @@ func (s *Stream) finish(err error) {
 // now still ends cleanly after a resume), at most a resume window.
 func (s *Stream) Close() error {
 	s.mu.Lock()
-	if s.done {
+	if s.done || s.frozen {
 		s.mu.Unlock()
 		return nil
 	}
@@ -523,6 +552,10 @@ func (s *Stream) Close() error {
 // carrier is up, at its resume otherwise).
 func (s *Stream) Abort() error {
 	s.mu.Lock()
+	if s.frozen {
+		s.mu.Unlock()
+		return nil
+	}
 	c := s.carrier
 	s.carrier = nil
 	s.mu.Unlock()

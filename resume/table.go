@@ -91,9 +91,6 @@ func (t *Table) newStream(token mux.Token, opener bool, sess *mux.Session, servi
 	if o.Window <= 0 {
 		return nil, errors.New("resumable stream without a resume window")
 	}
-	if o.MaxReplay <= 0 {
-		o.MaxReplay = 1 << 20
-	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
@@ -105,19 +102,29 @@ func (t *Table) newStream(token mux.Token, opener bool, sess *mux.Session, servi
 	key := sess.Peer.Key()
 	b := t.budgets[key]
 	if b == nil {
-		b = &peerBudget{sem: semaphore.NewWeighted(t.cfg.Budget)}
+		b = &peerBudget{sem: newBudget(t.cfg.Budget)}
 		t.budgets[key] = b
 	}
 	b.streams++
+	s := t.makeStream(token, opener, key, sess.Peer.Name(), sess.PeerHello.Instance, service, local, remote, o, b)
+	t.streams[token] = s
+	return s, nil
+}
+
+func newBudget(n int64) *semaphore.Weighted { return semaphore.NewWeighted(n) }
+
+func (t *Table) makeStream(token mux.Token, opener bool, key, peer, inst, service string, local, remote net.Addr, o Options, b *peerBudget) *Stream {
+	if o.MaxReplay <= 0 {
+		o.MaxReplay = 1 << 20
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Stream{
-		t: t, token: token, opener: opener, peerKey: key, peer: sess.Peer.Name(), inst: sess.PeerHello.Instance,
+		t: t, token: token, opener: opener, peerKey: key, peer: peer, inst: inst,
 		class: o.Class, service: service, window: o.Window, maxReplay: o.MaxReplay, budget: b.sem,
 		ctx: ctx, cancel: cancel, local: local, remote: remote,
 	}
 	s.cond.L = &s.mu
-	t.streams[token] = s
-	return s, nil
+	return s
 }
 
 func (t *Table) remove(s *Stream) {
