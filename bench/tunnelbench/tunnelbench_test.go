@@ -87,7 +87,8 @@ func TestRelayBadSpec(t *testing.T) {
 }
 
 func TestBadCommandLine(t *testing.T) {
-	for _, args := range [][]string{{"-scenario", "moon"}, {"extra"}, {"-idle", "0"}, {"-nope"}, {"-peers", "moon"}, {"-peers", "stunnel,stunnel"}} {
+	for _, args := range [][]string{{"-scenario", "moon"}, {"extra"}, {"-idle", "0"}, {"-nope"}, {"-peers", "moon"}, {"-peers", "stunnel,stunnel"},
+		{"-agents", "nolabel"}, {"-agents", "x=/nonexistent"}} {
 		var out, errb bytes.Buffer
 		if code := Main(args, &out, &errb); code != 2 {
 			t.Errorf("%q: exit %d, want 2 (stderr %q)", args, code, errb.String())
