@@ -298,3 +298,24 @@ func TestBestPeer(t *testing.T) {
 		t.Errorf("table row lacks the peer columns:\n%s", sb.String())
 	}
 }
+
+func TestParseAgentBuilds(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"tunnel-server", "tunnel-client"} {
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := parseAgentBuilds("old=" + dir + ",older=" + dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].label != "old" || got[1].label != "older" || got[0].server != filepath.Join(dir, "tunnel-server") || got[1].client != filepath.Join(dir, "tunnel-client") {
+		t.Fatalf("got %+v", got)
+	}
+	for _, bad := range []string{"old=" + dir + ",old=" + dir, "=" + dir, "old=", "old=" + t.TempDir()} {
+		if _, err := parseAgentBuilds(bad); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
