@@ -88,6 +88,7 @@ func BenchmarkIdleStreams(b *testing.B) {
 			var perStream float64
 			for range b.N {
 				runtime.GC()
+				runtime.GC()
 				var before, after runtime.MemStats
 				runtime.ReadMemStats(&before)
 				apps := make([]net.Conn, n)
@@ -102,6 +103,7 @@ func BenchmarkIdleStreams(b *testing.B) {
 				}
 				time.Sleep(2 * notifyDelay) // delivery notices sent, replay buffers empty
 				runtime.GC()
+				runtime.GC() // pooled buffers too
 				runtime.ReadMemStats(&after)
 				perStream = float64(after.HeapInuse-before.HeapInuse) / n
 				for _, a := range apps {
@@ -136,7 +138,7 @@ func BenchmarkResumeAfterCut(b *testing.B) {
 			b.Fatal(err)
 		}
 		if _, err := io.ReadFull(app, msg); err != nil {
-			b.Fatal(err)
+			b.Fatalf("%v\nclient %+v\nserver %+v\npipes: %v", err, cl.table.Stats(), r.serverTable().Stats(), r.pipeErrors())
 		}
 		got := time.Now()
 		cl.mu.Lock()
