@@ -93,9 +93,9 @@ type Stream struct {
 	finWritten bool   // and the current carrier has the FIN
 	closing    bool   // Close was called: ends once the peer has everything
 
-	held    int64      // budget bytes this stream holds
-	frozen  bool       // handed over to the successor (see Freeze)
-	local2  *localConn // its local connection, when given to Local
+	held   int64      // budget bytes this stream holds
+	frozen bool       // handed over to the successor (see Freeze)
+	local2 *localConn // its local connection, when given to Local
 
 	// The peer's direction.
 	delivered    uint64 // bytes Read returned, plus one for the FIN
