@@ -29,17 +29,18 @@ import (
 // state blob and upgrades. It reports on stdout, one line each, which
 // every generation shares:
 //
-//	ready pid=P addr=A extra=X parent=B        (SIGUSR1 closes X: closed-extra pid=P)
+//	ready pid=P addr=A extra=X parent=B early=E  (SIGUSR1 closes X: closed-extra pid=P; E: the previous PID)
 //	upgraded pid=P
-//	upgrade-failed pid=P refs=R conns=C err=E   (R: descriptors of the C held sockets; C when none leaked)
-//	failing pid=P / hanging pid=P               (a successor told to fail)
+//	upgrade-failed pid=P exported=X refs=R conns=C err=E   (R: descriptors of the C frozen sockets; C when none leaked)
+//	failing pid=P / failing-late pid=P / hanging pid=P    (a successor told to fail)
 //
 // Every generation exits when stdin reaches EOF: the test's cleanup.
 const (
 	agentEnv        = "HANDOVER_TEST_AGENT"
-	failEnv         = "HANDOVER_TEST_FAIL"  // a file: while it exists, a new process exits 3 at once
-	hangEnv         = "HANDOVER_TEST_HANG"  // a file: while it exists, a new process hangs
-	stateInEnv      = "HANDOVER_TEST_STATE" // the blob to pass on
+	failEnv         = "HANDOVER_TEST_FAIL"      // a file: while it exists, a new process exits 3 at once
+	failLateEnv     = "HANDOVER_TEST_FAIL_LATE" // a file: ... exits 3 once it took the connections and state
+	hangEnv         = "HANDOVER_TEST_HANG"      // a file: while it exists, a new process hangs
+	stateInEnv      = "HANDOVER_TEST_STATE"     // the blob to pass on
 	stateOutEnv     = "HANDOVER_TEST_STATE_OUT"
 	readyTimeoutEnv = "HANDOVER_TEST_READY_TIMEOUT"
 )
@@ -103,6 +104,10 @@ func runAgent() int {
 		log.Error("state", "error", err)
 		return 1
 	}
+	if exists(os.Getenv(failLateEnv)) {
+		report("failing-late pid=%d", pid)
+		return 3
+	}
 	if state != nil {
 		if err := os.WriteFile(filepath.Join(os.Getenv(stateOutEnv), strconv.Itoa(pid)), state, 0o600); err != nil {
 			log.Error("state", "error", err)
@@ -126,13 +131,18 @@ func runAgent() int {
 		log.Error("ready", "error", err)
 		return 1
 	}
-	report("ready pid=%d addr=%s extra=%s parent=%t", pid, ln.Addr(), extra.Addr(), h.HasParent())
+	report("ready pid=%d addr=%s extra=%s parent=%t early=%s", pid, ln.Addr(), extra.Addr(), h.HasParent(), h.EarlyState())
+	// What the successor gets before anything is frozen: who it follows.
+	if err := h.SetEarlyState([]byte(strconv.Itoa(pid))); err != nil {
+		log.Error("early state", "error", err)
+		return 1
+	}
 	go a.accept()
 
 	for range usr2 {
 		frozen, refs, err := a.upgrade()
 		if err != nil {
-			report("upgrade-failed pid=%d refs=%d conns=%d err=%v", pid, refs, len(frozen), err)
+			report("upgrade-failed pid=%d exported=%t refs=%d conns=%d err=%v", pid, errors.Is(err, handover.ErrExported), refs, len(frozen), err)
 			continue
 		}
 		report("upgraded pid=%d", pid)
@@ -205,35 +215,24 @@ func (a *echoAgent) serve(c net.Conn) {
 	})
 }
 
-// upgrade freezes every connection, queues them and the blob, and
-// upgrades; on failure it counts its descriptors of the frozen
-// connections (refs), then serves them again.
+// upgrade upgrades; when the successor asks for the connections, it
+// freezes them and queues them and the blob. If the upgrade fails after
+// that, it counts its descriptors of the frozen connections (refs), then
+// serves them again.
 func (a *echoAgent) upgrade() (frozen []net.Conn, refs int, err error) {
-	a.freezing.Store(true)
-	a.mu.Lock()
-	held := make(map[net.Conn]*echoConn, len(a.conns))
-	for c, ec := range a.conns {
-		held[c] = ec
-		delete(a.conns, c)
-		_ = c.SetReadDeadline(time.Unix(1, 0))
-	}
-	a.mu.Unlock()
-	for c, ec := range held {
-		<-ec.done
-		if ec.frozen {
-			frozen = append(frozen, c)
+	export := func() error {
+		frozen = a.freeze()
+		for i, c := range frozen {
+			if err := a.h.AddConn("conn-"+strconv.Itoa(i), c); err != nil {
+				return err
+			}
 		}
+		a.h.SetState(a.blob)
+		return nil
 	}
-	a.freezing.Store(false)
-	for i, c := range frozen {
-		if err := a.h.AddConn("conn-"+strconv.Itoa(i), c); err != nil {
-			a.log.Error("add conn", "error", err)
-		}
-	}
-	a.h.SetState(a.blob)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	if err = a.h.Upgrade(ctx); err != nil {
+	if err = a.h.Upgrade(ctx, export); err != nil {
 		for _, c := range frozen {
 			refs += socketRefs(c)
 		}
@@ -243,6 +242,29 @@ func (a *echoAgent) upgrade() (frozen []net.Conn, refs int, err error) {
 		}
 	}
 	return frozen, refs, err
+}
+
+// freeze stops every echo loop between two reads and returns the
+// connections still open.
+func (a *echoAgent) freeze() []net.Conn {
+	a.freezing.Store(true)
+	defer a.freezing.Store(false)
+	a.mu.Lock()
+	held := make(map[net.Conn]*echoConn, len(a.conns))
+	for c, ec := range a.conns {
+		held[c] = ec
+		delete(a.conns, c)
+		_ = c.SetReadDeadline(time.Unix(1, 0))
+	}
+	a.mu.Unlock()
+	var frozen []net.Conn
+	for c, ec := range held {
+		<-ec.done
+		if ec.frozen {
+			frozen = append(frozen, c)
+		}
+	}
+	return frozen
 }
 
 // finish stops accepting, drops this process's descriptors of the

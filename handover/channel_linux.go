@@ -16,18 +16,24 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The channel is a SOCK_SEQPACKET socket pair: one message per file, its
-// descriptor attached (SCM_RIGHTS), then an end message with the count.
-// The successor answers with its PID once it is ready. Messages keep
-// their boundaries, so no framing; the parent writes while the successor
-// reads, so the pair never fills for long.
+// The channel is a SOCK_SEQPACKET socket pair, in two parts. First the
+// parent sends one message per listener, its descriptor attached
+// (SCM_RIGHTS), then an end message with the count. Once the successor
+// has its listeners it may ask for the rest (request): the parent runs its
+// export, then sends the connections and the state the same way, and an
+// end (or fail, if export failed). Last the successor says ready, with
+// its PID. Messages keep their boundaries, so no framing; one side writes
+// while the other reads, so the pair never fills for long.
 
 const (
 	kindListener = "listener"
 	kindConn     = "conn"
 	kindState    = "state"
 	kindEnd      = "end"
+	kindRequest  = "request" // the successor asks for the connections and the state
+	kindFail     = "fail"    // the parent cannot send them
 	kindReady    = "ready"
+	kindEarly    = "early" // the early state, inline
 )
 
 // maxMessage bounds one message (a listener's address or a connection's
@@ -39,8 +45,11 @@ type message struct {
 	Network string `json:"network,omitempty"`
 	Addr    string `json:"addr,omitempty"`
 	Name    string `json:"name,omitempty"`
-	Count   int    `json:"count,omitempty"` // end: files sent
+	Size    int    `json:"size,omitempty"`  // state: bytes
+	Count   int    `json:"count,omitempty"` // end: files sent in this part
+	Error   string `json:"error,omitempty"` // fail
 	PID     int    `json:"pid,omitempty"`   // ready
+	Data    []byte `json:"data,omitempty"`  // early
 }
 
 // item is one file to send; its descriptor is duplicated when sent.
@@ -50,14 +59,60 @@ type item struct {
 }
 
 type sendResult struct {
-	listeners, conns, pid int
+	listeners, conns, stateBytes, pid int
+	exported                          bool // export ran
 }
 
-// send writes every item, then the end, then waits for the successor's
-// PID (until c is closed or its read deadline passes). An item closed
-// since it was queued is left out.
-func send(c *net.UnixConn, items []item, log hclog.Logger) sendResult {
+// send is the parent's side: the listeners, then the rest when asked,
+// then the successor's PID (until c is closed or its read deadline
+// passes). An item closed since it was queued is left out.
+func (h *Handover) send(c *net.UnixConn, listeners []item, early []byte, export func() error) sendResult {
 	var r sendResult
+	if early != nil && writeMessage(c, message{Kind: kindEarly, Data: early}, nil) != nil {
+		return r
+	}
+	if !sendPart(c, listeners, &r, h.log) {
+		return r
+	}
+	for asked := false; ; {
+		m, files, err := readMessage(c)
+		closeAll(files)
+		if err != nil {
+			return r
+		}
+		switch {
+		case m.Kind == kindReady:
+			r.pid = m.PID
+			return r
+		case m.Kind != kindRequest || asked:
+			h.log.Warn("the new process sent an unexpected message", "kind", m.Kind)
+			return r
+		}
+		asked = true
+		if export != nil {
+			r.exported = true
+			if err := export(); err != nil {
+				_ = writeMessage(c, message{Kind: kindFail, Error: err.Error()}, nil)
+				return r
+			}
+		}
+		items, f, err := h.takeQueued()
+		if err != nil {
+			_ = writeMessage(c, message{Kind: kindFail, Error: err.Error()}, nil)
+			return r
+		}
+		ok := sendPart(c, items, &r, h.log)
+		if f != nil {
+			f.Close()
+		}
+		if !ok {
+			return r
+		}
+	}
+}
+
+// sendPart writes items and their end message.
+func sendPart(c *net.UnixConn, items []item, r *sendResult, log hclog.Logger) bool {
 	n := 0
 	for _, it := range items {
 		fd, err := dup(it.src)
@@ -68,7 +123,7 @@ func send(c *net.UnixConn, items []item, log hclog.Logger) sendResult {
 		err = writeMessage(c, it.m, []int{fd})
 		syscall.Close(fd) // the message holds its own reference
 		if err != nil {
-			return r
+			return false
 		}
 		n++
 		switch it.m.Kind {
@@ -76,17 +131,11 @@ func send(c *net.UnixConn, items []item, log hclog.Logger) sendResult {
 			r.listeners++
 		case kindConn:
 			r.conns++
+		case kindState:
+			r.stateBytes = it.m.Size
 		}
 	}
-	if writeMessage(c, message{Kind: kindEnd, Count: n}, nil) != nil {
-		return r
-	}
-	m, files, err := readMessage(c)
-	closeAll(files)
-	if err == nil && m.Kind == kindReady {
-		r.pid = m.PID
-	}
-	return r
+	return writeMessage(c, message{Kind: kindEnd, Count: n}, nil) == nil
 }
 
 // dup duplicates c's descriptor (close-on-exec).
@@ -166,41 +215,57 @@ func closeAll(files []*os.File) {
 	}
 }
 
-// receive reads what the previous process sends, up to its end message,
-// within timeout. The connection stays open for Ready's answer.
+// receive reads the first part the previous process sends (its
+// listeners), within timeout. The connection stays open for the rest and
+// for Ready's answer.
 func receive(f *os.File, timeout time.Duration) (*inheritance, *net.UnixConn, error) {
 	c, err := unixConn(f)
 	f.Close()
 	if err != nil {
 		return nil, nil, err
 	}
-	_ = c.SetReadDeadline(time.Now().Add(timeout))
 	in := &inheritance{listeners: map[string][]*os.File{}, conns: map[string]*os.File{}}
-	fail := func(err error) (*inheritance, *net.UnixConn, error) {
+	if err := receivePart(c, timeout, func(m message, f *os.File) error { return in.add(m, f) }); err != nil {
 		in.close()
 		c.Close()
 		return nil, nil, err
 	}
+	return in, c, nil
+}
+
+// receivePart reads one part, up to its end message, within timeout,
+// giving each file to add (which keeps it unless it fails).
+func receivePart(c *net.UnixConn, timeout time.Duration, add func(message, *os.File) error) error {
+	_ = c.SetReadDeadline(time.Now().Add(timeout))
+	defer func() { _ = c.SetReadDeadline(time.Time{}) }()
 	for n := 0; ; n++ {
 		m, files, err := readMessage(c)
 		if err != nil {
-			return fail(fmt.Errorf("after %d files: %w", n, err))
+			return fmt.Errorf("after %d files: %w", n, err)
 		}
-		if m.Kind == kindEnd {
-			if len(files) > 0 || m.Count != n {
-				closeAll(files)
-				return fail(fmt.Errorf("got %d files, the previous process sent %d", n, m.Count))
+		switch {
+		case m.Kind == kindEarly && len(files) == 0:
+			if err := add(m, nil); err != nil {
+				return err
 			}
-			_ = c.SetReadDeadline(time.Time{})
-			return in, c, nil
-		}
-		if len(files) != 1 {
+			n--
+			continue
+		case m.Kind == kindFail:
 			closeAll(files)
-			return fail(fmt.Errorf("%s message with %d files", m.Kind, len(files)))
+			return fmt.Errorf("the previous process could not pass on its streams: %s", m.Error)
+		case m.Kind == kindEnd:
+			closeAll(files)
+			if len(files) > 0 || m.Count != n {
+				return fmt.Errorf("got %d files, the previous process sent %d", n, m.Count)
+			}
+			return nil
+		case len(files) != 1:
+			closeAll(files)
+			return fmt.Errorf("%s message with %d files", m.Kind, len(files))
 		}
-		if err := in.add(m, files[0]); err != nil {
+		if err := add(m, files[0]); err != nil {
 			files[0].Close()
-			return fail(err)
+			return err
 		}
 	}
 }
@@ -240,6 +305,7 @@ type inheritance struct {
 	conns     map[string]*os.File
 	state     *os.File
 	stateSize int64
+	early     []byte
 }
 
 func listenerKey(network, addr string) string { return network + " " + addr }
@@ -254,6 +320,8 @@ func (in *inheritance) add(m message, f *os.File) error {
 			return fmt.Errorf("connection %q sent twice", m.Name)
 		}
 		in.conns[m.Name] = f
+	case kindEarly:
+		in.early = m.Data
 	case kindState:
 		if in.state != nil {
 			return errors.New("state sent twice")

@@ -45,4 +45,7 @@ var (
 	ErrNotSupported = errors.New("handover: not supported on this platform")
 	// ErrNotInherited: the parent passed nothing under that name.
 	ErrNotInherited = errors.New("not passed on by the previous process")
+	// ErrExported: a failed Upgrade had run its export; the caller takes
+	// back what it froze.
+	ErrExported = errors.New("the streams had been frozen for the new process")
 )

@@ -40,11 +40,14 @@ type Handover struct {
 	upgrading sync.Mutex // one Upgrade at a time
 	readyOnce sync.Once
 	readyErr  error
+	restOnce  sync.Once // the second part, asked for by Conn or State
+	restErr   error
 
 	mu        sync.Mutex
 	listeners []listener      // opened through Listen; passed on by Upgrade
 	conns     []namedConn     // passed on by the next Upgrade
 	state     []byte          // passed on by the next Upgrade
+	early     []byte          // passed on first by every Upgrade; from the previous process in a successor
 	inherited *inheritance    // from the previous process; nil once ready
 	parent    *net.UnixConn   // the channel to the previous process, until Ready
 	queued    map[string]bool // conn names queued by AddConn
@@ -94,10 +97,46 @@ func New(opts Options) (*Handover, error) {
 		upg.Stop()
 		return nil, fmt.Errorf("handover: from the previous process: %w", err)
 	}
-	h.inherited, h.parent = in, parent
-	log.Info("taking over from the previous process", "previous_pid", os.Getppid(),
-		"listeners", in.numListeners(), "connections", len(in.conns), "state_bytes", in.stateSize)
+	h.inherited, h.parent, h.early = in, parent, in.early
+	log.Info("taking over from the previous process", "previous_pid", os.Getppid(), "listeners", in.numListeners())
 	return h, nil
+}
+
+// rest asks the previous process for its connections and state, once:
+// it freezes them only now that this process has its listeners.
+func (h *Handover) rest() error {
+	h.restOnce.Do(func() {
+		h.mu.Lock()
+		parent := h.parent
+		h.mu.Unlock()
+		if parent == nil {
+			return // no parent, or ready already
+		}
+		if err := writeMessage(parent, message{Kind: kindRequest}, nil); err != nil {
+			h.restErr = fmt.Errorf("handover: ask the previous process for its streams: %w", err)
+			return
+		}
+		conns, size := 0, int64(0)
+		err := receivePart(parent, h.timeout, func(m message, f *os.File) error {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			if h.inherited == nil {
+				return errors.New("ready already")
+			}
+			return h.inherited.add(m, f)
+		})
+		if err != nil {
+			h.restErr = fmt.Errorf("handover: from the previous process: %w", err)
+			return
+		}
+		h.mu.Lock()
+		if h.inherited != nil {
+			conns, size = len(h.inherited.conns), h.inherited.stateSize
+		}
+		h.mu.Unlock()
+		h.log.Info("received the previous process's connections and state", "connections", conns, "state_bytes", size)
+	})
+	return h.restErr
 }
 
 // HasParent reports whether this process was started by Upgrade.
@@ -185,10 +224,37 @@ func (h *Handover) SetState(blob []byte) {
 	h.state = blob
 }
 
+// SetEarlyState sets a small blob (1 KiB at most) that every Upgrade
+// passes on first, with the listeners, before anything is frozen: what a
+// successor needs before it starts (an instance name, say). In a
+// successor it starts as the previous process's.
+func (h *Handover) SetEarlyState(blob []byte) error {
+	if len(blob) > maxName {
+		return fmt.Errorf("handover: early state of %d bytes, over %d", len(blob), maxName)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.early = blob
+	return nil
+}
+
+// EarlyState is the early state the previous process passed on (nil if
+// none or no previous process), available from New.
+func (h *Handover) EarlyState() []byte {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.early
+}
+
 // Conn is the connection the previous process passed on under name, or
-// an error wrapping ErrNotInherited. Call it before Ready, which closes
-// whatever was not taken.
+// an error wrapping ErrNotInherited. The first Conn or State asks the
+// previous process for them (its export runs then): call it once the
+// listeners are open, and before Ready, which closes whatever was not
+// taken.
 func (h *Handover) Conn(name string) (net.Conn, error) {
+	if err := h.rest(); err != nil {
+		return nil, err
+	}
 	h.mu.Lock()
 	f, err := h.inherited.takeConn(name, h.upg.HasParent())
 	h.mu.Unlock()
@@ -204,8 +270,11 @@ func (h *Handover) Conn(name string) (net.Conn, error) {
 }
 
 // State is the blob the previous process passed on (nil when it passed
-// none, or there was none). Call it before Ready.
+// none, or there was none). See Conn for when to call it.
 func (h *Handover) State() ([]byte, error) {
+	if err := h.rest(); err != nil {
+		return nil, err
+	}
 	h.mu.Lock()
 	f, err := h.inherited.takeState(h.upg.HasParent())
 	h.mu.Unlock()
@@ -274,14 +343,20 @@ func (h *Handover) Exit() <-chan struct{} { return h.exit }
 func (h *Handover) Stop() { h.upg.Stop() }
 
 // Upgrade starts the binary on disk (this process's os.Args) as a
-// successor, passes it the open listeners, the connections queued by
-// AddConn and the blob of SetState, and waits until it is ready
-// (Options.ReadyTimeout at most). On success Exit is closed and the
-// successor serves the listeners; this process should stop accepting at
-// once. On error nothing was passed on: this process carries on as
-// before and may try again. Cancelling ctx kills a successor not yet
-// ready and ends upgrades for this process: cancel it only when stopping.
-func (h *Handover) Upgrade(ctx context.Context) error {
+// successor, passes it the open listeners, and waits until it is ready
+// (Options.ReadyTimeout at most). The connections and the state go in a
+// second part, when the successor asks for them (Conn or State) once it
+// has its listeners: only then does export run (nil: none), to freeze
+// what they belong to and queue them (AddConn, SetState); anything
+// queued before goes too. So nothing is frozen for a successor that fails
+// to start. On success Exit is closed and the successor serves the
+// listeners: this process should stop accepting at once. On error no
+// listener was passed on and this process may try again; if export ran,
+// the error says so and the caller takes back what it froze (the
+// connections are still its own and open). Cancelling ctx kills a
+// successor not yet ready and ends upgrades for this process: cancel it
+// only when stopping.
+func (h *Handover) Upgrade(ctx context.Context, export func() error) error {
 	if !h.upgrading.TryLock() {
 		return errors.New("an upgrade is already in progress")
 	}
@@ -297,25 +372,14 @@ func (h *Handover) Upgrade(ctx context.Context) error {
 		return errors.New("this process is not ready yet")
 	}
 	h.listeners = openListeners(h.listeners)
-	var items []item
+	var listeners []item
 	for _, l := range h.listeners {
-		items = append(items, item{message{Kind: kindListener, Network: l.network, Addr: l.addr}, l.ln.(syscall.Conn)})
+		listeners = append(listeners, item{message{Kind: kindListener, Network: l.network, Addr: l.addr}, l.ln.(syscall.Conn)})
 	}
-	for _, c := range h.conns {
-		items = append(items, item{message{Kind: kindConn, Name: c.name}, c.c})
-	}
-	blob := h.state
-	h.conns, h.state, h.queued = nil, nil, map[string]bool{}
+	early := h.early
 	h.mu.Unlock()
+	defer h.dropQueued() // sent, or not to be sent
 
-	if blob != nil {
-		f, err := stateFile(blob)
-		if err != nil {
-			return fmt.Errorf("state for the successor: %w", err)
-		}
-		defer f.Close()
-		items = append(items, item{message{Kind: kindState}, f})
-	}
 	ours, theirs, err := h.channel()
 	if err != nil {
 		return err
@@ -327,7 +391,7 @@ func (h *Handover) Upgrade(ctx context.Context) error {
 		sent sendResult
 		wg   sync.WaitGroup
 	)
-	wg.Go(func() { sent = send(ours, items, h.log) })
+	wg.Go(func() { sent = h.send(ours, listeners, early, export) })
 	res := make(chan error, 1)
 	wg.Go(func() { res <- h.upg.Upgrade() })
 	select {
@@ -344,14 +408,61 @@ func (h *Handover) Upgrade(ctx context.Context) error {
 		// What the successor did not take waits in its end of the pair;
 		// take it back and close it, or it would stay open.
 		takeBack(theirs)
-		return h.explain(err)
+		err = h.explain(err)
+		if sent.exported {
+			err = fmt.Errorf("%w; %w", err, ErrExported)
+		}
+		return err
 	}
 	_ = ours.SetReadDeadline(time.Now().Add(replyWait))
 	wg.Wait()
 	close(h.exit)
 	h.log.Info("successor ready: it serves the listeners now", "pid", sent.pid,
-		"listeners", sent.listeners, "connections", sent.conns, "state_bytes", len(blob))
+		"listeners", sent.listeners, "connections", sent.conns, "state_bytes", sent.stateBytes)
 	return nil
+}
+
+// takeQueued returns what AddConn and SetState queued, as items to send
+// (the state in a file for the caller to close).
+func (h *Handover) takeQueued() ([]item, *os.File, error) {
+	h.mu.Lock()
+	conns, blob := h.conns, h.state
+	h.conns, h.state, h.queued = nil, nil, map[string]bool{}
+	h.mu.Unlock()
+	var items []item
+	for _, c := range conns {
+		items = append(items, item{message{Kind: kindConn, Name: c.name}, c.c})
+	}
+	if blob == nil {
+		return items, nil, nil
+	}
+	f, err := stateFile(blob)
+	if err != nil {
+		return nil, nil, fmt.Errorf("state for the successor: %w", err)
+	}
+	return append(items, item{message{Kind: kindState, Size: len(blob)}, f}), f, nil
+}
+
+func (h *Handover) dropQueued() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.conns, h.state, h.queued = nil, nil, map[string]bool{}
+}
+
+// explain says in an operator's words why an upgrade failed.
+func (h *Handover) explain(err error) error {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "parent hasn't exited"):
+		return errors.New("the previous process has not exited yet (it is still finishing its streams); try again once it has")
+	case strings.Contains(msg, "not ready yet"):
+		return errors.New("this process is not ready yet")
+	case strings.Contains(msg, "timed out"):
+		return fmt.Errorf("the new process did not say it was ready within %s and was killed (%w)", h.timeout, err)
+	case strings.Contains(msg, "exited"):
+		return fmt.Errorf("the new process exited before it was ready; its own log lines say why (%w)", err)
+	}
+	return fmt.Errorf("start the new process: %w", err)
 }
 
 // channel makes the socket pair of one upgrade and hands the successor's
@@ -382,20 +493,4 @@ func (h *Handover) channel() (ours, theirs *net.UnixConn, err error) {
 		return nil, nil, fmt.Errorf("socket pair for the successor: %w", err)
 	}
 	return ours, theirs, nil
-}
-
-// explain says in an operator's words why an upgrade failed.
-func (h *Handover) explain(err error) error {
-	msg := err.Error()
-	switch {
-	case strings.Contains(msg, "parent hasn't exited"):
-		return errors.New("the previous process has not exited yet (it is still finishing its streams); try again once it has")
-	case strings.Contains(msg, "not ready yet"):
-		return errors.New("this process is not ready yet")
-	case strings.Contains(msg, "timed out"):
-		return fmt.Errorf("the new process did not say it was ready within %s and was killed (%w)", h.timeout, err)
-	case strings.Contains(msg, "exited"):
-		return fmt.Errorf("the new process exited before it was ready; its own log lines say why (%w)", err)
-	}
-	return fmt.Errorf("start the new process: %w", err)
 }

@@ -19,11 +19,13 @@ func (*Handover) Listen(network, addr string, listen func(network, addr string) 
 	return listen(network, addr)
 }
 
-func (*Handover) AddConn(string, net.Conn) error { return ErrNotSupported }
-func (*Handover) SetState([]byte)                {}
-func (*Handover) Conn(string) (net.Conn, error)  { return nil, ErrNotInherited }
-func (*Handover) State() ([]byte, error)         { return nil, nil }
-func (*Handover) Ready() error                   { return nil }
-func (*Handover) Exit() <-chan struct{}          { return nil }
-func (*Handover) Stop()                          {}
-func (*Handover) Upgrade(context.Context) error  { return ErrNotSupported }
+func (*Handover) AddConn(string, net.Conn) error              { return ErrNotSupported }
+func (*Handover) SetState([]byte)                             {}
+func (*Handover) SetEarlyState([]byte) error                  { return ErrNotSupported }
+func (*Handover) EarlyState() []byte                          { return nil }
+func (*Handover) Conn(string) (net.Conn, error)               { return nil, ErrNotInherited }
+func (*Handover) State() ([]byte, error)                      { return nil, nil }
+func (*Handover) Ready() error                                { return nil }
+func (*Handover) Exit() <-chan struct{}                       { return nil }
+func (*Handover) Stop()                                       {}
+func (*Handover) Upgrade(context.Context, func() error) error { return ErrNotSupported }

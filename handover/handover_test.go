@@ -91,6 +91,7 @@ func startAgent(t *testing.T, readyTimeout time.Duration, blob []byte) (*agent, 
 	a.cmd.Env = append(os.Environ(),
 		agentEnv+"=1",
 		failEnv+"="+filepath.Join(dir, "fail"),
+		failLateEnv+"="+filepath.Join(dir, "fail-late"),
 		hangEnv+"="+filepath.Join(dir, "hang"),
 		stateInEnv+"="+filepath.Join(dir, "state"),
 		stateOutEnv+"="+filepath.Join(dir, "out"),
@@ -415,7 +416,8 @@ func TestHandover(t *testing.T) {
 	s.advance(t, 64<<10)
 	dials := startDialing(addr)
 
-	// A successor that exits before it reads what it was passed.
+	// A successor that exits before it reads what it was passed: nothing
+	// was frozen.
 	failFile := filepath.Join(a.dir, "fail")
 	if err := os.WriteFile(failFile, nil, 0o600); err != nil {
 		t.Fatal(err)
@@ -423,11 +425,8 @@ func TestHandover(t *testing.T) {
 	a.signal(first.pid)
 	a.expect("failing")
 	failed := a.expect("upgrade-failed")
-	if failed.pid != first.pid || !strings.Contains(failed.f["err"], "exited before it was ready") {
-		t.Fatalf("want the first process to report the successor's exit: %s", failed.line)
-	}
-	if failed.f["conns"] == "0" || failed.f["refs"] != failed.f["conns"] {
-		t.Fatalf("after the failed upgrade the old process holds %s descriptors of its %s connections; want one each (what it sent was not taken back)", failed.f["refs"], failed.f["conns"])
+	if failed.pid != first.pid || !strings.Contains(failed.f["err"], "exited before it was ready") || failed.f["exported"] != "false" {
+		t.Fatalf("want the first process to report the successor's exit, nothing exported: %s", failed.line)
 	}
 	if err := os.Remove(failFile); err != nil {
 		t.Fatal(err)
@@ -446,10 +445,30 @@ func TestHandover(t *testing.T) {
 		t.Fatalf("dial the closed listener: %v, want connection refused", err)
 	}
 
+	// A successor that exits once it took the connections and the state:
+	// the first process has them back, one descriptor each, and echoes on.
+	lateFile := filepath.Join(a.dir, "fail-late")
+	if err := os.WriteFile(lateFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.signal(first.pid)
+	a.expect("failing-late")
+	failed = a.expect("upgrade-failed")
+	if failed.f["exported"] != "true" || !strings.Contains(failed.f["err"], "exited before it was ready") {
+		t.Fatalf("want the first process to report the successor's exit after the export: %s", failed.line)
+	}
+	if failed.f["conns"] == "0" || failed.f["refs"] != failed.f["conns"] {
+		t.Fatalf("after the failed upgrade the old process holds %s descriptors of its %s connections; want one each", failed.f["refs"], failed.f["conns"])
+	}
+	if err := os.Remove(lateFile); err != nil {
+		t.Fatal(err)
+	}
+	s.advance(t, 64<<10)
+
 	// A good successor.
 	a.signal(first.pid)
 	next := a.expect("ready")
-	if next.pid == first.pid || next.f["parent"] != "true" || next.f["addr"] != addr {
+	if next.pid == first.pid || next.f["parent"] != "true" || next.f["addr"] != addr || next.f["early"] != strconv.Itoa(first.pid) {
 		t.Fatalf("successor: %s (first: %s)", next.line, first.line)
 	}
 	a.expectNotify(fmt.Sprintf("MAINPID=%d\nREADY=1", next.pid))
