@@ -82,9 +82,18 @@ func services(list []config.Service, dialTimeout time.Duration, allowAll bool) m
 // the metrics and writes the one log line every stream gets when it ends.
 // log carries the peer; kind is "forward" (we opened the stream for a
 // local connection) or "service" (the peer opened it to one of ours).
-func pipeAndLog(ctx context.Context, log hclog.Logger, m *admin.Metrics, kind, name string, idle time.Duration, stream tunnelStream, local net.Conn) {
+//
+// A resumable stream's local connection is wrapped (resume.Stream.Local)
+// and its pipe counted in pipes, so that a handover to a new process can
+// freeze it and wait for the pipe to stop.
+func pipeAndLog(ctx context.Context, log hclog.Logger, m *admin.Metrics, kind, name string, idle time.Duration, stream tunnelStream, local net.Conn, pipes *pipeSet) {
 	start := time.Now()
 	meter := m.StreamStarted(kind, name)
+	rs, resumable := stream.(*resume.Stream)
+	if resumable && pipes != nil {
+		local = rs.Local(local)
+		defer pipes.add(rs)()
+	}
 	res := forward.Pipe(ctx, local, stream, meter, idle)
 	fields := []any{kind, name}
 	if kind == "forward" {
@@ -101,6 +110,10 @@ func pipeAndLog(ctx context.Context, log hclog.Logger, m *admin.Metrics, kind, n
 		reason string
 	)
 	switch {
+	case resumable && pipes != nil && (errors.Is(res.Err, resume.ErrHandedOver) || pipes.frozen.Load()):
+		// Frozen: the new process has it (or the freeze lost the race
+		// with the stream's own end). Not a failure here.
+		log.Info("stream handed over to the new process", fields...)
 	case res.Err == nil:
 		log.Info("stream closed", append(fields, "ended", "closed")...)
 	case errors.As(res.Err, &open):
@@ -146,8 +159,17 @@ func openStream(ctx context.Context, st sessionSettings, sess *mux.Session, f co
 	if st.resume == nil || window <= 0 || !sess.PeerResumes() {
 		return sess.Open(ctx, f.Service, source)
 	}
-	return st.resume.Open(ctx, sess, f.Service, source, local.LocalAddr(), local.RemoteAddr(),
+	rs, err := st.resume.Open(ctx, sess, f.Service, source, local.LocalAddr(), local.RemoteAddr(),
 		resume.Options{Window: window, Class: class, MaxReplay: replayCap(class)})
+	if errors.Is(err, net.ErrClosed) {
+		// Frozen for a handover (or stopping): a plain stream, which
+		// this process drains before it exits.
+		return sess.Open(ctx, f.Service, source)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return rs, nil
 }
 
 // acceptStream wraps a stream the peer opened to one of our services:
@@ -164,8 +186,15 @@ func acceptStream(st sessionSettings, stream *mux.Stream, services []config.Serv
 			window = svc.ResumeWindowOr(window)
 		}
 	}
-	return st.resume.Accept(stream, stream.LocalAddr(), stream.RemoteAddr(),
+	rs, err := st.resume.Accept(stream, stream.LocalAddr(), stream.RemoteAddr(),
 		resume.Options{Window: max(window, time.Nanosecond), Class: class, MaxReplay: replayCap(class)})
+	if errors.Is(err, net.ErrClosed) {
+		return stream, nil // frozen for a handover: as in openStream
+	}
+	if err != nil {
+		return nil, err
+	}
+	return rs, nil
 }
 
 // serveAccepted pipes a stream the peer opened to its target.
@@ -177,7 +206,7 @@ func serveAccepted(ctx context.Context, log hclog.Logger, st sessionSettings, m 
 		forward.Reset(target)
 		return
 	}
-	pipeAndLog(ctx, log, m, "service", service, serviceIdle(services, service), ts, target)
+	pipeAndLog(ctx, log, m, "service", service, serviceIdle(services, service), ts, target, st.pipes)
 }
 
 // resumeStats are the table's counts for /status and /metrics.
@@ -189,8 +218,9 @@ func resumeStats(t *resume.Table) admin.ResumeStats {
 
 // newResumeTable is an agent's table of resumable streams; its metrics
 // are read at each scrape.
-func newResumeTable(cfg config.Settings, log hclog.Logger, m *admin.Metrics) *resume.Table {
-	t := resume.NewTable(resume.Config{Budget: cfg.MaxSessionBuffer, Logger: log.Named("resume")})
+// instance is the predecessor's after a handover ("": a new one).
+func newResumeTable(cfg config.Settings, log hclog.Logger, m *admin.Metrics, instance string) *resume.Table {
+	t := resume.NewTable(resume.Config{Budget: cfg.MaxSessionBuffer, Logger: log.Named("resume"), Instance: instance})
 	m.WatchResume(func() admin.ResumeStats { return resumeStats(t) })
 	return t
 }
@@ -207,13 +237,14 @@ type sessionSettings struct {
 	metrics              *admin.Metrics
 	limited              *ratelog.Log  // refusals: once per interval per kind and peer
 	resume               *resume.Table // the agent's resumable streams
+	pipes                *pipeSet      // their pipes, for a handover
 }
 
 // settingsOf are the session settings of either agent's config.
-func settingsOf(cfg config.Settings, handshake time.Duration, m *admin.Metrics, limited *ratelog.Log, table *resume.Table) sessionSettings {
+func settingsOf(cfg config.Settings, handshake time.Duration, m *admin.Metrics, limited *ratelog.Log, table *resume.Table, pipes *pipeSet) sessionSettings {
 	return sessionSettings{HandshakeTimeout: handshake, PingAfter: cfg.PingAfter, DeadAfter: cfg.DeadAfter,
 		MaxStreams: cfg.MaxStreamsPerSession, MaxBuffer: cfg.MaxSessionBuffer, HeaderTimeout: cfg.HeaderTimeout,
-		DSCP: cfg.DSCP, ResumeWindow: cfg.ResumeWindow, metrics: m, limited: limited, resume: table}
+		DSCP: cfg.DSCP, ResumeWindow: cfg.ResumeWindow, metrics: m, limited: limited, resume: table, pipes: pipes}
 }
 
 // classes are the traffic classes a client may name in its hello.

@@ -67,7 +67,7 @@ func NewClient(cfg *config.Client, log hclog.Logger) (*Client, error) {
 	}
 	c := &Client{log: log, limited: ratelog.New(log, time.Minute), metrics: admin.NewMetrics("client"), started: time.Now(), tls: ssl.NewReloader(p), ready: make(chan struct{}), keepers: map[string]*keeper{}}
 	c.state.Store(newClientState(cfg))
-	c.resume = newResumeTable(cfg.Settings, log, c.metrics)
+	c.resume = newResumeTable(cfg.Settings, log, c.metrics, "")
 	// One session per traffic class in use, so control messages never
 	// queue behind bulk data; the server may open streams of either class.
 	// A forward without a class key starts with its port's default; the
@@ -144,7 +144,7 @@ func (c *Client) learn(services map[string]string) {
 
 func (c *Client) settings() sessionSettings {
 	cfg := c.cfg()
-	return settingsOf(cfg.Settings, cfg.HandshakeTimeout, c.metrics, c.limited, c.resume)
+	return settingsOf(cfg.Settings, cfg.HandshakeTimeout, c.metrics, c.limited, c.resume, &c.handover.pipes)
 }
 
 func clientPolicySpec(cfg *config.Client) ssl.PolicySpec {
@@ -219,12 +219,22 @@ func (c *Client) Run(ctx context.Context) error {
 	close(c.ready)
 
 	var loops sync.WaitGroup
-	c.keepersMu.Lock()
-	c.keeperRun = func(k *keeper) { loops.Go(func() { k.run(acceptCtx, streamCtx) }) }
-	for _, k := range c.keepers {
-		c.keeperRun(k)
+	startKeepers := func() {
+		c.keepersMu.Lock()
+		c.keeperRun = func(k *keeper) { loops.Go(func() { k.run(acceptCtx, streamCtx) }) }
+		for _, k := range c.keepers {
+			c.keeperRun(k)
+		}
+		c.keepersMu.Unlock()
 	}
-	c.keepersMu.Unlock()
+	// A successor connects once it is ready, when the previous process
+	// stops: two processes with one certificate would replace each
+	// other's sessions on the server meanwhile. Its forwards' first
+	// connections wait for the session (session_wait).
+	takingOver := c.handover.hasParent()
+	if !takingOver {
+		startKeepers()
+	}
 	// No keeper starts once Run is stopping: loops.Wait needs them all.
 	stopKeepers := func() {
 		c.keepersMu.Lock()
@@ -236,8 +246,22 @@ func (c *Client) Run(ctx context.Context) error {
 	c.admin.srv = &admin.Server{Metrics: c.metrics, Healthy: c.healthy, Status: c.status, Log: c.log}
 	c.admin.listen = c.handover.listen
 	err := c.admin.start(acceptCtx, c.cfg().Admin)
+	var handed []restored
 	if err == nil {
+		// The previous process's streams: suspended, they move to our
+		// sessions as they come up.
+		handed, err = c.handover.restore(c.resume, c.cfg().Forwards, c.cfg().Services, c.log)
+	}
+	if err == nil {
+		for _, r := range handed {
+			conns.Go(func() {
+				pipeAndLog(streamCtx, c.log.With("peer", r.peer), c.metrics, r.kind, r.name, r.idle, r.stream, r.local, &c.handover.pipes)
+			})
+		}
 		err = c.handover.ready(c.log)
+	}
+	if err == nil && takingOver {
+		startKeepers()
 	}
 	if err != nil {
 		stopAccepting()
@@ -245,6 +269,8 @@ func (c *Client) Run(ctx context.Context) error {
 		fs.stop()
 		c.admin.stop()
 		loops.Wait()
+		killStreams()
+		conns.Wait()
 		return err
 	}
 	if every := c.cfg().ReloadInterval; every > 0 {
@@ -260,6 +286,7 @@ func (c *Client) Run(ctx context.Context) error {
 	case <-c.handover.handedOver():
 		c.log.Info("stopping: the new process serves the forwards now; draining this one's streams")
 	}
+	stopAccepting() // and stop reconnecting: the new process holds the sessions now
 	stopKeepers()
 	fs.stop()
 	c.admin.stop()
@@ -274,7 +301,11 @@ func (c *Client) Run(ctx context.Context) error {
 
 // UseHandover makes Run open its listeners through h (see
 // Server.UseHandover). Call it before Run.
-func (c *Client) UseHandover(h *handover.Handover) { c.handover.h = h }
+func (c *Client) UseHandover(h *handover.Handover) {
+	c.resume = c.handover.use(h, c.resume, func(inst string) *resume.Table {
+		return newResumeTable(c.cfg().Settings, c.log, c.metrics, inst)
+	}, c.log)
+}
 
 // HandOver starts the binary on disk as a successor that takes over the
 // forward and admin listeners, and waits until it is ready; Run then stops
@@ -282,7 +313,7 @@ func (c *Client) UseHandover(h *handover.Handover) { c.handover.h = h }
 func (c *Client) HandOver(ctx context.Context) error {
 	c.reloadMu.Lock()
 	defer c.reloadMu.Unlock()
-	return c.handover.upgrade(ctx)
+	return c.handover.upgrade(ctx, c.resume, c.log)
 }
 
 // healthy: every class has its session up.
@@ -448,5 +479,5 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 		forward.Reset(local)
 		return
 	}
-	pipeAndLog(ctx, c.log.With("peer", sess.Peer.Name()), c.metrics, "forward", f.Name, f.IdleTimeout, stream, local)
+	pipeAndLog(ctx, c.log.With("peer", sess.Peer.Name()), c.metrics, "forward", f.Name, f.IdleTimeout, stream, local, &c.handover.pipes)
 }

@@ -66,7 +66,7 @@ func NewServer(cfg *config.Server, log hclog.Logger) (*Server, error) {
 	}
 	s.state.Store(st)
 	s.tls = ssl.NewReloader(p)
-	s.resume = newResumeTable(cfg.Settings, log, s.metrics)
+	s.resume = newResumeTable(cfg.Settings, log, s.metrics, "")
 	return s, nil
 }
 
@@ -108,7 +108,7 @@ func (s *Server) cfg() *config.Server { return s.state.Load().cfg }
 
 func (s *Server) settings() sessionSettings {
 	cfg := s.cfg()
-	return settingsOf(cfg.Settings, cfg.HandshakeTimeout, s.metrics, s.limited, s.resume)
+	return settingsOf(cfg.Settings, cfg.HandshakeTimeout, s.metrics, s.limited, s.resume, &s.handover.pipes)
 }
 
 // Ready is closed once every listener is open.
@@ -160,14 +160,25 @@ func (s *Server) Run(ctx context.Context) error {
 
 	tunnelErr := make(chan error, 1)
 	var loops sync.WaitGroup
-	loops.Go(func() { tunnelErr <- s.serveTunnel(acceptCtx, streamCtx, tunnelLn, &conns) })
 	loops.Go(func() { warnExpiries(acceptCtx, cfg.ExpiryWarning, s.tls.Policy, s.log, s.metrics) })
 	// Unhealthy once stopping; not after a handover, whose successor
 	// serves the admin port while this process finishes its streams.
 	s.admin.srv = &admin.Server{Metrics: s.metrics, Healthy: func() bool { return ctx.Err() == nil }, Status: s.status, Log: s.log}
 	s.admin.listen = s.handover.listen
 	err = s.admin.start(acceptCtx, s.cfg().Admin)
+	var handed []restored
 	if err == nil {
+		// The previous process's streams before the first session: a
+		// client's resume must find them here.
+		handed, err = s.handover.restore(s.resume, cfg.Forwards, cfg.Services, s.log)
+	}
+	if err == nil {
+		for _, r := range handed {
+			conns.Go(func() {
+				pipeAndLog(streamCtx, s.log.With("peer", r.peer), s.metrics, r.kind, r.name, r.idle, r.stream, r.local, &s.handover.pipes)
+			})
+		}
+		loops.Go(func() { tunnelErr <- s.serveTunnel(acceptCtx, streamCtx, tunnelLn, &conns) })
 		err = s.handover.ready(s.log)
 	}
 	if err != nil {
@@ -176,6 +187,8 @@ func (s *Server) Run(ctx context.Context) error {
 		s.admin.stop()
 		tunnelLn.Close()
 		loops.Wait()
+		killStreams()
+		conns.Wait()
 		return err
 	}
 	if every := cfg.ReloadInterval; every > 0 {
@@ -206,7 +219,11 @@ func (s *Server) Run(ctx context.Context) error {
 // UseHandover makes Run open its listeners through h, so that a
 // successor started by HandOver inherits them, and tell h when they are
 // open (h.Ready). Call it before Run.
-func (s *Server) UseHandover(h *handover.Handover) { s.handover.h = h }
+func (s *Server) UseHandover(h *handover.Handover) {
+	s.resume = s.handover.use(h, s.resume, func(inst string) *resume.Table {
+		return newResumeTable(s.cfg().Settings, s.log, s.metrics, inst)
+	}, s.log)
+}
 
 // HandOver starts the binary on disk as a successor that takes over the
 // listeners, and waits until it is ready; Run then stops accepting and
@@ -215,7 +232,7 @@ func (s *Server) UseHandover(h *handover.Handover) { s.handover.h = h }
 func (s *Server) HandOver(ctx context.Context) error {
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
-	return s.handover.upgrade(ctx)
+	return s.handover.upgrade(ctx, s.resume, s.log)
 }
 
 // drain tells every client to open no more streams and waits up to limit
@@ -417,7 +434,7 @@ func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.C
 		forward.Reset(local)
 		return
 	}
-	pipeAndLog(ctx, s.log.With("peer", sess.Peer.Name()), s.metrics, "forward", f.Name, f.IdleTimeout, stream, local)
+	pipeAndLog(ctx, s.log.With("peer", sess.Peer.Name()), s.metrics, "forward", f.Name, f.IdleTimeout, stream, local, &s.handover.pipes)
 }
 
 // Reload re-reads the config file and its TLS files. It builds everything

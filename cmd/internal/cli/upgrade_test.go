@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -29,9 +30,9 @@ import (
 
 const upgradeWait = 60 * time.Second
 
-// serverProcs is a tunnel-server started by `run` and every process that
-// took over from it: they share one stderr, read line by line.
-type serverProcs struct {
+// agentProcs is an agent started by `run` and every process that took
+// over from it: they share one stderr, read line by line.
+type agentProcs struct {
 	t     *testing.T
 	cmd   *exec.Cmd
 	mu    sync.Mutex
@@ -40,15 +41,15 @@ type serverProcs struct {
 	read  sync.WaitGroup
 }
 
-func startServerProc(t *testing.T, cfgPath string) *serverProcs {
+func startAgentProc(t *testing.T, role Role, cfgPath string) *agentProcs {
 	t.Helper()
 	r, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &serverProcs{t: t, more: make(chan struct{}, 1)}
+	p := &agentProcs{t: t, more: make(chan struct{}, 1)}
 	p.cmd = exec.Command(os.Args[0], "run", "-config", cfgPath)
-	p.cmd.Env = append(os.Environ(), agentRoleEnv+"="+string(Server))
+	p.cmd.Env = append(os.Environ(), agentRoleEnv+"="+string(role))
 	// A file, not a writer: no copying goroutine waiting for successors,
 	// which inherit it.
 	p.cmd.Stdout, p.cmd.Stderr = w, w
@@ -78,17 +79,17 @@ func startServerProc(t *testing.T, cfgPath string) *serverProcs {
 		select {
 		case <-done:
 		case <-time.After(upgradeWait):
-			t.Errorf("server processes %v still running after SIGTERM; killing them", p.pids())
+			t.Errorf("%s processes %v still running after SIGTERM; killing them", role, p.pids())
 			p.signal(syscall.SIGKILL)
 			<-done
 		}
 		_ = p.cmd.Wait()
 		out := strings.Join(p.lines, "\n")
 		if strings.Contains(out, "WARNING: DATA RACE") || strings.Contains(out, "panic:") {
-			t.Error("a server process raced or panicked (see its log)")
+			t.Errorf("a %s process raced or panicked (see its log)", role)
 		}
 		if t.Failed() {
-			t.Logf("server log:\n%s", out)
+			t.Logf("%s log:\n%s", role, out)
 		}
 	})
 	return p
@@ -96,7 +97,7 @@ func startServerProc(t *testing.T, cfgPath string) *serverProcs {
 
 // signal signals the first process (through os.Process: safe once it
 // was waited for) and every successor by PID.
-func (p *serverProcs) signal(sig syscall.Signal) {
+func (p *agentProcs) signal(sig syscall.Signal) {
 	_ = p.cmd.Process.Signal(sig)
 	for _, pid := range p.pids()[1:] {
 		_ = syscall.Kill(pid, sig)
@@ -106,7 +107,7 @@ func (p *serverProcs) signal(sig syscall.Signal) {
 var pidField = regexp.MustCompile(`\bpid=(\d+)`)
 
 // pids are the first process and every successor it reported.
-func (p *serverProcs) pids() []int {
+func (p *agentProcs) pids() []int {
 	pids := []int{p.cmd.Process.Pid}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -120,7 +121,7 @@ func (p *serverProcs) pids() []int {
 }
 
 // waitLine waits for the n-th line (from 1) containing every one of subs.
-func (p *serverProcs) waitLine(n int, subs ...string) string {
+func (p *agentProcs) waitLine(n int, subs ...string) string {
 	p.t.Helper()
 	deadline := time.After(upgradeWait)
 	for {
@@ -138,7 +139,7 @@ func (p *serverProcs) waitLine(n int, subs ...string) string {
 		select {
 		case <-p.more:
 		case <-deadline:
-			p.t.Fatalf("no line %d with %q from the server within %s", n, subs, upgradeWait)
+			p.t.Fatalf("no line %d with %q from the agent within %s", n, subs, upgradeWait)
 		}
 	}
 }
@@ -250,8 +251,9 @@ func (l *loop) finish(t *testing.T, what string) {
 
 // SIGUSR2 to `tunnel-server run`: a new process that cannot start (a
 // broken config) is reported in one line and the server carries on; a
-// good one takes over the tunnel and admin listeners while the old one
-// lets its open stream finish, then exits 0. Throughout, the tunnel
+// good one takes over the tunnel and admin listeners and the resumable
+// stream (its connection to the target included), which carries on byte
+// for byte, while the old one lets its plain stream finish, then exits 0. Throughout, the tunnel
 // listener accepts every connection and the admin endpoint answers every
 // request; the client's forward works before and after. (Not during: a
 // stream opened just as the old server drains can cross its GoAway and be
@@ -280,7 +282,7 @@ service "echo" {
 }
 `, files.ServerCert, files.ServerKey, files.CA, echo)
 	writeFile(t, srvPath, good)
-	srv := startServerProc(t, srvPath)
+	srv := startAgentProc(t, Server, srvPath)
 	tunnel := field(t, addrField, srv.waitLine(1, "tunnel-server: listening:"))
 	adminAddr := field(t, addrField, srv.waitLine(1, "admin listening:"))
 
@@ -294,6 +296,11 @@ tls {
 }
 forward "echo" {
   listen = "127.0.0.1:0"
+}
+forward "plain" {
+  listen        = "127.0.0.1:0"
+  service       = "echo"
+  resume_window = "0s"
 }
 `, tunnel, files.ClientCert, files.ClientKey, files.CA))
 	cliCfg, err := config.LoadClient(cliPath)
@@ -327,20 +334,24 @@ forward "echo" {
 		t.Fatalf("through the tunnel before any upgrade: %v", err)
 	}
 
-	// A stream open across the upgrade: the old server lets it finish.
-	long, err := net.DialTimeout("tcp", fwd, upgradeWait)
+	// Two streams open across the upgrades: a plain one, which the old
+	// server lets finish before it exits, and a resumable one, which the
+	// new server takes over with its connection to the target.
+	plain, err := net.DialTimeout("tcp", cli.Addr("plain").String(), upgradeWait)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer long.Close()
-	_ = long.SetDeadline(time.Now().Add(3 * upgradeWait))
-	if _, err := io.WriteString(long, "before "); err != nil {
+	defer plain.Close()
+	_ = plain.SetDeadline(time.Now().Add(3 * upgradeWait))
+	if _, err := io.WriteString(plain, "before "); err != nil {
 		t.Fatal(err)
 	}
 	buf := make([]byte, len("before "))
-	if _, err := io.ReadFull(long, buf); err != nil {
-		t.Fatalf("long stream: %v", err)
+	if _, err := io.ReadFull(plain, buf); err != nil {
+		t.Fatalf("plain stream: %v", err)
 	}
+	resumable := startChecked(t, fwd)
+	resumable.advance(t, 32<<10)
 
 	// Throughout: the tunnel listener accepts every connection, and the
 	// admin endpoint answers every request (a new connection each).
@@ -393,23 +404,26 @@ forward "echo" {
 		t.Fatalf("the new process listens on %s, want the inherited %s", got, tunnel)
 	}
 	srv.waitLine(1, "stopping: the new process serves the listeners now")
+	if l := srv.waitLine(1, "resumable streams taken over from the previous process"); !strings.Contains(l, "lost=0") {
+		t.Fatalf("streams lost in the handover: %s", l)
+	}
 	exited := make(chan error, 1)
 	go func() { exited <- srv.cmd.Wait() }()
 
-	// The old process still carries the long stream (drain_timeout is
+	// The old process still carries the plain stream (drain_timeout is
 	// long), then exits.
 	select {
 	case err := <-exited:
 		t.Fatalf("the old server exited with a stream open: %v", err)
 	default:
 	}
-	if _, err := io.WriteString(long, "after\n"); err != nil {
-		t.Fatalf("long stream after the handover: %v", err)
+	if _, err := io.WriteString(plain, "after\n"); err != nil {
+		t.Fatalf("plain stream after the handover: %v", err)
 	}
-	_ = long.(*net.TCPConn).CloseWrite()
-	rest, err := io.ReadAll(long)
+	_ = plain.(*net.TCPConn).CloseWrite()
+	rest, err := io.ReadAll(plain)
 	if err != nil || string(rest) != "after\n" {
-		t.Fatalf("long stream after the handover: %q, %v", rest, err)
+		t.Fatalf("plain stream after the handover: %q, %v", rest, err)
 	}
 	select {
 	case err := <-exited:
@@ -419,12 +433,103 @@ forward "echo" {
 	case <-time.After(upgradeWait):
 		t.Fatal("the old server did not exit after its last stream ended")
 	}
+	// The resumable stream goes on through the new server, every byte.
+	resumable.advance(t, 32<<10)
+	resumable.finish(t)
 	if err := echoRoundTrip(fwd, "last\n"); err != nil {
 		t.Fatalf("through the new server: %v", err)
 	}
 	dials.finish(t, "connections to the tunnel listener")
 	admins.finish(t, "admin /healthz")
 	t.Logf("%d connections to the tunnel listener and %d admin requests, none failed", dials.ok, admins.ok)
+}
+
+var listenField = regexp.MustCompile(`\blisten=(\S+)`)
+
+// SIGUSR2 to `tunnel-client run`: the new process inherits the forward's
+// listener and the resumable stream with its local connection, and comes
+// back to the server as the same instance, so the server keeps the
+// stream; the application sees every byte echoed once, and the forward
+// accepts every connection throughout.
+func TestSIGUSR2HandsOverClient(t *testing.T) {
+	dir := t.TempDir()
+	files, err := agent.DemoPKI(dir, "edge-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo := echoServer(t)
+	srvPath := filepath.Join(dir, "server.hcl")
+	writeFile(t, srvPath, fmt.Sprintf(`listen = "127.0.0.1:0"
+tls {
+  cert = %q
+  key  = %q
+  ca   = %q
+}
+service "echo" {
+  target = %q
+  allow  = ["edge-1"]
+}
+`, files.ServerCert, files.ServerKey, files.CA, echo))
+	srvCfg, err := config.LoadServer(srvPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var srvLog strings.Builder
+	var srvLogMu sync.Mutex
+	srv, err := agent.NewServer(srvCfg, hclog.New(&hclog.LoggerOptions{Name: "tunnel-server", Output: lockedWriter{&srvLogMu, &srvLog}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var srvRun sync.WaitGroup
+	srvRun.Go(func() { _ = srv.Run(ctx) })
+	defer func() { cancel(); srvRun.Wait() }()
+	t.Cleanup(func() {
+		if t.Failed() {
+			srvLogMu.Lock()
+			t.Logf("server log:\n%s", srvLog.String())
+			srvLogMu.Unlock()
+		}
+	})
+	select {
+	case <-srv.Ready():
+	case <-time.After(upgradeWait):
+		t.Fatal("server not ready")
+	}
+
+	cliPath := filepath.Join(dir, "client.hcl")
+	writeFile(t, cliPath, fmt.Sprintf(`server = %q
+tls {
+  cert = %q
+  key  = %q
+  ca   = %q
+}
+forward "echo" {
+  listen = "127.0.0.1:0"
+}
+`, srv.Addr("tunnel").String(), files.ClientCert, files.ClientKey, files.CA))
+	cli := startAgentProc(t, Client, cliPath)
+	fwd := field(t, listenField, cli.waitLine(1, "forward listening:"))
+	cli.waitLine(1, "session up:")
+
+	stream := startChecked(t, fwd)
+	stream.advance(t, 32<<10)
+	dials := startLoop(func(i int) error { return echoRoundTrip(fwd, fmt.Sprintf("ping %d\n", i)) })
+
+	if err := syscall.Kill(cli.cmd.Process.Pid, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	cli.waitLine(1, "successor ready")
+	if l := cli.waitLine(1, "resumable streams taken over from the previous process"); !strings.Contains(l, "lost=0") {
+		t.Fatalf("streams lost in the handover: %s", l)
+	}
+	if err := cli.cmd.Wait(); err != nil {
+		t.Fatalf("the old client after the handover: %v", err)
+	}
+	stream.advance(t, 32<<10) // through the new client
+	stream.finish(t)
+	dials.finish(t, "round trips through the forward")
+	t.Logf("%d round trips through the forward, none failed", dials.ok)
 }
 
 type lockedWriter struct {
@@ -436,4 +541,123 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// checked writes a paced pseudo-random stream through a forward until
+// finished and checks every byte of its echo.
+type checked struct {
+	c       *net.TCPConn
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	written int64
+	echoed  int64
+	err     error
+}
+
+func startChecked(t *testing.T, addr string) *checked {
+	c, err := net.DialTimeout("tcp", addr, upgradeWait)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &checked{c: c.(*net.TCPConn), stop: make(chan struct{})}
+	t.Cleanup(func() { s.c.Close() })
+	s.wg.Go(func() {
+		src := rand.New(rand.NewChaCha8([32]byte{3}))
+		buf := make([]byte, 2048)
+		for {
+			select {
+			case <-s.stop:
+				s.fail(s.c.CloseWrite())
+				return
+			default:
+			}
+			for i := range buf {
+				buf[i] = byte(src.Uint32())
+			}
+			if _, err := s.c.Write(buf); err != nil {
+				s.fail(fmt.Errorf("write: %w", err))
+				return
+			}
+			s.mu.Lock()
+			s.written += int64(len(buf))
+			s.mu.Unlock()
+			time.Sleep(2 * time.Millisecond) // pacing, not a measurement
+		}
+	})
+	s.wg.Go(func() {
+		want := rand.New(rand.NewChaCha8([32]byte{3}))
+		buf := make([]byte, 32<<10)
+		for {
+			_ = s.c.SetReadDeadline(time.Now().Add(upgradeWait))
+			n, err := s.c.Read(buf)
+			for i := range n {
+				if w := byte(want.Uint32()); buf[i] != w {
+					s.fail(fmt.Errorf("echo byte %d is %#x, want %#x", s.counts()+int64(i), buf[i], w))
+					return
+				}
+			}
+			s.mu.Lock()
+			s.echoed += int64(n)
+			s.mu.Unlock()
+			if err == io.EOF {
+				return
+			}
+			if err != nil {
+				s.fail(fmt.Errorf("read after %d bytes: %w", s.counts(), err))
+				return
+			}
+		}
+	})
+	return s
+}
+
+func (s *checked) fail(err error) {
+	if err == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err == nil {
+		s.err = err
+	}
+}
+
+func (s *checked) counts() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.echoed
+}
+
+// advance waits until n more bytes have come back.
+func (s *checked) advance(t *testing.T, n int64) {
+	t.Helper()
+	target := s.counts() + n
+	deadline := time.Now().Add(upgradeWait)
+	for s.counts() < target {
+		s.mu.Lock()
+		err := s.err
+		s.mu.Unlock()
+		if err != nil {
+			t.Fatalf("resumable stream: %v", err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("resumable stream: echo stuck at %d bytes", s.counts())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// finish half-closes, waits for the echo to end and compares lengths.
+func (s *checked) finish(t *testing.T) {
+	t.Helper()
+	close(s.stop)
+	s.wg.Wait()
+	if s.err != nil {
+		t.Fatalf("resumable stream: %v", s.err)
+	}
+	if s.echoed != s.written {
+		t.Fatalf("resumable stream: %d bytes written, %d echoed", s.written, s.echoed)
+	}
+	t.Logf("resumable stream: %d bytes echoed across the upgrades, every one checked", s.echoed)
 }

@@ -4,12 +4,15 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"os"
 	"os/signal"
 	"sync"
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
+
+	"github.com/tunnelworks/tunnel/handover"
 )
 
 // upgradeOnUSR2 hands the agent over to the binary on disk on every
@@ -28,7 +31,11 @@ func upgradeOnUSR2(ctx context.Context, a handingOver, log hclog.Logger) (stop f
 			case <-usr2:
 				log.Info("SIGUSR2 received: starting the binary on disk to take over")
 				if err := a.HandOver(ctx); err != nil {
-					log.Error("upgrade failed; this process carries on unchanged", "error", err)
+					msg := "upgrade failed; this process carries on unchanged"
+					if errors.Is(err, handover.ErrExported) {
+						msg = "upgrade failed; this process carries on, but the streams it had frozen for the new process were reset"
+					}
+					log.Error(msg, "error", err)
 					continue
 				}
 				return // Run drains and returns
