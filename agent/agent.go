@@ -150,6 +150,15 @@ func openStream(ctx context.Context, st sessionSettings, sess *mux.Session, f co
 		resume.Options{Window: window, Class: class, MaxReplay: replayCap(class)})
 }
 
+// localFor is the local connection as the pipe of stream should use it: a
+// resumable stream's is wrapped, so that a handover leaves it untouched.
+func localFor(stream tunnelStream, local net.Conn) net.Conn {
+	if rs, ok := stream.(*resume.Stream); ok {
+		return rs.Local(local)
+	}
+	return local
+}
+
 // acceptStream wraps a stream the peer opened to one of our services:
 // resumable if the peer opened it so. A service whose window is zero
 // still answers the peer's delivery notices (without them the peer's
@@ -168,13 +177,20 @@ func acceptStream(st sessionSettings, stream *mux.Stream, services []config.Serv
 		resume.Options{Window: max(window, time.Nanosecond), Class: class, MaxReplay: replayCap(class)})
 }
 
-// serveAccepted pipes a stream the peer opened to its target.
-func serveAccepted(ctx context.Context, log hclog.Logger, st sessionSettings, m *admin.Metrics, services []config.Service, class, service string, stream *mux.Stream, target net.Conn) {
+// serveAccepted pipes a stream the peer opened to its target. A
+// resumable stream's pipe outlives the session that accepted it, so it
+// runs on wg (the agent's), not on the session's accept handler, whose
+// session waits for it before it ends.
+func serveAccepted(ctx context.Context, wg *sync.WaitGroup, log hclog.Logger, st sessionSettings, m *admin.Metrics, services []config.Service, class, service string, stream *mux.Stream, target net.Conn) {
 	ts, err := acceptStream(st, stream, services, class)
 	if err != nil {
 		log.Warn("stream refused: cannot hold it as resumable", "service", service, "error", err)
 		_ = stream.Abort()
 		forward.Reset(target)
+		return
+	}
+	if rs, ok := ts.(*resume.Stream); ok {
+		wg.Go(func() { pipeAndLog(ctx, log, m, "service", service, serviceIdle(services, service), rs, rs.Local(target)) })
 		return
 	}
 	pipeAndLog(ctx, log, m, "service", service, serviceIdle(services, service), ts, target)

@@ -342,7 +342,7 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	s.metrics.SessionsUp.WithLabelValues(class).Inc()
 	defer s.metrics.Sessions.WithLabelValues(class).Dec()
 	err = sess.Serve(streamCtx, s.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
-		serveAccepted(ctx, log, s.settings(), s.metrics, s.cfg().Services, class, service, stream, target)
+		serveAccepted(ctx, conns, log, s.settings(), s.metrics, s.cfg().Services, class, service, stream, target)
 	})
 	s.sessions.remove(sess.Peer, class, sess)
 	sess.Close()
@@ -390,7 +390,7 @@ func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.C
 		forward.Reset(local)
 		return
 	}
-	pipeAndLog(ctx, s.log.With("peer", sess.Peer.Name()), s.metrics, "forward", f.Name, f.IdleTimeout, stream, local)
+	pipeAndLog(ctx, s.log.With("peer", sess.Peer.Name()), s.metrics, "forward", f.Name, f.IdleTimeout, stream, localFor(stream, local))
 }
 
 // Reload re-reads the config file and its TLS files. It builds everything
