@@ -14,7 +14,8 @@ import (
 // Metrics are one agent's Prometheus collectors, in their own registry (no
 // globals: two agents in one test process do not collide).
 type Metrics struct {
-	Registry *prometheus.Registry
+	Registry    *prometheus.Registry
+	constLabels prometheus.Labels
 
 	Sessions          *prometheus.GaugeVec   // class
 	SessionsUp        *prometheus.CounterVec // class: sessions established, first or re-connect
@@ -42,7 +43,8 @@ type Counts struct {
 func NewMetrics(agent string) *Metrics {
 	constLabels := prometheus.Labels{"agent": agent}
 	m := &Metrics{
-		Registry: prometheus.NewRegistry(),
+		constLabels: constLabels,
+		Registry:    prometheus.NewRegistry(),
 		Sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tunnel_sessions", Help: "Tunnel sessions up, by traffic class.", ConstLabels: constLabels,
 		}, []string{"class"}),
@@ -85,6 +87,39 @@ func NewMetrics(agent string) *Metrics {
 		m.StreamsOpened, m.StreamsFailed, m.StreamsRefused, m.AwaitingHeader, m.Bytes, m.PingRTT, m.CertExpiry,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
+}
+
+// ResumeStats are the counts of an agent's resumable streams.
+type ResumeStats struct {
+	Streams       int    `json:"streams"`        // resumable streams held
+	Suspended     int    `json:"suspended"`      // of which waiting for a session
+	ReplayBytes   int64  `json:"replay_bytes"`   // held in replay buffers
+	Resumed       uint64 `json:"resumed"`        // moved to a new session
+	Expired       uint64 `json:"expired"`        // reset: no session within the window
+	PeerLost      uint64 `json:"peer_lost"`      // reset: the peer no longer held them
+	Refused       uint64 `json:"refused"`        // the peer's resumes we refused
+	ReplayedBytes uint64 `json:"replayed_bytes"` // resent after resumes
+}
+
+// WatchResume exports stats, read at each scrape.
+func (m *Metrics) WatchResume(stats func() ResumeStats) {
+	labels := m.constLabels
+	gauge := func(name, help string, f func(ResumeStats) float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels}, func() float64 { return f(stats()) })
+	}
+	counter := func(name, help string, f func(ResumeStats) float64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels}, func() float64 { return f(stats()) })
+	}
+	m.Registry.MustRegister(
+		gauge("tunnel_streams_resumable", "Resumable streams held (live or suspended).", func(s ResumeStats) float64 { return float64(s.Streams) }),
+		gauge("tunnel_streams_suspended", "Resumable streams waiting for a tunnel session to resume on.", func(s ResumeStats) float64 { return float64(s.Suspended) }),
+		gauge("tunnel_resume_buffer_bytes", "Bytes held in replay buffers: sent, not yet confirmed delivered by the peer.", func(s ResumeStats) float64 { return float64(s.ReplayBytes) }),
+		counter("tunnel_streams_resumed_total", "Streams moved to a new tunnel session after their session was lost.", func(s ResumeStats) float64 { return float64(s.Resumed) }),
+		counter("tunnel_streams_resume_expired_total", "Suspended streams reset because no session came back within their resume window.", func(s ResumeStats) float64 { return float64(s.Expired) }),
+		counter("tunnel_streams_resume_lost_total", "Suspended streams reset because the peer no longer held them (it restarted without a handover).", func(s ResumeStats) float64 { return float64(s.PeerLost) }),
+		counter("tunnel_resume_refused_total", "The peer's resumes refused (no such stream for its certificate).", func(s ResumeStats) float64 { return float64(s.Refused) }),
+		counter("tunnel_resume_replayed_bytes_total", "Bytes resent from replay buffers after resumes.", func(s ResumeStats) float64 { return float64(s.ReplayedBytes) }),
+	)
 }
 
 // Counts returns the /status numbers of a forward or service.

@@ -25,6 +25,7 @@ type Status struct {
 	Forwards  []ForwardStatus `json:"forwards"`
 	Services  []ForwardStatus `json:"services"`
 	Expiries  []ExpiryStatus  `json:"expiries"`
+	Resume    *ResumeStats    `json:"resume,omitempty"`
 }
 
 type SessionStatus struct {

@@ -27,6 +27,7 @@ import (
 	"github.com/tunnelworks/tunnel/forward"
 	"github.com/tunnelworks/tunnel/mux"
 	"github.com/tunnelworks/tunnel/ratelog"
+	"github.com/tunnelworks/tunnel/resume"
 	"github.com/tunnelworks/tunnel/transport/sockopt"
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
@@ -81,7 +82,7 @@ func services(list []config.Service, dialTimeout time.Duration, allowAll bool) m
 // the metrics and writes the one log line every stream gets when it ends.
 // log carries the peer; kind is "forward" (we opened the stream for a
 // local connection) or "service" (the peer opened it to one of ours).
-func pipeAndLog(ctx context.Context, log hclog.Logger, m *admin.Metrics, kind, name string, idle time.Duration, stream *mux.Stream, local net.Conn) {
+func pipeAndLog(ctx context.Context, log hclog.Logger, m *admin.Metrics, kind, name string, idle time.Duration, stream tunnelStream, local net.Conn) {
 	start := time.Now()
 	meter := m.StreamStarted(kind, name)
 	res := forward.Pipe(ctx, local, stream, meter, idle)
@@ -113,11 +114,85 @@ func pipeAndLog(ctx context.Context, log hclog.Logger, m *admin.Metrics, kind, n
 	case errors.Is(res.Err, mux.ErrSessionLost):
 		reason = "session lost"
 		log.Warn("stream cut: tunnel session lost", append(fields, "ended", reason, "error", res.Err)...)
+	case errors.Is(res.Err, resume.ErrExpired):
+		reason = "resume window passed"
+		log.Warn("stream cut: tunnel not back within the resume window", append(fields, "ended", reason, "error", res.Err)...)
+	case errors.Is(res.Err, resume.ErrPeerLost):
+		reason = "peer lost the stream"
+		log.Warn("stream cut: the peer no longer holds it", append(fields, "ended", reason, "error", res.Err)...)
 	default:
 		reason = forward.Classify(res.Err)
 		log.Warn("stream failed", append(fields, "ended", reason, "error", res.Err)...)
 	}
 	m.StreamEnded(kind, name, reason, meter)
+}
+
+// tunnelStream is a stream as the pipe carries it: a *mux.Stream, or a
+// *resume.Stream that outlives its session.
+type tunnelStream interface {
+	net.Conn
+	Service() string
+}
+
+// replayCap bounds a resumable stream's replay buffer: twice its class's
+// window, so that a stream is never slowed by it.
+func replayCap(class string) int { return 2 * int(classWindow(class)) }
+
+// openStream opens the stream of a forward's local connection: resumable
+// when both agents speak it and the forward's resume window is not zero.
+func openStream(ctx context.Context, st sessionSettings, sess *mux.Session, f config.Forward, class string, local net.Conn) (tunnelStream, error) {
+	source := local.RemoteAddr().String()
+	window := f.ResumeWindowOr(st.ResumeWindow)
+	if st.resume == nil || window <= 0 || !sess.PeerResumes() {
+		return sess.Open(ctx, f.Service, source)
+	}
+	return st.resume.Open(ctx, sess, f.Service, source, local.LocalAddr(), local.RemoteAddr(),
+		resume.Options{Window: window, Class: class, MaxReplay: replayCap(class)})
+}
+
+// acceptStream wraps a stream the peer opened to one of our services:
+// resumable if the peer opened it so. A service whose window is zero
+// still answers the peer's delivery notices (without them the peer's
+// replay buffer would fill and stall the stream) but is reset by a cut.
+func acceptStream(st sessionSettings, stream *mux.Stream, services []config.Service, class string) (tunnelStream, error) {
+	if _, ok := stream.Token(); !ok || st.resume == nil {
+		return stream, nil
+	}
+	window := st.ResumeWindow
+	for _, svc := range services {
+		if svc.Name == stream.Service() {
+			window = svc.ResumeWindowOr(window)
+		}
+	}
+	return st.resume.Accept(stream, stream.LocalAddr(), stream.RemoteAddr(),
+		resume.Options{Window: max(window, time.Nanosecond), Class: class, MaxReplay: replayCap(class)})
+}
+
+// serveAccepted pipes a stream the peer opened to its target.
+func serveAccepted(ctx context.Context, log hclog.Logger, st sessionSettings, m *admin.Metrics, services []config.Service, class, service string, stream *mux.Stream, target net.Conn) {
+	ts, err := acceptStream(st, stream, services, class)
+	if err != nil {
+		log.Warn("stream refused: cannot hold it as resumable", "service", service, "error", err)
+		_ = stream.Abort()
+		forward.Reset(target)
+		return
+	}
+	pipeAndLog(ctx, log, m, "service", service, serviceIdle(services, service), ts, target)
+}
+
+// resumeStats are the table's counts for /status and /metrics.
+func resumeStats(t *resume.Table) admin.ResumeStats {
+	s := t.Stats()
+	return admin.ResumeStats{Streams: s.Streams, Suspended: s.Suspended, ReplayBytes: s.ReplayBytes, Resumed: s.Resumed,
+		Expired: s.Expired, PeerLost: s.PeerLost, Refused: s.Refused, ReplayedBytes: s.ReplayedBytes}
+}
+
+// newResumeTable is an agent's table of resumable streams; its metrics
+// are read at each scrape.
+func newResumeTable(cfg config.Settings, log hclog.Logger, m *admin.Metrics) *resume.Table {
+	t := resume.NewTable(resume.Config{Budget: cfg.MaxSessionBuffer, Logger: log.Named("resume")})
+	m.WatchResume(func() admin.ResumeStats { return resumeStats(t) })
+	return t
 }
 
 // sessionSettings are the mux settings that come from the config file.
@@ -128,15 +203,17 @@ type sessionSettings struct {
 	MaxBuffer            int64
 	HeaderTimeout        time.Duration
 	DSCP                 int
+	ResumeWindow         time.Duration
 	metrics              *admin.Metrics
-	limited              *ratelog.Log // refusals: once per interval per kind and peer
+	limited              *ratelog.Log  // refusals: once per interval per kind and peer
+	resume               *resume.Table // the agent's resumable streams
 }
 
 // settingsOf are the session settings of either agent's config.
-func settingsOf(cfg config.Settings, handshake time.Duration, m *admin.Metrics, limited *ratelog.Log) sessionSettings {
+func settingsOf(cfg config.Settings, handshake time.Duration, m *admin.Metrics, limited *ratelog.Log, table *resume.Table) sessionSettings {
 	return sessionSettings{HandshakeTimeout: handshake, PingAfter: cfg.PingAfter, DeadAfter: cfg.DeadAfter,
 		MaxStreams: cfg.MaxStreamsPerSession, MaxBuffer: cfg.MaxSessionBuffer, HeaderTimeout: cfg.HeaderTimeout,
-		DSCP: cfg.DSCP, metrics: m, limited: limited}
+		DSCP: cfg.DSCP, ResumeWindow: cfg.ResumeWindow, metrics: m, limited: limited, resume: table}
 }
 
 // classes are the traffic classes a client may name in its hello.
@@ -215,6 +292,9 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, st sessi
 		WindowFor:    classWindow,
 		Logger:       log,
 		YamuxLog:     st.limited,
+	}
+	if st.resume != nil {
+		cfg.Resumable, cfg.Instance, cfg.Resume = true, st.resume.Instance(), st.resume.ServeResume
 	}
 	var policy *ssl.PolicyError
 	if hi.deferred != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/tunnelworks/tunnel/forward"
 	"github.com/tunnelworks/tunnel/mux"
 	"github.com/tunnelworks/tunnel/ratelog"
+	"github.com/tunnelworks/tunnel/resume"
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
 
@@ -33,6 +34,7 @@ type Client struct {
 	tls      *ssl.Reloader
 	state    atomic.Pointer[clientState]
 	reloadMu sync.Mutex
+	resume   *resume.Table // streams that outlive their session
 
 	// keepers keep one session per traffic class in use: those of the
 	// config at start, and any class the server gives a service that a
@@ -63,6 +65,7 @@ func NewClient(cfg *config.Client, log hclog.Logger) (*Client, error) {
 	}
 	c := &Client{log: log, limited: ratelog.New(log, time.Minute), metrics: admin.NewMetrics("client"), started: time.Now(), tls: ssl.NewReloader(p), ready: make(chan struct{}), keepers: map[string]*keeper{}}
 	c.state.Store(newClientState(cfg))
+	c.resume = newResumeTable(cfg.Settings, log, c.metrics)
 	// One session per traffic class in use, so control messages never
 	// queue behind bulk data; the server may open streams of either class.
 	// A forward without a class key starts with its port's default; the
@@ -139,7 +142,7 @@ func (c *Client) learn(services map[string]string) {
 
 func (c *Client) settings() sessionSettings {
 	cfg := c.cfg()
-	return settingsOf(cfg.Settings, cfg.HandshakeTimeout, c.metrics, c.limited)
+	return settingsOf(cfg.Settings, cfg.HandshakeTimeout, c.metrics, c.limited, c.resume)
 }
 
 func clientPolicySpec(cfg *config.Client) ssl.PolicySpec {
@@ -252,6 +255,7 @@ func (c *Client) Run(ctx context.Context) error {
 	killStreams()
 	loops.Wait()
 	conns.Wait()
+	c.resume.Close()
 	c.log.Info("stopped")
 	return nil
 }
@@ -291,6 +295,8 @@ func (c *Client) status() admin.Status {
 		st.Services = append(st.Services, forwardStatus(c.metrics, "service", svc.Name, "", svc.Target, svc.Class, serviceClassFrom(svc)))
 	}
 	st.Expiries = expiryStatus(c.tls.Policy())
+	rs := resumeStats(c.resume)
+	st.Resume = &rs
 	return st
 }
 
@@ -379,7 +385,7 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 	deadline := time.Now().Add(c.cfg().SessionWait)
 	var (
 		sess     *mux.Session
-		stream   *mux.Stream
+		stream   tunnelStream
 		err      error
 		switches int
 	)
@@ -404,7 +410,7 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 		if sess.Opened() >= rotateAfter {
 			k.rotate()
 		}
-		stream, err = sess.Open(ctx, f.Service, local.RemoteAddr().String())
+		stream, err = openStream(ctx, c.settings(), sess, f, class, local)
 		if !errors.Is(err, mux.ErrDraining) {
 			break
 		}

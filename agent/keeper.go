@@ -92,13 +92,14 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 		// for this session then moves to its service's class at once.
 		c.learn(sess.PeerHello.Services)
 		k.current.set(sess)
+		c.resume.SessionUp(sess, k.class) // our suspended streams move here
 		serving.Go(func() { watchPeer(c.tls, sess, x509.ExtKeyUsageServerAuth, log) })
 		c.metrics.Sessions.WithLabelValues(k.class).Inc()
 		c.metrics.SessionsUp.WithLabelValues(k.class).Inc()
 		ended := make(chan error, 1)
 		serving.Go(func() {
 			ended <- sess.Serve(streamCtx, c.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
-				pipeAndLog(ctx, log, c.metrics, "service", service, serviceIdle(c.cfg().Services, service), stream, target)
+				serveAccepted(ctx, log, c.settings(), c.metrics, c.cfg().Services, k.class, service, stream, target)
 			})
 		})
 		reason := ""
@@ -133,6 +134,7 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 		case "server draining":
 			log.Info("server is draining; connecting a new session", "class", k.class, "streams", sess.NumStreams())
 		}
+		c.resume.SessionDown(sess, k.class)
 		if reason != "" {
 			// A new session first, then the old one drains in the
 			// background: streams in flight finish, new ones go to the new.

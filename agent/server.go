@@ -18,6 +18,7 @@ import (
 	"github.com/tunnelworks/tunnel/forward"
 	"github.com/tunnelworks/tunnel/mux"
 	"github.com/tunnelworks/tunnel/ratelog"
+	"github.com/tunnelworks/tunnel/resume"
 	"github.com/tunnelworks/tunnel/transport/sockopt"
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
@@ -33,7 +34,8 @@ type Server struct {
 	tls      *ssl.Reloader
 	state    atomic.Pointer[serverState]
 	sessions sessionSet
-	reloadMu sync.Mutex // one reload at a time
+	reloadMu sync.Mutex    // one reload at a time
+	resume   *resume.Table // streams that outlive their session
 
 	admin adminHost
 
@@ -62,6 +64,7 @@ func NewServer(cfg *config.Server, log hclog.Logger) (*Server, error) {
 	}
 	s.state.Store(st)
 	s.tls = ssl.NewReloader(p)
+	s.resume = newResumeTable(cfg.Settings, log, s.metrics)
 	return s, nil
 }
 
@@ -103,7 +106,7 @@ func (s *Server) cfg() *config.Server { return s.state.Load().cfg }
 
 func (s *Server) settings() sessionSettings {
 	cfg := s.cfg()
-	return settingsOf(cfg.Settings, cfg.HandshakeTimeout, s.metrics, s.limited)
+	return settingsOf(cfg.Settings, cfg.HandshakeTimeout, s.metrics, s.limited, s.resume)
 }
 
 // Ready is closed once every listener is open.
@@ -183,6 +186,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.drain(s.cfg().DrainTimeout)
 	killStreams()
 	conns.Wait()
+	s.resume.Close()
 	s.log.Info("stopped")
 	return first
 }
@@ -331,12 +335,14 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 		}
 	}
 	log.Info("session up", "class", class, "agent", sess.PeerHello.Agent, "key", key)
+	s.resume.SessionUp(sess, class) // our suspended streams to this client move here
+	defer s.resume.SessionDown(sess, class)
 	conns.Go(func() { watchPeer(s.tls, sess, x509.ExtKeyUsageClientAuth, log) })
 	s.metrics.Sessions.WithLabelValues(class).Inc()
 	s.metrics.SessionsUp.WithLabelValues(class).Inc()
 	defer s.metrics.Sessions.WithLabelValues(class).Dec()
 	err = sess.Serve(streamCtx, s.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
-		pipeAndLog(ctx, log, s.metrics, "service", service, serviceIdle(s.cfg().Services, service), stream, target)
+		serveAccepted(ctx, log, s.settings(), s.metrics, s.cfg().Services, class, service, stream, target)
 	})
 	s.sessions.remove(sess.Peer, class, sess)
 	sess.Close()
@@ -378,7 +384,7 @@ func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.C
 		forward.Reset(local)
 		return
 	}
-	stream, err := sess.Open(ctx, f.Service, local.RemoteAddr().String())
+	stream, err := openStream(ctx, s.settings(), sess, f, sess.PeerHello.Class, local)
 	if err != nil {
 		s.log.Warn("connection refused: cannot open stream", "forward", f.Name, "client", f.Client, "error", err)
 		forward.Reset(local)
@@ -475,6 +481,8 @@ func (s *Server) status() admin.Status {
 		st.Services = append(st.Services, forwardStatus(s.metrics, "service", svc.Name, "", svc.Target, svc.Class, serviceClassFrom(svc)))
 	}
 	st.Expiries = expiryStatus(s.tls.Policy())
+	rs := resumeStats(s.resume)
+	st.Resume = &rs
 	return st
 }
 

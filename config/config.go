@@ -36,6 +36,7 @@
 //	max_session_buffer = "256MiB"  # receive buffer one session may make us hold: also caps its streams
 //	                               # at this / window (256 KiB control, 1 MiB bulk); "8MiB" to "1TiB"
 //	header_timeout = "10s"         # how long a stream the peer opened may take to send its header; > 0
+//	resume_window = "120s"         # how long a stream outlives the loss of the tunnel connection; "0s": off; at most "1h"
 //	# reload_interval = "1m"       # also reload when the config or TLS files change; at least "1s"
 //	# dscp = "CS6"                 # marking of the tunnel's own TLS socket: 0..63 or CS0..CS7, EF, AF11..AF43
 //	# admin {                      # /metrics, /healthz, /status
@@ -53,6 +54,7 @@
 //	  # dscp = 48                  # marking towards the target, as for the top-level dscp
 //	  proxy_protocol = false       # send a PROXY v2 header to the target
 //	  idle_timeout = "0s"          # close a stream idle this long; "0s": never
+//	  # resume_window = "0s"       # this service's streams: overrides the top-level resume_window
 //	}
 //	forward "x" {
 //	  class = "bulk"               # default: the service's class on the other side, else DefaultClass(port of listen)
@@ -60,6 +62,7 @@
 //	  idle_timeout = "0s"          # as for service
 //	  # min_ttl = 254              # refuse local connections arriving with a lower IP TTL (GTSM), 1..255
 //	  # dscp = "EF"                # marking of the accepted local connections
+//	  # resume_window = "30m"      # as for service
 //	}
 //
 // The server also takes max_sessions = 1024 (sessions at once) and
@@ -83,6 +86,14 @@
 // the field holds the number, -1 when unset. Zero values written out are
 // kept, never replaced by a default: drain_timeout = "0s" means no drain,
 // session_wait = "0s" no waiting.
+//
+// resume_window is how long a stream whose tunnel connection was lost waits,
+// holding its local connection and the bytes not yet confirmed, for the
+// client to reconnect and resume it; past it the stream ends with a reset.
+// The default of 120s lets a BGP session (hold time commonly 90s) survive a
+// short outage plus the client's reconnect backoff; longer than the peers'
+// own hold time is useless. A service or forward block's resume_window,
+// "0s" included, overrides the top-level one for its streams.
 //
 // A client config has server = "host:port" (or a list of them, tried in
 // order) instead of listen and max_handshakes, may set tls.server_name
@@ -121,12 +132,17 @@ const (
 	DefaultMaxStreamsPerSession   = 1024
 	DefaultMaxSessionBuffer       = 256 << 20
 	DefaultHeaderTimeout          = 10 * time.Second
+	DefaultResumeWindow           = 120 * time.Second
 	DefaultMaxSessions            = 1024
 	DefaultMaxSessionsPerIdentity = 4
 	DefaultSessionWait            = 10 * time.Second
 	DefaultMaxConns               = 1024
 	DefaultCRLStale               = "warn"
 )
+
+// MaxResumeWindow bounds resume_window: a suspended stream holds its local
+// connection and its replay buffer for the whole window.
+const MaxResumeWindow = time.Hour
 
 // TLS is the tls block. Paths are absolute after loading (relative ones
 // resolve against the config file's directory).
@@ -154,6 +170,21 @@ type Service struct {
 	DSCP          int           // key dscp: 0..63 or a name (CS6, EF, AF41...); -1 = unset
 	ProxyProtocol bool          // key proxy_protocol: send a PROXY v2 header to the target
 	IdleTimeout   time.Duration // key idle_timeout: close a stream idle this long; 0 = never
+
+	// ResumeWindow is key resume_window, which overrides
+	// Settings.ResumeWindow for the service's streams when
+	// ResumeWindowExplicit ("0s" turns resumption off); ask ResumeWindowOr.
+	ResumeWindow         time.Duration
+	ResumeWindowExplicit bool
+}
+
+// ResumeWindowOr is the resume window of the service's streams, given def,
+// the top-level Settings.ResumeWindow: its own when the block has one.
+func (s Service) ResumeWindowOr(def time.Duration) time.Duration {
+	if s.ResumeWindowExplicit {
+		return s.ResumeWindow
+	}
+	return def
 }
 
 // Forward is a forward block: a local listener whose connections are
@@ -173,6 +204,19 @@ type Forward struct {
 	IdleTimeout   time.Duration // key idle_timeout: close a stream idle this long; 0 = never
 	MinTTL        int           // key min_ttl: drop local connections arriving with a lower IP TTL (GTSM), 1..255; 0 = off
 	DSCP          int           // key dscp: marking of the local socket, as for Service; -1 = unset
+
+	// ResumeWindow and ResumeWindowExplicit are as for Service.
+	ResumeWindow         time.Duration
+	ResumeWindowExplicit bool
+}
+
+// ResumeWindowOr is the resume window of the forward's streams, given def,
+// the top-level Settings.ResumeWindow: its own when the block has one.
+func (f Forward) ResumeWindowOr(def time.Duration) time.Duration {
+	if f.ResumeWindowExplicit {
+		return f.ResumeWindow
+	}
+	return def
 }
 
 // Settings both agents share beyond the basics.
@@ -185,6 +229,7 @@ type Settings struct {
 	MaxStreamsPerSession int           // key max_streams_per_session: default 1024
 	MaxSessionBuffer     int64         // key max_session_buffer: bytes; default 256 MiB
 	HeaderTimeout        time.Duration // key header_timeout: default 10s
+	ResumeWindow         time.Duration // key resume_window: how long a stream survives the loss of the tunnel connection; default 120s; 0 = off
 	Admin                string        // admin { listen }: the admin listener; "" = off
 	AdminPublic          bool          // admin { public = true }: allow a non-loopback admin address
 	DSCP                 int           // key dscp: marking of the tunnel's own TLS socket; -1 = unset

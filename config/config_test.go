@@ -491,6 +491,24 @@ func TestParseErrors(t *testing.T) {
 		{name: "max_session_buffer negative", src: "max_session_buffer = \"-1GiB\"\n", line: 1, want: "is not a size"},
 		{name: "header_timeout zero", src: "header_timeout = \"0s\"\n", line: 1, want: `header_timeout = "0s" must be more than zero`},
 		{name: "header_timeout a number", client: true, src: "header_timeout = 10\n", line: 1, want: "header_timeout must be a duration string, not a number"},
+
+		// resume_window: "0s" to "1h", at the top and in service and forward blocks.
+		{name: "resume_window negative", src: "resume_window = \"-1s\"\n", line: 1, want: `resume_window = "-1s" must not be negative (write "0s" to turn resumption off, or a window such as "120s")`},
+		{name: "resume_window too long", client: true, src: "resume_window = \"61m\"\n", line: 1, want: `resume_window = "61m" is too long: a suspended stream holds its local connection and its replay buffer all that time (at most "1h"`},
+		{name: "resume_window far too long", src: "resume_window = \"99999h\"\n", line: 1, want: "is too long"},
+		{name: "resume_window a number", src: "resume_window = 120\n", line: 1, want: `resume_window must be a duration string, not a number (e.g. resume_window = "10s"; a bare number has no unit`},
+		{name: "resume_window zero as a number", client: true, src: "resume_window = 0\n", line: 1, want: "resume_window must be a duration string, not a number"},
+		{name: "resume_window without unit", src: "resume_window = \"120\"\n", line: 1, want: `resume_window = "120" is not a duration`},
+		{name: "resume_window a bool", src: "resume_window = false\n", line: 1, want: "resume_window must be a duration string, not a bool"},
+		{name: "resume_window empty", client: true, src: "resume_window = \"\"\n", line: 1, want: `resume_window = "" is not a duration`},
+		{name: "resume_window as a block", src: "resume_window {}\n", line: 1, want: "resume_window is a key, not a block"},
+		{name: "service resume_window negative", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  resume_window = \"-5m\"\n}\n", line: 4, want: `service "x" resume_window = "-5m" must not be negative`},
+		{name: "service resume_window too long", client: true, src: "service \"x\" {\n  target = \"a:1\"\n  resume_window = \"2h\"\n}\n", line: 3, want: `service "x" resume_window = "2h" is too long`},
+		{name: "service resume_window a number", src: "service \"x\" {\n  target = \"a:1\"\n  allow = [\"c\"]\n  resume_window = 0\n}\n", line: 4, want: `service "x" resume_window must be a duration string, not a number`},
+		{name: "forward resume_window too long", src: "forward \"f\" {\n  listen = \":0\"\n  client = \"c\"\n  resume_window = \"1h0m0.001s\"\n}\n", line: 4, want: `forward "f" resume_window = "1h0m0.001s" is too long`},
+		{name: "forward resume_window negative", client: true, src: "forward \"f\" {\n  listen = \":0\"\n  resume_window = \"-1ns\"\n}\n", line: 3, want: `forward "f" resume_window = "-1ns" must not be negative`},
+		{name: "forward resume_window a number", client: true, src: "forward \"f\" {\n  listen = \":0\"\n  resume_window = 30\n}\n", line: 3, want: `forward "f" resume_window must be a duration string, not a number`},
+		{name: "forward resume_window typo", src: "forward \"f\" {\n  listen = \":0\"\n  client = \"c\"\n  resume_windw = \"1m\"\n}\n", line: 4, want: `unknown key "resume_windw" in forward "f" (did you mean "resume_window"?`},
 		{name: "max_sessions zero", src: "max_sessions = 0\n", line: 1, want: "max_sessions = 0 is out of range (1 to 2147483647)"},
 		{name: "max_sessions_per_identity negative", src: "max_sessions_per_identity = -1\n", line: 1, want: "max_sessions_per_identity = -1 is out of range (1 to"},
 		{name: "max_sessions_per_identity on the client", client: true, src: "max_sessions_per_identity = 3\n", line: 1, want: "max_sessions_per_identity is only for the server"},
@@ -890,7 +908,7 @@ func checkCommon(t TLS, hs, dial time.Duration, level, format string, services [
 func defaultSettings() Settings {
 	return Settings{ExpiryWarning: DefaultExpiryWarning, PingAfter: DefaultPingAfter, DeadAfter: DefaultDeadAfter,
 		DrainTimeout: DefaultDrainTimeout, MaxStreamsPerSession: DefaultMaxStreamsPerSession,
-		MaxSessionBuffer: DefaultMaxSessionBuffer, HeaderTimeout: DefaultHeaderTimeout, DSCP: -1}
+		MaxSessionBuffer: DefaultMaxSessionBuffer, HeaderTimeout: DefaultHeaderTimeout, ResumeWindow: DefaultResumeWindow, DSCP: -1}
 }
 
 func withCommonDefaults(t *TLS, st *Settings, svcs []Service, fwds []Forward) {

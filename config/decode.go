@@ -127,7 +127,7 @@ type schema struct {
 }
 
 // commonKeys are the top-level keys both configs take beyond the basics.
-var commonKeys = []string{"reload_interval", "expiry_warning", "ping_after", "dead_after", "drain_timeout", "max_streams_per_session", "max_session_buffer", "header_timeout", "dscp"}
+var commonKeys = []string{"reload_interval", "expiry_warning", "ping_after", "dead_after", "drain_timeout", "max_streams_per_session", "max_session_buffer", "header_timeout", "resume_window", "dscp"}
 
 var (
 	serverTop = schema{
@@ -161,16 +161,16 @@ var (
 		attrs: []string{"cert", "key", "ca", "server_name", "crl", "crl_stale", "verify"},
 	}
 	serviceBody = schema{
-		attrs: []string{"target", "allow", "class", "source", "ttl", "dscp", "proxy_protocol", "idle_timeout"},
+		attrs: []string{"target", "allow", "class", "source", "ttl", "dscp", "proxy_protocol", "idle_timeout", "resume_window"},
 	}
 	serverForward = schema{
-		attrs: []string{"listen", "service", "client", "class", "max_conns", "idle_timeout", "min_ttl", "dscp"},
+		attrs: []string{"listen", "service", "client", "class", "max_conns", "idle_timeout", "min_ttl", "dscp", "resume_window"},
 	}
 	adminBody = schema{
 		attrs: []string{"listen", "public"},
 	}
 	clientForward = schema{
-		attrs: []string{"listen", "service", "class", "max_conns", "idle_timeout", "min_ttl", "dscp"},
+		attrs: []string{"listen", "service", "class", "max_conns", "idle_timeout", "min_ttl", "dscp", "resume_window"},
 		elsewhere: map[string]string{
 			"client": "client is only for the server's forwards (remove it: a client's forwards always use its own session)",
 		},

@@ -73,6 +73,7 @@ func (d *decoder) settings(top *body) (Settings, hcl.Range) {
 		MaxStreamsPerSession: DefaultMaxStreamsPerSession,
 		MaxSessionBuffer:     DefaultMaxSessionBuffer,
 		HeaderTimeout:        DefaultHeaderTimeout,
+		ResumeWindow:         DefaultResumeWindow,
 		DSCP:                 -1,
 	}
 	if a := top.attr("reload_interval"); a != nil {
@@ -119,6 +120,11 @@ func (d *decoder) settings(top *body) (Settings, hcl.Range) {
 	if a := top.attr("header_timeout"); a != nil {
 		if v, ok := d.duration(top, a); ok {
 			st.HeaderTimeout = v
+		}
+	}
+	if a := top.attr("resume_window"); a != nil {
+		if v, ok := d.resumeWindow(top, a); ok {
+			st.ResumeWindow = v
 		}
 	}
 	if a := top.attr("dscp"); a != nil {
@@ -177,6 +183,29 @@ func (d *decoder) durationOrZero(b *body, a *hclsyntax.Attribute) (time.Duration
 		}
 	}
 	return d.duration(b, a)
+}
+
+// resumeWindow decodes a resume_window: a duration from "0s" (off) to
+// MaxResumeWindow.
+func (d *decoder) resumeWindow(b *body, a *hclsyntax.Attribute) (time.Duration, bool) {
+	v, ok := d.eval(b, a)
+	if !ok {
+		return 0, false
+	}
+	if v.Type().Equals(cty.String) {
+		if dur, err := time.ParseDuration(v.AsString()); err == nil {
+			switch {
+			case dur < 0:
+				d.addf(a.Expr.Range(), "%s%s = %q must not be negative (write \"0s\" to turn resumption off, or a window such as \"120s\")", b.prefix, a.Name, v.AsString())
+				return 0, false
+			case dur > MaxResumeWindow:
+				d.addf(a.Expr.Range(), "%s%s = %q is too long: a suspended stream holds its local connection and its replay buffer all that time (at most \"1h\"; more than the peers' own hold time is useless)", b.prefix, a.Name, v.AsString())
+				return 0, false
+			}
+			return dur, true
+		}
+	}
+	return d.duration(b, a) // reports the wrong type or a bad duration
 }
 
 // Bounds of max_session_buffer: at least a few bulk streams' windows (1 MiB
@@ -359,6 +388,9 @@ func (d *decoder) serviceExtras(b *body, s *Service) bool {
 	if a := b.attr("idle_timeout"); a != nil {
 		s.IdleTimeout, _ = d.durationOrZero(b, a)
 	}
+	if a := b.attr("resume_window"); a != nil {
+		s.ResumeWindow, s.ResumeWindowExplicit = d.resumeWindow(b, a)
+	}
 	return ok
 }
 
@@ -388,6 +420,9 @@ func (d *decoder) forwardExtras(b *body, f *Forward) bool {
 	}
 	if a := b.attr("dscp"); a != nil {
 		f.DSCP = d.dscp(b, a)
+	}
+	if a := b.attr("resume_window"); a != nil {
+		f.ResumeWindow, f.ResumeWindowExplicit = d.resumeWindow(b, a)
 	}
 	return ok
 }

@@ -28,6 +28,7 @@ drain_timeout = "0s"
 max_streams_per_session = 10
 max_session_buffer = "64MiB"
 header_timeout = "3s"
+resume_window = "90s"
 max_sessions = 5
 max_sessions_per_identity = 1
 dscp = "CS6"
@@ -73,7 +74,7 @@ forward "bulk" {
 		t.Fatal(err)
 	}
 	want := Settings{ReloadInterval: time.Minute, ExpiryWarning: 240 * time.Hour, PingAfter: 2 * time.Second, DeadAfter: 6 * time.Second,
-		DrainTimeout: 0, MaxStreamsPerSession: 10, MaxSessionBuffer: 64 << 20, HeaderTimeout: 3 * time.Second, Admin: "127.0.0.1:0", DSCP: 48}
+		DrainTimeout: 0, MaxStreamsPerSession: 10, MaxSessionBuffer: 64 << 20, HeaderTimeout: 3 * time.Second, ResumeWindow: 90 * time.Second, Admin: "127.0.0.1:0", DSCP: 48}
 	if s.Settings != want {
 		t.Errorf("settings %+v\nwant %+v", s.Settings, want)
 	}
@@ -169,6 +170,7 @@ func TestKeys(t *testing.T) {
 		streams  = settings(func(s Settings) any { return s.MaxStreamsPerSession })
 		buffer   = settings(func(s Settings) any { return s.MaxSessionBuffer })
 		header   = settings(func(s Settings) any { return s.HeaderTimeout })
+		resume   = settings(func(s Settings) any { return s.ResumeWindow })
 		dscp     = settings(func(s Settings) any { return s.DSCP })
 		admin    = settings(func(s Settings) any { return s.Admin })
 		adminPub = settings(func(s Settings) any { return [2]any{s.Admin, s.AdminPublic} })
@@ -190,6 +192,8 @@ func TestKeys(t *testing.T) {
 		fIdle    = fwd(func(f Forward) any { return f.IdleTimeout })
 		minTTL   = fwd(func(f Forward) any { return f.MinTTL })
 		fDSCP    = fwd(func(f Forward) any { return f.DSCP })
+		sResume  = func(p parsed) any { return p.Services[0].ResumeWindowOr(p.ResumeWindow) } // the effective window
+		fResume  = func(p parsed) any { return p.Forwards[0].ResumeWindowOr(p.ResumeWindow) }
 		service  = func(target, keys string) string {
 			return "service \"x\" {\n  target = \"" + target + "\"\n  allow = [\"c\"]\n" + keys + "}\n"
 		}
@@ -252,6 +256,14 @@ func TestKeys(t *testing.T) {
 		// header_timeout: default 10s; > 0.
 		{name: "header_timeout default", sides: both, get: header, want: 10 * sec},
 		{name: "header_timeout 1m", sides: both, src: "header_timeout = \"1m\"\n", get: header, want: mins},
+
+		// resume_window: default 120s; "0s" (off) to "1h".
+		{name: "resume_window default", sides: both, get: resume, want: 120 * sec},
+		{name: "resume_window 90s", sides: both, src: "resume_window = \"90s\"\n", get: resume, want: 90 * sec},
+		{name: "resume_window 0s overrides", sides: both, src: "resume_window = \"0s\"\n", get: resume, want: time.Duration(0)},
+		{name: "resume_window 0", sides: both, src: "resume_window = \"0\"\n", get: resume, want: time.Duration(0)},
+		{name: "resume_window 1h", sides: both, src: "resume_window = \"1h\"\n", get: resume, want: time.Hour},
+		{name: "resume_window 1ns", src: "resume_window = \"1ns\"\n", get: resume, want: time.Nanosecond},
 
 		// dscp: default unset (-1); 0..63 or a name, any case.
 		{name: "dscp default", sides: both, get: dscp, want: -1},
@@ -353,6 +365,16 @@ func TestKeys(t *testing.T) {
 		{name: "service idle_timeout 0s", src: service("a:1", "  idle_timeout = \"0s\"\n"), get: sIdle, want: time.Duration(0)},
 		{name: "service idle_timeout 5m", sides: both, src: service("a:1", "  idle_timeout = \"5m\"\n"), get: sIdle, want: 5 * mins},
 
+		// service resume_window: the top-level one unless given; "0s" turns it off.
+		{name: "service resume_window default", sides: both, src: service("a:1", ""), get: sResume, want: DefaultResumeWindow},
+		{name: "service resume_window from the top", src: "resume_window = \"45s\"\n" + service("a:1", ""), get: sResume, want: 45 * sec},
+		{name: "service resume_window overrides", sides: both, src: service("a:179", "  resume_window = \"5m\"\n"), get: sResume, want: 5 * mins},
+		{name: "service resume_window 0s overrides the default", sides: both, src: service("a:1", "  resume_window = \"0s\"\n"), get: sResume, want: time.Duration(0)},
+		{name: "service resume_window 0s overrides the top", src: "resume_window = \"1h\"\n" + service("a:1", "  resume_window = \"0s\"\n"), get: sResume, want: time.Duration(0)},
+		{name: "service resume_window on with the top off", src: "resume_window = \"0s\"\n" + service("a:1", "  resume_window = \"1h\"\n"), get: sResume, want: time.Hour},
+		{name: "service resume_window fields", src: service("a:1", "  resume_window = \"0s\"\n"), get: svc(func(s Service) any { return [2]any{s.ResumeWindow, s.ResumeWindowExplicit} }), want: [2]any{time.Duration(0), true}},
+		{name: "service resume_window fields unset", src: service("a:1", ""), get: svc(func(s Service) any { return [2]any{s.ResumeWindow, s.ResumeWindowExplicit} }), want: [2]any{time.Duration(0), false}},
+
 		// forward class: from the listen port unless given.
 		{name: "forward class BGP", src: forward("127.0.0.1:179", ""), get: fClass, want: "control"},
 		{name: "forward class OpenFlow", src: forward("127.0.0.1:6653", ""), get: fClass, want: "control"},
@@ -383,6 +405,14 @@ func TestKeys(t *testing.T) {
 		{name: "forward dscp default", src: forward(":0", ""), get: fDSCP, want: -1},
 		{name: "forward dscp CS6", src: forward(":0", "  dscp = \"CS6\"\n"), get: fDSCP, want: 48},
 		{name: "forward dscp 0", sides: []bool{true}, src: cForward(":0", "  dscp = 0\n"), get: fDSCP, want: 0},
+
+		// forward resume_window: as for service.
+		{name: "forward resume_window default", sides: both, src: forward(":0", ""), get: fResume, want: DefaultResumeWindow},
+		{name: "forward resume_window from the top", sides: both, src: "resume_window = \"10s\"\n" + forward(":0", ""), get: fResume, want: 10 * sec},
+		{name: "forward resume_window overrides", sides: both, src: forward(":0", "  resume_window = \"30m\"\n"), get: fResume, want: 30 * mins},
+		{name: "forward resume_window 0s overrides the default", sides: both, src: forward(":0", "  resume_window = \"0s\"\n"), get: fResume, want: time.Duration(0)},
+		{name: "forward resume_window 0s overrides the top", sides: both, src: "resume_window = \"5m\"\n" + forward(":0", "  resume_window = \"0s\"\n"), get: fResume, want: time.Duration(0)},
+		{name: "forward resume_window fields", src: forward(":0", "  resume_window = \"1h\"\n"), get: fwd(func(f Forward) any { return [2]any{f.ResumeWindow, f.ResumeWindowExplicit} }), want: [2]any{time.Hour, true}},
 	}
 	for _, tt := range tests {
 		sides := tt.sides
@@ -396,7 +426,7 @@ func TestKeys(t *testing.T) {
 			}
 			t.Run(name, func(t *testing.T) {
 				src := tt.src
-				if client && strings.HasPrefix(src, "forward") {
+				if client && strings.Contains(src, "forward \"") {
 					src = strings.Replace(src, "  client = \"c\"\n", "", 1)
 				}
 				if tt.whole && client && strings.HasPrefix(src, "listen") {
@@ -468,6 +498,7 @@ forward "f" {
   client  = "edge-1"
   class   = "bgp"
   min_ttl = 300
+  resume_window = "90m"
 }
 `
 	_, err := ParseServer(file, []byte(src))
@@ -493,6 +524,7 @@ forward "f" {
 		{22, 12, `dscp = "EF!" is not a DiffServ code point name`},
 		{27, 13, `forward "f" class = "bgp" is not allowed`},
 		{28, 13, "min_ttl = 300 is out of range (1 to 255)"},
+		{29, 19, `forward "f" resume_window = "90m" is too long`},
 	}
 	if len(cerr.Problems) != len(want) {
 		t.Errorf("got %d problems, want %d:\n%v", len(cerr.Problems), len(want), err)
@@ -529,7 +561,8 @@ func checkExtras(t TLS, st Settings, services []Service, forwards []Forward, ser
 		}
 	}
 	if st.ReloadInterval != 0 && st.ReloadInterval < time.Second || st.ExpiryWarning <= 0 || st.PingAfter <= 0 ||
-		st.DeadAfter <= st.PingAfter || st.DrainTimeout < 0 || st.MaxStreamsPerSession < 1 || st.MaxSessionBuffer < 8<<20 || st.HeaderTimeout <= 0 || st.DSCP < -1 || st.DSCP > 63 {
+		st.DeadAfter <= st.PingAfter || st.DrainTimeout < 0 || st.MaxStreamsPerSession < 1 || st.MaxSessionBuffer < 8<<20 || st.HeaderTimeout <= 0 || st.DSCP < -1 || st.DSCP > 63 ||
+		!validResumeWindow(st.ResumeWindow, true) {
 		errs = append(errs, fmt.Errorf("settings %+v", st))
 	}
 	if st.Admin == "" && st.AdminPublic {
@@ -549,7 +582,8 @@ func checkExtras(t TLS, st Settings, services []Service, forwards []Forward, ser
 		}
 	}
 	for _, s := range services {
-		if s.Class != ClassControl && s.Class != ClassBulk || s.TTL < 0 || s.TTL > 255 || s.DSCP < -1 || s.DSCP > 63 || s.IdleTimeout < 0 {
+		if s.Class != ClassControl && s.Class != ClassBulk || s.TTL < 0 || s.TTL > 255 || s.DSCP < -1 || s.DSCP > 63 || s.IdleTimeout < 0 ||
+			!validResumeWindow(s.ResumeWindow, s.ResumeWindowExplicit) {
 			errs = append(errs, fmt.Errorf("service %+v", s))
 		}
 		if s.Source != "" {
@@ -559,11 +593,50 @@ func checkExtras(t TLS, st Settings, services []Service, forwards []Forward, ser
 		}
 	}
 	for _, f := range forwards {
-		if f.Class != ClassControl && f.Class != ClassBulk || f.MaxConns < 1 || f.MinTTL < 0 || f.MinTTL > 255 || f.DSCP < -1 || f.DSCP > 63 || f.IdleTimeout < 0 {
+		if f.Class != ClassControl && f.Class != ClassBulk || f.MaxConns < 1 || f.MinTTL < 0 || f.MinTTL > 255 || f.DSCP < -1 || f.DSCP > 63 || f.IdleTimeout < 0 ||
+			!validResumeWindow(f.ResumeWindow, f.ResumeWindowExplicit) {
 			errs = append(errs, fmt.Errorf("forward %+v", f))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validResumeWindow reports whether w is a resume window a config may
+// hold: in bounds when given, zero when not.
+func validResumeWindow(w time.Duration, given bool) bool {
+	if !given {
+		return w == 0
+	}
+	return w >= 0 && w <= MaxResumeWindow
+}
+
+// TestResumeWindowOr checks the effective window of blocks built in code,
+// as an agent's tests build them, not parsed.
+func TestResumeWindowOr(t *testing.T) {
+	const top = 90 * time.Second
+	for _, tt := range []struct {
+		name     string
+		window   time.Duration
+		explicit bool
+		want     time.Duration
+	}{
+		{"unset", 0, false, top},
+		{"unset ignores the field", time.Hour, false, top},
+		{"0s turns it off", 0, true, 0},
+		{"own window", time.Minute, true, time.Minute},
+	} {
+		s := Service{ResumeWindow: tt.window, ResumeWindowExplicit: tt.explicit}
+		f := Forward{ResumeWindow: tt.window, ResumeWindowExplicit: tt.explicit}
+		if got := s.ResumeWindowOr(top); got != tt.want {
+			t.Errorf("%s: Service.ResumeWindowOr(%v) = %v, want %v", tt.name, top, got, tt.want)
+		}
+		if got := f.ResumeWindowOr(top); got != tt.want {
+			t.Errorf("%s: Forward.ResumeWindowOr(%v) = %v, want %v", tt.name, top, got, tt.want)
+		}
+	}
+	if got := (Service{}).ResumeWindowOr(0); got != 0 {
+		t.Errorf("a zero Service with the top off: %v, want 0", got)
+	}
 }
 
 func slicesOf[T, U any](ts []T, f func(T) U) []U {

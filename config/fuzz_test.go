@@ -33,6 +33,11 @@ var fuzzSeeds = []string{
 	"forward \"of\" {\n  listen = \"127.0.0.1:6653\"\n  client = \"edge-1\"\n  class = \"bulk\"\n  max_conns = 2\n" +
 		"  idle_timeout = \"5m\"\n  min_ttl = 254\n  dscp = \"EF\"\n}\n" + serverBase,
 	"forward \"f\" {\n  listen = \":2605\"\n  min_ttl = 256\n  dscp = 64\n  max_conns = 0\n}\nping_after = \"40s\"\n" + clientBase,
+	// resume_window: at the top, and overriding it in blocks, "0s" included.
+	"resume_window = \"90s\"\nservice \"bgp\" {\n  target = \"192.0.2.1:179\"\n  allow = [\"edge-1\"]\n  resume_window = \"0s\"\n}\n" +
+		"forward \"f\" {\n  listen = \"127.0.0.1:1179\"\n  client = \"edge-1\"\n  resume_window = \"1h\"\n}\n" + serverBase,
+	"resume_window = \"0s\"\nforward \"f\" {\n  listen = \":0\"\n  resume_window = \"2m\"\n}\nservice \"s\" {\n  target = \"a:1\"\n  resume_window = \"0\"\n}\n" + clientBase,
+	"resume_window = 120\nservice \"x\" {\n  target = \"a:1\"\n  resume_window = \"-1s\"\n}\nforward \"f\" {\n  listen = \":0\"\n  resume_window = \"61m\"\n}\n" + clientBase,
 }
 
 func FuzzParseServer(f *testing.F) {

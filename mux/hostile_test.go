@@ -116,7 +116,7 @@ func echoSvc(t *testing.T) map[string]Service {
 // checkEcho opens a real stream over raw and checks it works.
 func checkEcho(t *testing.T, raw *yamux.Session) {
 	t.Helper()
-	hdr, _ := encodeHeader("echo", "")
+	hdr, _ := encodeHeader("echo", "", nil)
 	y := rawOpen(t, raw, append(hdr, "still here"...))
 	defer y.Close()
 	_ = y.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -280,7 +280,7 @@ func TestResetNotEOFOnCongestedStream(t *testing.T) {
 			go func() { <-release; b.Close() }()
 			return a, nil
 		})
-		hdr, _ := encodeHeader("sink", "")
+		hdr, _ := encodeHeader("sink", "", nil)
 		y := rawOpen(t, raw, hdr)
 		st := <-accepted
 		// The raw peer writes until its window is full, and blocks.

@@ -154,7 +154,7 @@ func TestRefusedClientGetsNothing(t *testing.T) {
 	}
 	defer y.Close()
 	if st, err := y.OpenStream(); err == nil {
-		hdr, _ := encodeHeader("bgp", "")
+		hdr, _ := encodeHeader("bgp", "", nil)
 		st.Write(hdr)
 	}
 	var r *RefusedError

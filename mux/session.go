@@ -88,6 +88,16 @@ type Config struct {
 	// (ours on the client, the hello's on the server), so both ends agree.
 	WindowFor func(class string) uint32
 	Logger    hclog.Logger
+	// Resumable announces CapResume in our hello: streams with a peer that
+	// announces it too may be opened resumable (OpenResumable).
+	Resumable bool
+	// Instance is sent in our hello (see Hello.Instance).
+	Instance string
+	// Resume serves the peer's move of a resumable stream to this session
+	// (Session.Resume on its side): it finds the stream named token, checks
+	// that it is this peer's, and answers with st.AcceptResume; an error
+	// refuses the move (a *ResumeRefusal says with what code and words).
+	Resume func(st *Stream, token Token, delivered uint64) error
 	// YamuxLog, if set, limits yamux's own log lines across every session
 	// that shares it (the agent's); nil limits each session on its own.
 	YamuxLog *ratelog.Log
@@ -195,6 +205,9 @@ type Session struct {
 	peerCtl atomic.Bool   // the peer's control stream has been accepted
 	live    sync.Mutex
 	streams map[uint32]*Stream // tunnelled streams open, for NumStreams and Drain
+	// onDelivered are the resumable streams' handlers of the peer's
+	// delivery notices, by stream ID.
+	onDelivered map[uint32]func(uint64)
 
 	// maxStreams is the cap on streams yamux holds for this session, both
 	// directions, control streams included: Config.MaxStreams plus the two
@@ -222,7 +235,11 @@ var ErrProbed = errors.New("the client only probed (validate -online); no sessio
 // the yamux session. role is RoleClient or RoleServer.
 func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identity, cfg Config) (*Session, error) {
 	cfg = cfg.withDefaults()
-	hello, err := exchangeHello(ctx, conn, role, Hello{Role: role, Agent: cfg.Agent, Class: cfg.Class, Services: cfg.Services}, cfg)
+	ours := Hello{Role: role, Agent: cfg.Agent, Class: cfg.Class, Services: cfg.Services, Instance: cfg.Instance}
+	if cfg.Resumable {
+		ours.Capabilities = []string{CapResume}
+	}
+	hello, err := exchangeHello(ctx, conn, role, ours, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -253,6 +270,7 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 		Peer: peer, PeerHello: hello, y: y, conn: cc, cfg: cfg, log: cfg.Logger,
 		closed: make(chan struct{}), peerDraining: make(chan struct{}), peerReplaced: make(chan struct{}),
 		streams: map[uint32]*Stream{}, since: time.Now(), maxStreams: maxStreams,
+		onDelivered: map[uint32]func(uint64){},
 	}
 	if s.ctl, err = y.OpenStream(); err == nil {
 		_, err = s.ctl.Write([]byte{headerControl, 0})
@@ -328,7 +346,16 @@ func checkHello(h Hello, ours string, classes []string) (Hello, error) {
 	}
 	// Logged only; keep it short and printable.
 	h.Agent = strings.ToValidUTF8(clip(h.Agent, 64), "?")
-	h.Capabilities = nil // none defined yet
+	// Only capabilities we know are kept: the rest mean nothing here.
+	if len(h.Capabilities) > maxCaps {
+		return Hello{}, fmt.Errorf("peer's hello lists %d capabilities, more than %d", len(h.Capabilities), maxCaps)
+	}
+	h.Capabilities = slices.DeleteFunc(h.Capabilities, func(c string) bool { return c != CapResume })
+	if len(h.Instance) > maxInstance || strings.IndexFunc(h.Instance, func(r rune) bool {
+		return !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f')
+	}) >= 0 {
+		return Hello{}, fmt.Errorf("peer's hello names instance %s, not up to %d hex digits", quoteShort(h.Instance), maxInstance)
+	}
 	return h, nil
 }
 
@@ -594,10 +621,41 @@ func (s *Session) Drain(ctx context.Context) error {
 // source, the local application's address, is passed to the peer for its
 // logs and for a PROXY protocol header to the target; it may be "".
 func (s *Session) Open(ctx context.Context, service, source string) (*Stream, error) {
-	hdr, err := encodeHeader(service, source)
+	return s.open(ctx, service, source, nil)
+}
+
+// OpenResumable opens a stream as Open does, named token so that it can
+// be moved to a later session with Resume. Only to a peer that announced
+// CapResume (see PeerResumes).
+func (s *Session) OpenResumable(ctx context.Context, service, source string, token Token) (*Stream, error) {
+	if !s.PeerResumes() {
+		return nil, errors.New("open resumable stream: the peer does not resume streams")
+	}
+	return s.open(ctx, service, source, &token)
+}
+
+// PeerResumes says whether both sides announced CapResume.
+func (s *Session) PeerResumes() bool { return s.cfg.Resumable && s.PeerHello.Has(CapResume) }
+
+func (s *Session) open(ctx context.Context, service, source string, token *Token) (*Stream, error) {
+	hdr, err := encodeHeader(service, source, token)
 	if err != nil {
 		return nil, err
 	}
+	y, err := s.openWith(hdr)
+	if err != nil {
+		return nil, fmt.Errorf("open stream: %w", err)
+	}
+	_ = y.SetReadDeadline(time.Now().Add(s.cfg.OpenTimeout))
+	st := &Stream{y: y, sess: s, service: service, awaitReply: true}
+	if token != nil {
+		st.token, st.resumable = *token, true
+	}
+	return s.track(st), nil
+}
+
+// openWith opens a yamux stream and writes hdr on it.
+func (s *Session) openWith(hdr []byte) (*yamux.Stream, error) {
 	if s.draining.Load() {
 		return nil, ErrDraining
 	}
@@ -609,16 +667,58 @@ func (s *Session) Open(ctx context.Context, service, source string) (*Stream, er
 	s.opened.Add(1)
 	y, err := s.y.OpenStream()
 	if err != nil {
-		return nil, fmt.Errorf("open stream: %w", s.explain(err))
+		return nil, s.explain(err)
 	}
 	_ = y.SetWriteDeadline(time.Now().Add(s.cfg.OpenTimeout))
 	if _, err := y.Write(hdr); err != nil {
 		_ = y.Close()
-		return nil, fmt.Errorf("open stream: write header: %w", s.explain(err))
+		return nil, fmt.Errorf("write header: %w", s.explain(err))
 	}
 	_ = y.SetWriteDeadline(time.Time{})
+	return y, nil
+}
+
+// Resume moves the resumable stream named token, which we opened on an
+// earlier session, to this one. delivered is how many bytes of it we have
+// delivered to our application; the answer is how many the peer has. It
+// waits for the peer's answer (at most OpenTimeout, and ctx).
+func (s *Session) Resume(ctx context.Context, token Token, delivered uint64) (*Stream, uint64, error) {
+	if !s.PeerResumes() {
+		return nil, 0, errors.New("resume stream: the peer does not resume streams")
+	}
+	y, err := s.openWith(encodeResumeHeader(token, delivered))
+	if err != nil {
+		return nil, 0, fmt.Errorf("resume stream: %w", err)
+	}
 	_ = y.SetReadDeadline(time.Now().Add(s.cfg.OpenTimeout))
-	return s.track(&Stream{y: y, sess: s, service: service, awaitReply: true}), nil
+	stop := context.AfterFunc(ctx, func() { _ = y.SetReadDeadline(time.Unix(1, 0)) })
+	code, msg, err := readReply(y)
+	stop()
+	_ = y.SetReadDeadline(time.Time{})
+	switch {
+	case err != nil:
+		_ = resetStream(y)
+		return nil, 0, fmt.Errorf("resume stream: waiting for the peer's answer: %w", s.explain(err))
+	case code != CodeOK:
+		_ = resetStream(y)
+		return nil, 0, &ResumeRefusal{Code: code, Msg: cleanText(msg, 255)}
+	case len(msg) != 8:
+		_ = resetStream(y)
+		return nil, 0, fmt.Errorf("resume stream: %w: the peer's answer holds %d bytes, not 8", ErrNotTunnel, len(msg))
+	}
+	st := &Stream{y: y, sess: s, token: token, resumable: true}
+	st.answered.Store(true)
+	return s.track(st), binary.BigEndian.Uint64([]byte(msg)), nil
+}
+
+// ResumeRefusal is a peer's refusal to move a resumable stream.
+type ResumeRefusal struct {
+	Code Code
+	Msg  string
+}
+
+func (e *ResumeRefusal) Error() string {
+	return fmt.Sprintf("peer refused to resume the stream: %s: %s", e.Code, e.Msg)
 }
 
 func (s *Session) track(st *Stream) *Stream {
@@ -634,6 +734,31 @@ func (s *Session) untrack(st *Stream) {
 		delete(s.streams, st.y.StreamID())
 	}
 	s.live.Unlock()
+}
+
+// setOnDelivered registers (f not nil) or removes the handler of the
+// peer's delivery notices for stream id.
+func (s *Session) setOnDelivered(id uint32, f func(uint64)) {
+	s.live.Lock()
+	if f == nil {
+		delete(s.onDelivered, id)
+	} else {
+		s.onDelivered[id] = f
+	}
+	s.live.Unlock()
+}
+
+// sendDelivered tells the peer how much of stream id we have delivered.
+func (s *Session) sendDelivered(id uint32, n uint64) error {
+	var msg [16]byte
+	binary.BigEndian.PutUint32(msg[:], deliveryNotice)
+	binary.BigEndian.PutUint32(msg[4:], id)
+	binary.BigEndian.PutUint64(msg[8:], n)
+	s.ctlMu.Lock()
+	defer s.ctlMu.Unlock()
+	_ = s.ctl.SetWriteDeadline(time.Now().Add(s.cfg.OpenTimeout))
+	_, err := s.ctl.Write(msg[:])
+	return err
 }
 
 // PeerDraining is closed once the peer has said it is draining: it accepts
@@ -672,6 +797,9 @@ const (
 	// refusalNotice: "I am ending this session for the reason that
 	// follows" (a refusal in its wire form).
 	refusalNotice = 0xFFFFFFFE
+	// deliveryNotice: "of stream ID (4 bytes) I have delivered N (8
+	// bytes) to my application". Sent only to a peer with CapResume.
+	deliveryNotice = 0xFFFFFFFD
 )
 
 // EndWithRefusal tells the peer why we are ending the session (its
@@ -725,6 +853,20 @@ func (s *Session) readControl(ctl *yamux.Stream) {
 			s.markPeerDraining()
 		case replacedNotice:
 			s.markPeerReplaced()
+		case deliveryNotice:
+			var body [12]byte
+			if !s.cfg.Resumable {
+				return // we never announced it: a peer that sends it is confused
+			}
+			if _, err := io.ReadFull(ctl, body[:]); err != nil {
+				return
+			}
+			s.live.Lock()
+			f := s.onDelivered[binary.BigEndian.Uint32(body[:])]
+			s.live.Unlock()
+			if f != nil {
+				f(binary.BigEndian.Uint64(body[4:]))
+			}
 		case refusalNotice:
 			// The refusal follows at once; a peer that stalls in the
 			// middle of one has said enough.
@@ -810,11 +952,12 @@ const (
 	RefusedUnknown       = "unknown_service" // no such service (the peer hears "denied")
 	RefusedDenied        = "denied"          // the service's allow list refused the peer
 	RefusedDialFailed    = "dial_failed"     // the service's target could not be reached
+	RefusedResume        = "resume"          // a resume of a stream we do not hold for this peer
 )
 
 // RefusedKinds lists every kind OnRefuse may be told.
 var RefusedKinds = []string{RefusedBadHeader, RefusedHeaderTimeout, RefusedControl, RefusedStreamLimit,
-	RefusedBacklogFull, RefusedUnknown, RefusedDenied, RefusedDialFailed}
+	RefusedBacklogFull, RefusedUnknown, RefusedDenied, RefusedDialFailed, RefusedResume}
 
 // refused reports n refusals of one kind to the owner. A flood of them is
 // the owner's to rate-limit: mux itself logs them only at debug.
@@ -861,6 +1004,15 @@ func (s *Session) handle(ctx context.Context, y *yamux.Stream, lookup Lookup, ac
 		s.readControl(y)
 		return
 	}
+	if h.resume {
+		s.handleResume(y, h)
+		return
+	}
+	if h.resumable && !s.PeerResumes() {
+		s.refused(RefusedBadHeader, "", errors.New("a resumable stream from a peer that did not announce resume"), 1)
+		s.refuse(y, CodeBadHeader, "resumable stream without resume announced in the hello")
+		return
+	}
 	name := h.service
 	// Unknown and denied get the same answer, so a peer cannot list the
 	// names of services it may not open; only our report tells them apart.
@@ -886,7 +1038,30 @@ func (s *Session) handle(ctx context.Context, y *yamux.Stream, lookup Lookup, ac
 		resetConn(target)
 		return
 	}
-	accepted(ctx, name, s.track(&Stream{y: y, sess: s, service: name}), target)
+	st := &Stream{y: y, sess: s, service: name, token: h.token, resumable: h.resumable}
+	st.answered.Store(true)
+	accepted(ctx, name, s.track(st), target)
+}
+
+// handleResume serves the peer's move of a resumable stream here.
+func (s *Session) handleResume(y *yamux.Stream, h header) {
+	if !s.PeerResumes() || s.cfg.Resume == nil {
+		s.refused(RefusedBadHeader, "", errors.New("a resume from a peer that did not announce resume"), 1)
+		s.refuse(y, CodeBadHeader, "resume without resume announced in the hello")
+		return
+	}
+	st := &Stream{y: y, sess: s, token: h.token, resumable: true}
+	st.answered.Store(true)
+	s.track(st)
+	if err := s.cfg.Resume(st, h.token, h.delivered); err != nil {
+		var no *ResumeRefusal
+		if !errors.As(err, &no) {
+			no = &ResumeRefusal{Code: CodeNoStream, Msg: err.Error()}
+		}
+		s.untrack(st)
+		s.refused(RefusedResume, "", err, 1)
+		s.refuse(y, no.Code, no.Msg)
+	}
 }
 
 // resetConn closes a target whose stream was reset before it carried

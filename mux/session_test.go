@@ -542,7 +542,7 @@ func TestUnknownAndDeniedIdenticalOnTheWire(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer y.Close()
-		hdr, _ := encodeHeader(name, "")
+		hdr, _ := encodeHeader(name, "", nil)
 		if _, err := y.Write(hdr); err != nil {
 			t.Fatal(err)
 		}

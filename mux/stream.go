@@ -1,6 +1,7 @@
 package mux
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -44,8 +45,63 @@ type Stream struct {
 	sess       *Session
 	service    string
 	awaitReply bool        // opener side: the first Read consumes the peer's answer
+	answered   atomic.Bool // the peer accepted it (its answer was ok)
 	aborted    atomic.Bool // we reset it
 	closeOnce  sync.Once
+	resumable  bool  // opened resumable (or moved here): named token
+	token      Token // its name, when resumable
+}
+
+// Answered says whether the peer has accepted the stream: always on the
+// accepting side; on the opening side once the first Read has read the
+// peer's ok. A resumable stream lost before then may never have reached
+// the peer, and is opened again rather than resumed.
+func (st *Stream) Answered() bool { return st.answered.Load() }
+
+// Token is the name of a resumable stream; ok is false for a plain one.
+func (st *Stream) Token() (token Token, ok bool) { return st.token, st.resumable }
+
+// AcceptResume answers the peer's move of a resumable stream here (see
+// Config.Resume) with how many of its bytes we have delivered.
+func (st *Stream) AcceptResume(delivered uint64) error {
+	_ = st.y.SetWriteDeadline(time.Now().Add(st.sess.cfg.OpenTimeout))
+	defer st.y.SetWriteDeadline(time.Time{})
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], delivered)
+	if _, err := st.y.Write(encodeReply(CodeOK, string(n[:]))); err != nil {
+		return fmt.Errorf("answer resume: %w", st.sess.explain(err))
+	}
+	return nil
+}
+
+// SendDelivered tells the peer, on the control stream, that we have
+// delivered n bytes of this resumable stream to our application, so it
+// can drop them from its replay buffer.
+func (st *Stream) SendDelivered(n uint64) error {
+	return st.sess.sendDelivered(st.y.StreamID(), n)
+}
+
+// OnDelivered sets the handler of the peer's delivery notices for this
+// stream (nil removes it). It runs on the session's control reader and
+// must not block.
+func (st *Stream) OnDelivered(f func(delivered uint64)) {
+	st.sess.setOnDelivered(st.y.StreamID(), f)
+}
+
+// SessionClosed says whether the session carrying the stream has ended
+// (or is ending): then the stream's errors say nothing about the peer's
+// side of it.
+func (st *Stream) SessionClosed() bool { return st.sess.y.IsClosed() }
+
+// Release stops using a resumable stream that moved to another session,
+// without a word to the peer: a reset or a FIN here could reach the peer
+// before the move and end its side. Calls blocked on it return at once;
+// yamux frees it with its session.
+func (st *Stream) Release() {
+	st.aborted.Store(true)
+	st.closeOnce.Do(func() { st.sess.untrack(st) })
+	st.OnDelivered(nil)
+	_ = st.y.SetDeadline(time.Unix(1, 0))
 }
 
 // Service is the name the stream was opened for.
@@ -71,6 +127,7 @@ func (st *Stream) Read(p []byte) (int, error) {
 		if code != CodeOK {
 			return 0, &OpenError{Service: st.service, Code: code, Msg: msg}
 		}
+		st.answered.Store(true)
 	}
 	n, err := st.y.Read(p)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"unicode/utf8"
 )
@@ -30,6 +31,19 @@ import (
 //	kind (1 byte, 1 = open) | name length (1 byte) | service name |
 //	source length (1 byte) | source ("ip:port" of the local application, may be empty)
 //
+// Between peers that both announce CapResume in their hellos, a stream
+// may be opened resumable (it may move to a later session, see Resume):
+//
+//	kind 3 | as kind 1 | token (16 bytes, the opener's random name for it)
+//
+// and moved to this session by its opener:
+//
+//	kind 4 | token (16 bytes) | bytes the opener has delivered from the
+//	stream to its application (8 bytes, big endian)
+//
+// whose reply, when the code is ok, has a message of 8 bytes: what the
+// accepting side has delivered.
+//
 // Stream reply, the first bytes the accepting side writes back:
 //
 //	code (1 byte) | message length (1 byte) | message
@@ -43,6 +57,9 @@ import (
 //	            replaced this one" (the server sends it before its drain notice)
 //	0xFFFFFFFE  refusal notice: followed by a refusal (above); "I am ending
 //	            this session for this reason" (the receiver closes it)
+//	0xFFFFFFFD  delivery notice (only to a peer with CapResume): followed
+//	            by a stream ID (4 bytes) and the bytes we have delivered
+//	            from that resumable stream to our application (8 bytes)
 //
 // Neither value is ever a yamux stream ID (yamux never uses 0 and opens no
 // ID above 0xFFFFFFFD): an older peer, which read every message as the ID
@@ -68,7 +85,21 @@ const (
 	maxRefusalText   = 512
 	headerOpen       = 1
 	headerControl    = 2
+	headerResumable  = 3
+	headerResume     = 4
+	// maxCaps bounds the capabilities a peer's hello may list.
+	maxCaps = 16
+	// maxInstance bounds a hello's instance name.
+	maxInstance = 64
 )
+
+// CapResume, in a hello's caps, says the agent speaks resumable streams.
+const CapResume = "resume/1"
+
+// Token names a resumable stream: chosen at random by its opener, known
+// only to the two agents, and needed (with the same certificate) to move
+// the stream to a new session.
+type Token [16]byte
 
 // Hello is what each agent says about itself before the session starts.
 type Hello struct {
@@ -85,7 +116,14 @@ type Hello struct {
 	// peer's forwards to it that name no class ride that class's session.
 	Services     map[string]string `json:"services,omitempty"`
 	Capabilities []string          `json:"caps,omitempty"`
+	// Instance names the agent's stream state: random per process, and
+	// handed to the successor of a handover with that state. A peer whose
+	// instance changed has lost the resumable streams of the old one.
+	Instance string `json:"instance,omitempty"`
 }
+
+// Has says whether the hello lists the capability.
+func (h Hello) Has(capability string) bool { return slices.Contains(h.Capabilities, capability) }
 
 // ErrNotTunnel means the peer completed TLS but did not speak this protocol.
 var ErrNotTunnel = errors.New("peer does not speak the tunnel protocol")
@@ -138,18 +176,34 @@ func readHello(r io.Reader) (Hello, error) {
 	return h, nil
 }
 
-func encodeHeader(service, source string) ([]byte, error) {
+// encodeHeader encodes an open; a non-nil token makes it resumable.
+func encodeHeader(service, source string, token *Token) ([]byte, error) {
 	if err := checkName(service); err != nil {
 		return nil, err
 	}
 	if len(source) > maxSource {
 		source = ""
 	}
-	buf := make([]byte, 0, 3+len(service)+len(source))
-	buf = append(buf, headerOpen, byte(len(service)))
+	kind := byte(headerOpen)
+	if token != nil {
+		kind = headerResumable
+	}
+	buf := make([]byte, 0, 3+len(service)+len(source)+len(Token{}))
+	buf = append(buf, kind, byte(len(service)))
 	buf = append(buf, service...)
 	buf = append(buf, byte(len(source)))
-	return append(buf, source...), nil
+	buf = append(buf, source...)
+	if token != nil {
+		buf = append(buf, token[:]...)
+	}
+	return buf, nil
+}
+
+func encodeResumeHeader(token Token, delivered uint64) []byte {
+	buf := make([]byte, 0, 1+len(token)+8)
+	buf = append(buf, headerResume)
+	buf = append(buf, token[:]...)
+	return binary.BigEndian.AppendUint64(buf, delivered)
 }
 
 // maxSource bounds the source address text ("[v6%zone]:port" fits).
@@ -159,6 +213,10 @@ const maxSource = 80
 type header struct {
 	service, source string
 	control         bool // the peer's control stream
+	resumable       bool // an open of a resumable stream named token
+	resume          bool // a move of the stream named token to this session
+	token           Token
+	delivered       uint64 // resume: what the opener has delivered
 }
 
 // errMalformedHeader is a stream header that arrived but does not parse
@@ -173,7 +231,19 @@ func readHeader(r io.Reader) (header, error) {
 	if head[0] == headerControl && head[1] == 0 {
 		return header{control: true}, nil
 	}
-	if head[0] != headerOpen {
+	if head[0] == headerResume {
+		// The first byte of the token is in head already.
+		var rest [len(Token{}) - 1 + 8]byte
+		if _, err := io.ReadFull(r, rest[:]); err != nil {
+			return header{}, fmt.Errorf("read stream header: %w", cutShort(err))
+		}
+		h := header{resume: true}
+		h.token[0] = head[1]
+		copy(h.token[1:], rest[:len(Token{})-1])
+		h.delivered = binary.BigEndian.Uint64(rest[len(Token{})-1:])
+		return h, nil
+	}
+	if head[0] != headerOpen && head[0] != headerResumable {
 		return header{}, fmt.Errorf("%w: unknown kind %d", errMalformedHeader, head[0])
 	}
 	buf := make([]byte, int(head[1])+1) // the name and the source length
@@ -193,6 +263,12 @@ func readHeader(r io.Reader) (header, error) {
 			return header{}, fmt.Errorf("read stream header: %w", cutShort(err))
 		}
 		h.source = string(src)
+	}
+	if head[0] == headerResumable {
+		h.resumable = true
+		if _, err := io.ReadFull(r, h.token[:]); err != nil {
+			return header{}, fmt.Errorf("read stream header: %w", cutShort(err))
+		}
 	}
 	return h, nil
 }
@@ -229,6 +305,9 @@ const (
 	CodeDialFailed     Code = 3
 	CodeBadHeader      Code = 4
 	CodeBusy           Code = 5
+	// CodeNoStream answers a resume of a stream this side does not hold
+	// (it ended, its resume window passed, or the agent restarted).
+	CodeNoStream Code = 6
 )
 
 func (c Code) String() string {
@@ -245,6 +324,8 @@ func (c Code) String() string {
 		return "bad stream header"
 	case CodeBusy:
 		return "busy"
+	case CodeNoStream:
+		return "no such stream"
 	}
 	return fmt.Sprintf("code %d", byte(c))
 }

@@ -22,7 +22,7 @@ func TestWireRoundTrip(t *testing.T) {
 	if err != nil || h.Role != RoleClient || h.Agent != "1.2.3" || h.Version != ProtocolVersion {
 		t.Fatalf("%+v %v", h, err)
 	}
-	hdr, err := encodeHeader("bgp-179", "192.0.2.7:40000")
+	hdr, err := encodeHeader("bgp-179", "192.0.2.7:40000", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +35,7 @@ func TestWireRoundTrip(t *testing.T) {
 		t.Fatal(code, m, err)
 	}
 	for _, bad := range []string{"", "a b", "x/y", string(bytes.Repeat([]byte("a"), 65))} {
-		if _, err := encodeHeader(bad, ""); err == nil {
+		if _, err := encodeHeader(bad, "", nil); err == nil {
 			t.Errorf("encodeHeader(%q) accepted", bad)
 		}
 	}
@@ -65,8 +65,11 @@ func FuzzReadHello(f *testing.F) {
 }
 
 func FuzzReadHeader(f *testing.F) {
-	good, _ := encodeHeader("echo", "127.0.0.1:5")
+	good, _ := encodeHeader("echo", "127.0.0.1:5", nil)
 	f.Add(good)
+	resumable, _ := encodeHeader("bgp", "", &Token{1, 2, 3})
+	f.Add(resumable)
+	f.Add(encodeResumeHeader(Token{9, 8, 7}, 1<<40))
 	f.Add([]byte{1, 255})
 	f.Add([]byte{1, 1, 'a', 200})
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -74,10 +77,20 @@ func FuzzReadHeader(f *testing.F) {
 		if err != nil || h.control {
 			return
 		}
+		if h.resume {
+			if again := encodeResumeHeader(h.token, h.delivered); !bytes.HasPrefix(b, again) {
+				t.Fatalf("round trip of %+v differs", h)
+			}
+			return
+		}
 		if err := checkName(h.service); err != nil {
 			t.Fatalf("accepted invalid name %q", h.service)
 		}
-		again, _ := encodeHeader(h.service, h.source)
+		var token *Token
+		if h.resumable {
+			token = &h.token
+		}
+		again, _ := encodeHeader(h.service, h.source, token)
 		if !bytes.HasPrefix(b, again) {
 			t.Fatalf("round trip of %+v differs", h)
 		}

@@ -1,0 +1,387 @@
+package resume
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tunnelworks/tunnel/forward"
+	"github.com/tunnelworks/tunnel/mux"
+)
+
+// exchange writes n random bytes on app and reads the echo back, checking
+// every byte; it returns the first error.
+func exchange(app net.Conn, n int, seed uint64) error {
+	rng := rand.New(rand.NewPCG(seed, seed))
+	want := sha256.New()
+	errs := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 16<<10)
+		left := n
+		for left > 0 {
+			k := min(left, len(buf))
+			for i := range buf[:k] {
+				buf[i] = byte(rng.Uint32())
+			}
+			want.Write(buf[:k])
+			if _, err := app.Write(buf[:k]); err != nil {
+				errs <- err
+				return
+			}
+			left -= k
+		}
+		errs <- app.(*net.TCPConn).CloseWrite()
+	}()
+	got := sha256.New()
+	m, err := io.Copy(got, app)
+	if werr := <-errs; werr != nil {
+		return werr
+	}
+	if err != nil {
+		return err
+	}
+	if m != int64(n) {
+		return fmt.Errorf("echo length differs: %d of %d", m, n)
+	}
+	if !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
+		return errors.New("echo bytes differ")
+	}
+	return nil
+}
+
+// TestResumeAcrossCuts: a bulk exchange and a ping-pong carry on, every
+// byte intact and no error on either application socket, across three
+// resets of the tunnel's TCP connection.
+func TestResumeAcrossCuts(t *testing.T) {
+	r := newRig(t, 30*time.Second)
+	cl := r.newClient("client-a")
+	bulk := cl.dialEcho(t)
+	ping := cl.dialEcho(t)
+
+	var wg sync.WaitGroup
+	var bulkErr, pingErr error
+	stopPing := make(chan struct{})
+	wg.Go(func() { bulkErr = exchange(bulk, 24<<20, 1) })
+	wg.Go(func() {
+		msg, back := make([]byte, 64), make([]byte, 64)
+		for i := 0; ; i++ {
+			select {
+			case <-stopPing:
+				pingErr = ping.(*net.TCPConn).CloseWrite()
+				if _, err := ping.Read(back); err != io.EOF {
+					pingErr = errors.Join(pingErr, errors.New("ping: no clean EOF at the end"), err)
+				}
+				return
+			default:
+			}
+			for j := range msg {
+				msg[j] = byte(i + j)
+			}
+			if _, err := ping.Write(msg); err != nil {
+				pingErr = err
+				return
+			}
+			if _, err := io.ReadFull(ping, back); err != nil {
+				pingErr = err
+				return
+			}
+			if !bytes.Equal(msg, back) {
+				pingErr = errors.New("ping: reply differs")
+				return
+			}
+		}
+	})
+	for range 3 {
+		time.Sleep(300 * time.Millisecond)
+		old := cl.session(t)
+		r.relay.cut()
+		waitNewSession(t, cl, old)
+	}
+	time.Sleep(200 * time.Millisecond)
+	close(stopPing)
+	wg.Wait()
+	if bulkErr != nil {
+		t.Errorf("bulk: %v", bulkErr)
+	}
+	if pingErr != nil {
+		t.Errorf("ping: %v", pingErr)
+	}
+	st := cl.table.Stats()
+	if st.Resumed == 0 {
+		t.Errorf("client table resumed nothing: %+v", st)
+	}
+	t.Logf("client %+v", st)
+	t.Logf("server %+v", r.serverTable().Stats())
+}
+
+func waitNewSession(t *testing.T, cl *client, old *mux.Session) *mux.Session {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if s := cl.session(t); s != old {
+			return s
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("no new session after the cut")
+	return nil
+}
+
+// TestResumeAcrossBlackhole: the path stops carrying bytes until the
+// client declares the session dead and reconnects over a path that works.
+func TestResumeAcrossBlackhole(t *testing.T) {
+	r := newRig(t, 30*time.Second)
+	cl := r.newClient("client-a")
+	app := cl.dialEcho(t)
+	errc := make(chan error, 1)
+	go func() { errc <- exchange(app, 8<<20, 2) }()
+	time.Sleep(200 * time.Millisecond)
+	old := cl.session(t)
+	r.relay.hold()
+	<-old.Done() // dead_after ends it
+	r.relay.cut()
+	r.relay.release()
+	waitNewSession(t, cl, old)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestHalfCloseAcrossCut: a request, its end of data, a cut, then the
+// whole reply and a clean end.
+func TestHalfCloseAcrossCut(t *testing.T) {
+	r := newRig(t, 30*time.Second)
+	cl := r.newClient("client-a")
+	app := cl.dialEcho(t)
+	req := bytes.Repeat([]byte("request "), 4096)
+	if _, err := app.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	if err := app.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	old := cl.session(t)
+	r.relay.cut()
+	waitNewSession(t, cl, old)
+	got, err := io.ReadAll(app)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, req) {
+		t.Fatalf("got %d bytes back, want the %d sent", len(got), len(req))
+	}
+}
+
+// TestExpiredStreamIsReset: with no session back within the window the
+// application sees a reset, never a clean end.
+func TestExpiredStreamIsReset(t *testing.T) {
+	r := newRig(t, 500*time.Millisecond)
+	cl := r.newClient("client-a")
+	app := cl.dialEcho(t)
+	if _, err := app.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	back := make([]byte, 5)
+	if _, err := io.ReadFull(app, back); err != nil {
+		t.Fatal(err)
+	}
+	r.srvLn.Close() // the server is gone for good
+	r.relay.cut()
+	_ = app.SetReadDeadline(time.Now().Add(20 * time.Second))
+	_, err := app.Read(back)
+	if !isReset(err) {
+		t.Fatalf("read after the window: %v, want a reset", err)
+	}
+	waitStats(t, cl.table, func(st Stats) bool { return st.Expired == 1 && st.Streams == 0 })
+}
+
+// TestRestartedPeerResetsAtOnce: a server that comes back without its
+// state (a new instance) makes the client reset its streams as soon as
+// the new session is up, long before the window ends.
+func TestRestartedPeerResetsAtOnce(t *testing.T) {
+	r := newRig(t, time.Hour)
+	cl := r.newClient("client-a")
+	app := cl.dialEcho(t)
+	if _, err := app.Write([]byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(app, make([]byte, 2)); err != nil {
+		t.Fatal(err)
+	}
+	old := cl.session(t)
+	r.restartServer()
+	r.relay.cut()
+	waitNewSession(t, cl, old)
+	_ = app.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := app.Read(make([]byte, 1)); !isReset(err) {
+		t.Fatalf("read: %v, want a reset", err)
+	}
+	waitStats(t, cl.table, func(st Stats) bool { return st.PeerLost == 1 && st.Streams == 0 })
+}
+
+// TestResumeByAnotherCertificateRefused: a client that learns another
+// client's token cannot take its stream.
+func TestResumeByAnotherCertificateRefused(t *testing.T) {
+	r := newRig(t, 30*time.Second)
+	a := r.newClient("client-a")
+	b := r.newClient("client-b")
+	app := a.dialEcho(t)
+	if _, err := app.Write([]byte("ab")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(app, make([]byte, 2)); err != nil {
+		t.Fatal(err)
+	}
+	var token mux.Token
+	a.table.mu.Lock()
+	for tok := range a.table.streams {
+		token = tok
+	}
+	a.table.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, _, err := b.session(t).Resume(ctx, token, 0)
+	var no *mux.ResumeRefusal
+	if !errors.As(err, &no) || no.Code != mux.CodeNoStream {
+		t.Fatalf("resume by another certificate: %v, want a refusal", err)
+	}
+	// The owner's stream is untouched.
+	if _, err := app.Write([]byte("cd")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(app, make([]byte, 2)); err != nil {
+		t.Fatal(err)
+	}
+	if st := r.serverTable().Stats(); st.Refused != 1 {
+		t.Fatalf("server table: %+v", st)
+	}
+}
+
+// waitStats waits (bounded) until the table's counts pass ok: a stream
+// leaves the table just after its pipe sees it end.
+func waitStats(t *testing.T, tb *Table, ok func(Stats) bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok(tb.Stats()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("table: %+v", tb.Stats())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestReplayBufferBackpressure: while suspended, the stream takes what
+// its replay buffer holds and then stops reading the application, whose
+// writes then block (the kernel buffers fill); nothing is lost.
+func TestReplayBufferBackpressure(t *testing.T) {
+	r := newRig(t, 30*time.Second)
+	cl := r.newClient("client-a")
+	app := cl.dialEcho(t)
+	old := cl.session(t)
+	cl.pauseKeeper(true)
+	r.relay.cut()
+	<-old.Done()
+	// Write until the writes block: the replay buffer is full and the
+	// kernel's buffers too.
+	chunk := bytes.Repeat([]byte{7}, 64<<10)
+	var sent int64
+	for {
+		_ = app.SetWriteDeadline(time.Now().Add(time.Second))
+		n, err := app.Write(chunk)
+		sent += int64(n)
+		if err != nil {
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				t.Fatal(err)
+			}
+			break
+		}
+		if sent > 256<<20 {
+			t.Fatal("256 MiB written while suspended: the stream never pushed back")
+		}
+	}
+	if st := cl.table.Stats(); st.ReplayBytes > 1<<20 {
+		t.Fatalf("replay buffer holds %d bytes, over its 1 MiB bound", st.ReplayBytes)
+	}
+	_ = app.SetWriteDeadline(time.Time{})
+	cl.pauseKeeper(false)
+	got := make(chan int64, 1)
+	go func() { n, _ := io.Copy(io.Discard, app); got <- n }()
+	if err := app.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if n := <-got; n != sent {
+		t.Fatalf("echoed %d bytes of %d", n, sent)
+	}
+}
+
+// TestHandoverToSuccessor: the client agent freezes its streams, exports
+// them, and exits; a successor with the same certificate restores them on
+// duplicated descriptors (as a new process inherits them) and resumes.
+// The application sees nothing but a pause.
+func TestHandoverToSuccessor(t *testing.T) {
+	r := newRig(t, 30*time.Second)
+	old := r.newClient("client-a")
+	app, local := tcpPair(t)
+	rs, err := old.table.Open(context.Background(), old.session(t), "echo", "", local.LocalAddr(), local.RemoteAddr(), Options{Window: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	piped := make(chan forward.Result, 1)
+	go func() { piped <- forward.Pipe(context.Background(), rs.Local(local), rs, nil, 0) }()
+	errc := make(chan error, 1)
+	go func() { errc <- exchange(app, 16<<20, 3) }()
+	time.Sleep(300 * time.Millisecond)
+
+	old.table.Freeze()
+	if res := <-piped; !errors.Is(res.Err, ErrHandedOver) {
+		t.Fatalf("frozen pipe ended with %v, want ErrHandedOver", res.Err)
+	}
+	inst, handoffs := old.table.Export()
+	if len(handoffs) != 1 || handoffs[0].Local != local {
+		t.Fatalf("exported %d streams", len(handoffs))
+	}
+	// The successor's descriptor: a duplicate, as a new process inherits.
+	f, err := local.(*net.TCPConn).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	inherited, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inherited.Close()
+	blob, err := State{Instance: inst, Streams: []StreamState{handoffs[0].State}}.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.shutdown() // the old process exits: its session ends
+	local.Close()  // and its descriptor closes; the socket lives on in the successor's
+
+	st, err := UnmarshalState(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	succ := r.startClient(old.mat, NewTable(Config{Instance: st.Instance}))
+	rs2, err := succ.table.Restore(st.Streams[0], inherited)
+	if err != nil {
+		t.Fatal(err)
+	}
+	piped2 := make(chan forward.Result, 1)
+	go func() { piped2 <- forward.Pipe(context.Background(), rs2.Local(inherited), rs2, nil, 0) }()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if res := <-piped2; res.Err != nil {
+		t.Fatalf("successor's pipe: %v", res.Err)
+	}
+}

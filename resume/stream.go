@@ -1,0 +1,720 @@
+// Package resume keeps tunnelled TCP connections open across the loss of
+// the tunnel connection. A Stream owns nothing but its state: the local
+// socket stays with forward's pipe, and the yamux stream that carries it
+// (the carrier, a *mux.Stream) is disposable. When the carrier's session
+// is lost the Stream is suspended: reads wait, writes go on into the
+// replay buffer until it is full (then they wait, and the pipe stops
+// reading the local socket: TCP backpressure, never loss). When a new
+// session to the same peer comes up, the opener moves the stream there
+// (mux's Resume), the two sides tell each other how much they have
+// delivered, resend the rest, and carry on.
+//
+// Sequence numbers and acknowledgements are ours, above yamux: a byte is
+// delivered once Read has returned it to the pipe (which writes it to the
+// local socket or fails the whole stream), the end of data (FIN) counts as
+// one more, and each side tells the other what it has delivered on the
+// session's control stream, so the sender can drop it from the replay
+// buffer. Delivery notices never wait behind the stream's own data.
+package resume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+
+	"github.com/tunnelworks/tunnel/mux"
+)
+
+// ErrExpired ends a stream that stayed suspended for its whole resume
+// window. The pipe then resets the local connection: the application
+// sees a failure, never a clean end of data.
+var ErrExpired = errors.New("tunnel lost and not back within the stream's resume window")
+
+// ErrPeerLost ends a suspended stream that the peer can no longer resume:
+// it refused the resume, or came back as a new instance without its
+// streams (a restart that was not a handover).
+var ErrPeerLost = errors.New("the peer no longer holds the stream")
+
+var errAbortedHere = fmt.Errorf("stream reset here: %w", net.ErrClosed)
+
+// Stream is one resumable tunnelled connection, as forward's pipe sees it
+// (a net.Conn with CloseWrite and Abort).
+type Stream struct {
+	t       *Table
+	token   mux.Token
+	opener  bool // we opened it: we move it to new sessions
+	peerKey string
+	peer    string // the peer's name, for logs
+	inst    string // the peer's instance when the stream opened
+	class   string
+	service string
+	source  string // the opener's local application, sent again in a new open
+	window  time.Duration
+	// maxReplay bounds the replay buffer: bytes sent that the peer has not
+	// delivered. A write that would go beyond it waits.
+	maxReplay int
+	budget    *semaphore.Weighted // the peer's, shared by its streams
+	ctx       context.Context     // cancelled when the stream ends: budget waits stop
+	cancel    context.CancelFunc
+	local     net.Addr
+	remote    net.Addr
+
+	// rmu serialises moves: one resume at a time.
+	rmu sync.Mutex
+	// wmu orders writes to the carrier: the pipe's writes and a resume's
+	// resend. Taken before mu, never while holding it.
+	wmu sync.Mutex
+
+	mu      sync.Mutex
+	cond    sync.Cond
+	carrier *mux.Stream // nil while suspended
+	gen     uint64      // changes with every detach and attach
+	err     error       // why it ended; nil while it lives
+	// answered: the peer has accepted the stream (see mux's Answered).
+	// Until then a lost stream is opened again, not resumed.
+	answered bool
+	done     bool        // ended: out of the table, budget returned
+	expiry   *time.Timer // while suspended (or closing): the end of the window
+	since    time.Time   // suspended since
+
+	// Our direction (sequence numbers count data bytes, then one for FIN).
+	replay     replayBuffer
+	acked      uint64 // the peer has delivered [0, acked)
+	sent       uint64 // data bytes written by the pipe
+	written    uint64 // data bytes given to the current carrier
+	finSent    bool   // the pipe half-closed
+	finWritten bool   // and the current carrier has the FIN
+	closing    bool   // Close was called: ends once the peer has everything
+
+	held   int64      // budget bytes this stream holds
+	frozen bool       // handed over to the successor (see Freeze)
+	local2 *localConn // its local connection, when given to Local
+
+	// The peer's direction.
+	delivered    uint64 // bytes Read returned, plus one for the FIN
+	finDelivered bool
+	notified     uint64      // what we last told the peer
+	ackTimer     *time.Timer // tells the peer the rest, a moment later
+	ackArmed     bool
+}
+
+// seq is the sequence number after everything we have sent.
+func (s *Stream) seq() uint64 {
+	if s.finSent {
+		return s.sent + 1
+	}
+	return s.sent
+}
+
+// Token is the stream's name on the wire.
+func (s *Stream) Token() mux.Token { return s.token }
+
+// Service is the name of the service the stream was opened for.
+func (s *Stream) Service() string { return s.service }
+
+func (s *Stream) Read(p []byte) (int, error) {
+	for {
+		s.mu.Lock()
+		for s.carrier == nil && s.err == nil && !s.finDelivered && !s.frozen {
+			s.cond.Wait()
+		}
+		if s.finDelivered {
+			s.mu.Unlock()
+			return 0, io.EOF
+		}
+		if s.frozen {
+			s.mu.Unlock()
+			return 0, ErrHandedOver
+		}
+		if s.err != nil {
+			err := s.err
+			s.mu.Unlock()
+			return 0, err
+		}
+		c, gen := s.carrier, s.gen
+		s.mu.Unlock()
+
+		n, err := c.Read(p)
+
+		s.mu.Lock()
+		if gen != s.gen {
+			// Moved meanwhile: the new carrier brings these bytes again
+			// (what we told the peer we had was fixed at the move).
+			s.mu.Unlock()
+			continue
+		}
+		if n > 0 {
+			s.delivered += uint64(n)
+			send := s.noteDeliveredLocked()
+			s.mu.Unlock()
+			send()
+			return n, nil
+		}
+		if err == nil {
+			s.mu.Unlock()
+			continue
+		}
+		if err == io.EOF {
+			// The peer's FIN on a live session (mux reports a lost
+			// session as ErrSessionLost, never EOF).
+			s.delivered++
+			s.finDelivered = true
+			send := s.notifyNowLocked()
+			complete := s.completeLocked()
+			s.mu.Unlock()
+			send()
+			if complete {
+				s.finish(nil)
+			}
+			return 0, io.EOF
+		}
+		s.mu.Unlock()
+		if s.lost(c, gen, err) {
+			continue
+		}
+		return 0, s.fail(err)
+	}
+}
+
+// WaitReadable waits until a Read would not block, holding no buffer (see
+// forward's pipe). While suspended it returns at once: Read waits then.
+func (s *Stream) WaitReadable() {
+	s.mu.Lock()
+	c := s.carrier
+	ready := s.finDelivered || s.err != nil
+	s.mu.Unlock()
+	if c != nil && !ready {
+		c.WaitReadable()
+	}
+}
+
+func (s *Stream) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n := int64(len(p))
+	budgeted := s.budget.Acquire(s.ctx, n) == nil
+	s.mu.Lock()
+	if !budgeted && !s.frozen {
+		s.mu.Unlock()
+		return 0, s.endErr()
+	}
+	for s.err == nil && !s.frozen && s.replay.len() > 0 && s.replay.len()+len(p) > s.maxReplay {
+		s.cond.Wait()
+	}
+	if s.err != nil || s.finSent {
+		err := s.err
+		if err == nil {
+			err = errors.New("write after close")
+		}
+		s.mu.Unlock()
+		if budgeted {
+			s.budget.Release(n)
+		}
+		return 0, err
+	}
+	if budgeted {
+		s.held += n
+	}
+	s.replay.push(p)
+	s.sent += uint64(len(p))
+	frozen := s.frozen
+	s.mu.Unlock()
+	if frozen {
+		return len(p), nil // the successor sends it
+	}
+	if err := s.flush(); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// releaseLocked returns freed bytes of budget, up to what the stream holds.
+func (s *Stream) releaseLocked(freed int) {
+	if k := min(int64(freed), s.held); k > 0 {
+		s.held -= k
+		s.budget.Release(k)
+	}
+}
+
+// CloseWrite sends our end of data.
+func (s *Stream) CloseWrite() error {
+	s.mu.Lock()
+	if s.err != nil {
+		err := s.err
+		s.mu.Unlock()
+		return err
+	}
+	s.finSent = true
+	frozen := s.frozen
+	s.mu.Unlock()
+	if frozen {
+		return nil // the successor sends it
+	}
+	return s.flush()
+}
+
+// flush gives the current carrier what it lacks of our direction: the
+// bytes past written, then the FIN. Suspended, it does nothing: the
+// resume resends.
+func (s *Stream) flush() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	for {
+		s.mu.Lock()
+		if s.err != nil {
+			err := s.err
+			s.mu.Unlock()
+			return err
+		}
+		c, gen := s.carrier, s.gen
+		if c == nil {
+			s.mu.Unlock()
+			return nil
+		}
+		chunks := s.replay.from(s.written, s.acked, s.sent)
+		fin := s.finSent && !s.finWritten
+		s.mu.Unlock()
+		if err := s.writeTo(c, gen, chunks, fin); err != nil {
+			if s.lost(c, gen, err) {
+				continue
+			}
+			return s.fail(err)
+		}
+		return nil
+	}
+}
+
+// writeTo writes chunks (and the FIN) to carrier c of generation gen,
+// counting them as written. Called with wmu held.
+func (s *Stream) writeTo(c *mux.Stream, gen uint64, chunks [][]byte, fin bool) error {
+	for _, b := range chunks {
+		if _, err := c.Write(b); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		if s.gen == gen {
+			s.written += uint64(len(b))
+		}
+		s.mu.Unlock()
+	}
+	if fin {
+		if err := c.CloseWrite(); err != nil {
+			return err
+		}
+		s.mu.Lock()
+		if s.gen == gen {
+			s.finWritten = true
+		}
+		s.mu.Unlock()
+	}
+	return nil
+}
+
+// lost decides what a carrier error means: the session under it ended, or
+// the stream moved to another carrier (true: the stream is suspended, or
+// already elsewhere, and the caller retries), or the stream itself failed.
+func (s *Stream) lost(c *mux.Stream, gen uint64, err error) bool {
+	if errors.Is(err, mux.ErrAborted) {
+		return false // the peer reset it: its application failed
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gen != gen {
+		return true // moved
+	}
+	if !errors.Is(err, mux.ErrSessionLost) && !c.SessionClosed() {
+		return false
+	}
+	if s.err == nil {
+		s.suspendLocked()
+	}
+	return true
+}
+
+// suspendLocked drops the current carrier and starts the resume window;
+// a stream we opened moves at once if its peer has a newer session.
+func (s *Stream) suspendLocked() {
+	s.pauseLocked()
+	s.t.suspended(s)
+}
+
+// pauseLocked drops the current carrier, if any, and starts the resume
+// window.
+func (s *Stream) pauseLocked() {
+	if s.carrier == nil && s.expiry != nil && !s.closing {
+		return // already suspended: its window runs
+	}
+	s.detachLocked()
+	s.since = time.Now()
+	gen := s.gen
+	s.armExpiryLocked(s.window, func() {
+		s.mu.Lock()
+		still := s.gen == gen && s.err == nil
+		s.mu.Unlock()
+		if still {
+			s.t.expired.Add(1)
+			s.fail(ErrExpired)
+		}
+	})
+}
+
+// detachLocked stops using the current carrier, if any.
+func (s *Stream) detachLocked() {
+	if s.carrier != nil {
+		s.answered = s.answered || s.carrier.Answered()
+		s.carrier.Release()
+		s.carrier = nil
+	}
+	s.gen++
+	s.written, s.finWritten = min(s.acked, s.sent), false
+	s.cond.Broadcast()
+}
+
+func (s *Stream) armExpiryLocked(d time.Duration, f func()) {
+	if s.expiry != nil {
+		s.expiry.Stop()
+	}
+	s.expiry = time.AfterFunc(d, f)
+}
+
+// Suspended says whether the stream waits for a new session, and since when.
+func (s *Stream) Suspended() (bool, time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.carrier == nil && s.err == nil, s.since
+}
+
+// acknowledge is the peer's delivery notice: it has delivered [0, n).
+func (s *Stream) acknowledge(n uint64) {
+	s.mu.Lock()
+	if s.err != nil || n <= s.acked || n > s.written+boolN(s.finWritten) {
+		// Old, or beyond what it was given (a confused peer: ignored).
+		s.mu.Unlock()
+		return
+	}
+	s.ackLocked(n)
+	complete := s.closing && s.completeLocked()
+	s.mu.Unlock()
+	if complete {
+		s.finish(nil)
+	}
+}
+
+// ackLocked drops [acked, n) from the replay buffer.
+func (s *Stream) ackLocked(n uint64) {
+	if data := min(n, s.sent); data > s.acked {
+		s.releaseLocked(s.replay.drop(int(data - s.acked)))
+	}
+	s.acked = n
+	s.cond.Broadcast()
+}
+
+func boolN(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// completeLocked: both ends of data crossed and were delivered.
+func (s *Stream) completeLocked() bool {
+	return s.finSent && s.acked == s.sent+1 && s.finDelivered
+}
+
+// Delivery notices: every notifyEvery bytes at once, the rest after
+// notifyDelay (a ping-pong needs no notice per message; the replay buffer
+// of an idle stream empties a moment later).
+const notifyDelay = 20 * time.Millisecond
+
+func (s *Stream) notifyEvery() uint64 { return uint64(max(s.maxReplay/4, 4096)) }
+
+// noteDeliveredLocked returns what to call, without the lock, to tell
+// the peer what we delivered (a no-op when not yet due).
+func (s *Stream) noteDeliveredLocked() func() {
+	if s.delivered-s.notified >= s.notifyEvery() {
+		return s.notifyNowLocked()
+	}
+	if !s.ackArmed {
+		s.ackArmed = true
+		if s.ackTimer == nil {
+			s.ackTimer = time.AfterFunc(notifyDelay, s.notifyLater)
+		} else {
+			s.ackTimer.Reset(notifyDelay)
+		}
+	}
+	return func() {}
+}
+
+func (s *Stream) notifyLater() {
+	s.mu.Lock()
+	s.ackArmed = false
+	send := s.notifyNowLocked()
+	s.mu.Unlock()
+	send()
+}
+
+func (s *Stream) notifyNowLocked() func() {
+	c, n := s.carrier, s.delivered
+	if c == nil || n == s.notified || s.err != nil {
+		return func() {}
+	}
+	s.notified = n
+	return func() { _ = c.SendDelivered(n) } // lost with its session: the resume says it again
+}
+
+// fail ends the stream with err (the first cause wins) and returns the
+// cause.
+func (s *Stream) fail(err error) error {
+	s.finish(err)
+	return s.endErr()
+}
+
+func (s *Stream) endErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err == nil {
+		return errAbortedHere
+	}
+	return s.err
+}
+
+// finish ends the stream once: out of the table, its budget returned,
+// every waiter woken. err nil is a clean end.
+func (s *Stream) finish(err error) {
+	s.mu.Lock()
+	if s.done {
+		s.mu.Unlock()
+		return
+	}
+	s.done = true
+	clean := err == nil
+	if clean {
+		err = net.ErrClosed // calls after a clean end
+	}
+	s.err = err
+	if s.expiry != nil {
+		s.expiry.Stop()
+	}
+	if s.ackTimer != nil {
+		s.ackTimer.Stop()
+	}
+	s.releaseLocked(s.replay.drop(s.replay.len()))
+	c := s.carrier
+	if clean {
+		s.carrier = nil
+	}
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	if c != nil {
+		c.OnDelivered(nil)
+		if clean {
+			_ = c.Close() // both FINs crossed: yamux frees it
+		}
+	}
+	s.cancel()
+	s.t.remove(s)
+}
+
+// Close ends our use of the stream. After a clean end in both directions
+// the state stays until the peer has delivered our FIN (so a cut right
+// now still ends cleanly after a resume), at most a resume window.
+func (s *Stream) Close() error {
+	s.mu.Lock()
+	if s.done || s.frozen {
+		s.mu.Unlock()
+		return nil
+	}
+	if !s.finSent || !s.finDelivered {
+		// Not a clean end: Pipe aborts first in that case; be sure.
+		s.mu.Unlock()
+		return s.Abort()
+	}
+	s.closing = true
+	complete := s.completeLocked()
+	if !complete && s.carrier != nil {
+		s.armExpiryLocked(s.window, func() { s.finish(ErrExpired) })
+	}
+	s.mu.Unlock()
+	if complete {
+		s.finish(nil)
+	}
+	return nil
+}
+
+// Abort resets the stream: the peer's side fails too (at once if the
+// carrier is up, at its resume otherwise).
+func (s *Stream) Abort() error {
+	s.mu.Lock()
+	if s.frozen {
+		s.mu.Unlock()
+		return nil
+	}
+	c := s.carrier
+	s.carrier = nil
+	s.mu.Unlock()
+	s.finish(errAbortedHere)
+	if c != nil {
+		c.OnDelivered(nil)
+		return c.Abort()
+	}
+	return nil
+}
+
+func (s *Stream) LocalAddr() net.Addr  { return s.local }
+func (s *Stream) RemoteAddr() net.Addr { return s.remote }
+
+// Deadlines are not supported: the pipe uses none on the stream, and a
+// deadline would have to outlive carriers.
+func (s *Stream) SetDeadline(time.Time) error      { return errors.ErrUnsupported }
+func (s *Stream) SetReadDeadline(time.Time) error  { return errors.ErrUnsupported }
+func (s *Stream) SetWriteDeadline(time.Time) error { return errors.ErrUnsupported }
+
+// moveTo puts the stream on carrier c, which the peer has answered: the
+// peer has delivered peerDelivered of ours. It resends the rest of our
+// direction, then lets the pipe's writes go on. Called with rmu held.
+func (s *Stream) moveTo(c *mux.Stream, peerDelivered uint64) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.mu.Lock()
+	if s.err != nil {
+		err := s.err
+		s.mu.Unlock()
+		c.Release()
+		return err
+	}
+	if peerDelivered < s.acked || peerDelivered > s.seq() {
+		s.mu.Unlock()
+		c.Release()
+		return s.fail(fmt.Errorf("%w: the peer says it delivered %d bytes; we sent %d and it had confirmed %d", ErrPeerLost, peerDelivered, s.seq(), s.acked))
+	}
+	s.ackLocked(peerDelivered)
+	if s.expiry != nil && !s.closing {
+		s.expiry.Stop()
+		s.expiry = nil
+	}
+	s.carrier = c
+	s.gen++
+	gen := s.gen
+	s.answered = s.answered || c.Answered()
+	s.written = min(peerDelivered, s.sent)
+	s.finWritten = peerDelivered > s.sent
+	c.OnDelivered(s.acknowledge)
+	chunks := s.replay.from(s.written, s.acked, s.sent)
+	fin := s.finSent
+	resend := s.sent - s.written
+	s.notified = s.delivered // the resume told the peer
+	s.cond.Broadcast()       // the reader goes on with c
+	s.mu.Unlock()
+
+	s.t.replayed.Add(resend)
+	if err := s.writeTo(c, gen, chunks, fin); err != nil {
+		if s.lost(c, gen, err) {
+			return nil // suspended again: the next session resends
+		}
+		return s.fail(err)
+	}
+	return nil
+}
+
+// detachForMove stops using the current carrier and fixes what we have
+// delivered, which goes to the peer in the move. Called with rmu held.
+func (s *Stream) detachForMove() (delivered uint64, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return 0, s.err
+	}
+	if s.carrier != nil {
+		s.pauseLocked()
+	}
+	return s.delivered, nil
+}
+
+// replayBuffer holds the bytes sent and not yet delivered by the peer,
+// as the chunks the pipe wrote (copies; pooled).
+type replayBuffer struct {
+	chunks [][]byte
+	head   int // bytes of chunks[0] already dropped
+	size   int // bytes held
+}
+
+var (
+	smallChunks = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
+	largeChunks = sync.Pool{New: func() any { b := make([]byte, 0, 32<<10); return &b }}
+)
+
+func (r *replayBuffer) len() int { return r.size }
+
+func (r *replayBuffer) push(p []byte) {
+	for len(p) > 0 {
+		pool := &smallChunks
+		if len(p) > 4<<10 {
+			pool = &largeChunks
+		}
+		b := (*pool.Get().(*[]byte))[:0]
+		n := min(len(p), cap(b))
+		b = append(b, p[:n]...)
+		r.chunks = append(r.chunks, b)
+		r.size += n
+		p = p[n:]
+	}
+}
+
+// drop frees the first n bytes and returns how many it freed.
+func (r *replayBuffer) drop(n int) int {
+	n = min(n, r.size)
+	left := n
+	for left > 0 {
+		b := r.chunks[0]
+		if k := len(b) - r.head; k <= left {
+			left -= k
+			r.chunks[0] = nil
+			r.chunks = r.chunks[1:]
+			r.head = 0
+			b = b[:0]
+			if cap(b) > 4<<10 {
+				largeChunks.Put(&b)
+			} else {
+				smallChunks.Put(&b)
+			}
+			continue
+		}
+		r.head += left
+		left = 0
+	}
+	r.size -= n
+	if len(r.chunks) == 0 {
+		r.chunks = nil // let a long stream's slice go
+	}
+	return n
+}
+
+// from returns views of the bytes from sequence number at on; the buffer
+// starts at base and ends at end. The views stay valid until those bytes
+// are dropped, which only a delivery notice for them can do.
+func (r *replayBuffer) from(at, base, end uint64) [][]byte {
+	if at >= end {
+		return nil
+	}
+	skip := int(at - base)
+	var out [][]byte
+	for i, b := range r.chunks {
+		if i == 0 {
+			b = b[r.head:]
+		}
+		if skip >= len(b) {
+			skip -= len(b)
+			continue
+		}
+		out = append(out, b[skip:])
+		skip = 0
+	}
+	return out
+}

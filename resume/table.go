@@ -1,0 +1,430 @@
+package resume
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/sync/semaphore"
+
+	"github.com/tunnelworks/tunnel/mux"
+	"github.com/tunnelworks/tunnel/ratelog"
+)
+
+// Config tunes a Table.
+type Config struct {
+	// Budget bounds the replay buffers of all streams with one peer
+	// certificate (they outlive its sessions); default 256 MiB.
+	Budget int64
+	// Instance names this agent's stream state in its hellos; random if
+	// empty (a handover passes the old one on).
+	Instance string
+	Logger   hclog.Logger
+}
+
+// Options are one stream's.
+type Options struct {
+	Window time.Duration // how long it may stay suspended; > 0
+	Class  string        // the class of session that carries it
+	// MaxReplay bounds its replay buffer; default 1 MiB. It should be at
+	// least the stream's window: less slows it on a long path.
+	MaxReplay int
+}
+
+// Table holds an agent's resumable streams: it names them, finds them for
+// the peer's resumes, and moves the ones we opened to each new session.
+type Table struct {
+	cfg      Config
+	log      hclog.Logger
+	limited  *ratelog.Log
+	instance string
+
+	mu      sync.Mutex
+	streams map[mux.Token]*Stream
+	budgets map[string]*peerBudget      // by peer key
+	current map[sessionKey]*mux.Session // the newest session per peer key and class
+	closed  bool
+	wg      sync.WaitGroup // moves in progress
+
+	resumed, expired, replayed, refused, peerLost atomic.Uint64
+}
+
+type sessionKey struct{ key, class string }
+
+type peerBudget struct {
+	sem     *semaphore.Weighted
+	streams int
+}
+
+// NewTable makes an empty table.
+func NewTable(cfg Config) *Table {
+	if cfg.Budget <= 0 {
+		cfg.Budget = 256 << 20
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	inst := cfg.Instance
+	if inst == "" {
+		var b [16]byte
+		_, _ = rand.Read(b[:])
+		inst = hex.EncodeToString(b[:])
+	}
+	return &Table{
+		cfg: cfg, log: cfg.Logger, limited: ratelog.New(cfg.Logger, time.Minute), instance: inst,
+		streams: map[mux.Token]*Stream{}, budgets: map[string]*peerBudget{}, current: map[sessionKey]*mux.Session{},
+	}
+}
+
+// Instance is this agent's instance name, for its hellos.
+func (t *Table) Instance() string { return t.instance }
+
+// newStream registers a stream; the carrier comes next.
+func (t *Table) newStream(token mux.Token, opener bool, sess *mux.Session, service string, local, remote net.Addr, o Options) (*Stream, error) {
+	if o.Window <= 0 {
+		return nil, errors.New("resumable stream without a resume window")
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return nil, net.ErrClosed
+	}
+	if _, dup := t.streams[token]; dup {
+		return nil, errors.New("a stream with this token exists already")
+	}
+	key := sess.Peer.Key()
+	b := t.budgets[key]
+	if b == nil {
+		b = &peerBudget{sem: newBudget(t.cfg.Budget)}
+		t.budgets[key] = b
+	}
+	b.streams++
+	s := t.makeStream(token, opener, key, sess.Peer.Name(), sess.PeerHello.Instance, service, local, remote, o, b)
+	t.streams[token] = s
+	return s, nil
+}
+
+func newBudget(n int64) *semaphore.Weighted { return semaphore.NewWeighted(n) }
+
+func (t *Table) makeStream(token mux.Token, opener bool, key, peer, inst, service string, local, remote net.Addr, o Options, b *peerBudget) *Stream {
+	if o.MaxReplay <= 0 {
+		o.MaxReplay = 1 << 20
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Stream{
+		t: t, token: token, opener: opener, peerKey: key, peer: peer, inst: inst,
+		class: o.Class, service: service, window: o.Window, maxReplay: o.MaxReplay, budget: b.sem,
+		ctx: ctx, cancel: cancel, local: local, remote: remote,
+	}
+	s.cond.L = &s.mu
+	return s
+}
+
+func (t *Table) remove(s *Stream) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.streams[s.token] != s {
+		return
+	}
+	delete(t.streams, s.token)
+	if b := t.budgets[s.peerKey]; b != nil {
+		if b.streams--; b.streams == 0 {
+			delete(t.budgets, s.peerKey)
+		}
+	}
+}
+
+// Open opens a resumable stream to the peer's service on sess (whose peer
+// must resume streams: sess.PeerResumes). local and remote are the
+// addresses the stream reports (the local connection's).
+func (t *Table) Open(ctx context.Context, sess *mux.Session, service, source string, local, remote net.Addr, o Options) (*Stream, error) {
+	var token mux.Token
+	_, _ = rand.Read(token[:])
+	s, err := t.newStream(token, true, sess, service, local, remote, o)
+	if err != nil {
+		return nil, err
+	}
+	s.source = source
+	c, err := sess.OpenResumable(ctx, service, source, token)
+	if err != nil {
+		s.finish(err)
+		return nil, err
+	}
+	s.attachFirst(c)
+	return s, nil
+}
+
+// Accept wraps a resumable stream the peer opened to one of our services
+// (c.Token says whether it is one).
+func (t *Table) Accept(c *mux.Stream, local, remote net.Addr, o Options) (*Stream, error) {
+	token, ok := c.Token()
+	if !ok {
+		return nil, errors.New("not a resumable stream")
+	}
+	s, err := t.newStream(token, false, c.Session(), c.Service(), local, remote, o)
+	if err != nil {
+		return nil, err
+	}
+	s.answered = true
+	s.attachFirst(c)
+	return s, nil
+}
+
+func (s *Stream) attachFirst(c *mux.Stream) {
+	s.mu.Lock()
+	s.carrier = c
+	s.gen++
+	s.mu.Unlock()
+	c.OnDelivered(s.acknowledge)
+}
+
+// ServeResume is mux's Config.Resume: the peer moves the stream named
+// token to the session of c.
+func (t *Table) ServeResume(c *mux.Stream, token mux.Token, peerDelivered uint64) error {
+	t.mu.Lock()
+	s := t.streams[token]
+	t.mu.Unlock()
+	peer := c.Session().Peer
+	if s == nil {
+		t.refused.Add(1)
+		return &mux.ResumeRefusal{Code: mux.CodeNoStream, Msg: "no such stream here: it ended, its resume window passed, or this agent restarted"}
+	}
+	if s.opener || s.peerKey != peer.Key() {
+		// A stream named by its token only within one certificate's: a
+		// token guessed or stolen by another gets nothing, not even
+		// whether it exists.
+		t.refused.Add(1)
+		t.limited.Warn("resume-identity:"+peer.Key(), "resume refused: the stream belongs to another certificate", "peer", peer.Name(), "key", peer.Key())
+		return &mux.ResumeRefusal{Code: mux.CodeNoStream, Msg: "no such stream here: it ended, its resume window passed, or this agent restarted"}
+	}
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	delivered, err := s.detachForMove()
+	if err != nil {
+		return &mux.ResumeRefusal{Code: mux.CodeNoStream, Msg: "the stream ended here: " + err.Error()}
+	}
+	if err := c.AcceptResume(delivered); err != nil {
+		return nil // the new session failed too: still suspended
+	}
+	if err := s.moveTo(c, peerDelivered); err == nil {
+		t.resumed.Add(1)
+	}
+	return nil
+}
+
+// SessionUp tells the table of a new session to a peer (its class: the
+// one the client named). Streams of that peer whose other end was a
+// previous instance (it restarted without its state) fail at once; the
+// streams we opened on this peer's sessions of the class move here.
+func (t *Table) SessionUp(sess *mux.Session, class string) {
+	if !sess.PeerResumes() {
+		return
+	}
+	key := sess.Peer.Key()
+	inst := sess.PeerHello.Instance
+	var gone, move []*Stream
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return
+	}
+	t.current[sessionKey{key, class}] = sess
+	for _, s := range t.streams {
+		if s.peerKey != key {
+			continue
+		}
+		switch {
+		case s.inst != inst:
+			gone = append(gone, s)
+		case s.opener && s.class == class:
+			move = append(move, s)
+		}
+	}
+	t.mu.Unlock()
+	for _, s := range gone {
+		t.peerLost.Add(1)
+		s.fail(fmt.Errorf("%w: it came back as a new instance (restarted, not handed over)", ErrPeerLost))
+	}
+	if len(gone) > 0 {
+		t.log.Warn("peer restarted without its streams: resetting them", "peer", sess.Peer.Name(), "streams", len(gone))
+	}
+	if len(move) > 0 {
+		t.spawn(func() { t.moveAll(sess, move) })
+	}
+}
+
+// spawn runs f on a goroutine Close waits for, unless closed.
+func (t *Table) spawn(f func()) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.closed {
+		t.wg.Go(f)
+	}
+}
+
+// SessionDown forgets sess as the current session of its peer and class.
+func (t *Table) SessionDown(sess *mux.Session, class string) {
+	t.mu.Lock()
+	k := sessionKey{sess.Peer.Key(), class}
+	if t.current[k] == sess {
+		delete(t.current, k)
+	}
+	t.mu.Unlock()
+}
+
+// moveParallel bounds the moves in flight on one session: each waits a
+// round trip for the peer's answer.
+const moveParallel = 32
+
+// moveAll moves streams to sess and logs once for the lot.
+func (t *Table) moveAll(sess *mux.Session, streams []*Stream) {
+	start := time.Now()
+	var (
+		moved, failed atomic.Int64
+		wg            sync.WaitGroup
+		slots         = make(chan struct{}, moveParallel)
+	)
+	before := t.replayed.Load()
+	for _, s := range streams {
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			switch err := s.moveOpened(sess); {
+			case err == nil:
+				moved.Add(1)
+			case errors.Is(err, errNotMoved):
+			default:
+				failed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := moved.Load() + failed.Load(); n > 0 {
+		t.log.Info("streams resumed on the new session", "peer", sess.Peer.Name(), "resumed", moved.Load(), "failed", failed.Load(),
+			"bytes_replayed", t.replayed.Load()-before, "took", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+var errNotMoved = errors.New("not moved")
+
+func (s *Stream) wasAnswered() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.answered
+}
+
+// moveOpened moves a stream we opened to sess, unless it is there already
+// or ended.
+func (s *Stream) moveOpened(sess *mux.Session) error {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	s.mu.Lock()
+	here := s.carrier != nil && s.carrier.Session() == sess
+	ended := s.err != nil
+	s.mu.Unlock()
+	if here || ended {
+		return errNotMoved
+	}
+	delivered, err := s.detachForMove()
+	if err != nil {
+		return errNotMoved
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
+	defer cancel()
+	c, peerDelivered, err := sess.Resume(ctx, s.token, delivered)
+	var no *mux.ResumeRefusal
+	if errors.As(err, &no) && no.Code == mux.CodeNoStream && !s.wasAnswered() {
+		// The open was lost with its session, before or after the peer
+		// read it: the peer holds nothing yet, so open it again; the
+		// whole replay buffer goes with it.
+		c, err = sess.OpenResumable(ctx, s.service, s.source, s.token)
+		peerDelivered = 0
+	}
+	if err != nil {
+		if errors.As(err, &no) {
+			s.t.peerLost.Add(1)
+			return s.fail(fmt.Errorf("%w: %s", ErrPeerLost, no.Msg))
+		}
+		return err // the new session failed as well: still suspended, for the next
+	}
+	if err := s.moveTo(c, peerDelivered); err != nil {
+		return err
+	}
+	s.t.resumed.Add(1)
+	return nil
+}
+
+// suspended is told of a stream that lost its carrier: one we opened
+// moves at once if its peer has a newer session of its class.
+func (t *Table) suspended(s *Stream) {
+	if !s.opener {
+		return
+	}
+	t.mu.Lock()
+	sess := t.current[sessionKey{s.peerKey, s.class}]
+	t.mu.Unlock()
+	if sess == nil {
+		return
+	}
+	select {
+	case <-sess.Done():
+		return
+	default:
+	}
+	t.spawn(func() { t.moveAll(sess, []*Stream{s}) })
+}
+
+// Stats are the table's counts, for metrics and status.
+type Stats struct {
+	Streams, Suspended int
+	ReplayBytes        int64 // held in replay buffers now
+	Resumed            uint64
+	Expired            uint64
+	PeerLost           uint64 // ended because the peer no longer held them
+	Refused            uint64 // the peer's resumes we refused
+	ReplayedBytes      uint64 // resent after resumes
+}
+
+// Stats counts the streams now.
+func (t *Table) Stats() Stats {
+	t.mu.Lock()
+	list := make([]*Stream, 0, len(t.streams))
+	for _, s := range t.streams {
+		list = append(list, s)
+	}
+	t.mu.Unlock()
+	st := Stats{Streams: len(list), Resumed: t.resumed.Load(), Expired: t.expired.Load(), PeerLost: t.peerLost.Load(),
+		Refused: t.refused.Load(), ReplayedBytes: t.replayed.Load()}
+	for _, s := range list {
+		s.mu.Lock()
+		if s.carrier == nil && s.err == nil {
+			st.Suspended++
+		}
+		st.ReplayBytes += int64(s.replay.len())
+		s.mu.Unlock()
+	}
+	return st
+}
+
+// Close stops moving streams and waits for the moves in flight. Streams
+// end with their pipes.
+func (t *Table) Close() {
+	t.mu.Lock()
+	t.closed = true
+	list := make([]*Stream, 0, len(t.streams))
+	for _, s := range t.streams {
+		list = append(list, s)
+	}
+	t.mu.Unlock()
+	for _, s := range list {
+		s.cancel() // a move waiting for its answer gives up
+	}
+	t.wg.Wait()
+}
