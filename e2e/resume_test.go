@@ -6,13 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -654,4 +657,138 @@ func TestResumeReplayBufferFull(t *testing.T) {
 	if got.n != w.written.Load() || got.sum != w.sum {
 		t.Errorf("the target received %d bytes (equal: %v), the application wrote %d", got.n, got.sum == w.sum, w.written.Load())
 	}
+}
+
+// handover sends SIGUSR2 to p, which starts the binary on disk as a
+// successor that takes over (same arguments, same output), and returns
+// the successor's pid once the old process is gone.
+func handover(t *testing.T, p *proc) int {
+	t.Helper()
+	old := p.cmd.Process.Pid
+	if err := p.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatalf("SIGUSR2 %s: %v", p.name, err)
+	}
+	succ := 0
+	for deadline := time.Now().Add(waitLimit); ; time.Sleep(50 * time.Millisecond) {
+		select {
+		case <-p.done: // nothing holds its output any more: no successor
+			t.Fatalf("%s exited (%v) after SIGUSR2 and no successor holds its output", p.name, p.err)
+		default:
+		}
+		if succ == 0 {
+			succ = findProc(p.cmd.Args, old)
+		}
+		if succ != 0 && gone(old) {
+			t.Logf("%s handed over from pid %d to pid %d", p.name, old, succ)
+			return succ
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no handover within %s of SIGUSR2 (successor pid %d, old process gone: %v)", p.name, waitLimit, succ, gone(old))
+		}
+	}
+}
+
+// findProc is the pid of a process other than not run with exactly args
+// (each test's config path is its own), or 0.
+func findProc(args []string, not int) int {
+	want := strings.Join(args[1:], "\x00")
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == not {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		got := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
+		if len(got) == len(args) && strings.Join(got[1:], "\x00") == want {
+			return pid
+		}
+	}
+	return 0
+}
+
+// gone reports whether pid has exited (reaped, or a zombie nobody reaps).
+func gone(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// pid (comm) state ...
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z'
+}
+
+// stopSuccessor stops a successor with SIGTERM and waits until nothing
+// holds p's output any more (the successor has exited).
+func stopSuccessor(t *testing.T, p *proc, pid int) {
+	t.Helper()
+	if gone(pid) {
+		return
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		t.Errorf("SIGTERM %s's successor (pid %d): %v", p.name, pid, err)
+		return
+	}
+	select {
+	case <-p.done:
+	case <-time.After(waitLimit):
+		t.Errorf("%s's successor (pid %d) did not stop within %s of SIGTERM", p.name, pid, waitLimit)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// SIGUSR2 hands an agent over to a new process, the server's then the
+// client's, in the middle of transfers both ways: every byte arrives once,
+// no application socket sees an error, the old processes exit.
+func TestResumeHandover(t *testing.T) {
+	t.Parallel()
+	// A Go program ignores SIGUSR2 unless it asks for it: an agent without
+	// a handover would just carry on.
+	if !agentSourceMentions(t, "SIGUSR2") {
+		t.Skip("the agents do not handle SIGUSR2 yet (no handover to test)")
+	}
+	r := startResumeRig(t, "", "")
+	for i, p := range []*proc{r.tn.server.proc, r.tn.client.proc} {
+		base := minProgress(r.pairs)
+		r.waitProgress(t, fmt.Sprintf("session %d up and 1 MiB more each way", i+1), min(base+1<<20, resumeBulk), func() bool {
+			return r.tn.sessionsUp() >= i+1
+		})
+		if minProgress(r.pairs) >= resumeBulk {
+			t.Fatalf("the transfers ended before the handover of %s: make resumeBulk larger or resumePace slower", p.name)
+		}
+		succ := handover(t, p)
+		t.Cleanup(func() { stopSuccessor(t, p, succ) })
+	}
+	r.check(t)
+	if n := r.tn.sessionsUp(); n < 3 {
+		t.Errorf("the client logged %d sessions up, want one more after each handover", n)
+	}
+}
+
+// agentSourceMentions reports whether the agents' non-test sources (cmd/
+// and agent/ of this module) contain s.
+func agentSourceMentions(t *testing.T, s string) bool {
+	t.Helper()
+	gomod, err := goModFile(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, dir := range []string{"cmd", "agent"} {
+		err := filepath.WalkDir(filepath.Join(filepath.Dir(gomod), dir), func(path string, d fs.DirEntry, err error) error {
+			if err != nil || found || d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
+				return err
+			}
+			b, err := os.ReadFile(path)
+			found = found || bytes.Contains(b, []byte(s))
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return found
 }
