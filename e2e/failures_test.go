@@ -56,12 +56,16 @@ func expectAbort(t *testing.T, n int64, err error) {
 
 // The agent at the far end dies (SIGKILL) mid-download: the local
 // connection must be reset, not closed as if the download were complete.
+// A crash cannot be hidden: the stream, resumable, waits its resume window
+// for a peer that never comes back, then ends with a reset.
 func TestPeerDiesMidTransfer(t *testing.T) {
 	t.Parallel()
 	t.Run("client dies under a reverse forward", func(t *testing.T) {
 		t.Parallel()
 		target, _ := firehose(t)
 		tn := startTunnel(t, tunnelSpec{
+			serverExtra:    "resume_window = \"2s\"\n",
+			clientExtra:    "resume_window = \"2s\"\n",
 			serverForwards: []fwd{{name: "back", client: "client-a", service: "hose"}},
 			clientServices: []svc{{name: "hose", target: target}},
 		})
@@ -79,8 +83,10 @@ func TestPeerDiesMidTransfer(t *testing.T) {
 		t.Parallel()
 		target, _ := firehose(t)
 		tn := startTunnel(t, tunnelSpec{
-			services: []svc{{name: "hose", target: target, allow: []string{"client-a"}}},
-			forwards: []fwd{{name: "hose", service: "hose"}},
+			serverExtra: "resume_window = \"2s\"\n",
+			clientExtra: "resume_window = \"2s\"\n",
+			services:    []svc{{name: "hose", target: target, allow: []string{"client-a"}}},
+			forwards:    []fwd{{name: "hose", service: "hose"}},
 		})
 		c := dial(t, tn.client.forwards["hose"], waitLimit)
 		if _, err := io.CopyN(io.Discard, c, 1<<20); err != nil {

@@ -248,12 +248,18 @@ func (t *Table) SessionUp(sess *mux.Session, class string) {
 		}
 	}
 	t.mu.Unlock()
+	// Only the suspended ones: a stream still live on a session of the
+	// old instance (a server draining before its restart) finishes there.
+	lost := 0
 	for _, s := range gone {
-		t.peerLost.Add(1)
-		s.fail(fmt.Errorf("%w: it came back as a new instance (restarted, not handed over)", ErrPeerLost))
+		if s.carrierGone() {
+			lost++
+			t.peerLost.Add(1)
+			s.fail(fmt.Errorf("%w: it came back as a new instance (restarted, not handed over)", ErrPeerLost))
+		}
 	}
-	if len(gone) > 0 {
-		t.log.Warn("peer restarted without its streams: resetting them", "peer", sess.Peer.Name(), "streams", len(gone))
+	if lost > 0 {
+		t.log.Warn("peer restarted without its streams: resetting them", "peer", sess.Peer.Name(), "streams", lost)
 	}
 	if len(move) > 0 {
 		t.spawn(func() { t.moveAll(sess, move) })
@@ -313,6 +319,13 @@ func (t *Table) moveAll(sess *mux.Session, streams []*Stream) {
 }
 
 var errNotMoved = errors.New("not moved")
+
+// carrierGone: suspended, or its carrier's session has ended.
+func (s *Stream) carrierGone() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.carrier == nil || s.carrier.SessionClosed()
+}
 
 func (s *Stream) wasAnswered() bool {
 	s.mu.Lock()
