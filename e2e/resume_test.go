@@ -336,6 +336,23 @@ func TestResumeSurvivesCuts(t *testing.T) {
 	if n := r.tn.sessionsUp(); n != 4 {
 		t.Errorf("the client logged %d sessions up, want 4 (one, then one after each cut)", n)
 	}
+	// One line per resume per session, not per stream, and none for a
+	// resume that did not fail.
+	for _, p := range []*proc{r.tn.client.proc, r.tn.server.proc} {
+		lines := 0
+		for _, l := range p.log.lines() {
+			if !strings.Contains(l, "streams resumed") {
+				continue
+			}
+			lines++
+			if !strings.Contains(l, " failed=0") {
+				t.Errorf("%s: a resume failed after a cut, yet every byte arrived: %s", p.name, l)
+			}
+		}
+		if lines > 3 {
+			t.Errorf("%s logged %d resumes for 3 cuts: want one line per resume per session", p.name, lines)
+		}
+	}
 }
 
 // A blackhole of 5 s (nothing crosses, nothing closes) that liveness
