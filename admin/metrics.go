@@ -14,8 +14,8 @@ import (
 // Metrics are one agent's Prometheus collectors, in their own registry (no
 // globals: two agents in one test process do not collide).
 type Metrics struct {
-	Registry    *prometheus.Registry
-	constLabels prometheus.Labels
+	Registry *prometheus.Registry
+	Resume   *ResumeCollector // resumable streams; see WatchResume
 
 	Sessions          *prometheus.GaugeVec   // class
 	SessionsUp        *prometheus.CounterVec // class: sessions established, first or re-connect
@@ -43,8 +43,8 @@ type Counts struct {
 func NewMetrics(agent string) *Metrics {
 	constLabels := prometheus.Labels{"agent": agent}
 	m := &Metrics{
-		constLabels: constLabels,
-		Registry:    prometheus.NewRegistry(),
+		Registry: prometheus.NewRegistry(),
+		Resume:   newResumeCollector(constLabels),
 		Sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "tunnel_sessions", Help: "Tunnel sessions up, by traffic class.", ConstLabels: constLabels,
 		}, []string{"class"}),
@@ -84,7 +84,7 @@ func NewMetrics(agent string) *Metrics {
 		}, []string{"what", "name"}),
 	}
 	m.Registry.MustRegister(m.Sessions, m.SessionsUp, m.SessionsEnded, m.HandshakeFailures, m.StreamsOpen,
-		m.StreamsOpened, m.StreamsFailed, m.StreamsRefused, m.AwaitingHeader, m.Bytes, m.PingRTT, m.CertExpiry,
+		m.StreamsOpened, m.StreamsFailed, m.StreamsRefused, m.AwaitingHeader, m.Bytes, m.PingRTT, m.CertExpiry, m.Resume,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -101,25 +101,53 @@ type ResumeStats struct {
 	ReplayedBytes uint64 `json:"replayed_bytes"` // resent after resumes
 }
 
-// WatchResume exports stats, read at each scrape.
-func (m *Metrics) WatchResume(stats func() ResumeStats) {
-	labels := m.constLabels
-	gauge := func(name, help string, f func(ResumeStats) float64) prometheus.Collector {
-		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help, ConstLabels: labels}, func() float64 { return f(stats()) })
+// WatchResume exports stats, read once per scrape.
+func (m *Metrics) WatchResume(stats func() ResumeStats) { m.Resume.stats.Store(&stats) }
+
+// ResumeCollector exports an agent's ResumeStats.
+type ResumeCollector struct {
+	stats atomic.Pointer[func() ResumeStats]
+	descs []resumeDesc
+}
+
+type resumeDesc struct {
+	desc  *prometheus.Desc
+	kind  prometheus.ValueType
+	value func(ResumeStats) float64
+}
+
+func newResumeCollector(labels prometheus.Labels) *ResumeCollector {
+	d := func(name, help string, kind prometheus.ValueType, v func(ResumeStats) float64) resumeDesc {
+		return resumeDesc{prometheus.NewDesc(name, help, nil, labels), kind, v}
 	}
-	counter := func(name, help string, f func(ResumeStats) float64) prometheus.Collector {
-		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels}, func() float64 { return f(stats()) })
+	g, c := prometheus.GaugeValue, prometheus.CounterValue
+	return &ResumeCollector{descs: []resumeDesc{
+		d("tunnel_streams_resumable", "Resumable streams held (live or suspended).", g, func(s ResumeStats) float64 { return float64(s.Streams) }),
+		d("tunnel_streams_suspended", "Resumable streams waiting for a tunnel session to resume on.", g, func(s ResumeStats) float64 { return float64(s.Suspended) }),
+		d("tunnel_resume_buffer_bytes", "Bytes held in replay buffers: sent, not yet confirmed delivered by the peer.", g, func(s ResumeStats) float64 { return float64(s.ReplayBytes) }),
+		d("tunnel_streams_resumed_total", "Streams moved to a new tunnel session after their session was lost.", c, func(s ResumeStats) float64 { return float64(s.Resumed) }),
+		d("tunnel_streams_resume_expired_total", "Suspended streams reset because no session came back within their resume window.", c, func(s ResumeStats) float64 { return float64(s.Expired) }),
+		d("tunnel_streams_resume_lost_total", "Suspended streams reset because the peer no longer held them (it restarted without a handover).", c, func(s ResumeStats) float64 { return float64(s.PeerLost) }),
+		d("tunnel_resume_refused_total", "The peer's resumes refused (no such stream for its certificate).", c, func(s ResumeStats) float64 { return float64(s.Refused) }),
+		d("tunnel_resume_replayed_bytes_total", "Bytes resent from replay buffers after resumes.", c, func(s ResumeStats) float64 { return float64(s.ReplayedBytes) }),
+	}}
+}
+
+func (r *ResumeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range r.descs {
+		ch <- d.desc
 	}
-	m.Registry.MustRegister(
-		gauge("tunnel_streams_resumable", "Resumable streams held (live or suspended).", func(s ResumeStats) float64 { return float64(s.Streams) }),
-		gauge("tunnel_streams_suspended", "Resumable streams waiting for a tunnel session to resume on.", func(s ResumeStats) float64 { return float64(s.Suspended) }),
-		gauge("tunnel_resume_buffer_bytes", "Bytes held in replay buffers: sent, not yet confirmed delivered by the peer.", func(s ResumeStats) float64 { return float64(s.ReplayBytes) }),
-		counter("tunnel_streams_resumed_total", "Streams moved to a new tunnel session after their session was lost.", func(s ResumeStats) float64 { return float64(s.Resumed) }),
-		counter("tunnel_streams_resume_expired_total", "Suspended streams reset because no session came back within their resume window.", func(s ResumeStats) float64 { return float64(s.Expired) }),
-		counter("tunnel_streams_resume_lost_total", "Suspended streams reset because the peer no longer held them (it restarted without a handover).", func(s ResumeStats) float64 { return float64(s.PeerLost) }),
-		counter("tunnel_resume_refused_total", "The peer's resumes refused (no such stream for its certificate).", func(s ResumeStats) float64 { return float64(s.Refused) }),
-		counter("tunnel_resume_replayed_bytes_total", "Bytes resent from replay buffers after resumes.", func(s ResumeStats) float64 { return float64(s.ReplayedBytes) }),
-	)
+}
+
+func (r *ResumeCollector) Collect(ch chan<- prometheus.Metric) {
+	f := r.stats.Load()
+	if f == nil {
+		return
+	}
+	s := (*f)()
+	for _, d := range r.descs {
+		ch <- prometheus.MustNewConstMetric(d.desc, d.kind, d.value(s))
+	}
 }
 
 // Counts returns the /status numbers of a forward or service.

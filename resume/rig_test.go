@@ -27,8 +27,9 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // loopback TCP and TLS, with a relay in front of the server that the test
 // can cut: every piece but the process boundary is the real one.
 type rig struct {
-	t        *testing.T
+	t        testing.TB
 	dir      string
+	direct   bool // clients dial the server, not the relay
 	ca       *pki.Cert
 	caFile   string
 	srvMat   *ssl.Material
@@ -37,13 +38,14 @@ type rig struct {
 	server   *Table
 	serverMu sync.Mutex
 	target   string // the service "echo" dials this
+	sink     string // the service "sink" dials this: it reads all, then closes
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	window   time.Duration
 }
 
-func newRig(t *testing.T, window time.Duration) *rig {
+func newRig(t testing.TB, window time.Duration) *rig {
 	t.Helper()
 	r := &rig{t: t, dir: t.TempDir(), window: window}
 	var err error
@@ -61,6 +63,7 @@ func newRig(t *testing.T, window time.Duration) *rig {
 	r.srvMat = r.material("server", s)
 	r.server = NewTable(Config{})
 	r.target = echoServer(t)
+	r.sink = sinkServer(t)
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	if r.srvLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		t.Fatal(err)
@@ -134,18 +137,23 @@ func (r *rig) serveConn(raw net.Conn) {
 	table.SessionUp(sess, "")
 	defer table.SessionDown(sess, "")
 	lookup := func(name string) (mux.Service, bool) {
-		if name != "echo" {
+		target := map[string]string{"echo": r.target, "sink": r.sink}[name]
+		if target == "" {
 			return mux.Service{}, false
 		}
 		return mux.Service{
 			Allowed: func(ssl.Identity) bool { return true },
 			Dial: func(ctx context.Context, _ mux.Request) (net.Conn, error) {
 				var d net.Dialer
-				return d.DialContext(ctx, "tcp", r.target)
+				return d.DialContext(ctx, "tcp", target)
 			},
 		}, true
 	}
 	_ = sess.Serve(r.ctx, lookup, func(ctx context.Context, _ string, st *mux.Stream, target net.Conn) {
+		if _, ok := st.Token(); !ok {
+			forward.Pipe(ctx, target, st, nil, 0)
+			return
+		}
 		rs, err := table.Accept(st, target.LocalAddr(), target.RemoteAddr(), Options{Window: r.window})
 		if err != nil {
 			st.Abort()
@@ -168,7 +176,8 @@ type client struct {
 	ctx    context.Context
 	stop   context.CancelFunc
 	wg     sync.WaitGroup
-	paused bool // the keeper does not redial
+	paused bool      // the keeper does not redial
+	upAt   time.Time // when the current session came up
 }
 
 // pauseKeeper stops (or lets go on) the keeper's redials.
@@ -205,7 +214,11 @@ func (cl *client) shutdown() {
 }
 
 func (cl *client) connect() (*mux.Session, error) {
-	raw, err := net.Dial("tcp", cl.r.relay.addr())
+	addr := cl.r.relay.addr()
+	if cl.r.direct {
+		addr = cl.r.srvLn.Addr().String()
+	}
+	raw, err := net.Dial("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -247,7 +260,7 @@ func (cl *client) keep() {
 			continue
 		}
 		cl.mu.Lock()
-		cl.sess = sess
+		cl.sess, cl.upAt = sess, time.Now()
 		close(cl.up)
 		cl.up = make(chan struct{})
 		cl.mu.Unlock()
@@ -285,15 +298,31 @@ func (cl *client) session(t testing.TB) *mux.Session {
 
 // dialEcho returns the application's end of a local connection carried
 // by a resumable stream to the server's echo service.
-func (cl *client) dialEcho(t testing.TB) net.Conn {
+func (cl *client) dialEcho(t testing.TB) net.Conn { return cl.dial(t, "echo", true) }
+
+// dial returns the application's end of a local connection carried by a
+// stream to the server's service, resumable or plain.
+func (cl *client) dial(t testing.TB, service string, resumable bool) net.Conn {
 	t.Helper()
 	app, local := tcpPair(t)
 	sess := cl.session(t)
-	rs, err := cl.table.Open(cl.ctx, sess, "echo", "", local.LocalAddr(), local.RemoteAddr(), Options{Window: cl.r.window})
+	var (
+		stream net.Conn
+		err    error
+	)
+	if resumable {
+		var rs *Stream
+		rs, err = cl.table.Open(cl.ctx, sess, service, "", local.LocalAddr(), local.RemoteAddr(), Options{Window: cl.r.window})
+		if err == nil {
+			stream, local = rs, rs.Local(local)
+		}
+	} else {
+		stream, err = sess.Open(cl.ctx, service, "")
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl.wg.Go(func() { forward.Pipe(cl.ctx, local, rs, nil, 0) })
+	cl.wg.Go(func() { forward.Pipe(cl.ctx, local, stream, nil, 0) })
 	return app
 }
 
@@ -316,7 +345,29 @@ func tcpPair(t testing.TB) (a, b net.Conn) {
 	return a, b
 }
 
-func echoServer(t *testing.T) string {
+func sinkServer(t testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				io.Copy(io.Discard, c)
+			})
+		}
+	})
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	return ln.Addr().String()
+}
+
+func echoServer(t testing.TB) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -352,7 +403,7 @@ type relay struct {
 	wg     sync.WaitGroup
 }
 
-func startRelay(t *testing.T, target string) *relay {
+func startRelay(t testing.TB, target string) *relay {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

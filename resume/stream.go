@@ -92,9 +92,10 @@ type Stream struct {
 	finWritten bool   // and the current carrier has the FIN
 	closing    bool   // Close was called: ends once the peer has everything
 
-	held   int64      // budget bytes this stream holds
-	frozen bool       // handed over to the successor (see Freeze)
-	local2 *localConn // its local connection, when given to Local
+	held    int64      // budget bytes this stream holds
+	writing bool       // writeTo holds views of replay chunks
+	frozen  bool       // handed over to the successor (see Freeze)
+	local2  *localConn // its local connection, when given to Local
 
 	// The peer's direction.
 	delivered    uint64 // bytes Read returned, plus one for the FIN
@@ -294,25 +295,35 @@ func (s *Stream) flush() error {
 // writeTo writes chunks (and the FIN) to carrier c of generation gen,
 // counting them as written. Called with wmu held.
 func (s *Stream) writeTo(c *mux.Stream, gen uint64, chunks [][]byte, fin bool) error {
+	s.mu.Lock()
+	s.writing = true
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.writing = false
+		s.mu.Unlock()
+	}()
 	for _, b := range chunks {
-		if _, err := c.Write(b); err != nil {
-			return err
-		}
+		// Counted before the write: the peer's notice for these bytes
+		// can arrive before Write returns.
 		s.mu.Lock()
 		if s.gen == gen {
 			s.written += uint64(len(b))
 		}
 		s.mu.Unlock()
-	}
-	if fin {
-		if err := c.CloseWrite(); err != nil {
+		if _, err := c.Write(b); err != nil {
 			return err
 		}
+	}
+	if fin {
 		s.mu.Lock()
 		if s.gen == gen {
 			s.finWritten = true
 		}
 		s.mu.Unlock()
+		if err := c.CloseWrite(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -410,7 +421,10 @@ func (s *Stream) acknowledge(n uint64) {
 // ackLocked drops [acked, n) from the replay buffer.
 func (s *Stream) ackLocked(n uint64) {
 	if data := min(n, s.sent); data > s.acked {
-		s.releaseLocked(s.replay.drop(int(data - s.acked)))
+		// Chunks being written stay out of the pool: a peer that
+		// confirms bytes in flight must not make us send another
+		// stream's data from a recycled chunk.
+		s.releaseLocked(s.replay.drop(int(data-s.acked), !s.writing))
 	}
 	s.acked = n
 	s.cond.Broadcast()
@@ -505,7 +519,7 @@ func (s *Stream) finish(err error) {
 	if s.ackTimer != nil {
 		s.ackTimer.Stop()
 	}
-	s.releaseLocked(s.replay.drop(s.replay.len()))
+	s.releaseLocked(s.replay.drop(s.replay.len(), !s.writing))
 	c := s.carrier
 	if clean {
 		s.carrier = nil
@@ -667,8 +681,9 @@ func (r *replayBuffer) push(p []byte) {
 	}
 }
 
-// drop frees the first n bytes and returns how many it freed.
-func (r *replayBuffer) drop(n int) int {
+// drop frees the first n bytes and returns how many it freed; recycle
+// returns whole chunks to the pool.
+func (r *replayBuffer) drop(n int, recycle bool) int {
 	n = min(n, r.size)
 	left := n
 	for left > 0 {
@@ -679,6 +694,9 @@ func (r *replayBuffer) drop(n int) int {
 			r.chunks = r.chunks[1:]
 			r.head = 0
 			b = b[:0]
+			if !recycle {
+				continue
+			}
 			if cap(b) > 4<<10 {
 				largeChunks.Put(&b)
 			} else {

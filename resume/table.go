@@ -215,6 +215,8 @@ func (t *Table) ServeResume(c *mux.Stream, token mux.Token, peerDelivered uint64
 	}
 	if err := s.moveTo(c, peerDelivered); err == nil {
 		t.resumed.Add(1)
+		// Its side logs each batch; ours, once per interval per peer.
+		t.limited.Log(hclog.Info, "resumed:"+peer.Key(), "peer is resuming its streams on a new session", "peer", peer.Name())
 	}
 	return nil
 }

@@ -32,6 +32,35 @@ type workspace struct {
 	pki            agent.DemoFiles
 }
 
+// agentBuild is a directory holding a tunnel-server and a tunnel-client
+// built elsewhere (another commit), named in the tables by label.
+type agentBuild struct {
+	label, server, client string
+}
+
+// parseAgentBuilds reads -agents: LABEL=DIR, comma-separated; each DIR
+// must hold both binaries.
+func parseAgentBuilds(v string) ([]agentBuild, error) {
+	var out []agentBuild
+	for item := range strings.SplitSeq(v, ",") {
+		label, dir, ok := strings.Cut(item, "=")
+		if !ok || label == "" || dir == "" {
+			return nil, fmt.Errorf("%q: want LABEL=DIR", item)
+		}
+		b := agentBuild{label: label, server: filepath.Join(dir, "tunnel-server"), client: filepath.Join(dir, "tunnel-client")}
+		for _, bin := range []string{b.server, b.client} {
+			if st, err := os.Stat(bin); err != nil || st.IsDir() {
+				return nil, fmt.Errorf("%q: no binary %s", item, bin)
+			}
+		}
+		if slices.ContainsFunc(out, func(o agentBuild) bool { return o.label == label }) {
+			return nil, fmt.Errorf("label %q given twice", label)
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}
+
 // newWorkspace builds both agents (no -race: we measure) into a temporary
 // directory and writes a throwaway CA and certificates beside them.
 func newWorkspace(ctx context.Context) (*workspace, error) {
@@ -243,12 +272,17 @@ type tunnel struct {
 // (the server itself when via is nil, else via(serverAddr) — a relay),
 // and waits for sessions sessions to come up on the client.
 func (w *workspace) startTunnel(tag string, services map[string]string, forwards []forwardSpec, sessions int, via func(string) (string, error)) (*tunnel, error) {
+	return w.startTunnelBuild(agentBuild{server: w.server, client: w.client}, tag, services, forwards, sessions, via)
+}
+
+// startTunnelBuild is startTunnel with the binaries of b.
+func (w *workspace) startTunnelBuild(b agentBuild, tag string, services map[string]string, forwards []forwardSpec, sessions int, via func(string) (string, error)) (*tunnel, error) {
 	scfg, err := w.serverConfig(tag+"-server", services)
 	if err != nil {
 		return nil, err
 	}
 	t := &tunnel{forwards: map[string]string{}}
-	if t.server, err = startAgent("tunnel-server", w.server, scfg); err != nil {
+	if t.server, err = startAgent("tunnel-server", b.server, scfg); err != nil {
 		return nil, err
 	}
 	if t.serverAddr, err = t.server.waitLog(reListening); err != nil {
@@ -267,7 +301,7 @@ func (w *workspace) startTunnel(tag string, services map[string]string, forwards
 		t.stop()
 		return nil, err
 	}
-	if t.client, err = startAgent("tunnel-client", w.client, ccfg); err != nil {
+	if t.client, err = startAgent("tunnel-client", b.client, ccfg); err != nil {
 		t.stop()
 		return nil, err
 	}

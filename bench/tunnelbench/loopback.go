@@ -135,7 +135,10 @@ type path struct {
 	// run goes on. Any other path's failure fails the run.
 	peer   bool
 	failed error
-	fig    figures
+	// session: the bulk echo shares a session with the sink (a tunnel),
+	// so the round trips beside bulk streams are measured through it too.
+	session bool
+	fig     figures
 }
 
 // figures are one path's results; -1 or empty where not measured.
@@ -143,7 +146,11 @@ type figures struct {
 	t1, t8    float64 // Gbit/s
 	cpuPerGB  float64 // 1-stream run, all processes carrying the sink
 	rtt, load []time.Duration
-	conns     float64 // per second
+	// loadSame: beside bulk streams, the ping through the bulk echo (the
+	// bulk streams' session); the same samples as load where there are
+	// no sessions.
+	loadSame []time.Duration
+	conns    float64 // per second
 	// Memory (KiB) of the processes carrying the bulk echo, before and
 	// with the idle connections open, per process in echoPids order.
 	rssBefore, rssAfter []float64
@@ -208,6 +215,8 @@ var (
 	mRTT99  = metric{"64 B round trip p99", "µs", false, func(f *figures) float64 { return pct(f.rtt, 0.99) }}
 	mLoad50 = metric{"64 B round trip p50, 4 bulk streams alongside", "µs", false, func(f *figures) float64 { return pct(f.load, 0.5) }}
 	mLoad99 = metric{"64 B round trip p99, 4 bulk streams alongside", "µs", false, func(f *figures) float64 { return pct(f.load, 0.99) }}
+	mSame50 = metric{"64 B round trip p50, 4 bulk streams alongside, same session", "µs", false, func(f *figures) float64 { return pct(f.loadSame, 0.5) }}
+	mSame99 = metric{"64 B round trip p99, 4 bulk streams alongside, same session", "µs", false, func(f *figures) float64 { return pct(f.loadSame, 0.99) }}
 	mConns  = metric{"connections/s (open, 1 B echo, close; 16 parallel)", "conn/s", true, func(f *figures) float64 { return f.conns }}
 	mIdle   = metric{"RSS per idle connection, both sides", "KiB", false, (*figures).idleKiB}
 	mIdleMB = metric{"RSS with the idle connections open, both sides", "MiB", false, (*figures).idleMiB}
@@ -290,6 +299,17 @@ func measureThroughput1(p *path, d time.Duration) error {
 	return nil
 }
 
+// loopbackForwards are the client's forwards in the loopback table: bulk
+// data on a bulk-class forward; the round trips on a control-class forward
+// (its own session), as a routing protocol beside bulk traffic would be
+// configured. Connections, idle streams and the same-session round trips
+// use a bulk-class echo forward (the sink's session).
+var loopbackForwards = []forwardSpec{
+	{name: "sink", service: "sink", class: "bulk"},
+	{name: "echo", service: "echo", class: "control"},
+	{name: "echo-bulk", service: "echo", class: "bulk"},
+}
+
 // runLoopback is the main table: both agents as processes on loopback,
 // beside direct TCP, the relay floor and the peers.
 func runLoopback(ctx context.Context, w *workspace, o options, report *strings.Builder, logf func(string, ...any)) (err error) {
@@ -306,16 +326,7 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		return err
 	}
 	defer tg.close()
-	// Bulk data on bulk-class forwards; the round trips on a control-class
-	// forward (its own session), as a routing protocol beside bulk traffic
-	// would be configured. Connections and idle streams use a bulk-class
-	// echo forward.
-	tun, err := w.startTunnel("loopback", map[string]string{"sink": tg.sink, "echo": tg.echo},
-		[]forwardSpec{
-			{name: "sink", service: "sink", class: "bulk"},
-			{name: "echo", service: "echo", class: "control"},
-			{name: "echo-bulk", service: "echo", class: "bulk"},
-		}, 2, nil)
+	tun, err := w.startTunnel("loopback", map[string]string{"sink": tg.sink, "echo": tg.echo}, loopbackForwards, 2, nil)
 	if err != nil {
 		return err
 	}
@@ -335,9 +346,22 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 	direct := newPath("direct TCP", tcpDialer(tg.sink), tcpDialer(tg.echo), tcpDialer(tg.echo))
 	tunnel := newPath("tunnel", tcpDialer(tun.forwards["sink"]), tcpDialer(tun.forwards["echo"]), tcpDialer(tun.forwards["echo-bulk"]))
 	tunnel.sinkPids, tunnel.echoPids = tun.pids(), tun.pids()
+	tunnel.session = true
+	// Other agent builds (-agents), each a tunnel path of its own.
+	var others []*path
+	for _, b := range o.others {
+		t, e := w.startTunnelBuild(b, "loopback-"+b.label, map[string]string{"sink": tg.sink, "echo": tg.echo}, loopbackForwards, 2, nil)
+		if e != nil {
+			return fmt.Errorf("agents %s: %w", b.label, e)
+		}
+		defer t.stop()
+		p := newPath("tunnel ("+b.label+")", tcpDialer(t.forwards["sink"]), tcpDialer(t.forwards["echo"]), tcpDialer(t.forwards["echo-bulk"]))
+		p.sinkPids, p.echoPids, p.session = t.pids(), t.pids(), true
+		others = append(others, p)
+	}
 	relay := chainPath(relayName, relays)
-	// Through processes: the tunnel, the relay floor, the peers.
-	procs := []*path{tunnel, relay}
+	// Through processes: the tunnels, the relay floor, the peers.
+	procs := append(append([]*path{tunnel}, others...), relay)
 	var peers []*path
 	var peerNotes []string
 	for _, pr := range findPeers(ctx, o.peers, o.quick, w.dir, logf) {
@@ -437,10 +461,20 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 			if !step(p, "round trips under load", func() error {
 				r, _, e := underLoad(p.sink, p.echo, 4, loadDur, warm)
 				p.fig.load = append(p.fig.load, r...)
+				if e != nil || !p.session {
+					return e
+				}
+				r, _, e = underLoad(p.sink, p.echoBulk, 4, loadDur, warm)
+				p.fig.loadSame = append(p.fig.loadSame, r...)
 				return e
 			}) {
 				return err
 			}
+		}
+	}
+	for _, p := range append([]*path{direct}, procs...) {
+		if !p.session {
+			p.fig.loadSame = p.fig.load
 		}
 	}
 
@@ -484,6 +518,8 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		mk(mRTT99, direct),
 		mk(mLoad50, direct),
 		target(mk(mLoad99, direct), 1.3, false),
+		mk(mSame50, direct),
+		mk(mSame99, direct),
 		target(mk(mConns, direct), 0.45, false),
 		mk(mT1, relay),
 		mk(mRTT50, other),
@@ -506,7 +542,7 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 	} else {
 		fmt.Fprintf(report, " The client LOST its session %d time(s): %s\n\n", len(lost), strings.Join(lost, " / "))
 	}
-	writePaths(report, direct, relay, peers, tunnel, o.idle)
+	writePaths(report, direct, relay, peers, append(others, tunnel), o.idle)
 	fmt.Fprintf(report, "Peers: %s\n\n", strings.Join(peerNotes, " "))
 	for _, p := range peers {
 		if p.failed != nil {
@@ -518,14 +554,17 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 
 // writePaths is the second table: every path's figures side by side, and
 // the tunnel against the best peer.
-func writePaths(b *strings.Builder, direct, relay *path, peers []*path, tunnel *path, idle int) {
+// tunnels are the other agent builds (-agents), then this tree's; the
+// last column is against this tree's.
+func writePaths(b *strings.Builder, direct, relay *path, peers []*path, tunnels []*path, idle int) {
 	cols := []*path{direct, relay}
 	for _, p := range peers {
 		if p.failed == nil {
 			cols = append(cols, p)
 		}
 	}
-	cols = append(cols, tunnel)
+	cols = append(cols, tunnels...)
+	tunnel := tunnels[len(tunnels)-1]
 	fmt.Fprintf(b, "## Loopback: every path\n\n| metric | unit |")
 	for _, p := range cols {
 		name := p.name
@@ -537,7 +576,7 @@ func writePaths(b *strings.Builder, direct, relay *path, peers []*path, tunnel *
 	b.WriteString(" tunnel / best peer |\n| --- | --- |")
 	b.WriteString(strings.Repeat(" ---: |", len(cols)+1) + "\n")
 	idleName := fmt.Sprintf("%s (%d connections)", mIdle.name, idle)
-	for _, m := range []metric{mT1, mT8, mRTT50, mRTT99, mLoad50, mLoad99, mConns, mIdle, mIdleMB, mCPU} {
+	for _, m := range []metric{mT1, mT8, mRTT50, mRTT99, mLoad50, mLoad99, mSame50, mSame99, mConns, mIdle, mIdleMB, mCPU} {
 		name := m.name
 		if m.name == mIdle.name {
 			name = idleName

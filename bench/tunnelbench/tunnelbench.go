@@ -4,7 +4,7 @@
 // TCP in the same run, and prints a table with the ratios and the targets;
 // with -scenario wan it runs them across a bench/linkemu link.
 //
-//	go run ./bench/cmd/tunnel-bench [-quick] [-scenario loopback|wan|all] [-peers stunnel,ghostunnel|none] [-duration 20s] [-out FILE]
+//	go run ./bench/cmd/tunnel-bench [-quick] [-scenario loopback|wan|all] [-peers stunnel,ghostunnel|none] [-duration 20s] [-agents LABEL=DIR,...] [-out FILE]
 //
 // See bench/README.md for what each row means.
 package tunnelbench
@@ -31,6 +31,7 @@ type options struct {
 	idle     int
 	rtts     int
 	peers    []string // the peer tunnels to measure beside ours
+	others   []agentBuild
 }
 
 // Main runs the benchmark; 0 on success (targets missed are reported, not
@@ -50,8 +51,16 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.idle, "idle", 1000, "idle streams for the RSS measurement")
 	fs.IntVar(&o.rtts, "rtts", 0, "round trips per latency measurement (default 5000; half that under load)")
 	peers := fs.String("peers", strings.Join(peerNames, ","), "peer tunnels to measure beside ours (comma-separated: "+strings.Join(peerNames, ", ")+"), or none")
+	agents := fs.String("agents", "", "other agent builds to measure beside this tree's in the same run, interleaved (loopback only): LABEL=DIR,... where DIR holds tunnel-server and tunnel-client")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *agents != "" {
+		var err error
+		if o.others, err = parseAgentBuilds(*agents); err != nil {
+			fmt.Fprintf(stderr, "tunnel-bench: -agents: %v\n", err)
+			return 2
+		}
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "tunnel-bench: unexpected argument %q\n", fs.Arg(0))

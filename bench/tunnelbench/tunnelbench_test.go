@@ -87,7 +87,8 @@ func TestRelayBadSpec(t *testing.T) {
 }
 
 func TestBadCommandLine(t *testing.T) {
-	for _, args := range [][]string{{"-scenario", "moon"}, {"extra"}, {"-idle", "0"}, {"-nope"}, {"-peers", "moon"}, {"-peers", "stunnel,stunnel"}} {
+	for _, args := range [][]string{{"-scenario", "moon"}, {"extra"}, {"-idle", "0"}, {"-nope"}, {"-peers", "moon"}, {"-peers", "stunnel,stunnel"},
+		{"-agents", "nolabel"}, {"-agents", "x=/nonexistent"}} {
 		var out, errb bytes.Buffer
 		if code := Main(args, &out, &errb); code != 2 {
 			t.Errorf("%q: exit %d, want 2 (stderr %q)", args, code, errb.String())
@@ -295,5 +296,26 @@ func TestBestPeer(t *testing.T) {
 	writeTable(&sb, []row{{metric: "m", unit: "u", base: 4, tunnel: 2, peer: 8, peerName: "b", higherBetter: true}})
 	if !strings.Contains(sb.String(), "| b | 8.00 | 0.25× |") {
 		t.Errorf("table row lacks the peer columns:\n%s", sb.String())
+	}
+}
+
+func TestParseAgentBuilds(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"tunnel-server", "tunnel-client"} {
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := parseAgentBuilds("old=" + dir + ",older=" + dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].label != "old" || got[1].label != "older" || got[0].server != filepath.Join(dir, "tunnel-server") || got[1].client != filepath.Join(dir, "tunnel-client") {
+		t.Fatalf("got %+v", got)
+	}
+	for _, bad := range []string{"old=" + dir + ",old=" + dir, "=" + dir, "old=", "old=" + t.TempDir()} {
+		if _, err := parseAgentBuilds(bad); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
 	}
 }

@@ -67,10 +67,10 @@ type Session struct {
 	// or to send a header out directly.
 	sendCh chan *sendReady
 
-	// writeSlot is held by whoever writes a frame to conn: sendLoop, or a
-	// stream writing its own data frame (writeData). Patched for
-	// tunnelworks, see PATCHED.md.
-	writeSlot chan struct{}
+	// writes decides who writes the next frame to conn: sendLoop, or a
+	// stream writing its own data frame (writeData); one at a time.
+	// Patched for tunnelworks, see PATCHED.md.
+	writes writeQueue
 
 	// recvDoneCh is closed when recv() exits to avoid a race
 	// between stream registration and stream shutdown
@@ -122,7 +122,6 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		synCh:      make(chan struct{}, config.AcceptBacklog),
 		acceptCh:   make(chan *Stream, config.AcceptBacklog),
 		sendCh:     make(chan *sendReady, 64),
-		writeSlot:  make(chan struct{}, 1),
 		recvDoneCh: make(chan struct{}),
 		sendDoneCh: make(chan struct{}),
 		shutdownCh: make(chan struct{}),
@@ -515,20 +514,19 @@ func (s *Session) send() {
 // goroutine hand-off there and back and a copy of the body; without them
 // the tunnel's agents use a fifth less CPU per GB moved. Only data frames
 // from Stream.Write come here; window updates, pings and go-aways still go
-// through sendLoop, and both take writeSlot, so a frame's header and body
-// stay together on the wire. The bytes written are the same as upstream's:
+// through sendLoop, and both wait for their turn in s.writes (which also
+// decides the order between streams), so a frame's header and body stay
+// together on the wire. The bytes written are the same as upstream's:
 // the protocol is unchanged.
-func (s *Session) writeData(hdr header, body []byte) error {
-	select {
-	case s.writeSlot <- struct{}{}:
-	default:
-		if err := s.waitWriteSlot(); err != nil {
+func (s *Session) writeData(f *writeFlow, hdr header, body []byte) error {
+	if !s.writes.tryTake(f, len(hdr)+len(body)) {
+		if err := s.waitWriteSlot(f, len(hdr)+len(body)); err != nil {
 			return err
 		}
 	}
 	select {
-	case <-s.shutdownCh: // both were ready and select chose the slot
-		<-s.writeSlot
+	case <-s.shutdownCh:
+		s.writes.release()
 		return ErrSessionShutdown
 	default:
 	}
@@ -536,7 +534,7 @@ func (s *Session) writeData(hdr header, body []byte) error {
 	if err == nil && len(body) > 0 {
 		_, err = s.conn.Write(body)
 	}
-	<-s.writeSlot
+	s.writes.release()
 	if err != nil {
 		// As when sendLoop fails to write: the session is over.
 		s.logger.Printf("[ERR] yamux: Failed to write data frame: %v", err)
@@ -546,9 +544,10 @@ func (s *Session) writeData(hdr header, body []byte) error {
 	return nil
 }
 
-// waitWriteSlot takes writeSlot, waiting at most ConnectionWriteTimeout.
-// Only a writer that finds the slot taken pays for the timer.
-func (s *Session) waitWriteSlot() error {
+// waitWriteSlot waits for f's turn to write n bytes, at most
+// ConnectionWriteTimeout. Only a writer that has to wait pays for the
+// timer.
+func (s *Session) waitWriteSlot(f *writeFlow, n int) error {
 	t := timerPool.Get()
 	timer := t.(*time.Timer)
 	timer.Reset(s.config.ConnectionWriteTimeout)
@@ -560,34 +559,29 @@ func (s *Session) waitWriteSlot() error {
 		}
 		timerPool.Put(t)
 	}()
-	select {
-	case s.writeSlot <- struct{}{}:
-		return nil
-	case <-s.shutdownCh:
-		return ErrSessionShutdown
-	case <-timer.C:
-		return ErrConnectionWriteTimeout
-	}
+	return s.writes.take(f, n, s.shutdownCh, ErrSessionShutdown, timer.C, ErrConnectionWriteTimeout)
 }
 
 func (s *Session) sendLoop() error {
 	defer close(s.sendDoneCh)
 	var bodyBuf bytes.Buffer
+	var flow writeFlow // the control frames are one flow in s.writes
 	for {
 		bodyBuf.Reset()
 
 		select {
 		case ready := <-s.sendCh:
-			select {
-			case s.writeSlot <- struct{}{}:
-			case <-s.shutdownCh:
+			ready.mu.Lock()
+			n := len(ready.Hdr) + len(ready.Body)
+			ready.mu.Unlock()
+			if s.writes.take(&flow, n, s.shutdownCh, ErrSessionShutdown, nil, nil) != nil {
 				return nil
 			}
 			// Send a header if ready
 			if ready.Hdr != nil {
 				_, err := s.conn.Write(ready.Hdr)
 				if err != nil {
-					<-s.writeSlot
+					s.writes.release()
 					s.logger.Printf("[ERR] yamux: Failed to write header: %v", err)
 					asyncSendErr(ready.Err, err)
 					return err
@@ -602,7 +596,7 @@ func (s *Session) sendLoop() error {
 				if err != nil {
 					ready.Body = nil
 					ready.mu.Unlock()
-					<-s.writeSlot
+					s.writes.release()
 					s.logger.Printf("[ERR] yamux: Failed to copy body into buffer: %v", err)
 					asyncSendErr(ready.Err, err)
 					return err
@@ -615,14 +609,14 @@ func (s *Session) sendLoop() error {
 				// Send data from a body if given
 				_, err := s.conn.Write(bodyBuf.Bytes())
 				if err != nil {
-					<-s.writeSlot
+					s.writes.release()
 					s.logger.Printf("[ERR] yamux: Failed to write body: %v", err)
 					asyncSendErr(ready.Err, err)
 					return err
 				}
 			}
 
-			<-s.writeSlot
+			s.writes.release()
 
 			// No error, successful send
 			asyncSendErr(ready.Err, nil)

@@ -44,6 +44,9 @@ type Stream struct {
 	sendHdr  header
 	sendErr  chan error
 	sendLock sync.Mutex
+	// flow is this stream's place in the session's write order, held
+	// with sendLock. Patched for tunnelworks, see PATCHED.md.
+	flow writeFlow
 
 	recvNotifyCh chan struct{}
 	sendNotifyCh chan struct{}
@@ -228,15 +231,17 @@ START:
 	// Determine the flags if any
 	flags = s.sendFlags()
 
-	// Send up to our send window
-	max = min(window, uint32(len(b)))
+	// Send up to our send window. Patched for tunnelworks: and at most
+	// maxDataFrame, so that a large Write takes turns with other streams
+	// frame by frame (see writeQueue).
+	max = min(min(window, uint32(len(b))), maxDataFrame)
 	body = b[:max]
 
 	// Send the header
 	s.sendHdr.encode(typeData, flags, s.id, max)
 	// Patched for tunnelworks: written from this goroutine, not handed to
 	// sendLoop (see Session.writeData).
-	if err = s.session.writeData(s.sendHdr, body); err != nil {
+	if err = s.session.writeData(&s.flow, s.sendHdr, body); err != nil {
 		if errors.Is(err, ErrSessionShutdown) || errors.Is(err, ErrConnectionWriteTimeout) {
 			// Message left in ready queue, header re-use is unsafe.
 			s.sendHdr = header(make([]byte, headerSize))

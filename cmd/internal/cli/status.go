@@ -167,4 +167,8 @@ func printStatus(w io.Writer, st admin.Status) {
 	for line := range strings.Lines(table.String()) {
 		fmt.Fprintln(w, strings.TrimRight(line, " \n"))
 	}
+	if r := st.Resume; r != nil {
+		fmt.Fprintf(w, "\nresumable streams: %d held, %d suspended, %d bytes in replay buffers; since start: %d resumed, %d expired, %d lost by the peer, %d resumes refused, %d bytes replayed\n",
+			r.Streams, r.Suspended, r.ReplayBytes, r.Resumed, r.Expired, r.PeerLost, r.Refused, r.ReplayedBytes)
+	}
 }
