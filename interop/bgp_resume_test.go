@@ -92,16 +92,19 @@ func expectRoute(t *testing.T, a *speaker, prefix string) {
 	}
 }
 
-// bgpRig is an eBGP session through a relayed tunnel: speaker B dials the
-// client's forward, the server dials speaker A.
+// bgpRig is an eBGP session through a relayed tunnel: speaker B dials a
+// forward, the agent at the other end dials speaker A. The forward is
+// the client's (the streams are opened by the client) or, reversed, the
+// server's.
 type bgpRig struct {
 	a, b     *speaker
 	srv, cli *agentProc
+	fwd      *agentProc // the agent with the forward
 	relay    *pathRelay
 	before   []peerView // of A and B once established
 }
 
-func startBGPRig(t *testing.T) *bgpRig {
+func startBGPRig(t *testing.T, reversed bool) *bgpRig {
 	t.Helper()
 	const asnA, asnB = 65001, 65002
 	portA := freePort(t)
@@ -110,21 +113,32 @@ func startBGPRig(t *testing.T) *bgpRig {
 
 	// Liveness that notices a 5 s blackhole well within it.
 	liveness := "ping_after = \"1s\"\ndead_after = \"3s\"\n"
-	dir := pkiDir(t)
-	srv := startAgent(t, "tunnel-server", dir, serverConfig(liveness+fmt.Sprintf(`service "bgp" {
+	service := fmt.Sprintf(`service "bgp" {
   target = "127.0.0.1:%d"
   allow  = ["client-a"]
 }
-`, portA)))
-	relay := startPathRelay(t, srv.must(reServerListening))
-	cli := startAgent(t, "tunnel-client", dir, clientConfig(relay.addr(), liveness+`forward "bgp" {
+`, portA)
+	forward := `forward "bgp" {
   listen  = "127.0.0.1:0"
   service = "bgp"
 }
-`))
+`
+	serverBlocks, clientBlocks := service, forward
+	if reversed {
+		serverBlocks = strings.Replace(forward, "service =", "client  = \"client-a\"\n  service =", 1)
+		clientBlocks = strings.Replace(service, "  allow  = [\"client-a\"]\n", "", 1) // optional on the client
+	}
+	dir := pkiDir(t)
+	srv := startAgent(t, "tunnel-server", dir, serverConfig(liveness+serverBlocks))
+	relay := startPathRelay(t, srv.must(reServerListening))
+	cli := startAgent(t, "tunnel-client", dir, clientConfig(relay.addr(), liveness+clientBlocks))
+	fwd := cli
+	if reversed {
+		fwd = srv
+	}
 	cli.must(reSessionUp)
 	srv.must(reServerSession)
-	_, fwdPort, err := net.SplitHostPort(cli.must(forwardListening("bgp")))
+	_, fwdPort, err := net.SplitHostPort(fwd.must(forwardListening("bgp")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +157,7 @@ func startBGPRig(t *testing.T) *bgpRig {
 	if !ok {
 		t.Fatalf("BGP session not established within %s: %s", bgpTimeout, desc)
 	}
-	r := &bgpRig{a: a, b: b, srv: srv, cli: cli, relay: relay, before: []peerView{a.mustView(t), b.mustView(t)}}
+	r := &bgpRig{a: a, b: b, srv: srv, cli: cli, fwd: fwd, relay: relay, before: []peerView{a.mustView(t), b.mustView(t)}}
 	t.Logf("established: A %s; B %s", r.before[0], r.before[1])
 	return r
 }
@@ -172,9 +186,15 @@ func (r *bgpRig) sameSessionAfterHold(t *testing.T) {
 // reset of the tunnel connection and across a 5 s blackhole of its path
 // (which the agents' liveness notices): the tunnel resumes its streams on
 // a new connection. Routes announced during each outage arrive after it.
+// Through a client forward and through a server forward.
 func TestBGPResumeAcrossCutAndBlackhole(t *testing.T) {
+	t.Run("client forward", func(t *testing.T) { bgpAcrossCutAndBlackhole(t, false) })
+	t.Run("server forward", func(t *testing.T) { bgpAcrossCutAndBlackhole(t, true) })
+}
+
+func bgpAcrossCutAndBlackhole(t *testing.T, reversed bool) {
 	const outage = 5 * time.Second
-	r := startBGPRig(t)
+	r := startBGPRig(t, reversed)
 
 	// (a) The tunnel connection is reset; B announces a route at once,
 	// while the client reconnects.
@@ -209,7 +229,7 @@ func TestBGPResumeAcrossCutAndBlackhole(t *testing.T) {
 	if err := r.b.StopBgp(ctx, &api.StopBgpRequest{}); err != nil {
 		t.Fatalf("B: stop BGP: %v", err)
 	}
-	r.cli.waitCount(regexp.MustCompile(`tunnel-client: stream closed: .*\bforward=bgp\b`), 1)
+	r.fwd.waitCount(regexp.MustCompile(r.fwd.name+`: stream closed: .*\bforward=bgp\b`), 1)
 	r.cli.stop()
 	r.srv.stop()
 }
@@ -224,7 +244,7 @@ func TestBGPResumeAcrossHandover(t *testing.T) {
 	if !agentSourceMentions(t, "SIGUSR2") {
 		t.Skip("the agents do not handle SIGUSR2 yet (no handover to test)")
 	}
-	r := startBGPRig(t)
+	r := startBGPRig(t, false)
 	for i, p := range []*agentProc{r.srv, r.cli} {
 		succ := p.handover(t)
 		t.Cleanup(func() { p.stopSuccessor(t, succ) })
