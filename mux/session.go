@@ -529,6 +529,10 @@ func (s *Session) finish(reason error) {
 	})
 }
 
+// Closed says whether the session has ended or is ending (at once, where
+// Done may close a moment later).
+func (s *Session) Closed() bool { return s.y.IsClosed() }
+
 // Done is closed when the session has ended.
 func (s *Session) Done() <-chan struct{} { return s.closed }
 

@@ -385,3 +385,27 @@ func TestHandoverToSuccessor(t *testing.T) {
 		t.Fatalf("successor's pipe: %v", res.Err)
 	}
 }
+
+// TestManyQuickCuts: a ping-pong across 200 cuts in a row, each right
+// after the last resume, so moves race with the loss of the session they
+// came from. (A late move to the session just lost once took a stream off
+// its new one, and it expired.)
+func TestManyQuickCuts(t *testing.T) {
+	r := newRig(t, time.Minute)
+	cl := r.newClient("client-a")
+	app := cl.dialEcho(t)
+	msg := make([]byte, 64)
+	for i := range 200 {
+		old := cl.session(t)
+		r.relay.cut()
+		msg[0] = byte(i)
+		if _, err := app.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		_ = app.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.ReadFull(app, msg); err != nil || msg[0] != byte(i) {
+			t.Fatalf("cut %d: %v\nclient %+v\nserver %+v\npipes: %v", i, err, cl.table.Stats(), r.serverTable().Stats(), r.pipeErrors())
+		}
+		waitNewSession(t, cl, old)
+	}
+}

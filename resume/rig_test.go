@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -30,6 +31,8 @@ type rig struct {
 	t        testing.TB
 	dir      string
 	direct   bool // clients dial the server, not the relay
+	errMu    sync.Mutex
+	errs     []error
 	ca       *pki.Cert
 	caFile   string
 	srvMat   *ssl.Material
@@ -160,8 +163,24 @@ func (r *rig) serveConn(raw net.Conn) {
 			target.Close()
 			return
 		}
-		forward.Pipe(ctx, target, rs, nil, 0)
+		if res := forward.Pipe(ctx, rs.Local(target), rs, nil, 0); res.Err != nil {
+			r.noteErr("server pipe", res.Err)
+		}
 	})
+}
+
+// noteErr remembers a pipe's error, for the failure message of a test.
+func (r *rig) noteErr(what string, err error) {
+	r.errMu.Lock()
+	r.errs = append(r.errs, fmt.Errorf("%s: %w", what, err))
+	r.errMu.Unlock()
+}
+
+// pipeErrors are the pipes' errors so far.
+func (r *rig) pipeErrors() error {
+	r.errMu.Lock()
+	defer r.errMu.Unlock()
+	return errors.Join(r.errs...)
 }
 
 // client is a client agent: its table, and a keeper that reconnects
@@ -322,7 +341,11 @@ func (cl *client) dial(t testing.TB, service string, resumable bool) net.Conn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl.wg.Go(func() { forward.Pipe(cl.ctx, local, stream, nil, 0) })
+	cl.wg.Go(func() {
+		if res := forward.Pipe(cl.ctx, local, stream, nil, 0); res.Err != nil && cl.ctx.Err() == nil {
+			cl.r.noteErr("client pipe", res.Err)
+		}
+	})
 	return app
 }
 

@@ -88,14 +88,14 @@ type Stream struct {
 	acked      uint64 // the peer has delivered [0, acked)
 	sent       uint64 // data bytes written by the pipe
 	written    uint64 // data bytes given to the current carrier
+	flushed    uint64 // of which its Write has returned (see drop)
 	finSent    bool   // the pipe half-closed
 	finWritten bool   // and the current carrier has the FIN
 	closing    bool   // Close was called: ends once the peer has everything
 
-	held    int64      // budget bytes this stream holds
-	writing bool       // writeTo holds views of replay chunks
-	frozen  bool       // handed over to the successor (see Freeze)
-	local2  *localConn // its local connection, when given to Local
+	held   int64      // budget bytes this stream holds
+	frozen bool       // handed over to the successor (see Freeze)
+	local2 *localConn // its local connection, when given to Local
 
 	// The peer's direction.
 	delivered    uint64 // bytes Read returned, plus one for the FIN
@@ -295,14 +295,6 @@ func (s *Stream) flush() error {
 // writeTo writes chunks (and the FIN) to carrier c of generation gen,
 // counting them as written. Called with wmu held.
 func (s *Stream) writeTo(c *mux.Stream, gen uint64, chunks [][]byte, fin bool) error {
-	s.mu.Lock()
-	s.writing = true
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		s.writing = false
-		s.mu.Unlock()
-	}()
 	for _, b := range chunks {
 		// Counted before the write: the peer's notice for these bytes
 		// can arrive before Write returns.
@@ -314,6 +306,11 @@ func (s *Stream) writeTo(c *mux.Stream, gen uint64, chunks [][]byte, fin bool) e
 		if _, err := c.Write(b); err != nil {
 			return err
 		}
+		s.mu.Lock()
+		if s.gen == gen {
+			s.flushed += uint64(len(b))
+		}
+		s.mu.Unlock()
 	}
 	if fin {
 		s.mu.Lock()
@@ -385,6 +382,7 @@ func (s *Stream) detachLocked() {
 	}
 	s.gen++
 	s.written, s.finWritten = min(s.acked, s.sent), false
+	s.flushed = s.written
 	s.cond.Broadcast()
 }
 
@@ -418,13 +416,22 @@ func (s *Stream) acknowledge(n uint64) {
 	}
 }
 
+// recyclableLocked is how many bytes from the front of the replay buffer
+// no write is reading: only their chunks go back to the pool. A peer that
+// confirms bytes still being written must not make us send another
+// stream's data from a recycled chunk. (Writes to carriers take turns
+// under wmu, so none but the current one's can be in progress.)
+func (s *Stream) recyclableLocked() int {
+	if s.flushed <= s.acked {
+		return 0
+	}
+	return int(s.flushed - s.acked)
+}
+
 // ackLocked drops [acked, n) from the replay buffer.
 func (s *Stream) ackLocked(n uint64) {
 	if data := min(n, s.sent); data > s.acked {
-		// Chunks being written stay out of the pool: a peer that
-		// confirms bytes in flight must not make us send another
-		// stream's data from a recycled chunk.
-		s.releaseLocked(s.replay.drop(int(data-s.acked), !s.writing))
+		s.releaseLocked(s.replay.drop(int(data-s.acked), s.recyclableLocked()))
 	}
 	s.acked = n
 	s.cond.Broadcast()
@@ -519,7 +526,7 @@ func (s *Stream) finish(err error) {
 	if s.ackTimer != nil {
 		s.ackTimer.Stop()
 	}
-	s.releaseLocked(s.replay.drop(s.replay.len(), !s.writing))
+	s.releaseLocked(s.replay.drop(s.replay.len(), s.recyclableLocked()))
 	c := s.carrier
 	if clean {
 		s.carrier = nil
@@ -618,6 +625,7 @@ func (s *Stream) moveTo(c *mux.Stream, peerDelivered uint64) error {
 	gen := s.gen
 	s.answered = s.answered || c.Answered()
 	s.written = min(peerDelivered, s.sent)
+	s.flushed = s.written
 	s.finWritten = peerDelivered > s.sent
 	c.OnDelivered(s.acknowledge)
 	chunks := s.replay.from(s.written, s.acked, s.sent)
@@ -681,21 +689,22 @@ func (r *replayBuffer) push(p []byte) {
 	}
 }
 
-// drop frees the first n bytes and returns how many it freed; recycle
-// returns whole chunks to the pool.
-func (r *replayBuffer) drop(n int, recycle bool) int {
+// drop frees the first n bytes and returns how many it freed. Whole
+// chunks within the first recyclable bytes go back to the pool.
+func (r *replayBuffer) drop(n, recyclable int) int {
 	n = min(n, r.size)
 	left := n
 	for left > 0 {
 		b := r.chunks[0]
 		if k := len(b) - r.head; k <= left {
 			left -= k
+			recyclable -= k
 			r.chunks[0] = nil
 			r.chunks = r.chunks[1:]
 			r.head = 0
 			b = b[:0]
-			if !recycle {
-				continue
+			if recyclable < 0 {
+				continue // a write may still read it: the GC takes it
 			}
 			if cap(b) > 4<<10 {
 				largeChunks.Put(&b)

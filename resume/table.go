@@ -277,6 +277,13 @@ func (t *Table) spawn(f func()) {
 	}
 }
 
+// isCurrent says whether sess is the newest session of peer key and class.
+func (t *Table) isCurrent(sess *mux.Session, key, class string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.current[sessionKey{key, class}] == sess
+}
+
 // SessionDown forgets sess as the current session of its peer and class.
 func (t *Table) SessionDown(sess *mux.Session, class string) {
 	t.mu.Lock()
@@ -344,7 +351,10 @@ func (s *Stream) moveOpened(sess *mux.Session) error {
 	here := s.carrier != nil && s.carrier.Session() == sess
 	ended := s.err != nil
 	s.mu.Unlock()
-	if here || ended {
+	// Only to the newest live session of its peer and class: a move to
+	// an older one (a late call) would take a live stream off a good
+	// session for one that is gone.
+	if here || ended || sess.Closed() || !s.t.isCurrent(sess, s.peerKey, s.class) {
 		return errNotMoved
 	}
 	delivered, err := s.detachForMove()
@@ -385,13 +395,8 @@ func (t *Table) suspended(s *Stream) {
 	t.mu.Lock()
 	sess := t.current[sessionKey{s.peerKey, s.class}]
 	t.mu.Unlock()
-	if sess == nil {
+	if sess == nil || sess.Closed() {
 		return
-	}
-	select {
-	case <-sess.Done():
-		return
-	default:
 	}
 	t.spawn(func() { t.moveAll(sess, []*Stream{s}) })
 }
