@@ -190,7 +190,9 @@ func serveAccepted(ctx context.Context, wg *sync.WaitGroup, log hclog.Logger, st
 		return
 	}
 	if rs, ok := ts.(*resume.Stream); ok {
-		wg.Go(func() { pipeAndLog(ctx, log, m, "service", service, serviceIdle(services, service), rs, rs.Local(target)) })
+		wg.Go(func() {
+			pipeAndLog(ctx, log, m, "service", service, serviceIdle(services, service), rs, rs.Local(target))
+		})
 		return
 	}
 	pipeAndLog(ctx, log, m, "service", service, serviceIdle(services, service), ts, target)
