@@ -83,15 +83,14 @@ func services(list []config.Service, dialTimeout time.Duration, allowAll bool) m
 // log carries the peer; kind is "forward" (we opened the stream for a
 // local connection) or "service" (the peer opened it to one of ours).
 //
-// A resumable stream's local connection is wrapped (resume.Stream.Local)
-// and its pipe counted in pipes, so that a handover to a new process can
+// A resumable stream's pipe is counted in pipes (its local connection
+// comes wrapped: see localFor), so that a handover to a new process can
 // freeze it and wait for the pipe to stop.
 func pipeAndLog(ctx context.Context, log hclog.Logger, m *admin.Metrics, kind, name string, idle time.Duration, stream tunnelStream, local net.Conn, pipes *pipeSet) {
 	start := time.Now()
 	meter := m.StreamStarted(kind, name)
 	rs, resumable := stream.(*resume.Stream)
 	if resumable && pipes != nil {
-		local = rs.Local(local)
 		defer pipes.add(rs)()
 	}
 	res := forward.Pipe(ctx, local, stream, meter, idle)
@@ -172,6 +171,15 @@ func openStream(ctx context.Context, st sessionSettings, sess *mux.Session, f co
 	return rs, nil
 }
 
+// localFor is the local connection as the pipe of stream should use it: a
+// resumable stream's is wrapped, so that a handover leaves it untouched.
+func localFor(stream tunnelStream, local net.Conn) net.Conn {
+	if rs, ok := stream.(*resume.Stream); ok {
+		return rs.Local(local)
+	}
+	return local
+}
+
 // acceptStream wraps a stream the peer opened to one of our services:
 // resumable if the peer opened it so. A service whose window is zero
 // still answers the peer's delivery notices (without them the peer's
@@ -197,13 +205,22 @@ func acceptStream(st sessionSettings, stream *mux.Stream, services []config.Serv
 	return rs, nil
 }
 
-// serveAccepted pipes a stream the peer opened to its target.
-func serveAccepted(ctx context.Context, log hclog.Logger, st sessionSettings, m *admin.Metrics, services []config.Service, class, service string, stream *mux.Stream, target net.Conn) {
+// serveAccepted pipes a stream the peer opened to its target. A
+// resumable stream's pipe outlives the session that accepted it, so it
+// runs on wg (the agent's), not on the session's accept handler, whose
+// session waits for it before it ends.
+func serveAccepted(ctx context.Context, wg *sync.WaitGroup, log hclog.Logger, st sessionSettings, m *admin.Metrics, services []config.Service, class, service string, stream *mux.Stream, target net.Conn) {
 	ts, err := acceptStream(st, stream, services, class)
 	if err != nil {
 		log.Warn("stream refused: cannot hold it as resumable", "service", service, "error", err)
 		_ = stream.Abort()
 		forward.Reset(target)
+		return
+	}
+	if rs, ok := ts.(*resume.Stream); ok {
+		wg.Go(func() {
+			pipeAndLog(ctx, log, m, "service", service, serviceIdle(services, service), rs, rs.Local(target), st.pipes)
+		})
 		return
 	}
 	pipeAndLog(ctx, log, m, "service", service, serviceIdle(services, service), ts, target, st.pipes)

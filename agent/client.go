@@ -255,7 +255,7 @@ func (c *Client) Run(ctx context.Context) error {
 	if err == nil {
 		for _, r := range handed {
 			conns.Go(func() {
-				pipeAndLog(streamCtx, c.log.With("peer", r.peer), c.metrics, r.kind, r.name, r.idle, r.stream, r.local, &c.handover.pipes)
+				pipeAndLog(streamCtx, c.log.With("peer", r.peer), c.metrics, r.kind, r.name, r.idle, r.stream, r.stream.Local(r.local), &c.handover.pipes)
 			})
 		}
 		err = c.handover.ready(c.log)
@@ -479,5 +479,5 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 		forward.Reset(local)
 		return
 	}
-	pipeAndLog(ctx, c.log.With("peer", sess.Peer.Name()), c.metrics, "forward", f.Name, f.IdleTimeout, stream, local, &c.handover.pipes)
+	pipeAndLog(ctx, c.log.With("peer", sess.Peer.Name()), c.metrics, "forward", f.Name, f.IdleTimeout, stream, localFor(stream, local), &c.handover.pipes)
 }

@@ -99,7 +99,7 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 		ended := make(chan error, 1)
 		serving.Go(func() {
 			ended <- sess.Serve(streamCtx, c.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
-				serveAccepted(ctx, log, c.settings(), c.metrics, c.cfg().Services, k.class, service, stream, target)
+				serveAccepted(ctx, &serving, log, c.settings(), c.metrics, c.cfg().Services, k.class, service, stream, target)
 			})
 		})
 		reason := ""

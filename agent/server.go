@@ -175,7 +175,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err == nil {
 		for _, r := range handed {
 			conns.Go(func() {
-				pipeAndLog(streamCtx, s.log.With("peer", r.peer), s.metrics, r.kind, r.name, r.idle, r.stream, r.local, &s.handover.pipes)
+				pipeAndLog(streamCtx, s.log.With("peer", r.peer), s.metrics, r.kind, r.name, r.idle, r.stream, r.stream.Local(r.local), &s.handover.pipes)
 			})
 		}
 		loops.Go(func() { tunnelErr <- s.serveTunnel(acceptCtx, streamCtx, tunnelLn, &conns) })
@@ -386,7 +386,7 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	s.metrics.SessionsUp.WithLabelValues(class).Inc()
 	defer s.metrics.Sessions.WithLabelValues(class).Dec()
 	err = sess.Serve(streamCtx, s.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
-		serveAccepted(ctx, log, s.settings(), s.metrics, s.cfg().Services, class, service, stream, target)
+		serveAccepted(ctx, conns, log, s.settings(), s.metrics, s.cfg().Services, class, service, stream, target)
 	})
 	s.sessions.remove(sess.Peer, class, sess)
 	sess.Close()
@@ -434,7 +434,7 @@ func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.C
 		forward.Reset(local)
 		return
 	}
-	pipeAndLog(ctx, s.log.With("peer", sess.Peer.Name()), s.metrics, "forward", f.Name, f.IdleTimeout, stream, local, &s.handover.pipes)
+	pipeAndLog(ctx, s.log.With("peer", sess.Peer.Name()), s.metrics, "forward", f.Name, f.IdleTimeout, stream, localFor(stream, local), &s.handover.pipes)
 }
 
 // Reload re-reads the config file and its TLS files. It builds everything

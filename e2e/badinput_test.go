@@ -86,6 +86,9 @@ func startBackgroundEcho(t *testing.T, addr string) *backgroundEcho {
 			for j := range chunk {
 				chunk[j] = byte(i + j)
 			}
+			// Each round within waitLimit, however long the test runs
+			// (its parallel subtests may wait minutes for a slot).
+			_ = c.SetDeadline(time.Now().Add(waitLimit))
 			if _, err := c.Write(chunk); err != nil {
 				b.err = fmt.Errorf("round %d: write: %w", i, err)
 				return

@@ -285,10 +285,12 @@ func (p *testPKI) issueClient(t testing.TB, name string, opts pki.Options) *pki.
 type svc struct {
 	name, target string
 	allow        []string
+	extra        string // more keys inside the block
 }
 
 type fwd struct {
 	name, service, client string
+	extra                 string // more keys inside the block
 }
 
 func hclList(ss []string) string {
@@ -313,10 +315,10 @@ func serverHCL(cert, key, ca, extra string, services []svc, forwards []fwd) stri
 	var b strings.Builder
 	fmt.Fprintf(&b, "listen = \"127.0.0.1:0\"\n%s\ntls {\n  cert = %q\n  key  = %q\n  ca   = %q\n}\n", extra, cert, key, ca)
 	for _, s := range services {
-		fmt.Fprintf(&b, "service %q {\n  target = %q\n  allow  = %s\n}\n", s.name, s.target, hclList(s.allow))
+		fmt.Fprintf(&b, "service %q {\n  target = %q\n  allow  = %s\n%s}\n", s.name, s.target, hclList(s.allow), s.extra)
 	}
 	for _, f := range forwards {
-		fmt.Fprintf(&b, "forward %q {\n  listen  = \"127.0.0.1:0\"\n  client  = %q\n  service = %q\n}\n", f.name, f.client, f.service)
+		fmt.Fprintf(&b, "forward %q {\n  listen  = \"127.0.0.1:0\"\n  client  = %q\n  service = %q\n%s}\n", f.name, f.client, f.service, f.extra)
 	}
 	return b.String()
 }
@@ -326,13 +328,14 @@ func clientHCL(server, cert, key, ca, extra string, forwards []fwd, services []s
 	var b strings.Builder
 	fmt.Fprintf(&b, "server = %q\n%s\ntls {\n  cert        = %q\n  key         = %q\n  ca          = %q\n  server_name = \"localhost\"\n}\n", server, extra, cert, key, ca)
 	for _, f := range forwards {
-		fmt.Fprintf(&b, "forward %q {\n  listen  = \"127.0.0.1:0\"\n  service = %q\n}\n", f.name, f.service)
+		fmt.Fprintf(&b, "forward %q {\n  listen  = \"127.0.0.1:0\"\n  service = %q\n%s}\n", f.name, f.service, f.extra)
 	}
 	for _, s := range services {
 		fmt.Fprintf(&b, "service %q {\n  target = %q\n", s.name, s.target)
 		if len(s.allow) > 0 {
 			fmt.Fprintf(&b, "  allow  = %s\n", hclList(s.allow))
 		}
+		b.WriteString(s.extra)
 		b.WriteString("}\n")
 	}
 	return b.String()
@@ -414,12 +417,14 @@ type tunnelSpec struct {
 	clientServices []svc
 	serverBin      string // default: the agents built for these tests
 	clientBin      string
+	relayed        bool // the client reaches the server through a pathRelay
 }
 
 type tunnel struct {
 	pki    *testPKI
 	server *server
 	client *client
+	relay  *pathRelay // when relayed
 }
 
 // startTunnel starts a server and a client and waits until the session is
@@ -437,11 +442,17 @@ func startTunnel(t testing.TB, spec tunnelSpec) *tunnel {
 	}
 	p := newPKI(t)
 	srv := startServerBin(t, spec.serverBin, serverHCL(p.serverCert, p.serverKey, p.caFile, spec.serverExtra, spec.services, spec.serverForwards))
+	addr := srv.addr
+	var rl *pathRelay
+	if spec.relayed {
+		rl = startPathRelay(t, srv.addr)
+		addr = rl.addr()
+	}
 	cert, key := p.clientCert(t, spec.clientName, pki.Options{})
-	cli := startClientBin(t, spec.clientBin, clientHCL(srv.addr, cert, key, p.caFile, spec.clientExtra, spec.forwards, spec.clientServices), len(spec.forwards))
+	cli := startClientBin(t, spec.clientBin, clientHCL(addr, cert, key, p.caFile, spec.clientExtra, spec.forwards, spec.clientServices), len(spec.forwards))
 	cli.waitLine(t, "session up:")
 	srv.waitLine(t, "session up:", "peer="+spec.clientName)
-	tn := &tunnel{pki: p, server: srv, client: cli}
+	tn := &tunnel{pki: p, server: srv, client: cli, relay: rl}
 	t.Cleanup(func() { tn.stop(t) })
 	return tn
 }

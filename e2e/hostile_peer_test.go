@@ -67,7 +67,7 @@ func openHeader(service string) []byte {
 var controlHeader = []byte{2, 0}
 
 // helloFrame is a tunnel hello with the given JSON fields.
-func helloFrame(fields map[string]string) ([]byte, error) {
+func helloFrame(fields map[string]any) ([]byte, error) {
 	body, err := json.Marshal(fields)
 	if err != nil {
 		return nil, fmt.Errorf("encode hello: %w", err)
@@ -109,7 +109,7 @@ type rawPeer struct {
 // before its own hello arrived. The peer is closed on cleanup.
 func hostileDial(t interface {
 	Cleanup(func())
-}, addr string, conf *tls.Config, class string) (*rawPeer, error) {
+}, addr string, conf *tls.Config, class string, caps ...string) (*rawPeer, error) {
 	raw, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
@@ -121,9 +121,12 @@ func hostileDial(t interface {
 		raw.Close()
 		return nil, fmt.Errorf("tls handshake: %w", err)
 	}
-	fields := map[string]string{"role": "client", "agent": "hostile"}
+	fields := map[string]any{"role": "client", "agent": "hostile"}
 	if class != "" {
 		fields["class"] = class
+	}
+	if len(caps) > 0 {
+		fields["caps"] = caps
 	}
 	hello, err := helloFrame(fields)
 	if err != nil {

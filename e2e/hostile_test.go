@@ -748,6 +748,34 @@ func TestHostile(t *testing.T) {
 	})
 }
 
+// TestHostileResumeFlood: an attacker that announces resumable streams
+// asks 5,000 times to resume streams it guesses (random tokens, any count
+// delivered): every one is refused with the same answer, none is logged
+// on its own, and nothing is held.
+func TestHostileResumeFlood(t *testing.T) {
+	e := startHostileEnv(t, envSpec{})
+	runAttack(t, e, attackLogLimit, func(e *hostileEnv, v *verdict) string {
+		p, err := hostileDial(t, e.srv.addr, e.attacker, "bulk", "resume/1")
+		if err != nil {
+			t.Fatalf("attacker refused: %v", err)
+		}
+		guess := func() []byte {
+			h := make([]byte, 1+16+8)
+			h[0] = 4 // resume
+			_, _ = rand.Read(h[1:])
+			return h
+		}
+		answers := openPacedHeader(t, v, p, "resume", guess, 5000)
+		p.close()
+		codes := maps.Clone(answers)
+		delete(codes, -1) // the stream cap's resets, if any
+		v.expect(len(codes) == 1 && codes[6] > 0, "answers to guessed resumes: %v, want all \"no such stream\" (6)", answers)
+		lines := e.srv.countLines("resume")
+		v.expect(lines < attackLogLimit, "server logged %d lines about resumes for 5,000 guesses, want under %d", lines, attackLogLimit)
+		return fmt.Sprintf("answers=%v resume_lines=%d", answers, lines)
+	})
+}
+
 // TestHostileYamuxLogFlood: yamux logs some protocol oddities once per
 // frame without ending the session (an ACK on an established stream:
 // "established stream without inflight SYN"). 10,000 such frames must not
@@ -793,6 +821,13 @@ func sameKeys(a, b map[int]int) bool {
 // its window) is not what answers; it returns how many got each code
 // (-1: reset).
 func openPaced(t *testing.T, v *verdict, p *rawPeer, service string, n int) map[int]int {
+	return openPacedHeader(t, v, p, service, func() []byte { return openHeader(service) }, n)
+}
+
+// openPacedHeader is openPaced with each stream's header from header;
+// what names the attack in failures.
+func openPacedHeader(t *testing.T, v *verdict, p *rawPeer, what string, header func() []byte, n int) map[int]int {
+	service := what
 	const inFlight = 128
 	sem := make(chan struct{}, inFlight)
 	answers := make(chan int, n)
@@ -811,7 +846,6 @@ func openPaced(t *testing.T, v *verdict, p *rawPeer, service string, n int) map[
 	}
 	p.mu.Unlock()
 	codes0, _, _, _ := p.counts()
-	hdr := openHeader(service)
 	sent := 0
 	for ; sent < n; sent++ {
 		select {
@@ -824,7 +858,7 @@ func openPaced(t *testing.T, v *verdict, p *rawPeer, service string, n int) map[
 		mu.Lock()
 		mine[id] = true
 		mu.Unlock()
-		if err := p.write(dataFrame(nil, flagSYN|flagFIN, id, hdr)); err != nil {
+		if err := p.write(dataFrame(nil, flagSYN|flagFIN, id, header())); err != nil {
 			v.expect(false, "%s: open %d: %v", service, sent, err)
 			return nil
 		}

@@ -47,6 +47,15 @@ func (l *localConn) frozen() bool {
 	return l.s.frozen
 }
 
+// Read reports the interruption by Freeze as what it is.
+func (l *localConn) Read(p []byte) (int, error) {
+	n, err := l.Conn.Read(p)
+	if err != nil && l.frozen() {
+		err = ErrHandedOver
+	}
+	return n, err
+}
+
 func (l *localConn) Close() error {
 	if l.frozen() {
 		return nil
@@ -89,13 +98,7 @@ func (l *localConn) SyscallConn() (syscall.RawConn, error) {
 // may hold bytes it already read from the local socket), local reads are
 // interrupted, and Close and Abort touch nothing. Nothing moves after it.
 func (t *Table) Freeze() {
-	t.mu.Lock()
-	t.closed = true
-	list := make([]*Stream, 0, len(t.streams))
-	for _, s := range t.streams {
-		list = append(list, s)
-	}
-	t.mu.Unlock()
+	list := t.snapshot(true)
 	for _, s := range list {
 		s.rmu.Lock() // no move in flight
 		s.mu.Lock()
@@ -171,12 +174,7 @@ func UnmarshalState(b []byte) (State, error) {
 // Export returns every frozen stream, once their pipes have returned.
 // Streams that already ended are left out.
 func (t *Table) Export() (string, []Handoff) {
-	t.mu.Lock()
-	list := make([]*Stream, 0, len(t.streams))
-	for _, s := range t.streams {
-		list = append(list, s)
-	}
-	t.mu.Unlock()
+	list := t.snapshot(false)
 	out := make([]Handoff, 0, len(list))
 	for _, s := range list {
 		s.mu.Lock()

@@ -163,9 +163,13 @@ func (r *rig) serveConn(raw net.Conn) {
 			target.Close()
 			return
 		}
-		if res := forward.Pipe(ctx, rs.Local(target), rs, nil, 0); res.Err != nil {
-			r.noteErr("server pipe", res.Err)
-		}
+		// Off the accept handler: the session waits for its handlers,
+		// and this pipe outlives it.
+		r.wg.Go(func() {
+			if res := forward.Pipe(ctx, rs.Local(target), rs, nil, 0); res.Err != nil {
+				r.noteErr("server pipe", res.Err)
+			}
+		})
 	})
 }
 
@@ -369,28 +373,20 @@ func tcpPair(t testing.TB) (a, b net.Conn) {
 }
 
 func sinkServer(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				io.Copy(io.Discard, c)
-			})
-		}
-	})
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	return ln.Addr().String()
+	return tcpServer(t, func(c net.Conn) { io.Copy(io.Discard, c) })
 }
 
 func echoServer(t testing.TB) string {
+	return tcpServer(t, func(c net.Conn) {
+		if _, err := io.Copy(c, c); err == nil {
+			c.(*net.TCPConn).CloseWrite()
+			io.Copy(io.Discard, c)
+		}
+	})
+}
+
+// tcpServer serves each loopback connection with handle, then closes it.
+func tcpServer(t testing.TB, handle func(net.Conn)) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -404,10 +400,7 @@ func echoServer(t testing.TB) string {
 			}
 			wg.Go(func() {
 				defer c.Close()
-				if _, err := io.Copy(c, c); err == nil {
-					c.(*net.TCPConn).CloseWrite()
-					io.Copy(io.Discard, c)
-				}
+				handle(c)
 			})
 		}
 	})

@@ -401,6 +401,21 @@ func (t *Table) suspended(s *Stream) {
 	t.spawn(func() { t.moveAll(sess, []*Stream{s}) })
 }
 
+// snapshot lists the streams; close also stops the table moving or taking
+// any.
+func (t *Table) snapshot(close bool) []*Stream {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if close {
+		t.closed = true
+	}
+	list := make([]*Stream, 0, len(t.streams))
+	for _, s := range t.streams {
+		list = append(list, s)
+	}
+	return list
+}
+
 // Stats are the table's counts, for metrics and status.
 type Stats struct {
 	Streams, Suspended int
@@ -414,12 +429,7 @@ type Stats struct {
 
 // Stats counts the streams now.
 func (t *Table) Stats() Stats {
-	t.mu.Lock()
-	list := make([]*Stream, 0, len(t.streams))
-	for _, s := range t.streams {
-		list = append(list, s)
-	}
-	t.mu.Unlock()
+	list := t.snapshot(false)
 	st := Stats{Streams: len(list), Resumed: t.resumed.Load(), Expired: t.expired.Load(), PeerLost: t.peerLost.Load(),
 		Refused: t.refused.Load(), ReplayedBytes: t.replayed.Load()}
 	for _, s := range list {
@@ -436,13 +446,7 @@ func (t *Table) Stats() Stats {
 // Close stops moving streams and waits for the moves in flight. Streams
 // end with their pipes.
 func (t *Table) Close() {
-	t.mu.Lock()
-	t.closed = true
-	list := make([]*Stream, 0, len(t.streams))
-	for _, s := range t.streams {
-		list = append(list, s)
-	}
-	t.mu.Unlock()
+	list := t.snapshot(true)
 	for _, s := range list {
 		s.cancel() // a move waiting for its answer gives up
 	}
