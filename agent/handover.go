@@ -124,7 +124,7 @@ func (hh *handoverHost) handedOver() <-chan struct{} {
 }
 
 // errNoHandover: the agent was started without a handover.Handover.
-var errNoHandover = errors.New("this agent cannot hand over to a new process (not supported on this platform)")
+var errNoHandover = errors.New("this agent cannot hand over to a new process (Linux only; its start-up log says why if on Linux)")
 
 // upgrade starts the successor and waits until it is ready. Once the
 // successor has its listeners and asks, the resumable streams are frozen

@@ -43,6 +43,9 @@ const DefaultReadyTimeout = time.Minute
 var (
 	// ErrNotSupported: this platform cannot hand over (not Linux).
 	ErrNotSupported = errors.New("handover: not supported on this platform")
+	// ErrUnavailable: a first process cannot set up handovers (no
+	// working directory, say); it may run without.
+	ErrUnavailable = errors.New("handover: unavailable")
 	// ErrNotInherited: the parent passed nothing under that name.
 	ErrNotInherited = errors.New("not passed on by the previous process")
 	// ErrExported: a failed Upgrade had run its export; the caller takes

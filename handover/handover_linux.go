@@ -18,6 +18,9 @@ import (
 	"github.com/hashicorp/go-hclog"
 )
 
+// tableflipParentEnv is how tableflip v1.2.3 marks a successor.
+const tableflipParentEnv = "TABLEFLIP_HAS_PARENT_7DIU3"
+
 // channelName is the one file tableflip passes: the successor's end of
 // the socket pair that carries everything else.
 const channelName = "tunnel-handover"
@@ -74,10 +77,12 @@ func New(opts Options) (*Handover, error) {
 	}
 	timeout := cmp.Or(opts.ReadyTimeout, DefaultReadyTimeout)
 	upg, err := tableflip.New(tableflip.Options{UpgradeTimeout: timeout, PIDFile: opts.PIDFile})
-	if err != nil {
-		if errors.Is(err, tableflip.ErrNotSupported) {
-			return nil, ErrNotSupported
-		}
+	switch {
+	case errors.Is(err, tableflip.ErrNotSupported):
+		return nil, ErrNotSupported
+	case err != nil && os.Getenv(tableflipParentEnv) == "":
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	case err != nil:
 		return nil, fmt.Errorf("handover: %w", err)
 	}
 	h := &Handover{log: log, upg: upg, timeout: timeout, exit: make(chan struct{}), queued: map[string]bool{}}

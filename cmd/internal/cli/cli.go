@@ -248,6 +248,8 @@ func run(role Role, prog string, args []string, stdout, stderr io.Writer) int {
 	h, err := handover.New(handover.Options{Logger: log.Named("handover")})
 	switch {
 	case errors.Is(err, handover.ErrNotSupported):
+	case errors.Is(err, handover.ErrUnavailable):
+		log.Warn("SIGUSR2 upgrades are off for this process", "error", err)
 	case err != nil:
 		fmt.Fprintf(stderr, "%s: %v\n", prog, err)
 		return exitFailure
