@@ -28,6 +28,7 @@ import (
 // plain and HandOver refuses.
 type handoverHost struct {
 	h     *handover.Handover
+	used  bool // UseHandover was called (with h nil: a real run without handovers)
 	pipes pipeSet
 }
 
@@ -51,7 +52,7 @@ const pipeWait = 10 * time.Second
 // our streams only for that instance), so table may be replaced; the
 // table to use is returned.
 func (hh *handoverHost) use(h *handover.Handover, table *resume.Table, newTable func(instance string) *resume.Table, log hclog.Logger) *resume.Table {
-	hh.h = h
+	hh.h, hh.used = h, true
 	if h == nil {
 		return table
 	}
@@ -101,6 +102,11 @@ func (hh *handoverHost) listen(ctx context.Context, addr string, opts ...sockopt
 // process carries on; a first process goes on without.
 func (hh *handoverHost) ready(log hclog.Logger) error {
 	if hh.h == nil {
+		if hh.used {
+			if err := handover.NotifyReady(); err != nil {
+				log.Error("cannot tell the service manager that the agent is ready", "error", err)
+			}
+		}
 		return nil
 	}
 	err := hh.h.Ready()

@@ -218,7 +218,8 @@ func (s *Server) Run(ctx context.Context) error {
 
 // UseHandover makes Run open its listeners through h, so that a
 // successor started by HandOver inherits them, and tell h when they are
-// open (h.Ready). Call it before Run.
+// open (h.Ready). Call it before Run; with h nil (handovers unavailable)
+// Run still tells systemd when it is ready.
 func (s *Server) UseHandover(h *handover.Handover) {
 	s.resume = s.handover.use(h, s.resume, func(inst string) *resume.Table {
 		return newResumeTable(s.cfg().Settings, s.log, s.metrics, inst)

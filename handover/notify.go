@@ -6,6 +6,11 @@ import (
 	"os"
 )
 
+// NotifyReady tells systemd that the process is ready (READY=1) when it
+// asked (NOTIFY_SOCKET): for a process that runs without a Handover,
+// whose Ready says it otherwise.
+func NotifyReady() error { return notify("READY=1") }
+
 // notify sends state to the service manager when it asked for it
 // (sd_notify(3)): a Type=notify systemd unit sets NOTIFY_SOCKET, a unix
 // datagram socket ("@" is the abstract namespace). Without it, nothing.

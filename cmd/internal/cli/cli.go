@@ -255,8 +255,8 @@ func run(role Role, prog string, args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	default:
 		defer h.Stop()
-		a.UseHandover(h)
 	}
+	a.UseHandover(h)
 	ctx, stop := signalContext(log)
 	defer stop()
 	stopReloads := reloadOnHUP(a, log)
