@@ -81,8 +81,10 @@ func runAgent() int {
 		log.Error("listen", "error", err)
 		return 1
 	}
-	// A second listener, which SIGUSR1 closes.
-	extra, err := h.Listen("tcp", "127.0.0.1:0", net.Listen)
+	// A second listener, which SIGUSR1 closes. On 127.0.0.2, where the
+	// other tests' listeners (127.0.0.1) cannot take its port once freed:
+	// the test checks that nothing listens there any more.
+	extra, err := h.Listen("tcp", "127.0.0.2:0", net.Listen)
 	if err != nil {
 		log.Error("listen", "error", err)
 		return 1
