@@ -139,6 +139,7 @@ func runAgent() int {
 		log.Error("early state", "error", err)
 		return 1
 	}
+	a.accepting = make(chan struct{})
 	go a.accept()
 
 	for range usr2 {
@@ -160,6 +161,9 @@ type echoAgent struct {
 	ln       net.Listener
 	blob     []byte
 	freezing atomic.Bool
+	// accepting is closed when the accept loop returns: the last
+	// connection it starts serving is counted in wg before that.
+	accepting chan struct{}
 
 	mu    sync.Mutex
 	conns map[net.Conn]*echoConn
@@ -172,6 +176,7 @@ type echoConn struct {
 }
 
 func (a *echoAgent) accept() {
+	defer close(a.accepting)
 	for {
 		c, err := a.ln.Accept()
 		if err != nil {
@@ -274,6 +279,7 @@ func (a *echoAgent) freeze() []net.Conn {
 // the ones it still serves.
 func (a *echoAgent) finish(frozen []net.Conn) {
 	a.ln.Close()
+	<-a.accepting
 	for _, c := range frozen {
 		c.Close()
 	}

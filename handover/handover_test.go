@@ -132,8 +132,11 @@ func startAgent(t *testing.T, readyTimeout time.Duration, blob []byte) (*agent, 
 		_ = a.cmd.Wait() // reaped already if it exited by itself
 		notifyConn.Close()
 		notifyDone.Wait()
+		b, _ := os.ReadFile(filepath.Join(dir, "agents.log"))
+		if bytes.Contains(b, []byte("WARNING: DATA RACE")) || bytes.Contains(b, []byte("panic:")) {
+			t.Error("an agent process raced or panicked")
+		}
 		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "agents.log"))
 			t.Logf("agents' log:\n%s", b)
 		}
 	})
