@@ -109,7 +109,7 @@ func pipeAndLog(ctx context.Context, log hclog.Logger, m *admin.Metrics, kind, n
 		reason string
 	)
 	switch {
-	case resumable && pipes != nil && (errors.Is(res.Err, resume.ErrHandedOver) || pipes.frozen.Load()):
+	case resumable && pipes != nil && (errors.Is(res.Err, resume.ErrHandedOver) || pipes.isFrozen()):
 		// Frozen: the new process has it (or the freeze lost the race
 		// with the stream's own end). Not a failure here.
 		log.Info("stream handed over to the new process", fields...)
@@ -155,19 +155,21 @@ func replayCap(class string) int { return 2 * int(classWindow(class)) }
 func openStream(ctx context.Context, st sessionSettings, sess *mux.Session, f config.Forward, class string, local net.Conn) (tunnelStream, error) {
 	source := local.RemoteAddr().String()
 	window := f.ResumeWindowOr(st.ResumeWindow)
-	if st.resume == nil || window <= 0 || !sess.PeerResumes() {
+	// Frozen for a handover (or stopping): a plain stream, which this
+	// process drains before it exits.
+	if st.resume == nil || window <= 0 || !sess.PeerResumes() || !st.pipes.hold() {
 		return sess.Open(ctx, f.Service, source)
 	}
 	rs, err := st.resume.Open(ctx, sess, f.Service, source, local.LocalAddr(), local.RemoteAddr(),
 		resume.Options{Window: window, Class: class, MaxReplay: replayCap(class)})
-	if errors.Is(err, net.ErrClosed) {
-		// Frozen for a handover (or stopping): a plain stream, which
-		// this process drains before it exits.
-		return sess.Open(ctx, f.Service, source)
-	}
 	if err != nil {
+		st.pipes.release()
+		if errors.Is(err, net.ErrClosed) {
+			return sess.Open(ctx, f.Service, source)
+		}
 		return nil, err
 	}
+	st.pipes.opened(rs) // held until its pipe starts (pipeAndLog)
 	return rs, nil
 }
 
@@ -185,8 +187,8 @@ func localFor(stream tunnelStream, local net.Conn) net.Conn {
 // still answers the peer's delivery notices (without them the peer's
 // replay buffer would fill and stall the stream) but is reset by a cut.
 func acceptStream(st sessionSettings, stream *mux.Stream, services []config.Service, class string) (tunnelStream, error) {
-	if _, ok := stream.Token(); !ok || st.resume == nil {
-		return stream, nil
+	if _, ok := stream.Token(); !ok || st.resume == nil || !st.pipes.hold() {
+		return stream, nil // frozen for a handover: as in openStream
 	}
 	window := st.ResumeWindow
 	for _, svc := range services {
@@ -196,12 +198,14 @@ func acceptStream(st sessionSettings, stream *mux.Stream, services []config.Serv
 	}
 	rs, err := st.resume.Accept(stream, stream.LocalAddr(), stream.RemoteAddr(),
 		resume.Options{Window: max(window, time.Nanosecond), Class: class, MaxReplay: replayCap(class)})
-	if errors.Is(err, net.ErrClosed) {
-		return stream, nil // frozen for a handover: as in openStream
-	}
 	if err != nil {
+		st.pipes.release()
+		if errors.Is(err, net.ErrClosed) {
+			return stream, nil
+		}
 		return nil, err
 	}
+	st.pipes.opened(rs) // held until its pipe starts (pipeAndLog)
 	return rs, nil
 }
 

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -163,7 +162,9 @@ func (hh *handoverHost) export(table *resume.Table, log hclog.Logger) ([]resume.
 	if table == nil {
 		return nil, nil
 	}
-	hh.pipes.frozen.Store(true)
+	if n := hh.pipes.freeze(pipeWait); n > 0 {
+		log.Warn("freezing while streams are still being opened", "streams", n, "waited", pipeWait)
+	}
 	table.Freeze()
 	if stuck := hh.pipes.wait(pipeWait); stuck > 0 {
 		log.Warn("handing over streams whose pipes did not stop (an application not reading?)", "streams", stuck, "waited", pipeWait)
@@ -172,16 +173,18 @@ func (hh *handoverHost) export(table *resume.Table, log hclog.Logger) ([]resume.
 	st := handedState{Resume: resume.State{Instance: inst}}
 	var handed []resume.Handoff
 	for _, ho := range handoffs {
-		if ho.Local == nil {
-			continue
-		}
-		if err := hh.h.AddConn(streamConnName(ho.State.Token), ho.Local); err != nil {
-			log.Warn("stream not handed over: its connection cannot be passed on", "service", ho.State.Service, "error", err)
-			forward.Reset(ho.Local)
-			continue
+		// A stream whose local connection is gone (its pipe ended and
+		// closed it; the stream waits for the peer to confirm the rest)
+		// goes without one, to finish in the successor.
+		if ho.Local != nil {
+			if err := hh.h.AddConn(streamConnName(ho.State.Token), ho.Local); err != nil {
+				log.Warn("stream not handed over: its connection cannot be passed on", "service", ho.State.Service, "error", err)
+				forward.Reset(ho.Local)
+				continue
+			}
+			handed = append(handed, ho)
 		}
 		st.Resume.Streams = append(st.Resume.Streams, ho.State)
-		handed = append(handed, ho)
 	}
 	blob, err := json.Marshal(st)
 	if err != nil {
@@ -220,16 +223,28 @@ func (hh *handoverHost) restore(table *resume.Table, forwards []config.Forward, 
 		return nil, fmt.Errorf("handed-over streams: %w", err)
 	}
 	var out []restored
+	lost := 0
 	for _, ss := range st.Resume.Streams {
 		local, err := hh.h.Conn(streamConnName(ss.Token))
-		if err != nil {
-			log.Warn("handed-over stream lost: no connection came with it", "service", ss.Service, "error", err)
+		switch {
+		case errors.Is(err, handover.ErrNotInherited):
+			// Its local connection had closed: it only finishes (the
+			// peer's confirmations, a resend), no pipe.
+			if _, err := table.Restore(ss, nil); err != nil {
+				log.Warn("handed-over stream lost", "service", ss.Service, "error", err)
+				lost++
+			}
+			continue
+		case err != nil:
+			log.Warn("handed-over stream lost: its connection did not come", "service", ss.Service, "error", err)
+			lost++
 			continue
 		}
 		rs, err := table.Restore(ss, local)
 		if err != nil {
 			log.Warn("handed-over stream lost", "service", ss.Service, "error", err)
 			forward.Reset(local) // once the previous process closes it too
+			lost++
 			continue
 		}
 		r := restored{kind: "service", name: ss.Service, idle: serviceIdle(services, ss.Service), peer: ss.Peer, stream: rs, local: local}
@@ -245,20 +260,77 @@ func (hh *handoverHost) restore(table *resume.Table, forwards []config.Forward, 
 		out = append(out, r)
 	}
 	if len(st.Resume.Streams) > 0 {
-		log.Info("resumable streams taken over from the previous process", "streams", len(out), "lost", len(st.Resume.Streams)-len(out))
+		log.Info("resumable streams taken over from the previous process", "streams", len(st.Resume.Streams)-lost, "piped", len(out), "lost", lost)
 	}
 	return out, nil
 }
 
 // pipeSet tracks the pipes of resumable streams, for a handover to wait
-// for once it froze them.
+// for once it froze them, and gates the making of new ones: Freeze must
+// not meet a stream still being opened, whose local connection the
+// table does not know yet (its pipe would read on, and the state race).
 type pipeSet struct {
-	frozen atomic.Bool // the streams were frozen for a successor
-	mu     sync.Mutex
-	m      map[*resume.Stream]chan struct{}
+	mu      sync.Mutex
+	frozen  bool                             // the streams are frozen for a successor
+	opening int                              // held by hold, until the pipe is counted
+	pending map[*resume.Stream]bool          // opened, their pipe not counted yet
+	idle    chan struct{}                    // closed when opening drops to zero while frozen
+	m       map[*resume.Stream]chan struct{} // running pipes
 }
 
-// add counts rs's pipe until the returned func is called.
+// hold is called before a resumable stream is made: false once frozen
+// (make a plain one). Then opened(rs) or release.
+func (p *pipeSet) hold() bool {
+	if p == nil {
+		return true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.frozen {
+		return false
+	}
+	p.opening++
+	return true
+}
+
+// opened says the held stream is rs; its pipe's add ends the hold.
+func (p *pipeSet) opened(rs *resume.Stream) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pending == nil {
+		p.pending = map[*resume.Stream]bool{}
+	}
+	p.pending[rs] = true
+}
+
+// release ends a hold whose stream was not made.
+func (p *pipeSet) release() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.releaseLocked()
+}
+
+func (p *pipeSet) releaseLocked() {
+	if p.opening--; p.opening == 0 && p.idle != nil {
+		close(p.idle)
+		p.idle = nil
+	}
+}
+
+func (p *pipeSet) isFrozen() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.frozen
+}
+
+// add counts rs's pipe until the returned func is called (and ends its
+// hold, if it had one).
 func (p *pipeSet) add(rs *resume.Stream) (done func()) {
 	ch := make(chan struct{})
 	p.mu.Lock()
@@ -266,6 +338,10 @@ func (p *pipeSet) add(rs *resume.Stream) (done func()) {
 		p.m = map[*resume.Stream]chan struct{}{}
 	}
 	p.m[rs] = ch
+	if p.pending[rs] {
+		delete(p.pending, rs)
+		p.releaseLocked()
+	}
 	p.mu.Unlock()
 	return func() {
 		p.mu.Lock()
@@ -273,6 +349,28 @@ func (p *pipeSet) add(rs *resume.Stream) (done func()) {
 		p.mu.Unlock()
 		close(ch)
 	}
+}
+
+// freeze makes no more resumable streams and waits up to limit for those
+// being opened to reach their pipe.
+func (p *pipeSet) freeze(limit time.Duration) (opening int) {
+	p.mu.Lock()
+	p.frozen = true
+	var idle chan struct{}
+	if p.opening > 0 {
+		p.idle = make(chan struct{})
+		idle = p.idle
+	}
+	p.mu.Unlock()
+	if idle != nil {
+		select {
+		case <-idle:
+		case <-time.After(limit):
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.opening
 }
 
 // wait waits up to limit for the pipes counted now and says how many are

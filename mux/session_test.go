@@ -274,6 +274,46 @@ func TestMalformedHeaderRefusedSessionLives(t *testing.T) {
 	}
 }
 
+// A stream whose FIN arrived before its session closed reads its data,
+// then io.EOF, though the session is gone by the time it reads: as when a
+// draining peer closes the session right after the last stream ends.
+func TestFINBeforeSessionLossIsEOF(t *testing.T) {
+	server, client := sessions(t, "client-a", Config{})
+	serve(t, server, map[string]Service{"echo": {Allowed: allowOnly("client-a"), Dial: dialTo(echoTarget(t))}})
+	st, err := client.Open(context.Background(), "echo", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Write([]byte("last words")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len("last words"))
+	if _, err := io.ReadFull(st, got); err != nil || string(got) != "last words" {
+		t.Fatalf("echo: %q, %v", got, err)
+	}
+	if server.NumStreams() != 1 {
+		t.Fatalf("the server holds %d streams, want 1", server.NumStreams())
+	}
+	st.CloseWrite()
+	// The server's side ends once it sent its FIN; the session goes next.
+	deadline := time.Now().Add(20 * time.Second)
+	for server.NumStreams() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the server's stream never ended")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := server.y.Ping(); err != nil { // behind the FIN: it has arrived
+		t.Fatal(err)
+	}
+	server.CloseWithReason(errors.New("drained"))
+	<-client.Done()
+	rest, err := io.ReadAll(st)
+	if err != nil || len(rest) != 0 {
+		t.Fatalf("read after the FIN, then the session's end: %q, %v; want a clean EOF", rest, err)
+	}
+}
+
 func TestSessionLostIsAnErrorNotEOF(t *testing.T) {
 	server, client := sessions(t, "client-a", Config{})
 	block := make(chan struct{})

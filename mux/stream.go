@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -154,8 +153,11 @@ func (st *Stream) readErr(err error) error {
 	if errors.Is(err, yamux.ErrConnectionReset) {
 		return ErrAborted
 	}
-	if err == io.EOF || errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, yamux.ErrStreamClosed) {
-		// A real FIN and a dead session look the same from yamux: ask the session.
+	// Our yamux reads io.EOF only after the peer's FIN, even once the
+	// session is gone (shutdownClose, PATCHED.md): a stream whose FIN came
+	// just before the session closed ended cleanly. A drain closes its
+	// session right after the last stream's FIN.
+	if errors.Is(err, yamux.ErrSessionShutdown) || errors.Is(err, yamux.ErrStreamClosed) {
 		if st.sess.y.IsClosed() {
 			if r := st.sess.Err(); r != nil {
 				return fmt.Errorf("%w: %w", ErrSessionLost, r)
