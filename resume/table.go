@@ -86,8 +86,9 @@ func NewTable(cfg Config) *Table {
 // Instance is this agent's instance name, for its hellos.
 func (t *Table) Instance() string { return t.instance }
 
-// newStream registers a stream; the carrier comes next.
-func (t *Table) newStream(token mux.Token, opener bool, sess *mux.Session, service string, local, remote net.Addr, o Options) (*Stream, error) {
+// newStream registers a stream, complete but for its carrier, which
+// comes next (a Freeze may read it as soon as it is registered).
+func (t *Table) newStream(token mux.Token, opener bool, sess *mux.Session, service, source string, local, remote net.Addr, o Options) (*Stream, error) {
 	if o.Window <= 0 {
 		return nil, errors.New("resumable stream without a resume window")
 	}
@@ -107,6 +108,7 @@ func (t *Table) newStream(token mux.Token, opener bool, sess *mux.Session, servi
 	}
 	b.streams++
 	s := t.makeStream(token, opener, key, sess.Peer.Name(), sess.PeerHello.Instance, service, local, remote, o, b)
+	s.source, s.answered = source, !opener
 	t.streams[token] = s
 	return s, nil
 }
@@ -147,11 +149,10 @@ func (t *Table) remove(s *Stream) {
 func (t *Table) Open(ctx context.Context, sess *mux.Session, service, source string, local, remote net.Addr, o Options) (*Stream, error) {
 	var token mux.Token
 	_, _ = rand.Read(token[:])
-	s, err := t.newStream(token, true, sess, service, local, remote, o)
+	s, err := t.newStream(token, true, sess, service, source, local, remote, o)
 	if err != nil {
 		return nil, err
 	}
-	s.source = source
 	c, err := sess.OpenResumable(ctx, service, source, token)
 	if err != nil {
 		s.finish(err)
@@ -168,11 +169,10 @@ func (t *Table) Accept(c *mux.Stream, local, remote net.Addr, o Options) (*Strea
 	if !ok {
 		return nil, errors.New("not a resumable stream")
 	}
-	s, err := t.newStream(token, false, c.Session(), c.Service(), local, remote, o)
+	s, err := t.newStream(token, false, c.Session(), c.Service(), "", local, remote, o)
 	if err != nil {
 		return nil, err
 	}
-	s.answered = true
 	s.attachFirst(c)
 	return s, nil
 }
