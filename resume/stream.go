@@ -667,20 +667,35 @@ type replayBuffer struct {
 	size   int // bytes held
 }
 
-var (
-	smallChunks = sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }}
-	largeChunks = sync.Pool{New: func() any { b := make([]byte, 0, 32<<10); return &b }}
-)
+// chunkSizes are the pooled chunk sizes, smallest first: a chatty
+// stream's messages (a BGP keepalive is 19 bytes) take a small chunk, so
+// a thousand quiet streams each with a message unconfirmed hold little.
+var chunkSizes = [...]int{512, 4 << 10, 32 << 10}
+
+var chunkPools [len(chunkSizes)]sync.Pool
+
+func init() {
+	for i, size := range chunkSizes {
+		chunkPools[i].New = func() any { b := make([]byte, 0, size); return &b }
+	}
+}
+
+// chunkPool is the pool of the smallest chunks that hold n bytes (the
+// largest, for more).
+func chunkPool(n int) *sync.Pool {
+	for i, size := range chunkSizes {
+		if n <= size {
+			return &chunkPools[i]
+		}
+	}
+	return &chunkPools[len(chunkSizes)-1]
+}
 
 func (r *replayBuffer) len() int { return r.size }
 
 func (r *replayBuffer) push(p []byte) {
 	for len(p) > 0 {
-		pool := &smallChunks
-		if len(p) > 4<<10 {
-			pool = &largeChunks
-		}
-		b := (*pool.Get().(*[]byte))[:0]
+		b := (*chunkPool(len(p)).Get().(*[]byte))[:0]
 		n := min(len(p), cap(b))
 		b = append(b, p[:n]...)
 		r.chunks = append(r.chunks, b)
@@ -706,11 +721,7 @@ func (r *replayBuffer) drop(n, recyclable int) int {
 			if recyclable < 0 {
 				continue // a write may still read it: the GC takes it
 			}
-			if cap(b) > 4<<10 {
-				largeChunks.Put(&b)
-			} else {
-				smallChunks.Put(&b)
-			}
+			chunkPool(cap(b)).Put(&b)
 			continue
 		}
 		r.head += left
