@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/tunnelworks/tunnel/internal/echocheck"
 )
 
 func TestMain(m *testing.M) {
@@ -213,123 +215,6 @@ func (a *agent) expectNotify(want string) {
 	}
 }
 
-// stream writes a pseudo-random byte stream over c, paced, until stopped,
-// and checks every byte of the echo.
-type stream struct {
-	c       *net.TCPConn
-	stop    chan struct{}
-	wg      sync.WaitGroup
-	written int64
-	mu      sync.Mutex
-	echoed  int64
-	err     error
-}
-
-func newStream(t *testing.T, addr string) *stream {
-	c, err := net.DialTimeout("tcp", addr, wait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &stream{c: c.(*net.TCPConn), stop: make(chan struct{})}
-	s.wg.Go(func() {
-		src := rand.New(rand.NewChaCha8([32]byte{1}))
-		buf := make([]byte, 4096)
-		for {
-			select {
-			case <-s.stop:
-				s.setErr(s.c.CloseWrite())
-				return
-			default:
-			}
-			for i := range buf {
-				buf[i] = byte(src.Uint32())
-			}
-			if _, err := s.c.Write(buf); err != nil {
-				s.setErr(fmt.Errorf("write after %d bytes: %w", s.written, err))
-				return
-			}
-			s.written += int64(len(buf))
-			time.Sleep(2 * time.Millisecond) // pacing, not a measurement
-		}
-	})
-	s.wg.Go(func() {
-		want := rand.New(rand.NewChaCha8([32]byte{1}))
-		buf := make([]byte, 32<<10)
-		for {
-			_ = s.c.SetReadDeadline(time.Now().Add(wait))
-			n, err := s.c.Read(buf)
-			for i := range n {
-				if w := byte(want.Uint32()); buf[i] != w {
-					s.setErr(fmt.Errorf("echo byte %d is %#x, want %#x", s.echoedN()+int64(i), buf[i], w))
-					return
-				}
-			}
-			s.mu.Lock()
-			s.echoed += int64(n)
-			s.mu.Unlock()
-			if err == io.EOF {
-				return
-			}
-			if err != nil {
-				s.setErr(fmt.Errorf("read after %d bytes: %w", s.echoedN(), err))
-				return
-			}
-		}
-	})
-	return s
-}
-
-func (s *stream) setErr(err error) {
-	if err == nil {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.err == nil {
-		s.err = err
-	}
-}
-
-func (s *stream) echoedN() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.echoed
-}
-
-// advance waits until more than n bytes more have come back.
-func (s *stream) advance(t *testing.T, n int64) {
-	t.Helper()
-	target := s.echoedN() + n
-	deadline := time.Now().Add(wait)
-	for s.echoedN() < target {
-		s.mu.Lock()
-		err := s.err
-		s.mu.Unlock()
-		if err != nil {
-			t.Fatalf("stream: %v", err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("stream: echo stuck at %d bytes", s.echoedN())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// finish half-closes, waits for the echo to end and checks its length.
-func (s *stream) finish(t *testing.T) {
-	t.Helper()
-	close(s.stop)
-	s.wg.Wait()
-	s.c.Close()
-	if s.err != nil {
-		t.Fatalf("stream: %v", s.err)
-	}
-	if s.echoed != s.written {
-		t.Fatalf("stream: %d bytes written, %d echoed", s.written, s.echoed)
-	}
-	t.Logf("stream: %d bytes echoed across the handovers, every one checked", s.echoed)
-}
-
 // dialLoop connects again and again, each time one round trip, and
 // records every failure: a handover must refuse nothing.
 type dialLoop struct {
@@ -415,8 +300,8 @@ func TestHandover(t *testing.T) {
 	}
 	a.expectNotify("READY=1")
 
-	s := newStream(t, addr)
-	s.advance(t, 64<<10)
+	s := echocheck.Start(t, addr, wait)
+	s.Advance(t, 64<<10)
 	dials := startDialing(addr)
 
 	// A successor that exits before it reads what it was passed: nothing
@@ -434,7 +319,7 @@ func TestHandover(t *testing.T) {
 	if err := os.Remove(failFile); err != nil {
 		t.Fatal(err)
 	}
-	s.advance(t, 64<<10) // still echoed by the first process
+	s.Advance(t, 64<<10) // still echoed by the first process
 	// What the failed upgrade sent was taken back: a listener closed now
 	// is closed, not kept listening by a copy in flight.
 	if err := syscall.Kill(first.pid, syscall.SIGUSR1); err != nil {
@@ -466,7 +351,7 @@ func TestHandover(t *testing.T) {
 	if err := os.Remove(lateFile); err != nil {
 		t.Fatal(err)
 	}
-	s.advance(t, 64<<10)
+	s.Advance(t, 64<<10)
 
 	// A good successor.
 	a.signal(first.pid)
@@ -481,9 +366,9 @@ func TestHandover(t *testing.T) {
 	if err := a.cmd.Wait(); err != nil {
 		t.Fatalf("first process after the handover: %v", err)
 	}
-	s.advance(t, 64<<10) // echoed by the successor
+	s.Advance(t, 64<<10) // echoed by the successor
 	dials.finish(t)
-	s.finish(t)
+	s.Finish(t)
 
 	got, err := os.ReadFile(filepath.Join(a.dir, "out", strconv.Itoa(next.pid)))
 	if err != nil {

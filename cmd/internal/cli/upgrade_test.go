@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -26,6 +25,8 @@ import (
 
 	"github.com/tunnelworks/tunnel/agent"
 	"github.com/tunnelworks/tunnel/config"
+
+	"github.com/tunnelworks/tunnel/internal/echocheck"
 )
 
 const upgradeWait = 60 * time.Second
@@ -350,8 +351,8 @@ forward "plain" {
 	if _, err := io.ReadFull(plain, buf); err != nil {
 		t.Fatalf("plain stream: %v", err)
 	}
-	resumable := startChecked(t, fwd)
-	resumable.advance(t, 32<<10)
+	resumable := echocheck.Start(t, fwd, upgradeWait)
+	resumable.Advance(t, 32<<10)
 
 	// Throughout: the tunnel listener accepts every connection, and the
 	// admin endpoint answers every request (a new connection each).
@@ -434,8 +435,8 @@ forward "plain" {
 		t.Fatal("the old server did not exit after its last stream ended")
 	}
 	// The resumable stream goes on through the new server, every byte.
-	resumable.advance(t, 32<<10)
-	resumable.finish(t)
+	resumable.Advance(t, 32<<10)
+	resumable.Finish(t)
 	if err := echoRoundTrip(fwd, "last\n"); err != nil {
 		t.Fatalf("through the new server: %v", err)
 	}
@@ -512,8 +513,8 @@ forward "echo" {
 	fwd := field(t, listenField, cli.waitLine(1, "forward listening:"))
 	cli.waitLine(1, "session up:")
 
-	stream := startChecked(t, fwd)
-	stream.advance(t, 32<<10)
+	stream := echocheck.Start(t, fwd, upgradeWait)
+	stream.Advance(t, 32<<10)
 	dials := startLoop(func(i int) error { return echoRoundTrip(fwd, fmt.Sprintf("ping %d\n", i)) })
 
 	if err := syscall.Kill(cli.cmd.Process.Pid, syscall.SIGUSR2); err != nil {
@@ -526,8 +527,8 @@ forward "echo" {
 	if err := cli.cmd.Wait(); err != nil {
 		t.Fatalf("the old client after the handover: %v", err)
 	}
-	stream.advance(t, 32<<10) // through the new client
-	stream.finish(t)
+	stream.Advance(t, 32<<10) // through the new client
+	stream.Finish(t)
 	dials.finish(t, "round trips through the forward")
 	t.Logf("%d round trips through the forward, none failed", dials.ok)
 }
@@ -541,123 +542,4 @@ func (l lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
-}
-
-// checked writes a paced pseudo-random stream through a forward until
-// finished and checks every byte of its echo.
-type checked struct {
-	c       *net.TCPConn
-	stop    chan struct{}
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	written int64
-	echoed  int64
-	err     error
-}
-
-func startChecked(t *testing.T, addr string) *checked {
-	c, err := net.DialTimeout("tcp", addr, upgradeWait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &checked{c: c.(*net.TCPConn), stop: make(chan struct{})}
-	t.Cleanup(func() { s.c.Close() })
-	s.wg.Go(func() {
-		src := rand.New(rand.NewChaCha8([32]byte{3}))
-		buf := make([]byte, 2048)
-		for {
-			select {
-			case <-s.stop:
-				s.fail(s.c.CloseWrite())
-				return
-			default:
-			}
-			for i := range buf {
-				buf[i] = byte(src.Uint32())
-			}
-			if _, err := s.c.Write(buf); err != nil {
-				s.fail(fmt.Errorf("write: %w", err))
-				return
-			}
-			s.mu.Lock()
-			s.written += int64(len(buf))
-			s.mu.Unlock()
-			time.Sleep(2 * time.Millisecond) // pacing, not a measurement
-		}
-	})
-	s.wg.Go(func() {
-		want := rand.New(rand.NewChaCha8([32]byte{3}))
-		buf := make([]byte, 32<<10)
-		for {
-			_ = s.c.SetReadDeadline(time.Now().Add(upgradeWait))
-			n, err := s.c.Read(buf)
-			for i := range n {
-				if w := byte(want.Uint32()); buf[i] != w {
-					s.fail(fmt.Errorf("echo byte %d is %#x, want %#x", s.counts()+int64(i), buf[i], w))
-					return
-				}
-			}
-			s.mu.Lock()
-			s.echoed += int64(n)
-			s.mu.Unlock()
-			if err == io.EOF {
-				return
-			}
-			if err != nil {
-				s.fail(fmt.Errorf("read after %d bytes: %w", s.counts(), err))
-				return
-			}
-		}
-	})
-	return s
-}
-
-func (s *checked) fail(err error) {
-	if err == nil {
-		return
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.err == nil {
-		s.err = err
-	}
-}
-
-func (s *checked) counts() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.echoed
-}
-
-// advance waits until n more bytes have come back.
-func (s *checked) advance(t *testing.T, n int64) {
-	t.Helper()
-	target := s.counts() + n
-	deadline := time.Now().Add(upgradeWait)
-	for s.counts() < target {
-		s.mu.Lock()
-		err := s.err
-		s.mu.Unlock()
-		if err != nil {
-			t.Fatalf("resumable stream: %v", err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("resumable stream: echo stuck at %d bytes", s.counts())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// finish half-closes, waits for the echo to end and compares lengths.
-func (s *checked) finish(t *testing.T) {
-	t.Helper()
-	close(s.stop)
-	s.wg.Wait()
-	if s.err != nil {
-		t.Fatalf("resumable stream: %v", s.err)
-	}
-	if s.echoed != s.written {
-		t.Fatalf("resumable stream: %d bytes written, %d echoed", s.written, s.echoed)
-	}
-	t.Logf("resumable stream: %d bytes echoed across the upgrades, every one checked", s.echoed)
 }
