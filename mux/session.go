@@ -823,16 +823,18 @@ const (
 // to close it (so the words arrive before our close), then closes it with
 // reason. It blocks for at most a few seconds more than wait.
 func (s *Session) EndWithRefusal(code RefusalCode, msg string, wait time.Duration, reason error) {
+	if reason != nil {
+		// The peer's close, which we wait for, ends the session for our
+		// reason. Set before the notice goes out: the peer may close
+		// before our write returns.
+		s.reason.CompareAndSwap(nil, &reason)
+	}
 	var note [4]byte
 	binary.BigEndian.PutUint32(note[:], refusalNotice)
 	s.ctlMu.Lock()
 	_ = s.ctl.SetWriteDeadline(time.Now().Add(min(s.cfg.OpenTimeout, 5*time.Second)))
 	_, err := s.ctl.Write(append(note[:], encodeRefusal(code, msg)...))
 	s.ctlMu.Unlock()
-	if reason != nil {
-		// The peer's close, which we wait for, ends the session for our reason.
-		s.reason.CompareAndSwap(nil, &reason)
-	}
 	if err == nil {
 		t := time.NewTimer(wait)
 		select {
