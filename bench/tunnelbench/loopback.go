@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
@@ -139,6 +140,60 @@ type path struct {
 	// so the round trips beside bulk streams are measured through it too.
 	session bool
 	fig     figures
+	runs    []figures // the timed figures of each run so far (-runs)
+}
+
+// endRun keeps the timed figures of the run just done and clears them for
+// the next; the idle-connection figures (measured once) stay.
+func (p *path) endRun() {
+	p.runs = append(p.runs, p.fig)
+	p.fig.t1, p.fig.t8, p.fig.cpuPerGB, p.fig.conns = -1, -1, -1, -1
+	p.fig.rtt, p.fig.load, p.fig.loadSame = nil, nil, nil
+}
+
+// mergeRuns sets the timed figures from the runs: each scalar the median
+// of the runs that measured it, the round trips of every run pooled (their
+// percentiles are then over all runs' samples).
+func (p *path) mergeRuns() {
+	med := func(get func(*figures) float64) float64 {
+		var v []float64
+		for i := range p.runs {
+			if x := get(&p.runs[i]); x >= 0 {
+				v = append(v, x)
+			}
+		}
+		return median(v)
+	}
+	p.fig.t1 = med(func(f *figures) float64 { return f.t1 })
+	p.fig.t8 = med(func(f *figures) float64 { return f.t8 })
+	p.fig.cpuPerGB = med(func(f *figures) float64 { return f.cpuPerGB })
+	p.fig.conns = med(func(f *figures) float64 { return f.conns })
+	for _, r := range p.runs {
+		p.fig.rtt = append(p.fig.rtt, r.rtt...)
+		p.fig.load = append(p.fig.load, r.load...)
+		p.fig.loadSame = append(p.fig.loadSame, r.loadSame...)
+	}
+}
+
+// median of v; -1 when v is empty. With an even count, the mean of the
+// middle two.
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return -1
+	}
+	slices.Sort(v)
+	if n := len(v); n%2 == 0 {
+		return (v[n/2-1] + v[n/2]) / 2
+	}
+	return v[len(v)/2]
+}
+
+// runsNote says how the figures of several runs were combined.
+func runsNote(runs int) string {
+	if runs == 1 {
+		return "One run."
+	}
+	return fmt.Sprintf("Median of %d interleaved runs (each path once per run, the paths through processes taking turns to go first); round-trip percentiles over the samples of all runs.", runs)
 }
 
 // figures are one path's results; -1 or empty where not measured.
@@ -319,7 +374,8 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 	// direct round trips are ten times faster and would see only a fraction
 	// of the scheduling hiccups), in alternating rounds, samples pooled.
 	loadDur := pick(o.quick, time.Second, 2*time.Second)
-	const loadRounds = 3
+	// Three rounds in all, spread over the runs.
+	loadRounds := max(1, 3/o.runs)
 
 	tg, err := startTargets()
 	if err != nil {
@@ -418,75 +474,92 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 	}
 	time.Sleep(time.Second) // let every path close those before timing anything
 
-	logf("throughput, 1 stream")
-	if !step(direct, "throughput", func() (e error) { direct.fig.t1, _, e = throughput(direct.sink, 1, tputDur); return e }) {
-		return err
-	}
 	tp, e := tlsCeiling(w)
 	if e != nil {
 		return fmt.Errorf("tls ceiling: %w", e)
 	}
 	defer tp.close()
 	tlsOne := newPath("one TLS conn", tp.dial, nil, nil)
-	if !step(tlsOne, "throughput", func() (e error) { tlsOne.fig.t1, _, e = throughput(tp.dial, 1, tputDur); return e }) {
-		return err
-	}
-	suite := tls.CipherSuiteName(uint16(tp.suite.Load()))
-	for _, p := range procs {
-		if !step(p, "throughput", func() error { return measureThroughput1(p, tputDur) }) {
-			return err
-		}
-	}
-
-	logf("throughput, 8 streams")
-	for _, p := range append([]*path{direct}, procs...) {
-		if !step(p, "throughput, 8 streams", func() (e error) { p.fig.t8, _, e = throughput(p.sink, 8, tputDur); return e }) {
-			return err
-		}
-	}
-
-	logf("round trips: %d", o.rtts)
-	limit := pick(o.quick, 5*time.Second, 20*time.Second)
 	other := newPath("direct TCP, echo in another process", nil, tcpDialer(remote.echo), nil)
-	for _, p := range append([]*path{direct, other}, procs...) {
-		if !step(p, "round trips", func() (e error) { p.fig.rtt, e = pingPong(p.echo, o.rtts, 64, time.Now().Add(limit)); return e }) {
+	limit := pick(o.quick, 5*time.Second, 20*time.Second)
+	warm := pick(o.quick, 200*time.Millisecond, 500*time.Millisecond)
+	// Every timed row runs o.runs times, each path once per run; the paths
+	// through processes take turns going first, so a drift in the
+	// machine's load favours none of them.
+	for run := range o.runs {
+		if o.runs > 1 {
+			logf("run %d of %d", run+1, o.runs)
+		}
+		order := append(slices.Clone(procs[run%len(procs):]), procs[:run%len(procs)]...)
+		logf("throughput, 1 stream")
+		if !step(direct, "throughput", func() (e error) { direct.fig.t1, _, e = throughput(direct.sink, 1, tputDur); return e }) {
 			return err
 		}
-	}
+		if !step(tlsOne, "throughput", func() (e error) { tlsOne.fig.t1, _, e = throughput(tp.dial, 1, tputDur); return e }) {
+			return err
+		}
+		for _, p := range order {
+			if !step(p, "throughput", func() error { return measureThroughput1(p, tputDur) }) {
+				return err
+			}
+		}
 
-	logf("round trips under load: %d rounds of %s per path", loadRounds, loadDur)
-	warm := pick(o.quick, 200*time.Millisecond, 500*time.Millisecond)
-	for range loadRounds {
-		for _, p := range append([]*path{direct}, procs...) {
-			if !step(p, "round trips under load", func() error {
-				r, _, e := underLoad(p.sink, p.echo, 4, loadDur, warm)
-				p.fig.load = append(p.fig.load, r...)
-				if e != nil || !p.session {
-					return e
-				}
-				r, _, e = underLoad(p.sink, p.echoBulk, 4, loadDur, warm)
-				p.fig.loadSame = append(p.fig.loadSame, r...)
+		logf("throughput, 8 streams")
+		for _, p := range append([]*path{direct}, order...) {
+			if !step(p, "throughput, 8 streams", func() (e error) { p.fig.t8, _, e = throughput(p.sink, 8, tputDur); return e }) {
+				return err
+			}
+		}
+
+		logf("round trips: %d", o.rtts)
+		for _, p := range append([]*path{direct, other}, order...) {
+			if !step(p, "round trips", func() (e error) {
+				r, e := pingPong(p.echo, o.rtts, 64, time.Now().Add(limit))
+				p.fig.rtt = append(p.fig.rtt, r...)
 				return e
 			}) {
 				return err
 			}
 		}
+
+		logf("round trips under load: %d rounds of %s per path", loadRounds, loadDur)
+		for range loadRounds {
+			for _, p := range append([]*path{direct}, order...) {
+				if !step(p, "round trips under load", func() error {
+					r, _, e := underLoad(p.sink, p.echo, 4, loadDur, warm)
+					p.fig.load = append(p.fig.load, r...)
+					if e != nil || !p.session {
+						return e
+					}
+					r, _, e = underLoad(p.sink, p.echoBulk, 4, loadDur, warm)
+					p.fig.loadSame = append(p.fig.loadSame, r...)
+					return e
+				}) {
+					return err
+				}
+			}
+		}
+
+		logf("connection rate")
+		for i, p := range append([]*path{direct}, order...) {
+			if i > 0 {
+				time.Sleep(200 * time.Millisecond)
+			}
+			if !step(p, "connection rate", func() (e error) { p.fig.conns, e = connRate(p.echoBulk, 16, rateDur); return e }) {
+				return err
+			}
+		}
+		for _, p := range append([]*path{direct, tlsOne, other}, procs...) {
+			p.endRun()
+		}
 	}
-	for _, p := range append([]*path{direct}, procs...) {
+	for _, p := range append([]*path{direct, tlsOne, other}, procs...) {
+		p.mergeRuns()
 		if !p.session {
 			p.fig.loadSame = p.fig.load
 		}
 	}
-
-	logf("connection rate")
-	for i, p := range append([]*path{direct}, procs...) {
-		if i > 0 {
-			time.Sleep(200 * time.Millisecond)
-		}
-		if !step(p, "connection rate", func() (e error) { p.fig.conns, e = connRate(p.echoBulk, 16, rateDur); return e }) {
-			return err
-		}
-	}
+	suite := tls.CipherSuiteName(uint16(tp.suite.Load()))
 
 	lost := reReconnect.FindAllString(tun.client.log.String(), -1)
 
@@ -531,8 +604,8 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		cpuRelay,
 	}
 	fmt.Fprintf(report, "## Loopback: tunnel vs direct TCP\n\n")
-	fmt.Fprintf(report, "Throughput runs %s each; %d round trips; under load, %d alternating rounds of %s of round trips per path after %s of bulk warm-up (samples: %s); connection rate %s each.\n\n",
-		tputDur, o.rtts, loadRounds, loadDur, warm, sampleCounts(append([]*path{direct}, procs...)), rateDur)
+	fmt.Fprintf(report, "%s Throughput runs %s each; %d round trips; under load, %d alternating rounds of %s of round trips per path after %s of bulk warm-up (samples: %s); connection rate %s each.\n\n",
+		runsNote(o.runs), tputDur, o.rtts, loadRounds, loadDur, warm, sampleCounts(append([]*path{direct}, procs...)), rateDur)
 	met, total := writeTable(report, rows)
 	tf := &tunnel.fig
 	fmt.Fprintf(report, "\n%d of %d targets met. Agents' RSS before the idle streams: %.1f MiB (both), after: %.1f MiB (per idle stream: server %.1f KiB, client %.1f KiB).",
@@ -583,7 +656,7 @@ func writePaths(b *strings.Builder, direct, relay *path, peers []*path, tunnels 
 		}
 		fmt.Fprintf(b, "| %s | %s |", name, m.unit)
 		for _, p := range cols {
-			fmt.Fprintf(b, " %s |", num(m.get(&p.fig)))
+			fmt.Fprintf(b, " %s%s |", num(m.get(&p.fig)), spread(m, p))
 		}
 		ratio := "—"
 		if v, who := best(m, peers); v > 0 && m.get(&tunnel.fig) >= 0 {
@@ -592,6 +665,24 @@ func writePaths(b *strings.Builder, direct, relay *path, peers []*path, tunnels 
 		fmt.Fprintf(b, " %s |\n", ratio)
 	}
 	b.WriteString("\n")
+}
+
+// spread is " (lowest–highest)" of m over p's runs, when there were
+// several and m is timed (the idle connections are measured once).
+func spread(m metric, p *path) string {
+	if len(p.runs) < 2 || m.name == mIdle.name || m.name == mIdleMB.name {
+		return ""
+	}
+	var v []float64
+	for i := range p.runs {
+		if x := m.get(&p.runs[i]); x >= 0 {
+			v = append(v, x)
+		}
+	}
+	if len(v) < 2 {
+		return ""
+	}
+	return fmt.Sprintf(" (%s–%s)", num(slices.Min(v)), num(slices.Max(v)))
 }
 
 func sampleCounts(paths []*path) string {

@@ -30,6 +30,7 @@ type options struct {
 	wanDur   time.Duration
 	idle     int
 	rtts     int
+	runs     int      // interleaved runs of every timed row; scalars are their median
 	peers    []string // the peer tunnels to measure beside ours
 	others   []agentBuild
 }
@@ -50,6 +51,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.wanDur, "duration", 0, "length of each wan run (default 20s, quick 5s)")
 	fs.IntVar(&o.idle, "idle", 1000, "idle streams for the RSS measurement")
 	fs.IntVar(&o.rtts, "rtts", 0, "round trips per latency measurement (default 5000; half that under load)")
+	fs.IntVar(&o.runs, "runs", 0, "interleaved runs of every timed row, each path once per run; the table gives medians (default 3, quick 1)")
 	peers := fs.String("peers", strings.Join(peerNames, ","), "peer tunnels to measure beside ours (comma-separated: "+strings.Join(peerNames, ", ")+"), or none")
 	agents := fs.String("agents", "", "other agent builds to measure beside this tree's in the same run, interleaved (loopback only): LABEL=DIR,... where DIR holds tunnel-server and tunnel-client")
 	if err := fs.Parse(args); err != nil {
@@ -86,6 +88,13 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	if o.rtts <= 0 {
 		o.rtts = 5000
+	}
+	if o.runs == 0 {
+		o.runs = pick(o.quick, 1, 3)
+	}
+	if o.runs < 1 || o.runs > 9 {
+		fmt.Fprintf(stderr, "tunnel-bench: -runs %d: want 1..9\n", o.runs)
+		return 2
 	}
 	if o.idle < 1 || o.idle > 5000 {
 		fmt.Fprintf(stderr, "tunnel-bench: -idle %d: want 1..5000\n", o.idle)

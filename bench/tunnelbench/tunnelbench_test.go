@@ -88,7 +88,7 @@ func TestRelayBadSpec(t *testing.T) {
 
 func TestBadCommandLine(t *testing.T) {
 	for _, args := range [][]string{{"-scenario", "moon"}, {"extra"}, {"-idle", "0"}, {"-nope"}, {"-peers", "moon"}, {"-peers", "stunnel,stunnel"},
-		{"-agents", "nolabel"}, {"-agents", "x=/nonexistent"}} {
+		{"-agents", "nolabel"}, {"-agents", "x=/nonexistent"}, {"-runs", "-1"}, {"-runs", "10"}} {
 		var out, errb bytes.Buffer
 		if code := Main(args, &out, &errb); code != 2 {
 			t.Errorf("%q: exit %d, want 2 (stderr %q)", args, code, errb.String())
@@ -108,6 +108,36 @@ func TestPercentile(t *testing.T) {
 	}
 	if percentile(nil, 0.5) != 0 {
 		t.Error("empty")
+	}
+}
+
+// Several runs give each scalar's median (runs that did not measure it
+// left out), pool the round trips, and keep the idle figures measured once.
+func TestMergeRuns(t *testing.T) {
+	p := newPath("x", nil, nil, nil)
+	p.fig.rssBefore, p.fig.rssAfter, p.fig.idle = []float64{100}, []float64{300}, 10
+	for _, r := range []struct {
+		t1, conns float64
+		rtt       time.Duration
+	}{{3, 10, 1}, {1, -1, 2}, {2, 30, 3}} {
+		p.fig.t1, p.fig.conns, p.fig.rtt = r.t1, r.conns, []time.Duration{r.rtt}
+		p.endRun()
+		if p.fig.t1 != -1 || p.fig.rtt != nil {
+			t.Fatal("endRun left the run's figures for the next")
+		}
+	}
+	p.mergeRuns()
+	if p.fig.t1 != 2 || p.fig.conns != 20 || p.fig.t8 != -1 {
+		t.Errorf("t1 %v (want 2), conns %v (want 20, the mean of the middle two), t8 %v (want -1)", p.fig.t1, p.fig.conns, p.fig.t8)
+	}
+	if len(p.fig.rtt) != 3 || p.fig.idleKiB() != 20 {
+		t.Errorf("round trips %v (want 3 pooled), idle %v KiB (want 20)", p.fig.rtt, p.fig.idleKiB())
+	}
+	if got := spread(mT1, p); got != " (1.00–3.00)" {
+		t.Errorf("spread of t1 = %q", got)
+	}
+	if spread(mIdle, p) != "" {
+		t.Error("the idle figure, measured once, has a spread")
 	}
 }
 
