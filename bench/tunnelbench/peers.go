@@ -102,7 +102,7 @@ func buildGhostunnel(ctx context.Context, dir string) (bin, missing string) {
 var (
 	reStunnelVersion = regexp.MustCompile(`stunnel (\d\S*)`)
 	reOpenSSLRunning = regexp.MustCompile(`Running\s+with (OpenSSL \S+)`)
-	reGhostVersion   = regexp.MustCompile(`(?i)version\s+(\S+)`)
+	reGhostVersion   = regexp.MustCompile(`(?i)(?:version|rev)\s+(\S+)`) // "rev v1.11.1 built with …" from a source build
 	reURL            = regexp.MustCompile(`https?://\S+`)
 )
 
