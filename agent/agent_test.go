@@ -551,8 +551,8 @@ forward "bgp" {
 		t.Errorf("reloaded line lacks %s:\n%s", want, r.cliLog)
 	}
 	waitFor(t, "the new class's session", func() bool {
-		k := r.cli.keeperList()[classControl]
-		return k != nil && k.current.get() != nil
+		ks := r.cli.keeperList()[classControl]
+		return ks != nil && ks[0].current.get() != nil
 	})
 	if err := roundTrip(r.cli.Addr("echo").String(), []byte("unchanged")); err != nil {
 		t.Fatal(err)

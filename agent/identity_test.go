@@ -290,21 +290,25 @@ func TestSessionLimitPerKey(t *testing.T) {
 	a, b := issue(), issue()
 	var ss sessionSet
 	const max, perIdentity = 10, 1
-	if err := ss.admit(a, classBulk, max, perIdentity); err != nil {
+	if err := ss.admit(a, classBulk, 0, max, perIdentity); err != nil {
 		t.Fatal(err)
 	}
-	ss.put(a, classBulk, &mux.Session{Peer: a})
-	if err := ss.admit(a, classBulk, max, perIdentity); err != nil {
+	ss.put(a, classBulk, 0, &mux.Session{Peer: a})
+	if err := ss.admit(a, classBulk, 0, max, perIdentity); err != nil {
 		t.Fatalf("a reconnect of the same certificate and class was refused: %v", err)
 	}
-	err = ss.admit(a, classControl, max, perIdentity)
+	err = ss.admit(a, classControl, 0, max, perIdentity)
 	if err == nil || !strings.Contains(err.Error(), "max_sessions_per_identity") || !strings.Contains(err.Error(), a.Key()) {
 		t.Fatalf("a second session of one certificate: %v", err)
 	}
-	if err := ss.admit(b, classBulk, max, perIdentity); err != nil {
+	// Another lane of the class is another session.
+	if err := ss.admit(a, classBulk, 1, max, perIdentity); err == nil {
+		t.Fatal("a second lane passed a limit of one session")
+	}
+	if err := ss.admit(b, classBulk, 0, max, perIdentity); err != nil {
 		t.Fatalf("another certificate of the same name counted against the first: %v", err)
 	}
-	if old := ss.put(b, classBulk, &mux.Session{Peer: b}); old != nil {
+	if old := ss.put(b, classBulk, 0, &mux.Session{Peer: b}); old != nil {
 		t.Fatal("a certificate of the same name replaced another's session")
 	}
 	if got := len(ss.snapshot()); got != 2 {
@@ -315,6 +319,20 @@ func TestSessionLimitPerKey(t *testing.T) {
 	}
 	if s, certs := ss.find(clientMatcher(b.Key()), classBulk); s == nil || s.Peer.Key() != b.Key() || certs != 1 {
 		t.Fatal("find by sha256: pin did not pick that certificate alone")
+	}
+	// b's second lane replaces nothing, and a tie goes to lane 0.
+	lane1 := &mux.Session{Peer: b}
+	if err := ss.admit(b, classBulk, 1, max, 2); err != nil {
+		t.Fatal(err)
+	}
+	if old := ss.put(b, classBulk, 1, lane1); old != nil {
+		t.Fatal("a second lane replaced the first")
+	}
+	if s, _ := ss.find(clientMatcher(b.Key()), classBulk); s == nil || s == lane1 {
+		t.Fatal("find on a tie did not pick lane 0")
+	}
+	if old := ss.put(b, classBulk, 1, &mux.Session{Peer: b}); old != lane1 {
+		t.Fatal("a reconnect of lane 1 did not replace lane 1")
 	}
 }
 
