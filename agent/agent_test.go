@@ -170,6 +170,13 @@ func (r *rig) writeServer(t *testing.T, hcl string) {
 // Cancelling the returned context's cancel stops it.
 func runServerFile(t *testing.T, path string, log io.Writer, wg *sync.WaitGroup) (*Server, context.Context, context.CancelFunc) {
 	t.Helper()
+	return runServerWith(t, path, log, wg, func(*Server) {})
+}
+
+// runServerWith is runServerFile with prepare run on the server before it
+// starts.
+func runServerWith(t *testing.T, path string, log io.Writer, wg *sync.WaitGroup, prepare func(*Server)) (*Server, context.Context, context.CancelFunc) {
+	t.Helper()
 	cfg, err := config.LoadServer(path)
 	if err != nil {
 		t.Fatal(err)
@@ -178,6 +185,7 @@ func runServerFile(t *testing.T, path string, log io.Writer, wg *sync.WaitGroup)
 	if err != nil {
 		t.Fatal(err)
 	}
+	prepare(srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	wg.Go(func() { _ = srv.Run(ctx) })
 	<-srv.Ready()

@@ -42,6 +42,7 @@ type fleetOptions struct {
 	tlsExtra string      // more lines of the server's tls block
 	cert     pki.Options // the server's certificate (its names are set)
 	ca       *pki.Cert   // the CA of both sides; default a new one
+	noLanes  bool        // the server speaks no lanes, as one before them
 }
 
 // startFleet starts a server with an echo service and opts.
@@ -73,7 +74,7 @@ func startFleet(t *testing.T, opts fleetOptions) *fleet {
 		t.Fatal(err)
 	}
 	var cancel context.CancelFunc
-	f.srv, f.ctx, cancel = runServerFile(t, path, f.srvLog, f.done)
+	f.srv, f.ctx, cancel = runServerWith(t, path, f.srvLog, f.done, func(s *Server) { s.noLanes = opts.noLanes })
 	t.Cleanup(func() {
 		cancel()
 		f.done.Wait()
