@@ -535,6 +535,7 @@ func TestReloadNamesRestartKeys(t *testing.T) {
 	if err := os.WriteFile(cliPath, fmt.Appendf(nil, `server = %q
 log_format = "json"
 reload_interval = "1h"
+bulk_connections = 1
 tls {
   cert = "client.crt"
   key  = "client.key"
@@ -554,7 +555,7 @@ forward "bgp" {
 	if err := r.cli.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	want := `changes="forwards: bgp added; needs a restart to apply: log_format, reload_interval"`
+	want := `changes="forwards: bgp added; needs a restart to apply: log_format, reload_interval, bulk_connections"`
 	if !strings.Contains(r.cliLog.String(), want) {
 		t.Errorf("reloaded line lacks %s:\n%s", want, r.cliLog)
 	}
@@ -564,6 +565,10 @@ forward "bgp" {
 	})
 	if err := roundTrip(r.cli.Addr("echo").String(), []byte("unchanged")); err != nil {
 		t.Fatal(err)
+	}
+	// The lanes stay as they started until the next start.
+	if got := len(r.cli.Lanes(classBulk)); got != 2 {
+		t.Errorf("%d bulk lanes after a reload to bulk_connections = 1, want the 2 it started with", got)
 	}
 }
 
