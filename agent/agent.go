@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,6 +53,19 @@ func laneKey(class string, lane int) string {
 		return class
 	}
 	return fmt.Sprintf("%s/%d", class, lane)
+}
+
+// splitLaneKey is the class and lane of a laneKey.
+func splitLaneKey(key string) (class string, lane int) {
+	class, n, ok := strings.Cut(key, "/")
+	if !ok {
+		return key, 0
+	}
+	lane, err := strconv.Atoi(n)
+	if err != nil {
+		return key, 0
+	}
+	return class, lane
 }
 
 // laneFields are a log line's words for a session's lane: none for the

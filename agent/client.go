@@ -142,6 +142,39 @@ func (c *Client) keeperList() map[string][]*keeper {
 	return maps.Clone(c.keepers)
 }
 
+// keepLanes keeps, until the next start, as many lanes as the previous
+// process's streams ride: each resumes on its own lane only, and a
+// lowered bulk_connections would leave some without one until their
+// resume window passed.
+// keys are the streams' lane keys (laneKey).
+func (c *Client) keepLanes(keys []string) {
+	c.keepersMu.Lock()
+	defer c.keepersMu.Unlock()
+	n := c.lanes
+	for _, key := range keys {
+		if class, lane := splitLaneKey(key); slices.Contains(laneClasses, class) && lane < mux.MaxLanes {
+			n = max(n, lane+1)
+		}
+	}
+	if n > c.lanes {
+		c.log.Info("keeping lanes that bulk_connections leaves out until the next start: the previous process's streams ride them", "lanes", n, "bulk_connections", c.cfg().BulkConnections)
+		c.lanes = n
+	}
+	for class, ks := range c.keepers {
+		if !slices.Contains(laneClasses, class) {
+			continue
+		}
+		for lane := len(ks); lane < c.lanes; lane++ {
+			k := newKeeper(c, class, lane, ks[0])
+			ks = append(ks, k)
+			if c.keeperRun != nil {
+				c.keeperRun(k)
+			}
+		}
+		c.keepers[class] = ks
+	}
+}
+
 // pick is where a new stream of class goes: the live session of its
 // lanes with the fewest open streams, the first lane on a tie (one TLS
 // connection is one core of crypto: spread, the lanes' cores add up).
@@ -318,6 +351,11 @@ func (c *Client) Run(ctx context.Context) error {
 		err = c.handover.ready(c.log)
 	}
 	if err == nil && takingOver {
+		var keys []string
+		for _, r := range handed {
+			keys = append(keys, r.stream.Class())
+		}
+		c.keepLanes(keys)
 		startKeepers()
 	}
 	if err != nil {

@@ -67,7 +67,7 @@ func (k *keeper) laneServer(ctx context.Context) string {
 			if sess.PeerHello.Has(mux.CapLanes) {
 				return *addr
 			}
-			k.c.limited.Log(hclog.Info, "no-lanes:"+k.class, "the server does not speak lanes (an older version?): one session for the class", "class", k.class, "server", *addr, "bulk_connections", k.c.lanes)
+			k.c.limited.Log(hclog.Info, "no-lanes:"+k.class, "the server does not speak lanes (an older version?): one session for the class", "class", k.class, "server", *addr, "bulk_connections", k.c.cfg().BulkConnections)
 		}
 		select {
 		case <-ctx.Done():

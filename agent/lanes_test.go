@@ -162,3 +162,42 @@ func TestBulkLaneRefusedRefusesNothing(t *testing.T) {
 		t.Errorf("the refused lane was logged %d times, want once per interval", n)
 	}
 }
+
+func TestLaneKeys(t *testing.T) {
+	for _, tc := range []struct {
+		class string
+		lane  int
+		key   string
+	}{{classBulk, 0, "bulk"}, {classBulk, 1, "bulk/1"}, {classControl, 0, "control"}, {classBulk, 7, "bulk/7"}} {
+		if got := laneKey(tc.class, tc.lane); got != tc.key {
+			t.Errorf("laneKey(%q, %d) = %q, want %q", tc.class, tc.lane, got, tc.key)
+		}
+		if class, lane := splitLaneKey(tc.key); class != tc.class || lane != tc.lane {
+			t.Errorf("splitLaneKey(%q) = %q, %d", tc.key, class, lane)
+		}
+	}
+	if class, lane := splitLaneKey("bulk/x"); class != "bulk/x" || lane != 0 {
+		t.Errorf("splitLaneKey of a bad lane: %q, %d", class, lane)
+	}
+}
+
+// After a handover, the previous process's streams may ride lanes that a
+// lowered bulk_connections leaves out: those lanes are kept (started at
+// once on a running client) until the next start.
+func TestKeepLanesOfHandedStreams(t *testing.T) {
+	f := startFleet(t, fleetOptions{allow: `"edge"`})
+	cli, _, _ := f.startClient(t, pki.Options{CommonName: "edge"}, "bulk_connections = 1\nforward \"echo\" {\n  listen = \"127.0.0.1:0\"\n}\n")
+	waitFor(t, "the bulk session", func() bool { return cli.Session() != nil })
+	if got := len(cli.Lanes(classBulk)); got != 1 {
+		t.Fatalf("%d bulk lanes with bulk_connections = 1", got)
+	}
+	cli.keepLanes([]string{"bulk", "bulk/2", "control", "bulk/99"})
+	waitFor(t, "lanes 1 and 2 up", func() bool {
+		lanes := cli.Lanes(classBulk)
+		return len(lanes) == 3 && lanes[1] != nil && lanes[2] != nil
+	})
+	waitFor(t, "three bulk sessions on the server", func() bool { return len(bulkSessions(f.srv)) == 3 })
+	if got := len(cli.keeperList()[classControl]); got != 0 {
+		t.Errorf("a control stream's lane key started %d control keepers", got)
+	}
+}
