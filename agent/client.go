@@ -71,7 +71,8 @@ func NewClient(cfg *config.Client, log hclog.Logger) (*Client, error) {
 	c.state.Store(newClientState(cfg))
 	c.resume = newResumeTable(cfg.Settings, log, c.metrics, "")
 	// One session per traffic class in use, so control messages never
-	// queue behind bulk data; the server may open streams of either class.
+	// queue behind bulk data, and bulk_connections of them for bulk (its
+	// lanes); the server may open streams of either class.
 	// A forward without a class key starts with its port's default; the
 	// server's hello may name another, whose session starts then.
 	for _, class := range classesOf(cfg) {
@@ -145,8 +146,7 @@ func (c *Client) keeperList() map[string][]*keeper {
 // keepLanes keeps, until the next start, as many lanes as the previous
 // process's streams ride: each resumes on its own lane only, and a
 // lowered bulk_connections would leave some without one until their
-// resume window passed.
-// keys are the streams' lane keys (laneKey).
+// resume window passed. keys are the streams' lane keys (laneKey).
 func (c *Client) keepLanes(keys []string) {
 	c.keepersMu.Lock()
 	defer c.keepersMu.Unlock()
