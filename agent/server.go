@@ -358,9 +358,9 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 		return
 	}
 	// A client that reconnects replaces its old session of the same class
-	// and lane at once: new streams use the new one, so its forwards never see a
-	// stale "already connected"; the old one drains in the background
-	// (a rotation) or is already dead (a reconnect).
+	// and lane at once: new streams use the new one, so its forwards never
+	// see a stale "already connected"; the old one drains in the
+	// background (a rotation) or is already dead (a reconnect).
 	if old := s.sessions.put(sess.Peer, class, lane, sess); old != nil {
 		log.Info("client reconnected; draining its previous session", append([]any{"class", class, "key", key}, laneFields(lane)...)...)
 		conns.Go(func() {
