@@ -32,9 +32,12 @@ type Status struct {
 type SessionStatus struct {
 	// Peer is the certificate's readable name, which need not be unique;
 	// Key (its SPKI pin, sha256:BASE64) tells two peers of one name apart.
-	Peer    string    `json:"peer"`
-	Key     string    `json:"key,omitempty"`
-	Class   string    `json:"class"`
+	Peer  string `json:"peer"`
+	Key   string `json:"key,omitempty"`
+	Class string `json:"class"`
+	// Lane tells apart a client's sessions of one class (bulk_connections);
+	// 0, the first, is left out.
+	Lane    int       `json:"lane,omitempty"`
 	Remote  string    `json:"remote"`
 	Since   time.Time `json:"since"`
 	Streams int       `json:"streams"`

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -37,6 +38,44 @@ const (
 	classControl = "control"
 	classBulk    = "bulk"
 )
+
+// laneClasses are the classes whose client may hold several sessions
+// (lanes) to one server: one TLS connection is one core of crypto on each
+// side, and bulk streams are what a single core bounds.
+var laneClasses = []string{classBulk}
+
+// laneKey names one lane of a class for the resume table: the class for
+// its first lane, "class/n" for the others, so that a suspended stream
+// resumes on the next session of its own lane (the newest of a class is
+// not one session once a class has several).
+func laneKey(class string, lane int) string {
+	if lane == 0 {
+		return class
+	}
+	return fmt.Sprintf("%s/%d", class, lane)
+}
+
+// splitLaneKey is the class and lane of a laneKey.
+func splitLaneKey(key string) (class string, lane int) {
+	class, n, ok := strings.Cut(key, "/")
+	if !ok {
+		return key, 0
+	}
+	lane, err := strconv.Atoi(n)
+	if err != nil {
+		return key, 0
+	}
+	return class, lane
+}
+
+// laneFields are a log line's words for a session's lane: none for the
+// first, so a client with one session per class logs as before.
+func laneFields(lane int) []any {
+	if lane == 0 {
+		return nil
+	}
+	return []any{"lane", lane}
+}
 
 // Version is the agents' version, sent in the hello and printed by `version`.
 var Version = "0.1.0-dev"
@@ -152,7 +191,8 @@ func replayCap(class string) int { return 2 * int(classWindow(class)) }
 
 // openStream opens the stream of a forward's local connection: resumable
 // when both agents speak it and the forward's resume window is not zero.
-func openStream(ctx context.Context, st sessionSettings, sess *mux.Session, f config.Forward, class string, local net.Conn) (tunnelStream, error) {
+// lane is sess's lane of class.
+func openStream(ctx context.Context, st sessionSettings, sess *mux.Session, f config.Forward, class string, lane int, local net.Conn) (tunnelStream, error) {
 	source := local.RemoteAddr().String()
 	window := f.ResumeWindowOr(st.ResumeWindow)
 	// Frozen for a handover (or stopping): a plain stream, which this
@@ -161,7 +201,7 @@ func openStream(ctx context.Context, st sessionSettings, sess *mux.Session, f co
 		return sess.Open(ctx, f.Service, source)
 	}
 	rs, err := st.resume.Open(ctx, sess, f.Service, source, local.LocalAddr(), local.RemoteAddr(),
-		resume.Options{Window: window, Class: class, MaxReplay: replayCap(class)})
+		resume.Options{Window: window, Class: laneKey(class, lane), MaxReplay: replayCap(class)})
 	if err != nil {
 		st.pipes.release()
 		if errors.Is(err, net.ErrClosed) {
@@ -186,7 +226,7 @@ func localFor(stream tunnelStream, local net.Conn) net.Conn {
 // resumable if the peer opened it so. A service whose window is zero
 // still answers the peer's delivery notices (without them the peer's
 // replay buffer would fill and stall the stream) but is reset by a cut.
-func acceptStream(st sessionSettings, stream *mux.Stream, services []config.Service, class string) (tunnelStream, error) {
+func acceptStream(st sessionSettings, stream *mux.Stream, services []config.Service, class string, lane int) (tunnelStream, error) {
 	if _, ok := stream.Token(); !ok || st.resume == nil || !st.pipes.hold() {
 		return stream, nil // frozen for a handover: as in openStream
 	}
@@ -197,7 +237,7 @@ func acceptStream(st sessionSettings, stream *mux.Stream, services []config.Serv
 		}
 	}
 	rs, err := st.resume.Accept(stream, stream.LocalAddr(), stream.RemoteAddr(),
-		resume.Options{Window: max(window, time.Nanosecond), Class: class, MaxReplay: replayCap(class)})
+		resume.Options{Window: max(window, time.Nanosecond), Class: laneKey(class, lane), MaxReplay: replayCap(class)})
 	if err != nil {
 		st.pipes.release()
 		if errors.Is(err, net.ErrClosed) {
@@ -213,8 +253,8 @@ func acceptStream(st sessionSettings, stream *mux.Stream, services []config.Serv
 // resumable stream's pipe outlives the session that accepted it, so it
 // runs on wg (the agent's), not on the session's accept handler, whose
 // session waits for it before it ends.
-func serveAccepted(ctx context.Context, wg *sync.WaitGroup, log hclog.Logger, st sessionSettings, m *admin.Metrics, services []config.Service, class, service string, stream *mux.Stream, target net.Conn) {
-	ts, err := acceptStream(st, stream, services, class)
+func serveAccepted(ctx context.Context, wg *sync.WaitGroup, log hclog.Logger, st sessionSettings, m *admin.Metrics, services []config.Service, class string, lane int, service string, stream *mux.Stream, target net.Conn) {
+	ts, err := acceptStream(st, stream, services, class, lane)
 	if err != nil {
 		log.Warn("stream refused: cannot hold it as resumable", "service", service, "error", err)
 		_ = stream.Abort()
@@ -321,11 +361,15 @@ type hello struct {
 	deferred *atomic.Pointer[ssl.PolicyError]
 	// admit decides on a client whose hello passed (session limits).
 	admit func(peer ssl.Identity, h mux.Hello) error
+	// noLanes leaves lanes out of our hello, as an agent before them
+	// (tests only).
+	noLanes bool
 }
 
 // establish runs the TLS handshake and the hello on a raw connection,
 // each bounded by the handshake timeout.
-func establish(ctx context.Context, conn *ssl.Conn, role, class string, st sessionSettings, hi hello, log hclog.Logger) (*mux.Session, error) {
+// class and lane are the client's (the server's come in the client's hello).
+func establish(ctx context.Context, conn *ssl.Conn, role, class string, lane int, st sessionSettings, hi hello, log hclog.Logger) (*mux.Session, error) {
 	if err := ssl.Handshake(ctx, conn.Conn, st.HandshakeTimeout); err != nil {
 		return nil, err
 	}
@@ -335,7 +379,7 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, st sessi
 	}
 	remote := conn.RemoteAddr().String()
 	cfg := mux.Config{
-		Agent: Version, Class: class, Classes: classes, HelloTimeout: st.HandshakeTimeout,
+		Agent: Version, Class: class, Lane: lane, Classes: classes, HelloTimeout: st.HandshakeTimeout,
 		PingAfter: st.PingAfter, DeadAfter: st.DeadAfter,
 		MaxStreams: st.MaxStreams, MaxBuffer: st.MaxBuffer, HeaderTimeout: st.HeaderTimeout,
 		OnPing:       func(rtt time.Duration) { st.metrics.PingRTT.Observe(rtt.Seconds()) },
@@ -347,6 +391,9 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, st sessi
 	}
 	if st.resume != nil {
 		cfg.Resumable, cfg.Instance, cfg.Resume = true, st.resume.Instance(), st.resume.ServeResume
+	}
+	if !hi.noLanes {
+		cfg.LaneClasses = laneClasses
 	}
 	var policy *ssl.PolicyError
 	if hi.deferred != nil {

@@ -170,6 +170,13 @@ func (r *rig) writeServer(t *testing.T, hcl string) {
 // Cancelling the returned context's cancel stops it.
 func runServerFile(t *testing.T, path string, log io.Writer, wg *sync.WaitGroup) (*Server, context.Context, context.CancelFunc) {
 	t.Helper()
+	return runServerWith(t, path, log, wg, func(*Server) {})
+}
+
+// runServerWith is runServerFile with prepare run on the server before it
+// starts.
+func runServerWith(t *testing.T, path string, log io.Writer, wg *sync.WaitGroup, prepare func(*Server)) (*Server, context.Context, context.CancelFunc) {
+	t.Helper()
 	cfg, err := config.LoadServer(path)
 	if err != nil {
 		t.Fatal(err)
@@ -178,6 +185,7 @@ func runServerFile(t *testing.T, path string, log io.Writer, wg *sync.WaitGroup)
 	if err != nil {
 		t.Fatal(err)
 	}
+	prepare(srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	wg.Go(func() { _ = srv.Run(ctx) })
 	<-srv.Ready()
@@ -527,6 +535,7 @@ func TestReloadNamesRestartKeys(t *testing.T) {
 	if err := os.WriteFile(cliPath, fmt.Appendf(nil, `server = %q
 log_format = "json"
 reload_interval = "1h"
+bulk_connections = 1
 tls {
   cert = "client.crt"
   key  = "client.key"
@@ -546,16 +555,20 @@ forward "bgp" {
 	if err := r.cli.Reload(); err != nil {
 		t.Fatal(err)
 	}
-	want := `changes="forwards: bgp added; needs a restart to apply: log_format, reload_interval"`
+	want := `changes="forwards: bgp added; needs a restart to apply: log_format, reload_interval, bulk_connections"`
 	if !strings.Contains(r.cliLog.String(), want) {
 		t.Errorf("reloaded line lacks %s:\n%s", want, r.cliLog)
 	}
 	waitFor(t, "the new class's session", func() bool {
-		k := r.cli.keeperList()[classControl]
-		return k != nil && k.current.get() != nil
+		ks := r.cli.keeperList()[classControl]
+		return ks != nil && ks[0].current.get() != nil
 	})
 	if err := roundTrip(r.cli.Addr("echo").String(), []byte("unchanged")); err != nil {
 		t.Fatal(err)
+	}
+	// The lanes stay as they started until the next start.
+	if got := len(r.cli.Lanes(classBulk)); got != 2 {
+		t.Errorf("%d bulk lanes after a reload to bulk_connections = 1, want the 2 it started with", got)
 	}
 }
 

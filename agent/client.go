@@ -37,11 +37,12 @@ type Client struct {
 	reloadMu sync.Mutex
 	resume   *resume.Table // streams that outlive their session
 
-	// keepers keep one session per traffic class in use: those of the
-	// config at start, and any class the server gives a service that a
-	// forward uses (learned from its hello), started then.
+	// keepers keep the sessions of each traffic class in use, by class and
+	// lane: those of the config at start, and any class the server gives a
+	// service that a forward uses (learned from its hello), started then.
 	keepersMu  sync.Mutex
-	keepers    map[string]*keeper
+	keepers    map[string][]*keeper
+	lanes      int                               // bulk_connections at start: the bulk class's lanes
 	keeperRun  func(*keeper)                     // starts a keeper once Run runs; nil before and after
 	serverSays atomic.Pointer[map[string]string] // the classes of the server's services, from the last hello
 
@@ -65,20 +66,37 @@ func NewClient(cfg *config.Client, log hclog.Logger) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tls: %w", err)
 	}
-	c := &Client{log: log, limited: ratelog.New(log, time.Minute), metrics: admin.NewMetrics("client"), started: time.Now(), tls: ssl.NewReloader(p), ready: make(chan struct{}), keepers: map[string]*keeper{}}
+	c := &Client{log: log, limited: ratelog.New(log, time.Minute), metrics: admin.NewMetrics("client"), started: time.Now(), tls: ssl.NewReloader(p), ready: make(chan struct{}),
+		keepers: map[string][]*keeper{}, lanes: max(cfg.BulkConnections, 1)}
 	c.state.Store(newClientState(cfg))
 	c.resume = newResumeTable(cfg.Settings, log, c.metrics, "")
 	// One session per traffic class in use, so control messages never
-	// queue behind bulk data; the server may open streams of either class.
+	// queue behind bulk data, and bulk_connections of them for bulk (its
+	// lanes); the server may open streams of either class.
 	// A forward without a class key starts with its port's default; the
 	// server's hello may name another, whose session starts then.
 	for _, class := range classesOf(cfg) {
-		c.keepers[class] = newKeeper(c, class)
+		c.keepers[class] = c.newLanes(class)
 	}
 	if len(c.keepers) == 0 {
-		c.keepers[classBulk] = newKeeper(c, classBulk)
+		c.keepers[classBulk] = c.newLanes(classBulk)
 	}
 	return c, nil
+}
+
+// newLanes are the keepers of a class, lane 0 first: bulk_connections
+// of them for the bulk class, one for any other.
+func (c *Client) newLanes(class string) []*keeper {
+	n := 1
+	if slices.Contains(laneClasses, class) {
+		n = c.lanes
+	}
+	first := newKeeper(c, class, 0, nil)
+	ks := []*keeper{first}
+	for lane := 1; lane < n; lane++ {
+		ks = append(ks, newKeeper(c, class, lane, first))
+	}
+	return ks
 }
 
 func newClientState(cfg *config.Client) *clientState {
@@ -99,27 +117,87 @@ func classesOf(cfg *config.Client) []string {
 	return slices.Compact(out)
 }
 
-// keeperFor is the keeper of a class, started now if that class has none
-// yet (a class the server gave a service, or a reload added).
+// keeperFor is the keeper of a class's first lane, its lanes started now
+// if that class has none yet (a class the server gave a service, or a
+// reload added).
 func (c *Client) keeperFor(class string) *keeper {
 	c.keepersMu.Lock()
 	defer c.keepersMu.Unlock()
-	if k, ok := c.keepers[class]; ok {
-		return k
+	if ks, ok := c.keepers[class]; ok {
+		return ks[0]
 	}
-	k := newKeeper(c, class)
-	c.keepers[class] = k
+	ks := c.newLanes(class)
+	c.keepers[class] = ks
 	if c.keeperRun != nil {
-		c.keeperRun(k)
+		for _, k := range ks {
+			c.keeperRun(k)
+		}
 	}
-	return k
+	return ks[0]
 }
 
-// keeperList is every keeper, by class.
-func (c *Client) keeperList() map[string]*keeper {
+// keeperList is every keeper, by class, each class's lanes in order.
+func (c *Client) keeperList() map[string][]*keeper {
 	c.keepersMu.Lock()
 	defer c.keepersMu.Unlock()
 	return maps.Clone(c.keepers)
+}
+
+// keepLanes keeps, until the next start, as many lanes as the previous
+// process's streams ride: each resumes on its own lane only, and a
+// lowered bulk_connections would leave some without one until their
+// resume window passed. keys are the streams' lane keys (laneKey).
+func (c *Client) keepLanes(keys []string) {
+	c.keepersMu.Lock()
+	defer c.keepersMu.Unlock()
+	n := c.lanes
+	for _, key := range keys {
+		if class, lane := splitLaneKey(key); slices.Contains(laneClasses, class) && lane < mux.MaxLanes {
+			n = max(n, lane+1)
+		}
+	}
+	if n > c.lanes {
+		c.log.Info("keeping lanes that bulk_connections leaves out until the next start: the previous process's streams ride them", "lanes", n, "bulk_connections", c.cfg().BulkConnections)
+		c.lanes = n
+	}
+	for class, ks := range c.keepers {
+		if !slices.Contains(laneClasses, class) {
+			continue
+		}
+		for lane := len(ks); lane < c.lanes; lane++ {
+			k := newKeeper(c, class, lane, ks[0])
+			ks = append(ks, k)
+			if c.keeperRun != nil {
+				c.keeperRun(k)
+			}
+		}
+		c.keepers[class] = ks
+	}
+}
+
+// pick is where a new stream of class goes: the live session of its
+// lanes with the fewest open streams, the first lane on a tie (one TLS
+// connection is one core of crypto: spread, the lanes' cores add up).
+// nil while none is up.
+func (c *Client) pick(class string) (*mux.Session, *keeper) {
+	c.keepersMu.Lock()
+	ks := c.keepers[class]
+	c.keepersMu.Unlock()
+	var (
+		best  *mux.Session
+		owner *keeper
+		least int
+	)
+	for _, k := range ks {
+		s := k.current.get()
+		if s == nil || s.Closed() {
+			continue
+		}
+		if n := s.NumStreams(); best == nil || n < least {
+			best, owner, least = s, k, n
+		}
+	}
+	return best, owner
 }
 
 // forwardClass is the class a forward's streams ride (see forwardClass).
@@ -182,17 +260,27 @@ func (c *Client) Addr(name string) net.Addr {
 }
 
 // Session is the current session of the bulk class (or the only class),
-// or nil while disconnected.
+// its first lane, or nil while disconnected.
 func (c *Client) Session() *mux.Session {
 	ks := c.keeperList()
-	k, ok := ks[classBulk]
+	lanes, ok := ks[classBulk]
 	if !ok {
-		k = ks[classControl]
+		lanes = ks[classControl]
 	}
-	if k == nil {
+	if len(lanes) == 0 {
 		return nil
 	}
-	return k.current.get()
+	return lanes[0].current.get()
+}
+
+// Lanes are the current sessions of a class by lane, nil where a lane
+// is down.
+func (c *Client) Lanes(class string) []*mux.Session {
+	var out []*mux.Session
+	for _, k := range c.keeperList()[class] {
+		out = append(out, k.current.get())
+	}
+	return out
 }
 
 // Run keeps the session up and serves forwards until ctx is cancelled, then
@@ -222,8 +310,10 @@ func (c *Client) Run(ctx context.Context) error {
 	startKeepers := func() {
 		c.keepersMu.Lock()
 		c.keeperRun = func(k *keeper) { loops.Go(func() { k.run(acceptCtx, streamCtx) }) }
-		for _, k := range c.keepers {
-			c.keeperRun(k)
+		for _, ks := range c.keepers {
+			for _, k := range ks {
+				c.keeperRun(k)
+			}
 		}
 		c.keepersMu.Unlock()
 	}
@@ -261,6 +351,11 @@ func (c *Client) Run(ctx context.Context) error {
 		err = c.handover.ready(c.log)
 	}
 	if err == nil && takingOver {
+		var keys []string
+		for _, r := range handed {
+			keys = append(keys, r.stream.Class())
+		}
+		c.keepLanes(keys)
 		startKeepers()
 	}
 	if err != nil {
@@ -316,10 +411,11 @@ func (c *Client) HandOver(ctx context.Context) error {
 	return c.handover.upgrade(ctx, c.resume, c.log)
 }
 
-// healthy: every class has its session up.
+// healthy: every class has its session up (its first lane: the others
+// only add speed).
 func (c *Client) healthy() bool {
-	for _, k := range c.keeperList() {
-		if k.current.get() == nil {
+	for _, ks := range c.keeperList() {
+		if ks[0].current.get() == nil {
 			return false
 		}
 	}
@@ -338,9 +434,11 @@ func (c *Client) status() admin.Status {
 	if e := c.lastErr.Load(); e != nil {
 		st.LastError = *e
 	}
-	for class, k := range c.keeperList() {
-		if sess := k.current.get(); sess != nil {
-			st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: sess.Peer.Name(), Key: sess.Peer.Key(), Class: class, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams()})
+	for class, ks := range c.keeperList() {
+		for _, k := range ks {
+			if sess := k.current.get(); sess != nil {
+				st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: sess.Peer.Name(), Key: sess.Peer.Key(), Class: class, Lane: k.lane, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams()})
+			}
 		}
 	}
 	for _, f := range cfg.Forwards {
@@ -360,9 +458,11 @@ func (c *Client) status() admin.Status {
 // the streams in flight, on every class's session at once.
 func (c *Client) drain(limit time.Duration) {
 	var sessions []*mux.Session
-	for _, k := range c.keeperList() {
-		if s := k.current.get(); s != nil {
-			sessions = append(sessions, s)
+	for _, ks := range c.keeperList() {
+		for _, k := range ks {
+			if s := k.current.get(); s != nil {
+				sessions = append(sessions, s)
+			}
 		}
 	}
 	drainSessions(c.log, sessions, limit)
@@ -404,20 +504,28 @@ func (c *Client) Reload() error {
 		c.keeperFor(class)
 	}
 	c.learn(c.serverSaid())
-	if r := restartKeys(old.Settings, cfg.Settings, [2]string{old.LogLevel, old.LogFormat}, [2]string{cfg.LogLevel, cfg.LogFormat}); r != "" {
+	var more []string
+	if cfg.BulkConnections != old.BulkConnections {
+		// Lanes are keepers started with the agent: a live change would
+		// stop some mid-stream.
+		more = append(more, "bulk_connections")
+	}
+	if r := restartKeys(old.Settings, cfg.Settings, [2]string{old.LogLevel, old.LogFormat}, [2]string{cfg.LogLevel, cfg.LogFormat}, more...); r != "" {
 		changes = append(changes, r)
 	}
 	// Warnings first, so that whoever sees the reloaded line has seen them.
 	logSetupWarnings(c.log, cfg.TLS.Key, cfg.Admin, cfg.AdminPublic)
 	c.log.Info("reloaded", "changes", changesSentence(changes))
-	for _, k := range c.keeperList() {
-		sess := k.current.get()
-		if sess == nil {
-			continue
-		}
-		if err := p.Recheck(sess.Peer, x509.ExtKeyUsageServerAuth, time.Now()); err != nil {
-			c.log.Warn("closing session: the server no longer passes", "peer", sess.Peer.Name(), "reason", err)
-			sess.CloseWithReason(fmt.Errorf("closed by reload: %w", err))
+	for _, ks := range c.keeperList() {
+		for _, k := range ks {
+			sess := k.current.get()
+			if sess == nil {
+				continue
+			}
+			if err := p.Recheck(sess.Peer, x509.ExtKeyUsageServerAuth, time.Now()); err != nil {
+				c.log.Warn("closing session: the server no longer passes", "peer", sess.Peer.Name(), "reason", err)
+				sess.CloseWithReason(fmt.Errorf("closed by reload: %w", err))
+			}
 		}
 	}
 	return incomplete(ferr, aerr)
@@ -441,20 +549,26 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 	deadline := time.Now().Add(c.cfg().SessionWait)
 	var (
 		sess     *mux.Session
+		owner    *keeper // sess's
 		stream   tunnelStream
 		err      error
 		switches int
 	)
 	for {
-		// A refusal that retrying cannot change (revoked, not allowed)
-		// refuses at once: holding the connection for session_wait only
-		// delays the same answer.
-		sess, err = k.current.wait(ctx, max(time.Until(deadline), time.Millisecond))
-		if err != nil {
-			// Keyed by cause too, so a new cause is logged at once.
-			c.limited.Warn("no-session:"+f.Name+":"+failureReason(err), "connection refused: no session to the server", "forward", f.Name, "local", local.RemoteAddr().String(), "error", err)
-			forward.Reset(local)
-			return
+		// The class's least busy lane; while none is up, its first lane
+		// is awaited. A refusal that retrying cannot change (revoked,
+		// not allowed) refuses at once: holding the connection for
+		// session_wait only delays the same answer.
+		sess, owner = c.pick(class)
+		if sess == nil {
+			sess, err = k.current.wait(ctx, max(time.Until(deadline), time.Millisecond))
+			if err != nil {
+				// Keyed by cause too, so a new cause is logged at once.
+				c.limited.Warn("no-session:"+f.Name+":"+failureReason(err), "connection refused: no session to the server", "forward", f.Name, "local", local.RemoteAddr().String(), "error", err)
+				forward.Reset(local)
+				return
+			}
+			owner = k
 		}
 		// The server's hello may give the service another class than
 		// the port's default we started with: ride that class's session.
@@ -464,15 +578,15 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 			continue
 		}
 		if sess.Opened() >= rotateAfter {
-			k.rotate()
+			owner.rotate()
 		}
-		stream, err = openStream(ctx, c.settings(), sess, f, class, local)
+		stream, err = openStream(ctx, c.settings(), sess, f, class, owner.lane, local)
 		if !errors.Is(err, mux.ErrDraining) {
 			break
 		}
-		// The server drains this session: wait for the keeper's next one
-		// (nothing was sent yet, so the connection loses nothing).
-		k.current.clear(sess)
+		// The server drains this session: wait for its keeper's next
+		// one (nothing was sent yet, so the connection loses nothing).
+		owner.current.clear(sess)
 	}
 	if err != nil {
 		c.log.Warn("connection refused: cannot open stream", "forward", f.Name, "error", err)

@@ -42,6 +42,7 @@ type fleetOptions struct {
 	tlsExtra string      // more lines of the server's tls block
 	cert     pki.Options // the server's certificate (its names are set)
 	ca       *pki.Cert   // the CA of both sides; default a new one
+	noLanes  bool        // the server speaks no lanes, as one before them
 }
 
 // startFleet starts a server with an echo service and opts.
@@ -73,7 +74,7 @@ func startFleet(t *testing.T, opts fleetOptions) *fleet {
 		t.Fatal(err)
 	}
 	var cancel context.CancelFunc
-	f.srv, f.ctx, cancel = runServerFile(t, path, f.srvLog, f.done)
+	f.srv, f.ctx, cancel = runServerWith(t, path, f.srvLog, f.done, func(s *Server) { s.noLanes = opts.noLanes })
 	t.Cleanup(func() {
 		cancel()
 		f.done.Wait()
@@ -290,21 +291,25 @@ func TestSessionLimitPerKey(t *testing.T) {
 	a, b := issue(), issue()
 	var ss sessionSet
 	const max, perIdentity = 10, 1
-	if err := ss.admit(a, classBulk, max, perIdentity); err != nil {
+	if err := ss.admit(a, classBulk, 0, max, perIdentity); err != nil {
 		t.Fatal(err)
 	}
-	ss.put(a, classBulk, &mux.Session{Peer: a})
-	if err := ss.admit(a, classBulk, max, perIdentity); err != nil {
+	ss.put(a, classBulk, 0, &mux.Session{Peer: a})
+	if err := ss.admit(a, classBulk, 0, max, perIdentity); err != nil {
 		t.Fatalf("a reconnect of the same certificate and class was refused: %v", err)
 	}
-	err = ss.admit(a, classControl, max, perIdentity)
+	err = ss.admit(a, classControl, 0, max, perIdentity)
 	if err == nil || !strings.Contains(err.Error(), "max_sessions_per_identity") || !strings.Contains(err.Error(), a.Key()) {
 		t.Fatalf("a second session of one certificate: %v", err)
 	}
-	if err := ss.admit(b, classBulk, max, perIdentity); err != nil {
+	// Another lane of the class is another session.
+	if err := ss.admit(a, classBulk, 1, max, perIdentity); err == nil {
+		t.Fatal("a second lane passed a limit of one session")
+	}
+	if err := ss.admit(b, classBulk, 0, max, perIdentity); err != nil {
 		t.Fatalf("another certificate of the same name counted against the first: %v", err)
 	}
-	if old := ss.put(b, classBulk, &mux.Session{Peer: b}); old != nil {
+	if old := ss.put(b, classBulk, 0, &mux.Session{Peer: b}); old != nil {
 		t.Fatal("a certificate of the same name replaced another's session")
 	}
 	if got := len(ss.snapshot()); got != 2 {
@@ -315,6 +320,20 @@ func TestSessionLimitPerKey(t *testing.T) {
 	}
 	if s, certs := ss.find(clientMatcher(b.Key()), classBulk); s == nil || s.Peer.Key() != b.Key() || certs != 1 {
 		t.Fatal("find by sha256: pin did not pick that certificate alone")
+	}
+	// b's second lane replaces nothing, and a tie goes to lane 0.
+	lane1 := &mux.Session{Peer: b}
+	if err := ss.admit(b, classBulk, 1, max, 2); err != nil {
+		t.Fatal(err)
+	}
+	if old := ss.put(b, classBulk, 1, lane1); old != nil {
+		t.Fatal("a second lane replaced the first")
+	}
+	if s, _ := ss.find(clientMatcher(b.Key()), classBulk); s == nil || s == lane1 {
+		t.Fatal("find on a tie did not pick lane 0")
+	}
+	if old := ss.put(b, classBulk, 1, &mux.Session{Peer: b}); old != lane1 {
+		t.Fatal("a reconnect of lane 1 did not replace lane 1")
 	}
 }
 
@@ -447,13 +466,14 @@ func TestSameCertificateReplacesItsSession(t *testing.T) {
 		return strings.Contains(r.srvLog.String(), "client reconnected; draining its previous session")
 	})
 	waitFor(t, "the client's new session", func() bool { s := r.cli.Session(); return s != nil && s != old })
+	// One session per lane of the class (bulk_connections, 2 by default).
 	snap := r.srv.sessions.snapshot()
-	if len(snap) != 1 {
-		t.Fatalf("server holds %d sessions for one certificate, want 1", len(snap))
+	if len(snap) > r.cli.cfg().BulkConnections {
+		t.Fatalf("server holds %d sessions for one certificate, want one per lane (%d)", len(snap), r.cli.cfg().BulkConnections)
 	}
 	for k, s := range snap {
-		if k.key != s.Peer.Key() || s.Peer.Name() != "client-a" {
-			t.Fatalf("server holds a session of %q under key %q", s.Peer.Name(), k.key)
+		if k.key != s.Peer.Key() || s.Peer.Name() != "client-a" || k.class != classBulk || k.lane >= r.cli.cfg().BulkConnections {
+			t.Fatalf("server holds a session of %q under %+v", s.Peer.Name(), k)
 		}
 	}
 	if err := roundTrip(r.cli.Addr("echo").String(), []byte("after the replacement")); err != nil {

@@ -9,7 +9,10 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/tunnelworks/tunnel/mux"
 	"github.com/tunnelworks/tunnel/transport/sockopt"
@@ -32,15 +35,46 @@ const (
 // keeper keeps one session of one traffic class up: connect, serve until
 // it ends, reconnect with backoff, trying the servers in order. It also
 // rotates the session on request.
+//
+// A class may have several keepers, its lanes (bulk_connections): lane 0
+// is the class's session as ever (health, refusals that refuse local
+// connections); a lane above 0 connects only while lane 0 is up, to lane
+// 0's server and only if that server speaks lanes (one that does not
+// would replace one lane with the next), and its failures refuse nothing.
 type keeper struct {
 	c       *Client
 	class   string
+	lane    int
+	first   *keeper // lane 0 of the class; nil for lane 0 itself
 	current sessionHolder
 	rotateC chan struct{}
+	addr    atomic.Pointer[string] // lane 0: the server its session is on
 }
 
-func newKeeper(c *Client, class string) *keeper {
-	return &keeper{c: c, class: class, current: newSessionHolder(), rotateC: make(chan struct{}, 1)}
+func newKeeper(c *Client, class string, lane int, first *keeper) *keeper {
+	return &keeper{c: c, class: class, lane: lane, first: first, current: newSessionHolder(), rotateC: make(chan struct{}, 1)}
+}
+
+// key names the keeper's lane in the resume table and in log keys.
+func (k *keeper) key() string { return laneKey(k.class, k.lane) }
+
+// laneServer waits until lane 0 is up on a server that speaks lanes, and
+// returns that server's address; "" when ctx ends first.
+func (k *keeper) laneServer(ctx context.Context) string {
+	for {
+		sess, changed := k.first.current.watch()
+		if addr := k.first.addr.Load(); sess != nil && !sess.Closed() && addr != nil {
+			if sess.PeerHello.Has(mux.CapLanes) {
+				return *addr
+			}
+			k.c.limited.Log(hclog.Info, "no-lanes:"+k.class, "the server does not speak lanes (an older version?): one session for the class", "class", k.class, "server", *addr, "bulk_connections", k.c.cfg().BulkConnections)
+		}
+		select {
+		case <-ctx.Done():
+			return ""
+		case <-changed:
+		}
+	}
 }
 
 // rotate asks for a new session; the old one drains.
@@ -59,6 +93,11 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		servers := c.cfg().Servers
 		addr := servers[attempt%len(servers)]
+		if k.lane > 0 {
+			if addr = k.laneServer(ctx); addr == "" {
+				return
+			}
+		}
 		sess, err := k.connect(ctx, addr)
 		if err != nil {
 			if ctx.Err() != nil {
@@ -66,18 +105,25 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 			}
 			wait := delay/2 + rand.N(delay/2+1)
 			cause := failureReason(err)
-			// Keyed by cause too: a new cause (revoked after expired,
-			// refused after unreachable) is logged at once.
 			msg := "cannot reach server; retrying"
 			var refusal *mux.RefusedError
 			if errors.As(err, &refusal) {
 				msg = "the server refused us; retrying"
 			}
-			c.limited.Warn("connect:"+k.class+":"+cause, msg, "server", addr, "class", k.class, "error", err, "retry_in", wait.Round(time.Millisecond))
 			c.metrics.HandshakeFailures.WithLabelValues(cause).Inc()
-			// A refusal retrying cannot change refuses local connections
-			// at once (any other outcome lets them wait again).
-			k.current.refuse(definiteRefusal(err))
+			if k.lane > 0 {
+				// The class has its session: an extra one that fails
+				// (max_sessions_per_identity, most likely) refuses
+				// nothing, and says so once per interval whatever the cause.
+				c.limited.Warn("lane:"+k.key(), "cannot open an extra session of the class (bulk_connections); its streams use the others meanwhile; retrying", "server", addr, "class", k.class, "lane", k.lane, "error", err, "retry_in", wait.Round(time.Millisecond))
+			} else {
+				// Keyed by cause too: a new cause (revoked after expired,
+				// refused after unreachable) is logged at once.
+				c.limited.Warn("connect:"+k.class+":"+cause, msg, "server", addr, "class", k.class, "error", err, "retry_in", wait.Round(time.Millisecond))
+				// A refusal retrying cannot change refuses local
+				// connections at once (any other outcome lets them wait again).
+				k.current.refuse(definiteRefusal(err))
+			}
 			c.setLastErr(err)
 			delay = min(2*delay, backoffMax)
 			if !sleep(ctx, wait) {
@@ -87,19 +133,22 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 		}
 		up := time.Now()
 		log := c.log.With("server", addr, "peer", sess.Peer.Name())
-		log.Info("session up", "class", k.class, "agent", sess.PeerHello.Agent)
+		log.Info("session up", append([]any{"class", k.class, "agent", sess.PeerHello.Agent}, laneFields(k.lane)...)...)
 		// What the server says of its services first: a forward waiting
 		// for this session then moves to its service's class at once.
 		c.learn(sess.PeerHello.Services)
+		if k.lane == 0 {
+			k.addr.Store(&addr) // before set: the other lanes follow it there
+		}
 		k.current.set(sess)
-		c.resume.SessionUp(sess, k.class) // our suspended streams move here
+		c.resume.SessionUp(sess, k.key()) // our suspended streams move here
 		serving.Go(func() { watchPeer(c.tls, sess, x509.ExtKeyUsageServerAuth, log) })
 		c.metrics.Sessions.WithLabelValues(k.class).Inc()
 		c.metrics.SessionsUp.WithLabelValues(k.class).Inc()
 		ended := make(chan error, 1)
 		serving.Go(func() {
 			ended <- sess.Serve(streamCtx, c.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
-				serveAccepted(ctx, &serving, log, c.settings(), c.metrics, c.cfg().Services, k.class, service, stream, target)
+				serveAccepted(ctx, &serving, log, c.settings(), c.metrics, c.cfg().Services, k.class, k.lane, service, stream, target)
 			})
 		})
 		reason := ""
@@ -107,7 +156,7 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 		case err = <-ended:
 		case <-k.rotateC:
 			reason = "rotated"
-			log.Info("rotating session", "class", k.class, "streams_opened", sess.Opened())
+			log.Info("rotating session", append([]any{"class", k.class, "streams_opened", sess.Opened()}, laneFields(k.lane)...)...)
 		case <-sess.PeerReplaced():
 			reason = "replaced"
 		case <-sess.PeerDraining():
@@ -130,11 +179,11 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 			// most likely another host with the same key. Taking it back at
 			// once would replace that one in turn, in a loop; back off as
 			// after any failure, and say so once per interval.
-			c.limited.Warn("replaced:"+k.class, "session replaced by a newer one from the same certificate (another host with this key?); reconnecting after a backoff", "class", k.class, "server", addr, "uptime", time.Since(up).Round(time.Second))
+			c.limited.Warn("replaced:"+k.class, "session replaced by a newer one from the same certificate (another host with this key?); reconnecting after a backoff", append([]any{"class", k.class, "server", addr, "uptime", time.Since(up).Round(time.Second)}, laneFields(k.lane)...)...)
 		case "server draining":
-			log.Info("server is draining; connecting a new session", "class", k.class, "streams", sess.NumStreams())
+			log.Info("server is draining; connecting a new session", append([]any{"class", k.class, "streams", sess.NumStreams()}, laneFields(k.lane)...)...)
 		}
-		c.resume.SessionDown(sess, k.class)
+		c.resume.SessionDown(sess, k.key())
 		if reason != "" {
 			// A new session first, then the old one drains in the
 			// background: streams in flight finish, new ones go to the new.
@@ -171,8 +220,10 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 		if err != nil {
 			c.setLastErr(fmt.Errorf("session ended: %w", err))
 		}
-		log.Warn("session ended; reconnecting", "class", k.class, "reason", reasonText(err), "uptime", time.Since(up).Round(time.Second))
-		k.current.refuse(definiteRefusal(err)) // the server told us why
+		log.Warn("session ended; reconnecting", append([]any{"class", k.class, "reason", reasonText(err), "uptime", time.Since(up).Round(time.Second)}, laneFields(k.lane)...)...)
+		if k.lane == 0 {
+			k.current.refuse(definiteRefusal(err)) // the server told us why
+		}
 		if time.Since(up) >= stableAfter {
 			delay = backoffMin
 		}
@@ -197,7 +248,7 @@ func (k *keeper) connect(ctx context.Context, addr string) (*mux.Session, error)
 		k.c.log.Warn("cannot set socket options on the tunnel connection", "error", err)
 	}
 	offer := k.c.state.Load().offer
-	sess, err := establish(ctx, ssl.Client(raw, k.c.tls.ClientConfig(cfg.TLS.ServerName)), mux.RoleClient, k.class, k.c.settings(), hello{services: offer}, k.c.log)
+	sess, err := establish(ctx, ssl.Client(raw, k.c.tls.ClientConfig(cfg.TLS.ServerName)), mux.RoleClient, k.class, k.lane, k.c.settings(), hello{services: offer}, k.c.log)
 	if err != nil {
 		raw.Close()
 		return nil, err
@@ -230,6 +281,13 @@ func (h *sessionHolder) get() *mux.Session {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.s
+}
+
+// watch is the current session and a channel closed at its next change.
+func (h *sessionHolder) watch() (*mux.Session, <-chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.s, h.changed
 }
 
 func (h *sessionHolder) set(s *mux.Session) {

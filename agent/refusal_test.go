@@ -191,12 +191,14 @@ forward "bgp-bulk" {
 	if err := roundTrip(cli.Addr("bgp").String(), []byte("keepalive")); err != nil {
 		t.Fatal(err)
 	}
-	opened := func(class string) uint64 {
-		k := cli.keeperList()[class]
-		if k == nil || k.current.get() == nil {
-			return 0
+	opened := func(class string) uint64 { // over the class's lanes
+		var n uint64
+		for _, sess := range cli.Lanes(class) {
+			if sess != nil {
+				n += sess.Opened()
+			}
 		}
-		return k.current.get().Opened()
+		return n
 	}
 	if c, b := opened(classControl), opened(classBulk); c != 1 || b != 0 {
 		t.Fatalf("streams opened: control %d, bulk %d; want 1, 0", c, b)
@@ -241,7 +243,15 @@ service "rtr" {
   class  = "control"
 }
 `, echo))
-	waitFor(t, "both sessions", func() bool { return len(f.srv.sessions.snapshot()) == 2 })
+	waitFor(t, "both classes' sessions", func() bool {
+		held := f.srv.sessions.snapshot()
+		var control, bulk bool
+		for k := range held {
+			control = control || k.class == classControl
+			bulk = bulk || k.class == classBulk
+		}
+		return control && bulk
+	})
 	if err := roundTrip(f.srv.Addr("to-edge").String(), []byte("open")); err != nil {
 		t.Fatal(err)
 	}
@@ -270,7 +280,7 @@ func TestSessionLimitToldNotDefinite(t *testing.T) {
 	waitFor(t, "the second client to say why", func() bool {
 		return strings.Contains(log.String(), "the server refused us; retrying") && strings.Contains(log.String(), "its limit (max_sessions)")
 	})
-	k := second.keeperList()[classBulk]
+	k := second.keeperList()[classBulk][0]
 	k.current.mu.Lock()
 	refused := k.current.refused
 	k.current.mu.Unlock()

@@ -40,6 +40,7 @@ type Server struct {
 
 	admin    adminHost
 	handover handoverHost
+	noLanes  bool // announce no lanes, as a server before them (tests only)
 
 	mu       sync.Mutex
 	tunnel   net.Addr
@@ -308,15 +309,16 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	var deferred atomic.Pointer[ssl.PolicyError]
 	policy := s.tls.Policy() // the handshake's, or an older one
 	tconn := ssl.Server(conn, s.tls.DeferringServerConfig(&deferred))
-	sess, err := establish(acceptCtx, tconn, mux.RoleServer, "", st, hello{
+	sess, err := establish(acceptCtx, tconn, mux.RoleServer, "", 0, st, hello{
 		services: func(id ssl.Identity) map[string]string { return s.state.Load().offer(id) },
 		deferred: &deferred,
 		admit: func(id ssl.Identity, h mux.Hello) error {
-			if err := s.sessions.admit(id, h.Class, cfg.MaxSessions, cfg.MaxSessionsPerIdentity); err != nil {
+			if err := s.sessions.admit(id, h.Class, h.Lane, cfg.MaxSessions, cfg.MaxSessionsPerIdentity); err != nil {
 				return &mux.RefusedError{Code: mux.RefusalLimit, Msg: err.Error()}
 			}
 			return nil
 		},
+		noLanes: s.noLanes,
 	}, s.log)
 	release()
 	if errors.Is(err, mux.ErrProbed) {
@@ -343,22 +345,24 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	// Sessions are keyed by the certificate (its SPKI pin), shown by name:
 	// names are not unique (a shared CN, URI-only certificates).
 	peer, key := sess.Peer.Name(), sess.Peer.Key()
-	class := sess.PeerHello.Class
+	// A client's sessions of one class are its lanes (0 from a client or
+	// server before lanes): each is a session of its own, limits included.
+	class, lane := sess.PeerHello.Class, sess.PeerHello.Lane
 	log := s.log.With("peer", peer, "remote", remote)
 	// Checked in the hello already; again here, as another session of
 	// the same client may have come up meanwhile.
-	if err := s.sessions.admit(sess.Peer, class, cfg.MaxSessions, cfg.MaxSessionsPerIdentity); err != nil {
+	if err := s.sessions.admit(sess.Peer, class, lane, cfg.MaxSessions, cfg.MaxSessionsPerIdentity); err != nil {
 		s.limited.Warn("limit:"+key, "client refused", "peer", peer, "key", key, "remote", remote, "error", err)
 		s.metrics.HandshakeFailures.WithLabelValues(mux.RefusalLimit.String()).Inc()
 		sess.EndWithRefusal(mux.RefusalLimit, err.Error(), tellWait, err)
 		return
 	}
 	// A client that reconnects replaces its old session of the same class
-	// at once: new streams use the new one, so its forwards never see a
-	// stale "already connected"; the old one drains in the background
-	// (a rotation) or is already dead (a reconnect).
-	if old := s.sessions.put(sess.Peer, class, sess); old != nil {
-		log.Info("client reconnected; draining its previous session", "class", class, "key", key)
+	// and lane at once: new streams use the new one, so its forwards never
+	// see a stale "already connected"; the old one drains in the
+	// background (a rotation) or is already dead (a reconnect).
+	if old := s.sessions.put(sess.Peer, class, lane, sess); old != nil {
+		log.Info("client reconnected; draining its previous session", append([]any{"class", class, "key", key}, laneFields(lane)...)...)
 		conns.Go(func() {
 			// Told first, so a client that did not open the new session
 			// (another host with the same key) backs off, not reconnects.
@@ -374,25 +378,25 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	if p := s.tls.Policy(); p != policy {
 		if err := p.Recheck(sess.Peer, x509.ExtKeyUsageClientAuth, time.Now()); err != nil {
 			log.Warn("closing session: its client no longer passes", "reason", err)
-			s.sessions.remove(sess.Peer, class, sess)
+			s.sessions.remove(sess.Peer, class, lane, sess)
 			endRefused(map[*mux.Session]error{sess: err})
 			return
 		}
 	}
-	log.Info("session up", "class", class, "agent", sess.PeerHello.Agent, "key", key)
-	s.resume.SessionUp(sess, class) // our suspended streams to this client move here
-	defer s.resume.SessionDown(sess, class)
+	log.Info("session up", append([]any{"class", class, "agent", sess.PeerHello.Agent, "key", key}, laneFields(lane)...)...)
+	s.resume.SessionUp(sess, laneKey(class, lane)) // our suspended streams to this client move here
+	defer s.resume.SessionDown(sess, laneKey(class, lane))
 	conns.Go(func() { watchPeer(s.tls, sess, x509.ExtKeyUsageClientAuth, log) })
 	s.metrics.Sessions.WithLabelValues(class).Inc()
 	s.metrics.SessionsUp.WithLabelValues(class).Inc()
 	defer s.metrics.Sessions.WithLabelValues(class).Dec()
 	err = sess.Serve(streamCtx, s.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
-		serveAccepted(ctx, conns, log, s.settings(), s.metrics, s.cfg().Services, class, service, stream, target)
+		serveAccepted(ctx, conns, log, s.settings(), s.metrics, s.cfg().Services, class, lane, service, stream, target)
 	})
-	s.sessions.remove(sess.Peer, class, sess)
+	s.sessions.remove(sess.Peer, class, lane, sess)
 	sess.Close()
 	if streamCtx.Err() == nil {
-		log.Info("session ended", "class", class, "reason", reasonText(err))
+		log.Info("session ended", append([]any{"class", class, "reason", reasonText(err)}, laneFields(lane)...)...)
 		s.metrics.SessionsEnded.WithLabelValues(class, endReason(err)).Inc()
 	}
 }
@@ -429,7 +433,7 @@ func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.C
 		forward.Reset(local)
 		return
 	}
-	stream, err := openStream(ctx, s.settings(), sess, f, sess.PeerHello.Class, local)
+	stream, err := openStream(ctx, s.settings(), sess, f, sess.PeerHello.Class, sess.PeerHello.Lane, local)
 	if err != nil {
 		s.log.Warn("connection refused: cannot open stream", "forward", f.Name, "client", f.Client, "error", err)
 		forward.Reset(local)
@@ -515,7 +519,7 @@ func (s *Server) status() admin.Status {
 		st.LastError = *e
 	}
 	for k, sess := range s.sessions.snapshot() {
-		st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: sess.Peer.Name(), Key: k.key, Class: k.class, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams()})
+		st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: sess.Peer.Name(), Key: k.key, Class: k.class, Lane: k.lane, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams()})
 	}
 	for _, f := range cfg.Forwards {
 		sess, _ := s.sessions.find(clientMatcher(f.Client), f.Class)
@@ -539,23 +543,27 @@ func reasonText(err error) string {
 }
 
 // sessionSet holds the connected clients' sessions by certificate (the
-// identity's Key, its SPKI pin) and class. A reconnect with the same key
-// replaces its session of the same class; two certificates with the same
-// readable name are two clients.
+// identity's Key, its SPKI pin), class and lane. A reconnect with the same
+// key replaces its session of the same class and lane; two certificates
+// with the same readable name are two clients.
 type sessionSet struct {
 	mu sync.Mutex
 	m  map[sessionKey]*mux.Session
 }
 
-type sessionKey struct{ key, class string }
+type sessionKey struct {
+	key, class string
+	lane       int
+}
 
 // admit checks the session limits for a new session of id. A session that
-// would replace one of the same class does not count against them.
-func (ss *sessionSet) admit(id ssl.Identity, class string, max, perIdentity int) error {
+// would replace one of the same class and lane does not count against
+// them; every lane counts as a session.
+func (ss *sessionSet) admit(id ssl.Identity, class string, lane, max, perIdentity int) error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	key := id.Key()
-	if _, replaces := ss.m[sessionKey{key, class}]; replaces {
+	if _, replaces := ss.m[sessionKey{key, class, lane}]; replaces {
 		return nil
 	}
 	if len(ss.m) >= max {
@@ -573,22 +581,22 @@ func (ss *sessionSet) admit(id ssl.Identity, class string, max, perIdentity int)
 	return nil
 }
 
-func (ss *sessionSet) put(id ssl.Identity, class string, s *mux.Session) (old *mux.Session) {
+func (ss *sessionSet) put(id ssl.Identity, class string, lane int, s *mux.Session) (old *mux.Session) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.m == nil {
 		ss.m = map[sessionKey]*mux.Session{}
 	}
-	k := sessionKey{id.Key(), class}
+	k := sessionKey{id.Key(), class, lane}
 	old = ss.m[k]
 	ss.m[k] = s
 	return old
 }
 
-func (ss *sessionSet) remove(id ssl.Identity, class string, s *mux.Session) {
+func (ss *sessionSet) remove(id ssl.Identity, class string, lane int, s *mux.Session) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	k := sessionKey{id.Key(), class}
+	k := sessionKey{id.Key(), class, lane}
 	if ss.m[k] == s {
 		delete(ss.m, k)
 	}
@@ -612,14 +620,17 @@ func (ss *sessionSet) all() []*mux.Session {
 
 // find returns the session for a forward: among the sessions whose peer
 // matches, those of the given class if any, else of any class; of those
-// the most recently established. certs is how many distinct certificates
-// matched: more than one means the forward's client is ambiguous.
+// the certificate of the most recently established; of its sessions of
+// that class (its lanes) the one with the fewest open streams, the first
+// lane on a tie. certs is how many distinct certificates matched: more
+// than one means the forward's client is ambiguous.
 func (ss *sessionSet) find(matches func(ssl.Identity) bool, class string) (sess *mux.Session, certs int) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	var (
 		keys      = map[string]bool{}
 		sameClass bool
+		newest    sessionKey
 	)
 	for k, s := range ss.m {
 		if !matches(s.Peer) {
@@ -628,12 +639,25 @@ func (ss *sessionSet) find(matches func(ssl.Identity) bool, class string) (sess 
 		keys[k.key] = true
 		switch {
 		case k.class == class && (!sameClass || s.Since().After(sess.Since())):
-			sess, sameClass = s, true
+			sess, sameClass, newest = s, true, k
 		case !sameClass && (sess == nil || s.Since().After(sess.Since())):
-			sess = s
+			sess, newest = s, k
 		}
 	}
-	return sess, len(keys)
+	if sess == nil {
+		return nil, 0
+	}
+	// Its lanes: the map's order is random, so ties go by lane.
+	best, bestLane, bestStreams := sess, newest.lane, sess.NumStreams()
+	for k, s := range ss.m {
+		if k.key != newest.key || k.class != newest.class || s == sess {
+			continue
+		}
+		if n := s.NumStreams(); n < bestStreams || n == bestStreams && k.lane < bestLane {
+			best, bestLane, bestStreams = s, k.lane, n
+		}
+	}
+	return best, len(keys)
 }
 
 // clientMatcher is how a forward's `client` names the client whose session

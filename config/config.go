@@ -69,9 +69,13 @@
 // max_sessions_per_identity = 4 (sessions of one client identity at once),
 // each at least 1. The client also takes session_wait = "10s" (how long a
 // new local connection waits for the session while it is down; "0s": not at
-// all) and tls.verify = ["rule", ...]: rules the server's certificate must
-// match besides server_name, in the syntax of allow (see ssl.ParseRule);
-// left out, any certificate valid for server_name is accepted.
+// all), bulk_connections = 2 (how many parallel sessions, each its own TLS
+// connection, the bulk class may use to its server, 1..8: one TLS
+// connection is one core of crypto on each side; 2 suits most hosts; beyond
+// the cores of either host it buys nothing) and tls.verify = ["rule", ...]:
+// rules the server's certificate must match besides server_name, in the
+// syntax of allow (see ssl.ParseRule); left out, any certificate valid for
+// server_name is accepted.
 //
 // Every allow and verify entry is an identity rule: "client-a" (CN or DNS
 // SAN), "cn:...", "dns:...", "uri:..." or "spiffe://..." (with '*' within a
@@ -136,9 +140,14 @@ const (
 	DefaultMaxSessions            = 1024
 	DefaultMaxSessionsPerIdentity = 4
 	DefaultSessionWait            = 10 * time.Second
+	DefaultBulkConnections        = 2
 	DefaultMaxConns               = 1024
 	DefaultCRLStale               = "warn"
 )
+
+// MaxBulkConnections bounds bulk_connections; the server refuses a lane
+// beyond it.
+const MaxBulkConnections = 8
 
 // MaxResumeWindow bounds resume_window: a suspended stream holds its local
 // connection and its replay buffer for the whole window.
@@ -272,6 +281,11 @@ type Client struct {
 	Settings
 
 	SessionWait time.Duration // key session_wait: how long a new local connection waits for the session while it is down; default 10s
+	// BulkConnections is key bulk_connections: how many sessions (each its
+	// own TLS connection, so its own core of crypto on each side) the bulk
+	// class may use at once to the same server; 1..MaxBulkConnections,
+	// default 2.
+	BulkConnections int
 }
 
 // LoadServer reads and parses the server config file at path.
@@ -366,7 +380,7 @@ func ParseClient(filename string, src []byte) (*Client, error) {
 	if body == nil {
 		return nil, d.err()
 	}
-	cl := &Client{Path: d.path, SessionWait: DefaultSessionWait}
+	cl := &Client{Path: d.path, SessionWait: DefaultSessionWait, BulkConnections: DefaultBulkConnections}
 	top := d.content(body, clientTop, "the client config", "", hcl.Range{})
 	if a := top.attr("server"); a != nil {
 		cl.Servers = d.servers(top, a)
@@ -376,6 +390,15 @@ func ParseClient(filename string, src []byte) (*Client, error) {
 	if a := top.attr("session_wait"); a != nil {
 		if v, ok := d.durationOrZero(top, a); ok {
 			cl.SessionWait = v
+		}
+	}
+	if a := top.attr("bulk_connections"); a != nil {
+		if n, ok := d.integer(top, a); ok {
+			if n < 1 || n > MaxBulkConnections {
+				d.addf(a.Expr.Range(), "bulk_connections = %d is out of range (1 to %d): one TLS connection per core of crypto; 2 suits most hosts, and beyond the cores of either host more buy nothing", n, MaxBulkConnections)
+			} else {
+				cl.BulkConnections = n
+			}
 		}
 	}
 	c := d.common(top, false)

@@ -514,6 +514,14 @@ func TestParseErrors(t *testing.T) {
 		{name: "max_sessions_per_identity on the client", client: true, src: "max_sessions_per_identity = 3\n", line: 1, want: "max_sessions_per_identity is only for the server"},
 		{name: "session_wait negative", client: true, src: "session_wait = \"-1s\"\n", line: 1, want: `session_wait = "-1s" must be more than zero`},
 		{name: "session_wait a number", client: true, src: "session_wait = 10\n", line: 1, want: "session_wait must be a duration string, not a number"},
+		{name: "bulk_connections zero", client: true, src: "bulk_connections = 0\n", line: 1, want: "bulk_connections = 0 is out of range (1 to 8): one TLS connection per core of crypto; 2 suits most hosts"},
+		{name: "bulk_connections over 8", client: true, src: "bulk_connections = 9\n", line: 1, want: "bulk_connections = 9 is out of range (1 to 8)"},
+		{name: "bulk_connections negative", client: true, src: "bulk_connections = -2\n", line: 1, want: "bulk_connections = -2 is out of range (1 to 8)"},
+		{name: "bulk_connections fraction", client: true, src: "bulk_connections = 1.5\n", line: 1, want: "bulk_connections must be a whole number, got 1.5"},
+		{name: "bulk_connections a string", client: true, src: "bulk_connections = \"2\"\n", line: 1, want: "bulk_connections must be a number, not a string (write it without quotes)"},
+		{name: "bulk_connections huge", client: true, src: "bulk_connections = 1e100\n", line: 1, want: "bulk_connections is too large"},
+		{name: "bulk_connections as a block", client: true, src: "bulk_connections {}\n", line: 1, want: "bulk_connections is a key, not a block"},
+		{name: "bulk_connections on the server", src: "bulk_connections = 2\n", line: 1, want: "bulk_connections is only for the client (remove it)"},
 
 		// dscp.
 		{name: "dscp negative", src: "dscp = -1\n", line: 1, want: "dscp = -1 is out of range (0 to 63)"},
@@ -851,6 +859,9 @@ func checkClient(c *Client) error {
 	if c.SessionWait < 0 {
 		errs = append(errs, fmt.Errorf("session_wait %v", c.SessionWait))
 	}
+	if c.BulkConnections < 1 || c.BulkConnections > MaxBulkConnections {
+		errs = append(errs, fmt.Errorf("bulk_connections %d", c.BulkConnections))
+	}
 	return errors.Join(errs...)
 }
 
@@ -941,5 +952,8 @@ func withClientDefaults(c *Client) {
 	withCommonDefaults(&c.TLS, &c.Settings, c.Services, c.Forwards)
 	if c.SessionWait == 0 {
 		c.SessionWait = DefaultSessionWait
+	}
+	if c.BulkConnections == 0 {
+		c.BulkConnections = DefaultBulkConnections
 	}
 }

@@ -177,6 +177,7 @@ func TestKeys(t *testing.T) {
 		sessions = func(p parsed) any { return p.srv.MaxSessions }
 		perID    = func(p parsed) any { return p.srv.MaxSessionsPerIdentity }
 		wait     = func(p parsed) any { return p.cl.SessionWait }
+		lanes    = func(p parsed) any { return p.cl.BulkConnections }
 		crl      = tls(func(t TLS) any { return t.CRL })
 		crlStale = tls(func(t TLS) any { return t.CRLStale })
 		verify   = tls(func(t TLS) any { return t.Verify })
@@ -300,6 +301,11 @@ func TestKeys(t *testing.T) {
 		{name: "session_wait default", sides: []bool{true}, get: wait, want: 10 * sec},
 		{name: "session_wait 0s overrides", sides: []bool{true}, src: "session_wait = \"0s\"\n", get: wait, want: time.Duration(0)},
 		{name: "session_wait 1m", sides: []bool{true}, src: "session_wait = \"1m\"\n", get: wait, want: mins},
+
+		// bulk_connections: client only; 2; 1..8.
+		{name: "bulk_connections default", sides: []bool{true}, get: lanes, want: 2},
+		{name: "bulk_connections 1", sides: []bool{true}, src: "bulk_connections = 1\n", get: lanes, want: 1},
+		{name: "bulk_connections 8", sides: []bool{true}, src: "bulk_connections = 8\n", get: lanes, want: 8},
 
 		// tls.crl: none by default; paths resolved like cert.
 		{name: "crl default", sides: both, get: crl, want: []string(nil)},

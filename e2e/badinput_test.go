@@ -200,7 +200,7 @@ func TestBadInput(t *testing.T) {
 	if err := oneStream(tn.client.forwards["echo"], 7); err != nil {
 		t.Fatalf("new stream after bad input: %v", err)
 	}
-	if n := srv.countLines("session up:", "peer=client-a"); n != 1 {
+	if n := srv.sessionsUp("peer=client-a"); n != 1 {
 		t.Errorf("server logged %d sessions up for client-a, want 1", n)
 	}
 	if _, ok := tn.client.findLine("session ended"); ok {

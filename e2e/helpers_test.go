@@ -137,6 +137,23 @@ func (p *proc) countLines(subs ...string) int {
 	return n
 }
 
+// bulkLanes is the bulk sessions a client holds by default
+// (bulk_connections).
+const bulkLanes = 2
+
+// sessionsUp counts the "session up" lines containing every one of subs
+// of each class's first session: a client's further sessions of a class
+// (bulk_connections) log lane=N, so this is one per (re)connect.
+func (p *proc) sessionsUp(subs ...string) int {
+	n := 0
+	for _, l := range p.log.lines() {
+		if strings.Contains(l, "session up:") && containsAll(l, subs...) && !strings.Contains(l, " lane=") {
+			n++
+		}
+	}
+	return n
+}
+
 func containsAll(s string, subs ...string) bool {
 	for _, sub := range subs {
 		if !strings.Contains(s, sub) {

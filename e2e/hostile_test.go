@@ -556,7 +556,7 @@ func runAttack(t *testing.T, e *hostileEnv, logLimit int, a attack) {
 	mon.mu.Unlock()
 	var sessionsUp, sessionsEnded int
 	for _, cli := range e.clients {
-		sessionsUp += cli.countLines("session up:")
+		sessionsUp += cli.sessionsUp()
 		sessionsEnded += cli.countLines("session ended")
 	}
 	var pings []string
@@ -956,7 +956,7 @@ func TestHostileSameName(t *testing.T) {
 	runAttack(t, e, attackLogLimit, func(e *hostileEnv, v *verdict) string {
 		// Bound: 30 s with all four connected, as the issue describes.
 		time.Sleep(30 * time.Second)
-		up := e.srv.countLines("session up:")
+		up := e.srv.sessionsUp()
 		v.expect(up <= 2*len(e.clients), "server logged %d \"session up\" lines for %d clients in 30 s, want at most %d (a replace loop?)", up, len(e.clients), 2*len(e.clients))
 		return fmt.Sprintf("server session_up_lines=%d replaced_lines=%d", up, e.srv.countLines("reconnected"))
 	})

@@ -3,7 +3,6 @@ package e2e
 import (
 	"io"
 	"net"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,8 +12,6 @@ import (
 
 	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
-
-var reSessionUp = regexp.MustCompile(`session up:`)
 
 // The server dies (SIGKILL) and comes back on the same port: the client is
 // back within 2 s of the new server listening, and new streams work.
@@ -38,7 +35,7 @@ func TestServerKilledAndRestarted(t *testing.T) {
 	srv2 := startServer(t, text)
 	back := time.Now()
 	deadline := back.Add(waitLimit)
-	for len(cli.allMatches(reSessionUp)) < 2 && time.Now().Before(deadline) {
+	for cli.sessionsUp() < 2 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	took := time.Since(back)
@@ -225,7 +222,7 @@ func TestBlackholedTunnelDetectedAndHealed(t *testing.T) {
 	rl.closeAll()
 	rl.blackhole.Store(false)
 	deadline := time.Now().Add(waitLimit)
-	for len(cli.allMatches(reSessionUp)) < 2 && time.Now().Before(deadline) {
+	for cli.sessionsUp() < 2 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if err := oneStream(cli.forwards["echo"], 2); err != nil {
@@ -373,7 +370,7 @@ func TestGracefulServerRestartKeepsAcceptingStreams(t *testing.T) {
 			t.Errorf("new connection %d while the old server drains: %v", i, err)
 		}
 	}
-	if n := len(cli.allMatches(reSessionUp)); n != 2 {
+	if n := cli.sessionsUp(); n != 2 {
 		t.Errorf("client logged %d sessions up, want 2 (old and new)", n)
 	}
 	// The long stream is still on the draining server, and still works.

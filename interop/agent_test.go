@@ -27,7 +27,7 @@ const (
 // The log lines the agents write (hclog text format) that tests wait for.
 var (
 	reServerListening = regexp.MustCompile(`tunnel-server: listening: addr=(\S+)`)
-	reSessionUp       = regexp.MustCompile(`tunnel-client: session up:`)
+	reSessionUp       = regexp.MustCompile(`tunnel-client: session up:`) // the first one; to count them, sessionUp
 	reServerSession   = regexp.MustCompile(`tunnel-server: session up: peer=client-a `)
 )
 
@@ -126,6 +126,19 @@ func (p *agentProc) log() string {
 	return strings.Join(p.lines, "\n")
 }
 
+// countMatching counts the log lines m matches.
+func (p *agentProc) countMatching(m lineMatcher) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, l := range p.lines {
+		if m.MatchString(l) {
+			n++
+		}
+	}
+	return n
+}
+
 func (p *agentProc) count(substr string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -186,8 +199,25 @@ func (p *agentProc) must(re *regexp.Regexp) string {
 	return m[0]
 }
 
+// lineMatcher picks log lines: a *regexp.Regexp, or sessionUp.
+type lineMatcher interface {
+	MatchString(string) bool
+	String() string
+}
+
+// sessionUp matches the client's "session up" lines of each class's first
+// session: its further sessions of a class (bulk_connections) log lane=N,
+// so the count is one per (re)connect.
+type sessionUp struct{}
+
+func (sessionUp) MatchString(l string) bool {
+	return strings.Contains(l, "tunnel-client: session up:") && !strings.Contains(l, " lane=")
+}
+
+func (sessionUp) String() string { return "tunnel-client: session up: (first lanes)" }
+
 // waitCount waits up to startTimeout until at least n log lines match re.
-func (p *agentProc) waitCount(re *regexp.Regexp, n int) {
+func (p *agentProc) waitCount(re lineMatcher, n int) {
 	p.t.Helper()
 	deadline := time.NewTimer(startTimeout)
 	defer deadline.Stop()

@@ -165,7 +165,7 @@ func startBGPRig(t *testing.T, reversed bool) *bgpRig {
 func (r *bgpRig) speakers() []*speaker { return []*speaker{r.a, r.b} }
 
 // sessionsUp counts the client's tunnel sessions so far.
-func (r *bgpRig) sessionsUp() int { return r.cli.count("tunnel-client: session up:") }
+func (r *bgpRig) sessionsUp() int { return r.cli.countMatching(sessionUp{}) }
 
 // sameSessionAfterHold waits out another hold time, which only keepalives
 // carried by the resumed stream survive, and checks the session is still
@@ -202,7 +202,7 @@ func bgpAcrossCutAndBlackhole(t *testing.T, reversed bool) {
 		t.Fatal("the cut found no tunnel connection to reset")
 	}
 	announce(t, r.b, "10.97.1.0")
-	r.cli.waitCount(reSessionUp, 2)
+	r.cli.waitCount(sessionUp{}, 2)
 	expectRoute(t, r.a, "10.97.1.0")
 	sameSession(t, "after the cut", r.speakers(), r.before)
 
@@ -250,7 +250,7 @@ func TestBGPResumeAcrossHandover(t *testing.T) {
 		t.Cleanup(func() { p.stopSuccessor(t, succ) })
 		prefix := fmt.Sprintf("10.97.%d.0", 10+i)
 		announce(t, r.b, prefix)
-		r.cli.waitCount(reSessionUp, i+2)
+		r.cli.waitCount(sessionUp{}, i+2)
 		expectRoute(t, r.a, prefix)
 		sameSession(t, "after the handover of "+p.name, r.speakers(), r.before)
 	}

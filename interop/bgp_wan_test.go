@@ -83,7 +83,7 @@ forward "sink" {
   class  = "bulk"
 }
 `))
-	cli.waitCount(reSessionUp, 2) // one session per class
+	cli.waitCount(sessionUp{}, 2) // one session per class (its first lane)
 	_, port, _ := net.SplitHostPort(cli.must(forwardListening("bgp")))
 	remotePort, _ := strconv.ParseUint(port, 10, 16)
 	b := startSpeaker(t, "speaker-b", asnB, "10.0.0.2", -1)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -98,11 +99,11 @@ func TestHelloServices(t *testing.T) {
 		"bad name":      {"a b": "bulk"},
 		"too many":      manyServices(maxHelloServices + 1),
 	} {
-		if _, err := checkHello(Hello{Role: RoleServer, Services: svcs}, RoleClient, cfg.Classes); err == nil {
+		if _, err := checkHello(Hello{Role: RoleServer, Services: svcs}, RoleClient, cfg.Classes, nil); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	if _, err := checkHello(Hello{Role: RoleServer, Services: manyServices(maxHelloServices)}, RoleClient, cfg.Classes); err != nil {
+	if _, err := checkHello(Hello{Role: RoleServer, Services: manyServices(maxHelloServices)}, RoleClient, cfg.Classes, nil); err != nil {
 		t.Errorf("a full list refused: %v", err)
 	}
 	if _, err := encodeHello(Hello{Role: RoleServer, Services: manyServices(maxHelloServices)}); err != nil {
@@ -250,4 +251,101 @@ func TestProbeStartsNoSession(t *testing.T) {
 	if _, err := Probe(context.Background(), cliConn, Config{}); !errors.As(err, &refusal) || refusal.Code != RefusalRevoked {
 		t.Fatalf("probe of a revoked client: %v", err)
 	}
+}
+
+// Lanes: the client's lane and both sides' CapLanes go through the hello
+// to a server that speaks lanes; one that does not reads lane 0 and
+// announces nothing, as a server before lanes.
+func TestHelloLanes(t *testing.T) {
+	pair := func(t *testing.T, srvLanes []string) (server, client *Session) {
+		t.Helper()
+		base := Config{Classes: []string{"control", "bulk"}, HelloTimeout: 5 * time.Second}
+		cli := base
+		cli.Class, cli.Lane, cli.LaneClasses, cli.Resumable = "bulk", 3, []string{"bulk"}, true
+		srv := base
+		srv.LaneClasses, srv.Resumable = srvLanes, true
+		srvConn, cliConn, srvPeer, cliPeer := tlsPair(t, "client-a")
+		ch := make(chan *Session, 1)
+		go func() {
+			s, err := Establish(context.Background(), srvConn, RoleServer, srvPeer, srv)
+			if err != nil {
+				t.Error(err)
+			}
+			ch <- s
+		}()
+		client, err := Establish(context.Background(), cliConn, RoleClient, cliPeer, cli)
+		if err != nil {
+			t.Fatal(err)
+		}
+		server = <-ch
+		if server == nil {
+			client.Close()
+			t.FailNow()
+		}
+		t.Cleanup(func() { client.Close(); server.Close() })
+		return server, client
+	}
+	server, client := pair(t, []string{"bulk"})
+	if h := server.PeerHello; h.Lane != 3 || h.Class != "bulk" || !h.Has(CapLanes) || !h.Has(CapResume) {
+		t.Errorf("server read %+v", h)
+	}
+	if h := client.PeerHello; h.Lane != 0 || !h.Has(CapLanes) || !h.Has(CapResume) {
+		t.Errorf("client read %+v", h)
+	}
+	server, client = pair(t, nil)
+	if h := server.PeerHello; h.Lane != 0 || !h.Has(CapLanes) {
+		t.Errorf("a server without lanes read %+v", h)
+	}
+	if h := client.PeerHello; h.Has(CapLanes) || !h.Has(CapResume) {
+		t.Errorf("a server without lanes announced %v", h.Capabilities)
+	}
+}
+
+func TestHelloLaneValidated(t *testing.T) {
+	cfg := Config{Classes: []string{"control", "bulk"}, LaneClasses: []string{"bulk"}, HelloTimeout: 5 * time.Second}
+	for _, tc := range []struct {
+		name string
+		h    Hello
+		want string
+	}{
+		{"lane 8", Hello{Role: RoleClient, Class: "bulk", Lane: MaxLanes}, "peer's hello names lane 8, not 0 to 7"},
+		{"negative lane", Hello{Role: RoleClient, Class: "bulk", Lane: -1}, "peer's hello names lane -1, not 0 to 7"},
+		{"huge lane", Hello{Role: RoleClient, Class: "bulk", Lane: 1 << 40}, "not 0 to 7"},
+		{"lane on control", Hello{Role: RoleClient, Class: "control", Lane: 1}, `peer's hello names lane 1 of traffic class "control", which has one session (lane 0); only ["bulk"] may have more`},
+		{"probe with a lane", Hello{Role: RoleProbe, Lane: 1}, "probe's hello names lane 1; a probe names none"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := hostileHello(t, tc.h, cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+	for _, h := range []Hello{
+		{Role: RoleClient, Class: "bulk", Lane: MaxLanes - 1},
+		{Role: RoleClient, Class: "control"},
+	} {
+		if err := hostileHello(t, h, cfg); err != nil {
+			t.Errorf("%+v refused: %v", h, err)
+		}
+	}
+	// A client's hello with a lane is refused by no server: one without
+	// lanes reads it as lane 0.
+	if err := hostileHello(t, Hello{Role: RoleClient, Class: "control", Lane: 99}, Config{Classes: cfg.Classes, HelloTimeout: 5 * time.Second}); err != nil {
+		t.Errorf("a server without lanes refused a lane: %v", err)
+	}
+}
+
+func TestServerHelloWithLaneRefused(t *testing.T) {
+	srvConn, cliConn, _, cliPeer := tlsPair(t, "client-a")
+	msg, _ := encodeHello(Hello{Role: RoleServer, Lane: 2})
+	go func() {
+		srvConn.Write(msg)
+		io.Copy(io.Discard, srvConn)
+	}()
+	_, err := Establish(context.Background(), cliConn, RoleClient, cliPeer, Config{Class: "bulk"})
+	if err == nil || !strings.Contains(err.Error(), "server's hello names lane 2; a server names none") {
+		t.Fatalf("err = %v", err)
+	}
+	cliConn.Close()
 }

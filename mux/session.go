@@ -27,6 +27,7 @@ import (
 type Config struct {
 	Agent        string        // our version, sent in the hello
 	Class        string        // traffic class of the session, sent in the hello (client side)
+	Lane         int           // which of the class's sessions this is, sent in the hello (client side; see Hello.Lane)
 	HelloTimeout time.Duration // bound on the hello exchange; default 10s
 	// Liveness: when nothing has been received for PingAfter we ping; when
 	// nothing at all has been received for DeadAfter the peer is declared
@@ -57,6 +58,12 @@ type Config struct {
 	// receipt; a class outside the set refuses the session). Empty: only
 	// "" (no class), and no services.
 	Classes []string
+	// LaneClasses are the traffic classes whose sessions may be one of
+	// several lanes (Hello.Lane above 0); any announces CapLanes in our
+	// hello. On the server, a hello whose lane is out of range or above 0
+	// on another class is refused; with none, the server reads every
+	// hello as lane 0, as a server before lanes did.
+	LaneClasses []string
 	// Services are the classes of the services we offer the peer, by name,
 	// sent in our hello (see Hello.Services): at most maxHelloServices,
 	// each class one of Classes.
@@ -235,9 +242,12 @@ var ErrProbed = errors.New("the client only probed (validate -online); no sessio
 // the yamux session. role is RoleClient or RoleServer.
 func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identity, cfg Config) (*Session, error) {
 	cfg = cfg.withDefaults()
-	ours := Hello{Role: role, Agent: cfg.Agent, Class: cfg.Class, Services: cfg.Services, Instance: cfg.Instance}
+	ours := Hello{Role: role, Agent: cfg.Agent, Class: cfg.Class, Lane: cfg.Lane, Services: cfg.Services, Instance: cfg.Instance}
 	if cfg.Resumable {
-		ours.Capabilities = []string{CapResume}
+		ours.Capabilities = append(ours.Capabilities, CapResume)
+	}
+	if len(cfg.LaneClasses) > 0 {
+		ours.Capabilities = append(ours.Capabilities, CapLanes)
 	}
 	hello, err := exchangeHello(ctx, conn, role, ours, cfg)
 	if err != nil {
@@ -307,7 +317,7 @@ func (s *Session) MaxStreams() int { return s.maxStreams }
 // checkHello validates what the peer said about itself: every string in it
 // is the peer's, so only values from a fixed set pass, and errors quote at
 // most a short prefix of anything else.
-func checkHello(h Hello, ours string, classes []string) (Hello, error) {
+func checkHello(h Hello, ours string, classes, laneClasses []string) (Hello, error) {
 	want := RoleServer
 	if ours == RoleServer {
 		want = RoleClient
@@ -321,6 +331,9 @@ func checkHello(h Hello, ours string, classes []string) (Hello, error) {
 		if h.Class != "" {
 			return Hello{}, fmt.Errorf("probe's hello names traffic class %s; a probe names none", quoteShort(h.Class))
 		}
+		if h.Lane != 0 {
+			return Hello{}, fmt.Errorf("probe's hello names lane %d; a probe names none", h.Lane)
+		}
 	case ours:
 		return Hello{}, fmt.Errorf("peer is also a %s agent (connect a tunnel-client to a tunnel-server)", ours)
 	default:
@@ -330,8 +343,19 @@ func checkHello(h Hello, ours string, classes []string) (Hello, error) {
 		if !slices.Contains(classes, h.Class) && (len(classes) > 0 || h.Class != "") {
 			return Hello{}, fmt.Errorf("peer's hello names traffic class %s, not one of %q", quoteShort(h.Class), classes)
 		}
+		switch {
+		case len(laneClasses) == 0:
+			// As a server before lanes: one session per class.
+			h.Lane = 0
+		case h.Lane < 0 || h.Lane >= MaxLanes:
+			return Hello{}, fmt.Errorf("peer's hello names lane %d, not 0 to %d", h.Lane, MaxLanes-1)
+		case h.Lane > 0 && !slices.Contains(laneClasses, h.Class):
+			return Hello{}, fmt.Errorf("peer's hello names lane %d of traffic class %q, which has one session (lane 0); only %q may have more", h.Lane, h.Class, laneClasses)
+		}
 	} else if h.Class != "" {
 		return Hello{}, fmt.Errorf("server's hello names traffic class %s; a server names none", quoteShort(h.Class))
+	} else if h.Lane != 0 {
+		return Hello{}, fmt.Errorf("server's hello names lane %d; a server names none", h.Lane)
 	}
 	if len(h.Services) > maxHelloServices {
 		return Hello{}, fmt.Errorf("peer's hello lists %d services, more than %d", len(h.Services), maxHelloServices)
@@ -350,7 +374,7 @@ func checkHello(h Hello, ours string, classes []string) (Hello, error) {
 	if len(h.Capabilities) > maxCaps {
 		return Hello{}, fmt.Errorf("peer's hello lists %d capabilities, more than %d", len(h.Capabilities), maxCaps)
 	}
-	h.Capabilities = slices.DeleteFunc(h.Capabilities, func(c string) bool { return c != CapResume })
+	h.Capabilities = slices.DeleteFunc(h.Capabilities, func(c string) bool { return c != CapResume && c != CapLanes })
 	if len(h.Instance) > maxInstance || strings.IndexFunc(h.Instance, func(r rune) bool {
 		return !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f')
 	}) >= 0 {
@@ -415,7 +439,7 @@ func exchangeHello(ctx context.Context, conn net.Conn, role string, ours Hello, 
 	if theirs.Version != ProtocolVersion {
 		err = fmt.Errorf("peer speaks tunnel protocol version %d, we speak %d: run the same agent version on both ends", theirs.Version, ProtocolVersion)
 		refusal = &RefusedError{Code: RefusalBadHello, Msg: fmt.Sprintf("the server speaks tunnel protocol version %d, the client %d: run the same agent version on both ends", ProtocolVersion, theirs.Version)}
-	} else if theirs, err = checkHello(theirs, role, cfg.Classes); err != nil {
+	} else if theirs, err = checkHello(theirs, role, cfg.Classes, cfg.LaneClasses); err != nil {
 		refusal = &RefusedError{Code: RefusalBadHello, Msg: err.Error()}
 	}
 	if role != RoleServer {

@@ -96,6 +96,16 @@ const (
 // CapResume, in a hello's caps, says the agent speaks resumable streams.
 const CapResume = "resume/1"
 
+// CapLanes, in a hello's caps, says the agent speaks lanes: a client may
+// hold several sessions of one class (Hello.Lane tells them apart). A
+// server without it keeps one session per certificate and class, and
+// would replace one lane with the next.
+const CapLanes = "lanes/1"
+
+// MaxLanes bounds the sessions of one class a client may hold at once
+// (Hello.Lane is 0 to MaxLanes-1).
+const MaxLanes = 8
+
 // Token names a resumable stream: chosen at random by its opener, known
 // only to the two agents, and needed (with the same certificate) to move
 // the stream to a new session.
@@ -110,6 +120,10 @@ type Hello struct {
 	// ("control" or "bulk"): one TLS connection per class keeps small
 	// control messages from queueing behind bulk data.
 	Class string `json:"class,omitempty"`
+	// Lane tells apart the client's sessions of one class, to a server
+	// that announced CapLanes: 0 is the class's first session (a client
+	// that holds one per class sends only 0), up to MaxLanes-1.
+	Lane int `json:"lane,omitempty"`
 	// Services are the traffic classes of the services this side offers
 	// the peer (only those the peer may open; at most maxHelloServices),
 	// by name: the side that owns a service knows its protocol, and the

@@ -14,13 +14,18 @@ import (
 func writeFile(path string, b []byte) error { return os.WriteFile(path, b, 0o644) }
 
 func TestWireRoundTrip(t *testing.T) {
-	msg, err := encodeHello(Hello{Role: RoleClient, Agent: "1.2.3", Capabilities: []string{"x"}})
+	msg, err := encodeHello(Hello{Role: RoleClient, Agent: "1.2.3", Class: "bulk", Lane: 5, Capabilities: []string{"x", CapLanes}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	h, err := readHello(bytes.NewReader(msg))
-	if err != nil || h.Role != RoleClient || h.Agent != "1.2.3" || h.Version != ProtocolVersion {
+	if err != nil || h.Role != RoleClient || h.Agent != "1.2.3" || h.Version != ProtocolVersion || h.Lane != 5 || !h.Has(CapLanes) {
 		t.Fatalf("%+v %v", h, err)
+	}
+	// Lane 0 is left out: the hello of the class's first session is
+	// today's, byte for byte.
+	if msg, _ := encodeHello(Hello{Role: RoleClient, Class: "bulk"}); bytes.Contains(msg, []byte("lane")) {
+		t.Errorf("lane 0 written: %s", msg)
 	}
 	hdr, err := encodeHeader("bgp-179", "192.0.2.7:40000", nil)
 	if err != nil {

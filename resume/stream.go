@@ -119,6 +119,9 @@ func (s *Stream) Token() mux.Token { return s.token }
 // Service is the name of the service the stream was opened for.
 func (s *Stream) Service() string { return s.service }
 
+// Class is the class of session that carries it (Options.Class).
+func (s *Stream) Class() string { return s.class }
+
 func (s *Stream) Read(p []byte) (int, error) {
 	for {
 		s.mu.Lock()

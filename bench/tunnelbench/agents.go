@@ -252,7 +252,9 @@ func tail(s string, n int) string {
 
 var (
 	reListening = regexp.MustCompile(`listening: addr=(\S+)`)
-	reSessionUp = regexp.MustCompile(`session up:`)
+	// The first session of each class: further ones of a class (the
+	// client's bulk_connections) end their line with lane=N.
+	reSessionUp = regexp.MustCompile(`(?m)session up:.* agent=\S+$`)
 	// Lines that mean the client lost its session.
 	reReconnect = regexp.MustCompile(`(?m)^.*(session ended|reconnecting|cannot reach server).*$`)
 )

@@ -349,3 +349,14 @@ func TestParseAgentBuilds(t *testing.T) {
 		}
 	}
 }
+
+// A tunnel is up once each class's first session is: the client's
+// further bulk sessions (lanes) do not count.
+func TestSessionUpCountsFirstLanes(t *testing.T) {
+	log := "2026-01-01T00:00:00.000Z [INFO]  session up: peer=tunnel-server server=127.0.0.1:1 class=bulk agent=0.1.0-dev\n" +
+		"2026-01-01T00:00:00.001Z [INFO]  session up: peer=tunnel-server server=127.0.0.1:1 class=bulk agent=0.1.0-dev lane=1\n" +
+		"2026-01-01T00:00:00.002Z [INFO]  session up: peer=tunnel-server server=127.0.0.1:1 class=control agent=0.1.0-dev\n"
+	if n := len(reSessionUp.FindAllString(log, -1)); n != 2 {
+		t.Errorf("%d first sessions, want 2 (bulk and control)", n)
+	}
+}

@@ -135,7 +135,11 @@ func printStatus(w io.Writer, st admin.Status) {
 		if len(keysOf[s.Peer]) > 1 && s.Key != "" {
 			peer += " (" + s.Key + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", peer, s.Class, s.Remote, s.Since.Local().Format(time.DateTime), s.Streams)
+		class := s.Class
+		if s.Lane > 0 { // a further session of the class (bulk_connections)
+			class += fmt.Sprintf(" (lane %d)", s.Lane)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", peer, class, s.Remote, s.Since.Local().Format(time.DateTime), s.Streams)
 	}
 	for _, group := range []struct {
 		title string

@@ -17,6 +17,7 @@ func TestPrintStatusShowsKeyWhereNamesCollide(t *testing.T) {
 		{Peer: "edge", Key: "sha256:AAAA", Class: "bulk", Since: now},
 		{Peer: "edge", Key: "sha256:BBBB", Class: "bulk", Since: now},
 		{Peer: "solo", Key: "sha256:CCCC", Class: "bulk", Since: now},
+		{Peer: "solo", Key: "sha256:CCCC", Class: "bulk", Lane: 1, Since: now},
 		{Peer: "solo", Key: "sha256:CCCC", Class: "control", Since: now},
 	}}
 	var out bytes.Buffer
@@ -29,6 +30,10 @@ func TestPrintStatusShowsKeyWhereNamesCollide(t *testing.T) {
 	}
 	if strings.Contains(got, "CCCC") {
 		t.Errorf("status shows the key of a name no other certificate holds:\n%s", got)
+	}
+	// A further session of a class (bulk_connections) shows its lane.
+	if !strings.Contains(got, "bulk (lane 1)") || strings.Contains(got, "lane 0") {
+		t.Errorf("status does not tell the lanes apart:\n%s", got)
 	}
 }
 

@@ -1,0 +1,203 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tunnelworks/tunnel/internal/echocheck"
+	"github.com/tunnelworks/tunnel/mux"
+	"github.com/tunnelworks/tunnel/transport/ssl/pki"
+)
+
+// bulkSessions are the server's bulk sessions, by lane.
+func bulkSessions(s *Server) map[int]*mux.Session {
+	out := map[int]*mux.Session{}
+	for k, sess := range s.sessions.snapshot() {
+		if k.class == classBulk {
+			out[k.lane] = sess
+		}
+	}
+	return out
+}
+
+// With bulk_connections = 2 the client holds two bulk sessions; eight
+// streams through a bulk forward spread over both, every byte checked;
+// when one lane's session dies the other carries on, and the dead lane's
+// streams resume on that lane's next session.
+func TestBulkLanesSpreadStreams(t *testing.T) {
+	f := startFleet(t, fleetOptions{allow: `"edge"`})
+	cli, _, _ := f.startClient(t, pki.Options{CommonName: "edge"}, "bulk_connections = 2\nforward \"echo\" {\n  listen = \"127.0.0.1:0\"\n}\n")
+	waitFor(t, "both bulk lanes", func() bool {
+		lanes := cli.Lanes(classBulk)
+		return len(lanes) == 2 && lanes[0] != nil && lanes[1] != nil
+	})
+	waitFor(t, "both lanes on the server", func() bool { return len(bulkSessions(f.srv)) == 2 })
+	if got := len(cli.keeperList()[classControl]); got != 0 {
+		t.Fatalf("%d control keepers for a client without control forwards", got)
+	}
+	lanes := cli.Lanes(classBulk)
+	if !lanes[0].PeerHello.Has(mux.CapLanes) {
+		t.Fatal("the server did not announce lanes")
+	}
+
+	// One after the other, each open before the next: each new stream
+	// goes to the lane with fewer.
+	addr := cli.Addr("echo").String()
+	var streams []*echocheck.Stream
+	for range 8 {
+		s := echocheck.Start(t, addr, 20*time.Second)
+		s.Advance(t, 4096)
+		streams = append(streams, s)
+	}
+	for lane, sess := range lanes {
+		if n := sess.NumStreams(); n != 4 {
+			t.Errorf("lane %d holds %d streams, want 4 of 8", lane, n)
+		}
+	}
+	for lane, sess := range bulkSessions(f.srv) {
+		if n := sess.NumStreams(); n != 4 {
+			t.Errorf("server: lane %d holds %d streams, want 4 of 8", lane, n)
+		}
+	}
+	st := cli.status()
+	seen := map[int]bool{}
+	for _, s := range st.Sessions {
+		if s.Class == classBulk {
+			seen[s.Lane] = true
+		}
+	}
+	if !seen[0] || !seen[1] || !st.Healthy {
+		t.Errorf("status: %+v", st.Sessions)
+	}
+
+	// Lane 1 dies: lane 0's streams carry on and new streams go there;
+	// lane 1's come back on its next session.
+	dead := lanes[1]
+	dead.Close()
+	for i, s := range streams {
+		if i%2 == 0 { // lane 0's: 0, 2, 4, 6
+			s.Advance(t, 16<<10)
+		}
+	}
+	late := echocheck.Start(t, addr, 20*time.Second)
+	late.Advance(t, 4096)
+	waitFor(t, "lane 1's streams resumed on its next session", func() bool {
+		s := cli.Lanes(classBulk)[1]
+		return s != nil && s != dead && s.NumStreams() >= 4
+	})
+	if n := cli.resume.Stats().Resumed; n != 4 {
+		t.Errorf("%d streams resumed, want lane 1's 4", n)
+	}
+	for _, s := range append(streams, late) {
+		s.Advance(t, 16<<10)
+	}
+	for _, s := range append(streams, late) {
+		s.Finish(t)
+	}
+	if got := len(bulkSessions(f.srv)); got != 2 {
+		t.Errorf("server holds %d bulk sessions, want 2", got)
+	}
+}
+
+// A server that does not speak lanes (as one before them) gets one bulk
+// session: a second of the same certificate and class would replace the
+// first there.
+func TestBulkLanesNeedTheServersWord(t *testing.T) {
+	f := startFleet(t, fleetOptions{allow: `"edge"`, noLanes: true})
+	cli, log, _ := f.startClient(t, pki.Options{CommonName: "edge"}, "bulk_connections = 3\nforward \"echo\" {\n  listen = \"127.0.0.1:0\"\n}\n")
+	waitFor(t, "the client to see the server speaks no lanes", func() bool {
+		return strings.Contains(log.String(), "the server does not speak lanes")
+	})
+	addr := cli.Addr("echo").String()
+	var streams []*echocheck.Stream
+	for range 4 {
+		s := echocheck.Start(t, addr, 20*time.Second)
+		s.Advance(t, 4096)
+		streams = append(streams, s)
+	}
+	for _, s := range streams {
+		s.Finish(t)
+	}
+	if got := len(bulkSessions(f.srv)); got != 1 {
+		t.Errorf("server holds %d bulk sessions, want 1", got)
+	}
+	lanes := cli.Lanes(classBulk)
+	if len(lanes) != 3 || lanes[0] == nil || lanes[1] != nil || lanes[2] != nil {
+		t.Errorf("client lanes %v, want lane 0 alone", lanes)
+	}
+	if n := strings.Count(log.String(), "the server does not speak lanes"); n != 1 {
+		t.Errorf("said %d times that the server speaks no lanes, want once per interval", n)
+	}
+	if s := f.srvLog.String(); strings.Contains(s, "reconnected") {
+		t.Errorf("the server replaced a session:\n%s", s)
+	}
+}
+
+// An extra lane the server refuses (max_sessions_per_identity) refuses no
+// local connection and is logged once per interval; the class's first
+// session carries everything.
+func TestBulkLaneRefusedRefusesNothing(t *testing.T) {
+	f := startFleet(t, fleetOptions{allow: `"edge"`, extra: "max_sessions_per_identity = 1\n"})
+	cli, log, _ := f.startClient(t, pki.Options{CommonName: "edge"}, "bulk_connections = 2\nforward \"echo\" {\n  listen = \"127.0.0.1:0\"\n}\n")
+	waitFor(t, "lane 1 refused", func() bool {
+		return strings.Contains(log.String(), "cannot open an extra session of the class")
+	})
+	for range 3 {
+		if err := roundTrip(cli.Addr("echo").String(), []byte("through lane 0")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k := cli.keeperList()[classBulk][0]
+	k.current.mu.Lock()
+	refused := k.current.refused
+	k.current.mu.Unlock()
+	if refused != nil {
+		t.Fatalf("a refused lane refuses local connections: %v", refused)
+	}
+	if !cli.healthy() {
+		t.Error("unhealthy with the class's first session up")
+	}
+	if n := strings.Count(log.String(), "cannot open an extra session of the class"); n != 1 {
+		t.Errorf("the refused lane was logged %d times, want once per interval", n)
+	}
+}
+
+func TestLaneKeys(t *testing.T) {
+	for _, tc := range []struct {
+		class string
+		lane  int
+		key   string
+	}{{classBulk, 0, "bulk"}, {classBulk, 1, "bulk/1"}, {classControl, 0, "control"}, {classBulk, 7, "bulk/7"}} {
+		if got := laneKey(tc.class, tc.lane); got != tc.key {
+			t.Errorf("laneKey(%q, %d) = %q, want %q", tc.class, tc.lane, got, tc.key)
+		}
+		if class, lane := splitLaneKey(tc.key); class != tc.class || lane != tc.lane {
+			t.Errorf("splitLaneKey(%q) = %q, %d", tc.key, class, lane)
+		}
+	}
+	if class, lane := splitLaneKey("bulk/x"); class != "bulk/x" || lane != 0 {
+		t.Errorf("splitLaneKey of a bad lane: %q, %d", class, lane)
+	}
+}
+
+// After a handover, the previous process's streams may ride lanes that a
+// lowered bulk_connections leaves out: those lanes are kept (started at
+// once on a running client) until the next start.
+func TestKeepLanesOfHandedStreams(t *testing.T) {
+	f := startFleet(t, fleetOptions{allow: `"edge"`})
+	cli, _, _ := f.startClient(t, pki.Options{CommonName: "edge"}, "bulk_connections = 1\nforward \"echo\" {\n  listen = \"127.0.0.1:0\"\n}\n")
+	waitFor(t, "the bulk session", func() bool { return cli.Session() != nil })
+	if got := len(cli.Lanes(classBulk)); got != 1 {
+		t.Fatalf("%d bulk lanes with bulk_connections = 1", got)
+	}
+	cli.keepLanes([]string{"bulk", "bulk/2", "control", "bulk/99"})
+	waitFor(t, "lanes 1 and 2 up", func() bool {
+		lanes := cli.Lanes(classBulk)
+		return len(lanes) == 3 && lanes[1] != nil && lanes[2] != nil
+	})
+	waitFor(t, "three bulk sessions on the server", func() bool { return len(bulkSessions(f.srv)) == 3 })
+	if got := len(cli.keeperList()[classControl]); got != 0 {
+		t.Errorf("a control stream's lane key started %d control keepers", got)
+	}
+}
