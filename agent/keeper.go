@@ -30,6 +30,10 @@ const (
 	// yamux stream IDs run out after about 2^31 opens on one session; the
 	// client moves to a new session long before.
 	rotateAfter = 1 << 30
+	// laneRefusedBackoff caps the backoff of a lane above 0 that the
+	// server refused (max_sessions_per_identity): the class is served by
+	// its other lanes meanwhile.
+	laneRefusedBackoff = 30 * time.Second
 )
 
 // keeper keeps one session of one traffic class up: connect, serve until
@@ -125,7 +129,13 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 				k.current.refuse(definiteRefusal(err))
 			}
 			c.setLastErr(err)
-			delay = min(2*delay, backoffMax)
+			limit := backoffMax
+			if k.lane > 0 && refusal != nil {
+				// The server refuses the extra session on purpose (its
+				// session limits): ask again rarely, not every 2 s.
+				limit = laneRefusedBackoff
+			}
+			delay = min(2*delay, limit)
 			if !sleep(ctx, wait) {
 				return
 			}
