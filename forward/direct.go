@@ -15,7 +15,8 @@ type deliverer interface {
 type directDelivery struct {
 	src     deliverer
 	deliver func(p []byte) int
-	moved   int64 // bytes written by deliver since the last take
+	moved   int64 // bytes written by deliver since the last stop
+	err     error // the write error that ended delivery, for the pipe
 }
 
 // newDirectDelivery returns nil when src cannot deliver directly or dst
@@ -31,7 +32,14 @@ func newDirectDelivery(dst, src net.Conn, count func(int)) *directDelivery {
 	}
 	dd := &directDelivery{src: d}
 	dd.deliver = func(p []byte) int {
-		n := write(p)
+		if dd.err != nil {
+			return 0
+		}
+		n, err := write(p)
+		if err != nil {
+			dd.err = err // the bytes wait in src; the pipe fails with err
+			return 0
+		}
 		if n > 0 {
 			dd.moved += int64(n)
 			count(n)
@@ -45,10 +53,10 @@ func newDirectDelivery(dst, src net.Conn, count func(int)) *directDelivery {
 func (dd *directDelivery) start() bool { return dd.src.SetDeliver(dd.deliver) }
 
 // stop ends delivery, waiting for a write in progress, and returns the
-// bytes delivered since start.
-func (dd *directDelivery) stop() int64 {
+// bytes delivered since start, and the error of a write that failed.
+func (dd *directDelivery) stop() (int64, error) {
 	dd.src.SetDeliver(nil)
 	n := dd.moved
 	dd.moved = 0
-	return n
+	return n, dd.err
 }

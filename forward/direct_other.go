@@ -5,4 +5,4 @@ package forward
 import "net"
 
 // nonBlockingWriter: no direct delivery here.
-func nonBlockingWriter(net.Conn) func(p []byte) int { return nil }
+func nonBlockingWriter(net.Conn) func(p []byte) (int, error) { return nil }

@@ -4,13 +4,14 @@ package forward
 
 import (
 	"net"
+	"os"
 	"syscall"
 )
 
 // nonBlockingWriter returns a function that writes what c's socket takes
-// now and never waits (0 when it is full or failed: the caller's own
-// Write then meets the error), or nil if c has no socket.
-func nonBlockingWriter(c net.Conn) func(p []byte) int {
+// now and never waits: 0 and no error when it is full; the socket's error
+// when the write failed. nil if c has no socket.
+func nonBlockingWriter(c net.Conn) func(p []byte) (int, error) {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
 		return nil
@@ -19,20 +20,34 @@ func nonBlockingWriter(c net.Conn) func(p []byte) int {
 	if err != nil {
 		return nil
 	}
-	return func(p []byte) int {
-		var n int
-		_ = rc.Write(func(fd uintptr) bool {
+	return func(p []byte) (int, error) {
+		var (
+			n    int
+			werr error
+		)
+		err := rc.Write(func(fd uintptr) bool {
 			for {
 				k, err := syscall.Write(int(fd), p)
-				if err == syscall.EINTR {
-					continue
-				}
-				if err == nil {
+				switch err {
+				case nil:
 					n = k
+				case syscall.EINTR:
+					continue
+				case syscall.EAGAIN:
+				default:
+					werr = err
 				}
 				return true // done either way: never wait in the poller
 			}
 		})
-		return n
+		if err != nil {
+			return 0, err // closed
+		}
+		if werr != nil {
+			// The write took the socket's pending error (a reset): keep it
+			// for the pipe, whose own write would only see EPIPE now.
+			return 0, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("write", werr)}
+		}
+		return n, nil
 	}
 }

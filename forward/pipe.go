@@ -159,7 +159,11 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 			on := direct != nil && direct.start()
 			err := waitReadable(src)
 			if on {
-				n += direct.stop()
+				moved, werr := direct.stop()
+				n += moved
+				if werr != nil {
+					return n, &WriteError{Err: werr}
+				}
 			}
 			if err != nil {
 				return n, &ReadError{Err: err}
