@@ -103,9 +103,13 @@ type Stream struct {
 	notified     uint64      // what we last told the peer
 	ackTimer     *time.Timer // tells the peer the rest, a moment later
 	ackArmed     bool
-	// deliverOn is the carrier whose direct delivery the pipe has set
-	// (see SetDeliver), to clear it there.
-	deliverOn *mux.Stream
+	// Direct delivery (see SetDeliver): the carrier it is set on, the
+	// pipe's function and the generation it was set for; deliverHook is
+	// s.deliverDirect, bound once (an idle stream sits with it set).
+	deliverOn   *mux.Stream
+	deliverTo   func(p []byte) int
+	deliverGen  uint64
+	deliverHook func(p []byte) int
 }
 
 // seq is the sequence number after everything we have sent.
@@ -209,41 +213,47 @@ func (s *Stream) SetDeliver(f func(p []byte) int) (ok bool) {
 	s.mu.Lock()
 	if f == nil {
 		c := s.deliverOn
-		s.deliverOn = nil
+		s.deliverOn, s.deliverTo = nil, nil
 		s.mu.Unlock()
 		if c != nil {
 			c.SetDeliver(nil)
 		}
 		return true
 	}
-	c, gen := s.carrier, s.gen
+	c := s.carrier
 	if c == nil || s.deliverOn != nil || s.frozen || s.err != nil || s.finDelivered {
 		s.mu.Unlock()
 		return false
 	}
-	s.deliverOn = c
-	s.mu.Unlock()
-	// Runs on the carrier session's receive goroutine: it must not block,
-	// so a notice due now goes out from the notice timer.
-	ok = c.SetDeliver(func(p []byte) int {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.gen != gen || s.frozen || s.err != nil || s.finDelivered {
-			return 0 // moved, handed over or ended: as Read drops such bytes
-		}
-		n := f(p)
-		if n > 0 {
-			s.delivered += uint64(n)
-			s.noteDeliveredSoonLocked()
-		}
-		return n
-	})
-	if !ok {
-		s.mu.Lock()
-		s.deliverOn = nil
-		s.mu.Unlock()
+	s.deliverOn, s.deliverTo, s.deliverGen = c, f, s.gen
+	if s.deliverHook == nil {
+		s.deliverHook = s.deliverDirect
 	}
-	return ok
+	hook := s.deliverHook
+	s.mu.Unlock()
+	if !c.SetDeliver(hook) {
+		s.mu.Lock()
+		s.deliverOn, s.deliverTo = nil, nil
+		s.mu.Unlock()
+		return false
+	}
+	return true
+}
+
+// deliverDirect runs on the carrier session's receive goroutine: it must
+// not block, so a notice due now goes out from the notice timer.
+func (s *Stream) deliverDirect(p []byte) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.deliverTo == nil || s.gen != s.deliverGen || s.frozen || s.err != nil || s.finDelivered {
+		return 0 // cleared, moved, handed over or ended: as Read drops such bytes
+	}
+	n := s.deliverTo(p)
+	if n > 0 {
+		s.delivered += uint64(n)
+		s.noteDeliveredSoonLocked()
+	}
+	return n
 }
 
 func (s *Stream) Write(p []byte) (int, error) {
