@@ -151,9 +151,21 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 			pool.Put(bp)
 		}
 	}()
+	direct := newDirectDelivery(dst, src, count)
 	for {
 		if bp == nil {
-			if err := waitReadable(src); err != nil {
+			// Everything read so far is written: while we wait, small
+			// frames may go straight to dst from src's session.
+			on := direct != nil && direct.start()
+			err := waitReadable(src)
+			if on {
+				moved, werr := direct.stop()
+				n += moved
+				if werr != nil {
+					return n, &WriteError{Err: werr}
+				}
+			}
+			if err != nil {
 				return n, &ReadError{Err: err}
 			}
 			bp, pool = smallBufPool.Get().(*[]byte), &smallBufPool

@@ -146,6 +146,22 @@ func (st *Stream) WaitReadable() {
 	_, _ = st.y.Read(nil)
 }
 
+// SetDeliver lets the session's receive goroutine hand small frames
+// straight to f while the reader waits with nothing in hand (yamux's
+// SetDeliver: f takes what it can without blocking, the rest is read as
+// usual). nil clears it, waiting for a call in progress. ok is false
+// when the stream cannot: the first Read has the peer's answer to
+// consume, or the stream was reset here.
+func (st *Stream) SetDeliver(f func(p []byte) int) (ok bool) {
+	if f == nil {
+		return setDeliver(st.y, nil)
+	}
+	if st.awaitReply || st.aborted.Load() {
+		return false
+	}
+	return setDeliver(st.y, f)
+}
+
 func (st *Stream) readErr(err error) error {
 	if st.aborted.Load() {
 		return errResetHere

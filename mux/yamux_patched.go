@@ -17,3 +17,9 @@ func refusedStreams(y *yamux.Session) (overLimit, backlogFull uint64) { return y
 
 // setMaxStreams caps the streams yamux holds.
 func setMaxStreams(c *yamux.Config, n int) { c.MaxStreams = n }
+
+// setDeliver sets y's direct delivery (patch 9); ok says it can.
+func setDeliver(y *yamux.Stream, f func(p []byte) int) (ok bool) {
+	y.SetDeliver(f)
+	return true
+}

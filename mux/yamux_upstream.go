@@ -14,3 +14,5 @@ func resetStream(y *yamux.Stream) error { return y.Close() }
 func refusedStreams(*yamux.Session) (overLimit, backlogFull uint64) { return 0, 0 }
 
 func setMaxStreams(*yamux.Config, int) {}
+
+func setDeliver(*yamux.Stream, func([]byte) int) bool { return false }

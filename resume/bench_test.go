@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -156,4 +157,82 @@ func BenchmarkResumeAfterCut(b *testing.B) {
 	}
 	b.ReportMetric(float64(fromUp.Microseconds())/float64(b.N), "µs-from-session-up")
 	b.ReportMetric(float64(fromCut.Microseconds())/float64(b.N), "µs-from-cut")
+}
+
+// BenchmarkRoundTripParallel: 8 streams of one session, each a 64-byte
+// ping-pong at once; ns/op is per round trip of any stream.
+func BenchmarkRoundTripParallel(b *testing.B) {
+	const streams = 8
+	for _, m := range modes {
+		b.Run(m.name, func(b *testing.B) {
+			cl := benchRig(b)
+			apps := make([]net.Conn, streams)
+			for i := range apps {
+				apps[i] = cl.dial(b, "echo", m.resumable)
+			}
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for i, app := range apps {
+				rounds := b.N / streams
+				if i < b.N%streams {
+					rounds++
+				}
+				wg.Go(func() {
+					msg := make([]byte, 64)
+					for range rounds {
+						if _, err := app.Write(msg); err != nil {
+							b.Error(err)
+							return
+						}
+						if _, err := io.ReadFull(app, msg); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+		})
+	}
+}
+
+// BenchmarkRoundTripBesideBulk: a 64-byte ping-pong while another stream
+// of the same session carries bulk data into a sink.
+func BenchmarkRoundTripBesideBulk(b *testing.B) {
+	for _, m := range modes {
+		b.Run(m.name, func(b *testing.B) {
+			cl := benchRig(b)
+			bulk := cl.dial(b, "sink", m.resumable)
+			app := cl.dial(b, "echo", m.resumable)
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				chunk := make([]byte, 32<<10)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if _, err := bulk.Write(chunk); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			msg := make([]byte, 64)
+			b.ResetTimer()
+			for range b.N {
+				if _, err := app.Write(msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(app, msg); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			close(stop)
+			wg.Wait()
+		})
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -46,6 +47,40 @@ type rig struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	window   time.Duration
+	// directBytes counts bytes that sessions wrote straight to local
+	// sockets (SetDeliver), in every pipe of the rig.
+	directBytes atomic.Int64
+}
+
+// countedStream and countedCarrier count what their pipe's direct
+// delivery takes.
+type countedStream struct {
+	*Stream
+	n *atomic.Int64
+}
+
+func (c countedStream) SetDeliver(f func(p []byte) int) bool {
+	return c.Stream.SetDeliver(countDirect(f, c.n))
+}
+
+type countedCarrier struct {
+	*mux.Stream
+	n *atomic.Int64
+}
+
+func (c countedCarrier) SetDeliver(f func(p []byte) int) bool {
+	return c.Stream.SetDeliver(countDirect(f, c.n))
+}
+
+func countDirect(f func(p []byte) int, n *atomic.Int64) func(p []byte) int {
+	if f == nil {
+		return nil
+	}
+	return func(p []byte) int {
+		k := f(p)
+		n.Add(int64(k))
+		return k
+	}
 }
 
 func newRig(t testing.TB, window time.Duration) *rig {
@@ -154,7 +189,7 @@ func (r *rig) serveConn(raw net.Conn) {
 	}
 	_ = sess.Serve(r.ctx, lookup, func(ctx context.Context, _ string, st *mux.Stream, target net.Conn) {
 		if _, ok := st.Token(); !ok {
-			forward.Pipe(ctx, target, st, nil, 0)
+			forward.Pipe(ctx, target, countedCarrier{st, &r.directBytes}, nil, 0)
 			return
 		}
 		rs, err := table.Accept(st, target.LocalAddr(), target.RemoteAddr(), Options{Window: r.window})
@@ -166,7 +201,7 @@ func (r *rig) serveConn(raw net.Conn) {
 		// Off the accept handler: the session waits for its handlers,
 		// and this pipe outlives it.
 		r.wg.Go(func() {
-			if res := forward.Pipe(ctx, rs.Local(target), rs, nil, 0); res.Err != nil {
+			if res := forward.Pipe(ctx, rs.Local(target), countedStream{rs, &r.directBytes}, nil, 0); res.Err != nil {
 				r.noteErr("server pipe", res.Err)
 			}
 		})
@@ -337,10 +372,13 @@ func (cl *client) dial(t testing.TB, service string, resumable bool) net.Conn {
 		var rs *Stream
 		rs, err = cl.table.Open(cl.ctx, sess, service, "", local.LocalAddr(), local.RemoteAddr(), Options{Window: cl.r.window})
 		if err == nil {
-			stream, local = rs, rs.Local(local)
+			stream, local = countedStream{rs, &cl.r.directBytes}, rs.Local(local)
 		}
 	} else {
-		stream, err = sess.Open(cl.ctx, service, "")
+		var st *mux.Stream
+		if st, err = sess.Open(cl.ctx, service, ""); err == nil {
+			stream = countedCarrier{st, &cl.r.directBytes}
+		}
 	}
 	if err != nil {
 		t.Fatal(err)

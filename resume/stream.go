@@ -103,6 +103,13 @@ type Stream struct {
 	notified     uint64      // what we last told the peer
 	ackTimer     *time.Timer // tells the peer the rest, a moment later
 	ackArmed     bool
+	// Direct delivery (see SetDeliver): the carrier it is set on, the
+	// pipe's function and the generation it was set for; deliverHook is
+	// s.deliverDirect, bound once (an idle stream sits with it set).
+	deliverOn   *mux.Stream
+	deliverTo   func(p []byte) int
+	deliverGen  uint64
+	deliverHook func(p []byte) int
 }
 
 // seq is the sequence number after everything we have sent.
@@ -196,6 +203,60 @@ func (s *Stream) WaitReadable() {
 	if c != nil && !ready {
 		c.WaitReadable()
 	}
+}
+
+// SetDeliver lets the current carrier's session hand small frames
+// straight to f while the pipe waits with nothing in hand (see mux's
+// SetDeliver). What f takes counts as delivered, exactly as what Read
+// returns. It takes nothing once the stream has moved, been frozen for a
+// handover, or ended; ok is false when it cannot be set (suspended,
+// ended, or the carrier cannot). nil clears it, waiting for a call in
+// progress: then the caller has every byte delivered so far.
+func (s *Stream) SetDeliver(f func(p []byte) int) (ok bool) {
+	s.mu.Lock()
+	if f == nil {
+		c := s.deliverOn
+		s.deliverOn, s.deliverTo = nil, nil
+		s.mu.Unlock()
+		if c != nil {
+			c.SetDeliver(nil)
+		}
+		return true
+	}
+	c := s.carrier
+	if c == nil || s.deliverOn != nil || s.frozen || s.err != nil || s.finDelivered {
+		s.mu.Unlock()
+		return false
+	}
+	s.deliverOn, s.deliverTo, s.deliverGen = c, f, s.gen
+	if s.deliverHook == nil {
+		s.deliverHook = s.deliverDirect
+	}
+	hook := s.deliverHook
+	s.mu.Unlock()
+	if !c.SetDeliver(hook) {
+		s.mu.Lock()
+		s.deliverOn, s.deliverTo = nil, nil
+		s.mu.Unlock()
+		return false
+	}
+	return true
+}
+
+// deliverDirect runs on the carrier session's receive goroutine: it must
+// not block, so a notice due now goes out from the notice timer.
+func (s *Stream) deliverDirect(p []byte) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.deliverTo == nil || s.gen != s.deliverGen || s.frozen || s.err != nil || s.finDelivered {
+		return 0 // cleared, moved, handed over or ended: as Read drops such bytes
+	}
+	n := s.deliverTo(p)
+	if n > 0 {
+		s.delivered += uint64(n)
+		s.noteDeliveredSoonLocked()
+	}
+	return n
 }
 
 func (s *Stream) Write(p []byte) (int, error) {
@@ -474,6 +535,25 @@ func (s *Stream) noteDeliveredLocked() func() {
 		}
 	}
 	return func() {}
+}
+
+// noteDeliveredSoonLocked is noteDeliveredLocked for a caller that must
+// not block: a notice due now is sent by the timer at once.
+func (s *Stream) noteDeliveredSoonLocked() {
+	due := s.delivered-s.notified >= s.notifyEvery()
+	if s.ackArmed && !due {
+		return
+	}
+	s.ackArmed = true
+	delay := notifyDelay
+	if due {
+		delay = 0
+	}
+	if s.ackTimer == nil {
+		s.ackTimer = time.AfterFunc(delay, s.notifyLater)
+	} else {
+		s.ackTimer.Reset(delay)
+	}
 }
 
 func (s *Stream) notifyLater() {

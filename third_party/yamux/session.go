@@ -87,6 +87,11 @@ type Session struct {
 	// hold. Patched for tunnelworks, see PATCHED.md.
 	strayFrames atomic.Uint64
 
+	// directBuf holds the body of a frame delivered directly (see
+	// Stream.SetDeliver); used by recvLoop only. Patched for tunnelworks,
+	// see PATCHED.md.
+	directBuf []byte
+
 	// shutdown is used to safely close a session
 	shutdown        bool
 	shutdownErr     error

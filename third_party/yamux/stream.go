@@ -66,6 +66,13 @@ type Stream struct {
 	// instead of io.EOF once the buffer is empty, so a stream cut short
 	// does not look complete. Patched for tunnelworks, see PATCHED.md.
 	shutdownErr error
+
+	// deliver, when set, takes small frames straight from recvLoop (see
+	// SetDeliver); deliverMu is held while it runs. Patched for
+	// tunnelworks, see PATCHED.md.
+	deliverMu  sync.Mutex
+	deliver    func(p []byte) int
+	hasDeliver atomic.Bool
 }
 
 // newStream is used to construct a new stream within
@@ -597,6 +604,14 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 	length := hdr.Length()
 	if length == 0 {
 		return nil
+	}
+
+	// Patched for tunnelworks (see PATCHED.md): a small frame may go
+	// straight to the reader's destination.
+	if flags == 0 && length <= maxDirectFrame && s.hasDeliver.Load() {
+		if handled, err := s.deliverDirect(length, conn); handled {
+			return err
+		}
 	}
 
 	// Wrap in a limited reader

@@ -1,0 +1,206 @@
+package yamux
+
+// Tests for the tunnelworks patch "direct delivery" (see PATCHED.md).
+
+import (
+	"bytes"
+	"io"
+	"math/rand"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// directSink is a deliver function's destination: what it takes goes to
+// out, as does what its reader reads, under one lock.
+type directSink struct {
+	mu     sync.Mutex
+	out    bytes.Buffer
+	calls  int
+	direct int // bytes taken by the deliver function
+	// take decides how much of the i-th frame offered the function takes.
+	take func(i int, p []byte) int
+}
+
+func (d *directSink) deliver(p []byte) int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := d.take(d.calls, p)
+	d.calls++
+	d.out.Write(p[:n])
+	d.direct += n
+	return n
+}
+
+// readAll reads st to EOF the way forward's pipe does: the deliver
+// function is set only while the reader waits with nothing in hand, and
+// cleared (waiting for a call in progress) before it reads and writes
+// on, so direct bytes cannot overtake the ones it read.
+func (d *directSink) readAll(st *Stream) error {
+	buf := make([]byte, 4096)
+	for {
+		st.SetDeliver(d.deliver)
+		_, _ = st.Read(nil) // waits until Read would not block
+		st.SetDeliver(nil)
+		n, err := st.Read(buf)
+		d.mu.Lock()
+		d.out.Write(buf[:n])
+		d.mu.Unlock()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func deliverPair(t *testing.T) (cs, ss *Stream) {
+	t.Helper()
+	c, s := tcpPair(t)
+	client, err := Client(c, patchConf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := Server(s, patchConf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	return openPair(t, client, server)
+}
+
+// Frames of every size, some taken whole by the deliver function, some in
+// part, some not at all, some too large to be offered, interleaved with
+// the reader's own reads: every byte arrives once, in order.
+func TestStream_DeliverKeepsOrder(t *testing.T) {
+	cs, ss := deliverPair(t)
+	if _, err := cs.Write([]byte("x")); err != nil { // the server's ACK reaches the client
+		t.Fatal(err)
+	}
+	sink := &directSink{take: func(i int, p []byte) int {
+		switch i % 4 {
+		case 0:
+			return len(p)
+		case 1:
+			return len(p) / 2
+		case 2:
+			return 0
+		}
+		return minInt(len(p), 7)
+	}}
+	done := make(chan error, 1)
+	go func() { done <- sink.readAll(ss) }()
+
+	rng := rand.New(rand.NewSource(1))
+	data := append([]byte("x"), pattern(1<<20)...)
+	for off := 1; off < len(data); {
+		n := 1 + rng.Intn(3000)
+		if rng.Intn(20) == 0 {
+			n = maxDirectFrame + 1 + rng.Intn(8000) // never offered
+		}
+		n = minInt(n, len(data)-off)
+		if _, err := cs.Write(data[off : off+n]); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		off += n
+		if rng.Intn(8) == 0 {
+			// Now and then let the reader catch up and park, so the next
+			// frame finds it waiting with an empty buffer.
+			waitFor(t, "reader catches up", func() bool {
+				sink.mu.Lock()
+				defer sink.mu.Unlock()
+				return sink.out.Len() == off
+			})
+		}
+	}
+	if err := cs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+	case <-time.After(patchBound):
+		t.Fatal("reader not done")
+	}
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if !bytes.Equal(sink.out.Bytes(), data) {
+		t.Fatalf("got %d bytes, want %d, or in another order", sink.out.Len(), len(data))
+	}
+	if sink.direct == 0 {
+		t.Fatal("no byte was delivered directly")
+	}
+	t.Logf("%d of %d bytes delivered directly, %d calls", sink.direct, len(data), sink.calls)
+}
+
+// Bytes taken directly count as read: a transfer many times the window,
+// in small frames all taken directly (the reader never reads a byte),
+// completes, so the window updates flow.
+func TestStream_DeliverKeepsWindowOpen(t *testing.T) {
+	cs, ss := deliverPair(t)
+	var got bytes.Buffer
+	var mu sync.Mutex
+	ss.SetDeliver(func(p []byte) int {
+		mu.Lock()
+		got.Write(p)
+		mu.Unlock()
+		return len(p)
+	})
+	data := pattern(16 * int(initialStreamWindow))
+	_ = cs.SetWriteDeadline(time.Now().Add(patchBound))
+	for off := 0; off < len(data); off += 1000 {
+		if _, err := cs.Write(data[off:minInt(off+1000, len(data))]); err != nil {
+			t.Fatalf("write at %d: %v (the window did not reopen?)", off, err)
+		}
+	}
+	if err := cs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_ = ss.SetReadDeadline(time.Now().Add(patchBound))
+	if n, err := ss.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("read: %d bytes, %v; want io.EOF (every byte taken directly)", n, err)
+	}
+	ss.SetDeliver(nil)
+	mu.Lock()
+	defer mu.Unlock()
+	if !bytes.Equal(got.Bytes(), data) {
+		t.Fatalf("got %d bytes, want %d, or in another order", got.Len(), len(data))
+	}
+}
+
+// SetDeliver(nil) returns only once a call in progress has returned.
+func TestStream_SetDeliverWaitsForCall(t *testing.T) {
+	cs, ss := deliverPair(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var returned atomic.Bool
+	ss.SetDeliver(func(p []byte) int {
+		close(entered)
+		<-release
+		returned.Store(true)
+		return len(p)
+	})
+	if _, err := cs.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	<-entered
+	go func() {
+		time.Sleep(20 * time.Millisecond) // let SetDeliver(nil) start waiting
+		close(release)
+	}()
+	ss.SetDeliver(nil)
+	if !returned.Load() {
+		t.Fatal("SetDeliver(nil) returned while the deliver function ran")
+	}
+}
+
+// minInt: the package's min is for uint32 (go 1.20, no built-in).
+func minInt(a, b int) int {
+	if a < b {
+		return a
+	}
+	return b
+}
