@@ -69,9 +69,10 @@
 // max_sessions_per_identity = 4 (sessions of one client identity at once),
 // each at least 1. The client also takes session_wait = "10s" (how long a
 // new local connection waits for the session while it is down; "0s": not at
-// all), bulk_connections = 2 (how many parallel sessions, each its own TLS
+// all), bulk_connections = 1 (how many parallel sessions, each its own TLS
 // connection, the bulk class may use to its server, 1..8: one TLS
-// connection is one core of crypto on each side; 2 suits most hosts; beyond
+// connection is one core of crypto on each side; more suit hosts with
+// cores to spare, since bulk then takes them from the control class; beyond
 // the cores of either host it buys nothing) and tls.verify = ["rule", ...]:
 // rules the server's certificate must match besides server_name, in the
 // syntax of allow (see ssl.ParseRule); left out, any certificate valid for
@@ -140,7 +141,7 @@ const (
 	DefaultMaxSessions            = 1024
 	DefaultMaxSessionsPerIdentity = 4
 	DefaultSessionWait            = 10 * time.Second
-	DefaultBulkConnections        = 2
+	DefaultBulkConnections        = 1
 	DefaultMaxConns               = 1024
 	DefaultCRLStale               = "warn"
 )
@@ -284,7 +285,7 @@ type Client struct {
 	// BulkConnections is key bulk_connections: how many sessions (each its
 	// own TLS connection, so its own core of crypto on each side) the bulk
 	// class may use at once to the same server; 1..MaxBulkConnections,
-	// default 2.
+	// default 1.
 	BulkConnections int
 }
 
@@ -395,7 +396,7 @@ func ParseClient(filename string, src []byte) (*Client, error) {
 	if a := top.attr("bulk_connections"); a != nil {
 		if n, ok := d.integer(top, a); ok {
 			if n < 1 || n > MaxBulkConnections {
-				d.addf(a.Expr.Range(), "bulk_connections = %d is out of range (1 to %d): one TLS connection per core of crypto; 2 suits most hosts, and beyond the cores of either host more buy nothing", n, MaxBulkConnections)
+				d.addf(a.Expr.Range(), "bulk_connections = %d is out of range (1 to %d): one TLS connection per core of crypto; more than 1 suits hosts with cores to spare, and beyond the cores of either host more buy nothing", n, MaxBulkConnections)
 			} else {
 				cl.BulkConnections = n
 			}

@@ -514,7 +514,7 @@ func TestParseErrors(t *testing.T) {
 		{name: "max_sessions_per_identity on the client", client: true, src: "max_sessions_per_identity = 3\n", line: 1, want: "max_sessions_per_identity is only for the server"},
 		{name: "session_wait negative", client: true, src: "session_wait = \"-1s\"\n", line: 1, want: `session_wait = "-1s" must be more than zero`},
 		{name: "session_wait a number", client: true, src: "session_wait = 10\n", line: 1, want: "session_wait must be a duration string, not a number"},
-		{name: "bulk_connections zero", client: true, src: "bulk_connections = 0\n", line: 1, want: "bulk_connections = 0 is out of range (1 to 8): one TLS connection per core of crypto; 2 suits most hosts"},
+		{name: "bulk_connections zero", client: true, src: "bulk_connections = 0\n", line: 1, want: "bulk_connections = 0 is out of range (1 to 8): one TLS connection per core of crypto; more than 1 suits hosts with cores to spare"},
 		{name: "bulk_connections over 8", client: true, src: "bulk_connections = 9\n", line: 1, want: "bulk_connections = 9 is out of range (1 to 8)"},
 		{name: "bulk_connections negative", client: true, src: "bulk_connections = -2\n", line: 1, want: "bulk_connections = -2 is out of range (1 to 8)"},
 		{name: "bulk_connections fraction", client: true, src: "bulk_connections = 1.5\n", line: 1, want: "bulk_connections must be a whole number, got 1.5"},

@@ -302,8 +302,8 @@ func TestKeys(t *testing.T) {
 		{name: "session_wait 0s overrides", sides: []bool{true}, src: "session_wait = \"0s\"\n", get: wait, want: time.Duration(0)},
 		{name: "session_wait 1m", sides: []bool{true}, src: "session_wait = \"1m\"\n", get: wait, want: mins},
 
-		// bulk_connections: client only; 2; 1..8.
-		{name: "bulk_connections default", sides: []bool{true}, get: lanes, want: 2},
+		// bulk_connections: client only; 1; 1..8.
+		{name: "bulk_connections default", sides: []bool{true}, get: lanes, want: 1},
 		{name: "bulk_connections 1", sides: []bool{true}, src: "bulk_connections = 1\n", get: lanes, want: 1},
 		{name: "bulk_connections 8", sides: []bool{true}, src: "bulk_connections = 8\n", get: lanes, want: 8},
 

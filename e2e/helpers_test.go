@@ -139,7 +139,7 @@ func (p *proc) countLines(subs ...string) int {
 
 // bulkLanes is the bulk sessions a client holds by default
 // (bulk_connections).
-const bulkLanes = 2
+const bulkLanes = 1
 
 // sessionsUp counts the "session up" lines containing every one of subs
 // of each class's first session: a client's further sessions of a class

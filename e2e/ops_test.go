@@ -64,10 +64,13 @@ func TestMetricsAndStatusWhileStreaming(t *testing.T) {
 	sink := startTarget(t, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
 	tn := startTunnel(t, tunnelSpec{
 		serverExtra: "admin {\n  listen = \"127.0.0.1:0\"\n}\n",
-		clientExtra: "admin {\n  listen = \"127.0.0.1:0\"\n}\n",
+		// Two bulk lanes: status and metrics count a lane as a session
+		// of its class, not a class of its own.
+		clientExtra: "bulk_connections = 2\nadmin {\n  listen = \"127.0.0.1:0\"\n}\n",
 		services:    []svc{{name: "sink", target: sink, allow: []string{"client-a"}}},
 		forwards:    []fwd{{name: "sink", service: "sink"}},
 	})
+	const bulkLanes = 2
 	cliAdmin := tn.client.waitMatch(t, reAdmin)[1]
 	srvAdmin := tn.server.waitMatch(t, reAdmin)[1]
 
