@@ -535,7 +535,7 @@ func TestReloadNamesRestartKeys(t *testing.T) {
 	if err := os.WriteFile(cliPath, fmt.Appendf(nil, `server = %q
 log_format = "json"
 reload_interval = "1h"
-bulk_connections = 1
+bulk_connections = 3
 tls {
   cert = "client.crt"
   key  = "client.key"
@@ -567,8 +567,8 @@ forward "bgp" {
 		t.Fatal(err)
 	}
 	// The lanes stay as they started until the next start.
-	if got := len(r.cli.Lanes(classBulk)); got != 2 {
-		t.Errorf("%d bulk lanes after a reload to bulk_connections = 1, want the 2 it started with", got)
+	if got := len(r.cli.Lanes(classBulk)); got != 1 {
+		t.Errorf("%d bulk lanes after a reload to bulk_connections = 3, want the 1 it started with", got)
 	}
 }
 
