@@ -52,9 +52,12 @@ var reportOnly = os.Getenv("HOSTILE_REPORT_ONLY") != ""
 // behaviour it is there for (a wedge, a leak, a log flood, a replace loop).
 const (
 	// /healthz is asked every healthzEvery and must answer within
-	// healthzLimit every time, during the attack and the recovery.
+	// healthzLimit every time, during the attack and the recovery: a
+	// wedged server fails; a loaded machine's second-long stall (seen in
+	// CI-like runs under -race: 1.17 s once) does not. The summary line
+	// gives the worst answer time.
 	healthzEvery = 200 * time.Millisecond
-	healthzLimit = time.Second
+	healthzLimit = 5 * time.Second
 	// Goroutines, descriptors and RSS are sampled this often for peaks.
 	sampleEvery = 250 * time.Millisecond
 	// After the attacker has gone, the server's goroutines must be within
