@@ -110,6 +110,20 @@ type rawPeer struct {
 func hostileDial(t interface {
 	Cleanup(func())
 }, addr string, conf *tls.Config, class string, caps ...string) (*rawPeer, error) {
+	fields := map[string]any{"role": "client", "agent": "hostile"}
+	if class != "" {
+		fields["class"] = class
+	}
+	if len(caps) > 0 {
+		fields["caps"] = caps
+	}
+	return hostileDialHello(t, addr, conf, fields)
+}
+
+// hostileDialHello is hostileDial with the hello's fields as given.
+func hostileDialHello(t interface {
+	Cleanup(func())
+}, addr string, conf *tls.Config, fields map[string]any) (*rawPeer, error) {
 	raw, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
@@ -120,13 +134,6 @@ func hostileDial(t interface {
 	if err := c.Handshake(); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("tls handshake: %w", err)
-	}
-	fields := map[string]any{"role": "client", "agent": "hostile"}
-	if class != "" {
-		fields["class"] = class
-	}
-	if len(caps) > 0 {
-		fields["caps"] = caps
 	}
 	hello, err := helloFrame(fields)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -24,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunnelworks/tunnel/admin"
 	"github.com/tunnelworks/tunnel/bench/linkemu"
 	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
@@ -647,6 +649,72 @@ func TestHostile(t *testing.T) {
 			_, rsts, _, _ := p.counts()
 			v.expect(rsts >= 20000-streamCap-streamCapSlack, "%d of 20000 headerless streams were reset during the hold, want all beyond the cap of %d", rsts, streamCap)
 			return fmt.Sprintf("headerless streams reset=%d", rsts)
+		})
+	})
+
+	t.Run("lane flood", func(t *testing.T) {
+		// One certificate asks for every lane of the bulk class at once
+		// (bulk_connections), and 50 times for lanes that do not exist
+		// (8, far beyond, negative, a lane of the control class). Fixed:
+		// at most max_sessions_per_identity (4) of its sessions served at
+		// once, the rest refused; every bad lane refused at the hello;
+		// the well-behaved client's session untouched.
+		e := startHostileEnv(t, envSpec{})
+		runAttack(t, e, attackLogLimit, func(e *hostileEnv, v *verdict) string {
+			lane := func(class string, n int) map[string]any {
+				return map[string]any{"role": "client", "agent": "hostile", "class": class, "lane": n, "caps": []string{"lanes/1", "resume/1"}}
+			}
+			// served: a stream open on the session is answered OK.
+			served := func(p *rawPeer, err error) bool {
+				if err != nil {
+					return false
+				}
+				code, err := p.probe("echo", 5*time.Second)
+				return err == nil && code == 0
+			}
+			var held []*rawPeer
+			lanesServed := 0
+			for n := range 8 {
+				p, err := hostileDialHello(t, e.srv.addr, e.attacker, lane("bulk", n))
+				if served(p, err) {
+					lanesServed++
+				}
+				if err == nil {
+					held = append(held, p)
+				}
+			}
+			badServed := 0
+			bad := []map[string]any{lane("bulk", 8), lane("bulk", 1<<30), lane("bulk", -1), lane("control", 1)}
+			for i := range 50 {
+				p, err := hostileDialHello(t, e.srv.addr, e.attacker, bad[i%len(bad)])
+				if served(p, err) {
+					badServed++
+				}
+				if err == nil {
+					p.close()
+				}
+			}
+			// All its lanes still held: count the server's sessions of
+			// the attacker's certificate now.
+			attackerSessions := 0
+			var st admin.Status
+			b, err := e.get("/status", 5*time.Second)
+			if err == nil {
+				err = json.Unmarshal(b, &st)
+			}
+			v.expect(err == nil, "/status during the attack: %v", err)
+			for _, s := range st.Sessions {
+				if s.Peer == "attacker" {
+					attackerSessions++
+				}
+			}
+			for _, p := range held {
+				p.close()
+			}
+			v.expect(lanesServed >= 1 && lanesServed <= 4, "%d of the attacker's 8 lanes served at once, want 1 to 4 (max_sessions_per_identity)", lanesServed)
+			v.expect(attackerSessions <= 4, "server holds %d sessions of the attacker's certificate, want at most 4", attackerSessions)
+			v.expect(badServed == 0, "%d of 50 sessions on lanes that do not exist were served, want none", badServed)
+			return fmt.Sprintf("lanes served=%d of 8, attacker sessions held=%d, bad lanes served=%d of 50", lanesServed, attackerSessions, badServed)
 		})
 	})
 
