@@ -71,22 +71,7 @@ func TestHelloServices(t *testing.T) {
 	srv := cfg
 	srv.Class = "" // a server names no class
 	srv.Services = map[string]string{"bgp": "control", "web": "bulk"}
-	srvConn, cliConn, srvPeer, cliPeer := tlsPair(t, "client-a")
-	ch := make(chan *Session, 1)
-	go func() {
-		s, err := Establish(context.Background(), srvConn, RoleServer, srvPeer, srv)
-		if err != nil {
-			t.Error(err)
-		}
-		ch <- s
-	}()
-	client, err := Establish(context.Background(), cliConn, RoleClient, cliPeer, cli)
-	if err != nil {
-		t.Fatal(err)
-	}
-	server := <-ch
-	defer server.Close()
-	defer client.Close()
+	server, client := sessionsWith(t, "client-a", srv, cli)
 	if got := client.PeerHello.Services; len(got) != 2 || got["bgp"] != "control" || got["web"] != "bulk" {
 		t.Fatalf("client got %v", got)
 	}
@@ -264,26 +249,7 @@ func TestHelloLanes(t *testing.T) {
 		cli.Class, cli.Lane, cli.LaneClasses, cli.Resumable = "bulk", 3, []string{"bulk"}, true
 		srv := base
 		srv.LaneClasses, srv.Resumable = srvLanes, true
-		srvConn, cliConn, srvPeer, cliPeer := tlsPair(t, "client-a")
-		ch := make(chan *Session, 1)
-		go func() {
-			s, err := Establish(context.Background(), srvConn, RoleServer, srvPeer, srv)
-			if err != nil {
-				t.Error(err)
-			}
-			ch <- s
-		}()
-		client, err := Establish(context.Background(), cliConn, RoleClient, cliPeer, cli)
-		if err != nil {
-			t.Fatal(err)
-		}
-		server = <-ch
-		if server == nil {
-			client.Close()
-			t.FailNow()
-		}
-		t.Cleanup(func() { client.Close(); server.Close() })
-		return server, client
+		return sessionsWith(t, "client-a", srv, cli)
 	}
 	server, client := pair(t, []string{"bulk"})
 	if h := server.PeerHello; h.Lane != 3 || h.Class != "bulk" || !h.Has(CapLanes) || !h.Has(CapResume) {

@@ -82,6 +82,12 @@ func tlsPair(t *testing.T, clientName string) (srv, cli *tls.Conn, srvPeer, cliP
 // sessions establishes both ends; the server side's peer is the client.
 func sessions(t *testing.T, clientName string, cfg Config) (server, client *Session) {
 	t.Helper()
+	return sessionsWith(t, clientName, cfg, cfg)
+}
+
+// sessionsWith is sessions with a config for each side.
+func sessionsWith(t *testing.T, clientName string, srvCfg, cliCfg Config) (server, client *Session) {
+	t.Helper()
 	srvConn, cliConn, srvPeer, cliPeer := tlsPair(t, clientName)
 	type res struct {
 		s   *Session
@@ -89,10 +95,10 @@ func sessions(t *testing.T, clientName string, cfg Config) (server, client *Sess
 	}
 	ch := make(chan res, 1)
 	go func() {
-		s, err := Establish(context.Background(), srvConn, RoleServer, srvPeer, cfg)
+		s, err := Establish(context.Background(), srvConn, RoleServer, srvPeer, srvCfg)
 		ch <- res{s, err}
 	}()
-	client, err := Establish(context.Background(), cliConn, RoleClient, cliPeer, cfg)
+	client, err := Establish(context.Background(), cliConn, RoleClient, cliPeer, cliCfg)
 	if err != nil {
 		t.Fatal(err)
 	}
