@@ -16,6 +16,8 @@ import (
 	"time"
 
 	api "github.com/osrg/gobgp/v3/api"
+
+	"github.com/tunnelworks/tunnel/internal/procwatch"
 )
 
 // peerView is what shows a BGP session flapped: a new session has a new
@@ -328,14 +330,14 @@ func (p *agentProc) handover(t *testing.T) int {
 		default:
 		}
 		if succ == 0 {
-			succ = findProc(p.cmd.Args, old)
+			succ = procwatch.Find(p.cmd.Args, old)
 		}
-		if succ != 0 && gone(old) {
+		if succ != 0 && procwatch.Gone(old) {
 			t.Logf("%s handed over from pid %d to pid %d", p.name, old, succ)
 			return succ
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: no handover within %s of SIGUSR2 (successor pid %d, old process gone: %v)", p.name, startTimeout, succ, gone(old))
+			t.Fatalf("%s: no handover within %s of SIGUSR2 (successor pid %d, old process gone: %v)", p.name, startTimeout, succ, procwatch.Gone(old))
 		}
 	}
 }
@@ -344,7 +346,7 @@ func (p *agentProc) handover(t *testing.T) int {
 // holds p's stderr any more (the successor has exited).
 func (p *agentProc) stopSuccessor(t *testing.T, pid int) {
 	t.Helper()
-	if gone(pid) {
+	if procwatch.Gone(pid) {
 		return
 	}
 	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
@@ -357,37 +359,4 @@ func (p *agentProc) stopSuccessor(t *testing.T, pid int) {
 		t.Errorf("%s's successor (pid %d) did not stop within %s of SIGTERM", p.name, pid, stopTimeout)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
-}
-
-// findProc is the pid of a process other than not run with exactly args
-// (each test's config path is its own), or 0.
-func findProc(args []string, not int) int {
-	want := strings.Join(args[1:], "\x00")
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == not {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil {
-			continue
-		}
-		got := strings.Split(strings.TrimSuffix(string(b), "\x00"), "\x00")
-		if len(got) == len(args) && strings.Join(got[1:], "\x00") == want {
-			return pid
-		}
-	}
-	return 0
-}
-
-// gone reports whether pid has exited (reaped, or a zombie nobody reaps).
-func gone(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	// pid (comm) state ...
-	i := bytes.LastIndexByte(b, ')')
-	return i < 0 || i+2 >= len(b) || b[i+2] == 'Z'
 }
