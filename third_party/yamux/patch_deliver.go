@@ -12,19 +12,48 @@ import (
 	"io"
 )
 
-// maxDirectFrame is the largest frame delivered directly: bulk data keeps
-// its two goroutines (recvLoop reads the connection while the reader
-// writes on), and recvLoop never spends long in a deliver function.
-const maxDirectFrame = 16 << 10
+// maxDirectFrame is the largest frame delivered directly to a stream that
+// receives alone (patch 10: one bulk stream then skips the hand-off and the
+// copy out of its buffer, as a plain TLS relay's copy loop does), and
+// maxSharedDirectFrame the largest while other streams' frames arrive
+// between its own: then each bulk stream keeps its own writer, so recvLoop
+// never spends one stream's socket write while the others' frames wait.
+const (
+	maxDirectFrame       = 64 << 10
+	maxSharedDirectFrame = 16 << 10
+)
+
+// soleRun is how many large data frames (over maxSharedDirectFrame) in a
+// row one stream must receive to count as the session's only bulk
+// receiver (patch 10). Small frames of other streams (a ping, a notice)
+// neither count nor break the run.
+const soleRun = 4
+
+// noteData records a data frame for stream id (recvLoop only) and says
+// whether a frame of this length may be delivered directly. Patched for
+// tunnelworks (see PATCHED.md, patch 10).
+func (s *Session) noteData(id, length uint32) bool {
+	if length <= maxSharedDirectFrame {
+		return true
+	}
+	if id == s.dataRunID {
+		s.dataRun++
+	} else {
+		s.dataRunID, s.dataRun = id, 1
+	}
+	return length <= maxDirectFrame && s.dataRun >= soleRun
+}
 
 // SetDeliver sets (or with nil clears) a function that takes data frames
 // straight from the session's receive goroutine. It is called for a frame
-// of at most 16 KiB that carries no flags, arrives while the receive
-// buffer is empty, on an established stream (or one we half-closed). It
-// returns how many bytes of p it took, from the front; those count as
-// read (the window update goes out as a Read's would), and the rest is
-// buffered for Read as usual, waking readers. A frame it takes whole
-// wakes no reader. p is valid only during the call.
+// of at most 16 KiB (64 KiB once the stream has received soleRun large
+// frames in a row with no other stream's large frame between) that
+// carries no flags, arrives
+// while the receive buffer is empty, on an established stream (or one we
+// half-closed). It returns how many bytes of p it took, from the front;
+// those count as read (the window update goes out as a Read's would), and
+// the rest is buffered for Read as usual, waking readers. A frame it takes
+// whole wakes no reader. p is valid only during the call.
 //
 // f runs on the goroutine that reads the whole session: it must not block
 // and must not call this stream's methods. SetDeliver waits for a call in
@@ -58,8 +87,13 @@ func (s *Stream) deliverDirect(length uint32, conn io.Reader) (handled bool, err
 	if !s.deliverable(length) {
 		return false, nil
 	}
-	if s.session.directBuf == nil {
-		s.session.directBuf = make([]byte, maxDirectFrame)
+	if uint32(len(s.session.directBuf)) < length {
+		// 16 KiB, and 64 KiB once a stream receives bulk alone.
+		size := maxSharedDirectFrame
+		if int(length) > size {
+			size = maxDirectFrame
+		}
+		s.session.directBuf = make([]byte, size)
 	}
 	body := s.session.directBuf[:length]
 	if _, err := io.ReadFull(conn, body); err != nil {

@@ -204,3 +204,129 @@ func minInt(a, b int) int {
 	}
 	return b
 }
+
+// A stream that receives data frames alone is offered large frames (bulk
+// data then goes out from recvLoop, one hand-off and one copy fewer); once
+// another stream's frames come between its own, it is offered small frames
+// only, so recvLoop spends no stream's large socket write while the
+// others' frames wait behind it.
+func TestStream_DeliverLargeFramesOnlyWhenAlone(t *testing.T) {
+	c, s := tcpPair(t)
+	client, err := Client(c, patchConf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := Server(s, patchConf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+
+	// A sink that takes whatever it is offered and notes the largest frame.
+	var mu sync.Mutex
+	largest := map[*directSink]int{}
+	newSink := func() *directSink {
+		d := &directSink{}
+		d.take = func(_ int, p []byte) int {
+			mu.Lock()
+			if len(p) > largest[d] {
+				largest[d] = len(p)
+			}
+			mu.Unlock()
+			return len(p)
+		}
+		return d
+	}
+	largestOf := func(d *directSink) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return largest[d]
+	}
+	frame := pattern(32 << 10)
+	read := func(d *directSink, st *Stream) chan error {
+		done := make(chan error, 1)
+		go func() { done <- d.readAll(st) }()
+		return done
+	}
+	finish := func(w *Stream, done chan error, d *directSink, want []byte) {
+		t.Helper()
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("read: %v", err)
+			}
+		case <-time.After(patchBound):
+			t.Fatal("reader not done")
+		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if !bytes.Equal(d.out.Bytes(), want) {
+			t.Fatalf("got %d bytes, want %d, or in another order", d.out.Len(), len(want))
+		}
+	}
+
+	// Alone: once soleRun large frames came in a row, a 32 KiB frame that finds
+	// the reader parked is offered whole. Each frame waits for the reader
+	// to catch up, so the next one finds it parked (bounded tries: a frame
+	// can land just before the reader parks).
+	aw, ar := openPair(t, client, server)
+	alone := newSink()
+	aloneDone := read(alone, ar)
+	// Another stream's small frames come between: they do not count.
+	pw, pr := openPair(t, client, server)
+	go func() { _, _ = io.Copy(io.Discard, pr) }()
+	var sent []byte
+	for i := 0; i < 50 && largestOf(alone) < len(frame); i++ {
+		if _, err := pw.Write(make([]byte, 100)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := aw.Write(frame); err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, frame...)
+		waitFor(t, "reader catches up", func() bool {
+			alone.mu.Lock()
+			defer alone.mu.Unlock()
+			return alone.out.Len() == len(sent)
+		})
+	}
+	if got := largestOf(alone); got != len(frame) {
+		t.Fatalf("alone, the largest frame offered in 50 was %d bytes, want %d", got, len(frame))
+	}
+	finish(aw, aloneDone, alone, sent)
+	_ = pw.Close()
+
+	// Shared: two streams' frames alternate on the wire, each finding its
+	// reader parked; neither is offered more than maxSharedDirectFrame,
+	// and every byte arrives.
+	var sinks [2]*directSink
+	var dones [2]chan error
+	var ws [2]*Stream
+	for i := range sinks {
+		w, r := openPair(t, client, server)
+		ws[i], sinks[i] = w, newSink()
+		dones[i] = read(sinks[i], r)
+	}
+	for i := 0; i < 2*soleRun; i++ {
+		for k, w := range ws {
+			if _, err := w.Write(frame); err != nil {
+				t.Fatal(err)
+			}
+			// As above: the next frame finds this reader parked.
+			waitFor(t, "reader catches up", func() bool {
+				sinks[k].mu.Lock()
+				defer sinks[k].mu.Unlock()
+				return sinks[k].out.Len() == (i+1)*len(frame)
+			})
+		}
+	}
+	for i := range sinks {
+		finish(ws[i], dones[i], sinks[i], bytes.Repeat(frame, 2*soleRun))
+		if got := largestOf(sinks[i]); got > maxSharedDirectFrame {
+			t.Fatalf("stream %d, sharing the session, was offered a %d-byte frame (limit %d)", i, got, maxSharedDirectFrame)
+		}
+	}
+}

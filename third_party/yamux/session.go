@@ -91,6 +91,10 @@ type Session struct {
 	// Stream.SetDeliver); used by recvLoop only. Patched for tunnelworks,
 	// see PATCHED.md.
 	directBuf []byte
+	// dataRunID and dataRun: the stream of the last large data frames
+	// received and how many came in a row (see noteData); recvLoop only.
+	dataRunID uint32
+	dataRun   int
 
 	// shutdown is used to safely close a session
 	shutdown        bool

@@ -608,7 +608,7 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 
 	// Patched for tunnelworks (see PATCHED.md): a small frame may go
 	// straight to the reader's destination.
-	if flags == 0 && length <= maxDirectFrame && s.hasDeliver.Load() {
+	if s.session.noteData(s.id, length) && flags == 0 && s.hasDeliver.Load() {
 		if handled, err := s.deliverDirect(length, conn); handled {
 			return err
 		}
