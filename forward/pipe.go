@@ -152,10 +152,12 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 		}
 	}()
 	direct := newDirectDelivery(dst, src, count)
+	park := false
 	for {
-		if bp == nil {
-			// Everything read so far is written: while we wait, small
-			// frames may go straight to dst from src's session.
+		if bp == nil || park {
+			park = false
+			// Everything read so far is written: while we wait, frames
+			// may go straight to dst from src's session.
 			on := direct != nil && direct.start()
 			err := waitReadable(src)
 			if on {
@@ -168,7 +170,9 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 			if err != nil {
 				return n, &ReadError{Err: err}
 			}
-			bp, pool = smallBufPool.Get().(*[]byte), &smallBufPool
+			if bp == nil {
+				bp, pool = smallBufPool.Get().(*[]byte), &smallBufPool
+			}
 		}
 		buf := *bp
 		nr, rerr := src.Read(buf)
@@ -195,6 +199,12 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 			// Idle or chatty: wait for more without a buffer.
 			pool.Put(bp)
 			bp = nil
+		case direct != nil && nr < len(buf):
+			// Bulk, and the read drained the stream: wait with the buffer
+			// in hand while its session may write frames straight to dst
+			// (a stream receiving alone gets its bulk frames delivered
+			// so: one goroutine hand-off and one copy fewer per frame).
+			park = true
 		}
 	}
 }

@@ -47,16 +47,23 @@ type rig struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	window   time.Duration
-	// directBytes counts bytes that sessions wrote straight to local
-	// sockets (SetDeliver), in every pipe of the rig.
-	directBytes atomic.Int64
+	// delivered counts what sessions wrote straight to local sockets
+	// (SetDeliver), in every pipe of the rig.
+	delivered directCount
+}
+
+// directCount: the bytes delivered directly, and how many of the calls
+// that took them offered a frame larger than 16 KiB (bulk frames, which
+// yamux offers only to a stream receiving alone).
+type directCount struct {
+	bytes, largeFrames atomic.Int64
 }
 
 // countedStream and countedCarrier count what their pipe's direct
 // delivery takes.
 type countedStream struct {
 	*Stream
-	n *atomic.Int64
+	n *directCount
 }
 
 func (c countedStream) SetDeliver(f func(p []byte) int) bool {
@@ -65,20 +72,23 @@ func (c countedStream) SetDeliver(f func(p []byte) int) bool {
 
 type countedCarrier struct {
 	*mux.Stream
-	n *atomic.Int64
+	n *directCount
 }
 
 func (c countedCarrier) SetDeliver(f func(p []byte) int) bool {
 	return c.Stream.SetDeliver(countDirect(f, c.n))
 }
 
-func countDirect(f func(p []byte) int, n *atomic.Int64) func(p []byte) int {
+func countDirect(f func(p []byte) int, n *directCount) func(p []byte) int {
 	if f == nil {
 		return nil
 	}
 	return func(p []byte) int {
 		k := f(p)
-		n.Add(int64(k))
+		n.bytes.Add(int64(k))
+		if k > 0 && len(p) > 16<<10 {
+			n.largeFrames.Add(1)
+		}
 		return k
 	}
 }
@@ -189,7 +199,7 @@ func (r *rig) serveConn(raw net.Conn) {
 	}
 	_ = sess.Serve(r.ctx, lookup, func(ctx context.Context, _ string, st *mux.Stream, target net.Conn) {
 		if _, ok := st.Token(); !ok {
-			forward.Pipe(ctx, target, countedCarrier{st, &r.directBytes}, nil, 0)
+			forward.Pipe(ctx, target, countedCarrier{st, &r.delivered}, nil, 0)
 			return
 		}
 		rs, err := table.Accept(st, target.LocalAddr(), target.RemoteAddr(), Options{Window: r.window})
@@ -201,7 +211,7 @@ func (r *rig) serveConn(raw net.Conn) {
 		// Off the accept handler: the session waits for its handlers,
 		// and this pipe outlives it.
 		r.wg.Go(func() {
-			if res := forward.Pipe(ctx, rs.Local(target), countedStream{rs, &r.directBytes}, nil, 0); res.Err != nil {
+			if res := forward.Pipe(ctx, rs.Local(target), countedStream{rs, &r.delivered}, nil, 0); res.Err != nil {
 				r.noteErr("server pipe", res.Err)
 			}
 		})
@@ -372,12 +382,12 @@ func (cl *client) dial(t testing.TB, service string, resumable bool) net.Conn {
 		var rs *Stream
 		rs, err = cl.table.Open(cl.ctx, sess, service, "", local.LocalAddr(), local.RemoteAddr(), Options{Window: cl.r.window})
 		if err == nil {
-			stream, local = countedStream{rs, &cl.r.directBytes}, rs.Local(local)
+			stream, local = countedStream{rs, &cl.r.delivered}, rs.Local(local)
 		}
 	} else {
 		var st *mux.Stream
 		if st, err = sess.Open(cl.ctx, service, ""); err == nil {
-			stream = countedCarrier{st, &cl.r.directBytes}
+			stream = countedCarrier{st, &cl.r.delivered}
 		}
 	}
 	if err != nil {
