@@ -152,6 +152,7 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 		}
 	}()
 	direct := newDirectDelivery(dst, src, count)
+	waiter := newReadWaiter(src)
 	park := false
 	for {
 		if bp == nil || park {
@@ -159,7 +160,7 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 			// Everything read so far is written: while we wait, frames
 			// may go straight to dst from src's session.
 			on := direct != nil && direct.start()
-			err := waitReadable(src)
+			err := waiter.wait()
 			if on {
 				moved, werr := direct.stop()
 				n += moved

@@ -4,5 +4,9 @@ package forward
 
 import "net"
 
-// waitSocketReadable cannot peek here: the caller's Read waits instead.
-func waitSocketReadable(net.Conn) error { return nil }
+// socketWaiter cannot peek here: the caller's Read waits instead.
+type socketWaiter struct{}
+
+func newSocketWaiter(net.Conn) *socketWaiter { return nil }
+
+func (*socketWaiter) wait() error { return nil }
