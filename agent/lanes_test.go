@@ -82,12 +82,17 @@ func TestBulkLanesSpreadStreams(t *testing.T) {
 	}
 	late := echocheck.Start(t, addr, 20*time.Second)
 	late.Advance(t, 4096)
+	// A resumed stream's carrier is open (NumStreams) a moment before
+	// the resume counts it: wait for the count, then check the lane.
 	waitFor(t, "lane 1's streams resumed on its next session", func() bool {
 		s := cli.Lanes(classBulk)[1]
-		return s != nil && s != dead && s.NumStreams() >= 4
+		return s != nil && s != dead && cli.resume.Stats().Resumed >= 4
 	})
 	if n := cli.resume.Stats().Resumed; n != 4 {
 		t.Errorf("%d streams resumed, want lane 1's 4", n)
+	}
+	if s := cli.Lanes(classBulk)[1]; s.NumStreams() < 4 {
+		t.Errorf("lane 1's new session holds %d streams, want its 4 back", s.NumStreams())
 	}
 	for _, s := range append(streams, late) {
 		s.Advance(t, 16<<10)
