@@ -13,6 +13,13 @@ type deliverer interface {
 	SetDeliver(f func(p []byte) int) bool
 }
 
+// soleReceiver is a deliverer that says when its session hands it large
+// frames too (mux's and resume's ReceivesAlone): only then does a pipe
+// holding a large buffer gain from parking to let it.
+type soleReceiver interface {
+	ReceivesAlone() bool
+}
+
 // directDelivery writes frames from src's session straight to dst's
 // socket, for a pipe parked with nothing in hand: every byte it read is
 // written, so these cannot overtake any. Its functions are bound once per
@@ -49,6 +56,13 @@ func newDirectDelivery(dst, src net.Conn, count func(int)) *directDelivery {
 	dd := &directDelivery{src: d, dst: dst, rc: rc, count: count}
 	dd.deliver, dd.onFD = dd.write, dd.writeFD
 	return dd
+}
+
+// forBulk says whether a pipe holding a large buffer gains from parking:
+// src's session now hands it large frames too.
+func (dd *directDelivery) forBulk() bool {
+	r, ok := dd.src.(soleReceiver)
+	return ok && r.ReceivesAlone()
 }
 
 // start lets src's session deliver; false if it cannot now.

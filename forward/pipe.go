@@ -200,11 +200,12 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 			// Idle or chatty: wait for more without a buffer.
 			pool.Put(bp)
 			bp = nil
-		case direct != nil && nr < len(buf):
-			// Bulk, and the read drained the stream: wait with the buffer
-			// in hand while its session may write frames straight to dst
-			// (a stream receiving alone gets its bulk frames delivered
-			// so: one goroutine hand-off and one copy fewer per frame).
+		case direct != nil && nr < len(buf) && direct.forBulk():
+			// Bulk, the read drained the stream, and it is its session's
+			// only bulk receiver: wait with the buffer in hand while the
+			// session writes its frames straight to dst (one goroutine
+			// hand-off and one copy fewer per frame). Sharing the session
+			// with other bulk streams, it waits in Read as before.
 			park = true
 		}
 	}

@@ -23,3 +23,6 @@ func setDeliver(y *yamux.Stream, f func(p []byte) int) (ok bool) {
 	y.SetDeliver(f)
 	return true
 }
+
+// receivesAlone says whether y is its session's only bulk receiver (patch 10).
+func receivesAlone(y *yamux.Stream) bool { return y.ReceivesAlone() }

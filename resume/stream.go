@@ -243,6 +243,15 @@ func (s *Stream) SetDeliver(f func(p []byte) int) (ok bool) {
 	return true
 }
 
+// ReceivesAlone says whether the current carrier is its session's only
+// bulk receiver (see mux's ReceivesAlone); false while suspended.
+func (s *Stream) ReceivesAlone() bool {
+	s.mu.Lock()
+	c := s.carrier
+	s.mu.Unlock()
+	return c != nil && c.ReceivesAlone()
+}
+
 // deliverDirect runs on the carrier session's receive goroutine: it must
 // not block, so a notice due now goes out from the notice timer.
 func (s *Stream) deliverDirect(p []byte) int {

@@ -41,8 +41,22 @@ func (s *Session) noteData(id, length uint32) bool {
 	} else {
 		s.dataRunID, s.dataRun = id, 1
 	}
-	return length <= maxDirectFrame && s.dataRun >= soleRun
+	sole := uint32(0) // stream IDs start at 1
+	if s.dataRun >= soleRun {
+		sole = id
+	}
+	if s.soleReceiver.Load() != sole {
+		s.soleReceiver.Store(sole)
+	}
+	return length <= maxDirectFrame && sole != 0
 }
+
+// ReceivesAlone says whether the stream is its session's only bulk
+// receiver now: its large frames go to a deliver function (see
+// SetDeliver). A reader that holds a large buffer gains from setting one
+// only then; otherwise it may as well wait in Read. Patched for
+// tunnelworks (see PATCHED.md, patch 10).
+func (s *Stream) ReceivesAlone() bool { return s.session.soleReceiver.Load() == s.id }
 
 // SetDeliver sets (or with nil clears) a function that takes data frames
 // straight from the session's receive goroutine. It is called for a frame

@@ -296,6 +296,9 @@ func TestStream_DeliverLargeFramesOnlyWhenAlone(t *testing.T) {
 	if got := largestOf(alone); got != len(frame) {
 		t.Fatalf("alone, the largest frame offered in 50 was %d bytes, want %d", got, len(frame))
 	}
+	if !ar.ReceivesAlone() {
+		t.Fatal("ReceivesAlone is false for the session's only bulk receiver")
+	}
 	finish(aw, aloneDone, alone, sent)
 	_ = pw.Close()
 
@@ -304,10 +307,10 @@ func TestStream_DeliverLargeFramesOnlyWhenAlone(t *testing.T) {
 	// and every byte arrives.
 	var sinks [2]*directSink
 	var dones [2]chan error
-	var ws [2]*Stream
+	var ws, rs [2]*Stream
 	for i := range sinks {
 		w, r := openPair(t, client, server)
-		ws[i], sinks[i] = w, newSink()
+		ws[i], rs[i], sinks[i] = w, r, newSink()
 		dones[i] = read(sinks[i], r)
 	}
 	for i := 0; i < 2*soleRun; i++ {
@@ -321,6 +324,9 @@ func TestStream_DeliverLargeFramesOnlyWhenAlone(t *testing.T) {
 				defer sinks[k].mu.Unlock()
 				return sinks[k].out.Len() == (i+1)*len(frame)
 			})
+			if rs[k].ReceivesAlone() || ar.ReceivesAlone() {
+				t.Fatalf("stream %d: ReceivesAlone is true while two streams' large frames alternate", k)
+			}
 		}
 	}
 	for i := range sinks {

@@ -93,8 +93,11 @@ type Session struct {
 	directBuf []byte
 	// dataRunID and dataRun: the stream of the last large data frames
 	// received and how many came in a row (see noteData); recvLoop only.
-	dataRunID uint32
-	dataRun   int
+	// soleReceiver is dataRunID once the run is long enough, else 0, for
+	// other goroutines (Stream.ReceivesAlone).
+	dataRunID    uint32
+	dataRun      int
+	soleReceiver atomic.Uint32
 
 	// shutdown is used to safely close a session
 	shutdown        bool
