@@ -48,12 +48,17 @@ func pingPong(app net.Conn, rounds int, seed uint64) error {
 	return nil
 }
 
+// echoStream starts a rig and a client, and dials the rig's echo service.
+func echoStream(t *testing.T, resumable bool) (*rig, net.Conn) {
+	t.Helper()
+	r := newRig(t, time.Minute)
+	return r, r.newClient("client-a").dial(t, "echo", resumable)
+}
+
 func TestDirectDeliveryPingPong(t *testing.T) {
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
-			r := newRig(t, time.Minute)
-			cl := r.newClient("client-a")
-			app := cl.dial(t, "echo", m.resumable)
+			r, app := echoStream(t, m.resumable)
 			if err := pingPong(app, 500, 1); err != nil {
 				t.Fatalf("%v\npipes: %v", err, r.pipeErrors())
 			}
@@ -72,9 +77,7 @@ func TestDirectDeliveryPingPong(t *testing.T) {
 func TestDirectDeliveryMixedSizes(t *testing.T) {
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
-			r := newRig(t, time.Minute)
-			cl := r.newClient("client-a")
-			app := cl.dial(t, "echo", m.resumable)
+			r, app := echoStream(t, m.resumable)
 
 			rng := rand.New(rand.NewPCG(2, 2))
 			var chunks [][]byte
@@ -130,15 +133,7 @@ func TestDirectDeliveryMixedSizes(t *testing.T) {
 					break
 				}
 			}
-			if err := <-errs; err != nil {
-				t.Fatalf("write: %v", err)
-			}
-			if rerr != nil {
-				t.Fatalf("read: %v\npipes: %v", rerr, r.pipeErrors())
-			}
-			if !bytes.Equal(got, data) {
-				t.Fatalf("echo: %d bytes, want %d, or not the same", len(got), len(data))
-			}
+			r.checkEcho(t, <-errs, rerr, got, data)
 			if n := r.delivered.bytes.Load(); n == 0 {
 				t.Fatal("no byte was delivered directly")
 			} else {
@@ -156,9 +151,7 @@ func TestDirectDeliveryMixedSizes(t *testing.T) {
 func TestDirectDeliveryBulk(t *testing.T) {
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
-			r := newRig(t, time.Minute)
-			cl := r.newClient("client-a")
-			app := cl.dial(t, "echo", m.resumable)
+			r, app := echoStream(t, m.resumable)
 
 			data := make([]byte, 16<<20)
 			rng := rand.New(rand.NewPCG(3, 3))
@@ -176,21 +169,28 @@ func TestDirectDeliveryBulk(t *testing.T) {
 				errs <- app.(*net.TCPConn).CloseWrite()
 			}()
 			got, rerr := io.ReadAll(app)
-			if err := <-errs; err != nil {
-				t.Fatalf("write: %v", err)
-			}
-			if rerr != nil {
-				t.Fatalf("read: %v\npipes: %v", rerr, r.pipeErrors())
-			}
-			if !bytes.Equal(got, data) {
-				t.Fatalf("echo: %d bytes, want %d, or not the same", len(got), len(data))
-			}
+			r.checkEcho(t, <-errs, rerr, got, data)
 			large := r.delivered.largeFrames.Load()
 			if large == 0 {
 				t.Fatal("no bulk frame was delivered directly")
 			}
 			t.Logf("%d bytes delivered directly, %d calls with a frame over 16 KiB", r.delivered.bytes.Load(), large)
 		})
+	}
+}
+
+// checkEcho fails the test on the writer's or the reader's error, or when
+// the echo is not what was sent.
+func (r *rig) checkEcho(t *testing.T, werr, rerr error, got, want []byte) {
+	t.Helper()
+	if werr != nil {
+		t.Fatalf("write: %v", werr)
+	}
+	if rerr != nil {
+		t.Fatalf("read: %v\npipes: %v", rerr, r.pipeErrors())
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("echo: %d bytes, want %d, or not the same", len(got), len(want))
 	}
 }
 
