@@ -712,6 +712,13 @@ func (s *Stream) moveTo(c *mux.Stream, peerDelivered uint64) error {
 		s.expiry.Stop()
 		s.expiry = nil
 	}
+	if old := s.carrier; old != nil && old != c {
+		// The first open's carrier, attached after detachForMove found
+		// none (the move raced the open): the peer let its end go in the
+		// move, so nothing more arrives on it. Let it go here too, or a
+		// reader waiting on it would wait for ever.
+		old.Release()
+	}
 	s.carrier = c
 	s.gen++
 	gen := s.gen

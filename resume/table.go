@@ -177,8 +177,18 @@ func (t *Table) Accept(c *mux.Stream, local, remote net.Addr, o Options) (*Strea
 	return s, nil
 }
 
+// attachFirst attaches the carrier of the stream's first open (or
+// accept), unless a move got there first: a session that came up, or a
+// peer that resumed, while this open was on its way. The stream then
+// rides the move's carrier, and this one, which the peer has let go in
+// the move, is let go here too.
 func (s *Stream) attachFirst(c *mux.Stream) {
 	s.mu.Lock()
+	if s.gen != 0 {
+		s.mu.Unlock()
+		c.Release()
+		return
+	}
 	s.carrier = c
 	s.gen++
 	s.mu.Unlock()
