@@ -490,6 +490,27 @@ func TestFirstOpenRacesMove(t *testing.T) {
 		echoRoundTrip(t, s, "after the move")
 	})
 
+	t.Run("no move to the session the open is on its way to", func(t *testing.T) {
+		var token mux.Token
+		_, _ = crand.Read(token[:])
+		s, err := cl.table.newStream(token, true, sess, "echo", "", addr, addr, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Abort()
+		// SessionUp's move, while the open is on its way: it would
+		// resume (here, open again) a stream that is about to arrive.
+		if err := s.moveOpened(sess); !errors.Is(err, errNotMoved) {
+			t.Fatalf("a move to the session of the first open, before it arrived: %v, want none", err)
+		}
+		first, err := sess.OpenResumable(ctx, "echo", "", token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.attachFirst(first)
+		echoRoundTrip(t, s, "opened once")
+	})
+
 	t.Run("move first", func(t *testing.T) {
 		var token mux.Token
 		_, _ = crand.Read(token[:])

@@ -79,9 +79,12 @@ type Stream struct {
 	// answered: the peer has accepted the stream (see mux's Answered).
 	// Until then a lost stream is opened again, not resumed.
 	answered bool
-	done     bool        // ended: out of the table, budget returned
-	expiry   *time.Timer // while suspended (or closing): the end of the window
-	since    time.Time   // suspended since
+	// openingOn: the session our first open of it is on its way to, until
+	// it is attached (see moveOpened).
+	openingOn *mux.Session
+	done      bool        // ended: out of the table, budget returned
+	expiry    *time.Timer // while suspended (or closing): the end of the window
+	since     time.Time   // suspended since
 
 	// Our direction (sequence numbers count data bytes, then one for FIN).
 	replay     replayBuffer

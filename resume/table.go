@@ -109,6 +109,9 @@ func (t *Table) newStream(token mux.Token, opener bool, sess *mux.Session, servi
 	b.streams++
 	s := t.makeStream(token, opener, key, sess.Peer.Name(), sess.PeerHello.Instance, service, local, remote, o, b)
 	s.source, s.answered = source, !opener
+	if opener {
+		s.openingOn = sess
+	}
 	t.streams[token] = s
 	return s, nil
 }
@@ -185,12 +188,14 @@ func (t *Table) Accept(c *mux.Stream, local, remote net.Addr, o Options) (*Strea
 func (s *Stream) attachFirst(c *mux.Stream) {
 	s.mu.Lock()
 	if s.gen != 0 {
+		s.openingOn = nil
 		s.mu.Unlock()
 		c.Release()
 		return
 	}
 	s.carrier = c
 	s.gen++
+	s.openingOn = nil
 	s.mu.Unlock()
 	c.OnDelivered(s.acknowledge)
 }
@@ -358,7 +363,9 @@ func (s *Stream) moveOpened(sess *mux.Session) error {
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
 	s.mu.Lock()
-	here := s.carrier != nil && s.carrier.Session() == sess
+	// here: on sess already, or its first open is on its way there (a
+	// move now would only resume it at once and replay all it has sent).
+	here := s.carrier != nil && s.carrier.Session() == sess || s.openingOn == sess
 	ended := s.err != nil
 	s.mu.Unlock()
 	// Only to the newest live session of its peer and class: a move to
