@@ -441,6 +441,22 @@ func echoRoundTrip(t *testing.T, s *Stream, msg string) {
 	}
 }
 
+// waitServerHolds waits until the rig's server holds the stream token.
+func waitServerHolds(t *testing.T, r *rig, token mux.Token) {
+	t.Helper()
+	held := func() bool {
+		srv := r.serverTable()
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return srv.streams[token] != nil
+	}
+	for deadline := time.Now().Add(10 * time.Second); !held(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the server did not take the open within 10s")
+		}
+	}
+}
+
 // The session comes up while a stream's first open is on its way: the
 // move to that session (SessionUp) finds no carrier to detach, the peer
 // moves its end to the resumed carrier, and the open's carrier arrives
@@ -472,6 +488,20 @@ func TestFirstOpenRacesMove(t *testing.T) {
 		}
 	}
 
+	// opening is a stream of ours as Open makes it before its first open
+	// has arrived: in the table, no carrier yet.
+	opening := func(t *testing.T) (*Stream, mux.Token) {
+		t.Helper()
+		var token mux.Token
+		_, _ = crand.Read(token[:])
+		s, err := cl.table.newStream(token, true, sess, "echo", "", addr, addr, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Abort() })
+		return s, token
+	}
+
 	t.Run("open's carrier attached first", func(t *testing.T) {
 		s, err := cl.table.Open(ctx, sess, "echo", "", addr, addr, opts)
 		if err != nil {
@@ -491,13 +521,7 @@ func TestFirstOpenRacesMove(t *testing.T) {
 	})
 
 	t.Run("no move to the session the open is on its way to", func(t *testing.T) {
-		var token mux.Token
-		_, _ = crand.Read(token[:])
-		s, err := cl.table.newStream(token, true, sess, "echo", "", addr, addr, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Abort()
+		s, token := opening(t)
 		// SessionUp's move, while the open is on its way: it would
 		// resume (here, open again) a stream that is about to arrive.
 		if err := s.moveOpened(sess); !errors.Is(err, errNotMoved) {
@@ -511,29 +535,45 @@ func TestFirstOpenRacesMove(t *testing.T) {
 		echoRoundTrip(t, s, "opened once")
 	})
 
-	t.Run("move first", func(t *testing.T) {
-		var token mux.Token
-		_, _ = crand.Read(token[:])
-		s, err := cl.table.newStream(token, true, sess, "echo", "", addr, addr, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Abort()
+	t.Run("the open fails after a move took the stream", func(t *testing.T) {
+		s, token := opening(t)
 		first, err := sess.OpenResumable(ctx, "echo", "", token)
 		if err != nil {
 			t.Fatal(err)
 		}
-		held := func() bool {
-			srv := r.serverTable()
-			srv.mu.Lock()
-			defer srv.mu.Unlock()
-			return srv.streams[token] != nil
+		defer first.Release()
+		waitServerHolds(t, r, token)
+		resumeHere(s)
+		// The open's answer is lost with its session, after the move.
+		got, err := s.opened(nil, errors.New("session lost"))
+		if err != nil || got != s {
+			t.Fatalf("an open that failed after the stream moved: %v, %v; want the stream, alive", got, err)
 		}
-		for deadline := time.Now().Add(10 * time.Second); !held(); time.Sleep(5 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatal("the server did not take the open within 10s")
-			}
+		echoRoundTrip(t, s, "alive after the failed open")
+
+		// Without a move, a failed open ends the stream.
+		lone, token := opening(t)
+		if got, err := lone.opened(nil, errors.New("session lost")); err == nil || got != nil {
+			t.Fatalf("a failed open with no move: %v, %v; want an error", got, err)
 		}
+		lone.mu.Lock()
+		ended := lone.err != nil
+		lone.mu.Unlock()
+		cl.table.mu.Lock()
+		listed := cl.table.streams[token] != nil
+		cl.table.mu.Unlock()
+		if !ended || listed {
+			t.Fatalf("a failed open with no move: stream ended %v, still in the table %v", ended, listed)
+		}
+	})
+
+	t.Run("move first", func(t *testing.T) {
+		s, token := opening(t)
+		first, err := sess.OpenResumable(ctx, "echo", "", token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitServerHolds(t, r, token)
 		resumeHere(s)
 		s.attachFirst(first) // late: must not replace the move's carrier
 		s.mu.Lock()

@@ -157,7 +157,22 @@ func (t *Table) Open(ctx context.Context, sess *mux.Session, service, source str
 		return nil, err
 	}
 	c, err := sess.OpenResumable(ctx, service, source, token)
+	return s.opened(c, err)
+}
+
+// opened ends the first open of s: the carrier it got, or its error. A
+// failed open ends the stream, unless a move already took it to a newer
+// session (its session died while the open was on its way, and another
+// came up): then it lives on there.
+func (s *Stream) opened(c *mux.Stream, err error) (*Stream, error) {
 	if err != nil {
+		s.mu.Lock()
+		moved := s.gen != 0 && s.err == nil
+		s.openingOn = nil
+		s.mu.Unlock()
+		if moved {
+			return s, nil
+		}
 		s.finish(err)
 		return nil, err
 	}
