@@ -242,7 +242,7 @@ func FuzzHostileFrames(f *testing.F) {
 
 	p := newPKI(f)
 	srv := startServer(f, serverHCL(p.serverCert, p.serverKey, p.caFile, "", []svc{{name: "echo", target: startEcho(f), allow: []string{"attacker"}}}, nil))
-	srv.addr = srv.waitMatch(f, reTunnelListening)[1]
+	srv.addr = srv.waitMatch(f, reListening)[1]
 	c := p.issueClient(f, "attacker", pki.Options{})
 	keyPEM, err := c.KeyPEM()
 	if err != nil {

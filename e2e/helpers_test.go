@@ -359,7 +359,9 @@ func clientHCL(server, cert, key, ca, extra string, forwards []fwd, services []s
 }
 
 var (
-	reListening  = regexp.MustCompile(`\blistening: addr=(\S+)`)
+	// The tunnel listener's line only: "admin listening: addr=" may come
+	// first.
+	reListening  = regexp.MustCompile(`: listening: addr=(\S+)`)
 	reForwardLst = regexp.MustCompile(`forward listening: forward=(\S+) listen=(\S+)`)
 )
 

@@ -16,7 +16,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -89,8 +88,6 @@ const (
 	streamCapSlack = 100
 )
 
-var reTunnelListening = regexp.MustCompile(`: listening: addr=(\S+)`)
-
 // verdict collects expectations: failures, or in report-only mode lines
 // saying what would have failed.
 type verdict struct {
@@ -153,9 +150,7 @@ func startHostileEnv(t *testing.T, spec envSpec) *hostileEnv {
 		{name: "secret", target: echoAddr, allow: []string{"good-client"}},
 	}, spec.services...)
 	srv := startServer(t, serverHCL(p.serverCert, p.serverKey, p.caFile, "admin {\n  listen = \"127.0.0.1:0\"\n}\n"+spec.serverExtra, services, nil))
-	// reListening also matches "admin listening: addr=", which may come
-	// first: take the tunnel listener's own line.
-	srv.addr = srv.waitMatch(t, reTunnelListening)[1]
+	srv.addr = srv.waitMatch(t, reListening)[1]
 	e := &hostileEnv{
 		t: t, pki: p, srv: srv, link: spec.link, pingP99: pingP99Limit,
 		admin: srv.waitMatch(t, reAdmin)[1],
