@@ -44,12 +44,7 @@ func TestBulkLanesSpreadStreams(t *testing.T) {
 	// One after the other, each open before the next: each new stream
 	// goes to the lane with fewer.
 	addr := cli.Addr("echo").String()
-	var streams []*echocheck.Stream
-	for range 8 {
-		s := echocheck.Start(t, addr, 20*time.Second)
-		s.Advance(t, 4096)
-		streams = append(streams, s)
-	}
+	streams := startEchoStreams(t, addr, 8)
 	for lane, sess := range lanes {
 		if n := sess.NumStreams(); n != 4 {
 			t.Errorf("lane %d holds %d streams, want 4 of 8", lane, n)
@@ -115,12 +110,7 @@ func TestBulkLanesNeedTheServersWord(t *testing.T) {
 		return strings.Contains(log.String(), "the server does not speak lanes")
 	})
 	addr := cli.Addr("echo").String()
-	var streams []*echocheck.Stream
-	for range 4 {
-		s := echocheck.Start(t, addr, 20*time.Second)
-		s.Advance(t, 4096)
-		streams = append(streams, s)
-	}
+	streams := startEchoStreams(t, addr, 4)
 	for _, s := range streams {
 		s.Finish(t)
 	}
@@ -153,11 +143,7 @@ func TestBulkLaneRefusedRefusesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	k := cli.keeperList()[classBulk][0]
-	k.current.mu.Lock()
-	refused := k.current.refused
-	k.current.mu.Unlock()
-	if refused != nil {
+	if refused := bulkRefusal(cli); refused != nil {
 		t.Fatalf("a refused lane refuses local connections: %v", refused)
 	}
 	if !cli.healthy() {
@@ -205,4 +191,26 @@ func TestKeepLanesOfHandedStreams(t *testing.T) {
 	if got := len(cli.keeperList()[classControl]); got != 0 {
 		t.Errorf("a control stream's lane key started %d control keepers", got)
 	}
+}
+
+// startEchoStreams starts n checked echo streams through addr, one after
+// the other, each open (4 KiB echoed) before the next starts.
+func startEchoStreams(t *testing.T, addr string, n int) []*echocheck.Stream {
+	t.Helper()
+	var streams []*echocheck.Stream
+	for range n {
+		s := echocheck.Start(t, addr, 20*time.Second)
+		s.Advance(t, 4096)
+		streams = append(streams, s)
+	}
+	return streams
+}
+
+// bulkRefusal is the definite refusal the client's first bulk keeper
+// holds (local connections are refused while it is set), or nil.
+func bulkRefusal(cli *Client) error {
+	k := cli.keeperList()[classBulk][0]
+	k.current.mu.Lock()
+	defer k.current.mu.Unlock()
+	return k.current.refused
 }

@@ -280,11 +280,7 @@ func TestSessionLimitToldNotDefinite(t *testing.T) {
 	waitFor(t, "the second client to say why", func() bool {
 		return strings.Contains(log.String(), "the server refused us; retrying") && strings.Contains(log.String(), "its limit (max_sessions)")
 	})
-	k := second.keeperList()[classBulk][0]
-	k.current.mu.Lock()
-	refused := k.current.refused
-	k.current.mu.Unlock()
-	if refused != nil {
+	if refused := bulkRefusal(second); refused != nil {
 		t.Fatalf("a session limit was taken as definite: %v", refused)
 	}
 }
