@@ -8,7 +8,6 @@ package yamux
 // wire.
 
 import (
-	"bytes"
 	"io"
 )
 
@@ -131,7 +130,7 @@ func (s *Stream) deliverDirect(length uint32, conn io.Reader) (handled bool, err
 	s.recvWindow -= length
 	if taken < len(body) {
 		if s.recvBuf == nil {
-			s.recvBuf = bytes.NewBuffer(make([]byte, 0, len(body)-taken))
+			s.recvBuf = newRecvBuffer(s.session.recvChunks)
 		}
 		s.recvBuf.Write(body[taken:])
 	}

@@ -91,6 +91,9 @@ type Session struct {
 	// Stream.SetDeliver); used by recvLoop only. Patched for tunnelworks,
 	// see PATCHED.md.
 	directBuf []byte
+	// recvChunks are the spare chunks of the streams' receive buffers
+	// (patch_recvbuf.go). Patched for tunnelworks, see PATCHED.md.
+	recvChunks *chunkPools
 	// dataRunID and dataRun: the stream of the last large data frames
 	// received and how many came in a row (see noteData); recvLoop only.
 	// soleReceiver is dataRunID once the run is long enough, else 0, for
@@ -137,6 +140,7 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		recvDoneCh: make(chan struct{}),
 		sendDoneCh: make(chan struct{}),
 		shutdownCh: make(chan struct{}),
+		recvChunks: newChunkPools(), // patched (patch 11)
 	}
 	if client {
 		s.nextStreamID = 1

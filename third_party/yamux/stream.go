@@ -1,7 +1,6 @@
 package yamux
 
 import (
-	"bytes"
 	"errors"
 	"io"
 	"sync"
@@ -34,7 +33,7 @@ type Stream struct {
 	state     streamState
 	stateLock sync.Mutex
 
-	recvBuf  *bytes.Buffer
+	recvBuf  *recvBuffer // patched: chunks (patch_recvbuf.go), not a bytes.Buffer
 	recvLock sync.Mutex
 
 	controlHdr     header
@@ -145,7 +144,7 @@ START:
 	}
 
 	// Read any bytes
-	n, _ = s.recvBuf.Read(b)
+	n = s.recvBuf.Read(b)
 	s.recvLock.Unlock()
 
 	// Send a window update potentially
@@ -614,9 +613,6 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 		}
 	}
 
-	// Wrap in a limited reader
-	conn = &io.LimitedReader{R: conn, N: int64(length)}
-
 	// Copy into buffer
 	s.recvLock.Lock()
 
@@ -627,11 +623,12 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 	}
 
 	if s.recvBuf == nil {
-		// Allocate the receive buffer just-in-time to fit the full data frame.
-		// This way we can read in the whole packet without further allocations.
-		s.recvBuf = bytes.NewBuffer(make([]byte, 0, length))
+		s.recvBuf = newRecvBuffer(s.session.recvChunks)
 	}
-	copiedLength, err := io.Copy(s.recvBuf, conn)
+	// Patched: read into chunks (patch 11); upstream io.Copy's into a
+	// bytes.Buffer that reallocates as it grows. A short read is an error
+	// either way (the connection failed).
+	copiedLength, err := s.recvBuf.readFrom(conn, int(length))
 	if err != nil {
 		s.session.logger.Printf("[ERR] yamux: Failed to read stream data: %v", err)
 		s.recvLock.Unlock()
