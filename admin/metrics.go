@@ -32,6 +32,8 @@ type Metrics struct {
 
 	mu    sync.Mutex
 	stats map[[2]string]*Counts // by kind, name: the numbers /status shows
+
+	receiveBuffered atomic.Pointer[func() int] // WatchReceiveBuffered
 }
 
 // Counts are one forward's or service's stream numbers, for /status.
@@ -83,7 +85,15 @@ func NewMetrics(agent string) *Metrics {
 			Name: "tunnel_certificate_expiry_timestamp_seconds", Help: "When our certificate, each CA and each CRL's next update expire (Unix time).", ConstLabels: constLabels,
 		}, []string{"what", "name"}),
 	}
-	m.Registry.MustRegister(m.Sessions, m.SessionsUp, m.SessionsEnded, m.HandshakeFailures, m.StreamsOpen,
+	received := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tunnel_receive_buffer_bytes", Help: "Bytes received from peers on tunnelled streams, held until the local side reads them (each stream holds at most its window).", ConstLabels: constLabels,
+	}, func() float64 {
+		if f := m.receiveBuffered.Load(); f != nil {
+			return float64((*f)())
+		}
+		return 0
+	})
+	m.Registry.MustRegister(received, m.Sessions, m.SessionsUp, m.SessionsEnded, m.HandshakeFailures, m.StreamsOpen,
 		m.StreamsOpened, m.StreamsFailed, m.StreamsRefused, m.AwaitingHeader, m.Bytes, m.PingRTT, m.CertExpiry, m.Resume,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -100,6 +110,10 @@ type ResumeStats struct {
 	Refused       uint64 `json:"refused"`        // the peer's resumes we refused
 	ReplayedBytes uint64 `json:"replayed_bytes"` // resent after resumes
 }
+
+// WatchReceiveBuffered exports the bytes held in the sessions' receive
+// buffers, read once per scrape.
+func (m *Metrics) WatchReceiveBuffered(bytes func() int) { m.receiveBuffered.Store(&bytes) }
 
 // WatchResume exports stats, read once per scrape.
 func (m *Metrics) WatchResume(stats func() ResumeStats) { m.Resume.stats.Store(&stats) }

@@ -41,6 +41,9 @@ type SessionStatus struct {
 	Remote  string    `json:"remote"`
 	Since   time.Time `json:"since"`
 	Streams int       `json:"streams"`
+	// ReceiveBuffered: bytes the peer sent that the local side has not
+	// read yet (at most the streams' windows).
+	ReceiveBuffered int `json:"receive_buffered_bytes"`
 }
 
 type ForwardStatus struct {

@@ -70,6 +70,16 @@ func NewClient(cfg *config.Client, log hclog.Logger) (*Client, error) {
 		keepers: map[string][]*keeper{}, lanes: max(cfg.BulkConnections, 1)}
 	c.state.Store(newClientState(cfg))
 	c.resume = newResumeTable(cfg.Settings, log, c.metrics, "")
+	c.metrics.WatchReceiveBuffered(func() (n int) {
+		for _, ks := range c.keeperList() {
+			for _, k := range ks {
+				if sess := k.current.get(); sess != nil {
+					n += sess.ReceiveBuffered()
+				}
+			}
+		}
+		return n
+	})
 	// One session per traffic class in use, so control messages never
 	// queue behind bulk data, and bulk_connections of them for bulk (its
 	// lanes); the server may open streams of either class.
@@ -437,7 +447,7 @@ func (c *Client) status() admin.Status {
 	for class, ks := range c.keeperList() {
 		for _, k := range ks {
 			if sess := k.current.get(); sess != nil {
-				st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: sess.Peer.Name(), Key: sess.Peer.Key(), Class: class, Lane: k.lane, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams()})
+				st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: sess.Peer.Name(), Key: sess.Peer.Key(), Class: class, Lane: k.lane, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams(), ReceiveBuffered: sess.ReceiveBuffered()})
 			}
 		}
 	}

@@ -68,6 +68,12 @@ func NewServer(cfg *config.Server, log hclog.Logger) (*Server, error) {
 	s.state.Store(st)
 	s.tls = ssl.NewReloader(p)
 	s.resume = newResumeTable(cfg.Settings, log, s.metrics, "")
+	s.metrics.WatchReceiveBuffered(func() (n int) {
+		for _, sess := range s.sessions.snapshot() {
+			n += sess.ReceiveBuffered()
+		}
+		return n
+	})
 	return s, nil
 }
 
@@ -519,7 +525,7 @@ func (s *Server) status() admin.Status {
 		st.LastError = *e
 	}
 	for k, sess := range s.sessions.snapshot() {
-		st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: sess.Peer.Name(), Key: k.key, Class: k.class, Lane: k.lane, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams()})
+		st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: sess.Peer.Name(), Key: k.key, Class: k.class, Lane: k.lane, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams(), ReceiveBuffered: sess.ReceiveBuffered()})
 	}
 	for _, f := range cfg.Forwards {
 		sess, _ := s.sessions.find(clientMatcher(f.Client), f.Class)

@@ -607,6 +607,10 @@ func (s *Session) RemoteAddr() string { return s.conn.RemoteAddr().String() }
 // Since is when the session was established.
 func (s *Session) Since() time.Time { return s.since }
 
+// ReceiveBuffered is how many bytes the peer has sent on the session's
+// streams that the local side has not read yet (0 built on upstream yamux).
+func (s *Session) ReceiveBuffered() int { return receiveBuffered(s.y) }
+
 // NumStreams is the number of tunnelled streams open on the session.
 func (s *Session) NumStreams() int {
 	s.live.Lock()

@@ -26,3 +26,6 @@ func setDeliver(y *yamux.Stream, f func(p []byte) int) (ok bool) {
 
 // receivesAlone says whether y is its session's only bulk receiver (patch 10).
 func receivesAlone(y *yamux.Stream) bool { return y.ReceivesAlone() }
+
+// receiveBuffered is how many bytes y's streams hold unread (patch 11).
+func receiveBuffered(y *yamux.Session) int { return y.ReceiveBuffered() }

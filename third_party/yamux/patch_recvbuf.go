@@ -147,3 +147,24 @@ func (b *recvBuffer) Read(p []byte) int {
 	b.n -= n
 	return n
 }
+
+// ReceiveBuffered is how many bytes the session's streams have received
+// and not yet had read: what the peer makes us hold now, within the
+// streams' windows. It takes each stream's lock in turn; for metrics.
+func (s *Session) ReceiveBuffered() int {
+	s.streamLock.Lock()
+	streams := make([]*Stream, 0, len(s.streams))
+	for _, st := range s.streams {
+		streams = append(streams, st)
+	}
+	s.streamLock.Unlock()
+	n := 0
+	for _, st := range streams {
+		st.recvLock.Lock()
+		if st.recvBuf != nil {
+			n += st.recvBuf.Len()
+		}
+		st.recvLock.Unlock()
+	}
+	return n
+}
