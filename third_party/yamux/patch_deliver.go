@@ -33,6 +33,7 @@ const soleRun = 4
 // tunnelworks (see PATCHED.md, patch 10).
 func (s *Session) noteData(id, length uint32) bool {
 	if length <= maxSharedDirectFrame {
+		s.noteSmall(id)
 		return true
 	}
 	if id == s.dataRunID {
@@ -40,6 +41,7 @@ func (s *Session) noteData(id, length uint32) bool {
 	} else {
 		s.dataRunID, s.dataRun = id, 1
 	}
+	s.noteBulk(id)
 	sole := uint32(0) // stream IDs start at 1
 	if s.dataRun >= soleRun {
 		sole = id
@@ -150,13 +152,13 @@ func (s *Stream) deliverDirect(length uint32, conn io.Reader) (handled bool, err
 // queued for sendLoop without waiting. No flags: the stream is
 // established (deliverable).
 func (s *Stream) sendWindowUpdateNoWait() {
-	max := s.session.config.MaxStreamWindowSize
+	max := s.windowMax()
 	s.recvLock.Lock()
 	var bufLen uint32
 	if s.recvBuf != nil {
 		bufLen = uint32(s.recvBuf.Len())
 	}
-	delta := (max - bufLen) - s.recvWindow
+	delta := creditDelta(max, bufLen, s.recvWindow) // patched (patch 12): never below 0
 	if delta < max/2 {
 		s.recvLock.Unlock()
 		return

@@ -101,6 +101,16 @@ type Session struct {
 	dataRunID    uint32
 	dataRun      int
 	soleReceiver atomic.Uint32
+	// recentBulk are the streams of the last large data frames received,
+	// bulkCount how many different ones, sinceSmall how many large frames
+	// came since another stream's small one, and shareWindow by how many
+	// streams the window is shared now (patch_window.go). recvLoop only,
+	// but shareWindow is read by any stream's reader.
+	recentBulk  [bulkHistory]uint32
+	recentNext  int
+	bulkCount   uint32
+	sinceSmall  int
+	shareWindow atomic.Uint32
 
 	// shutdown is used to safely close a session
 	shutdown        bool
@@ -141,6 +151,7 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		sendDoneCh: make(chan struct{}),
 		shutdownCh: make(chan struct{}),
 		recvChunks: newChunkPools(), // patched (patch 11)
+		sinceSmall: interactiveSpan, // patched (patch 12): nobody waiting yet
 	}
 	if client {
 		s.nextStreamID = 1

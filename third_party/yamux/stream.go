@@ -316,13 +316,13 @@ func (s *Stream) sendWindowUpdate() error {
 	defer s.controlHdrLock.Unlock()
 
 	// Determine the delta update
-	max := s.session.config.MaxStreamWindowSize
+	max := s.windowMax() // patched: shared by bulk receivers (patch 12)
 	var bufLen uint32
 	s.recvLock.Lock()
 	if s.recvBuf != nil {
 		bufLen = uint32(s.recvBuf.Len())
 	}
-	delta := (max - bufLen) - s.recvWindow
+	delta := creditDelta(max, bufLen, s.recvWindow) // patched (patch 12): never below 0
 
 	// Determine the flags if any
 	flags := s.sendFlags()

@@ -1,0 +1,140 @@
+package yamux
+
+// Tests for the tunnelworks patch "bulk receivers share a window" (see
+// PATCHED.md, patch 12).
+
+import (
+	"bytes"
+	"io"
+	"sync/atomic"
+	"testing"
+)
+
+// Two streams receiving bulk at once are each offered half the window;
+// once one receives alone it is offered the whole window again. The
+// credit is read where it counts, on the sender.
+func TestStream_BulkReceiversShareWindow(t *testing.T) {
+	const max = 1 << 20
+	c, s := tcpPair(t)
+	conf := patchConf()
+	conf.MaxStreamWindowSize = max
+	client, err := Client(c, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := Server(s, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	ca, sa := openPair(t, client, server)
+	cb, sb := openPair(t, client, server)
+
+	credit := func(st *Stream) uint32 { return atomic.LoadUint32(&st.sendWindow) }
+	readAll := func(st *Stream, want []byte) {
+		t.Helper()
+		got := make([]byte, len(want))
+		if _, err := io.ReadFull(st, got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatal("bytes read differ from those sent")
+		}
+	}
+
+	// 3 rounds of 64 KiB on each stream, taking turns (large frames of both
+	// streams arrive interleaved); nobody reads until all are buffered.
+	msg := pattern(64 << 10)
+	sendRounds := func(ca, cb, sa, sb *Stream) {
+		t.Helper()
+		for i := 0; i < 3; i++ {
+			for _, st := range []*Stream{ca, cb} {
+				if _, err := st.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		waitFor(t, "both streams' data buffered", func() bool { return buffered(sa) == 3*len(msg) && buffered(sb) == 3*len(msg) })
+	}
+	// Bulk streams only: nobody waits behind them, the window stays whole.
+	sendRounds(ca, cb, sa, sb)
+	if k := server.shareWindow.Load(); k != 1 {
+		t.Fatalf("window shared by %d with only bulk streams on the session, want 1", k)
+	}
+	for i := 0; i < 3; i++ {
+		readAll(sa, msg)
+		readAll(sb, msg)
+	}
+	// A third stream sends a small message: now two bulk streams share.
+	cp, sp := openPair(t, client, server)
+	if _, err := cp.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	readAll(sp, []byte("ping"))
+	waitFor(t, "the window shared by 2", func() bool { return server.shareWindow.Load() == 2 })
+	// Two new streams (their credit starts at the initial 256 KiB: a
+	// window shrinks only as the sender uses up the credit it has).
+	ca, sa = openPair(t, client, server)
+	cb, sb = openPair(t, client, server)
+	sendRounds(ca, cb, sa, sb)
+	for i := 0; i < 3; i++ {
+		readAll(sa, msg)
+	}
+	// Each read may send a window update; the credit the receiver has
+	// offered (what the sender will hold once the updates arrive) stays
+	// within half the window (upstream: the whole window; the first two
+	// streams' frames still count among the recent ones, so a quarter).
+	offered := func(st *Stream) uint32 {
+		st.recvLock.Lock()
+		defer st.recvLock.Unlock()
+		return st.recvWindow + uint32(st.recvBuf.Len())
+	}
+	if o := offered(sa); o <= 64<<10 || o > max/2 {
+		t.Fatalf("stream a offered %d bytes of credit while two streams receive bulk, want (64 KiB, %d]", o, max/2)
+	}
+	o := offered(sa)
+	waitFor(t, "the sender holding the credit offered", func() bool { return credit(ca) == o })
+
+	// Stream a alone now: 32 large frames (1 MiB).
+	sent := make(chan error, 1)
+	go func() {
+		for i := 0; i < 16; i++ {
+			if _, err := ca.Write(msg); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- nil
+	}()
+	for i := 0; i < 16; i++ {
+		readAll(sa, msg)
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	if k := server.shareWindow.Load(); k != 1 {
+		t.Fatalf("window shared by %d after stream a received alone, want 1", k)
+	}
+	if o := offered(sa); o <= max/2 {
+		t.Fatalf("stream a offered %d bytes of credit receiving alone, want more than half the window (%d)", o, max/2)
+	}
+	for i := 0; i < 3; i++ {
+		readAll(sb, msg)
+	}
+}
+
+// A window that shrank below what the sender may still send gets no
+// update until the sender has used up its credit: the delta is 0, where
+// upstream's unsigned arithmetic would wrap to a huge credit.
+func TestCreditDelta(t *testing.T) {
+	for _, c := range []struct{ max, buffered, credit, want uint32 }{
+		{1 << 20, 0, 0, 1 << 20},
+		{1 << 20, 100, 200, 1<<20 - 300},
+		{256 << 10, 200 << 10, 200 << 10, 0}, // shrank under buffered + credit
+		{256 << 10, 0, 256 << 10, 0},
+	} {
+		if got := creditDelta(c.max, c.buffered, c.credit); got != c.want {
+			t.Errorf("creditDelta(%d, %d, %d) = %d, want %d", c.max, c.buffered, c.credit, got, c.want)
+		}
+	}
+}
