@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -268,4 +269,72 @@ func TestReloadStartsAndStopsAdmin(t *testing.T) {
 	}
 	cli.stop(t)
 	srv.stop(t)
+}
+
+// A target that stops reading: the bytes the client sends come to wait in
+// the server's stream buffer, and the built server says how many in
+// /metrics and /status (never more than a bulk stream's 1 MiB window);
+// once the target reads again, nothing is held.
+func TestReceiveBufferMetric(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	defer releaseOnce()
+	sink := startTarget(t, func(c net.Conn) {
+		<-release
+		_, _ = io.Copy(io.Discard, c)
+	})
+	tn := startTunnel(t, tunnelSpec{
+		serverExtra: "admin {\n  listen = \"127.0.0.1:0\"\n}\n",
+		services:    []svc{{name: "sink", target: sink, allow: []string{"client-a"}}},
+		forwards:    []fwd{{name: "sink", service: "sink"}},
+	})
+	srvAdmin := tn.server.waitMatch(t, reAdmin)[1]
+
+	c := dial(t, tn.client.forwards["sink"], waitLimit)
+	defer c.Close()
+	// More than the kernel's socket buffers toward the target hold.
+	written := make(chan error, 1)
+	go func() {
+		chunk := make([]byte, 64<<10)
+		for i := 0; i < 1024; i++ { // 64 MiB
+			if _, err := c.Write(chunk); err != nil {
+				written <- err
+				return
+			}
+		}
+		written <- nil
+	}()
+	held := func() float64 {
+		return metricValue(t, string(get(t, "http://"+srvAdmin+"/metrics")), "tunnel_receive_buffer_bytes")
+	}
+	waitFor(t, "bytes held for the stalled target in the server's metrics", func() bool {
+		h := held()
+		if h > 1<<20 {
+			t.Fatalf("tunnel_receive_buffer_bytes = %v, more than the stream's window", h)
+		}
+		return h > 0
+	})
+	var st admin.Status
+	if err := json.Unmarshal(get(t, "http://"+srvAdmin+"/status"), &st); err != nil {
+		t.Fatal(err)
+	}
+	buffered := 0
+	for _, s := range st.Sessions {
+		buffered += s.ReceiveBuffered
+	}
+	if buffered <= 0 || buffered > 1<<20 {
+		t.Errorf("server /status: receive_buffered_bytes %d over its sessions, want (0, 1 MiB]", buffered)
+	}
+
+	releaseOnce()
+	select {
+	case err := <-written:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("the writes did not finish once the target read again")
+	}
+	waitFor(t, "nothing held once the target reads", func() bool { return held() == 0 })
 }
