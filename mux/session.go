@@ -516,7 +516,12 @@ func (s *Session) watch() {
 		outstanding.Add(1)
 		if !s.spawn(func() {
 			defer outstanding.Add(-1)
-			if rtt, err := s.y.Ping(); err == nil && s.cfg.OnPing != nil {
+			rtt, err := s.y.Ping()
+			if err != nil {
+				return
+			}
+			notePathRTT(s.y, rtt) // sizes the window bulk streams share
+			if s.cfg.OnPing != nil {
 				s.cfg.OnPing(rtt)
 			}
 		}) {
@@ -610,6 +615,11 @@ func (s *Session) Since() time.Time { return s.since }
 // ReceiveBuffered is how many bytes the peer has sent on the session's
 // streams that the local side has not read yet (0 built on upstream yamux).
 func (s *Session) ReceiveBuffered() int { return receiveBuffered(s.y) }
+
+// LeastRTT is the least round-trip time of the session's pings so far (0
+// before the first answer, or built on upstream yamux). It sizes the
+// window that bulk streams share beside small messages.
+func (s *Session) LeastRTT() time.Duration { return pathRTT(s.y) }
 
 // NumStreams is the number of tunnelled streams open on the session.
 func (s *Session) NumStreams() int {
@@ -1047,6 +1057,10 @@ func (s *Session) handle(ctx context.Context, y *yamux.Stream, lookup Lookup, ac
 			s.reset(y)
 			return
 		}
+		// Its delivery notices are small frames that can wait: they must
+		// not make our bulk streams share their window as a message
+		// waiting behind them would.
+		setBackground(y)
 		s.readControl(y)
 		return
 	}

@@ -2,7 +2,11 @@
 
 package mux
 
-import "github.com/hashicorp/yamux"
+import (
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
 
 // What mux needs of our yamux copy (third_party/yamux, PATCHED.md) beyond
 // upstream's API. The e2e test that proves the wire unchanged builds the
@@ -29,3 +33,16 @@ func receivesAlone(y *yamux.Stream) bool { return y.ReceivesAlone() }
 
 // receiveBuffered is how many bytes y's streams hold unread (patch 11).
 func receiveBuffered(y *yamux.Session) int { return y.ReceiveBuffered() }
+
+// setBackground keeps y's small frames (our control stream's notices)
+// from making bulk streams share their window (patch 13).
+func setBackground(y *yamux.Stream) { y.SetBackground() }
+
+// notePathRTT tells y a round-trip time of its path (patch 13).
+func notePathRTT(y *yamux.Session, d time.Duration) { y.NotePathRTT(d) }
+
+// pathRTT is the least round-trip time y was told of (patch 13).
+func pathRTT(y *yamux.Session) time.Duration { return y.PathRTT() }
+
+// windowSharedBy is by how many bulk streams y's window is shared now.
+func windowSharedBy(y *yamux.Session) int { return y.WindowSharedBy() }

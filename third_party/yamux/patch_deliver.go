@@ -28,12 +28,15 @@ const (
 // neither count nor break the run.
 const soleRun = 4
 
-// noteData records a data frame for stream id (recvLoop only) and says
+// noteData records a data frame for stream st (recvLoop only) and says
 // whether a frame of this length may be delivered directly. Patched for
 // tunnelworks (see PATCHED.md, patch 10).
-func (s *Session) noteData(id, length uint32) bool {
+func (s *Session) noteData(st *Stream, length uint32) bool {
+	id := st.id
 	if length <= maxSharedDirectFrame {
-		s.noteSmall(id)
+		if !st.background.Load() {
+			s.noteSmall(id)
+		}
 		return true
 	}
 	if id == s.dataRunID {
@@ -41,7 +44,7 @@ func (s *Session) noteData(id, length uint32) bool {
 	} else {
 		s.dataRunID, s.dataRun = id, 1
 	}
-	s.noteBulk(id)
+	s.noteBulk(id, length)
 	sole := uint32(0) // stream IDs start at 1
 	if s.dataRun >= soleRun {
 		sole = id

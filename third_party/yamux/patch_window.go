@@ -7,11 +7,14 @@ package yamux
 // windows of data queued in the one connection, ahead of any small frame
 // of another stream. The receiver decides how much credit it gives (the
 // window updates it sends), so it can cap the sum without any change on
-// the wire: each bulk stream is then offered MaxStreamWindowSize / k, never
-// less than the protocol's initial 256 KiB. With nobody to wait behind
+// the wire: each bulk stream is then offered 1/k of one stream's window
+// (patch 13: of a budget sized to the path), never less than one data
+// frame. With nobody to wait behind
 // the queue (bulk streams only), or one bulk stream, every stream keeps
 // the whole window: smaller windows cost bulk throughput (more window
 // updates), for no one's gain.
+
+import "time"
 
 const (
 	// bulkHistory is how many of the last large data frames are looked at
@@ -24,9 +27,13 @@ const (
 )
 
 // noteBulk records a large data frame for stream id (recvLoop only).
-func (s *Session) noteBulk(id uint32) {
+func (s *Session) noteBulk(id, length uint32) {
 	s.recentBulk[s.recentNext] = id
 	s.recentNext = (s.recentNext + 1) % bulkHistory
+	s.rateBytes += uint64(length)
+	if s.recentNext == 0 {
+		s.updateBudget(time.Now())
+	}
 	k := uint32(0)
 	for i, a := range s.recentBulk {
 		if a != 0 && !slicesContains(s.recentBulk[:i], a) {
@@ -73,12 +80,97 @@ func slicesContains(ids []uint32, id uint32) bool {
 func (s *Stream) windowMax() uint32 {
 	max := s.session.config.MaxStreamWindowSize
 	if k := s.session.shareWindow.Load(); k > 1 {
+		if b := s.session.sharedBudget.Load(); b != 0 && b < max {
+			max = b
+		}
 		max /= k
-	}
-	if max < initialStreamWindow {
-		max = initialStreamWindow
+		if max < minSharedWindow {
+			max = minSharedWindow
+		}
 	}
 	return max
+}
+
+// Patch 13: the shared window sized to the path. One stream's window is
+// what a bulk stream needs to fill a long path; on a short one (a LAN,
+// loopback) the bulk streams' bytes in flight are a queue that a small
+// message of another stream waits behind, at 1 MiB about 3 ms at 3
+// Gbit/s. So while the window is shared, the bulk streams together get
+// pathGain times what the path holds at the rate they receive now
+// (rate × the least round-trip time seen, the bandwidth-delay product),
+// never less than yamux's initial window nor more than one stream's.
+// When the window limits the rate, rate × RTT is about the budget itself
+// and the budget grows pathGain-fold a measurement; when something else
+// limits it, the budget falls back to pathGain BDPs. Unknown RTT: one
+// stream's window, as patch 12.
+const (
+	// pathGain: BDPs of data in flight, headroom for a rate that rises
+	// and for round trips longer than the least.
+	pathGain = 4
+	// minSharedWindow is the least window a sharing stream is offered:
+	// one of our peers' data frames (32 KiB).
+	minSharedWindow = 32 * 1024
+)
+
+// NotePathRTT tells the session a round-trip time of its path (a ping's,
+// say); it keeps the least. Patched for tunnelworks (PATCHED.md, patch 13).
+func (s *Session) NotePathRTT(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	for {
+		old := s.pathRTT.Load()
+		if old != 0 && old <= int64(d) {
+			return
+		}
+		if s.pathRTT.CompareAndSwap(old, int64(d)) {
+			return
+		}
+	}
+}
+
+// PathRTT is the least round-trip time told to NotePathRTT, 0 if none.
+func (s *Session) PathRTT() time.Duration { return time.Duration(s.pathRTT.Load()) }
+
+// WindowSharedBy is by how many bulk streams the window is shared now (1:
+// not shared). Patched for tunnelworks (PATCHED.md, patches 12 and 13).
+func (s *Session) WindowSharedBy() int { return int(s.shareWindow.Load()) }
+
+// SetBackground marks the stream as background: its small frames (say,
+// acknowledgements that can wait) do not make bulk streams share their
+// window as an interactive stream's do. Patched for tunnelworks
+// (PATCHED.md, patch 13).
+func (s *Stream) SetBackground() { s.background.Store(true) }
+
+// updateBudget measures the bulk receive rate over the last bulkHistory
+// large frames and sets the shared budget from it (recvLoop only).
+func (s *Session) updateBudget(now time.Time) {
+	elapsed := now.Sub(s.rateStart)
+	bytes := s.rateBytes
+	s.rateStart, s.rateBytes = now, 0
+	b := sharedBudget(bytes, elapsed, time.Duration(s.pathRTT.Load()), s.config.MaxStreamWindowSize)
+	if s.sharedBudget.Load() != b {
+		s.sharedBudget.Store(b)
+	}
+}
+
+// sharedBudget is what k sharing bulk streams may have in flight in all,
+// having received bytes in elapsed on a path of least round-trip time
+// rtt: pathGain × rate × rtt within [initialStreamWindow, max]; 0 (one
+// stream's window) when rtt is unknown.
+func sharedBudget(bytes uint64, elapsed, rtt time.Duration, max uint32) uint32 {
+	if rtt <= 0 || elapsed <= 0 {
+		return 0
+	}
+	bdp := float64(bytes) * rtt.Seconds() / elapsed.Seconds()
+	b := pathGain * bdp
+	switch {
+	case b >= float64(max):
+		return max
+	case b <= float64(initialStreamWindow):
+		return initialStreamWindow
+	}
+	return uint32(b)
 }
 
 // creditDelta is the window update that brings the stream's credit to

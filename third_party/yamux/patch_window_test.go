@@ -8,6 +8,7 @@ import (
 	"io"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // Two streams receiving bulk at once are each offered half the window;
@@ -136,5 +137,162 @@ func TestCreditDelta(t *testing.T) {
 		if got := creditDelta(c.max, c.buffered, c.credit); got != c.want {
 			t.Errorf("creditDelta(%d, %d, %d) = %d, want %d", c.max, c.buffered, c.credit, got, c.want)
 		}
+	}
+}
+
+// Tests for patch 13: the shared window sized to the path, and
+// background streams.
+
+// sharedBudget is pathGain BDPs at the measured rate, within
+// [initialStreamWindow, max]; 0 (one stream's window) with no RTT known.
+func TestSharedBudget(t *testing.T) {
+	const max = 1 << 20
+	for _, c := range []struct {
+		bytes        uint64
+		elapsed, rtt time.Duration
+		want         uint32
+	}{
+		{512 << 10, time.Millisecond, 0, 0},                             // RTT unknown
+		{512 << 10, time.Millisecond, 50 * time.Microsecond, 256 << 10}, // loopback: 4 × 26 KB, floored
+		{512 << 10, time.Millisecond, 200 * time.Microsecond, 419430},   // 4 × 512 KiB/ms × 0.2 ms
+		{512 << 10, time.Millisecond, 50 * time.Millisecond, max},       // a long path: one stream's window
+		{512 << 10, 0, 50 * time.Millisecond, 0},                        // no time measured
+	} {
+		if got := sharedBudget(c.bytes, c.elapsed, c.rtt, max); got != c.want {
+			t.Errorf("sharedBudget(%d B in %s, rtt %s) = %d, want %d", c.bytes, c.elapsed, c.rtt, got, c.want)
+		}
+	}
+}
+
+// Two bulk streams sharing beside a small message are offered a share
+// of pathGain BDPs: on a path of 1 µs that is the floor (256 KiB in all),
+// on a path of 1 s one stream's window (1 MiB in all), as without an RTT.
+func TestStream_SharedWindowSizedToPath(t *testing.T) {
+	const max = 1 << 20
+	for _, c := range []struct {
+		name      string
+		rtt       time.Duration
+		low, high uint32 // offered credit of a sharing stream, (low, high]
+	}{
+		{"short path", time.Microsecond, 32 << 10, initialStreamWindow / 2},
+		{"long path", time.Second, initialStreamWindow / 2, max / 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cc, sc := tcpPair(t)
+			conf := patchConf()
+			conf.MaxStreamWindowSize = max
+			client, err := Client(cc, conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			server, err := Server(sc, conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { client.Close(); server.Close() })
+			server.NotePathRTT(time.Hour) // the least is kept
+			server.NotePathRTT(c.rtt)
+			server.NotePathRTT(2 * c.rtt)
+			if got := time.Duration(server.pathRTT.Load()); got != c.rtt {
+				t.Fatalf("path RTT %s, want the least told, %s", got, c.rtt)
+			}
+			cp, sp := openPair(t, client, server)
+			if _, err := cp.Write([]byte("ping")); err != nil {
+				t.Fatal(err)
+			}
+			readFull(t, sp, []byte("ping"))
+			ca, sa := openPair(t, client, server)
+			cb, sb := openPair(t, client, server)
+			msg := pattern(64 << 10)
+			// 2 MiB each: the credit a stream held before the window was
+			// shared is used up, and the rate measured.
+			for i := 0; i < 32; i++ {
+				for _, st := range []*Stream{ca, cb} {
+					if _, err := st.Write(msg); err != nil {
+						t.Fatal(err)
+					}
+				}
+				readFull(t, sa, msg)
+				readFull(t, sb, msg)
+			}
+			if k := server.shareWindow.Load(); k != 2 {
+				t.Fatalf("window shared by %d, want 2", k)
+			}
+			offered := func(st *Stream) uint32 {
+				st.recvLock.Lock()
+				defer st.recvLock.Unlock()
+				return st.recvWindow + uint32(st.recvBuf.Len())
+			}
+			for _, st := range []*Stream{sa, sb} {
+				if o := offered(st); o <= c.low || o > c.high {
+					t.Fatalf("a sharing stream offered %d bytes of credit, want (%d, %d]", o, c.low, c.high)
+				}
+			}
+		})
+	}
+}
+
+// A background stream's small frames (the agents' delivery notices) do
+// not make bulk streams share their window; another stream's do.
+func TestStream_BackgroundFramesDoNotShare(t *testing.T) {
+	cc, sc := tcpPair(t)
+	conf := patchConf()
+	conf.MaxStreamWindowSize = 1 << 20
+	client, err := Client(cc, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := Server(sc, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	cn, sn := openPair(t, client, server)
+	sn.SetBackground()
+	ca, sa := openPair(t, client, server)
+	cb, sb := openPair(t, client, server)
+	msg := pattern(64 << 10)
+	bulk := func() {
+		t.Helper()
+		for i := 0; i < 2; i++ {
+			for _, st := range []*Stream{ca, cb} {
+				if _, err := st.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+			}
+			readFull(t, sa, msg)
+			readFull(t, sb, msg)
+		}
+	}
+	bulk()
+	for i := 0; i < 3; i++ { // notices between bulk frames
+		if _, err := cn.Write([]byte("notice")); err != nil {
+			t.Fatal(err)
+		}
+		readFull(t, sn, []byte("notice"))
+		bulk()
+		if k := server.shareWindow.Load(); k != 1 {
+			t.Fatalf("window shared by %d after a background stream's small frames, want 1", k)
+		}
+	}
+	cp, sp := openPair(t, client, server)
+	if _, err := cp.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	readFull(t, sp, []byte("ping"))
+	bulk()
+	if k := server.shareWindow.Load(); k != 2 {
+		t.Fatalf("window shared by %d after another stream's small frame, want 2", k)
+	}
+}
+
+func readFull(t *testing.T, st *Stream, want []byte) {
+	t.Helper()
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(st, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("bytes read differ from those sent")
 	}
 }

@@ -111,6 +111,15 @@ type Session struct {
 	bulkCount   uint32
 	sinceSmall  int
 	shareWindow atomic.Uint32
+	// What the bulk streams may have in flight in all while they share
+	// (0: MaxStreamWindowSize), from their receive rate (rateStart,
+	// rateBytes: recvLoop only) and the least round-trip time the owner
+	// has told us of (pathRTT, ns). Patched for tunnelworks
+	// (patch_window.go, patch 13).
+	sharedBudget atomic.Uint32
+	pathRTT      atomic.Int64
+	rateStart    time.Time
+	rateBytes    uint64
 
 	// shutdown is used to safely close a session
 	shutdown        bool

@@ -72,6 +72,11 @@ type Stream struct {
 	deliverMu  sync.Mutex
 	deliver    func(p []byte) int
 	hasDeliver atomic.Bool
+
+	// background: this stream's small frames do not make bulk streams
+	// share their window (SetBackground). Patched for tunnelworks, see
+	// PATCHED.md, patch 13.
+	background atomic.Bool
 }
 
 // newStream is used to construct a new stream within
@@ -607,7 +612,7 @@ func (s *Stream) readData(hdr header, flags uint16, conn io.Reader) error {
 
 	// Patched for tunnelworks (see PATCHED.md): a small frame may go
 	// straight to the reader's destination.
-	if s.session.noteData(s.id, length) && flags == 0 && s.hasDeliver.Load() {
+	if s.session.noteData(s, length) && flags == 0 && s.hasDeliver.Load() {
 		if handled, err := s.deliverDirect(length, conn); handled {
 			return err
 		}

@@ -1,0 +1,75 @@
+package mux
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"testing"
+	"time"
+)
+
+// Tests of how mux feeds yamux's shared bulk window (third_party/yamux,
+// patches 12 and 13): its pings give the path's round-trip time, and the
+// peer's delivery notices on the control stream do not count as a small
+// message waiting behind bulk data.
+
+func TestPingsGiveLeastRTT(t *testing.T) {
+	cfg := Config{PingAfter: 40 * time.Millisecond}
+	server, client := sessions(t, "client-a", cfg)
+	waitUntil(t, "both sessions' least RTT from their pings", func() bool {
+		return server.LeastRTT() > 0 && client.LeastRTT() > 0
+	})
+	for _, s := range []*Session{server, client} {
+		if rtt := s.LeastRTT(); rtt > 10*time.Second {
+			t.Fatalf("least RTT %s over loopback", rtt)
+		}
+	}
+}
+
+func TestDeliveryNoticesDoNotShareWindow(t *testing.T) {
+	cfg := Config{Window: 1 << 20, Resumable: true}
+	server, client := sessions(t, "client-a", cfg)
+	accepted := acceptedStreams(t, server, pipeTarget)
+	serve(t, client, nil) // as the agents do: it reads the server's control stream
+	var cli, srv [2]*Stream
+	for i := range cli {
+		st, err := client.Open(context.Background(), "bulk", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cli[i], srv[i] = st, <-accepted
+	}
+	chunk := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB: two large frames
+	got := make([]byte, len(chunk))
+	// The streams' opening replies were small frames of streams not yet
+	// receiving bulk: the window is shared for the next 256 large frames
+	// (8 MiB). 9 MiB more, with notices all along, and it is whole again.
+	for round := 0; round < 72; round++ {
+		for i := range srv {
+			if _, err := srv[i].Write(chunk); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(cli[i], got); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, chunk) {
+				t.Fatal("bytes read differ from those sent")
+			}
+			// What a resumable stream's receiver sends as it delivers.
+			if err := srv[i].SendDelivered(uint64(round)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// The notices were read on the client in order with the bulk frames
+	// (one connection); a last write makes sure the newest were seen.
+	if _, err := srv[0].Write(chunk); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(cli[0], got); err != nil {
+		t.Fatal(err)
+	}
+	if k := windowSharedBy(client.y); k != 1 {
+		t.Fatalf("the client's window shared by %d streams with only delivery notices beside the bulk, want 1", k)
+	}
+}
