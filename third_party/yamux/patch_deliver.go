@@ -35,7 +35,7 @@ func (s *Session) noteData(st *Stream, length uint32) bool {
 	id := st.id
 	if length <= maxSharedDirectFrame {
 		if !st.background.Load() {
-			s.noteSmall(id)
+			s.noteSmall(st)
 		}
 		return true
 	}
@@ -44,7 +44,7 @@ func (s *Session) noteData(st *Stream, length uint32) bool {
 	} else {
 		s.dataRunID, s.dataRun = id, 1
 	}
-	s.noteBulk(id, length)
+	s.noteBulk(st, length)
 	sole := uint32(0) // stream IDs start at 1
 	if s.dataRun >= soleRun {
 		sole = id

@@ -24,10 +24,15 @@ const (
 	// peers: 8 MiB) after another stream's last small frame the window
 	// stays shared.
 	interactiveSpan = 256
+	// smallRunInteractive is how many small frames in a row make a stream
+	// that received bulk count as exchanging messages (patch 13).
+	smallRunInteractive = 4
 )
 
-// noteBulk records a large data frame for stream id (recvLoop only).
-func (s *Session) noteBulk(id, length uint32) {
+// noteBulk records a large data frame for stream st (recvLoop only).
+func (s *Session) noteBulk(st *Stream, length uint32) {
+	id := st.id
+	st.seenLarge, st.smallRun = true, 0
 	s.recentBulk[s.recentNext] = id
 	s.recentNext = (s.recentNext + 1) % bulkHistory
 	s.rateBytes += uint64(length)
@@ -47,11 +52,21 @@ func (s *Session) noteBulk(id, length uint32) {
 	s.updateShare()
 }
 
-// noteSmall records a small data frame for stream id (recvLoop only): a
-// stream that is not receiving bulk is exchanging messages.
-func (s *Session) noteSmall(id uint32) {
-	if slicesContains(s.recentBulk[:], id) {
-		return
+// noteSmall records a small data frame for stream st (recvLoop only): a
+// stream that is not receiving bulk is exchanging messages. A bulk
+// stream's short frames (a sender's read that found less than a frame's
+// worth) do not count until smallRunInteractive come in a row: with 8
+// bulk streams, some stream's short frame often came when none of its
+// large frames were among the last bulkHistory, and kept the window
+// shared with nobody waiting (patch 13).
+func (s *Session) noteSmall(st *Stream) {
+	if st.seenLarge {
+		if st.smallRun < smallRunInteractive {
+			st.smallRun++
+		}
+		if st.smallRun < smallRunInteractive {
+			return
+		}
 	}
 	s.sinceSmall = 0
 	s.updateShare()

@@ -296,3 +296,52 @@ func readFull(t *testing.T, st *Stream, want []byte) {
 		t.Fatal("bytes read differ from those sent")
 	}
 }
+
+// A bulk stream's short frames (what a sender's short reads make) do not
+// make the window shared; smallRunInteractive small frames in a row on
+// it do: it has turned to exchanging messages.
+func TestStream_BulkStreamsShortFramesDoNotShare(t *testing.T) {
+	cc, sc := tcpPair(t)
+	conf := patchConf()
+	conf.MaxStreamWindowSize = 1 << 20
+	client, err := Client(cc, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := Server(sc, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	ca, sa := openPair(t, client, server)
+	cb, sb := openPair(t, client, server)
+	large, short := pattern(64<<10), pattern(1000)
+	for i := 0; i < 100; i++ { // 400 large frames, 200 short ones between
+		for _, p := range []struct{ c, s *Stream }{{ca, sa}, {cb, sb}} {
+			for _, msg := range [][]byte{large, short} {
+				if _, err := p.c.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				readFull(t, p.s, msg)
+			}
+		}
+	}
+	if k := server.shareWindow.Load(); k != 1 {
+		t.Fatalf("window shared by %d with bulk streams' short frames only, want 1", k)
+	}
+	for i := 0; i < smallRunInteractive; i++ {
+		if _, err := ca.Write(short); err != nil {
+			t.Fatal(err)
+		}
+		readFull(t, sa, short)
+	}
+	for _, p := range []struct{ c, s *Stream }{{ca, sa}, {cb, sb}} {
+		if _, err := p.c.Write(large); err != nil {
+			t.Fatal(err)
+		}
+		readFull(t, p.s, large)
+	}
+	if k := server.shareWindow.Load(); k != 2 {
+		t.Fatalf("window shared by %d after %d small frames in a row on a stream, want 2", k, smallRunInteractive)
+	}
+}

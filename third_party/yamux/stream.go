@@ -77,6 +77,11 @@ type Stream struct {
 	// share their window (SetBackground). Patched for tunnelworks, see
 	// PATCHED.md, patch 13.
 	background atomic.Bool
+	// seenLarge: a large data frame has arrived on this stream; smallRun:
+	// small ones since the last (see noteSmall). recvLoop only. Patched
+	// for tunnelworks (patch 13).
+	seenLarge bool
+	smallRun  int
 }
 
 // newStream is used to construct a new stream within
