@@ -117,9 +117,9 @@ func printStatus(w io.Writer, st admin.Status) {
 	// the table is copied out below.
 	var table bytes.Buffer
 	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nSESSION\tCLASS\tREMOTE\tUP SINCE\tSTREAMS")
+	fmt.Fprintln(tw, "\nSESSION\tCLASS\tREMOTE\tUP SINCE\tSTREAMS\tLEAST RTT")
 	if len(st.Sessions) == 0 {
-		fmt.Fprintln(tw, "(none)\t\t\t\t")
+		fmt.Fprintln(tw, "(none)\t\t\t\t\t")
 	}
 	// Names need not be unique: where one names several certificates,
 	// show each one's key too.
@@ -139,7 +139,11 @@ func printStatus(w io.Writer, st admin.Status) {
 		if s.Lane > 0 { // a further session of the class (bulk_connections)
 			class += fmt.Sprintf(" (lane %d)", s.Lane)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", peer, class, s.Remote, s.Since.Local().Format(time.DateTime), s.Streams)
+		rtt := "-" // no ping answered yet
+		if s.LeastRTTMicros > 0 {
+			rtt = (time.Duration(s.LeastRTTMicros) * time.Microsecond).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", peer, class, s.Remote, s.Since.Local().Format(time.DateTime), s.Streams, rtt)
 	}
 	for _, group := range []struct {
 		title string

@@ -18,7 +18,7 @@ func TestPrintStatusShowsKeyWhereNamesCollide(t *testing.T) {
 		{Peer: "edge", Key: "sha256:BBBB", Class: "bulk", Since: now},
 		{Peer: "solo", Key: "sha256:CCCC", Class: "bulk", Since: now},
 		{Peer: "solo", Key: "sha256:CCCC", Class: "bulk", Lane: 1, Since: now},
-		{Peer: "solo", Key: "sha256:CCCC", Class: "control", Since: now},
+		{Peer: "solo", Key: "sha256:CCCC", Class: "control", Since: now, LeastRTTMicros: 1234},
 	}}
 	var out bytes.Buffer
 	printStatus(&out, st)
@@ -30,6 +30,10 @@ func TestPrintStatusShowsKeyWhereNamesCollide(t *testing.T) {
 	}
 	if strings.Contains(got, "CCCC") {
 		t.Errorf("status shows the key of a name no other certificate holds:\n%s", got)
+	}
+	// The least ping round trip, where one was answered.
+	if !strings.Contains(got, "1.234ms") || !strings.Contains(got, "LEAST RTT") {
+		t.Errorf("status lacks the least round trip:\n%s", got)
 	}
 	// A further session of a class (bulk_connections) shows its lane.
 	if !strings.Contains(got, "bulk (lane 1)") || strings.Contains(got, "lane 0") {
