@@ -14,10 +14,7 @@ package yamux
 // the whole window: smaller windows cost bulk throughput (more window
 // updates), for no one's gain.
 
-import (
-	"math"
-	"time"
-)
+import "time"
 
 const (
 	// bulkHistory is how many of the last large data frames are looked at
@@ -97,38 +94,30 @@ func slicesContains(ids []uint32, id uint32) bool {
 // windowMax is the largest window the stream is offered now.
 func (s *Stream) windowMax() uint32 {
 	max := s.session.config.MaxStreamWindowSize
-	k := s.session.shareWindow.Load()
-	if k <= 1 {
-		return max
-	}
-	share := max / k // patch 12: one stream's window in all
-	if b := s.session.sharedBudget.Load(); b != 0 {
-		share = b / k // patch 13: what the path needs
-		if share > max {
-			share = max
+	if k := s.session.shareWindow.Load(); k > 1 {
+		if b := s.session.sharedBudget.Load(); b != 0 && b < max {
+			max = b
+		}
+		max /= k
+		if max < minSharedWindow {
+			max = minSharedWindow
 		}
 	}
-	if share < minSharedWindow {
-		share = minSharedWindow
-	}
-	return share
+	return max
 }
 
-// Patch 13: the shared window sized to the path. One stream's window
-// (patch 12) is a guess: too little for a long fat path, where bulk
-// streams need what the path holds, and too much for a short one (a LAN,
-// loopback), where the bytes in flight beyond that are only a queue that
-// a small message of another stream waits behind: 1 MiB is about 3 ms at
-// 3 Gbit/s. What a path holds is rate × round-trip time (the
-// bandwidth-delay product). So while the window is shared, the bulk
-// streams together get pathGain times that, at the rate they receive now
-// and the least round-trip time seen, never less than yamux's initial
-// window; each stream at most its own window. When the window limits the
-// rate, rate × RTT is about the budget itself and the budget grows up to
-// pathGain-fold a measurement until the path or the streams' own windows
-// limit the rate; when the path does, the budget settles at pathGain
-// BDPs: the path stays full and the queue stays short. Unknown RTT: one
-// stream's window in all, as patch 12.
+// Patch 13: the shared window sized to the path. One stream's window is
+// what a bulk stream needs to fill a long path; on a short one (a LAN,
+// loopback) the bulk streams' bytes in flight are a queue that a small
+// message of another stream waits behind, at 1 MiB about 3 ms at 3
+// Gbit/s. So while the window is shared, the bulk streams together get
+// pathGain times what the path holds at the rate they receive now
+// (rate × the least round-trip time seen, the bandwidth-delay product),
+// never less than yamux's initial window nor more than one stream's.
+// When the window limits the rate, rate × RTT is about the budget itself
+// and the budget grows pathGain-fold a measurement; when something else
+// limits it, the budget falls back to pathGain BDPs. Unknown RTT: one
+// stream's window, as patch 12.
 const (
 	// pathGain: BDPs of data in flight, headroom for a rate that rises
 	// and for round trips longer than the least.
@@ -174,25 +163,25 @@ func (s *Session) updateBudget(now time.Time) {
 	elapsed := now.Sub(s.rateStart)
 	bytes := s.rateBytes
 	s.rateStart, s.rateBytes = now, 0
-	b := sharedBudget(bytes, elapsed, time.Duration(s.pathRTT.Load()))
+	b := sharedBudget(bytes, elapsed, time.Duration(s.pathRTT.Load()), s.config.MaxStreamWindowSize)
 	if s.sharedBudget.Load() != b {
 		s.sharedBudget.Store(b)
 	}
 }
 
-// sharedBudget is what sharing bulk streams may have in flight in all,
+// sharedBudget is what k sharing bulk streams may have in flight in all,
 // having received bytes in elapsed on a path of least round-trip time
-// rtt: pathGain × rate × rtt, at least initialStreamWindow; 0 (patch 12's
-// one stream's window) when rtt is unknown.
-func sharedBudget(bytes uint64, elapsed, rtt time.Duration) uint32 {
+// rtt: pathGain × rate × rtt within [initialStreamWindow, max]; 0 (one
+// stream's window) when rtt is unknown.
+func sharedBudget(bytes uint64, elapsed, rtt time.Duration, max uint32) uint32 {
 	if rtt <= 0 || elapsed <= 0 {
 		return 0
 	}
 	bdp := float64(bytes) * rtt.Seconds() / elapsed.Seconds()
 	b := pathGain * bdp
 	switch {
-	case b >= math.MaxUint32:
-		return math.MaxUint32
+	case b >= float64(max):
+		return max
 	case b <= float64(initialStreamWindow):
 		return initialStreamWindow
 	}

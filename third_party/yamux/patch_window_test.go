@@ -6,7 +6,6 @@ package yamux
 import (
 	"bytes"
 	"io"
-	"math"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -144,9 +143,10 @@ func TestCreditDelta(t *testing.T) {
 // Tests for patch 13: the shared window sized to the path, and
 // background streams.
 
-// sharedBudget is pathGain BDPs at the measured rate, at least
-// initialStreamWindow; 0 (one stream's window in all) with no RTT known.
+// sharedBudget is pathGain BDPs at the measured rate, within
+// [initialStreamWindow, max]; 0 (one stream's window) with no RTT known.
 func TestSharedBudget(t *testing.T) {
+	const max = 1 << 20
 	for _, c := range []struct {
 		bytes        uint64
 		elapsed, rtt time.Duration
@@ -155,11 +155,10 @@ func TestSharedBudget(t *testing.T) {
 		{512 << 10, time.Millisecond, 0, 0},                             // RTT unknown
 		{512 << 10, time.Millisecond, 50 * time.Microsecond, 256 << 10}, // loopback: 4 × 26 KB, floored
 		{512 << 10, time.Millisecond, 200 * time.Microsecond, 419430},   // 4 × 512 KiB/ms × 0.2 ms
-		{512 << 10, time.Millisecond, 50 * time.Millisecond, 4 * 512 * 1024 * 50},
-		{512 << 10, time.Microsecond, time.Hour, math.MaxUint32}, // no wrap
-		{512 << 10, 0, 50 * time.Millisecond, 0},                 // no time measured
+		{512 << 10, time.Millisecond, 50 * time.Millisecond, max},       // a long path: one stream's window
+		{512 << 10, 0, 50 * time.Millisecond, 0},                        // no time measured
 	} {
-		if got := sharedBudget(c.bytes, c.elapsed, c.rtt); got != c.want {
+		if got := sharedBudget(c.bytes, c.elapsed, c.rtt, max); got != c.want {
 			t.Errorf("sharedBudget(%d B in %s, rtt %s) = %d, want %d", c.bytes, c.elapsed, c.rtt, got, c.want)
 		}
 	}
@@ -167,8 +166,7 @@ func TestSharedBudget(t *testing.T) {
 
 // Two bulk streams sharing beside a small message are offered a share
 // of pathGain BDPs: on a path of 1 µs that is the floor (256 KiB in all),
-// on a path of 1 s more than one stream's window in all (without an RTT,
-// patch 12 shares one), each stream up to its whole window.
+// on a path of 1 s one stream's window (1 MiB in all), as without an RTT.
 func TestStream_SharedWindowSizedToPath(t *testing.T) {
 	const max = 1 << 20
 	for _, c := range []struct {
@@ -177,7 +175,7 @@ func TestStream_SharedWindowSizedToPath(t *testing.T) {
 		low, high uint32 // offered credit of a sharing stream, (low, high]
 	}{
 		{"short path", time.Microsecond, 32 << 10, initialStreamWindow / 2},
-		{"long path", time.Second, max / 2, max},
+		{"long path", time.Second, initialStreamWindow / 2, max / 2},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cc, sc := tcpPair(t)
