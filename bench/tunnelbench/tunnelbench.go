@@ -53,7 +53,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.rtts, "rtts", 0, "round trips per latency measurement (default 5000; half that under load)")
 	fs.IntVar(&o.runs, "runs", 0, "interleaved runs of every timed row, each path once per run; the table gives medians (default 3, quick 1)")
 	peers := fs.String("peers", strings.Join(peerNames, ","), "peer tunnels to measure beside ours (comma-separated: "+strings.Join(peerNames, ", ")+"), or none")
-	agents := fs.String("agents", "", "other agent builds to measure beside this tree's in the same run, interleaved (loopback only): LABEL=DIR,... where DIR holds tunnel-server and tunnel-client")
+	agents := fs.String("agents", "", "other agent builds to measure beside this tree's in the same run (loopback: interleaved; wan: the fat-link table): LABEL=DIR,... where DIR holds tunnel-server and tunnel-client")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}

@@ -21,10 +21,10 @@ type wanResult struct {
 	err            error
 }
 
-// wanRun pushes one bulk stream through bulkDial for d while a 64-byte
-// ping-pong runs through pingDial (from warm after the start of the bulk
-// transfer until its end).
-func wanRun(bulkDial, pingDial dialer, d, warm time.Duration) wanResult {
+// wanRun pushes nBulk bulk streams through bulkDial for d while a
+// 64-byte ping-pong runs through pingDial (from warm after the start of
+// the bulk transfer until its end); the goodput is theirs in all.
+func wanRun(bulkDial, pingDial dialer, nBulk int, d, warm time.Duration) wanResult {
 	var r wanResult
 	// One round trip first: opens the ping stream before the link is busy.
 	if _, err := pingPong(pingDial, 1, 64, time.Now().Add(10*time.Second)); err != nil {
@@ -33,23 +33,31 @@ func wanRun(bulkDial, pingDial dialer, d, warm time.Duration) wanResult {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
-	done := make(chan bulkResult, 1)
-	go func() { done <- bulk(ctx, bulkDial, 2*time.Minute) }()
+	done := make(chan bulkResult, nBulk)
+	for i := 0; i < nBulk; i++ {
+		go func() { done <- bulk(ctx, bulkDial, 2*time.Minute) }()
+	}
 	time.Sleep(warm)
 	rtts, perr := pingPong(pingDial, 1_000_000, 64, time.Now().Add(d-warm))
-	b := <-done
+	var berr error
+	for i := 0; i < nBulk; i++ {
+		b := <-done
+		if b.err != nil && berr == nil {
+			berr = b.err
+		}
+		if b.elapsed > 0 {
+			r.bulkMbps += float64(b.bytes) * 8 / b.elapsed.Seconds() / 1e6
+		}
+	}
 	switch {
 	case perr != nil:
 		r.err = fmt.Errorf("ping-pong: %w", perr)
-	case b.err != nil:
-		r.err = fmt.Errorf("bulk: %w", b.err)
+	case berr != nil:
+		r.err = fmt.Errorf("bulk: %w", berr)
 	}
 	r.pings = len(rtts)
 	if len(rtts) > 0 {
 		r.p50, r.p99, r.pmax = percentile(rtts, 0.5), percentile(rtts, 0.99), percentile(rtts, 1)
-	}
-	if b.elapsed > 0 {
-		r.bulkMbps = float64(b.bytes) * 8 / b.elapsed.Seconds() / 1e6
 	}
 	return r
 }
@@ -60,7 +68,11 @@ type wanPath struct {
 	name      string
 	pingClass string // "" = plain TCP, no tunnel
 	sessions  int    // tunnel sessions the client holds
+	bulk      int    // bulk streams (0: 1)
+	build     agentBuild
 }
+
+func (p wanPath) bulkStreams() int { return max(p.bulk, 1) }
 
 var wanPaths = []wanPath{
 	{name: "tunnel, ping forward class = control (2 sessions)", pingClass: "control", sessions: 2},
@@ -122,12 +134,64 @@ func runWAN(ctx context.Context, w *workspace, o options, report *strings.Builde
 		fmt.Fprintf(report, "| %s | %s | %s | %s | %d | %.2f | %s | %s | %s | %s |\n", r.path, ms(r.p50), ms(r.p99), ms(r.pmax), r.pings, r.bulkMbps, r.sessionUp, r.target, r.pass, e)
 	}
 	report.WriteString("\n")
+	if err := runWANShared(ctx, w, tg, o, report, logf); err != nil && firstErr == nil {
+		firstErr = err
+	}
 	return firstErr
 }
 
-// wanPathRun is one run on a fresh link: the floor (two plain TCP
-// connections through the link) or the tunnel, whose client dials the
-// server through the link.
+// runWANShared runs 4 bulk streams and a ping-pong in one bulk-class
+// session across a fat long link (400 Mbit/s, 40 ms: 2 MB in flight),
+// where the window the bulk streams share beside the ping (yamux patches
+// 12 and 13) must not cost throughput; then the same with this tree's
+// agents replaced by each -agents build, and over 5 plain TCP
+// connections (the floor).
+func runWANShared(ctx context.Context, w *workspace, tg *targets, o options, report *strings.Builder, logf func(string, ...any)) error {
+	const (
+		rate   = 400e6
+		oneWay = 20 * time.Millisecond
+		nBulk  = 4
+	)
+	warm := min(3*time.Second, o.wanDur/4) // the agents' first ping (the path's RTT) comes 2.5 s in
+	paths := []wanPath{{name: "tunnel", pingClass: "bulk", sessions: 1, bulk: nBulk}}
+	for _, b := range o.others {
+		paths = append(paths, wanPath{name: "tunnel (" + b.label + ")", pingClass: "bulk", sessions: 1, bulk: nBulk, build: b})
+	}
+	paths = append(paths, wanPath{name: "direct TCP, 5 connections (the floor)", bulk: nBulk})
+	var results []wanResult
+	for _, p := range paths {
+		if ctx.Err() != nil {
+			break
+		}
+		logf("wan %g Mbit/s, %d bulk streams and a ping in one session: %s", rate/1e6, nBulk, p.name)
+		r := wanPathRun(w, tg, rate, oneWay, p, o.wanDur, warm)
+		r.path = p.name
+		results = append(results, r)
+	}
+	fmt.Fprintf(report, "## WAN, fat link: %d bulk streams beside a ping in one session\n\n", nBulk)
+	fmt.Fprintf(report, "One link at %g Mbit/s, %v round trip (%.1f MB in flight), FIFO bottleneck queue of one bandwidth-delay product per direction, fresh agents each run. "+
+		"%d bulk streams to the sink and a 64-byte ping-pong to the echo target, all through bulk-class forwards (one session), for %s, the pings from %s in. "+
+		"The bulk streams share their window while the ping runs; the link should stay full.\n\n", rate/1e6, 2*oneWay, rate/8*(2*oneWay).Seconds()/1e6, nBulk, o.wanDur, warm)
+	report.WriteString("| path | ping p50 | ping p99 | ping max | pings | bulk goodput in all, Mbit/s | session stayed up | error |\n")
+	report.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |\n")
+	var firstErr error
+	for _, r := range results {
+		e := ""
+		if r.err != nil {
+			e = r.err.Error()
+			if firstErr == nil {
+				firstErr = fmt.Errorf("%s: %w", r.path, r.err)
+			}
+		}
+		fmt.Fprintf(report, "| %s | %s | %s | %s | %d | %.1f | %s | %s |\n", r.path, ms(r.p50), ms(r.p99), ms(r.pmax), r.pings, r.bulkMbps, r.sessionUp, e)
+	}
+	report.WriteString("\n")
+	return firstErr
+}
+
+// wanPathRun is one run on a fresh link: the floor (plain TCP
+// connections through the link) or the tunnel (this tree's agents or
+// p.build's), whose client dials the server through the link.
 func wanPathRun(w *workspace, tg *targets, rate float64, oneWay time.Duration, p wanPath, d, warm time.Duration) wanResult {
 	l := linkemu.New(linkemu.Config{RateBitsPerSec: rate, OneWayDelay: oneWay})
 	defer l.Close()
@@ -137,11 +201,15 @@ func wanPathRun(w *workspace, tg *targets, rate float64, oneWay time.Duration, p
 		if err := errors.Join(err1, err2); err != nil {
 			return wanResult{err: fmt.Errorf("relay: %w", err)}
 		}
-		r := wanRun(tcpDialer(sinkR), tcpDialer(echoR), d, warm)
+		r := wanRun(tcpDialer(sinkR), tcpDialer(echoR), p.bulkStreams(), d, warm)
 		r.sessionUp = "—"
 		return r
 	}
-	tun, err := w.startTunnel(fmt.Sprintf("wan-%g-%s", rate/1e6, p.pingClass), map[string]string{"sink": tg.sink, "echo": tg.echo},
+	b := p.build
+	if b.server == "" {
+		b = agentBuild{server: w.server, client: w.client}
+	}
+	tun, err := w.startTunnelBuild(b, fmt.Sprintf("wan-%g-%s", rate/1e6, p.pingClass), map[string]string{"sink": tg.sink, "echo": tg.echo},
 		[]forwardSpec{
 			{name: "bulk", service: "sink", class: "bulk"},
 			{name: "ping", service: "echo", class: p.pingClass},
@@ -150,7 +218,7 @@ func wanPathRun(w *workspace, tg *targets, rate float64, oneWay time.Duration, p
 		return wanResult{err: err}
 	}
 	defer tun.stop()
-	r := wanRun(tcpDialer(tun.forwards["bulk"]), tcpDialer(tun.forwards["ping"]), d, warm)
+	r := wanRun(tcpDialer(tun.forwards["bulk"]), tcpDialer(tun.forwards["ping"]), p.bulkStreams(), d, warm)
 	lost := reReconnect.FindAllString(tun.client.log.String(), -1)
 	r.sessionUp = "yes"
 	if len(lost) > 0 {
