@@ -491,6 +491,27 @@ func (s *Session) watch() {
 		lastPing    time.Time
 		refused     [2]uint64 // yamux's counts already reported
 	)
+	ping := func() bool {
+		lastPing = time.Now()
+		outstanding.Add(1)
+		return s.spawn(func() {
+			defer outstanding.Add(-1)
+			rtt, err := s.y.Ping()
+			if err != nil {
+				return
+			}
+			notePathRTT(s.y, rtt) // sizes the window bulk streams share
+			if s.cfg.OnPing != nil {
+				s.cfg.OnPing(rtt)
+			}
+		})
+	}
+	// One ping at once, before streams load the connection: the least
+	// round trip, which sizes the window bulk streams share beside small
+	// messages, is best measured quiet.
+	if !ping() {
+		return
+	}
 	for {
 		select {
 		case <-s.y.CloseChan():
@@ -512,19 +533,7 @@ func (s *Session) watch() {
 		if time.Since(lastPing) < s.cfg.PingAfter || outstanding.Load() >= maxOutstandingPings {
 			continue
 		}
-		lastPing = time.Now()
-		outstanding.Add(1)
-		if !s.spawn(func() {
-			defer outstanding.Add(-1)
-			rtt, err := s.y.Ping()
-			if err != nil {
-				return
-			}
-			notePathRTT(s.y, rtt) // sizes the window bulk streams share
-			if s.cfg.OnPing != nil {
-				s.cfg.OnPing(rtt)
-			}
-		}) {
+		if !ping() {
 			return
 		}
 	}

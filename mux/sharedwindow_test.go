@@ -73,3 +73,14 @@ func TestDeliveryNoticesDoNotShareWindow(t *testing.T) {
 		t.Fatalf("the client's window shared by %d streams with only delivery notices beside the bulk, want 1", k)
 	}
 }
+
+// The first ping goes out as the session starts, not a PingAfter later:
+// the least round trip is best measured before streams load the
+// connection.
+func TestFirstPingAtOnce(t *testing.T) {
+	cfg := Config{PingAfter: time.Hour, DeadAfter: 2 * time.Hour}
+	server, client := sessions(t, "client-a", cfg)
+	waitUntil(t, "both sessions' least RTT, long before PingAfter", func() bool {
+		return server.LeastRTT() > 0 && client.LeastRTT() > 0
+	})
+}

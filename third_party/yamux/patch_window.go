@@ -74,11 +74,19 @@ func (s *Session) noteSmall(st *Stream) {
 
 func (s *Session) updateShare() {
 	share := uint32(1)
-	if s.bulkCount > 1 && s.sinceSmall < interactiveSpan {
+	waiting := s.sinceSmall < interactiveSpan
+	if s.bulkCount > 1 && waiting {
 		share = s.bulkCount
 	}
 	if s.shareWindow.Load() != share {
 		s.shareWindow.Store(share)
+	}
+	// Patch 13: one bulk stream beside a waiting one is held to the
+	// path's budget too (at most one window, so only where the path
+	// holds less: a slow or short one).
+	alone := s.bulkCount == 1 && waiting
+	if s.aloneBeside.Load() != alone {
+		s.aloneBeside.Store(alone)
 	}
 }
 
@@ -94,6 +102,12 @@ func slicesContains(ids []uint32, id uint32) bool {
 // windowMax is the largest window the stream is offered now.
 func (s *Stream) windowMax() uint32 {
 	max := s.session.config.MaxStreamWindowSize
+	if s.session.aloneBeside.Load() {
+		if b := s.session.sharedBudget.Load(); b != 0 && b < max {
+			return b
+		}
+		return max
+	}
 	if k := s.session.shareWindow.Load(); k > 1 {
 		if b := s.session.sharedBudget.Load(); b != 0 && b < max {
 			max = b

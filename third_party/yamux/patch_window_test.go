@@ -345,3 +345,59 @@ func TestStream_BulkStreamsShortFramesDoNotShare(t *testing.T) {
 		t.Fatalf("window shared by %d after %d small frames in a row on a stream, want 2", k, smallRunInteractive)
 	}
 }
+
+// One bulk stream beside a stream that exchanges messages is held to the
+// path's budget too, once the path's RTT is known; with none told, or
+// with nobody waiting, it keeps its whole window.
+func TestStream_LoneBulkStreamSizedToPath(t *testing.T) {
+	const max = 1 << 20
+	offered := func(st *Stream) uint32 {
+		st.recvLock.Lock()
+		defer st.recvLock.Unlock()
+		return st.recvWindow + uint32(st.recvBuf.Len())
+	}
+	for _, c := range []struct {
+		name      string
+		rtt       time.Duration
+		ping      bool
+		low, high uint32 // offered credit of the bulk stream, (low, high]
+	}{
+		{"short path, a message waiting", time.Microsecond, true, 32 << 10, initialStreamWindow},
+		{"no RTT known", 0, true, max / 2, max},
+		{"nobody waiting", time.Microsecond, false, max / 2, max},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cc, sc := tcpPair(t)
+			conf := patchConf()
+			conf.MaxStreamWindowSize = max
+			client, err := Client(cc, conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			server, err := Server(sc, conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { client.Close(); server.Close() })
+			server.NotePathRTT(c.rtt)
+			ca, sa := openPair(t, client, server)
+			if c.ping {
+				cp, sp := openPair(t, client, server)
+				if _, err := cp.Write([]byte("ping")); err != nil {
+					t.Fatal(err)
+				}
+				readFull(t, sp, []byte("ping"))
+			}
+			msg := pattern(64 << 10)
+			for i := 0; i < 32; i++ { // 2 MiB: the credit held before is used up
+				if _, err := ca.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				readFull(t, sa, msg)
+			}
+			if o := offered(sa); o <= c.low || o > c.high {
+				t.Fatalf("the bulk stream offered %d bytes of credit, want (%d, %d]", o, c.low, c.high)
+			}
+		})
+	}
+}

@@ -117,6 +117,7 @@ type Session struct {
 	// has told us of (pathRTT, ns). Patched for tunnelworks
 	// (patch_window.go, patch 13).
 	sharedBudget atomic.Uint32
+	aloneBeside  atomic.Bool // one bulk stream, another waiting (patch 13)
 	pathRTT      atomic.Int64
 	rateStart    time.Time
 	rateBytes    uint64
