@@ -8,11 +8,11 @@ package yamux
 // of another stream. The receiver decides how much credit it gives (the
 // window updates it sends), so it can cap the sum without any change on
 // the wire: each bulk stream is then offered 1/k of one stream's window
-// (patch 13: of a budget sized to the path), never less than one data
-// frame. With nobody to wait behind
-// the queue (bulk streams only), or one bulk stream, every stream keeps
-// the whole window: smaller windows cost bulk throughput (more window
-// updates), for no one's gain.
+// (patch 13: of a budget sized to the path, which also holds a lone bulk
+// stream), never less than one data frame. With nobody to wait behind
+// the queue (bulk streams only) every stream keeps the whole window:
+// smaller windows cost bulk throughput (more window updates), for no
+// one's gain.
 
 import "time"
 
@@ -102,16 +102,14 @@ func slicesContains(ids []uint32, id uint32) bool {
 // windowMax is the largest window the stream is offered now.
 func (s *Stream) windowMax() uint32 {
 	max := s.session.config.MaxStreamWindowSize
-	if s.session.aloneBeside.Load() {
-		if b := s.session.sharedBudget.Load(); b != 0 && b < max {
-			return b
-		}
-		return max
+	k := s.session.shareWindow.Load()
+	if k <= 1 && !s.session.aloneBeside.Load() {
+		return max // nobody waits behind the bulk
 	}
-	if k := s.session.shareWindow.Load(); k > 1 {
-		if b := s.session.sharedBudget.Load(); b != 0 && b < max {
-			max = b
-		}
+	if b := s.session.sharedBudget.Load(); b != 0 && b < max {
+		max = b // patch 13: what the path needs, when known
+	}
+	if k > 1 {
 		max /= k
 		if max < minSharedWindow {
 			max = minSharedWindow
