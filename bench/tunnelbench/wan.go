@@ -21,6 +21,18 @@ type wanResult struct {
 	err            error
 }
 
+// errCell is r's error for its table cell ("" for none); *first keeps
+// the first error of a table, with its path.
+func (r wanResult) errCell(first *error) string {
+	if r.err == nil {
+		return ""
+	}
+	if *first == nil {
+		*first = fmt.Errorf("%s: %w", r.path, r.err)
+	}
+	return r.err.Error()
+}
+
 // wanRun pushes nBulk bulk streams through bulkDial for d while a
 // 64-byte ping-pong runs through pingDial (from warm after the start of
 // the bulk transfer until its end); the goodput is theirs in all.
@@ -124,13 +136,7 @@ func runWAN(ctx context.Context, w *workspace, o options, report *strings.Builde
 	report.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- |\n")
 	var firstErr error
 	for _, r := range results {
-		e := ""
-		if r.err != nil {
-			e = r.err.Error()
-			if firstErr == nil {
-				firstErr = fmt.Errorf("%s: %w", r.path, r.err)
-			}
-		}
+		e := r.errCell(&firstErr)
 		fmt.Fprintf(report, "| %s | %s | %s | %s | %d | %.2f | %s | %s | %s | %s |\n", r.path, ms(r.p50), ms(r.p99), ms(r.pmax), r.pings, r.bulkMbps, r.sessionUp, r.target, r.pass, e)
 	}
 	report.WriteString("\n")
@@ -176,13 +182,7 @@ func runWANShared(ctx context.Context, w *workspace, tg *targets, o options, rep
 	report.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |\n")
 	var firstErr error
 	for _, r := range results {
-		e := ""
-		if r.err != nil {
-			e = r.err.Error()
-			if firstErr == nil {
-				firstErr = fmt.Errorf("%s: %w", r.path, r.err)
-			}
-		}
+		e := r.errCell(&firstErr)
 		fmt.Fprintf(report, "| %s | %s | %s | %s | %d | %.1f | %s | %s |\n", r.path, ms(r.p50), ms(r.p99), ms(r.pmax), r.pings, r.bulkMbps, r.sessionUp, e)
 	}
 	report.WriteString("\n")
