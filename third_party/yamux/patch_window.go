@@ -32,6 +32,13 @@ const (
 // noteBulk records a large data frame for stream st (recvLoop only).
 func (s *Session) noteBulk(st *Stream, length uint32) {
 	id := st.id
+	if !st.seenLarge && s.lastSmall == id {
+		// The last small frame was this stream's own first message (say
+		// the header of a forwarded connection): nobody waits behind it.
+		// Another stream exchanging messages sends again within a round
+		// trip.
+		s.sinceSmall = interactiveSpan
+	}
 	st.seenLarge, st.smallRun = true, 0
 	s.recentBulk[s.recentNext] = id
 	s.recentNext = (s.recentNext + 1) % bulkHistory
@@ -68,7 +75,7 @@ func (s *Session) noteSmall(st *Stream) {
 			return
 		}
 	}
-	s.sinceSmall = 0
+	s.sinceSmall, s.lastSmall = 0, st.id
 	s.updateShare()
 }
 

@@ -360,11 +360,14 @@ func TestStream_LoneBulkStreamSizedToPath(t *testing.T) {
 		name      string
 		rtt       time.Duration
 		ping      bool
+		header    bool // the bulk stream sends a small message first
 		low, high uint32 // offered credit of the bulk stream, (low, high]
 	}{
-		{"short path, a message waiting", time.Microsecond, true, 32 << 10, initialStreamWindow},
-		{"no RTT known", 0, true, max / 2, max},
-		{"nobody waiting", time.Microsecond, false, max / 2, max},
+		{"short path, a message waiting", time.Microsecond, true, false, 32 << 10, initialStreamWindow},
+		{"no RTT known", 0, true, false, max / 2, max},
+		{"nobody waiting", time.Microsecond, false, false, max / 2, max},
+		{"nobody waiting but its own first message", time.Microsecond, false, true, max / 2, max},
+		{"a message waiting, its own first message after", time.Microsecond, true, true, 32 << 10, initialStreamWindow},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cc, sc := tcpPair(t)
@@ -381,15 +384,30 @@ func TestStream_LoneBulkStreamSizedToPath(t *testing.T) {
 			t.Cleanup(func() { client.Close(); server.Close() })
 			server.NotePathRTT(c.rtt)
 			ca, sa := openPair(t, client, server)
+			var cp, sp *Stream
 			if c.ping {
-				cp, sp := openPair(t, client, server)
+				cp, sp = openPair(t, client, server)
 				if _, err := cp.Write([]byte("ping")); err != nil {
 					t.Fatal(err)
 				}
 				readFull(t, sp, []byte("ping"))
 			}
+			if c.header {
+				if _, err := ca.Write([]byte("header")); err != nil {
+					t.Fatal(err)
+				}
+				readFull(t, sa, []byte("header"))
+			}
 			msg := pattern(64 << 10)
 			for i := 0; i < 32; i++ { // 2 MiB: the credit held before is used up
+				if i == 2 && c.ping && c.header {
+					// the message stream goes on: the bulk stream's
+					// first message came after its last one
+					if _, err := cp.Write([]byte("ping")); err != nil {
+						t.Fatal(err)
+					}
+					readFull(t, sp, []byte("ping"))
+				}
 				if _, err := ca.Write(msg); err != nil {
 					t.Fatal(err)
 				}

@@ -103,13 +103,15 @@ type Session struct {
 	soleReceiver atomic.Uint32
 	// recentBulk are the streams of the last large data frames received,
 	// bulkCount how many different ones, sinceSmall how many large frames
-	// came since another stream's small one, and shareWindow by how many
-	// streams the window is shared now (patch_window.go). recvLoop only,
-	// but shareWindow is read by any stream's reader.
+	// came since another stream's small one, lastSmall that stream, and
+	// shareWindow by how many streams the window is shared now
+	// (patch_window.go). recvLoop only, but shareWindow is read by any
+	// stream's reader.
 	recentBulk  [bulkHistory]uint32
 	recentNext  int
 	bulkCount   uint32
 	sinceSmall  int
+	lastSmall   uint32
 	shareWindow atomic.Uint32
 	// What the bulk streams may have in flight in all while they share
 	// (0: MaxStreamWindowSize), from their receive rate (rateStart,
