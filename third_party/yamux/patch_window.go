@@ -91,7 +91,9 @@ func (s *Session) updateShare() {
 	// Patch 13: one bulk stream beside a waiting one is held to the
 	// path's budget too (at most one window, so only where the path
 	// holds less: a slow or short one).
-	alone := s.bulkCount == 1 && waiting
+	// Its own small frames (a run of short reads) leave nobody waiting.
+	last := s.recentBulk[(s.recentNext+bulkHistory-1)%bulkHistory]
+	alone := s.bulkCount == 1 && waiting && s.lastSmall != last
 	if s.aloneBeside.Load() != alone {
 		s.aloneBeside.Store(alone)
 	}

@@ -360,14 +360,16 @@ func TestStream_LoneBulkStreamSizedToPath(t *testing.T) {
 		name      string
 		rtt       time.Duration
 		ping      bool
-		header    bool // the bulk stream sends a small message first
+		header    bool   // the bulk stream sends a small message first
+		shortRun  bool   // and a run of small frames after some bulk
 		low, high uint32 // offered credit of the bulk stream, (low, high]
 	}{
-		{"short path, a message waiting", time.Microsecond, true, false, 32 << 10, initialStreamWindow},
-		{"no RTT known", 0, true, false, max / 2, max},
-		{"nobody waiting", time.Microsecond, false, false, max / 2, max},
-		{"nobody waiting but its own first message", time.Microsecond, false, true, max / 2, max},
-		{"a message waiting, its own first message after", time.Microsecond, true, true, 32 << 10, initialStreamWindow},
+		{"short path, a message waiting", time.Microsecond, true, false, false, 32 << 10, initialStreamWindow},
+		{"no RTT known", 0, true, false, false, max / 2, max},
+		{"nobody waiting", time.Microsecond, false, false, false, max / 2, max},
+		{"nobody waiting but its own first message", time.Microsecond, false, true, false, max / 2, max},
+		{"nobody waiting but its own small frames", time.Microsecond, false, false, true, max / 2, max},
+		{"a message waiting, its own first message after", time.Microsecond, true, true, false, 32 << 10, initialStreamWindow},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cc, sc := tcpPair(t)
@@ -407,6 +409,14 @@ func TestStream_LoneBulkStreamSizedToPath(t *testing.T) {
 						t.Fatal(err)
 					}
 					readFull(t, sp, []byte("ping"))
+				}
+				if i == 2 && c.shortRun {
+					for j := 0; j < smallRunInteractive; j++ {
+						if _, err := ca.Write([]byte("short")); err != nil {
+							t.Fatal(err)
+						}
+						readFull(t, sa, []byte("short"))
+					}
 				}
 				if _, err := ca.Write(msg); err != nil {
 					t.Fatal(err)
