@@ -134,7 +134,7 @@ func (s *Stream) windowMax() uint32 {
 // Gbit/s. So while the window is shared, the bulk streams together get
 // pathGain times what the path holds at the rate they receive now
 // (rate × the least round-trip time seen, the bandwidth-delay product),
-// never less than yamux's initial window nor more than one stream's.
+// never less than minSharedBudget nor more than one stream's window.
 // When the window limits the rate, rate × RTT is about the budget itself
 // and the budget grows pathGain-fold a measurement; when something else
 // limits it, the budget falls back to pathGain BDPs. Unknown RTT: one
@@ -146,6 +146,11 @@ const (
 	// minSharedWindow is the least window a sharing stream is offered:
 	// one of our peers' data frames (32 KiB).
 	minSharedWindow = 32 * 1024
+	// minSharedBudget is the least budget: two of our peers' data frames,
+	// so that a lone bulk stream, which is sent a window update once half
+	// its window is read, always has a frame's credit. On a slow link it
+	// is still the queue a message waits behind (at 2 Mbit/s, 260 ms).
+	minSharedBudget = 64 * 1024
 )
 
 // NotePathRTT tells the session a round-trip time of its path (a ping's,
@@ -192,7 +197,7 @@ func (s *Session) updateBudget(now time.Time) {
 
 // sharedBudget is what k sharing bulk streams may have in flight in all,
 // having received bytes in elapsed on a path of least round-trip time
-// rtt: pathGain × rate × rtt within [initialStreamWindow, max]; 0 (one
+// rtt: pathGain × rate × rtt within [minSharedBudget, max]; 0 (one
 // stream's window) when rtt is unknown.
 func sharedBudget(bytes uint64, elapsed, rtt time.Duration, max uint32) uint32 {
 	if rtt <= 0 || elapsed <= 0 {
@@ -203,8 +208,8 @@ func sharedBudget(bytes uint64, elapsed, rtt time.Duration, max uint32) uint32 {
 	switch {
 	case b >= float64(max):
 		return max
-	case b <= float64(initialStreamWindow):
-		return initialStreamWindow
+	case b <= minSharedBudget:
+		return minSharedBudget
 	}
 	return uint32(b)
 }

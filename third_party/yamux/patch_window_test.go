@@ -144,7 +144,7 @@ func TestCreditDelta(t *testing.T) {
 // background streams.
 
 // sharedBudget is pathGain BDPs at the measured rate, within
-// [initialStreamWindow, max]; 0 (one stream's window) with no RTT known.
+// [minSharedBudget, max]; 0 (one stream's window) with no RTT known.
 func TestSharedBudget(t *testing.T) {
 	const max = 1 << 20
 	for _, c := range []struct {
@@ -152,11 +152,12 @@ func TestSharedBudget(t *testing.T) {
 		elapsed, rtt time.Duration
 		want         uint32
 	}{
-		{512 << 10, time.Millisecond, 0, 0},                             // RTT unknown
-		{512 << 10, time.Millisecond, 50 * time.Microsecond, 256 << 10}, // loopback: 4 × 26 KB, floored
-		{512 << 10, time.Millisecond, 200 * time.Microsecond, 419430},   // 4 × 512 KiB/ms × 0.2 ms
-		{512 << 10, time.Millisecond, 50 * time.Millisecond, max},       // a long path: one stream's window
-		{512 << 10, 0, 50 * time.Millisecond, 0},                        // no time measured
+		{512 << 10, time.Millisecond, 0, 0},                            // RTT unknown
+		{512 << 10, time.Millisecond, 50 * time.Microsecond, 104857},   // loopback: 4 × 26 KB
+		{512 << 10, time.Millisecond, 10 * time.Microsecond, 64 << 10}, // 4 × 5 KB, floored
+		{512 << 10, time.Millisecond, 200 * time.Microsecond, 419430},  // 4 × 512 KiB/ms × 0.2 ms
+		{512 << 10, time.Millisecond, 50 * time.Millisecond, max},      // a long path: one stream's window
+		{512 << 10, 0, 50 * time.Millisecond, 0},                       // no time measured
 	} {
 		if got := sharedBudget(c.bytes, c.elapsed, c.rtt, max); got != c.want {
 			t.Errorf("sharedBudget(%d B in %s, rtt %s) = %d, want %d", c.bytes, c.elapsed, c.rtt, got, c.want)
@@ -165,8 +166,9 @@ func TestSharedBudget(t *testing.T) {
 }
 
 // Two bulk streams sharing beside a small message are offered a share
-// of pathGain BDPs: on a path of 1 µs that is the floor (256 KiB in all),
-// on a path of 1 s one stream's window (1 MiB in all), as without an RTT.
+// of pathGain BDPs: on a path of 1 µs that is the floor (64 KiB in all,
+// but at least a frame each), on a path of 1 s one stream's window (1 MiB
+// in all), as without an RTT.
 func TestStream_SharedWindowSizedToPath(t *testing.T) {
 	const max = 1 << 20
 	for _, c := range []struct {
@@ -174,7 +176,7 @@ func TestStream_SharedWindowSizedToPath(t *testing.T) {
 		rtt       time.Duration
 		low, high uint32 // offered credit of a sharing stream, (low, high]
 	}{
-		{"short path", time.Microsecond, 32 << 10, initialStreamWindow / 2},
+		{"short path", time.Microsecond, 0, minSharedWindow},
 		{"long path", time.Second, initialStreamWindow / 2, max / 2},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -204,16 +206,26 @@ func TestStream_SharedWindowSizedToPath(t *testing.T) {
 			ca, sa := openPair(t, client, server)
 			cb, sb := openPair(t, client, server)
 			msg := pattern(64 << 10)
-			// 2 MiB each: the credit a stream held before the window was
-			// shared is used up, and the rate measured.
+			// 2 MiB each, in rounds of one write on each stream (so that
+			// both streams' frames are among the last ones): the credit
+			// a stream held before the window was shared is used up, and
+			// the rate measured. The writes run beside the reads: a
+			// share may be less than a write.
 			for i := 0; i < 32; i++ {
+				sent := make(chan error, 2)
 				for _, st := range []*Stream{ca, cb} {
-					if _, err := st.Write(msg); err != nil {
-						t.Fatal(err)
-					}
+					go func(st *Stream) {
+						_, err := st.Write(msg)
+						sent <- err
+					}(st)
 				}
 				readFull(t, sa, msg)
 				readFull(t, sb, msg)
+				for j := 0; j < 2; j++ {
+					if err := <-sent; err != nil {
+						t.Fatal(err)
+					}
+				}
 			}
 			if k := server.shareWindow.Load(); k != 2 {
 				t.Fatalf("window shared by %d, want 2", k)
@@ -364,12 +376,12 @@ func TestStream_LoneBulkStreamSizedToPath(t *testing.T) {
 		shortRun  bool   // and a run of small frames after some bulk
 		low, high uint32 // offered credit of the bulk stream, (low, high]
 	}{
-		{"short path, a message waiting", time.Microsecond, true, false, false, 32 << 10, initialStreamWindow},
+		{"short path, a message waiting", time.Microsecond, true, false, false, 32 << 10, minSharedBudget},
 		{"no RTT known", 0, true, false, false, max / 2, max},
 		{"nobody waiting", time.Microsecond, false, false, false, max / 2, max},
 		{"nobody waiting but its own first message", time.Microsecond, false, true, false, max / 2, max},
 		{"nobody waiting but its own small frames", time.Microsecond, false, false, true, max / 2, max},
-		{"a message waiting, its own first message after", time.Microsecond, true, true, false, 32 << 10, initialStreamWindow},
+		{"a message waiting, its own first message after", time.Microsecond, true, true, false, 32 << 10, minSharedBudget},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cc, sc := tcpPair(t)
@@ -418,10 +430,17 @@ func TestStream_LoneBulkStreamSizedToPath(t *testing.T) {
 						readFull(t, sa, []byte("short"))
 					}
 				}
-				if _, err := ca.Write(msg); err != nil {
+				// written on its own: the credit may be less than a
+				// write (a short read consumed some without an update)
+				sent := make(chan error, 1)
+				go func() {
+					_, err := ca.Write(msg)
+					sent <- err
+				}()
+				readFull(t, sa, msg)
+				if err := <-sent; err != nil {
 					t.Fatal(err)
 				}
-				readFull(t, sa, msg)
 			}
 			if o := offered(sa); o <= c.low || o > c.high {
 				t.Fatalf("the bulk stream offered %d bytes of credit, want (%d, %d]", o, c.low, c.high)
