@@ -42,9 +42,19 @@ func (s *Session) noteBulk(st *Stream, length uint32) {
 	st.seenLarge, st.smallRun = true, 0
 	s.recentBulk[s.recentNext] = id
 	s.recentNext = (s.recentNext + 1) % bulkHistory
+	// The rate is of the time bulk data came: a pause longer than
+	// loneQueue does not count (after it, the rate the next burst gets
+	// is that of the last one, not one diluted by the pause).
+	now := time.Now()
+	if s.rateStart.IsZero() {
+		s.rateStart = now
+	} else if gap := now.Sub(s.lastLarge); gap > loneQueue {
+		s.rateStart = s.rateStart.Add(gap)
+	}
+	s.lastLarge = now
 	s.rateBytes += uint64(length)
 	if s.recentNext == 0 {
-		s.updateBudget(time.Now())
+		s.updateBudget(now)
 	}
 	k := uint32(0)
 	for i, a := range s.recentBulk {
@@ -113,7 +123,12 @@ func (s *Stream) windowMax() uint32 {
 	max := s.session.config.MaxStreamWindowSize
 	k := s.session.shareWindow.Load()
 	if k <= 1 && !s.session.aloneBeside.Load() {
-		return max // nobody waits behind the bulk
+		// Nobody waits behind the bulk now, but a message may come: the
+		// credit granted before it cannot be taken back (patch 13).
+		if c := s.session.loneCap.Load(); c != 0 && c < max {
+			return c
+		}
+		return max
 	}
 	if b := s.session.sharedBudget.Load(); b != 0 && b < max {
 		max = b // patch 13: what the path needs, when known
@@ -159,6 +174,9 @@ func (s *Session) NotePathRTT(d time.Duration) {
 	if d <= 0 {
 		return
 	}
+	// Until the rate is measured, a stream nobody waits behind keeps the
+	// initial window (see loneCap).
+	s.loneCap.CompareAndSwap(0, initialStreamWindow)
 	for {
 		old := s.pathRTT.Load()
 		if old != 0 && old <= int64(d) {
@@ -189,10 +207,42 @@ func (s *Session) updateBudget(now time.Time) {
 	elapsed := now.Sub(s.rateStart)
 	bytes := s.rateBytes
 	s.rateStart, s.rateBytes = now, 0
-	b := sharedBudget(bytes, elapsed, time.Duration(s.pathRTT.Load()), s.config.MaxStreamWindowSize)
+	rtt := time.Duration(s.pathRTT.Load())
+	b := sharedBudget(bytes, elapsed, rtt, s.config.MaxStreamWindowSize)
 	if s.sharedBudget.Load() != b {
 		s.sharedBudget.Store(b)
 	}
+	if c := loneCap(bytes, elapsed, rtt, s.config.MaxStreamWindowSize); c != 0 {
+		s.loneCap.Store(c)
+	}
+}
+
+// Patch 13: a bulk stream nobody waits behind is offered at most what
+// the path holds plus loneQueue at the rate it receives, so that the
+// credit already granted when a message stream starts (which no window
+// update can take back) is at most about loneQueue of queue ahead of it:
+// a whole window was 4 s at 2 Mbit/s. When the window limits the rate
+// the cap grows (pathGain RTTs plus loneQueue of data per round trip
+// measured) until the queue it makes is about that long; a fast path
+// gets the whole window (at 3 Gbit/s, 100 ms is 37 MB).
+const loneQueue = 100 * time.Millisecond
+
+// loneCap is what a bulk stream nobody waits behind may have in flight,
+// having received bytes in elapsed on a path of least round-trip time
+// rtt: rate × (pathGain × rtt + loneQueue) within [minSharedBudget, max];
+// 0 (no change) when rtt is unknown.
+func loneCap(bytes uint64, elapsed, rtt time.Duration, max uint32) uint32 {
+	if rtt <= 0 || elapsed <= 0 {
+		return 0
+	}
+	c := float64(bytes) * (pathGain*rtt + loneQueue).Seconds() / elapsed.Seconds()
+	switch {
+	case c >= float64(max):
+		return max
+	case c <= minSharedBudget:
+		return minSharedBudget
+	}
+	return uint32(c)
 }
 
 // sharedBudget is what k sharing bulk streams may have in flight in all,

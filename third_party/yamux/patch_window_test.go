@@ -448,3 +448,84 @@ func TestStream_LoneBulkStreamSizedToPath(t *testing.T) {
 		})
 	}
 }
+
+func TestLoneCap(t *testing.T) {
+	const max = 1 << 20
+	for _, c := range []struct {
+		bytes        uint64
+		elapsed, rtt time.Duration
+		want         uint32
+	}{
+		{512 << 10, time.Second, 0, 0},                                 // RTT unknown: no change
+		{512 << 10, 0, 40 * time.Millisecond, 0},                       // no time measured
+		{300_000, time.Second, 40 * time.Millisecond, 78_000},          // 2.4 Mbit/s: 300 kB/s × 260 ms
+		{1_250_000, time.Second, 40 * time.Millisecond, 325_000},       // 10 Mbit/s
+		{100_000, time.Second, 40 * time.Millisecond, minSharedBudget}, // floored
+		{512 << 10, time.Millisecond, 50 * time.Microsecond, max},      // loopback: the whole window
+	} {
+		got := loneCap(c.bytes, c.elapsed, c.rtt, max)
+		if d := int64(got) - int64(c.want); d < -1 || d > 1 { // float rounding
+			t.Errorf("loneCap(%d B in %s, rtt %s) = %d, want %d", c.bytes, c.elapsed, c.rtt, got, c.want)
+		}
+	}
+}
+
+// A bulk stream nobody waits behind is offered what its rate needs
+// (loneCap) once the path's RTT is known: a paced sender (at most 32 KiB
+// per 10 ms, 3.3 MB/s) gets at most half the window; with no RTT told it
+// keeps the whole window, and so does a fast sender that pauses between
+// bursts. Until the rate is measured it keeps the initial window.
+func TestStream_LoneBulkCapSizedToRate(t *testing.T) {
+	const max = 1 << 20
+	offered := func(st *Stream) uint32 {
+		st.recvLock.Lock()
+		defer st.recvLock.Unlock()
+		return st.recvWindow + uint32(st.recvBuf.Len())
+	}
+	for _, c := range []struct {
+		name      string
+		rtt       time.Duration
+		writes    int
+		pace      time.Duration
+		low, high uint32 // offered credit of the bulk stream, (low, high]
+	}{
+		{"paced, RTT known", time.Microsecond, 40, 10 * time.Millisecond, 0, max / 2},
+		{"paced, no RTT known", 0, 40, 10 * time.Millisecond, max / 2, max},
+		{"rate not yet measured", time.Microsecond, 12, 0, 0, initialStreamWindow},
+		{"bursts after pauses", time.Microsecond, 40, 0, max / 2, max},
+		{"rate not yet measured, no RTT known", 0, 12, 0, max / 2, max},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cc, sc := tcpPair(t)
+			conf := patchConf()
+			conf.MaxStreamWindowSize = max
+			client, err := Client(cc, conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			server, err := Server(sc, conf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { client.Close(); server.Close() })
+			server.NotePathRTT(c.rtt)
+			ca, sa := openPair(t, client, server)
+			msg := pattern(32 << 10)
+			for i := 0; i < c.writes; i++ {
+				if _, err := ca.Write(msg); err != nil {
+					t.Fatal(err)
+				}
+				readFull(t, sa, msg)
+				time.Sleep(c.pace)
+				if c.name == "bursts after pauses" && i%8 == 7 {
+					// 8 frames at once, then a pause the rate must not
+					// count (else at most 2 MB/s: a cap under 256 KiB)
+					time.Sleep(3 * loneQueue / 2)
+				}
+			}
+			if o := offered(sa); o <= c.low || o > c.high {
+				t.Fatalf("the bulk stream offered %d bytes of credit, want (%d, %d]", o, c.low, c.high)
+			}
+		})
+	}
+}

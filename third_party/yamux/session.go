@@ -120,9 +120,13 @@ type Session struct {
 	// (patch_window.go, patch 13).
 	sharedBudget atomic.Uint32
 	aloneBeside  atomic.Bool // one bulk stream, another waiting (patch 13)
-	pathRTT      atomic.Int64
-	rateStart    time.Time
-	rateBytes    uint64
+	// loneCap: what a bulk stream nobody waits behind may have in flight
+	// (0: MaxStreamWindowSize), from the same rate and RTT (patch 13).
+	loneCap   atomic.Uint32
+	pathRTT   atomic.Int64
+	rateStart time.Time
+	rateBytes uint64
+	lastLarge time.Time // when the last large frame came (recvLoop only)
 
 	// shutdown is used to safely close a session
 	shutdown        bool
