@@ -42,14 +42,22 @@ func (s *Session) noteBulk(st *Stream, length uint32) {
 	st.seenLarge, st.smallRun = true, 0
 	s.recentBulk[s.recentNext] = id
 	s.recentNext = (s.recentNext + 1) % bulkHistory
-	// The rate is of the time bulk data came: a pause longer than
-	// loneQueue does not count (after it, the rate the next burst gets
-	// is that of the last one, not one diluted by the pause).
+	// The rate is of the time bulk data came: of a pause between large
+	// frames, what is longer than loneQueue and 4 of the last measured
+	// gaps between them does not count (else the burst after it would
+	// be offered a window sized to the pause). On a slow link frames
+	// come far apart (32 KiB is 131 ms at 2 Mbit/s): that is no pause.
 	now := time.Now()
 	if s.rateStart.IsZero() {
 		s.rateStart = now
-	} else if gap := now.Sub(s.lastLarge); gap > loneQueue {
-		s.rateStart = s.rateStart.Add(gap)
+	} else {
+		pause := loneQueue
+		if g := 4 * s.frameGap; g > pause {
+			pause = g
+		}
+		if gap := now.Sub(s.lastLarge); gap > pause {
+			s.rateStart = s.rateStart.Add(gap - pause)
+		}
 	}
 	s.lastLarge = now
 	s.rateBytes += uint64(length)
@@ -206,6 +214,7 @@ func (s *Stream) SetBackground() { s.background.Store(true) }
 func (s *Session) updateBudget(now time.Time) {
 	elapsed := now.Sub(s.rateStart)
 	bytes := s.rateBytes
+	s.frameGap = elapsed / bulkHistory
 	s.rateStart, s.rateBytes = now, 0
 	rtt := time.Duration(s.pathRTT.Load())
 	b := sharedBudget(bytes, elapsed, rtt, s.config.MaxStreamWindowSize)

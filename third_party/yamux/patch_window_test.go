@@ -473,8 +473,10 @@ func TestLoneCap(t *testing.T) {
 // A bulk stream nobody waits behind is offered what its rate needs
 // (loneCap) once the path's RTT is known: a paced sender (at most 32 KiB
 // per 10 ms, 3.3 MB/s) gets at most half the window; with no RTT told it
-// keeps the whole window, and so does a fast sender that pauses between
-// bursts. Until the rate is measured it keeps the initial window.
+// keeps the whole window. A fast sender that pauses half a second
+// between bursts of 16 frames gets more than 128 KiB (counting the
+// pauses, about 100 KiB). Until the rate is measured a stream keeps the
+// initial window.
 func TestStream_LoneBulkCapSizedToRate(t *testing.T) {
 	const max = 1 << 20
 	offered := func(st *Stream) uint32 {
@@ -492,7 +494,7 @@ func TestStream_LoneBulkCapSizedToRate(t *testing.T) {
 		{"paced, RTT known", time.Microsecond, 40, 10 * time.Millisecond, 0, max / 2},
 		{"paced, no RTT known", 0, 40, 10 * time.Millisecond, max / 2, max},
 		{"rate not yet measured", time.Microsecond, 12, 0, 0, initialStreamWindow},
-		{"bursts after pauses", time.Microsecond, 40, 0, max / 2, max},
+		{"bursts after pauses", time.Microsecond, 64, 0, 128 << 10, max},
 		{"rate not yet measured, no RTT known", 0, 12, 0, max / 2, max},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -517,10 +519,11 @@ func TestStream_LoneBulkCapSizedToRate(t *testing.T) {
 				}
 				readFull(t, sa, msg)
 				time.Sleep(c.pace)
-				if c.name == "bursts after pauses" && i%8 == 7 {
-					// 8 frames at once, then a pause the rate must not
-					// count (else at most 2 MB/s: a cap under 256 KiB)
-					time.Sleep(3 * loneQueue / 2)
+				if c.name == "bursts after pauses" && i%16 == 15 {
+					// 16 frames at once, then a pause the rate must
+					// count as loneQueue at most (512 KiB in half a
+					// second: a cap about 100 KiB)
+					time.Sleep(5 * loneQueue)
 				}
 			}
 			if o := offered(sa); o <= c.low || o > c.high {

@@ -126,7 +126,8 @@ type Session struct {
 	pathRTT   atomic.Int64
 	rateStart time.Time
 	rateBytes uint64
-	lastLarge time.Time // when the last large frame came (recvLoop only)
+	lastLarge time.Time     // when the last large frame came (recvLoop only)
+	frameGap  time.Duration // the mean gap between them, last measured
 
 	// shutdown is used to safely close a session
 	shutdown        bool
