@@ -47,6 +47,10 @@ type SessionStatus struct {
 	// LeastRTTMicros: the least round trip of the session's pings so far,
 	// in µs (0 before the first answer).
 	LeastRTTMicros int64 `json:"least_rtt_us"`
+	// StreamWindow: the most a stream of the session may have in flight
+	// toward us now, in bytes: the class's window, or less while bulk
+	// streams share it beside messages or are sized to the path.
+	StreamWindow int `json:"stream_window_bytes"`
 }
 
 type ForwardStatus struct {

@@ -67,6 +67,12 @@ func TestReceiveBufferCounted(t *testing.T) {
 		}
 		return false
 	})
+	// /status also says what window a stream is offered now.
+	for _, s := range r.cli.status().Sessions {
+		if s.StreamWindow <= 0 || float64(s.StreamWindow) > window {
+			t.Errorf("session %s/%s: stream_window_bytes = %d, want (0, %v]", s.Peer, s.Class, s.StreamWindow, window)
+		}
+	}
 
 	st.SetReadDeadline(time.Now().Add(time.Minute))
 	got, err := io.ReadAll(st)

@@ -630,6 +630,12 @@ func (s *Session) ReceiveBuffered() int { return receiveBuffered(s.y) }
 // window that bulk streams share beside small messages.
 func (s *Session) LeastRTT() time.Duration { return pathRTT(s.y) }
 
+// StreamWindow is the most a stream of the session may have in flight
+// toward us now, in bytes: the class's window, or less while bulk streams
+// share it beside a stream exchanging messages or are sized to the path's
+// rate and round trip (0 built on upstream yamux).
+func (s *Session) StreamWindow() int { return streamWindow(s.y) }
+
 // NumStreams is the number of tunnelled streams open on the session.
 func (s *Session) NumStreams() int {
 	s.live.Lock()

@@ -41,9 +41,8 @@ func TestDeliveryNoticesDoNotShareWindow(t *testing.T) {
 	}
 	chunk := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB: two large frames
 	got := make([]byte, len(chunk))
-	// The streams' opening replies were small frames of streams not yet
-	// receiving bulk: the window is shared for the next 256 large frames
-	// (8 MiB). 9 MiB more, with notices all along, and it is whole again.
+	// 9 MiB, with notices all along (the window stays shared for 256
+	// large frames, 8 MiB, after a small frame that counts).
 	for round := 0; round < 72; round++ {
 		for i := range srv {
 			if _, err := srv[i].Write(chunk); err != nil {
@@ -83,4 +82,41 @@ func TestFirstPingAtOnce(t *testing.T) {
 	waitUntil(t, "both sessions' least RTT, long before PingAfter", func() bool {
 		return server.LeastRTT() > 0 && client.LeastRTT() > 0
 	})
+}
+
+// StreamWindow says what a stream is offered: once the RTT is known and
+// before bulk data has given a rate, the initial window; with bulk data
+// flowing fast (loopback), the class's whole window.
+func TestStreamWindowSizedToRate(t *testing.T) {
+	const window = 1 << 20
+	cfg := Config{Window: window}
+	server, client := sessions(t, "client-a", cfg)
+	accepted := acceptedStreams(t, server, pipeTarget)
+	waitUntil(t, "the client's least RTT", func() bool { return client.LeastRTT() > 0 })
+	if w := client.StreamWindow(); w != 256<<10 {
+		t.Fatalf("stream window %d with no bulk data yet, want the initial 256 KiB", w)
+	}
+	st, err := client.Open(context.Background(), "bulk", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := <-accepted
+	chunk := bytes.Repeat([]byte("0123456789abcdef"), 4096) // 64 KiB
+	got := make([]byte, len(chunk))
+	// Until a measurement sees the rate (every 16 large frames), at most
+	// 64 MiB.
+	for i := 0; i < 1024 && client.StreamWindow() != window; i++ {
+		if _, err := srv.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(st, got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, chunk) {
+			t.Fatal("bytes read differ from those sent")
+		}
+	}
+	if w := client.StreamWindow(); w != window {
+		t.Fatalf("stream window %d with bulk data flowing over loopback, want the whole %d", w, window)
+	}
 }

@@ -46,3 +46,6 @@ func pathRTT(y *yamux.Session) time.Duration { return y.PathRTT() }
 
 // windowSharedBy is by how many bulk streams y's window is shared now.
 func windowSharedBy(y *yamux.Session) int { return y.WindowSharedBy() }
+
+// streamWindow is the largest window a stream of y is offered now.
+func streamWindow(y *yamux.Session) int { return int(y.StreamWindow()) }

@@ -127,18 +127,24 @@ func slicesContains(ids []uint32, id uint32) bool {
 }
 
 // windowMax is the largest window the stream is offered now.
-func (s *Stream) windowMax() uint32 {
-	max := s.session.config.MaxStreamWindowSize
-	k := s.session.shareWindow.Load()
-	if k <= 1 && !s.session.aloneBeside.Load() {
+func (s *Stream) windowMax() uint32 { return s.session.StreamWindow() }
+
+// StreamWindow is the largest window a stream of the session is offered
+// now: MaxStreamWindowSize, or less while bulk streams share it beside a
+// stream exchanging messages (patch 12) or are sized to the path (patch
+// 13). Patched for tunnelworks (PATCHED.md, patch 13).
+func (s *Session) StreamWindow() uint32 {
+	max := s.config.MaxStreamWindowSize
+	k := s.shareWindow.Load()
+	if k <= 1 && !s.aloneBeside.Load() {
 		// Nobody waits behind the bulk now, but a message may come: the
 		// credit granted before it cannot be taken back (patch 13).
-		if c := s.session.loneCap.Load(); c != 0 && c < max {
+		if c := s.loneCap.Load(); c != 0 && c < max {
 			return c
 		}
 		return max
 	}
-	if b := s.session.sharedBudget.Load(); b != 0 && b < max {
+	if b := s.sharedBudget.Load(); b != 0 && b < max {
 		max = b // patch 13: what the path needs, when known
 	}
 	if k > 1 {

@@ -117,9 +117,9 @@ func printStatus(w io.Writer, st admin.Status) {
 	// the table is copied out below.
 	var table bytes.Buffer
 	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nSESSION\tCLASS\tREMOTE\tUP SINCE\tSTREAMS\tLEAST RTT")
+	fmt.Fprintln(tw, "\nSESSION\tCLASS\tREMOTE\tUP SINCE\tSTREAMS\tLEAST RTT\tSTREAM WINDOW")
 	if len(st.Sessions) == 0 {
-		fmt.Fprintln(tw, "(none)\t\t\t\t\t")
+		fmt.Fprintln(tw, "(none)\t\t\t\t\t\t")
 	}
 	// Names need not be unique: where one names several certificates,
 	// show each one's key too.
@@ -143,7 +143,7 @@ func printStatus(w io.Writer, st admin.Status) {
 		if s.LeastRTTMicros > 0 {
 			rtt = (time.Duration(s.LeastRTTMicros) * time.Microsecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", peer, class, s.Remote, s.Since.Local().Format(time.DateTime), s.Streams, rtt)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", peer, class, s.Remote, s.Since.Local().Format(time.DateTime), s.Streams, rtt, windowSize(s.StreamWindow))
 	}
 	for _, group := range []struct {
 		title string
@@ -179,4 +179,16 @@ func printStatus(w io.Writer, st admin.Status) {
 		fmt.Fprintf(w, "\nresumable streams: %d held, %d suspended, %d bytes in replay buffers; since start: %d resumed, %d expired, %d lost by the peer, %d resumes refused, %d bytes replayed\n",
 			r.Streams, r.Suspended, r.ReplayBytes, r.Resumed, r.Expired, r.PeerLost, r.Refused, r.ReplayedBytes)
 	}
+}
+
+// windowSize shows a stream window in KiB (MiB when whole), "-" when the
+// agent does not tell.
+func windowSize(n int) string {
+	switch {
+	case n <= 0:
+		return "-"
+	case n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	}
+	return fmt.Sprintf("%d KiB", (n+512)>>10)
 }

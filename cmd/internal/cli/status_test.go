@@ -16,8 +16,8 @@ func TestPrintStatusShowsKeyWhereNamesCollide(t *testing.T) {
 	st := admin.Status{Agent: "server", Healthy: true, Sessions: []admin.SessionStatus{
 		{Peer: "edge", Key: "sha256:AAAA", Class: "bulk", Since: now},
 		{Peer: "edge", Key: "sha256:BBBB", Class: "bulk", Since: now},
-		{Peer: "solo", Key: "sha256:CCCC", Class: "bulk", Since: now},
-		{Peer: "solo", Key: "sha256:CCCC", Class: "bulk", Lane: 1, Since: now},
+		{Peer: "solo", Key: "sha256:CCCC", Class: "bulk", Since: now, StreamWindow: 1 << 20},
+		{Peer: "solo", Key: "sha256:CCCC", Class: "bulk", Lane: 1, Since: now, StreamWindow: 104857},
 		{Peer: "solo", Key: "sha256:CCCC", Class: "control", Since: now, LeastRTTMicros: 1234},
 	}}
 	var out bytes.Buffer
@@ -34,6 +34,10 @@ func TestPrintStatusShowsKeyWhereNamesCollide(t *testing.T) {
 	// The least ping round trip, where one was answered.
 	if !strings.Contains(got, "1.234ms") || !strings.Contains(got, "LEAST RTT") {
 		t.Errorf("status lacks the least round trip:\n%s", got)
+	}
+	// The window a stream is offered now: whole, or sized to the path.
+	if !strings.Contains(got, "STREAM WINDOW") || !strings.Contains(got, "1 MiB") || !strings.Contains(got, "102 KiB") {
+		t.Errorf("status lacks the stream windows:\n%s", got)
 	}
 	// A further session of a class (bulk_connections) shows its lane.
 	if !strings.Contains(got, "bulk (lane 1)") || strings.Contains(got, "lane 0") {
