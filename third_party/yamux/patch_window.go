@@ -247,17 +247,10 @@ const loneQueue = 100 * time.Millisecond
 // rtt: rate × (pathGain × rtt + loneQueue) within [minSharedBudget, max];
 // 0 (no change) when rtt is unknown.
 func loneCap(bytes uint64, elapsed, rtt time.Duration, max uint32) uint32 {
-	if rtt <= 0 || elapsed <= 0 {
+	if rtt <= 0 {
 		return 0
 	}
-	c := float64(bytes) * (pathGain*rtt + loneQueue).Seconds() / elapsed.Seconds()
-	switch {
-	case c >= float64(max):
-		return max
-	case c <= minSharedBudget:
-		return minSharedBudget
-	}
-	return uint32(c)
+	return inFlight(bytes, elapsed, pathGain*rtt+loneQueue, max)
 }
 
 // sharedBudget is what k sharing bulk streams may have in flight in all,
@@ -265,18 +258,26 @@ func loneCap(bytes uint64, elapsed, rtt time.Duration, max uint32) uint32 {
 // rtt: pathGain × rate × rtt within [minSharedBudget, max]; 0 (one
 // stream's window) when rtt is unknown.
 func sharedBudget(bytes uint64, elapsed, rtt time.Duration, max uint32) uint32 {
-	if rtt <= 0 || elapsed <= 0 {
+	if rtt <= 0 {
 		return 0
 	}
-	bdp := float64(bytes) * rtt.Seconds() / elapsed.Seconds()
-	b := pathGain * bdp
+	return inFlight(bytes, elapsed, pathGain*rtt, max)
+}
+
+// inFlight is what the rate of bytes received in elapsed delivers in d,
+// within [minSharedBudget, max]; 0 when no time was measured.
+func inFlight(bytes uint64, elapsed, d time.Duration, max uint32) uint32 {
+	if elapsed <= 0 {
+		return 0
+	}
+	n := float64(bytes) * d.Seconds() / elapsed.Seconds()
 	switch {
-	case b >= float64(max):
+	case n >= float64(max):
 		return max
-	case b <= minSharedBudget:
+	case n <= minSharedBudget:
 		return minSharedBudget
 	}
-	return uint32(b)
+	return uint32(n)
 }
 
 // creditDelta is the window update that brings the stream's credit to
