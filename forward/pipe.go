@@ -153,6 +153,7 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 	}()
 	direct := newDirectDelivery(dst, src, count)
 	waiter := newReadWaiter(src)
+	lender, _ := dst.(bufferLender)
 	park := false
 	for {
 		if bp == nil || park {
@@ -176,11 +177,23 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 			}
 		}
 		buf := *bp
+		lent := lender != nil && pool == &bufPool
+		if lent {
+			buf = lender.LendBuffer()
+		}
 		nr, rerr := src.Read(buf)
-		if nr > 0 {
-			nw, werr := dst.Write(buf[:nr])
-			n += int64(nw)
-			count(nw)
+		if nr > 0 || lent {
+			var nw int
+			var werr error
+			if lent {
+				nw, werr = lender.WriteLent(buf[:nr]) // takes buf back
+			} else {
+				nw, werr = dst.Write(buf[:nr])
+			}
+			if nr > 0 {
+				n += int64(nw)
+				count(nw)
+			}
 			if werr != nil {
 				return n, &WriteError{Err: werr}
 			}
@@ -209,6 +222,18 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 			park = true
 		}
 	}
+}
+
+// A bufferLender is a destination that lends the buffer bulk data is read
+// into and takes it back with the bytes read, so that it can keep them
+// without a copy: a resumable stream keeps what it sends until the peer
+// has it (its copy was the largest memmove of a bulk transfer).
+type bufferLender interface {
+	// LendBuffer returns a buffer of bufSize bytes or more.
+	LendBuffer() []byte
+	// WriteLent writes b, the lent buffer cut to the bytes read (maybe
+	// none), as Write does, and takes the buffer back.
+	WriteLent(b []byte) (int, error)
 }
 
 // closeWrite half-closes c: TCP FIN, or a tunnel stream's FIN.

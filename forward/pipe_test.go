@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -297,5 +298,72 @@ func TestPipeIdleTimeout(t *testing.T) {
 	}
 	if waited := time.Since(start); waited > 2*time.Second {
 		t.Fatalf("idle pipe ended after %s", waited)
+	}
+}
+
+// lendingConn is a TCP connection that lends the pipe its buffers, as a
+// resumable tunnel stream does, and counts them.
+type lendingConn struct {
+	*net.TCPConn
+	lent, takenBack, bytes atomic.Int64
+}
+
+func (c *lendingConn) LendBuffer() []byte {
+	c.lent.Add(1)
+	return make([]byte, bufSize)
+}
+
+func (c *lendingConn) WriteLent(b []byte) (int, error) {
+	c.takenBack.Add(1)
+	c.bytes.Add(int64(len(b)))
+	return c.TCPConn.Write(b)
+}
+
+// Bulk data toward a destination that lends buffers is read into them,
+// every byte arrives, and every lent buffer is taken back (the last one
+// empty, at the end of the data).
+func TestPipeReadsIntoLentBuffers(t *testing.T) {
+	app, a := tcpPair(t)
+	b, target := tcpPair(t)
+	dst := &lendingConn{TCPConn: b}
+	done := make(chan Result, 1)
+	go func() { done <- Pipe(context.Background(), a, dst, nil, 0) }()
+	const size = 8 << 20
+	want := sha256.New()
+	go func() {
+		rng := rand.NewChaCha8([32]byte{7})
+		buf := make([]byte, 64<<10)
+		for sent := 0; sent < size; sent += len(buf) {
+			_, _ = rng.Read(buf)
+			want.Write(buf)
+			if _, err := app.Write(buf); err != nil {
+				t.Error(err)
+				break
+			}
+		}
+		app.CloseWrite()
+	}()
+	h := sha256.New()
+	n, err := io.Copy(h, target)
+	if err != nil || n != size {
+		t.Fatalf("target got %d bytes (%v), want %d", n, err, size)
+	}
+	if !bytes.Equal(h.Sum(nil), want.Sum(nil)) {
+		t.Fatal("checksum mismatch")
+	}
+	target.Close()
+	app.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("pipe did not end")
+	}
+	if lent, back := dst.lent.Load(), dst.takenBack.Load(); lent == 0 || lent != back {
+		t.Fatalf("%d buffers lent, %d taken back: want some, all taken back", lent, back)
+	}
+	// All but the first reads (into the pipe's small buffer, until bulk
+	// shows) go into lent buffers.
+	if moved := dst.bytes.Load(); moved < size/2 {
+		t.Fatalf("%d of %d bytes written from lent buffers", moved, size)
 	}
 }

@@ -271,7 +271,30 @@ func (s *Stream) deliverDirect(p []byte) int {
 	return n
 }
 
-func (s *Stream) Write(p []byte) (int, error) {
+func (s *Stream) Write(p []byte) (int, error) { return s.write(p, false) }
+
+// LendBuffer lends a buffer to read the next write's bytes into (the
+// pipe from the local connection does): WriteLent then keeps it in the
+// replay buffer as it is, where Write copies.
+func (s *Stream) LendBuffer() []byte {
+	b := *largeChunkPool().Get().(*[]byte)
+	return b[:cap(b)]
+}
+
+// WriteLent writes b, a buffer from LendBuffer cut to the bytes read
+// into it, and takes the buffer back (also when b is empty or the write
+// fails): the caller must not touch it again.
+func (s *Stream) WriteLent(b []byte) (int, error) {
+	if len(b) == 0 {
+		b = b[:0]
+		largeChunkPool().Put(&b)
+		return 0, nil
+	}
+	return s.write(b, true)
+}
+
+// write sends p; lent says p is a lent buffer the replay buffer keeps.
+func (s *Stream) write(p []byte, lent bool) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
@@ -299,7 +322,11 @@ func (s *Stream) Write(p []byte) (int, error) {
 	if budgeted {
 		s.held += n
 	}
-	s.replay.push(p)
+	if lent {
+		s.replay.keep(p)
+	} else {
+		s.replay.push(p)
+	}
 	s.sent += uint64(len(p))
 	frozen := s.frozen
 	s.mu.Unlock()
@@ -790,7 +817,7 @@ func chunkPool(n int) *sync.Pool {
 			return &chunkPools[i]
 		}
 	}
-	return &chunkPools[len(chunkSizes)-1]
+	return largeChunkPool()
 }
 
 func (r *replayBuffer) len() int { return r.size }
@@ -805,6 +832,15 @@ func (r *replayBuffer) push(p []byte) {
 		p = p[n:]
 	}
 }
+
+// keep holds b, a chunk of the largest pool, as it is.
+func (r *replayBuffer) keep(b []byte) {
+	r.chunks = append(r.chunks, b)
+	r.size += len(b)
+}
+
+// largeChunkPool is the pool of the largest chunks.
+func largeChunkPool() *sync.Pool { return &chunkPools[len(chunkSizes)-1] }
 
 // drop frees the first n bytes and returns how many it freed. Whole
 // chunks within the first recyclable bytes go back to the pool.
