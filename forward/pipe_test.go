@@ -104,21 +104,7 @@ func TestPipeHalfCloseWithDelayedReply(t *testing.T) {
 func TestPipeBothWaysAtOnceChecksummed(t *testing.T) {
 	p := startPipe(t, context.Background())
 	const size = 32 << 20
-	send := func(c *net.TCPConn, seed uint64) [32]byte {
-		h := sha256.New()
-		rng := rand.NewChaCha8([32]byte{byte(seed)})
-		buf := make([]byte, 64<<10)
-		for sent := 0; sent < size; sent += len(buf) {
-			_, _ = rng.Read(buf)
-			h.Write(buf)
-			if _, err := c.Write(buf); err != nil {
-				t.Error(err)
-				break
-			}
-		}
-		c.CloseWrite()
-		return [32]byte(h.Sum(nil))
-	}
+	send := func(c *net.TCPConn, seed uint64) [32]byte { return sendRandom(t, c, size, byte(seed)) }
 	recv := func(c *net.TCPConn) ([32]byte, int64) {
 		h := sha256.New()
 		n, _ := io.Copy(h, c)
@@ -301,6 +287,24 @@ func TestPipeIdleTimeout(t *testing.T) {
 	}
 }
 
+// sendRandom writes size random bytes (from seed) to c in 64 KiB writes,
+// half-closes it and returns the bytes' SHA-256.
+func sendRandom(t *testing.T, c *net.TCPConn, size int, seed byte) [32]byte {
+	h := sha256.New()
+	rng := rand.NewChaCha8([32]byte{seed})
+	buf := make([]byte, 64<<10)
+	for sent := 0; sent < size; sent += len(buf) {
+		_, _ = rng.Read(buf)
+		h.Write(buf)
+		if _, err := c.Write(buf); err != nil {
+			t.Error(err)
+			break
+		}
+	}
+	c.CloseWrite()
+	return [32]byte(h.Sum(nil))
+}
+
 // lendingConn is a TCP connection that lends the pipe its buffers, as a
 // resumable tunnel stream does, and counts them.
 type lendingConn struct {
@@ -329,26 +333,14 @@ func TestPipeReadsIntoLentBuffers(t *testing.T) {
 	done := make(chan Result, 1)
 	go func() { done <- Pipe(context.Background(), a, dst, nil, 0) }()
 	const size = 8 << 20
-	want := sha256.New()
-	go func() {
-		rng := rand.NewChaCha8([32]byte{7})
-		buf := make([]byte, 64<<10)
-		for sent := 0; sent < size; sent += len(buf) {
-			_, _ = rng.Read(buf)
-			want.Write(buf)
-			if _, err := app.Write(buf); err != nil {
-				t.Error(err)
-				break
-			}
-		}
-		app.CloseWrite()
-	}()
+	want := make(chan [32]byte, 1)
+	go func() { want <- sendRandom(t, app, size, 7) }()
 	h := sha256.New()
 	n, err := io.Copy(h, target)
 	if err != nil || n != size {
 		t.Fatalf("target got %d bytes (%v), want %d", n, err, size)
 	}
-	if !bytes.Equal(h.Sum(nil), want.Sum(nil)) {
+	if [32]byte(h.Sum(nil)) != <-want {
 		t.Fatal("checksum mismatch")
 	}
 	target.Close()
