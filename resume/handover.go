@@ -187,7 +187,7 @@ func (t *Table) Export() (string, []Handoff) {
 			Service: s.service, Source: s.source, Window: s.window, MaxReplay: s.maxReplay, Answered: s.answered,
 			Acked: s.acked, Sent: s.sent, FinSent: s.finSent, Closing: s.closing, Delivered: s.delivered, FinDelivered: s.finDelivered,
 		}
-		for _, b := range s.replay.from(min(s.acked, s.sent), min(s.acked, s.sent), s.sent) {
+		for _, b := range s.replay.from(nil, min(s.acked, s.sent), min(s.acked, s.sent), s.sent) {
 			st.Replay = append(st.Replay, b...)
 		}
 		var local net.Conn

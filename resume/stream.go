@@ -70,6 +70,9 @@ type Stream struct {
 	// wmu orders writes to the carrier: the pipe's writes and a resume's
 	// resend. Taken before mu, never while holding it.
 	wmu sync.Mutex
+	// pending is flush's list of the chunks to write, its array reused
+	// (under wmu): a message written without an allocation.
+	pending [][]byte
 
 	mu      sync.Mutex
 	cond    sync.Cond
@@ -277,7 +280,7 @@ func (s *Stream) Write(p []byte) (int, error) { return s.write(p, false) }
 // pipe from the local connection does): WriteLent then keeps it in the
 // replay buffer as it is, where Write copies.
 func (s *Stream) LendBuffer() []byte {
-	b := *largeChunkPool().Get().(*[]byte)
+	b := getChunk(largeChunkPool())
 	return b[:cap(b)]
 }
 
@@ -286,8 +289,7 @@ func (s *Stream) LendBuffer() []byte {
 // fails): the caller must not touch it again.
 func (s *Stream) WriteLent(b []byte) (int, error) {
 	if len(b) == 0 {
-		b = b[:0]
-		largeChunkPool().Put(&b)
+		putChunk(b)
 		return 0, nil
 	}
 	return s.write(b, true)
@@ -382,10 +384,13 @@ func (s *Stream) flush() error {
 			s.mu.Unlock()
 			return nil
 		}
-		chunks := s.replay.from(s.written, s.acked, s.sent)
+		chunks := s.replay.from(s.pending[:0], s.written, s.acked, s.sent)
 		fin := s.finSent && !s.finWritten
 		s.mu.Unlock()
-		if err := s.writeTo(c, gen, chunks, fin); err != nil {
+		err := s.writeTo(c, gen, chunks, fin)
+		clear(chunks) // no chunk kept past its drop
+		s.pending = chunks[:0]
+		if err != nil {
 			if s.lost(c, gen, err) {
 				continue
 			}
@@ -757,7 +762,7 @@ func (s *Stream) moveTo(c *mux.Stream, peerDelivered uint64) error {
 	s.flushed = s.written
 	s.finWritten = peerDelivered > s.sent
 	c.OnDelivered(s.acknowledge)
-	chunks := s.replay.from(s.written, s.acked, s.sent)
+	chunks := s.replay.from(nil, s.written, s.acked, s.sent)
 	fin := s.finSent
 	resend := s.sent - s.written
 	s.notified = s.delivered // the resume told the peer
@@ -801,11 +806,35 @@ type replayBuffer struct {
 // a thousand quiet streams each with a message unconfirmed hold little.
 var chunkSizes = [...]int{512, 4 << 10, 32 << 10}
 
-var chunkPools [len(chunkSizes)]sync.Pool
+// chunkPools hold arrays (*[512]byte, …), not slices: putting a
+// pointer in a Pool does not allocate, putting a slice header does.
+var chunkPools = [len(chunkSizes)]sync.Pool{
+	{New: func() any { return new([512]byte) }},
+	{New: func() any { return new([4 << 10]byte) }},
+	{New: func() any { return new([32 << 10]byte) }},
+}
 
-func init() {
-	for i, size := range chunkSizes {
-		chunkPools[i].New = func() any { b := make([]byte, 0, size); return &b }
+// getChunk is an empty chunk from pool p.
+func getChunk(p *sync.Pool) []byte {
+	switch a := p.Get().(type) {
+	case *[512]byte:
+		return a[:0]
+	case *[4 << 10]byte:
+		return a[:0]
+	default:
+		return a.(*[32 << 10]byte)[:0]
+	}
+}
+
+// putChunk gives b, a chunk of one of the pooled sizes, back to its pool.
+func putChunk(b []byte) {
+	switch cap(b) {
+	case 512:
+		chunkPools[0].Put((*[512]byte)(b[:512]))
+	case 4 << 10:
+		chunkPools[1].Put((*[4 << 10]byte)(b[:4<<10]))
+	case 32 << 10:
+		chunkPools[2].Put((*[32 << 10]byte)(b[:32<<10]))
 	}
 }
 
@@ -824,7 +853,7 @@ func (r *replayBuffer) len() int { return r.size }
 
 func (r *replayBuffer) push(p []byte) {
 	for len(p) > 0 {
-		b := (*chunkPool(len(p)).Get().(*[]byte))[:0]
+		b := getChunk(chunkPool(len(p)))
 		n := min(len(p), cap(b))
 		b = append(b, p[:n]...)
 		r.chunks = append(r.chunks, b)
@@ -846,28 +875,30 @@ func largeChunkPool() *sync.Pool { return &chunkPools[len(chunkSizes)-1] }
 // chunks within the first recyclable bytes go back to the pool.
 func (r *replayBuffer) drop(n, recyclable int) int {
 	n = min(n, r.size)
-	left := n
+	left, whole := n, 0
 	for left > 0 {
-		b := r.chunks[0]
-		if k := len(b) - r.head; k <= left {
-			left -= k
-			recyclable -= k
-			r.chunks[0] = nil
-			r.chunks = r.chunks[1:]
-			r.head = 0
-			b = b[:0]
-			if recyclable < 0 {
-				continue // a write may still read it: the GC takes it
-			}
-			chunkPool(cap(b)).Put(&b)
-			continue
+		b := r.chunks[whole]
+		k := len(b) - r.head
+		if k > left {
+			r.head += left
+			break
 		}
-		r.head += left
-		left = 0
+		left -= k
+		recyclable -= k
+		r.head = 0
+		whole++
+		if recyclable >= 0 {
+			putChunk(b)
+		} // else a write may still read it: the GC takes it
 	}
+	// Shifted down, not resliced: a chatty stream keeps one small array
+	// for its list of chunks instead of allocating one per message.
+	kept := copy(r.chunks, r.chunks[whole:])
+	clear(r.chunks[kept:])
+	r.chunks = r.chunks[:kept]
 	r.size -= n
-	if len(r.chunks) == 0 {
-		r.chunks = nil // let a long stream's slice go
+	if kept == 0 && cap(r.chunks) > 64 {
+		r.chunks = nil // let a long stream's array go
 	}
 	return n
 }
@@ -875,12 +906,11 @@ func (r *replayBuffer) drop(n, recyclable int) int {
 // from returns views of the bytes from sequence number at on; the buffer
 // starts at base and ends at end. The views stay valid until those bytes
 // are dropped, which only a delivery notice for them can do.
-func (r *replayBuffer) from(at, base, end uint64) [][]byte {
+func (r *replayBuffer) from(out [][]byte, at, base, end uint64) [][]byte {
 	if at >= end {
-		return nil
+		return out
 	}
 	skip := int(at - base)
-	var out [][]byte
 	for i, b := range r.chunks {
 		if i == 0 {
 			b = b[r.head:]
