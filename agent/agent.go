@@ -86,7 +86,7 @@ var Version = "0.1.0-dev"
 func services(list []config.Service, dialTimeout time.Duration, allowAll bool) mux.Lookup {
 	m := make(map[string]mux.Service, len(list))
 	for _, svc := range list {
-		rules, _ := ssl.ParseRules(svc.Allow) // validated with the config
+		rules := svc.AllowRules
 		allowed := func(id ssl.Identity) bool { _, ok := rules.Match(id); return ok }
 		if allowAll && len(svc.Allow) == 0 {
 			allowed = func(ssl.Identity) bool { return true }
@@ -314,8 +314,8 @@ var classes = []string{classControl, classBulk}
 // classWindow is the per-stream window of a traffic class. Control keeps
 // yamux's minimum: its messages are small and a big window only lets bulk
 // data queue ahead of them. Bulk gets 1 MiB: one stream's throughput is
-// bounded by window/RTT (BenchmarkMuxStream: 464-819 MB/s at 256 KiB,
-// 830-850 at 1 MiB). Receive buffers grow only with data in flight.
+// bounded by window/RTT (BenchmarkMuxStream at both sizes: bench/README.md,
+// "Stream windows"). Receive buffers grow only with data in flight.
 func classWindow(class string) uint32 {
 	if class == classControl {
 		return 256 << 10
@@ -752,8 +752,7 @@ func offered(list []config.Service, allowAll bool) func(ssl.Identity) map[string
 	}
 	var entries []entry
 	for _, svc := range list {
-		rules, _ := ssl.ParseRules(svc.Allow) // validated with the config
-		entries = append(entries, entry{svc.Name, svc.Class, rules, allowAll && len(svc.Allow) == 0})
+		entries = append(entries, entry{svc.Name, svc.Class, svc.AllowRules, allowAll && len(svc.Allow) == 0})
 	}
 	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.name, b.name) })
 	return func(id ssl.Identity) map[string]string {

@@ -237,15 +237,7 @@ func (c *Client) settings() sessionSettings {
 
 func clientPolicySpec(cfg *config.Client) ssl.PolicySpec {
 	spec := ssl.PolicySpec{Cert: cfg.TLS.Cert, Key: cfg.TLS.Key, CA: cfg.TLS.CA, CRLs: cfg.TLS.CRL, CRLStale: cfg.TLS.CRLStale}
-	if verify := cfg.TLS.Verify; len(verify) > 0 {
-		rules, _ := ssl.ParseRules(verify) // validated with the config
-		spec.Admit = func(id ssl.Identity) error {
-			if _, ok := rules.Match(id); ok {
-				return nil
-			}
-			return fmt.Errorf("server %q matches none of tls.verify %v", id.Name(), verify)
-		}
-	}
+	spec.Admit = cfg.TLS.AdmitServer()
 	return spec
 }
 

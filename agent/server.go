@@ -85,8 +85,7 @@ func newServerState(cfg *config.Server) *serverState {
 	st := &serverState{cfg: cfg, lookup: services(cfg.Services, cfg.DialTimeout, false), offer: offered(cfg.Services, false)}
 	var rules ssl.Rules
 	for _, svc := range cfg.Services {
-		r, _ := ssl.ParseRules(svc.Allow) // validated with the config
-		rules = append(rules, r...)
+		rules = append(rules, svc.AllowRules...)
 	}
 	var clients []func(ssl.Identity) bool
 	for _, f := range cfg.Forwards {

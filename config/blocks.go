@@ -15,6 +15,8 @@ import (
 	"github.com/hashicorp/hcl/v2"
 	"github.com/hashicorp/hcl/v2/hclsyntax"
 	"github.com/zclconf/go-cty/cty"
+
+	"github.com/tunnelworks/tunnel/transport/ssl"
 )
 
 // common is what the server and client configs share.
@@ -290,8 +292,8 @@ func (d *decoder) service(blk *hclsyntax.Block, server bool) (Service, bool) {
 		ok = false
 	}
 	if a := b.attr("allow"); a != nil {
-		allow, allowOK := d.allow(b, a)
-		s.Allow = allow
+		allow, rules, allowOK := d.allow(b, a)
+		s.Allow, s.AllowRules = allow, rules
 		ok = ok && allowOK
 	} else if server {
 		d.addf(b.at, `%s has no allow list: services are deny by default; list the client identities that may open it (add allow = ["client-id"])`, what)
@@ -302,15 +304,15 @@ func (d *decoder) service(blk *hclsyntax.Block, server bool) (Service, bool) {
 }
 
 // allow decodes an allow list: a non-empty list of identities.
-func (d *decoder) allow(b *body, a *hclsyntax.Attribute) ([]string, bool) {
+func (d *decoder) allow(b *body, a *hclsyntax.Attribute) ([]string, ssl.Rules, bool) {
 	elems, ok := d.strList(b, a)
 	if !ok {
-		return nil, false
+		return nil, nil, false
 	}
 	key := b.prefix + a.Name
 	if len(elems) == 0 {
 		d.addf(a.Expr.Range(), "%s is empty, so nobody may open the service (list the identities that may, or remove the service)", key)
-		return nil, false
+		return nil, nil, false
 	}
 	out := make([]string, 0, len(elems))
 	for i, e := range elems {
@@ -324,10 +326,11 @@ func (d *decoder) allow(b *body, a *hclsyntax.Attribute) ([]string, bool) {
 		}
 		out = append(out, e.s)
 	}
+	var rules ssl.Rules
 	if ok {
-		ok = d.rules(b, a, elems)
+		rules, ok = d.rules(b, a, elems)
 	}
-	return out, ok
+	return out, rules, ok
 }
 
 // forward decodes a forward block, returning where its listen key is.

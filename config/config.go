@@ -120,6 +120,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/hcl/v2"
+
+	"github.com/tunnelworks/tunnel/transport/ssl"
 )
 
 // Defaults applied to keys that are absent from the file.
@@ -164,6 +166,23 @@ type TLS struct {
 	CRL        []string // key crl: CRL files (PEM or DER) checked on every handshake; optional
 	CRLStale   string   // key crl_stale: "warn" (default) or "refuse" when a CRL is past its next update
 	Verify     []string // client only, key verify: rules the server's certificate must match (as in allow); optional
+
+	VerifyRules ssl.Rules // Verify, parsed when the file was read
+}
+
+// AdmitServer is the check of key verify on the server's certificate, as
+// the client agent and `validate -online` run it: nil without verify
+// (any server the CA vouches for).
+func (t TLS) AdmitServer() func(ssl.Identity) error {
+	if len(t.VerifyRules) == 0 {
+		return nil
+	}
+	return func(id ssl.Identity) error {
+		if _, ok := t.VerifyRules.Match(id); ok {
+			return nil
+		}
+		return fmt.Errorf("server %q matches none of tls.verify %v", id.Name(), t.Verify)
+	}
 }
 
 // Service is a service block: a target this side dials when the peer opens
@@ -172,6 +191,8 @@ type Service struct {
 	Name   string   // block label
 	Target string   // host:port to dial (required)
 	Allow  []string // identities allowed to open it; required and non-empty on the server, optional on the client
+
+	AllowRules ssl.Rules // Allow, parsed when the file was read: the agents' ACL for the service
 
 	Class         string        // key class: "control" or "bulk"; default DefaultClass(target port)
 	ClassExplicit bool          // Class was given in the file (not the default)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tunnelworks/tunnel/transport/ssl"
 )
 
 const serverExample = `# server.hcl
@@ -93,7 +95,7 @@ func TestParseServer(t *testing.T) {
 			DialTimeout:            10 * time.Second,
 			LogLevel:               "info",
 			LogFormat:              "text",
-			Services:               []Service{{Name: "echo", Target: "127.0.0.1:7", Allow: []string{"client-a"}}},
+			Services:               []Service{{Name: "echo", Target: "127.0.0.1:7", Allow: []string{"client-a"}, AllowRules: rulesOf("client-a")}},
 			Forwards:               []Forward{{Name: "edge-ssh", Listen: "127.0.0.1:2222", Service: "ssh", Client: "edge-1"}},
 		},
 	}, {
@@ -139,8 +141,8 @@ forward "a" {
 			LogLevel:               "trace",
 			LogFormat:              "json",
 			Services: []Service{
-				{Name: "z", Target: "[fe80::1%eth0]:22", Allow: []string{"x", "y"}},
-				{Name: "a.b_c-d", Target: "db.internal:5432", Allow: []string{"x"}},
+				{Name: "z", Target: "[fe80::1%eth0]:22", Allow: []string{"x", "y"}, AllowRules: rulesOf("x", "y")},
+				{Name: "a.b_c-d", Target: "db.internal:5432", Allow: []string{"x"}, AllowRules: rulesOf("x")},
 			},
 			Forwards: []Forward{
 				{Name: "b", Listen: ":0", Service: "b", Client: "edge-2"},
@@ -265,7 +267,7 @@ forward "db" {
 			DialTimeout:      3 * time.Second,
 			LogLevel:         "warn",
 			LogFormat:        "json",
-			Services:         []Service{{Name: "web", Target: "localhost:8080", Allow: []string{"tunnel-server"}}},
+			Services:         []Service{{Name: "web", Target: "localhost:8080", Allow: []string{"tunnel-server"}, AllowRules: rulesOf("tunnel-server")}},
 			Forwards:         []Forward{{Name: "db", Listen: "127.0.0.1:5432", Service: "db"}},
 		},
 	}}
@@ -956,4 +958,14 @@ func withClientDefaults(c *Client) {
 	if c.BulkConnections == 0 {
 		c.BulkConnections = DefaultBulkConnections
 	}
+}
+
+// rulesOf parses rules that must be valid: the parsed allow and verify
+// lists a config carries.
+func rulesOf(list ...string) ssl.Rules {
+	rules, errs := ssl.ParseRules(list)
+	if len(errs) > 0 {
+		panic(errs[0])
+	}
+	return rules
 }

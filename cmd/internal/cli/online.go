@@ -29,15 +29,8 @@ import (
 // replaced; the server logs a hello that never came. It reports whether
 // some server accepted us.
 func checkOnline(ctx context.Context, cfg *config.Client, spec ssl.PolicySpec, stdout io.Writer) bool {
-	if verify := cfg.TLS.Verify; len(verify) > 0 {
-		// As the agent does (agent.clientPolicySpec).
-		rules, _ := ssl.ParseRules(verify) // validated with the config
-		spec.Admit = func(id ssl.Identity) error {
-			if _, ok := rules.Match(id); ok {
-				return nil
-			}
-			return fmt.Errorf("server %q matches none of tls.verify %v", id.Name(), verify)
-		}
+	if admit := cfg.TLS.AdmitServer(); admit != nil {
+		spec.Admit = admit // as the agent checks it
 	}
 	p, err := ssl.LoadPolicy(spec)
 	if err != nil {

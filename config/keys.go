@@ -2,7 +2,6 @@ package config
 
 import (
 	"math"
-	"net"
 	"net/netip"
 	"path/filepath"
 	"strconv"
@@ -15,45 +14,6 @@ import (
 
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
-
-// Traffic classes: each gets its own TLS connection and yamux session, so
-// small control messages never queue behind bulk data.
-const (
-	ClassControl = "control"
-	ClassBulk    = "bulk"
-)
-
-// controlPorts are the single well-known control ports of DefaultClass;
-// 2601-2609 is checked as a range.
-var controlPorts = map[int]bool{179: true, 639: true, 646: true, 830: true, 3784: true, 4784: true, 6633: true, 6653: true}
-
-// DefaultClass is the class of a forward (from its listen port) or a
-// service (from its target port) that does not name one: [ClassControl]
-// for the well-known ports of routing and control protocols, [ClassBulk]
-// for every other port (and for 0):
-//
-//	179        BGP
-//	639        MSDP
-//	646        LDP
-//	830        NETCONF over SSH
-//	2601-2609  quagga/FRR vty (zebra, ripd, ripngd, ospfd, bgpd, ospf6d, ...)
-//	3784, 4784 BFD (single hop, multihop)
-//	6633, 6653 OpenFlow
-func DefaultClass(port int) string {
-	if controlPorts[port] || port >= 2601 && port <= 2609 {
-		return ClassControl
-	}
-	return ClassBulk
-}
-
-func portOf(addr string) int {
-	_, p, err := net.SplitHostPort(addr)
-	if err != nil {
-		return 0
-	}
-	n, _ := strconv.Atoi(p)
-	return n
-}
 
 // dscpNames are the DiffServ code point names accepted for dscp.
 var dscpNames = map[string]int{
@@ -335,17 +295,21 @@ func (d *decoder) class(b *body, a *hclsyntax.Attribute) string {
 	return v
 }
 
-// rules decodes allow or verify entries with the identity rule parser, each
-// error at its own element.
-func (d *decoder) rules(b *body, a *hclsyntax.Attribute, elems []element) bool {
+// rules parses allow or verify entries with the identity rule parser, each
+// error at its own element: the agents use the rules parsed here.
+func (d *decoder) rules(b *body, a *hclsyntax.Attribute, elems []element) (ssl.Rules, bool) {
 	ok := true
+	rules := make(ssl.Rules, 0, len(elems))
 	for i, e := range elems {
-		if _, err := ssl.ParseRule(e.s); err != nil {
+		r, err := ssl.ParseRule(e.s)
+		if err != nil {
 			d.addf(e.rng, "%s%s[%d]: %v", b.prefix, a.Name, i, err)
 			ok = false
+			continue
 		}
+		rules = append(rules, r)
 	}
-	return ok
+	return rules, ok
 }
 
 // serviceExtras decodes the keys of a service block beyond target and allow.
@@ -455,10 +419,11 @@ func (d *decoder) tlsExtras(b *body, t *TLS, server bool) {
 		if elems, ok := d.strList(b, a); ok {
 			if len(elems) == 0 {
 				d.addf(a.Expr.Range(), "tls.verify is empty (list the server identities to accept, or remove it)")
-			} else if d.rules(b, a, elems) {
+			} else if rules, ok := d.rules(b, a, elems); ok {
 				for _, e := range elems {
 					t.Verify = append(t.Verify, e.s)
 				}
+				t.VerifyRules = rules
 			}
 		}
 	}

@@ -120,14 +120,6 @@ tls {
 	}
 }
 
-func TestDefaultClass(t *testing.T) {
-	for port, want := range map[int]string{179: ClassControl, 6653: ClassControl, 2605: ClassControl, 443: ClassBulk, 22: ClassBulk, 0: ClassBulk} {
-		if got := DefaultClass(port); got != want {
-			t.Errorf("DefaultClass(%d) = %s, want %s", port, got, want)
-		}
-	}
-}
-
 // pin is a well-formed SPKI pin (44 characters of base64).
 var pin = "sha256:" + strings.Repeat("A", 43) + "="
 
@@ -565,6 +557,17 @@ func checkExtras(t TLS, st Settings, services []Service, forwards []Forward, ser
 		if _, err := ssl.ParseRule(r); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	// The agents use the rules parsed at load, never the text: each list
+	// must be parsed whole, in order.
+	sameRules := func(what string, text []string, rules ssl.Rules) {
+		if !slices.Equal(text, slicesOf(rules, ssl.Rule.String)) {
+			errs = append(errs, fmt.Errorf("%s %q parsed as %v", what, text, rules))
+		}
+	}
+	sameRules("verify", t.Verify, t.VerifyRules)
+	for _, s := range services {
+		sameRules("service "+s.Name+" allow", s.Allow, s.AllowRules)
 	}
 	if st.ReloadInterval != 0 && st.ReloadInterval < time.Second || st.ExpiryWarning <= 0 || st.PingAfter <= 0 ||
 		st.DeadAfter <= st.PingAfter || st.DrainTimeout < 0 || st.MaxStreamsPerSession < 1 || st.MaxSessionBuffer < 8<<20 || st.HeaderTimeout <= 0 || st.DSCP < -1 || st.DSCP > 63 ||
