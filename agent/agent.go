@@ -185,9 +185,14 @@ type tunnelStream interface {
 	Service() string
 }
 
-// replayCap bounds a resumable stream's replay buffer: twice its class's
-// window, so that a stream is never slowed by it.
-func replayCap(class string) int { return 2 * int(classWindow(class)) }
+// replayCap bounds a resumable stream's replay buffer: four times its
+// class's window, so that a stream is never slowed by it. At full speed
+// the buffer holds a window in flight, up to a quarter of the cap
+// delivered but not yet confirmed (the peer confirms every quarter), and
+// what is sent while a confirmation travels; at twice the window, a
+// confirmation a millisecond late stalled a fast stream (bench/README.md,
+// "seventh part").
+func replayCap(class string) int { return 4 * int(classWindow(class)) }
 
 // openStream opens the stream of a forward's local connection: resumable
 // when both agents speak it and the forward's resume window is not zero.
