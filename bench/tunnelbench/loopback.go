@@ -149,6 +149,7 @@ func (p *path) endRun() {
 	p.runs = append(p.runs, p.fig)
 	p.fig.t1, p.fig.t8, p.fig.cpuPerGB, p.fig.conns = -1, -1, -1, -1
 	p.fig.rtt, p.fig.load, p.fig.loadSame = nil, nil, nil
+	p.fig.perf1, p.fig.perf8 = nil, nil
 }
 
 // mergeRuns sets the timed figures from the runs: each scalar the median
@@ -168,6 +169,11 @@ func (p *path) mergeRuns() {
 	p.fig.t8 = med(func(f *figures) float64 { return f.t8 })
 	p.fig.cpuPerGB = med(func(f *figures) float64 { return f.cpuPerGB })
 	p.fig.conns = med(func(f *figures) float64 { return f.conns })
+	var perf1, perf8 []map[string]float64
+	for _, r := range p.runs {
+		perf1, perf8 = append(perf1, r.perf1), append(perf8, r.perf8)
+	}
+	p.fig.perf1, p.fig.perf8 = medianCounts(perf1), medianCounts(perf8)
 	for _, r := range p.runs {
 		p.fig.rtt = append(p.fig.rtt, r.rtt...)
 		p.fig.load = append(p.fig.load, r.load...)
@@ -206,6 +212,10 @@ type figures struct {
 	// no sessions.
 	loadSame []time.Duration
 	conns    float64 // per second
+	// perf1, perf8: -perf's counts per GB moved (by event) on the
+	// processes carrying the sink, in the 1- and 8-stream runs; nil when
+	// not counted.
+	perf1, perf8 map[string]float64
 	// Memory (KiB) of the processes carrying the bulk echo, before and
 	// with the idle connections open, per process in echoPids order.
 	rssBefore, rssAfter []float64
@@ -334,15 +344,16 @@ func measureIdle(p *path, n int) error {
 
 // measureThroughput1 is the 1-stream run, with the CPU time of the
 // processes carrying the sink.
-func measureThroughput1(p *path, d time.Duration) error {
+func measureThroughput1(p *path, d time.Duration, perf bool) error {
 	cpu0, err := sumOver(p.sinkPids, cpuSeconds)
 	if err != nil {
 		return err
 	}
-	gbps, moved, err := throughput(p.sink, 1, d)
+	gbps, moved, counts, err := countedThroughput(p, 1, d, perf)
 	if err != nil {
 		return err
 	}
+	p.fig.perf1 = counts
 	cpu1, err := sumOver(p.sinkPids, cpuSeconds)
 	if err != nil {
 		return err
@@ -499,14 +510,17 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 			return err
 		}
 		for _, p := range order {
-			if !step(p, "throughput", func() error { return measureThroughput1(p, tputDur) }) {
+			if !step(p, "throughput", func() error { return measureThroughput1(p, tputDur, o.perf) }) {
 				return err
 			}
 		}
 
 		logf("throughput, 8 streams")
 		for _, p := range append([]*path{direct}, order...) {
-			if !step(p, "throughput, 8 streams", func() (e error) { p.fig.t8, _, e = throughput(p.sink, 8, tputDur); return e }) {
+			if !step(p, "throughput, 8 streams", func() (e error) {
+				p.fig.t8, _, p.fig.perf8, e = countedThroughput(p, 8, tputDur, o.perf)
+				return e
+			}) {
 				return err
 			}
 		}
@@ -622,6 +636,7 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 			fmt.Fprintf(report, "%s FAILED during the run and is left out of the comparison: %s\n\n", p.name, firstLine(p.failed.Error()))
 		}
 	}
+	writePerf(report, append(append([]*path{relay}, peers...), append(others, tunnel)...))
 	return err
 }
 

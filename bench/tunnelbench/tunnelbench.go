@@ -33,6 +33,7 @@ type options struct {
 	runs     int      // interleaved runs of every timed row; scalars are their median
 	peers    []string // the peer tunnels to measure beside ours
 	others   []agentBuild
+	perf     bool // count system calls and context switches with perf stat
 }
 
 // Main runs the benchmark; 0 on success (targets missed are reported, not
@@ -53,6 +54,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.rtts, "rtts", 0, "round trips per latency measurement (default 5000; half that under load)")
 	fs.IntVar(&o.runs, "runs", 0, "interleaved runs of every timed row, each path once per run; the table gives medians (default 3, quick 1)")
 	peers := fs.String("peers", strings.Join(peerNames, ","), "peer tunnels to measure beside ours (comma-separated: "+strings.Join(peerNames, ", ")+"), or none")
+	fs.BoolVar(&o.perf, "perf", false, "also count system calls and context switches per GB moved on each path's processes with perf stat during the throughput rows (Linux perf; as root)")
 	agents := fs.String("agents", "", "other agent builds to measure beside this tree's in the same run (loopback: interleaved; wan: the fat-link table): LABEL=DIR,... where DIR holds tunnel-server and tunnel-client")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -99,6 +101,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if o.idle < 1 || o.idle > 5000 {
 		fmt.Fprintf(stderr, "tunnel-bench: -idle %d: want 1..5000\n", o.idle)
 		return 2
+	}
+	if o.perf {
+		if err := checkPerf(); err != nil {
+			fmt.Fprintf(stderr, "tunnel-bench: -perf: %v\n", err)
+			return 2
+		}
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

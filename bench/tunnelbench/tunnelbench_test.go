@@ -3,6 +3,7 @@ package tunnelbench
 import (
 	"bytes"
 	"errors"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -358,5 +359,86 @@ func TestSessionUpCountsFirstLanes(t *testing.T) {
 		"2026-01-01T00:00:00.002Z [INFO]  session up: peer=tunnel-server server=127.0.0.1:1 class=control agent=0.1.0-dev\n"
 	if n := len(reSessionUp.FindAllString(log, -1)); n != 2 {
 		t.Errorf("%d first sessions, want 2 (bulk and control)", n)
+	}
+}
+
+// perf stat -x, output as perf 6.x prints it: count, unit, event, run
+// time, percentage, and empty metric fields.
+const perfSample = `1523,,raw_syscalls:sys_enter,2004144935,100.00,,
+611,,syscalls:sys_enter_write,2004144935,100.00,,
+597,,syscalls:sys_enter_read,2004144935,100.00,,
+45,,syscalls:sys_enter_epoll_pwait,2004144935,100.00,,
+120,,syscalls:sys_enter_futex,2004144935,100.00,,
+301,,context-switches,2004144935,100.00,,
+`
+
+func TestParsePerfCSV(t *testing.T) {
+	got, err := parsePerfCSV("\n" + perfSample)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]float64{"raw_syscalls:sys_enter": 1523, "syscalls:sys_enter_write": 611, "syscalls:sys_enter_read": 597,
+		"syscalls:sys_enter_epoll_pwait": 45, "syscalls:sys_enter_futex": 120, "context-switches": 301}
+	if !maps.Equal(got, want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	if pg := perGB(got, 500_000_000); pg["context-switches"] != 602 {
+		t.Errorf("per GB over 0.5 GB: %v context switches, want 602", pg["context-switches"])
+	}
+	// An event perf could not count, or one missing, fails the count
+	// rather than reading as zero.
+	notCounted := strings.Replace(perfSample, "120,,syscalls:sys_enter_futex", "<not counted>,,syscalls:sys_enter_futex", 1)
+	if _, err := parsePerfCSV(notCounted); err == nil || !strings.Contains(err.Error(), "futex") {
+		t.Errorf("an uncounted event: %v", err)
+	}
+	missing := strings.Replace(perfSample, "301,,context-switches,2004144935,100.00,,\n", "", 1)
+	if _, err := parsePerfCSV(missing); err == nil || !strings.Contains(err.Error(), "context-switches") {
+		t.Errorf("a missing event: %v", err)
+	}
+}
+
+func TestMedianCounts(t *testing.T) {
+	run := func(v float64) map[string]float64 {
+		m := map[string]float64{}
+		for _, e := range perfEvents {
+			m[e] = v
+		}
+		return m
+	}
+	got := medianCounts([]map[string]float64{run(3), nil, run(1), run(2)})
+	if got["context-switches"] != 2 || got["raw_syscalls:sys_enter"] != 2 {
+		t.Errorf("median of 3, 1, 2 (and a run not counted): %v", got)
+	}
+	if medianCounts([]map[string]float64{nil, nil}) != nil {
+		t.Error("no run counted, yet a median")
+	}
+}
+
+// With perf usable here (it is not on CI machines), a count attached to
+// this process sees the system calls of a loopback transfer.
+func TestPerfCountsThisProcess(t *testing.T) {
+	if err := checkPerf(); err != nil {
+		t.Skip(err)
+	}
+	pc, err := startPerf([]int{os.Getpid()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, err := startTargets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.close()
+	_, moved, err := throughput(tcpDialer(tg.sink), 1, 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts, err := pc.stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each chunk the bench sends is at least one write and one read.
+	if min := float64(moved) / chunk; counts["syscalls:sys_enter_write"] < min || counts["syscalls:sys_enter_read"] < min {
+		t.Errorf("moved %d bytes with %v writes and %v reads", moved, counts["syscalls:sys_enter_write"], counts["syscalls:sys_enter_read"])
 	}
 }
