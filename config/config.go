@@ -172,10 +172,16 @@ type TLS struct {
 
 // AdmitServer is the check of key verify on the server's certificate, as
 // the client agent and `validate -online` run it: nil without verify
-// (any server the CA vouches for).
+// (any server the CA vouches for). A verify list whose rules were not
+// parsed (a TLS built in code) admits no server: it fails closed.
 func (t TLS) AdmitServer() func(ssl.Identity) error {
-	if len(t.VerifyRules) == 0 {
+	if len(t.Verify) == 0 {
 		return nil
+	}
+	if len(t.VerifyRules) != len(t.Verify) {
+		return func(ssl.Identity) error {
+			return fmt.Errorf("tls.verify %v was not parsed: no server is admitted", t.Verify)
+		}
 	}
 	return func(id ssl.Identity) error {
 		if _, ok := t.VerifyRules.Match(id); ok {

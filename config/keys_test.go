@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -654,4 +655,31 @@ func slicesOf[T, U any](ts []T, f func(T) U) []U {
 		us = append(us, f(t))
 	}
 	return us
+}
+
+// AdmitServer: without verify, any server; with it, a server that matches
+// one rule; verify text that was never parsed (a TLS built in code) admits
+// nobody rather than everybody.
+func TestAdmitServer(t *testing.T) {
+	leaf := func(cn string) ssl.Identity {
+		id := ssl.Identity{Leaf: &x509.Certificate{}}
+		id.Leaf.Subject.CommonName = cn
+		return id
+	}
+	if (TLS{}).AdmitServer() != nil {
+		t.Error("no verify, yet a check")
+	}
+	admit := TLS{Verify: []string{"tunnel-a", "cn:tunnel-b"}, VerifyRules: rulesOf("tunnel-a", "cn:tunnel-b")}.AdmitServer()
+	for cn, ok := range map[string]bool{"tunnel-a": true, "tunnel-b": true, "tunnel-c": false} {
+		if err := admit(leaf(cn)); (err == nil) != ok {
+			t.Errorf("server %s: %v", cn, err)
+		}
+	}
+	if err := admit(leaf("tunnel-c")); err == nil || !strings.Contains(err.Error(), "tls.verify") {
+		t.Errorf("a refusal should name tls.verify: %v", err)
+	}
+	unparsed := TLS{Verify: []string{"tunnel-a"}}.AdmitServer()
+	if unparsed == nil || unparsed(leaf("tunnel-a")) == nil {
+		t.Error("verify text without its parsed rules admitted a server")
+	}
 }
