@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -99,7 +100,7 @@ func parsePerfCSV(s string) (map[string]float64, error) {
 	counts := map[string]float64{}
 	for line := range strings.SplitSeq(s, "\n") {
 		f := strings.Split(line, ",")
-		if len(f) < 3 || !wantedEvent(f[2]) {
+		if len(f) < 3 || !slices.Contains(perfEvents, f[2]) {
 			continue
 		}
 		v, err := strconv.ParseFloat(f[0], 64)
@@ -114,15 +115,6 @@ func parsePerfCSV(s string) (map[string]float64, error) {
 		}
 	}
 	return counts, nil
-}
-
-func wantedEvent(e string) bool {
-	for _, w := range perfEvents {
-		if e == w {
-			return true
-		}
-	}
-	return false
 }
 
 // perGB divides counts by the GB moved while they were counted.
