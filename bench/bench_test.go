@@ -390,6 +390,67 @@ func BenchmarkAgentThroughput(b *testing.B) {
 	push(b, c)
 }
 
+// BenchmarkAgentThroughput8: eight streams at once through both agents in
+// process, b.N chunks in all (the tunnel-bench 8-stream row's shape: the
+// streams share one session, its write queue and its receive loop).
+func BenchmarkAgentThroughput8(b *testing.B) {
+	sinkFwd, _ := agents(b)
+	const streams = 8
+	conns := make([]net.Conn, streams)
+	for i := range conns {
+		c, err := net.Dial("tcp", sinkFwd)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c
+	}
+	b.SetBytes(chunk)
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	errs := make([]error, streams)
+	for i, c := range conns {
+		count := b.N / streams
+		if i < b.N%streams {
+			count++
+		}
+		wg.Go(func() { errs[i] = pushCount(c, count) })
+	}
+	wg.Wait()
+	b.StopTimer()
+	for _, err := range errs {
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// pushCount writes count chunks to c, half-closes it and checks the byte
+// count the sink sends back.
+func pushCount(c net.Conn, count int) error {
+	buf := make([]byte, chunk)
+	for range count {
+		if _, err := c.Write(buf); err != nil {
+			return err
+		}
+	}
+	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		return err
+	}
+	var got [8]byte
+	if _, err := io.ReadFull(c, got[:]); err != nil {
+		return fmt.Errorf("sink's count: %w", err)
+	}
+	var n int64
+	for _, x := range got {
+		n = n<<8 | int64(x)
+	}
+	if n != int64(count)*chunk {
+		return fmt.Errorf("sink got %d bytes, want %d", n, int64(count)*chunk)
+	}
+	return nil
+}
+
 // BenchmarkAgentRoundTrip: 64-byte round trips through both agents.
 func BenchmarkAgentRoundTrip(b *testing.B) {
 	_, echoFwd := agents(b)
