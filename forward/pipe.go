@@ -156,12 +156,19 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 	lender, _ := dst.(bufferLender)
 	park := false
 	for {
+		read := 0 // bytes the wait read into bp (a socket's)
 		if bp == nil || park {
-			park = false
 			// Everything read so far is written: while we wait, frames
 			// may go straight to dst from src's session.
 			on := direct != nil && direct.start()
-			err := waiter.wait()
+			var err error
+			if park {
+				waiter.wait()
+			} else {
+				bp, read, err = waiter.waitRead(&smallBufPool)
+				pool = &smallBufPool
+			}
+			park = false
 			if on {
 				moved, werr := direct.stop()
 				n += moved
@@ -169,19 +176,25 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 					return n, &WriteError{Err: werr}
 				}
 			}
+			if err == io.EOF {
+				return n, closeWrite(dst)
+			}
 			if err != nil {
 				return n, &ReadError{Err: err}
 			}
 			if bp == nil {
-				bp, pool = smallBufPool.Get().(*[]byte), &smallBufPool
+				bp = smallBufPool.Get().(*[]byte)
 			}
 		}
 		buf := *bp
-		lent := lender != nil && pool == &bufPool
+		lent := read == 0 && lender != nil && pool == &bufPool
 		if lent {
 			buf = lender.LendBuffer()
 		}
-		nr, rerr := src.Read(buf)
+		nr, rerr := read, error(nil)
+		if read == 0 {
+			nr, rerr = src.Read(buf)
+		}
 		if nr > 0 || lent {
 			var nw int
 			var werr error

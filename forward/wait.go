@@ -1,6 +1,9 @@
 package forward
 
-import "net"
+import (
+	"net"
+	"sync"
+)
 
 // readWaiter blocks until its connection has something to read (data, EOF
 // or an error), holding no buffer meanwhile: 1,000 idle streams then hold
@@ -9,7 +12,7 @@ import "net"
 // message).
 type readWaiter struct {
 	stream interface{ WaitReadable() } // a tunnel stream
-	socket *socketWaiter               // a socket we can peek
+	socket *socketWaiter               // a socket we can wait on without a buffer
 }
 
 func newReadWaiter(c net.Conn) readWaiter {
@@ -19,16 +22,22 @@ func newReadWaiter(c net.Conn) readWaiter {
 	return readWaiter{socket: newSocketWaiter(c)}
 }
 
-// wait returns when a Read would not block. Connections without a way to
-// wait return at once, and the caller's Read waits instead. An error is
-// the connection's read error.
-func (w readWaiter) wait() error {
-	switch {
-	case w.stream != nil:
+// wait returns when a stream's Read would not block. Other connections
+// return at once, and the caller's Read (or waitRead) waits instead.
+func (w readWaiter) wait() {
+	if w.stream != nil {
 		w.stream.WaitReadable() // the next Read returns the stream's error, if any
-		return nil
-	case w.socket != nil:
-		return w.socket.wait()
 	}
-	return nil
+}
+
+// waitRead waits as wait does; from a socket it also reads what arrived
+// into a buffer from pool, taken only once there is data, and returns it
+// with the byte count (io.EOF at the end of the stream). A nil buffer
+// means nothing was read: the caller's Read comes next.
+func (w readWaiter) waitRead(pool *sync.Pool) (*[]byte, int, error) {
+	if w.socket != nil {
+		return w.socket.read(pool)
+	}
+	w.wait()
+	return nil, 0, nil
 }

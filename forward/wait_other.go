@@ -2,11 +2,15 @@
 
 package forward
 
-import "net"
+import (
+	"net"
+	"sync"
+)
 
-// socketWaiter cannot peek here: the caller's Read waits instead.
+// socketWaiter cannot wait without a buffer here: the caller's Read
+// waits instead.
 type socketWaiter struct{}
 
 func newSocketWaiter(net.Conn) *socketWaiter { return nil }
 
-func (*socketWaiter) wait() error { return nil }
+func (*socketWaiter) read(*sync.Pool) (*[]byte, int, error) { return nil, 0, nil }
