@@ -21,12 +21,26 @@ import (
 // after it: our Open always writes the stream header right behind the SYN,
 // so the two leave in one record and one syscall, and the peer wakes once
 // per new stream instead of twice.
+//
+// A body too large for one TLS record with its header is not copied: the
+// header and the body go to a pairWriter (the TLS connection), which seals
+// them as records of their own and sends them in one system call. A 32 KiB
+// body takes three records either way ([12][16384][16384] against
+// [16384][16384][12] joined), and the copy was a memmove of every byte
+// sent.
 type frameJoiner struct {
 	net.Conn
-	held    []byte // headers waiting for what follows them
-	bodyDue bool   // held ends with a data header whose body is next
+	pair    pairWriter // nil: join every body
+	held    []byte     // headers waiting for what follows them
+	bodyDue bool       // held ends with a data header whose body is next
 	joined  []byte
 	maxBody int
+}
+
+// pairWriter writes two buffers as one Write would write them joined
+// (transport/ssl.Conn).
+type pairWriter interface {
+	WritePair(a, b []byte) (int, error)
 }
 
 const (
@@ -38,10 +52,16 @@ const (
 	// Bodies up to this size are joined with their header; above it the
 	// copy costs more than the separate 12-byte record saves.
 	maxJoinedBody = 64 * 1024
+	// With a pairWriter, bodies up to this size are joined: header and
+	// body fit one TLS record (16 KiB of data), one record fewer than
+	// apart. Larger ones are written as a pair.
+	maxPairJoinedBody = 16*1024 - maxHeldHeaders
 )
 
-func newFrameJoiner(c net.Conn) *frameJoiner {
-	return &frameJoiner{Conn: c, maxBody: maxJoinedBody, held: make([]byte, 0, maxHeldHeaders)}
+// newFrameJoiner joins frames written to c; pair, if not nil, is c's
+// way to write a header and a large body without joining them.
+func newFrameJoiner(c net.Conn, pair pairWriter) *frameJoiner {
+	return &frameJoiner{Conn: c, pair: pair, maxBody: maxJoinedBody, held: make([]byte, 0, maxHeldHeaders)}
 }
 
 func (f *frameJoiner) Write(p []byte) (int, error) {
@@ -60,6 +80,14 @@ func (f *frameJoiner) Write(p []byte) (int, error) {
 	}
 	if len(f.held) == 0 {
 		return f.Conn.Write(p)
+	}
+	if f.pair != nil && f.bodyDue && len(p) > maxPairJoinedBody {
+		held := f.held
+		f.held, f.bodyDue = f.held[:0], false
+		if _, err := f.pair.WritePair(held, p); err != nil {
+			return 0, err
+		}
+		return len(p), nil
 	}
 	f.joined = append(append(f.joined[:0], f.held...), p...)
 	f.held, f.bodyDue = f.held[:0], false

@@ -23,7 +23,7 @@ func frameHeader(typ byte, length uint32) []byte {
 
 func TestFrameJoiner(t *testing.T) {
 	rec := &recordingConn{}
-	f := newFrameJoiner(rec)
+	f := newFrameJoiner(rec, nil)
 	small := []byte("hello")
 	f.Write(frameHeader(yamuxTypeData, 5))
 	f.Write(small)
@@ -47,7 +47,7 @@ func TestFrameJoiner(t *testing.T) {
 // write for both. Other window updates still go alone.
 func TestFrameJoinerHoldsSYN(t *testing.T) {
 	rec := &recordingConn{}
-	f := newFrameJoiner(rec)
+	f := newFrameJoiner(rec, nil)
 	syn := frameHeader(yamuxTypeWindow, 1<<20)
 	syn[3] = yamuxFlagSYN
 	f.Write(syn)
@@ -60,5 +60,52 @@ func TestFrameJoinerHoldsSYN(t *testing.T) {
 	want := append(append(syn, frameHeader(yamuxTypeData, 3)...), "hdr"...)
 	if !bytes.Equal(rec.writes[0], want) {
 		t.Fatalf("SYN, header and body not joined: % x", rec.writes[0])
+	}
+}
+
+// pairRecorder is a recordingConn that also takes pairs, recording each
+// as one write of both, and the body's first byte's address.
+type pairRecorder struct {
+	recordingConn
+	pairs      int
+	pairBodies []*byte
+}
+
+func (r *pairRecorder) WritePair(a, b []byte) (int, error) {
+	r.pairs++
+	r.pairBodies = append(r.pairBodies, &b[0])
+	r.writes = append(r.writes, append(bytes.Clone(a), b...))
+	return len(a) + len(b), nil
+}
+
+// With a pairWriter, a body too large to share one TLS record with its
+// header goes with it as a pair, not copied; smaller bodies are joined
+// as before, and a held SYN goes with the pair's header.
+func TestFrameJoinerPairsLargeBodies(t *testing.T) {
+	rec := &pairRecorder{}
+	f := newFrameJoiner(rec, rec)
+	small := make([]byte, maxPairJoinedBody)
+	f.Write(frameHeader(yamuxTypeData, uint32(len(small))))
+	f.Write(small)
+	large := make([]byte, maxPairJoinedBody+1)
+	f.Write(frameHeader(yamuxTypeData, uint32(len(large))))
+	f.Write(large)
+	syn := frameHeader(yamuxTypeWindow, 1<<20)
+	syn[3] = yamuxFlagSYN
+	f.Write(syn)
+	bulk := make([]byte, 32<<10)
+	f.Write(frameHeader(yamuxTypeData, uint32(len(bulk))))
+	f.Write(bulk)
+	if len(rec.writes) != 3 || rec.pairs != 2 {
+		t.Fatalf("%d writes, %d of them pairs; want 3 and 2", len(rec.writes), rec.pairs)
+	}
+	if rec.pairBodies[0] != &large[0] || rec.pairBodies[1] != &bulk[0] {
+		t.Fatal("a paired body was copied")
+	}
+	if !bytes.Equal(rec.writes[0], append(frameHeader(yamuxTypeData, uint32(len(small))), small...)) {
+		t.Fatal("a body that fits one record with its header was not joined")
+	}
+	if want := append(append(syn, frameHeader(yamuxTypeData, uint32(len(bulk)))...), bulk...); !bytes.Equal(rec.writes[2], want) {
+		t.Fatal("the held SYN did not go with the pair")
 	}
 }

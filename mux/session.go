@@ -264,7 +264,8 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 		cfg.Window = max(cfg.WindowFor(class), cfg.Window)
 	}
 	maxStreams := streamCap(cfg.MaxStreams, cfg.MaxBuffer, cfg.Window)
-	joined := newFrameJoiner(cc)
+	pair, _ := conn.(pairWriter) // writes go to conn: cc counts only reads
+	joined := newFrameJoiner(cc, pair)
 	if role == RoleClient {
 		y, err = yamux.Client(joined, yamuxConfig(cfg.Logger, cfg.YamuxLog, cfg.Window, maxStreams))
 	} else {

@@ -48,6 +48,23 @@ func (c *Conn) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// WritePair encrypts a and then b, each into records of its own, and
+// sends all of them in one system call: a frame's header and a large body
+// leave together without first being copied into one buffer.
+func (c *Conn) WritePair(a, b []byte) (int, error) {
+	c.raw.hold()
+	n, err := c.Conn.Write(a)
+	if err == nil {
+		var m int
+		m, err = c.Conn.Write(b)
+		n += m
+	}
+	if ferr := c.raw.flush(); err == nil {
+		err = ferr
+	}
+	return n, err
+}
+
 // batchingConn sits under tls.Conn. While held, writes collect in a buffer
 // and go out together on flush. Every write takes mu and buffered bytes
 // always leave before a direct write, so records stay in the order TLS
