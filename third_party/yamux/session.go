@@ -175,7 +175,6 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 	} else {
 		s.nextStreamID = 2
 	}
-	s.writes.write = s.writeQueued
 	go s.recv()
 	go s.send()
 	if config.EnableKeepAlive {
@@ -564,13 +563,7 @@ func (s *Session) send() {
 // together on the wire. The bytes written are the same as upstream's:
 // the protocol is unchanged.
 func (s *Session) writeData(f *writeFlow, hdr header, body []byte) error {
-	// Patched for tunnelworks (patch 14): with the connection busy, queue
-	// a copy of the frame for its holder to write, and return.
-	took, queued := s.writes.queue(f, hdr, body)
-	if queued {
-		return nil
-	}
-	if !took {
+	if !s.writes.tryTake(f, len(hdr)+len(body)) {
 		if err := s.waitWriteSlot(f, len(hdr)+len(body)); err != nil {
 			return err
 		}
@@ -588,23 +581,6 @@ func (s *Session) writeData(f *writeFlow, hdr header, body []byte) error {
 	s.writes.release()
 	if err != nil {
 		// As when sendLoop fails to write: the session is over.
-		s.logger.Printf("[ERR] yamux: Failed to write data frame: %v", err)
-		s.exitErr(err)
-		return err
-	}
-	return nil
-}
-
-// writeQueued writes a frame that a stream queued (writeQueue.queue) from
-// the goroutine that holds the connection. Patched for tunnelworks (patch
-// 14).
-func (s *Session) writeQueued(frame []byte) error {
-	select {
-	case <-s.shutdownCh:
-		return ErrSessionShutdown
-	default:
-	}
-	if _, err := s.conn.Write(frame); err != nil {
 		s.logger.Printf("[ERR] yamux: Failed to write data frame: %v", err)
 		s.exitErr(err)
 		return err

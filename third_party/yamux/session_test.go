@@ -1814,14 +1814,6 @@ func TestSession_ConnectionWriteTimeout(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 
-	// Patched for tunnelworks (patch 14): a stream's first frames queue
-	// behind the writer without waiting; the one after them waits, and
-	// times out.
-	for i := 0; i < maxQueuedFrames; i++ {
-		if _, err := second.Write([]byte("queue")); err != nil {
-			t.Fatalf("queued write %d: %v", i, err)
-		}
-	}
 	n, err := second.Write([]byte("world"))
 	if err != ErrConnectionWriteTimeout {
 		t.Fatalf("second write: err = %v, want %v", err, ErrConnectionWriteTimeout)

@@ -367,9 +367,6 @@ func (s *Stream) sendClose() error {
 	flags := s.sendFlags()
 	flags |= flagFIN
 	s.controlHdr.encode(typeWindowUpdate, flags, s.id, 0)
-	// Patched for tunnelworks (patch 14): the FIN follows this stream's
-	// queued data frames.
-	s.session.writes.waitQueued(&s.flow, s.session.shutdownCh)
 	if err := s.session.waitForSendErr(s.controlHdr, nil, s.controlErr); err != nil {
 		if errors.Is(err, ErrSessionShutdown) || errors.Is(err, ErrConnectionWriteTimeout) {
 			// Message left in ready queue, header re-use is unsafe.
@@ -473,14 +470,9 @@ func (s *Stream) Reset() error {
 	// holds it has handed its frames to conn when it lets go. A Write
 	// waiting for window lets go at once (it sees the reset); one inside
 	// conn.Write may take as long as the connection, so do not wait for it.
-	// Patched for tunnelworks (patch 14): nor for frames the stream
-	// queued (sendReset waits for them to leave).
 	if s.sendLock.TryLock() {
-		if !s.session.writes.hasQueued(&s.flow) {
-			defer s.sendLock.Unlock()
-			return s.sendReset()
-		}
-		s.sendLock.Unlock()
+		defer s.sendLock.Unlock()
+		return s.sendReset()
 	}
 	go func() {
 		s.sendLock.Lock()
@@ -491,9 +483,7 @@ func (s *Stream) Reset() error {
 }
 
 // sendReset queues a RST frame for the stream. sendLock must be held.
-// Patched for tunnelworks (patch 14): after the stream's queued frames.
 func (s *Stream) sendReset() error {
-	s.session.writes.waitQueued(&s.flow, s.session.shutdownCh)
 	hdr := header(make([]byte, headerSize))
 	hdr.encode(typeWindowUpdate, flagRST, s.id, 0)
 	return s.session.sendNoWait(hdr)
@@ -511,7 +501,6 @@ func (s *Stream) closeTimeout() {
 	// Send a RST so the remote side closes too.
 	s.sendLock.Lock()
 	defer s.sendLock.Unlock()
-	s.session.writes.waitQueued(&s.flow, s.session.shutdownCh) // Patched for tunnelworks (patch 14)
 	hdr := header(make([]byte, headerSize))
 	hdr.encode(typeWindowUpdate, flagRST, s.id, 0)
 	_ = s.session.sendNoWait(hdr)

@@ -24,37 +24,14 @@ const maxDataFrame = 32 * 1024
 // frame; a flow that has been quiet starts at now, so its small frame ends
 // before the next frame of any busy flow and goes next. A flow's frames
 // keep their order: its writer waits for each frame to be written before
-// it sends the next, or queues it (patch 14).
-//
-// Queued frames (patch 14): a writer that finds the connection busy may
-// leave a copy of its frame in its turn's place and return; release writes
-// the queued frames ahead of the first waiting writer from the goroutine
-// that holds the connection, so no goroutine has to be woken before they
-// leave. Bounded by maxQueuedFrames per flow and maxQueuedBytes in all.
+// it sends the next.
 type writeQueue struct {
 	mu      sync.Mutex
 	busy    bool      // a frame is being written
 	now     uint64    // virtual time: the start of the frame being written
 	seq     uint64    // arrival order, for ties
 	waiting writeHeap // by end, then arrival
-
-	// write sends a queued frame (header and body) on the connection; the
-	// writer that holds the connection calls it for the frames queued
-	// behind it (see queue).
-	write func(frame []byte) error
-	// queuedBytes counts the queued frames' bytes, within maxQueuedBytes.
-	queuedBytes int
 }
-
-const (
-	// maxQueuedFrames is how many frames one flow may queue without
-	// waiting for them to be written.
-	maxQueuedFrames = 2
-	// maxQueuedBytes bounds the queued frames of a session.
-	maxQueuedBytes = 1 << 20
-)
-
-var framePool = sync.Pool{New: func() any { b := make([]byte, 0, headerSize+maxDataFrame); return &b }}
 
 // writeFlow is one flow's place in the queue: the virtual time at which
 // its last frame ends, and its turn when it waits (one at a time). Only
@@ -62,10 +39,6 @@ var framePool = sync.Pool{New: func() any { b := make([]byte, 0, headerSize+maxD
 type writeFlow struct {
 	end  uint64
 	turn writeTurn
-	// queued counts this flow's frames waiting in the queue with nobody
-	// waiting for them; drained, if not nil, is closed when it drops to 0.
-	queued  int
-	drained chan struct{}
 }
 
 // writeTurn is a waiting writer.
@@ -74,10 +47,6 @@ type writeTurn struct {
 	index           int           // in the heap
 	ready           chan struct{} // gets a value when the turn is granted
 	granted         bool
-	// A queued frame instead of a waiting writer: written by whoever
-	// holds the connection when its turn comes.
-	frame *[]byte
-	flow  *writeFlow
 }
 
 // tryTake takes the connection for a frame of n bytes of f if nobody
@@ -141,93 +110,19 @@ func (q *writeQueue) take(f *writeFlow, n int, done <-chan struct{}, errDone err
 	return err
 }
 
-// queue takes the connection for a frame of f (as tryTake) when nobody
-// writes or waits; otherwise it queues a copy of the frame, to be written
-// by whoever holds the connection when its turn comes, and returns at once
-// (queued). It does neither (false, false) when f or the session has
-// queued as much as it may: the caller then waits its turn.
-func (q *writeQueue) queue(f *writeFlow, hdr, body []byte) (took, queued bool) {
-	n := len(hdr) + len(body)
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if !q.busy && len(q.waiting) == 0 {
-		q.busy = true
-		q.now = later(q.now, f.end)
-		f.end = q.now + uint64(n)
-		return true, false
-	}
-	if q.write == nil || f.queued >= maxQueuedFrames || q.queuedBytes+n > maxQueuedBytes || n > headerSize+maxDataFrame {
-		return false, false
-	}
-	buf := framePool.Get().(*[]byte)
-	*buf = append(append((*buf)[:0], hdr...), body...)
-	t := &writeTurn{frame: buf, flow: f}
-	t.start = later(q.now, f.end)
-	t.end = t.start + uint64(n)
-	t.seq = q.seq
-	q.seq++
-	f.end = t.end
-	f.queued++
-	q.queuedBytes += n
-	heap.Push(&q.waiting, t)
-	return false, true
-}
-
-// hasQueued says whether f has frames queued.
-func (q *writeQueue) hasQueued(f *writeFlow) bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return f.queued > 0
-}
-
-// waitQueued returns when f has no frames queued, or done is closed.
-func (q *writeQueue) waitQueued(f *writeFlow, done <-chan struct{}) {
-	q.mu.Lock()
-	if f.queued == 0 {
-		q.mu.Unlock()
-		return
-	}
-	if f.drained == nil {
-		f.drained = make(chan struct{})
-	}
-	ch := f.drained
-	q.mu.Unlock()
-	select {
-	case <-ch:
-	case <-done:
-	}
-}
-
-// release ends the current frame, writes the frames queued ahead of the
-// first waiting writer, and hands the connection to that writer.
+// release ends the current frame and hands the connection to the waiter
+// whose frame ends first.
 func (q *writeQueue) release() {
 	q.mu.Lock()
-	for {
-		if len(q.waiting) == 0 {
-			q.busy = false
-			q.mu.Unlock()
-			return
-		}
-		t := heap.Pop(&q.waiting).(*writeTurn)
-		q.now = later(q.now, t.start)
-		if t.frame == nil {
-			t.granted = true
-			t.ready <- struct{}{}
-			q.mu.Unlock()
-			return
-		}
-		q.mu.Unlock()
-		_ = q.write(*t.frame) // a failed write ends the session; the rest fail fast
-		q.mu.Lock()
-		q.queuedBytes -= len(*t.frame)
-		framePool.Put(t.frame)
-		f := t.flow
-		f.queued--
-		if f.queued == 0 && f.drained != nil {
-			close(f.drained)
-			f.drained = nil
-		}
+	defer q.mu.Unlock()
+	if len(q.waiting) == 0 {
+		q.busy = false
+		return
 	}
+	t := heap.Pop(&q.waiting).(*writeTurn)
+	q.now = later(q.now, t.start)
+	t.granted = true
+	t.ready <- struct{}{}
 }
 
 // writeHeap orders waiting turns by end, then arrival.
