@@ -154,6 +154,7 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 	direct := newDirectDelivery(dst, src, count)
 	waiter := newReadWaiter(src)
 	lender, _ := dst.(bufferLender)
+	drain, _ := src.(bufferedSource)
 	park := false
 	for {
 		read := 0 // bytes the wait read into bp (a socket's)
@@ -192,10 +193,27 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 			buf = lender.LendBuffer()
 		}
 		nr, rerr := read, error(nil)
-		if read == 0 {
+		moved := false // the source wrote to dst itself
+		switch {
+		case read > 0:
+		case drain != nil && pool == &bufPool && (direct == nil || !direct.forBulk()):
+			// Bulk from a tunnel stream that shares its session (a lone
+			// one parks for direct delivery instead): the stream writes
+			// its received chunks to dst, no copy into buf.
+			var werr error
+			nr, rerr, werr = drain.WriteBufferedTo(dst)
+			if nr > 0 {
+				n += int64(nr)
+				count(nr)
+			}
+			if werr != nil {
+				return n, &WriteError{Err: werr}
+			}
+			moved = true
+		default:
 			nr, rerr = src.Read(buf)
 		}
-		if nr > 0 || lent {
+		if !moved && (nr > 0 || lent) {
 			var nw int
 			var werr error
 			if lent {
@@ -247,6 +265,13 @@ type bufferLender interface {
 	// WriteLent writes b, the lent buffer cut to the bytes read (maybe
 	// none), as Write does, and takes the buffer back.
 	WriteLent(b []byte) (int, error)
+}
+
+// A bufferedSource writes what it received to a destination itself,
+// from its own buffer (a tunnel stream: see mux's WriteBufferedTo). rerr
+// is what Read would have returned, werr the destination's error.
+type bufferedSource interface {
+	WriteBufferedTo(w io.Writer) (n int, rerr, werr error)
 }
 
 // closeWrite half-closes c: TCP FIN, or a tunnel stream's FIN.

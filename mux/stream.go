@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -110,29 +111,62 @@ func (st *Stream) Service() string { return st.service }
 func (st *Stream) Session() *Session { return st.sess }
 
 func (st *Stream) Read(p []byte) (int, error) {
-	if st.awaitReply {
-		code, msg, err := readReply(st.y)
-		if err != nil {
-			err = st.readErr(err)
-			if errors.Is(err, ErrAborted) {
-				// yamux resets a stream it will not hold (the peer's
-				// stream limit) before a word of answer.
-				return 0, fmt.Errorf("the peer reset the stream before answering (at its stream limit, or its target failed at once): %w", err)
-			}
-			return 0, fmt.Errorf("waiting for the peer's answer: %w", err)
-		}
-		st.awaitReply = false
-		_ = st.y.SetReadDeadline(time.Time{})
-		if code != CodeOK {
-			return 0, &OpenError{Service: st.service, Code: code, Msg: msg}
-		}
-		st.answered.Store(true)
+	if err := st.takeReply(); err != nil {
+		return 0, err
 	}
 	n, err := st.y.Read(p)
 	if err != nil {
 		err = st.readErr(err)
 	}
 	return n, err
+}
+
+// WriteBufferedTo is Read and a write of what was read to w in one: it
+// waits as Read does, then writes what the stream received (at most 64
+// KiB) to w straight from yamux's receive buffer, without a copy into a
+// buffer of the caller's. rerr is what Read would have returned, werr
+// w's error.
+func (st *Stream) WriteBufferedTo(w io.Writer) (n int, rerr, werr error) {
+	return st.WriteBufferedToIf(w, nil)
+}
+
+// WriteBufferedToIf is WriteBufferedTo with commit, called with the byte
+// count before any is written; returning false drops them (then 0 and no
+// error).
+func (st *Stream) WriteBufferedToIf(w io.Writer, commit func(n int) bool) (n int, rerr, werr error) {
+	if err := st.takeReply(); err != nil {
+		return 0, err, nil
+	}
+	n, rerr, werr = writeBufferedTo(st.y, w, commit)
+	if rerr != nil {
+		rerr = st.readErr(rerr)
+	}
+	return n, rerr, werr
+}
+
+// takeReply reads the peer's answer to our open, once, before the first
+// byte of data.
+func (st *Stream) takeReply() error {
+	if !st.awaitReply {
+		return nil
+	}
+	code, msg, err := readReply(st.y)
+	if err != nil {
+		err = st.readErr(err)
+		if errors.Is(err, ErrAborted) {
+			// yamux resets a stream it will not hold (the peer's
+			// stream limit) before a word of answer.
+			return fmt.Errorf("the peer reset the stream before answering (at its stream limit, or its target failed at once): %w", err)
+		}
+		return fmt.Errorf("waiting for the peer's answer: %w", err)
+	}
+	st.awaitReply = false
+	_ = st.y.SetReadDeadline(time.Time{})
+	if code != CodeOK {
+		return &OpenError{Service: st.service, Code: code, Msg: msg}
+	}
+	st.answered.Store(true)
+	return nil
 }
 
 // WaitReadable blocks until a Read would not block (data, EOF or an error

@@ -3,6 +3,7 @@
 package mux
 
 import (
+	"io"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -49,3 +50,9 @@ func windowSharedBy(y *yamux.Session) int { return y.WindowSharedBy() }
 
 // streamWindow is the largest window a stream of y is offered now.
 func streamWindow(y *yamux.Session) int { return int(y.StreamWindow()) }
+
+// writeBufferedTo writes what y received to w from its receive chunks
+// (patch 14).
+func writeBufferedTo(y *yamux.Stream, w io.Writer, commit func(n int) bool) (int, error, error) {
+	return y.WriteBufferedTo(w, commit)
+}

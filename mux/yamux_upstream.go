@@ -3,6 +3,7 @@
 package mux
 
 import (
+	"io"
 	"time"
 
 	"github.com/hashicorp/yamux"
@@ -36,3 +37,16 @@ func windowSharedBy(*yamux.Session) int { return 1 }
 
 // streamWindow: upstream does not tell.
 func streamWindow(*yamux.Session) int { return 0 }
+
+func writeBufferedTo(y *yamux.Stream, w io.Writer, commit func(n int) bool) (int, error, error) {
+	buf := make([]byte, 32<<10)
+	n, err := y.Read(buf)
+	if n == 0 {
+		return 0, err, nil
+	}
+	if commit != nil && !commit(n) {
+		return 0, nil, nil
+	}
+	m, werr := w.Write(buf[:n])
+	return m, nil, werr
+}

@@ -57,6 +57,9 @@ type rig struct {
 // yamux offers only to a stream receiving alone).
 type directCount struct {
 	bytes, largeFrames atomic.Int64
+	// buffered: bytes the pipe had the stream write from its own buffer
+	// (WriteBufferedTo).
+	buffered atomic.Int64
 }
 
 // countedStream and countedCarrier count what their pipe's direct
@@ -68,6 +71,12 @@ type countedStream struct {
 
 func (c countedStream) SetDeliver(f func(p []byte) int) bool {
 	return c.Stream.SetDeliver(countDirect(f, c.n))
+}
+
+func (c countedStream) WriteBufferedTo(w io.Writer) (int, error, error) {
+	n, rerr, werr := c.Stream.WriteBufferedTo(w)
+	c.n.buffered.Add(int64(n))
+	return n, rerr, werr
 }
 
 type countedCarrier struct {

@@ -136,6 +136,47 @@ func (s *Stream) Service() string { return s.service }
 func (s *Stream) Class() string { return s.class }
 
 func (s *Stream) Read(p []byte) (int, error) {
+	n, err, _ := s.read(func(c *mux.Stream, gen uint64) (int, error, error) {
+		n, err := c.Read(p)
+		if n > 0 && !s.commitDelivered(gen, n) {
+			return 0, nil, nil // moved meanwhile: the new carrier brings these bytes again
+		}
+		return n, err, nil
+	})
+	return n, err
+}
+
+// WriteBufferedTo is Read and a write of what was read to w in one: the
+// bytes go to w straight from the carrier's receive buffer (mux's
+// WriteBufferedTo), without a copy into a buffer of the caller's. rerr is
+// what Read would have returned, werr w's error.
+func (s *Stream) WriteBufferedTo(w io.Writer) (n int, rerr, werr error) {
+	return s.read(func(c *mux.Stream, gen uint64) (int, error, error) {
+		return c.WriteBufferedToIf(w, func(n int) bool { return s.commitDelivered(gen, n) })
+	})
+}
+
+// commitDelivered counts n bytes read from the carrier of generation gen
+// as delivered, and tells the peer when due; false if the stream moved
+// to another carrier meanwhile (that one brings the bytes again: what we
+// told the peer we had was fixed at the move).
+func (s *Stream) commitDelivered(gen uint64, n int) bool {
+	s.mu.Lock()
+	if gen != s.gen {
+		s.mu.Unlock()
+		return false
+	}
+	s.delivered += uint64(n)
+	send := s.noteDeliveredLocked()
+	s.mu.Unlock()
+	send()
+	return true
+}
+
+// read runs f, a read from the current carrier that counts what it
+// delivers with commitDelivered, until it delivers bytes or the stream
+// ends; across a lost session it waits for the next carrier.
+func (s *Stream) read(f func(c *mux.Stream, gen uint64) (n int, rerr, werr error)) (int, error, error) {
 	for {
 		s.mu.Lock()
 		for s.carrier == nil && s.err == nil && !s.finDelivered && !s.frozen {
@@ -143,39 +184,31 @@ func (s *Stream) Read(p []byte) (int, error) {
 		}
 		if s.finDelivered {
 			s.mu.Unlock()
-			return 0, io.EOF
+			return 0, io.EOF, nil
 		}
 		if s.frozen {
 			s.mu.Unlock()
-			return 0, ErrHandedOver
+			return 0, ErrHandedOver, nil
 		}
 		if s.err != nil {
 			err := s.err
 			s.mu.Unlock()
-			return 0, err
+			return 0, err, nil
 		}
 		c, gen := s.carrier, s.gen
 		s.mu.Unlock()
 
-		n, err := c.Read(p)
-
-		s.mu.Lock()
-		if gen != s.gen {
-			// Moved meanwhile: the new carrier brings these bytes again
-			// (what we told the peer we had was fixed at the move).
-			s.mu.Unlock()
-			continue
-		}
-		if n > 0 {
-			s.delivered += uint64(n)
-			send := s.noteDeliveredLocked()
-			s.mu.Unlock()
-			send()
-			return n, nil
+		n, err, werr := f(c, gen)
+		if n > 0 || werr != nil {
+			return n, nil, werr
 		}
 		if err == nil {
-			s.mu.Unlock()
 			continue
+		}
+		s.mu.Lock()
+		if gen != s.gen {
+			s.mu.Unlock()
+			continue // moved meanwhile
 		}
 		if err == io.EOF {
 			// The peer's FIN on a live session (mux reports a lost
@@ -189,13 +222,13 @@ func (s *Stream) Read(p []byte) (int, error) {
 			if complete {
 				s.finish(nil)
 			}
-			return 0, io.EOF
+			return 0, io.EOF, nil
 		}
 		s.mu.Unlock()
 		if s.lost(c, gen, err) {
 			continue
 		}
-		return 0, s.fail(err)
+		return 0, s.fail(err), nil
 	}
 }
 

@@ -168,3 +168,25 @@ func (s *Session) ReceiveBuffered() int {
 	}
 	return n
 }
+
+// detach moves whole chunks holding up to about max unread bytes (at
+// least one chunk) out of the buffer, appended to dst, with the offset of
+// the first's unread bytes and how many bytes they hold; the caller gives
+// them back with the pools' put once it has written them.
+func (b *recvBuffer) detach(dst []*[]byte, max int) ([]*[]byte, int, int) {
+	off, n, k := b.off, 0, 0
+	for k < len(b.chunks) && (k == 0 || n+len(*b.chunks[k]) <= max) {
+		n += len(*b.chunks[k])
+		k++
+	}
+	n -= off
+	dst = append(dst, b.chunks[:k]...)
+	rest := copy(b.chunks, b.chunks[k:])
+	for i := rest; i < len(b.chunks); i++ {
+		b.chunks[i] = nil
+	}
+	b.chunks = b.chunks[:rest]
+	b.off = 0
+	b.n -= n
+	return dst, off, n
+}

@@ -33,7 +33,10 @@ type Stream struct {
 	state     streamState
 	stateLock sync.Mutex
 
-	recvBuf  *recvBuffer // patched: chunks (patch_recvbuf.go), not a bytes.Buffer
+	recvBuf *recvBuffer // patched: chunks (patch_recvbuf.go), not a bytes.Buffer
+	// detached is WriteBufferedTo's list of chunks taken out of recvBuf
+	// (patched, patch 14), kept between calls.
+	detached []*[]byte
 	recvLock sync.Mutex
 
 	controlHdr     header
