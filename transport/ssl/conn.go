@@ -1,7 +1,6 @@
 package ssl
 
 import (
-	"bufio"
 	"crypto/tls"
 	"net"
 	"sync"
@@ -10,19 +9,18 @@ import (
 // Conn is a TLS connection that moves bulk data in few system calls.
 //
 // crypto/tls writes every record (at most 16 KiB of data) with its own
-// write(2) and reads one record per read(2). Over loopback each of those
-// calls also runs the peer's TCP receive path, so calls, not AES, were the
-// main cost of the tunnel (about 60% of CPU in syscalls before this, see
-// bench/README.md). Conn sends all records of one Write in a single call,
-// and reads through a buffer that takes several records per call.
+// write(2). Over loopback each of those calls also runs the peer's TCP
+// receive path, so calls, not AES, were the main cost of the tunnel (about
+// 60% of CPU in syscalls before this, see bench/README.md). Conn sends all
+// records of one Write in a single call. Reads go straight to the socket:
+// crypto/tls reads what its record buffer has room for, often several
+// records a call, and a buffer of our own under it cost a copy of every
+// byte received for 10% fewer read(2) calls (bench/README.md, "eighth
+// part").
 type Conn struct {
 	*tls.Conn
 	raw *batchingConn
 }
-
-// readBuffer takes up to 4 full TLS records per read(2). One per session
-// and side; streams have their own buffers above this.
-const readBuffer = 64 * 1024
 
 // Client starts the client side of a TLS connection on raw (the handshake
 // runs on first use or with Handshake).
@@ -72,7 +70,6 @@ func (c *Conn) WritePair(a, b []byte) (int, error) {
 // writes meanwhile.
 type batchingConn struct {
 	net.Conn
-	rd *bufio.Reader
 
 	mu      sync.Mutex
 	holders int
@@ -80,10 +77,8 @@ type batchingConn struct {
 }
 
 func newBatchingConn(c net.Conn) *batchingConn {
-	return &batchingConn{Conn: c, rd: bufio.NewReaderSize(c, readBuffer)}
+	return &batchingConn{Conn: c}
 }
-
-func (b *batchingConn) Read(p []byte) (int, error) { return b.rd.Read(p) }
 
 func (b *batchingConn) Write(p []byte) (int, error) {
 	b.mu.Lock()
