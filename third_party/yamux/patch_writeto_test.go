@@ -9,9 +9,9 @@ import (
 	"testing"
 )
 
-// TestStream_WriteBufferedTo: a reader that passes the bytes on with
-// WriteBufferedTo gets every byte in order, at most maxDetach per call,
-// then io.EOF; the stream holds no chunks afterwards.
+// TestStream_WriteBufferedTo: a reader that reads a little, then passes
+// the bytes on with WriteBufferedTo, gets every byte in order, at most
+// maxDetach per call, then io.EOF; the stream holds no chunks afterwards.
 func TestStream_WriteBufferedTo(t *testing.T) {
 	c, s := tcpPair(t)
 	client, err := Client(c, patchConf())
@@ -31,7 +31,14 @@ func TestStream_WriteBufferedTo(t *testing.T) {
 		_, _ = cs.Write(data)
 		_ = cs.Close()
 	}()
+	// A Read first, as the agents' pipe reads a stream's first bytes: the
+	// rest starts inside a chunk.
 	var got bytes.Buffer
+	first := make([]byte, 1000)
+	if _, err := io.ReadFull(ss, first); err != nil {
+		t.Fatal(err)
+	}
+	got.Write(first)
 	calls := 0
 	for {
 		n, rerr, werr := ss.WriteBufferedTo(&got, nil)
