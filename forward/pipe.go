@@ -15,14 +15,19 @@ import (
 	"time"
 )
 
-const bufSize = 32 * 1024
+// bufSize is the large buffer: one read's worth of bulk data is one data
+// frame of the tunnel's yamux (at most 64 KiB), so each frame's fixed
+// costs (a turn on the session's connection, a goroutine hand-off at each
+// end, system calls) are paid once per 64 KiB.
+const bufSize = 64 * 1024
 
 // Buffers are pooled: an idle connection holds none, a busy one holds one per
 // direction only while it copies.
 // Two sizes: a direction starts with a small buffer, which is all an idle
 // or chatty connection (BGP, OpenFlow) ever holds, and moves to a large one
 // once a read fills the small one. 1,000 idle streams then hold 4 KiB per
-// direction instead of 32 KiB (measured with bench/cmd/tunnel-bench).
+// direction instead of 32 KiB (then the large size; measured with
+// bench/cmd/tunnel-bench).
 const smallBufSize = 4 * 1024
 
 var (

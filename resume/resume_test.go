@@ -617,7 +617,9 @@ func TestFirstOpenRacesMove(t *testing.T) {
 }
 
 // WriteLent keeps the lent buffer in the replay buffer as it is (no
-// copy), the bytes arrive as sent, and an empty one is taken back.
+// copy), the bytes arrive as sent, and an empty one is taken back; a
+// short read's few bytes are copied into a chunk their size, so the
+// replay buffer does not hold a 64 KiB chunk for them.
 func TestWriteLentKeepsBuffer(t *testing.T) {
 	r := newRig(t, 30*time.Second)
 	cl := r.newClient("client-a")
@@ -632,8 +634,8 @@ func TestWriteLentKeepsBuffer(t *testing.T) {
 		t.Fatalf("WriteLent of nothing: %d, %v", n, err)
 	}
 	b := rs.LendBuffer()
-	if len(b) < 32<<10 {
-		t.Fatalf("lent %d bytes, want a 32 KiB chunk", len(b))
+	if len(b) < 64<<10 {
+		t.Fatalf("lent %d bytes, want a 64 KiB chunk", len(b))
 	}
 	for i := range b {
 		b[i] = byte(i*7 + i>>9)
@@ -652,7 +654,7 @@ func TestWriteLentKeepsBuffer(t *testing.T) {
 	held := rs.replay.len()
 	rs.mu.Unlock()
 	// Delivery notices come per quarter of the replay buffer (1 MiB
-	// here): 32 KiB stays held.
+	// here): 64 KiB stays held.
 	if !kept || held != len(want) {
 		t.Fatalf("the replay buffer holds %d bytes, the lent buffer itself: %v; want %d bytes, the buffer kept", held, kept, len(want))
 	}
@@ -663,6 +665,34 @@ func TestWriteLentKeepsBuffer(t *testing.T) {
 	if !bytes.Equal(got, want) {
 		t.Fatal("the echo differs from the bytes written")
 	}
+
+	// A short read: its chunk, the newest in the replay buffer, must be
+	// small. The peer confirms 20 ms after delivery and the buffer then
+	// drops it, so look again if it was gone before we looked.
+	seen := false
+	for try := 0; try < 5 && !seen; try++ {
+		short := rs.LendBuffer()
+		short = short[:copy(short, "a short read")]
+		if n, err := rs.WriteLent(short); n != len(short) || err != nil {
+			t.Fatalf("WriteLent of a short read: %d, %v", n, err)
+		}
+		rs.mu.Lock()
+		if k := len(rs.replay.chunks); k > 0 {
+			seen = true
+			if c := cap(rs.replay.chunks[k-1]); c > keepLentAbove {
+				rs.mu.Unlock()
+				t.Fatalf("a %d-byte lent write is held in a chunk of %d bytes, want at most %d", len(short), c, keepLentAbove)
+			}
+		}
+		rs.mu.Unlock()
+		echo := make([]byte, len(short))
+		if _, err := io.ReadFull(rs, echo); err != nil || string(echo) != "a short read" {
+			t.Fatalf("echo of the short read: %q, %v", echo, err)
+		}
+	}
+	if !seen {
+		t.Fatal("the replay buffer never held the short read when looked at")
+	}
 }
 
 // A chatty stream's message passes through the replay buffer (kept,
@@ -672,7 +702,7 @@ func TestWriteLentKeepsBuffer(t *testing.T) {
 // message cost three (the pooled slice header, the buffer's list, the
 // write's list). Bytes and chunk sizes are checked on every pass.
 func TestReplayBufferMessageAllocatesNothing(t *testing.T) {
-	for _, size := range []int{19, 512, 4000, 32 << 10} { // a BGP keepalive to a bulk chunk
+	for _, size := range []int{19, 512, 4000, 64 << 10} { // a BGP keepalive to a bulk chunk
 		var (
 			r    replayBuffer
 			list [][]byte

@@ -325,6 +325,14 @@ func (s *Stream) WriteLent(b []byte) (int, error) {
 		putChunk(b)
 		return 0, nil
 	}
+	if len(b) <= keepLentAbove {
+		// A short read into a large chunk: the replay buffer would hold
+		// the whole chunk for these few bytes until the peer confirms
+		// them. Copy them into a chunk their size instead.
+		n, err := s.write(b, false)
+		putChunk(b)
+		return n, err
+	}
 	return s.write(b, true)
 }
 
@@ -837,14 +845,18 @@ type replayBuffer struct {
 // chunkSizes are the pooled chunk sizes, smallest first: a chatty
 // stream's messages (a BGP keepalive is 19 bytes) take a small chunk, so
 // a thousand quiet streams each with a message unconfirmed hold little.
-var chunkSizes = [...]int{512, 4 << 10, 32 << 10}
+var chunkSizes = [...]int{512, 4 << 10, 64 << 10}
+
+// keepLentAbove is the most bytes of a lent chunk copied into a smaller
+// chunk rather than kept as they are (the middle chunk size).
+const keepLentAbove = 4 << 10
 
 // chunkPools hold arrays (*[512]byte, …), not slices: putting a
 // pointer in a Pool does not allocate, putting a slice header does.
 var chunkPools = [len(chunkSizes)]sync.Pool{
 	{New: func() any { return new([512]byte) }},
 	{New: func() any { return new([4 << 10]byte) }},
-	{New: func() any { return new([32 << 10]byte) }},
+	{New: func() any { return new([64 << 10]byte) }},
 }
 
 // getChunk is an empty chunk from pool p.
@@ -855,7 +867,7 @@ func getChunk(p *sync.Pool) []byte {
 	case *[4 << 10]byte:
 		return a[:0]
 	default:
-		return a.(*[32 << 10]byte)[:0]
+		return a.(*[64 << 10]byte)[:0]
 	}
 }
 
@@ -866,8 +878,8 @@ func putChunk(b []byte) {
 		chunkPools[0].Put((*[512]byte)(b[:512]))
 	case 4 << 10:
 		chunkPools[1].Put((*[4 << 10]byte)(b[:4<<10]))
-	case 32 << 10:
-		chunkPools[2].Put((*[32 << 10]byte)(b[:32<<10]))
+	case 64 << 10:
+		chunkPools[2].Put((*[64 << 10]byte)(b[:64<<10]))
 	}
 }
 

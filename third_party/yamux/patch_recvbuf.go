@@ -15,8 +15,8 @@ import (
 // a drained buffer gives its chunks back, so an idle stream holds none.
 
 const (
-	// largeChunk holds a bulk frame (our peers send at most 32 KiB per
-	// frame; larger frames span chunks).
+	// largeChunk holds a bulk frame of our earlier peers (32 KiB; a 64
+	// KiB frame of patch 15 spans two chunks, as larger frames span more).
 	largeChunk = 32 << 10
 	// smallChunk holds the rest of a frame of at most this many bytes,
 	// so a stream with a few small messages unread does not hold 32 KiB.

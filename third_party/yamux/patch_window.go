@@ -20,9 +20,9 @@ const (
 	// bulkHistory is how many of the last large data frames are looked at
 	// to count the streams receiving bulk now.
 	bulkHistory = 16
-	// interactiveSpan is how many large frames (32 KiB each from our
-	// peers: 8 MiB) after another stream's last small frame the window
-	// stays shared.
+	// interactiveSpan is how many large frames (32 or 64 KiB each from
+	// our peers: 8 to 16 MiB) after another stream's last small frame the
+	// window stays shared.
 	interactiveSpan = 256
 	// smallRunInteractive is how many small frames in a row make a stream
 	// that received bulk count as exchanging messages (patch 13).
@@ -173,7 +173,7 @@ const (
 	// and for round trips longer than the least.
 	pathGain = 4
 	// minSharedWindow is the least window a sharing stream is offered:
-	// one of our peers' data frames (32 KiB).
+	// one data frame of our earlier peers (32 KiB; patch 15 allows 64).
 	minSharedWindow = 32 * 1024
 	// minSharedBudget is the least budget: two of our peers' data frames,
 	// so that a lone bulk stream, which is sent a window update once half

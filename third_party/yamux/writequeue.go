@@ -7,8 +7,12 @@ import (
 )
 
 // maxDataFrame bounds the body of a data frame: the longest a writer holds
-// the connection before another stream's frame may go.
-const maxDataFrame = 32 * 1024
+// the connection before another stream's frame may go. Patched for
+// tunnelworks (see PATCHED.md, patch 15): 64 KiB, not 32. Each frame costs
+// both ends a turn on the connection, a hand-off between goroutines and a
+// system call; bulk streams beside small messages are held to smaller
+// frames by the window they then share (patch 12).
+const maxDataFrame = 64 * 1024
 
 // writeQueue decides who writes the next frame to the connection: a
 // stream writing its own data frame (Session.writeData) or sendLoop.
