@@ -44,3 +44,52 @@ func TestLargeWriteIn64KiBFrames(t *testing.T) {
 		}
 	}
 }
+
+// frameCap keeps two frames in a small window and lets a large one take
+// frames of maxDataFrame.
+func TestFrameCap(t *testing.T) {
+	for _, c := range []struct{ window, want uint32 }{
+		{0, 32 << 10},
+		{16 << 10, 32 << 10}, // the window itself bounds the frame
+		{64 << 10, 32 << 10}, // a 2 Mbit/s link's lone window: two frames
+		{100 << 10, 50 << 10},
+		{128 << 10, 64 << 10},
+		{1 << 20, 512 << 10}, // half; write bounds the frame by maxDataFrame too
+	} {
+		if got := frameCap(c.window); got != c.want {
+			t.Errorf("frameCap(%d) = %d, want %d", c.window, got, c.want)
+		}
+	}
+}
+
+// TestStreamWindowBudgetAboveWindow: the shared budget is shared, each
+// stream at most its own window: a budget of three windows shared by
+// four streams offers each three quarters of a window, one of twenty
+// windows offers each its whole window (patch 13 offered a quarter of one
+// window in both).
+func TestStreamWindowBudgetAboveWindow(t *testing.T) {
+	c, s := tcpPair(t)
+	conf := patchConf()
+	conf.MaxStreamWindowSize = 1 << 20
+	server, err := Server(s, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	defer c.Close()
+	server.shareWindow.Store(4)
+	server.sharedBudget.Store(3 << 20)
+	if got, want := server.StreamWindow(), uint32(3<<20/4); got != want {
+		t.Fatalf("budget 3 MiB over 4 streams: %d each, want %d", got, want)
+	}
+	server.sharedBudget.Store(20 << 20)
+	if got, want := server.StreamWindow(), uint32(1<<20); got != want {
+		t.Fatalf("budget 20 MiB over 4 streams: %d each, want %d", got, want)
+	}
+	if got, want := maxSharedBudget(1<<20), uint32(16<<20); got != want {
+		t.Fatalf("maxSharedBudget(1 MiB) = %d, want %d", got, want)
+	}
+	if got := maxSharedBudget(1<<31 - 1); got != 1<<32-1 {
+		t.Fatalf("maxSharedBudget of a 2 GiB window = %d, want the 32-bit limit", got)
+	}
+}

@@ -167,8 +167,9 @@ func TestSharedBudget(t *testing.T) {
 
 // Two bulk streams sharing beside a small message are offered a share
 // of pathGain BDPs: on a path of 1 µs that is the floor (64 KiB in all,
-// but at least a frame each), on a path of 1 s one stream's window (1 MiB
-// in all), as without an RTT.
+// but at least a frame each), on a path of 1 s each stream its own window
+// (patch 15: patch 13 gave them one window in all, which leaves a path
+// that holds more half empty).
 func TestStream_SharedWindowSizedToPath(t *testing.T) {
 	const max = 1 << 20
 	for _, c := range []struct {
@@ -177,7 +178,7 @@ func TestStream_SharedWindowSizedToPath(t *testing.T) {
 		low, high uint32 // offered credit of a sharing stream, (low, high]
 	}{
 		{"short path", time.Microsecond, 0, minSharedWindow},
-		{"long path", time.Second, initialStreamWindow / 2, max / 2},
+		{"long path", time.Second, max / 2, max},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cc, sc := tcpPair(t)

@@ -254,6 +254,7 @@ START:
 	// maxDataFrame, so that a large Write takes turns with other streams
 	// frame by frame (see writeQueue).
 	max = min(min(window, uint32(len(b))), maxDataFrame)
+	max = min(max, frameCap(window)) // patch 15: two frames in a small window
 	body = b[:max]
 
 	// Send the header
