@@ -150,6 +150,7 @@ func (p *path) endRun() {
 	p.fig.t1, p.fig.t8, p.fig.cpuPerGB, p.fig.conns = -1, -1, -1, -1
 	p.fig.rtt, p.fig.load, p.fig.loadSame = nil, nil, nil
 	p.fig.perf1, p.fig.perf8 = nil, nil
+	p.fig.kinds8 = nil
 }
 
 // mergeRuns sets the timed figures from the runs: each scalar the median
@@ -174,6 +175,11 @@ func (p *path) mergeRuns() {
 		perf1, perf8 = append(perf1, r.perf1), append(perf8, r.perf8)
 	}
 	p.fig.perf1, p.fig.perf8 = medianCounts(perf1), medianCounts(perf8)
+	var kinds8 []map[string]float64
+	for _, r := range p.runs {
+		kinds8 = append(kinds8, r.kinds8)
+	}
+	p.fig.kinds8 = medianKinds(kinds8)
 	for _, r := range p.runs {
 		p.fig.rtt = append(p.fig.rtt, r.rtt...)
 		p.fig.load = append(p.fig.load, r.load...)
@@ -216,6 +222,9 @@ type figures struct {
 	// processes carrying the sink, in the 1- and 8-stream runs; nil when
 	// not counted.
 	perf1, perf8 map[string]float64
+	// kinds8: -profile's CPU-s per GB by kind (cpuKinds) of the processes
+	// carrying the sink in the 8-stream run; nil when not profiled.
+	kinds8 map[string]float64
 	// Memory (KiB) of the processes carrying the bulk echo, before and
 	// with the idle connections open, per process in echoPids order.
 	rssBefore, rssAfter []float64
@@ -380,6 +389,10 @@ var loopbackForwards = []forwardSpec{
 // beside direct TCP, the relay floor and the peers.
 func runLoopback(ctx context.Context, w *workspace, o options, report *strings.Builder, logf func(string, ...any)) (err error) {
 	tputDur := pick(o.quick, 500*time.Millisecond, 2*time.Second)
+	profDir := "" // -profile's perf record files, in the workspace
+	if o.profile {
+		profDir = w.dir
+	}
 	rateDur := pick(o.quick, 500*time.Millisecond, 2*time.Second)
 	// Under load, every path pings for the same time (not the same count:
 	// direct round trips are ten times faster and would see only a fraction
@@ -518,7 +531,7 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		logf("throughput, 8 streams")
 		for _, p := range append([]*path{direct}, order...) {
 			if !step(p, "throughput, 8 streams", func() (e error) {
-				p.fig.t8, _, p.fig.perf8, e = countedThroughput(p, 8, tputDur, o.perf)
+				p.fig.t8, p.fig.perf8, p.fig.kinds8, e = profiledThroughput8(p, tputDur, o.perf, profDir)
 				return e
 			}) {
 				return err
@@ -637,6 +650,7 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		}
 	}
 	writePerf(report, append(append([]*path{relay}, peers...), append(others, tunnel)...))
+	writeProfile(report, append(append([]*path{relay}, peers...), append(others, tunnel)...))
 	return err
 }
 

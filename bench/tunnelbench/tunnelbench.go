@@ -34,6 +34,7 @@ type options struct {
 	peers    []string // the peer tunnels to measure beside ours
 	others   []agentBuild
 	perf     bool // count system calls and context switches with perf stat
+	profile  bool // sample the 8-stream row with perf record, CPU by kind
 }
 
 // Main runs the benchmark; 0 on success (targets missed are reported, not
@@ -55,6 +56,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.runs, "runs", 0, "interleaved runs of every timed row, each path once per run; the table gives medians (default 3, quick 1)")
 	peers := fs.String("peers", strings.Join(peerNames, ","), "peer tunnels to measure beside ours (comma-separated: "+strings.Join(peerNames, ", ")+"), or none")
 	fs.BoolVar(&o.perf, "perf", false, "also count system calls and context switches per GB moved on each path's processes with perf stat during the throughput rows (Linux perf; as root)")
+	fs.BoolVar(&o.profile, "profile", false, "also sample each path's processes with perf record during the 8-stream row and give their CPU per GB by kind of work (AES, copies, Go runtime, kernel scheduling, ...) (Linux perf; as root)")
 	agents := fs.String("agents", "", "other agent builds to measure beside this tree's in the same run (loopback: interleaved; wan: the fat-link table): LABEL=DIR,... where DIR holds tunnel-server and tunnel-client")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -105,6 +107,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	if o.perf {
 		if err := checkPerf(); err != nil {
 			fmt.Fprintf(stderr, "tunnel-bench: -perf: %v\n", err)
+			return 2
+		}
+	}
+	if o.profile {
+		if err := checkProfile(os.TempDir()); err != nil {
+			fmt.Fprintf(stderr, "tunnel-bench: -profile: %v\n", err)
 			return 2
 		}
 	}
