@@ -174,12 +174,12 @@ func (p *path) mergeRuns() {
 	for _, r := range p.runs {
 		perf1, perf8 = append(perf1, r.perf1), append(perf8, r.perf8)
 	}
-	p.fig.perf1, p.fig.perf8 = medianCounts(perf1), medianCounts(perf8)
+	p.fig.perf1, p.fig.perf8 = medianByKey(perf1, perfEvents), medianByKey(perf8, perfEvents)
 	var kinds8 []map[string]float64
 	for _, r := range p.runs {
 		kinds8 = append(kinds8, r.kinds8)
 	}
-	p.fig.kinds8 = medianKinds(kinds8)
+	p.fig.kinds8 = medianByKey(kinds8, cpuKinds)
 	for _, r := range p.runs {
 		p.fig.rtt = append(p.fig.rtt, r.rtt...)
 		p.fig.load = append(p.fig.load, r.load...)

@@ -149,14 +149,16 @@ func countedThroughput(p *path, streams int, d time.Duration, count bool) (gbps 
 	return gbps, moved, perGB(counts, moved), nil
 }
 
-// medianCounts is, for each event, the median over the runs that counted.
-func medianCounts(runs []map[string]float64) map[string]float64 {
+// medianByKey is, for each key, the median over the runs that measured
+// (a run's map is nil when it did not; a key missing from a run's map
+// counts as 0 there); nil when no run measured.
+func medianByKey(runs []map[string]float64, keys []string) map[string]float64 {
 	var out map[string]float64
-	for _, e := range perfEvents {
+	for _, k := range keys {
 		var v []float64
 		for _, r := range runs {
 			if r != nil {
-				v = append(v, r[e])
+				v = append(v, r[k])
 			}
 		}
 		if len(v) == 0 {
@@ -165,25 +167,25 @@ func medianCounts(runs []map[string]float64) map[string]float64 {
 		if out == nil {
 			out = map[string]float64{}
 		}
-		out[e] = median(v)
+		out[k] = median(v)
 	}
 	return out
 }
 
-// writePerf is the -perf table: per GB moved in the throughput rows, each
-// event on the processes of each path that has some.
-func writePerf(b *strings.Builder, paths []*path) {
+// perPathColumns is the paths that have figures of a table (has), after
+// writing the table's heading, intro and header row for them; nil, and
+// nothing written, when none has.
+func perPathColumns(b *strings.Builder, paths []*path, has func(*path) bool, heading, intro, corner string) []*path {
 	var cols []*path
 	for _, p := range paths {
-		if p.fig.perf1 != nil || p.fig.perf8 != nil {
+		if has(p) {
 			cols = append(cols, p)
 		}
 	}
 	if len(cols) == 0 {
-		return
+		return nil
 	}
-	b.WriteString("## System calls and context switches per GB moved (-perf)\n\n")
-	b.WriteString("`perf stat` attached to each path's processes (both sides) for the whole of its throughput rows, the count divided by the bytes moved; medians of the runs.\n\n| per GB moved |")
+	fmt.Fprintf(b, "## %s\n\n%s\n\n| %s |", heading, intro, corner)
 	for _, p := range cols {
 		name := p.name
 		if name == relayName {
@@ -192,6 +194,19 @@ func writePerf(b *strings.Builder, paths []*path) {
 		fmt.Fprintf(b, " %s |", name)
 	}
 	b.WriteString("\n| --- |" + strings.Repeat(" ---: |", len(cols)) + "\n")
+	return cols
+}
+
+// writePerf is the -perf table: per GB moved in the throughput rows, each
+// event on the processes of each path that has some.
+func writePerf(b *strings.Builder, paths []*path) {
+	cols := perPathColumns(b, paths, func(p *path) bool { return p.fig.perf1 != nil || p.fig.perf8 != nil },
+		"System calls and context switches per GB moved (-perf)",
+		"`perf stat` attached to each path's processes (both sides) for the whole of its throughput rows, the count divided by the bytes moved; medians of the runs.",
+		"per GB moved")
+	if cols == nil {
+		return
+	}
 	for _, set := range []struct {
 		name string
 		get  func(*figures) map[string]float64

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -93,7 +94,7 @@ func parsePerfReport(s string) (map[string]float64, error) {
 		found = true
 	}
 	if !found {
-		return nil, fmt.Errorf("perf report has no samples: %s", firstLine(strings.TrimSpace(s)))
+		return nil, fmt.Errorf("perf report has no samples: %q", lastLines(s, 6))
 	}
 	return shares, nil
 }
@@ -104,6 +105,9 @@ type perfRecorder struct {
 	file string
 	out  bytes.Buffer
 	done chan error
+	// ctl and ack are our ends of perf's control pipes, open while it
+	// records (perf stops counting when its control pipe closes).
+	ctl, ack *os.File
 }
 
 // profileFrequency is the sampling rate: enough samples in a 2-s row
@@ -124,20 +128,60 @@ func checkProfile(dir string) error {
 	return err
 }
 
-// startProfile attaches perf record to pids, recording into file.
+// startProfile attaches perf record to pids, recording into file. perf
+// starts with its events disabled and is told to enable them through a
+// control pipe; its acknowledgement says it is recording, however long
+// it took to start (a fixed wait was not always enough on a loaded
+// machine, and a short row then had no samples).
 func startProfile(pids []int, file string) (*perfRecorder, error) {
 	ps := make([]string, len(pids))
 	for i, p := range pids {
 		ps[i] = strconv.Itoa(p)
 	}
-	r := &perfRecorder{file: file, done: make(chan error, 1)}
-	r.cmd = exec.Command("perf", "record", "-q", "-F", profileFrequency, "-o", file, "-p", strings.Join(ps, ","))
+	ctlR, ctlW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	ackR, ackW, err := os.Pipe()
+	if err != nil {
+		ctlR.Close()
+		ctlW.Close()
+		return nil, err
+	}
+	r := &perfRecorder{file: file, done: make(chan error, 1), ctl: ctlW, ack: ackR}
+	// The child's fds 3 and 4 are ExtraFiles[0] and [1].
+	r.cmd = exec.Command("perf", "record", "-q", "-D", "-1", "--control", "fd:3,4", "-F", profileFrequency, "-o", file, "-p", strings.Join(ps, ","))
 	r.cmd.Stdout, r.cmd.Stderr = &r.out, &r.out
-	if err := r.cmd.Start(); err != nil {
+	r.cmd.ExtraFiles = []*os.File{ctlR, ackW}
+	err = r.cmd.Start()
+	ctlR.Close()
+	ackW.Close()
+	if err != nil {
+		r.closePipes()
 		return nil, fmt.Errorf("perf record: %w", err)
 	}
 	go func() { r.done <- r.cmd.Wait() }()
-	time.Sleep(100 * time.Millisecond) // attached before the transfer starts
+	acked := make(chan error, 1)
+	go func() {
+		if _, err := r.ctl.Write([]byte("enable\n")); err != nil {
+			acked <- err
+			return
+		}
+		buf := make([]byte, 4)
+		_, err := io.ReadFull(r.ack, buf)
+		acked <- err
+	}()
+	select {
+	case err = <-acked:
+	case <-time.After(waitLimit):
+		err = errors.New("no acknowledgement")
+	}
+	if err != nil {
+		_ = r.cmd.Process.Kill()
+		<-r.done
+		r.closePipes()
+		return nil, fmt.Errorf("perf record did not start recording: %v: %s", err, lastLines(r.out.String(), 3))
+	}
 	return r, nil
 }
 
@@ -145,6 +189,7 @@ func startProfile(pids []int, file string) (*perfRecorder, error) {
 // returns the shares by kind.
 func (r *perfRecorder) stop() (map[string]float64, error) {
 	_ = r.cmd.Process.Signal(syscall.SIGINT)
+	defer r.closePipes()
 	select {
 	case <-r.done:
 	case <-time.After(waitLimit):
@@ -153,7 +198,16 @@ func (r *perfRecorder) stop() (map[string]float64, error) {
 		return nil, errors.New("perf record did not stop on SIGINT")
 	}
 	defer os.Remove(r.file)
-	return reportKinds(r.file)
+	kinds, err := reportKinds(r.file)
+	if err != nil {
+		return nil, fmt.Errorf("%w (perf record %s: %s)", err, strings.Join(r.cmd.Args[len(r.cmd.Args)-1:], ""), lastLines(r.out.String(), 3))
+	}
+	return kinds, nil
+}
+
+func (r *perfRecorder) closePipes() {
+	r.ctl.Close()
+	r.ack.Close()
 }
 
 // reportKinds reads a perf record file's samples by kind.
@@ -197,49 +251,15 @@ func profiledThroughput8(p *path, d time.Duration, perf bool, dir string) (gbps 
 	return gbps, counts, kinds, nil
 }
 
-// medianKinds is, for each kind, the median over the runs that profiled
-// (a kind a run had no sample of counts as 0 there).
-func medianKinds(runs []map[string]float64) map[string]float64 {
-	var out map[string]float64
-	for _, k := range cpuKinds {
-		var v []float64
-		for _, r := range runs {
-			if r != nil {
-				v = append(v, r[k])
-			}
-		}
-		if len(v) == 0 {
-			return nil
-		}
-		if out == nil {
-			out = map[string]float64{}
-		}
-		out[k] = median(v)
-	}
-	return out
-}
-
 // writeProfile is the -profile table.
 func writeProfile(b *strings.Builder, paths []*path) {
-	var cols []*path
-	for _, p := range paths {
-		if p.fig.kinds8 != nil {
-			cols = append(cols, p)
-		}
-	}
-	if len(cols) == 0 {
+	cols := perPathColumns(b, paths, func(p *path) bool { return p.fig.kinds8 != nil },
+		"Where the CPU goes, 8 streams (-profile)",
+		"`perf record -F "+profileFrequency+"` attached to each path's processes (both sides) for its 8-stream row; the samples sorted by symbol into kinds, each kind's share times the processes' CPU time (`/proc`), per GB moved: CPU-s per GB, medians of the runs.",
+		"CPU-s per GB")
+	if cols == nil {
 		return
 	}
-	b.WriteString("## Where the CPU goes, 8 streams (-profile)\n\n")
-	b.WriteString("`perf record -F " + profileFrequency + "` attached to each path's processes (both sides) for its 8-stream row; the samples sorted by symbol into kinds, each kind's share times the processes' CPU time (`/proc`), per GB moved: CPU-s per GB, medians of the runs.\n\n| CPU-s per GB |")
-	for _, p := range cols {
-		name := p.name
-		if name == relayName {
-			name = "relay floor"
-		}
-		fmt.Fprintf(b, " %s |", name)
-	}
-	b.WriteString("\n| --- |" + strings.Repeat(" ---: |", len(cols)) + "\n")
 	for _, k := range cpuKinds {
 		fmt.Fprintf(b, "| %s |", k)
 		for _, p := range cols {
@@ -256,4 +276,18 @@ func writeProfile(b *strings.Builder, paths []*path) {
 		fmt.Fprintf(b, " **%.2f** |", sum)
 	}
 	b.WriteString("\n\n")
+}
+
+// lastLines is the last n non-empty lines of s, for an error message.
+func lastLines(s string, n int) string {
+	var keep []string
+	for line := range strings.SplitSeq(s, "\n") {
+		if strings.TrimSpace(line) != "" {
+			keep = append(keep, line)
+		}
+	}
+	if len(keep) > n {
+		keep = keep[len(keep)-n:]
+	}
+	return strings.Join(keep, "\n")
 }

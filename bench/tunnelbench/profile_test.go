@@ -78,23 +78,6 @@ func TestParsePerfReport(t *testing.T) {
 	}
 }
 
-func TestMedianKinds(t *testing.T) {
-	run := func(v float64) map[string]float64 {
-		m := map[string]float64{}
-		for _, k := range cpuKinds {
-			m[k] = v
-		}
-		return m
-	}
-	got := medianKinds([]map[string]float64{run(3), nil, run(1), run(2)})
-	if got["AES-GCM"] != 2 || got["kernel: the rest"] != 2 {
-		t.Errorf("median of 3, 1, 2 (and a run not profiled): %v", got)
-	}
-	if medianKinds([]map[string]float64{nil}) != nil {
-		t.Error("no run profiled, yet a median")
-	}
-}
-
 func TestWriteProfile(t *testing.T) {
 	p := newPath("tunnel", nil, nil, nil)
 	p.fig.kinds8 = map[string]float64{"AES-GCM": 0.5, "kernel: the rest": 1.25}

@@ -397,7 +397,7 @@ func TestParsePerfCSV(t *testing.T) {
 	}
 }
 
-func TestMedianCounts(t *testing.T) {
+func TestMedianByKey(t *testing.T) {
 	run := func(v float64) map[string]float64 {
 		m := map[string]float64{}
 		for _, e := range perfEvents {
@@ -405,11 +405,11 @@ func TestMedianCounts(t *testing.T) {
 		}
 		return m
 	}
-	got := medianCounts([]map[string]float64{run(3), nil, run(1), run(2)})
+	got := medianByKey([]map[string]float64{run(3), nil, run(1), run(2)}, perfEvents)
 	if got["context-switches"] != 2 || got["raw_syscalls:sys_enter"] != 2 {
 		t.Errorf("median of 3, 1, 2 (and a run not counted): %v", got)
 	}
-	if medianCounts([]map[string]float64{nil, nil}) != nil {
+	if medianByKey([]map[string]float64{nil, nil}, perfEvents) != nil {
 		t.Error("no run counted, yet a median")
 	}
 }
