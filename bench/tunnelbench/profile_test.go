@@ -112,14 +112,7 @@ func TestProfileThisProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tg, err := startTargets()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tg.close()
-	if _, _, err := throughput(tcpDialer(tg.sink), 1, 500*time.Millisecond); err != nil {
-		t.Fatal(err)
-	}
+	loopbackTransfer(t, 500*time.Millisecond)
 	shares, err := rec.stop()
 	if err != nil {
 		t.Fatal(err)
