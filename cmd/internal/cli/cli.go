@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -235,6 +236,8 @@ func run(role Role, prog string, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: %v\n", prog, err)
 		return exitUsage
 	}
+	// A CPU quota or a GOMAXPROCS left from tuning shows here first.
+	log.Info("go scheduler", "procs", runtime.GOMAXPROCS(0), "cpus", runtime.NumCPU())
 	if scm != nil {
 		scm.a = a
 		if err := svc.Run(); err != nil {
