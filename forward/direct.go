@@ -13,11 +13,11 @@ type deliverer interface {
 	SetDeliver(f func(p []byte) int) bool
 }
 
-// soleReceiver is a deliverer that says when its session hands it large
-// frames too (mux's and resume's ReceivesAlone): only then does a pipe
+// largeDeliverer is a deliverer that says when its session hands it large
+// frames too (mux's and resume's DeliversLarge): only then does a pipe
 // holding a large buffer gain from parking to let it.
-type soleReceiver interface {
-	ReceivesAlone() bool
+type largeDeliverer interface {
+	DeliversLarge() bool
 }
 
 // directDelivery writes frames from src's session straight to dst's
@@ -61,8 +61,8 @@ func newDirectDelivery(dst, src net.Conn, count func(int)) *directDelivery {
 // forBulk says whether a pipe holding a large buffer gains from parking:
 // src's session now hands it large frames too.
 func (dd *directDelivery) forBulk() bool {
-	r, ok := dd.src.(soleReceiver)
-	return ok && r.ReceivesAlone()
+	r, ok := dd.src.(largeDeliverer)
+	return ok && r.DeliversLarge()
 }
 
 // start lets src's session deliver; false if it cannot now.

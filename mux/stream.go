@@ -196,10 +196,11 @@ func (st *Stream) SetDeliver(f func(p []byte) int) (ok bool) {
 	return setDeliver(st.y, f)
 }
 
-// ReceivesAlone says whether the stream is its session's only bulk
-// receiver now: then its large frames too go to a function set with
-// SetDeliver, so a reader holding a large buffer gains from setting one.
-func (st *Stream) ReceivesAlone() bool { return receivesAlone(st.y) }
+// DeliversLarge says whether the session hands the stream's large frames
+// too to a function set with SetDeliver now (it is the session's only bulk
+// receiver, or no stream of the session exchanges messages), so a reader
+// holding a large buffer gains from setting one.
+func (st *Stream) DeliversLarge() bool { return deliversLarge(st.y) }
 
 func (st *Stream) readErr(err error) error {
 	if st.aborted.Load() {

@@ -29,8 +29,9 @@ func setDeliver(y *yamux.Stream, f func(p []byte) int) (ok bool) {
 	return true
 }
 
-// receivesAlone says whether y is its session's only bulk receiver (patch 10).
-func receivesAlone(y *yamux.Stream) bool { return y.ReceivesAlone() }
+// deliversLarge says whether y's large frames go to its deliver function
+// now (patches 10 and 16).
+func deliversLarge(y *yamux.Stream) bool { return y.DeliversLarge() }
 
 // receiveBuffered is how many bytes y's streams hold unread (patch 11).
 func receiveBuffered(y *yamux.Session) int { return y.ReceiveBuffered() }

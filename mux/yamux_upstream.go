@@ -22,7 +22,7 @@ func setMaxStreams(*yamux.Config, int) {}
 
 func setDeliver(*yamux.Stream, func([]byte) int) bool { return false }
 
-func receivesAlone(*yamux.Stream) bool { return false }
+func deliversLarge(*yamux.Stream) bool { return false }
 
 // receiveBuffered: upstream does not tell.
 func receiveBuffered(*yamux.Session) int { return 0 }

@@ -282,13 +282,14 @@ func (s *Stream) SetDeliver(f func(p []byte) int) (ok bool) {
 	return true
 }
 
-// ReceivesAlone says whether the current carrier is its session's only
-// bulk receiver (see mux's ReceivesAlone); false while suspended.
-func (s *Stream) ReceivesAlone() bool {
+// DeliversLarge says whether the current carrier's session hands it
+// large frames directly now (see mux's DeliversLarge); false while
+// suspended.
+func (s *Stream) DeliversLarge() bool {
 	s.mu.Lock()
 	c := s.carrier
 	s.mu.Unlock()
-	return c != nil && c.ReceivesAlone()
+	return c != nil && c.DeliversLarge()
 }
 
 // deliverDirect runs on the carrier session's receive goroutine: it must

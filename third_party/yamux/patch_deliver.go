@@ -13,10 +13,12 @@ import (
 
 // maxDirectFrame is the largest frame delivered directly to a stream that
 // receives alone (patch 10: one bulk stream then skips the hand-off and the
-// copy out of its buffer, as a plain TLS relay's copy loop does), and
-// maxSharedDirectFrame the largest while other streams' frames arrive
-// between its own: then each bulk stream keeps its own writer, so recvLoop
-// never spends one stream's socket write while the others' frames wait.
+// copy out of its buffer, as a plain TLS relay's copy loop does) or whose
+// session has no stream exchanging messages (patch 16: every bulk stream
+// does), and maxSharedDirectFrame the largest while other streams' frames
+// arrive between its own and a stream exchanges messages: then each bulk
+// stream keeps its own writer, so recvLoop never spends one stream's
+// socket write while a message waits behind it.
 const (
 	maxDirectFrame       = 64 << 10
 	maxSharedDirectFrame = 16 << 10
@@ -30,7 +32,7 @@ const soleRun = 4
 
 // noteData records a data frame for stream st (recvLoop only) and says
 // whether a frame of this length may be delivered directly. Patched for
-// tunnelworks (see PATCHED.md, patch 10).
+// tunnelworks (see PATCHED.md, patches 10 and 16).
 func (s *Session) noteData(st *Stream, length uint32) bool {
 	id := st.id
 	if length <= maxSharedDirectFrame {
@@ -52,22 +54,25 @@ func (s *Session) noteData(st *Stream, length uint32) bool {
 	if s.soleReceiver.Load() != sole {
 		s.soleReceiver.Store(sole)
 	}
-	return length <= maxDirectFrame && sole != 0
+	return length <= maxDirectFrame && (sole != 0 || s.bulkDirect.Load())
 }
 
-// ReceivesAlone says whether the stream is its session's only bulk
-// receiver now: its large frames go to a deliver function (see
-// SetDeliver). A reader that holds a large buffer gains from setting one
-// only then; otherwise it may as well wait in Read. Patched for
-// tunnelworks (see PATCHED.md, patch 10).
-func (s *Stream) ReceivesAlone() bool { return s.session.soleReceiver.Load() == s.id }
+// DeliversLarge says whether the stream's large frames go to a deliver
+// function now (see SetDeliver): it is its session's only bulk receiver
+// (patch 10), or no stream of the session exchanges messages, so nobody
+// waits behind recvLoop's socket writes (patch 16). A reader that holds a
+// large buffer gains from setting one only then; otherwise it may as well
+// wait in Read. Patched for tunnelworks (see PATCHED.md).
+func (s *Stream) DeliversLarge() bool {
+	return s.session.soleReceiver.Load() == s.id || s.session.bulkDirect.Load()
+}
 
 // SetDeliver sets (or with nil clears) a function that takes data frames
 // straight from the session's receive goroutine. It is called for a frame
-// of at most 16 KiB (64 KiB once the stream has received soleRun large
-// frames in a row with no other stream's large frame between) that
-// carries no flags, arrives
-// while the receive buffer is empty, on an established stream (or one we
+// of at most 16 KiB (64 KiB while DeliversLarge: the stream has received
+// soleRun large frames in a row with no other stream's large frame
+// between, or no stream of the session exchanges messages) that carries
+// no flags, arrives while the receive buffer is empty, on an established stream (or one we
 // half-closed). It returns how many bytes of p it took, from the front;
 // those count as read (the window update goes out as a Read's would), and
 // the rest is buffered for Read as usual, waking readers. A frame it takes
@@ -106,7 +111,7 @@ func (s *Stream) deliverDirect(length uint32, conn io.Reader) (handled bool, err
 		return false, nil
 	}
 	if uint32(len(s.session.directBuf)) < length {
-		// 16 KiB, and 64 KiB once a stream receives bulk alone.
+		// 16 KiB, and 64 KiB once a stream's large frames are delivered.
 		size := maxSharedDirectFrame
 		if int(length) > size {
 			size = maxDirectFrame

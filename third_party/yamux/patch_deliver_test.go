@@ -296,15 +296,22 @@ func TestStream_DeliverLargeFramesOnlyWhenAlone(t *testing.T) {
 	if got := largestOf(alone); got != len(frame) {
 		t.Fatalf("alone, the largest frame offered in 50 was %d bytes, want %d", got, len(frame))
 	}
-	if !ar.ReceivesAlone() {
-		t.Fatal("ReceivesAlone is false for the session's only bulk receiver")
+	if !ar.DeliversLarge() {
+		t.Fatal("DeliversLarge is false for the session's only bulk receiver")
 	}
 	finish(aw, aloneDone, alone, sent)
 	_ = pw.Close()
 
 	// Shared: two streams' frames alternate on the wire, each finding its
-	// reader parked; neither is offered more than maxSharedDirectFrame,
-	// and every byte arrives.
+	// reader parked, while a third exchanges messages (pw's above count for
+	// interactiveSpan large frames; one more makes it plain): neither is
+	// offered more than maxSharedDirectFrame, and every byte arrives.
+	mw, mr := openPair(t, client, server)
+	go func() { _, _ = io.Copy(io.Discard, mr) }()
+	if _, err := mw.Write(make([]byte, 100)); err != nil {
+		t.Fatal(err)
+	}
+	defer mw.Close()
 	var sinks [2]*directSink
 	var dones [2]chan error
 	var ws, rs [2]*Stream
@@ -324,8 +331,8 @@ func TestStream_DeliverLargeFramesOnlyWhenAlone(t *testing.T) {
 				defer sinks[k].mu.Unlock()
 				return sinks[k].out.Len() == (i+1)*len(frame)
 			})
-			if rs[k].ReceivesAlone() || ar.ReceivesAlone() {
-				t.Fatalf("stream %d: ReceivesAlone is true while two streams' large frames alternate", k)
+			if rs[k].DeliversLarge() || ar.DeliversLarge() {
+				t.Fatalf("stream %d: DeliversLarge is true while two streams' large frames alternate", k)
 			}
 		}
 	}
@@ -333,6 +340,119 @@ func TestStream_DeliverLargeFramesOnlyWhenAlone(t *testing.T) {
 		finish(ws[i], dones[i], sinks[i], bytes.Repeat(frame, 2*soleRun))
 		if got := largestOf(sinks[i]); got > maxSharedDirectFrame {
 			t.Fatalf("stream %d, sharing the session, was offered a %d-byte frame (limit %d)", i, got, maxSharedDirectFrame)
+		}
+	}
+}
+
+// Patch 16: while no stream of the session exchanges messages, nobody
+// waits behind recvLoop's socket writes, so every bulk stream is offered
+// its large frames (two streams alternating, each finding its reader
+// parked); once a stream sends small messages, the bulk streams are
+// offered small frames only again, and every byte arrives.
+func TestStream_DeliverLargeFramesWhileNobodyWaits(t *testing.T) {
+	c, s := tcpPair(t)
+	client, err := Client(c, patchConf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := Server(s, patchConf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+
+	var mu sync.Mutex
+	largest := map[int]int{} // by stream, in the current phase
+	frame := pattern(32 << 10)
+	var sinks [2]*directSink
+	var dones [2]chan error
+	var ws, rs [2]*Stream
+	for i := range sinks {
+		i := i // go 1.20: one loop variable for all iterations
+		w, r := openPair(t, client, server)
+		d := &directSink{}
+		d.take = func(_ int, p []byte) int {
+			mu.Lock()
+			if len(p) > largest[i] {
+				largest[i] = len(p)
+			}
+			mu.Unlock()
+			return len(p)
+		}
+		ws[i], rs[i], sinks[i] = w, r, d
+		done := make(chan error, 1)
+		dones[i] = done
+		go func() { done <- d.readAll(r) }()
+	}
+	sent := 0 // frames each stream sent
+	// alternate sends frames on both streams in turn, each after the last
+	// one was read (so that it finds its reader parked), until both were
+	// offered a frame of want bytes or more, at most 50 each; it returns
+	// the largest frame each was offered.
+	alternate := func(want int) [2]int {
+		t.Helper()
+		mu.Lock()
+		largest = map[int]int{}
+		mu.Unlock()
+		var got [2]int
+		for n := 0; n < 50 && (got[0] < want || got[1] < want); n++ {
+			sent++
+			for k, w := range ws {
+				if _, err := w.Write(frame); err != nil {
+					t.Fatal(err)
+				}
+				d := sinks[k]
+				waitFor(t, "reader catches up", func() bool {
+					d.mu.Lock()
+					defer d.mu.Unlock()
+					return d.out.Len() == sent*len(frame)
+				})
+			}
+			mu.Lock()
+			got = [2]int{largest[0], largest[1]}
+			mu.Unlock()
+		}
+		return got
+	}
+
+	if got := alternate(len(frame)); got[0] != len(frame) || got[1] != len(frame) {
+		t.Fatalf("with nobody exchanging messages, the largest frames offered were %v bytes, want %d each", got, len(frame))
+	}
+	if !rs[0].DeliversLarge() || !rs[1].DeliversLarge() {
+		t.Fatal("DeliversLarge is false for bulk streams with nobody exchanging messages")
+	}
+
+	// A stream exchanging messages: the bulk streams' frames stay small.
+	mw, mr := openPair(t, client, server)
+	go func() { _, _ = io.Copy(io.Discard, mr) }()
+	defer mw.Close()
+	if _, err := mw.Write(make([]byte, 100)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the message counted", func() bool { return !rs[0].DeliversLarge() })
+	if got := alternate(maxDirectFrame + 1); got[0] > maxSharedDirectFrame || got[1] > maxSharedDirectFrame {
+		t.Fatalf("beside a stream exchanging messages, bulk streams were offered %v-byte frames (limit %d)", got, maxSharedDirectFrame)
+	}
+	if rs[0].DeliversLarge() || rs[1].DeliversLarge() {
+		t.Fatal("DeliversLarge is true beside a stream exchanging messages")
+	}
+	for i, w := range ws {
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-dones[i]:
+			if err != nil {
+				t.Fatalf("read: %v", err)
+			}
+		case <-time.After(patchBound):
+			t.Fatal("reader not done")
+		}
+		sinks[i].mu.Lock()
+		ok := bytes.Equal(sinks[i].out.Bytes(), bytes.Repeat(frame, sent))
+		sinks[i].mu.Unlock()
+		if !ok {
+			t.Fatalf("stream %d: the bytes differ from the %d frames sent", i, sent)
 		}
 	}
 }

@@ -100,6 +100,11 @@ func (s *Session) noteSmall(st *Stream) {
 func (s *Session) updateShare() {
 	share := uint32(1)
 	waiting := s.sinceSmall < interactiveSpan
+	// Patch 16: with nobody waiting, recvLoop may write every bulk
+	// stream's frames to its socket itself.
+	if s.bulkDirect.Load() == waiting {
+		s.bulkDirect.Store(!waiting)
+	}
 	if s.bulkCount > 1 && waiting {
 		share = s.bulkCount
 	}

@@ -97,10 +97,13 @@ type Session struct {
 	// dataRunID and dataRun: the stream of the last large data frames
 	// received and how many came in a row (see noteData); recvLoop only.
 	// soleReceiver is dataRunID once the run is long enough, else 0, for
-	// other goroutines (Stream.ReceivesAlone).
+	// other goroutines (Stream.DeliversLarge). bulkDirect: no stream
+	// exchanges messages now, so every stream's large frames may be
+	// delivered directly (patch 16; set by updateShare).
 	dataRunID    uint32
 	dataRun      int
 	soleReceiver atomic.Uint32
+	bulkDirect   atomic.Bool
 	// recentBulk are the streams of the last large data frames received,
 	// bulkCount how many different ones, sinceSmall how many large frames
 	// came since another stream's small one, lastSmall that stream, and
@@ -170,6 +173,7 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		recvChunks: newChunkPools(), // patched (patch 11)
 		sinceSmall: interactiveSpan, // patched (patch 12): nobody waiting yet
 	}
+	s.bulkDirect.Store(true) // patched (patch 16): nobody waiting yet
 	if client {
 		s.nextStreamID = 1
 	} else {
