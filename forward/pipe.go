@@ -202,9 +202,11 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 		switch {
 		case read > 0:
 		case drain != nil && pool == &bufPool && (direct == nil || !direct.forBulk()):
-			// Bulk from a tunnel stream that shares its session (a lone
-			// one parks for direct delivery instead): the stream writes
-			// its received chunks to dst, no copy into buf.
+			// Bulk from a tunnel stream whose session does not deliver
+			// its large frames directly (it shares the session with
+			// other bulk streams beside a stream exchanging messages):
+			// the stream writes its received chunks to dst, no copy
+			// into buf.
 			var werr error
 			nr, rerr, werr = drain.WriteBufferedTo(dst)
 			if nr > 0 {
@@ -250,11 +252,12 @@ func copyHalf(dst, src net.Conn, count func(int)) (int64, error) {
 			pool.Put(bp)
 			bp = nil
 		case direct != nil && nr < len(buf) && direct.forBulk():
-			// Bulk, the read drained the stream, and it is its session's
-			// only bulk receiver: wait with the buffer in hand while the
-			// session writes its frames straight to dst (one goroutine
-			// hand-off and one copy fewer per frame). Sharing the session
-			// with other bulk streams, it waits in Read as before.
+			// Bulk, the read drained the stream, and its session
+			// delivers its large frames directly (it is the only bulk
+			// receiver, or nobody in the session exchanges messages):
+			// wait with the buffer in hand while the session writes its
+			// frames straight to dst (one goroutine hand-off and one copy
+			// fewer per frame). Otherwise it waits in Read as before.
 			park = true
 		}
 	}
