@@ -72,8 +72,8 @@ func (s *Stream) DeliversLarge() bool {
 // of at most 16 KiB (64 KiB while DeliversLarge: the stream has received
 // soleRun large frames in a row with no other stream's large frame
 // between, or no stream of the session exchanges messages) that carries
-// no flags, arrives while the receive buffer is empty, on an established stream (or one we
-// half-closed). It returns how many bytes of p it took, from the front;
+// no flags, arrives while the receive buffer is empty, on an established
+// stream (or one we half-closed). It returns how many bytes of p it took, from the front;
 // those count as read (the window update goes out as a Read's would), and
 // the rest is buffered for Read as usual, waking readers. A frame it takes
 // whole wakes no reader. p is valid only during the call.
