@@ -83,13 +83,8 @@ func startPerf(pids []int) (*perfCounter, error) {
 // stop ends the count (SIGINT makes perf stat print it) and returns each
 // event's count.
 func (pc *perfCounter) stop() (map[string]float64, error) {
-	_ = pc.cmd.Process.Signal(syscall.SIGINT)
-	select {
-	case <-pc.done:
-	case <-time.After(waitLimit):
-		_ = pc.cmd.Process.Kill()
-		<-pc.done
-		return nil, errors.New("perf stat did not stop on SIGINT")
+	if err := interruptPerf(pc.cmd, pc.done, "perf stat"); err != nil {
+		return nil, err
 	}
 	return parsePerfCSV(pc.out.String())
 }
@@ -224,4 +219,19 @@ func writePerf(b *strings.Builder, paths []*path) {
 		}
 	}
 	b.WriteString("\n")
+}
+
+// interruptPerf stops a perf process with SIGINT (it then writes its
+// output) and waits for it to exit (done gets Wait's result), killing it if it has not
+// within waitLimit.
+func interruptPerf(cmd *exec.Cmd, done <-chan error, name string) error {
+	_ = cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-done:
+		return nil
+	case <-time.After(waitLimit):
+		_ = cmd.Process.Kill()
+		<-done
+		return fmt.Errorf("%s did not stop on SIGINT", name)
+	}
 }

@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -188,14 +187,9 @@ func startProfile(pids []int, file string) (*perfRecorder, error) {
 // stop ends the recording (SIGINT makes perf record write its file) and
 // returns the shares by kind.
 func (r *perfRecorder) stop() (map[string]float64, error) {
-	_ = r.cmd.Process.Signal(syscall.SIGINT)
 	defer r.closePipes()
-	select {
-	case <-r.done:
-	case <-time.After(waitLimit):
-		_ = r.cmd.Process.Kill()
-		<-r.done
-		return nil, errors.New("perf record did not stop on SIGINT")
+	if err := interruptPerf(r.cmd, r.done, "perf record"); err != nil {
+		return nil, err
 	}
 	defer os.Remove(r.file)
 	kinds, err := reportKinds(r.file)
