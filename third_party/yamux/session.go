@@ -414,7 +414,11 @@ func (s *Session) Ping() (time.Duration, error) {
 	s.pings[id] = ch
 	s.pingLock.Unlock()
 
-	// Send the ping request
+	// Send the ping request. Patched for tunnelworks (see PATCHED.md,
+	// patch 17): the clock starts before the send, not once it returns. A
+	// reply that arrived while this goroutine waited to run again (a busy
+	// host) measured a round trip of a few microseconds.
+	start := time.Now()
 	hdr := header(make([]byte, headerSize))
 	hdr.encode(typePing, flagSYN, 0, id)
 	if err := s.waitForSend(hdr, nil); err != nil {
@@ -422,7 +426,6 @@ func (s *Session) Ping() (time.Duration, error) {
 	}
 
 	// Wait for a response
-	start := time.Now()
 	select {
 	case <-ch:
 	case <-time.After(s.config.ConnectionWriteTimeout):
