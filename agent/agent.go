@@ -304,6 +304,9 @@ type sessionSettings struct {
 	limited              *ratelog.Log  // refusals: once per interval per kind and peer
 	resume               *resume.Table // the agent's resumable streams
 	pipes                *pipeSet      // their pipes, for a handover
+	// onPathRTT is told every answered ping's round trip, with the peer's
+	// certificate key and the session's remote address (see pathrtt.go).
+	onPathRTT func(peerKey, remote string, rtt time.Duration)
 }
 
 // settingsOf are the session settings of either agent's config.
@@ -387,7 +390,12 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, lane int
 		Agent: Version, Class: class, Lane: lane, Classes: classes, HelloTimeout: st.HandshakeTimeout,
 		PingAfter: st.PingAfter, DeadAfter: st.DeadAfter,
 		MaxStreams: st.MaxStreams, MaxBuffer: st.MaxBuffer, HeaderTimeout: st.HeaderTimeout,
-		OnPing:       func(rtt time.Duration) { st.metrics.PingRTT.Observe(rtt.Seconds()) },
+		OnPing: func(rtt time.Duration) {
+			st.metrics.PingRTT.Observe(rtt.Seconds())
+			if st.onPathRTT != nil {
+				st.onPathRTT(id.Key(), remote, rtt)
+			}
+		},
 		OnRefuse:     func(kind, service string, err error, n int) { refused(st, id, remote, kind, service, err, n) },
 		OnHeaderWait: func(d int) { st.metrics.AwaitingHeader.Add(float64(d)) },
 		WindowFor:    classWindow,

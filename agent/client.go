@@ -232,7 +232,23 @@ func (c *Client) learn(services map[string]string) {
 
 func (c *Client) settings() sessionSettings {
 	cfg := c.cfg()
-	return settingsOf(cfg.Settings, cfg.HandshakeTimeout, c.metrics, c.limited, c.resume, &c.handover.pipes)
+	st := settingsOf(cfg.Settings, cfg.HandshakeTimeout, c.metrics, c.limited, c.resume, &c.handover.pipes)
+	st.onPathRTT = c.notePathRTT
+	return st
+}
+
+// notePathRTT tells a round trip measured by one of our sessions to our
+// other sessions on the same path (see pathrtt.go).
+func (c *Client) notePathRTT(peerKey, remote string, rtt time.Duration) {
+	var sessions []*mux.Session
+	for _, ks := range c.keeperList() {
+		for _, k := range ks {
+			if sess := k.current.get(); sess != nil {
+				sessions = append(sessions, sess)
+			}
+		}
+	}
+	notePathRTT(sessions, peerKey, remote, rtt)
 }
 
 func clientPolicySpec(cfg *config.Client) ssl.PolicySpec {

@@ -114,7 +114,9 @@ func (s *Server) cfg() *config.Server { return s.state.Load().cfg }
 
 func (s *Server) settings() sessionSettings {
 	cfg := s.cfg()
-	return settingsOf(cfg.Settings, cfg.HandshakeTimeout, s.metrics, s.limited, s.resume, &s.handover.pipes)
+	st := settingsOf(cfg.Settings, cfg.HandshakeTimeout, s.metrics, s.limited, s.resume, &s.handover.pipes)
+	st.onPathRTT = s.sessions.notePathRTT
+	return st
 }
 
 // Ready is closed once every listener is open.
@@ -605,6 +607,23 @@ func (ss *sessionSet) remove(id ssl.Identity, class string, lane int, s *mux.Ses
 	if ss.m[k] == s {
 		delete(ss.m, k)
 	}
+}
+
+// notePathRTT tells a round trip measured by a session of the client
+// with certificate key peerKey at remote to that client's sessions from
+// the same host (see pathrtt.go).
+func (ss *sessionSet) notePathRTT(peerKey, remote string, rtt time.Duration) {
+	var same []*mux.Session
+	ss.mu.Lock()
+	for _, class := range classes {
+		for lane := range mux.MaxLanes {
+			if s := ss.m[sessionKey{peerKey, class, lane}]; s != nil {
+				same = append(same, s)
+			}
+		}
+	}
+	ss.mu.Unlock()
+	notePathRTT(same, peerKey, remote, rtt)
 }
 
 func (ss *sessionSet) snapshot() map[sessionKey]*mux.Session {

@@ -457,10 +457,20 @@ func (s *Session) Since() time.Time { return s.since }
 // streams that the local side has not read yet (0 built on upstream yamux).
 func (s *Session) ReceiveBuffered() int { return receiveBuffered(s.y) }
 
-// LeastRTT is the least round-trip time of the session's pings so far (0
-// before the first answer, or built on upstream yamux). It sizes the
-// window that bulk streams share beside small messages.
+// LeastRTT is the least round-trip time of the session's pings so far,
+// and of those told to NotePathRTT (0 before the first answer, or built
+// on upstream yamux). It sizes the window that bulk streams share beside
+// small messages.
 func (s *Session) LeastRTT() time.Duration { return pathRTT(s.y) }
+
+// NotePathRTT tells the session a round trip of its path measured by
+// another session to the same peer. A bulk session's own pings wait
+// behind its bulk data: one that came up under load (agents starting,
+// resumed streams moving onto it at once) kept a least round trip several
+// times the path's for as long as its bulk ran, and the window its bulk
+// streams share beside a message stream with it. The peer's other
+// sessions (the control class) find the path quiet.
+func (s *Session) NotePathRTT(d time.Duration) { notePathRTT(s.y, d) }
 
 // StreamWindow is the most a stream of the session may have in flight
 // toward us now, in bytes: the class's window, or less while bulk streams
