@@ -44,8 +44,9 @@ type SessionStatus struct {
 	// ReceiveBuffered: bytes the peer sent that the local side has not
 	// read yet (at most the streams' windows).
 	ReceiveBuffered int `json:"receive_buffered_bytes"`
-	// LeastRTTMicros: the least round trip of the session's pings so far,
-	// in µs (0 before the first answer).
+	// LeastRTTMicros: the least round trip of the pings so far of every
+	// session to the same peer at the same host (the path's), in µs (0
+	// before the first answer).
 	LeastRTTMicros int64 `json:"least_rtt_us"`
 	// StreamWindow: the most a stream of the session may have in flight
 	// toward us now, in bytes: the class's window, or less while bulk
