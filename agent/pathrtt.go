@@ -15,8 +15,8 @@ import (
 // data: one that came up under load (agents starting, resumed streams
 // moving onto it at once) measured several times the path's round trip
 // and kept that for as long as its bulk ran, so a message beside that
-// bulk waited twice as long. The peer's control session, which carries
-// small messages, finds the path quiet.
+// bulk waited several times as long. The peer's control session, which
+// carries small messages, finds the path quiet.
 //
 // Every session on the path is told the least of rtt and of what each of
 // them holds, so a session that came up after another's best ping learns
