@@ -88,14 +88,16 @@ func Pipe(ctx context.Context, a, b net.Conn, m Meter, idle time.Duration) Resul
 
 	countAToB, countBToA := m.AToB, m.BToA
 	if idle > 0 {
+		// The last byte's time in ns since start, by the monotonic clock:
+		// a step of the wall clock is not idleness.
+		start := time.Now()
 		var last atomic.Int64
-		last.Store(time.Now().UnixNano())
-		countAToB = func(n int) { last.Store(time.Now().UnixNano()); m.AToB(n) }
-		countBToA = func(n int) { last.Store(time.Now().UnixNano()); m.BToA(n) }
+		countAToB = func(n int) { last.Store(int64(time.Since(start))); m.AToB(n) }
+		countBToA = func(n int) { last.Store(int64(time.Since(start))); m.BToA(n) }
 		var mu sync.Mutex
 		var timer *time.Timer
 		check := func() {
-			quiet := time.Since(time.Unix(0, last.Load()))
+			quiet := time.Since(start) - time.Duration(last.Load())
 			if quiet >= idle {
 				closeBoth(ErrIdle)
 				return

@@ -253,7 +253,7 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 	if hello.Role == RoleProbe {
 		return nil, ErrProbed
 	}
-	cc := &countingConn{Conn: conn}
+	cc := &countingConn{Conn: conn, start: time.Now()}
 	cc.touch()
 	var y *yamux.Session
 	if cfg.WindowFor != nil {
@@ -675,10 +675,14 @@ func (s *Session) sendDelivered(id uint32, n uint64) error {
 // ErrDraining is returned by Open on a session that is being drained.
 var ErrDraining = errors.New("session is draining")
 
-// countingConn remembers when the peer last sent anything.
+// countingConn remembers when the peer last sent anything, by the
+// monotonic clock: a step of the wall clock (NTP, a VM resumed) is not
+// silence. With wall-clock nanoseconds, a 10 s step forward ended every
+// quiet session of both agents at once on a test machine.
 type countingConn struct {
 	net.Conn
-	last atomic.Int64 // unix nanoseconds
+	start time.Time    // carries the monotonic reading the times below count from
+	last  atomic.Int64 // when the peer last sent, in ns since start
 }
 
 func (c *countingConn) Read(p []byte) (int, error) {
@@ -689,8 +693,8 @@ func (c *countingConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (c *countingConn) touch() { c.last.Store(time.Now().UnixNano()) }
+func (c *countingConn) touch() { c.last.Store(int64(time.Since(c.start))) }
 
 func (c *countingConn) quietFor() time.Duration {
-	return time.Since(time.Unix(0, c.last.Load()))
+	return time.Since(c.start) - time.Duration(c.last.Load())
 }
