@@ -312,19 +312,23 @@ func streamCap(maxStreams int, maxBuffer int64, window uint32) int {
 // Config.MaxBuffer).
 func (s *Session) MaxStreams() int { return s.maxStreams }
 
-// watch pings the peer every PingAfter (its round trip time is a useful
-// metric) and declares it dead after DeadAfter without a single byte from
-// it. Only silence kills: a ping reply late behind bulk data does not.
+// watch pings the peer every PingAfter, its first startPings pings every
+// quarter of that (its round trip time is a useful metric and sizes the
+// window bulk streams share), and declares it dead after DeadAfter
+// without a single byte from it. Only silence kills: a ping reply late
+// behind bulk data does not.
 func (s *Session) watch() {
 	tick := time.NewTicker(s.cfg.PingAfter / 4)
 	defer tick.Stop()
 	var (
 		outstanding atomic.Int32
 		lastPing    time.Time
+		sent        int       // pings sent
 		refused     [2]uint64 // yamux's counts already reported
 	)
 	ping := func() bool {
 		lastPing = time.Now()
+		sent++
 		outstanding.Add(1)
 		return s.spawn(func() {
 			defer outstanding.Add(-1)
@@ -362,7 +366,7 @@ func (s *Session) watch() {
 		// bytes the peer gets from us, and its replies may sit behind that
 		// upload for longer than dead_after. Each Ping blocks until its
 		// reply or ConnectionWriteTimeout, so a few may be in flight.
-		if time.Since(lastPing) < s.cfg.PingAfter || outstanding.Load() >= maxOutstandingPings {
+		if !pingDue(time.Since(lastPing), sent, s.cfg.PingAfter) || outstanding.Load() >= maxOutstandingPings {
 			continue
 		}
 		if !ping() {
@@ -387,6 +391,29 @@ func (s *Session) pollRefused(last *[2]uint64) {
 // maxOutstandingPings bounds the pings awaiting a reply (each holds a
 // goroutine for at most ConnectionWriteTimeout).
 const maxOutstandingPings = 4
+
+// startPings are a session's first pings, sent one per watch tick (a
+// quarter of PingAfter) rather than one per PingAfter. The least round
+// trip sizes the window bulk streams share beside messages; a session
+// that comes up busy (a reconnect, its resumed streams moving onto it at
+// once) measures a long first one, and the next quiet ping of any session
+// to the peer corrects it (agent's path sharing): seconds later, not a
+// PingAfter or two.
+const startPings = 4
+
+// pingDue says whether a ping is due at a watch tick (every PingAfter/4),
+// since the last one and with sent pings sent so far. Ticks and pings do
+// not line up exactly: a ping goes out a moment after its tick, so the
+// next interval measured at a tick is a little short of its ticks; half a
+// tick of slack keeps one ping per PingAfter, not one per 5 ticks.
+func pingDue(since time.Duration, sent int, pingAfter time.Duration) bool {
+	tick := pingAfter / 4
+	interval := pingAfter
+	if sent < startPings {
+		interval = tick
+	}
+	return since >= interval-tick/2
+}
 
 // finish closes the session once, remembering why.
 func (s *Session) finish(reason error) {

@@ -84,6 +84,33 @@ func TestFirstPingAtOnce(t *testing.T) {
 	})
 }
 
+// A session's first pings go out one per watch tick (a quarter of
+// PingAfter), later ones one per PingAfter; a tick that comes a moment
+// short of the interval (the last ping went out just after its tick)
+// still sends, so the interval is PingAfter, not five ticks.
+func TestPingSchedule(t *testing.T) {
+	const after = 10 * time.Second
+	const tick = after / 4
+	const late = 5 * time.Millisecond // the last ping went out this long after its tick
+	for _, c := range []struct {
+		since time.Duration
+		sent  int
+		due   bool
+	}{
+		{tick - late, 1, true},  // the second ping, a tick after the first
+		{tick - late, 3, true},  // the fourth
+		{tick - late, 4, false}, // the fifth waits for PingAfter
+		{3*tick - late, 4, false},
+		{4*tick - late, 4, true},
+		{4*tick - late, 100, true},
+		{tick / 4, 1, false}, // never more than one per tick
+	} {
+		if got := pingDue(c.since, c.sent, after); got != c.due {
+			t.Errorf("pingDue(%v since, %d sent) = %v, want %v", c.since, c.sent, got, c.due)
+		}
+	}
+}
+
 // StreamWindow says what a stream is offered: once the RTT is known and
 // before bulk data has given a rate, the initial window; with bulk data
 // flowing fast (loopback), the class's whole window.
