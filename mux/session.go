@@ -491,12 +491,8 @@ func (s *Session) ReceiveBuffered() int { return receiveBuffered(s.y) }
 func (s *Session) LeastRTT() time.Duration { return pathRTT(s.y) }
 
 // NotePathRTT tells the session a round trip of its path measured by
-// another session to the same peer. A bulk session's own pings wait
-// behind its bulk data: one that came up under load (agents starting,
-// resumed streams moving onto it at once) kept a least round trip several
-// times the path's for as long as its bulk ran, and the window its bulk
-// streams share beside a message stream with it. The peer's other
-// sessions (the control class) find the path quiet.
+// another session to the same peer (the agent's path sharing: a bulk
+// session's own pings wait behind its bulk data).
 func (s *Session) NotePathRTT(d time.Duration) { notePathRTT(s.y, d) }
 
 // StreamWindow is the most a stream of the session may have in flight
