@@ -217,6 +217,33 @@ func (s *Session) NotePathRTT(d time.Duration) {
 // PathRTT is the least round-trip time told to NotePathRTT, 0 if none.
 func (s *Session) PathRTT() time.Duration { return time.Duration(s.pathRTT.Load()) }
 
+// NotePathFloor tells the session a round trip its path takes at least
+// now, by a measure that forgets old samples (TCP's own minimum over its
+// last minutes, say); 0 forgets it. Patched for tunnelworks (PATCHED.md,
+// patch 18): the least ping never rises, so a path that lengthened under
+// a long-lived connection (a failover to a longer route) kept its old
+// round trip, and bulk streams beside a message were held to a window
+// the new path could not fill.
+func (s *Session) NotePathFloor(d time.Duration) {
+	if d < 0 {
+		d = 0
+	}
+	s.pathFloor.Store(int64(d))
+}
+
+// PathFloor is the round trip told to NotePathFloor last, 0 if none.
+func (s *Session) PathFloor() time.Duration { return time.Duration(s.pathFloor.Load()) }
+
+// sizingRTT is the round trip patch 13 sizes windows by: the least ping,
+// or the floor if that is longer (patch 18); 0 until a ping is answered.
+func (s *Session) sizingRTT() time.Duration {
+	rtt := time.Duration(s.pathRTT.Load())
+	if floor := time.Duration(s.pathFloor.Load()); rtt != 0 && floor > rtt {
+		return floor
+	}
+	return rtt
+}
+
 // WindowSharedBy is by how many bulk streams the window is shared now (1:
 // not shared). Patched for tunnelworks (PATCHED.md, patches 12 and 13).
 func (s *Session) WindowSharedBy() int { return int(s.shareWindow.Load()) }
@@ -234,7 +261,7 @@ func (s *Session) updateBudget(now time.Time) {
 	bytes := s.rateBytes
 	s.frameGap = elapsed / bulkHistory
 	s.rateStart, s.rateBytes = now, 0
-	rtt := time.Duration(s.pathRTT.Load())
+	rtt := s.sizingRTT()
 	b := sharedBudget(bytes, elapsed, rtt, maxSharedBudget(s.config.MaxStreamWindowSize))
 	if s.sharedBudget.Load() != b {
 		s.sharedBudget.Store(b)

@@ -175,10 +175,15 @@ func TestStream_SharedWindowSizedToPath(t *testing.T) {
 	for _, c := range []struct {
 		name      string
 		rtt       time.Duration
-		low, high uint32 // offered credit of a sharing stream, (low, high]
+		floor     time.Duration // told to NotePathFloor (patch 18)
+		low, high uint32        // offered credit of a sharing stream, (low, high]
 	}{
-		{"short path", time.Microsecond, 0, minSharedWindow},
-		{"long path", time.Second, max / 2, max},
+		{"short path", time.Microsecond, 0, 0, minSharedWindow},
+		{"long path", time.Second, 0, max / 2, max},
+		// A path that lengthened: the least ping is short, the floor
+		// (TCP's recent minimum) long; the window is sized by the floor.
+		{"lengthened path", time.Microsecond, time.Second, max / 2, max},
+		{"floor below the least ping", time.Microsecond, time.Nanosecond, 0, minSharedWindow},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cc, sc := tcpPair(t)
@@ -199,6 +204,7 @@ func TestStream_SharedWindowSizedToPath(t *testing.T) {
 			if got := time.Duration(server.pathRTT.Load()); got != c.rtt {
 				t.Fatalf("path RTT %s, want the least told, %s", got, c.rtt)
 			}
+			server.NotePathFloor(c.floor)
 			cp, sp := openPair(t, client, server)
 			if _, err := cp.Write([]byte("ping")); err != nil {
 				t.Fatal(err)
@@ -531,5 +537,23 @@ func TestStream_LoneBulkCapSizedToRate(t *testing.T) {
 				t.Fatalf("the bulk stream offered %d bytes of credit, want (%d, %d]", o, c.low, c.high)
 			}
 		})
+	}
+}
+
+// Patch 18: windows are sized by the longer of the least ping and the
+// floor, and by nothing until a ping is answered.
+func TestSizingRTT(t *testing.T) {
+	s := &Session{}
+	s.NotePathFloor(time.Second)
+	if got := s.sizingRTT(); got != 0 {
+		t.Fatalf("before any ping: sized by %s, want unknown (0)", got)
+	}
+	s.NotePathRTT(time.Millisecond)
+	if got := s.sizingRTT(); got != time.Second {
+		t.Fatalf("floor 1s over a 1ms ping: sized by %s", got)
+	}
+	s.NotePathFloor(0)
+	if got := s.sizingRTT(); got != time.Millisecond {
+		t.Fatalf("floor forgotten: sized by %s, want the least ping, 1ms", got)
 	}
 }

@@ -127,6 +127,7 @@ type Session struct {
 	// (0: MaxStreamWindowSize), from the same rate and RTT (patch 13).
 	loneCap   atomic.Uint32
 	pathRTT   atomic.Int64
+	pathFloor atomic.Int64 // ns; patch 18
 	rateStart time.Time
 	rateBytes uint64
 	lastLarge time.Time     // when the last large frame came (recvLoop only)
