@@ -48,6 +48,11 @@ type SessionStatus struct {
 	// session to the same peer at the same host (the path's), in µs (0
 	// before the first answer).
 	LeastRTTMicros int64 `json:"least_rtt_us"`
+	// TCPMinRTTMicros: the kernel's least round trip of the session's
+	// connection over its last 5 minutes, in µs (0 where the system does
+	// not tell). Unlike least_rtt_us it rises when the path lengthens;
+	// windows are sized by the longer of the two.
+	TCPMinRTTMicros int64 `json:"tcp_min_rtt_us,omitempty"`
 	// StreamWindow: the most a stream of the session may have in flight
 	// toward us now, in bytes: the class's window, or less while bulk
 	// streams share it beside messages or are sized to the path.

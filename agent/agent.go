@@ -396,6 +396,9 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, lane int
 				st.onPathRTT(id.Key(), remote, rtt)
 			}
 		},
+		// The least ping never rises; the kernel's recent minimum does
+		// when the path lengthens under the connection (a failover).
+		PathMinRTT:   func() time.Duration { return sockopt.MinRTT(conn.Raw()) },
 		OnRefuse:     func(kind, service string, err error, n int) { refused(st, id, remote, kind, service, err, n) },
 		OnHeaderWait: func(d int) { st.metrics.AwaitingHeader.Add(float64(d)) },
 		WindowFor:    classWindow,

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunnelworks/tunnel/admin"
 	"github.com/tunnelworks/tunnel/mux"
 	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
@@ -71,5 +72,27 @@ func TestSessionsOnOnePathShareLeastRTT(t *testing.T) {
 			t.Fatalf("the server's least round trip to the other client %s is edge's: told across peers", o)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Every session knows its connection's least round trip lately, as the
+// kernel measured it (the floor its windows are sized by if the path
+// lengthens: yamux patch 18), and shows it in /status on both sides.
+func TestSessionsShowTheKernelsMinRTT(t *testing.T) {
+	f := startFleet(t, fleetOptions{allow: `"edge"`, extra: "ping_after = \"50ms\"\n"})
+	cli, _, _ := f.startClient(t, pki.Options{CommonName: "edge"}, "ping_after = \"50ms\"\nforward \"echo\" {\n  listen = \"127.0.0.1:0\"\n}\n")
+	for side, status := range map[string]func() admin.Status{"client": cli.status, "server": f.srv.status} {
+		waitFor(t, side+"'s sessions with the kernel's least round trip", func() bool {
+			st := status()
+			for _, s := range st.Sessions {
+				if s.TCPMinRTTMicros <= 0 {
+					return false
+				}
+				if s.TCPMinRTTMicros > int64(time.Second/time.Microsecond) {
+					t.Fatalf("%s: a session over loopback with a TCP least round trip of %d µs", side, s.TCPMinRTTMicros)
+				}
+			}
+			return len(st.Sessions) > 0
+		})
 	}
 }

@@ -37,6 +37,11 @@ type Config struct {
 	OpenTimeout time.Duration
 	// OnPing, if set, is told the round trip time of every answered ping.
 	OnPing func(time.Duration)
+	// PathMinRTT, if set, is the least round trip of the session's
+	// connection lately, by a measure that rises when the path lengthens
+	// (the kernel's: sockopt.MinRTT). It is read at every answered ping;
+	// windows are sized by the longer of it and the least ping.
+	PathMinRTT func() time.Duration
 	// MaxStreams bounds the tunnelled streams the session holds at once,
 	// both directions, each counted from the moment yamux accepts it
 	// (before its header has arrived). The two control streams come on
@@ -337,6 +342,11 @@ func (s *Session) watch() {
 				return
 			}
 			notePathRTT(s.y, rtt) // sizes the window bulk streams share
+			if s.cfg.PathMinRTT != nil {
+				// The least ping never rises; this does, if the path
+				// lengthens under the connection.
+				notePathFloor(s.y, s.cfg.PathMinRTT())
+			}
 			if s.cfg.OnPing != nil {
 				s.cfg.OnPing(rtt)
 			}
@@ -489,6 +499,12 @@ func (s *Session) ReceiveBuffered() int { return receiveBuffered(s.y) }
 // on upstream yamux). It sizes the window that bulk streams share beside
 // small messages.
 func (s *Session) LeastRTT() time.Duration { return pathRTT(s.y) }
+
+// PathFloor is the connection's least round trip lately, as read from
+// Config.PathMinRTT at the last answered ping (0 if not set, not known,
+// or built on upstream yamux). Windows are sized by the longer of it and
+// LeastRTT.
+func (s *Session) PathFloor() time.Duration { return pathFloor(s.y) }
 
 // NotePathRTT tells the session a round trip of its path measured by
 // another session to the same peer (the agent's path sharing: a bulk

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -23,6 +24,27 @@ func TestPingsGiveLeastRTT(t *testing.T) {
 		if rtt := s.LeastRTT(); rtt > 10*time.Second {
 			t.Fatalf("least RTT %s over loopback", rtt)
 		}
+	}
+}
+
+// The floor (the kernel's recent least round trip, which rises when the
+// path lengthens) is read at every answered ping and follows it up; the
+// least ping does not rise.
+func TestPathFloorFollowsPathMinRTT(t *testing.T) {
+	var kernel atomic.Int64
+	kernel.Store(int64(5 * time.Second))
+	cfg := Config{PingAfter: 40 * time.Millisecond, PathMinRTT: func() time.Duration { return time.Duration(kernel.Load()) }}
+	server, client := sessions(t, "client-a", cfg)
+	for _, s := range []*Session{server, client} {
+		waitUntil(t, "the floor read at a ping", func() bool { return s.PathFloor() == 5*time.Second })
+	}
+	least := client.LeastRTT()
+	kernel.Store(int64(50 * time.Second)) // the path lengthened
+	for _, s := range []*Session{server, client} {
+		waitUntil(t, "the floor risen", func() bool { return s.PathFloor() == 50*time.Second })
+	}
+	if l := client.LeastRTT(); l > least || l >= 5*time.Second {
+		t.Fatalf("least ping %s after %s: it never rises, and is the ping's, not the floor", l, least)
 	}
 }
 

@@ -46,6 +46,13 @@ func notePathRTT(y *yamux.Session, d time.Duration) { y.NotePathRTT(d) }
 // pathRTT is the least round-trip time y was told of (patch 13).
 func pathRTT(y *yamux.Session) time.Duration { return y.PathRTT() }
 
+// notePathFloor tells y a round trip its path takes at least now, one
+// that may rise (patch 18).
+func notePathFloor(y *yamux.Session, d time.Duration) { y.NotePathFloor(d) }
+
+// pathFloor is the floor y was told last (patch 18).
+func pathFloor(y *yamux.Session) time.Duration { return y.PathFloor() }
+
 // windowSharedBy is by how many bulk streams y's window is shared now.
 func windowSharedBy(y *yamux.Session) int { return y.WindowSharedBy() }
 

@@ -33,6 +33,10 @@ func notePathRTT(*yamux.Session, time.Duration) {}
 
 func pathRTT(*yamux.Session) time.Duration { return 0 }
 
+func notePathFloor(*yamux.Session, time.Duration) {}
+
+func pathFloor(*yamux.Session) time.Duration { return 0 }
+
 func windowSharedBy(*yamux.Session) int { return 1 }
 
 // streamWindow: upstream does not tell.

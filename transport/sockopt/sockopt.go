@@ -3,7 +3,8 @@
 // peer is noticed even while our writes sit unacknowledged), IP TTL and
 // minimum TTL for GTSM (RFC 5082), DSCP marking, TCP_NOTSENT_LOWAT (unsent
 // data does not pile up in the kernel behind which small messages would
-// wait), and TCP_NODELAY.
+// wait), and TCP_NODELAY; and it reads the kernel's recent least round
+// trip of a connection (MinRTT).
 package sockopt
 
 import (

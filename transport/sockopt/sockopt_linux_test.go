@@ -1,6 +1,7 @@
 package sockopt
 
 import (
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -112,4 +113,37 @@ func TestMinTTLRefusesLowTTL(t *testing.T) {
 		t.Fatalf("TTL 255 refused: %v", err)
 	}
 	c.Close()
+}
+
+// MinRTT reads the kernel's least round trip of a real connection: over
+// loopback, more than nothing and far less than a second. Anything but a
+// TCP connection has none.
+func TestMinRTTOfLoopbackConnection(t *testing.T) {
+	c, s := pair(t, "tcp4", "127.0.0.1:0", Unset)
+	msg := make([]byte, 4096)
+	for range 20 { // acknowledged round trips, samples for the kernel
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(s, msg); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Write(msg[:1]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, msg[:1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, conn := range []net.Conn{c, s} {
+		if d := MinRTT(conn); d <= 0 || d >= time.Second {
+			t.Errorf("%s: MinRTT %s, want within (0, 1s)", conn.LocalAddr(), d)
+		}
+	}
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if d := MinRTT(a); d != 0 {
+		t.Errorf("MinRTT of a pipe: %s, want 0", d)
+	}
 }

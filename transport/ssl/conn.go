@@ -35,6 +35,10 @@ func Server(raw net.Conn, cfg *tls.Config) *Conn {
 	return &Conn{Conn: tls.Server(b, cfg), raw: b}
 }
 
+// Raw is the connection under TLS (for what the kernel knows of it, such
+// as its round trip; never for reading or writing).
+func (c *Conn) Raw() net.Conn { return c.raw.Conn }
+
 // Write encrypts p into as many records as it needs and sends them in one
 // system call.
 func (c *Conn) Write(p []byte) (int, error) {
