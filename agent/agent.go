@@ -721,6 +721,13 @@ func endReason(err error) string {
 	return "connection_lost"
 }
 
+// sessionStatus is what /status shows of one session, on either agent.
+func sessionStatus(sess *mux.Session, key, class string, lane int) admin.SessionStatus {
+	return admin.SessionStatus{Peer: sess.Peer.Name(), Key: key, Class: class, Lane: lane, Remote: sess.RemoteAddr(),
+		Since: sess.Since(), Streams: sess.NumStreams(), ReceiveBuffered: sess.ReceiveBuffered(),
+		LeastRTTMicros: sess.LeastRTT().Microseconds(), TCPMinRTTMicros: sess.PathFloor().Microseconds(), StreamWindow: sess.StreamWindow()}
+}
+
 func forwardStatus(m *admin.Metrics, kind, name, listen, target, class, classFrom string) admin.ForwardStatus {
 	c := m.Counts(kind, name)
 	return admin.ForwardStatus{Name: name, Listen: listen, Target: target, Class: class, ClassFrom: classFrom,

@@ -455,7 +455,7 @@ func (c *Client) status() admin.Status {
 	for class, ks := range c.keeperList() {
 		for _, k := range ks {
 			if sess := k.current.get(); sess != nil {
-				st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: sess.Peer.Name(), Key: sess.Peer.Key(), Class: class, Lane: k.lane, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams(), ReceiveBuffered: sess.ReceiveBuffered(), LeastRTTMicros: sess.LeastRTT().Microseconds(), TCPMinRTTMicros: sess.PathFloor().Microseconds(), StreamWindow: sess.StreamWindow()})
+				st.Sessions = append(st.Sessions, sessionStatus(sess, sess.Peer.Key(), class, k.lane))
 			}
 		}
 	}

@@ -526,7 +526,7 @@ func (s *Server) status() admin.Status {
 		st.LastError = *e
 	}
 	for k, sess := range s.sessions.snapshot() {
-		st.Sessions = append(st.Sessions, admin.SessionStatus{Peer: sess.Peer.Name(), Key: k.key, Class: k.class, Lane: k.lane, Remote: sess.RemoteAddr(), Since: sess.Since(), Streams: sess.NumStreams(), ReceiveBuffered: sess.ReceiveBuffered(), LeastRTTMicros: sess.LeastRTT().Microseconds(), TCPMinRTTMicros: sess.PathFloor().Microseconds(), StreamWindow: sess.StreamWindow()})
+		st.Sessions = append(st.Sessions, sessionStatus(sess, k.key, k.class, k.lane))
 	}
 	for _, f := range cfg.Forwards {
 		sess, _ := s.sessions.find(clientMatcher(f.Client), f.Class)
