@@ -25,6 +25,26 @@ func (q *writeQueue) numWaiting() int {
 	return len(q.waiting)
 }
 
+// flowState is what flow f has in the queue: copies of frames (patch
+// 19), and whether its writer waits for a turn.
+func (q *writeQueue) flowState(f *writeFlow) (queued int, waiting bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, t := range q.waiting {
+		if t == &f.turn {
+			waiting = true
+		}
+	}
+	return f.queued, waiting
+}
+
+// queuedBytes is how many bytes of frame copies wait in the queue.
+func (q *writeQueue) queuedBytes() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.queued
+}
+
 // wireFrame is a frame as it left the connection.
 type wireFrame struct {
 	typ    uint8
@@ -153,14 +173,22 @@ func TestWriteQueue_QuietStreamGoesNext(t *testing.T) {
 	rec.stall()
 	write(a, bulk)
 	waitFor(t, "a's first frame inside conn.Write", func() bool { return rec.waiting.Load() == 1 })
+	// Patch 19: b's and c's frames and FINs wait as copies in the queue
+	// (or, were it full, their writers for a turn).
 	write(b, bulk)
 	write(c, bulk)
-	waitFor(t, "b and c waiting for their turn", func() bool { return client.writes.numWaiting() == 2 })
+	for _, s := range []*Stream{b, c} {
+		waitFor(t, "a bulk stream's frames and FIN in the queue", func() bool {
+			n, waiting := client.writes.flowState(&s.flow)
+			return n == 3 || waiting
+		})
+	}
+	entries := client.writes.numWaiting()
 	pinged := make(chan error, 1)
 	go func() { _, err := client.Ping(); pinged <- err }()
-	waitFor(t, "the ping waiting for its turn", func() bool { return client.writes.numWaiting() == 3 })
+	waitFor(t, "the ping waiting for its turn", func() bool { return client.writes.numWaiting() == entries+1 })
 	write(p, small)
-	waitFor(t, "p waiting for its turn", func() bool { return client.writes.numWaiting() == 4 })
+	waitFor(t, "p's message and FIN queued", func() bool { n, _ := client.writes.flowState(&p.flow); return n == 2 })
 	rec.release()
 
 	wg.Wait()
@@ -208,8 +236,8 @@ func TestWriteQueue_QuietStreamGoesNext(t *testing.T) {
 		t.Fatalf("order %v: want a's frame (in conn.Write when stalled), then the ping and p, then the rest", order)
 	}
 	// The bulk streams take turns: at every point, no one has sent two
-	// frames more than another.
-	count := map[string]int{}
+	// frames more than another (a's first frame counts).
+	count := map[string]int{"a": 1}
 	for i, who := range order[3:] {
 		count[who]++
 		lo, hi := count["a"], count["a"]

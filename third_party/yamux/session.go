@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/ioutil"
@@ -175,6 +176,9 @@ func newSession(config *Config, conn io.ReadWriteCloser, client bool) *Session {
 		sinceSmall: interactiveSpan, // patched (patch 12): nobody waiting yet
 	}
 	s.bulkDirect.Store(true) // patched (patch 16): nobody waiting yet
+	// Patched (patch 19): whoever holds conn writes the frames queued
+	// behind it.
+	s.writes.conn, s.writes.onFail = conn, s.failedQueuedWrite
 	if client {
 		s.nextStreamID = 1
 	} else {
@@ -571,10 +575,18 @@ func (s *Session) send() {
 // together on the wire. The bytes written are the same as upstream's:
 // the protocol is unchanged.
 func (s *Session) writeData(f *writeFlow, hdr header, body []byte) error {
-	if !s.writes.tryTake(f, len(hdr)+len(body)) {
+	// Patch 19: if another writer holds conn, a copy of the frame waits
+	// in s.writes for it to write, and we return.
+	took, err := s.writes.queueFrame(f, hdr, body)
+	switch {
+	case errors.Is(err, errQueueFull):
 		if err := s.waitWriteSlot(f, len(hdr)+len(body)); err != nil {
 			return err
 		}
+	case err != nil:
+		return ErrSessionShutdown // a queued frame failed: the session is ending
+	case !took:
+		return nil
 	}
 	select {
 	case <-s.shutdownCh:
@@ -582,9 +594,12 @@ func (s *Session) writeData(f *writeFlow, hdr header, body []byte) error {
 		return ErrSessionShutdown
 	default:
 	}
-	_, err := s.conn.Write(hdr)
+	_, err = s.conn.Write(hdr)
 	if err == nil && len(body) > 0 {
 		_, err = s.conn.Write(body)
+	}
+	if err != nil {
+		s.writes.fail(err)
 	}
 	s.writes.release()
 	if err != nil {
@@ -594,6 +609,25 @@ func (s *Session) writeData(f *writeFlow, hdr header, body []byte) error {
 		return err
 	}
 	return nil
+}
+
+// failedQueuedWrite ends the session after a queued frame (patch 19)
+// failed to be written by whoever held conn, which may be sendLoop:
+// Close waits for sendLoop, so this only records the cause and closes
+// conn; recvLoop then fails and closes the session.
+func (s *Session) failedQueuedWrite(err error) {
+	select {
+	case <-s.shutdownCh:
+		return // closing already: conn is closed
+	default:
+	}
+	s.logger.Printf("[ERR] yamux: Failed to write data frame: %v", err)
+	s.shutdownErrLock.Lock()
+	if s.shutdownErr == nil {
+		s.shutdownErr = err
+	}
+	s.shutdownErrLock.Unlock()
+	s.conn.Close()
 }
 
 // waitWriteSlot waits for f's turn to write n bytes, at most
@@ -633,6 +667,7 @@ func (s *Session) sendLoop() error {
 			if ready.Hdr != nil {
 				_, err := s.conn.Write(ready.Hdr)
 				if err != nil {
+					s.writes.fail(err)
 					s.writes.release()
 					s.logger.Printf("[ERR] yamux: Failed to write header: %v", err)
 					asyncSendErr(ready.Err, err)
@@ -661,6 +696,7 @@ func (s *Session) sendLoop() error {
 				// Send data from a body if given
 				_, err := s.conn.Write(bodyBuf.Bytes())
 				if err != nil {
+					s.writes.fail(err)
 					s.writes.release()
 					s.logger.Printf("[ERR] yamux: Failed to write body: %v", err)
 					asyncSendErr(ready.Err, err)

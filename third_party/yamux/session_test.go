@@ -1782,6 +1782,21 @@ func TestSession_ConnectionWriteTimeout(t *testing.T) {
 		t.Fatalf("open second: %v", err)
 	}
 	defer second.Close()
+	third, err := client.OpenStream()
+	if err != nil {
+		t.Fatalf("open third: %v", err)
+	}
+	defer third.Close()
+	// Streams that fill the write queue, each with one window.
+	var fillers []*Stream
+	for len(fillers)*int(initialStreamWindow) <= maxQueuedBytes {
+		s, err := client.OpenStream()
+		if err != nil {
+			t.Fatalf("open a filler: %v", err)
+		}
+		defer s.Close()
+		fillers = append(fillers, s)
+	}
 	firstAccepted, err := server.AcceptStream()
 	if err != nil {
 		t.Fatalf("accept: %v", err)
@@ -1814,12 +1829,31 @@ func TestSession_ConnectionWriteTimeout(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 
-	n, err := second.Write([]byte("world"))
+	// Patched for tunnelworks (patch 19): a write that finds conn taken
+	// leaves a copy of its frame in the queue and returns; once the
+	// queue holds maxQueuedBytes, a writer waits for its turn, at most
+	// ConnectionWriteTimeout.
+	if n, err := second.Write([]byte("world")); err != nil || n != 5 {
+		t.Fatalf("second write: %d, %v; want it queued", n, err)
+	}
+	frame := make([]byte, maxDataFrame)
+	full := func() bool { return client.writes.queuedBytes()+headerSize+maxDataFrame > maxQueuedBytes }
+	for _, s := range fillers {
+		for k := 0; k < int(initialStreamWindow)/maxDataFrame && !full(); k++ {
+			if n, err := s.Write(frame); err != nil || n != len(frame) {
+				t.Fatalf("a write of one frame: %d, %v; want it queued", n, err)
+			}
+		}
+	}
+	if !full() {
+		t.Fatalf("the queue still has room (%d bytes queued): open more fillers", client.writes.queuedBytes())
+	}
+	n, err := third.Write(make([]byte, maxDataFrame))
 	if err != ErrConnectionWriteTimeout {
-		t.Fatalf("second write: err = %v, want %v", err, ErrConnectionWriteTimeout)
+		t.Fatalf("third write, the queue full: err = %v, want %v", err, ErrConnectionWriteTimeout)
 	}
 	if n != 0 {
-		t.Fatalf("second write lied about writes: %d", n)
+		t.Fatalf("third write lied about writes: %d", n)
 	}
 	select {
 	case err := <-firstDone:

@@ -363,7 +363,10 @@ func (s *Stream) sendWindowUpdate() error {
 	return nil
 }
 
-// sendClose is used to send a FIN
+// sendClose is used to send a FIN. Patched for tunnelworks (patch 19):
+// it goes in the stream's own turn after its data frames, some of which
+// may still wait in the session's write queue, not through sendLoop,
+// which could send it ahead of them.
 func (s *Stream) sendClose() error {
 	s.controlHdrLock.Lock()
 	defer s.controlHdrLock.Unlock()
@@ -371,14 +374,7 @@ func (s *Stream) sendClose() error {
 	flags := s.sendFlags()
 	flags |= flagFIN
 	s.controlHdr.encode(typeWindowUpdate, flags, s.id, 0)
-	if err := s.session.waitForSendErr(s.controlHdr, nil, s.controlErr); err != nil {
-		if errors.Is(err, ErrSessionShutdown) || errors.Is(err, ErrConnectionWriteTimeout) {
-			// Message left in ready queue, header re-use is unsafe.
-			s.controlHdr = header(make([]byte, headerSize))
-		}
-		return err
-	}
-	return nil
+	return s.session.writeData(&s.flow, s.controlHdr, nil)
 }
 
 // Close is used to close the stream
@@ -443,7 +439,8 @@ SEND_CLOSE:
 // ErrConnectionReset (data it has not read yet is dropped), as do ours, at
 // once, including calls blocked now. The reset frame goes out after every
 // data frame this stream's writes have handed to the connection, so it
-// cannot overtake them. Reset also works after Close (the FIN is already
+// cannot overtake them; frames still waiting in the session's write queue
+// (patch 19) are dropped. Reset also works after Close (the FIN is already
 // sent). It does nothing on a stream already reset, fully closed, or
 // whose session has shut down. It may return before the frame is written:
 // if a Write of this stream is inside the connection's Write, the frame is
@@ -487,7 +484,10 @@ func (s *Stream) Reset() error {
 }
 
 // sendReset queues a RST frame for the stream. sendLock must be held.
+// The stream's data frames still queued are dropped first (patch 19): the
+// peer would drop them, and they would otherwise go after the RST.
 func (s *Stream) sendReset() error {
+	s.session.writes.drop(&s.flow)
 	hdr := header(make([]byte, headerSize))
 	hdr.encode(typeWindowUpdate, flagRST, s.id, 0)
 	return s.session.sendNoWait(hdr)
@@ -505,9 +505,7 @@ func (s *Stream) closeTimeout() {
 	// Send a RST so the remote side closes too.
 	s.sendLock.Lock()
 	defer s.sendLock.Unlock()
-	hdr := header(make([]byte, headerSize))
-	hdr.encode(typeWindowUpdate, flagRST, s.id, 0)
-	_ = s.session.sendNoWait(hdr)
+	_ = s.sendReset()
 }
 
 // forceClose is used for when the session is exiting
@@ -584,6 +582,9 @@ func (s *Stream) processFlags(flags uint16) error {
 		s.state = streamReset
 		closeStream = true
 		s.notifyWaiting()
+		// Patch 19: what we queued for it, the peer would only count as
+		// stray.
+		s.session.writes.drop(&s.flow)
 	}
 	return nil
 }

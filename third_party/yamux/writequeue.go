@@ -2,6 +2,8 @@ package yamux
 
 import (
 	"container/heap"
+	"errors"
+	"io"
 	"sync"
 	"time"
 )
@@ -29,20 +31,138 @@ const maxDataFrame = 64 * 1024
 // before the next frame of any busy flow and goes next. A flow's frames
 // keep their order: its writer waits for each frame to be written before
 // it sends the next.
+//
+// Patch 19: a stream's data frame need not wait for its turn. A writer
+// that finds the connection taken leaves a copy of its frame in the queue
+// (queueFrame) and returns: whoever holds the connection writes it in its
+// turn before letting go (release). Writers then wait only for their
+// socket and their window, as a plain TLS relay's copy loop does, instead
+// of readying each other frame by frame. Queued copies are bounded per
+// session (maxQueuedBytes); past that a writer waits for its turn as
+// before.
 type writeQueue struct {
 	mu      sync.Mutex
 	busy    bool      // a frame is being written
 	now     uint64    // virtual time: the start of the frame being written
 	seq     uint64    // arrival order, for ties
 	waiting writeHeap // by end, then arrival
+	queued  int       // bytes of queued frames not yet written
+	// conn is where release writes queued frames; failed is the first
+	// error it met (queued frames are then dropped).
+	conn   io.Writer
+	failed error
+	onFail func(error)
+}
+
+// maxQueuedBytes bounds the copies of frames queued in a session (patch
+// 19): sixteen of the largest data frames, about 1 MiB. With four, bulk
+// writers found the queue full and waited for their turn about as often
+// as without the queue (bench/README.md, issue 17, thirteenth part).
+const maxQueuedBytes = 16 * (maxDataFrame + headerSize)
+
+// maxDrainBytes bounds what one release writes of others' queued frames
+// (patch 19).
+const maxDrainBytes = 2 * maxQueuedBytes
+
+// queuedFrame is a copy of a data frame (or a FIN) that waits in the
+// queue for whoever holds the connection to write it.
+type queuedFrame struct {
+	turn writeTurn
+	flow *writeFlow
+	hdr  [headerSize]byte
+	body []byte
+}
+
+var queuedFrames = sync.Pool{New: func() any { return new(queuedFrame) }}
+
+// queueFrame takes the connection for f's frame of hdr and body (true:
+// the caller writes it and releases) or, if someone else holds it,
+// leaves a copy in the queue for them to write (false). With more than
+// maxQueuedBytes queued already it does neither and returns
+// errQueueFull; after a failed write, the error.
+func (q *writeQueue) queueFrame(f *writeFlow, hdr header, body []byte) (bool, error) {
+	n := len(hdr) + len(body)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.failed != nil {
+		return false, q.failed
+	}
+	if !q.busy && len(q.waiting) == 0 {
+		q.busy = true
+		q.now = later(q.now, f.end)
+		f.end = q.now + uint64(n)
+		return true, nil
+	}
+	if q.queued+n > maxQueuedBytes {
+		return false, errQueueFull
+	}
+	qf := queuedFrames.Get().(*queuedFrame)
+	qf.flow = f
+	copy(qf.hdr[:], hdr)
+	qf.body = append(qf.body[:0], body...)
+	t := &qf.turn
+	t.frame = qf
+	t.start = later(q.now, f.end)
+	t.end = t.start + uint64(n)
+	t.seq = q.seq
+	q.seq++
+	f.end = t.end
+	f.queued++
+	q.queued += n
+	heap.Push(&q.waiting, t)
+	return false, nil
+}
+
+var errQueueFull = errors.New("yamux: write queue full")
+
+// drop forgets f's queued frames (its stream was reset: the peer would
+// drop them). A frame being written now is not among them.
+func (q *writeQueue) drop(f *writeFlow) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if f.queued == 0 {
+		return
+	}
+	var mine []*writeTurn
+	for _, t := range q.waiting {
+		if t.frame != nil && t.frame.flow == f {
+			mine = append(mine, t)
+		}
+	}
+	for _, t := range mine {
+		heap.Remove(&q.waiting, t.index)
+		q.recycleLocked(t.frame)
+	}
+}
+
+// fail records a failed write by the holder: queued frames are dropped
+// from now on.
+func (q *writeQueue) fail(err error) {
+	q.mu.Lock()
+	if q.failed == nil {
+		q.failed = err
+	}
+	q.mu.Unlock()
+}
+
+// recycleLocked gives a written or dropped frame back to the pool.
+func (q *writeQueue) recycleLocked(qf *queuedFrame) {
+	q.queued -= headerSize + len(qf.body)
+	qf.flow.queued--
+	qf.flow, qf.turn.frame = nil, nil
+	if cap(qf.body) > maxDataFrame {
+		qf.body = nil
+	}
+	queuedFrames.Put(qf)
 }
 
 // writeFlow is one flow's place in the queue: the virtual time at which
 // its last frame ends, and its turn when it waits (one at a time). Only
 // the queue touches it, under mu.
 type writeFlow struct {
-	end  uint64
-	turn writeTurn
+	end    uint64
+	turn   writeTurn
+	queued int // frames in the queue (patch 19)
 }
 
 // writeTurn is a waiting writer.
@@ -51,6 +171,7 @@ type writeTurn struct {
 	index           int           // in the heap
 	ready           chan struct{} // gets a value when the turn is granted
 	granted         bool
+	frame           *queuedFrame // a queued copy, written by the holder (patch 19)
 }
 
 // tryTake takes the connection for a frame of n bytes of f if nobody
@@ -58,7 +179,7 @@ type writeTurn struct {
 func (q *writeQueue) tryTake(f *writeFlow, n int) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.busy || len(q.waiting) > 0 {
+	if q.busy || len(q.waiting) > 0 || q.failed != nil {
 		return false
 	}
 	q.busy = true
@@ -115,18 +236,50 @@ func (q *writeQueue) take(f *writeFlow, n int, done <-chan struct{}, errDone err
 }
 
 // release ends the current frame and hands the connection to the waiter
-// whose frame ends first.
+// whose frame ends first. Queued frames whose turn comes first it writes
+// itself (patch 19), up to maxDrainBytes: a writer that drained for
+// longer would keep its own stream from reading its socket, and sendLoop
+// its window updates from going out, while other writers kept the queue
+// from emptying. Past that, a goroutine of its own takes over the rest. A
+// failed write drops the queued frames and is passed to onFail once.
 func (q *writeQueue) release() {
+	drained := 0
 	q.mu.Lock()
-	defer q.mu.Unlock()
-	if len(q.waiting) == 0 {
-		q.busy = false
-		return
+	for len(q.waiting) > 0 {
+		t := q.waiting[0]
+		if t.frame != nil && drained >= maxDrainBytes && q.failed == nil {
+			q.mu.Unlock()
+			go q.release() // still busy: the connection is handed over
+			return
+		}
+		heap.Pop(&q.waiting)
+		q.now = later(q.now, t.start)
+		if t.frame == nil {
+			t.granted = true
+			t.ready <- struct{}{}
+			q.mu.Unlock()
+			return
+		}
+		qf := t.frame
+		if q.failed == nil {
+			q.mu.Unlock()
+			_, err := q.conn.Write(qf.hdr[:])
+			if err == nil && len(qf.body) > 0 {
+				_, err = q.conn.Write(qf.body)
+			}
+			drained += headerSize + len(qf.body)
+			q.mu.Lock()
+			if err != nil && q.failed == nil {
+				q.failed = err
+				q.mu.Unlock()
+				q.onFail(err)
+				q.mu.Lock()
+			}
+		}
+		q.recycleLocked(qf)
 	}
-	t := heap.Pop(&q.waiting).(*writeTurn)
-	q.now = later(q.now, t.start)
-	t.granted = true
-	t.ready <- struct{}{}
+	q.busy = false
+	q.mu.Unlock()
 }
 
 // writeHeap orders waiting turns by end, then arrival.

@@ -1,0 +1,205 @@
+package yamux
+
+// Tests for the tunnelworks patch "writers that do not wait for the
+// connection" (patch 19, see PATCHED.md).
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// holdConn stalls the client's connection with a frame of stream a inside
+// conn.Write, and returns a channel that gets a's Write result.
+func holdConn(t *testing.T, rec *frameRecorder, a *Stream) <-chan error {
+	t.Helper()
+	rec.stall()
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.Write(pattern(maxDataFrame))
+		done <- err
+	}()
+	waitFor(t, "a's frame inside conn.Write", func() bool { return rec.waiting.Load() == 1 })
+	return done
+}
+
+// within runs f and fails the test if it has not returned after
+// patchBound.
+func within(t *testing.T, what string, f func() error) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	case <-time.After(patchBound):
+		t.Fatalf("%s: still waiting after %v, for a connection another stream holds", what, patchBound)
+	}
+}
+
+// TestWriteQueue_WriterDoesNotWaitForTheConnection: while another
+// stream's frame is inside conn.Write, a stream's Writes and its Close
+// return at once, their frames queued; once the connection takes writes,
+// the peer reads every byte in order and then the FIN, which went after
+// the data on the wire.
+func TestWriteQueue_WriterDoesNotWaitForTheConnection(t *testing.T) {
+	client, server, rec := recordedPair(t)
+	a, sa := openPair(t, client, server)
+	m, sm := openPair(t, client, server)
+	start := len(rec.recorded())
+	aDone := holdConn(t, rec, a)
+
+	first, second := bytes.Repeat([]byte{'x'}, 100), pattern(3000)
+	within(t, "first message", func() error { _, err := m.Write(first); return err })
+	within(t, "second message", func() error { _, err := m.Write(second); return err })
+	within(t, "close", m.Close)
+	if n, _ := client.writes.flowState(&m.flow); n != 3 {
+		t.Fatalf("%d of m's frames queued, want 3 (two messages and the FIN)", n)
+	}
+	rec.release()
+	if err := <-aDone; err != nil {
+		t.Fatalf("a's write: %v", err)
+	}
+
+	got, err := io.ReadAll(sm)
+	if err != nil {
+		t.Fatalf("read m: %v", err)
+	}
+	if want := append(append([]byte(nil), first...), second...); !bytes.Equal(got, want) {
+		t.Fatalf("read %d bytes of m, not the %d written in order", len(got), len(want))
+	}
+	buf := make([]byte, maxDataFrame)
+	if _, err := io.ReadFull(sa, buf); err != nil || !bytes.Equal(buf, pattern(maxDataFrame)) {
+		t.Fatalf("read a: %v", err)
+	}
+	waitFor(t, "the queue empty and the connection free", func() bool {
+		return client.writes.queuedBytes() == 0 && !client.writes.held()
+	})
+	fin := false
+	for _, f := range rec.recorded()[start:] {
+		if f.stream != m.StreamID() {
+			continue
+		}
+		if f.typ == typeData && f.length > 0 && fin {
+			t.Fatal("a data frame of m after its FIN")
+		}
+		fin = fin || f.flags&flagFIN != 0
+	}
+	if !fin {
+		t.Fatal("no FIN of m on the wire")
+	}
+}
+
+// TestWriteQueue_ResetDropsQueuedFrames: frames of a stream still queued
+// when it is reset never reach the wire (the peer would count them as
+// stray, behind the RST); the RST does.
+func TestWriteQueue_ResetDropsQueuedFrames(t *testing.T) {
+	client, server, rec := recordedPair(t)
+	a, _ := openPair(t, client, server)
+	r, _ := openPair(t, client, server)
+	start := len(rec.recorded())
+	aDone := holdConn(t, rec, a)
+
+	for i := 0; i < 3; i++ {
+		within(t, "a message", func() error { _, err := r.Write(pattern(1000)); return err })
+	}
+	if n, _ := client.writes.flowState(&r.flow); n != 3 {
+		t.Fatalf("%d of r's frames queued, want 3", n)
+	}
+	if err := r.Reset(); err != nil {
+		t.Fatalf("reset: %v", err)
+	}
+	if n, _ := client.writes.flowState(&r.flow); n != 0 {
+		t.Fatalf("%d of r's frames still queued after its reset", n)
+	}
+	rec.release()
+	if err := <-aDone; err != nil {
+		t.Fatalf("a's write: %v", err)
+	}
+	waitFor(t, "the RST on the wire", func() bool {
+		for _, f := range rec.recorded()[start:] {
+			if f.stream == r.StreamID() && f.flags&flagRST != 0 {
+				return true
+			}
+		}
+		return false
+	})
+	for _, f := range rec.recorded()[start:] {
+		if f.stream == r.StreamID() && f.typ == typeData && f.length > 0 {
+			t.Fatal("a data frame of r reached the wire after its reset")
+		}
+	}
+	if client.writes.queuedBytes() != 0 {
+		t.Fatalf("%d bytes still counted as queued", client.writes.queuedBytes())
+	}
+}
+
+// failingConn fails every write once failing is set.
+type failingConn struct {
+	*stallConn
+	failing atomic.Bool
+}
+
+var errWriteFailed = errors.New("the connection failed")
+
+func (c *failingConn) Write(b []byte) (int, error) {
+	if c.failing.Load() {
+		return 0, errWriteFailed
+	}
+	return c.stallConn.Write(b)
+}
+
+// TestWriteQueue_FailedQueuedWriteEndsSession: sendLoop holds the
+// connection (a ping) when a stream queues a frame; writing that frame
+// fails. The session ends with that error, its send loop exits (it must
+// not wait for itself in Close), and the stream's next write fails.
+func TestWriteQueue_FailedQueuedWriteEndsSession(t *testing.T) {
+	c, s := tcpPair(t)
+	conn := &failingConn{stallConn: &stallConn{Conn: c, closed: make(chan struct{})}}
+	client, err := Client(conn, patchConf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := Server(s, patchConf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.release()
+		client.Close()
+		server.Close()
+	})
+	m, _ := openPair(t, client, server)
+
+	conn.stall()
+	go client.Ping()
+	waitFor(t, "the ping inside conn.Write", func() bool { return conn.waiting.Load() == 1 })
+	within(t, "a message", func() error { _, err := m.Write([]byte("hello")); return err })
+	conn.failing.Store(true) // the ping, past the check, is written; the message is not
+	conn.release()
+
+	select {
+	case <-client.CloseChan():
+	case <-time.After(patchBound):
+		t.Fatal("the session still open after a queued frame failed to be written")
+	}
+	select {
+	case <-client.sendDoneCh:
+	case <-time.After(patchBound):
+		t.Fatal("sendLoop did not exit: it waits for itself")
+	}
+	client.shutdownErrLock.Lock()
+	cause := client.shutdownErr
+	client.shutdownErrLock.Unlock()
+	if !errors.Is(cause, errWriteFailed) {
+		t.Fatalf("session ended with %v, want the failed write's error", cause)
+	}
+	if _, err := m.Write([]byte("again")); err == nil {
+		t.Fatal("a write after the session failed succeeded")
+	}
+}
