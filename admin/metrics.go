@@ -34,6 +34,7 @@ type Metrics struct {
 	stats map[[2]string]*Counts // by kind, name: the numbers /status shows
 
 	receiveBuffered atomic.Pointer[func() int] // WatchReceiveBuffered
+	writeQueued     atomic.Pointer[func() int] // WatchWriteQueued
 }
 
 // Counts are one forward's or service's stream numbers, for /status.
@@ -93,7 +94,15 @@ func NewMetrics(agent string) *Metrics {
 		}
 		return 0
 	})
-	m.Registry.MustRegister(received, m.Sessions, m.SessionsUp, m.SessionsEnded, m.HandshakeFailures, m.StreamsOpen,
+	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "tunnel_write_queue_bytes", Help: "Bytes of tunnelled streams copied into the sessions' write queues, waiting for the connection (each session holds at most about 1 MiB).", ConstLabels: constLabels,
+	}, func() float64 {
+		if f := m.writeQueued.Load(); f != nil {
+			return float64((*f)())
+		}
+		return 0
+	})
+	m.Registry.MustRegister(received, queued, m.Sessions, m.SessionsUp, m.SessionsEnded, m.HandshakeFailures, m.StreamsOpen,
 		m.StreamsOpened, m.StreamsFailed, m.StreamsRefused, m.AwaitingHeader, m.Bytes, m.PingRTT, m.CertExpiry, m.Resume,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -114,6 +123,10 @@ type ResumeStats struct {
 // WatchReceiveBuffered exports the bytes held in the sessions' receive
 // buffers, read once per scrape.
 func (m *Metrics) WatchReceiveBuffered(bytes func() int) { m.receiveBuffered.Store(&bytes) }
+
+// WatchWriteQueued exports the bytes waiting in the sessions' write
+// queues, read once per scrape.
+func (m *Metrics) WatchWriteQueued(bytes func() int) { m.writeQueued.Store(&bytes) }
 
 // WatchResume exports stats, read once per scrape.
 func (m *Metrics) WatchResume(stats func() ResumeStats) { m.Resume.stats.Store(&stats) }

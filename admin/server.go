@@ -44,6 +44,10 @@ type SessionStatus struct {
 	// ReceiveBuffered: bytes the peer sent that the local side has not
 	// read yet (at most the streams' windows).
 	ReceiveBuffered int `json:"receive_buffered_bytes"`
+	// WriteQueued: bytes the local side wrote that wait, copied, for the
+	// session's connection (at most about 1 MiB: past that a writer
+	// waits).
+	WriteQueued int `json:"write_queued_bytes"`
 	// LeastRTTMicros: the least round trip of the pings so far of every
 	// session to the same peer at the same host (the path's), in µs (0
 	// before the first answer).

@@ -724,7 +724,7 @@ func endReason(err error) string {
 // sessionStatus is what /status shows of one session, on either agent.
 func sessionStatus(sess *mux.Session, key, class string, lane int) admin.SessionStatus {
 	return admin.SessionStatus{Peer: sess.Peer.Name(), Key: key, Class: class, Lane: lane, Remote: sess.RemoteAddr(),
-		Since: sess.Since(), Streams: sess.NumStreams(), ReceiveBuffered: sess.ReceiveBuffered(),
+		Since: sess.Since(), Streams: sess.NumStreams(), ReceiveBuffered: sess.ReceiveBuffered(), WriteQueued: sess.WriteQueued(),
 		LeastRTTMicros: sess.LeastRTT().Microseconds(), TCPMinRTTMicros: sess.PathFloor().Microseconds(), StreamWindow: sess.StreamWindow()}
 }
 

@@ -70,16 +70,8 @@ func NewClient(cfg *config.Client, log hclog.Logger) (*Client, error) {
 		keepers: map[string][]*keeper{}, lanes: max(cfg.BulkConnections, 1)}
 	c.state.Store(newClientState(cfg))
 	c.resume = newResumeTable(cfg.Settings, log, c.metrics, "")
-	c.metrics.WatchReceiveBuffered(func() (n int) {
-		for _, ks := range c.keeperList() {
-			for _, k := range ks {
-				if sess := k.current.get(); sess != nil {
-					n += sess.ReceiveBuffered()
-				}
-			}
-		}
-		return n
-	})
+	c.metrics.WatchReceiveBuffered(func() int { return c.sumSessions((*mux.Session).ReceiveBuffered) })
+	c.metrics.WatchWriteQueued(func() int { return c.sumSessions((*mux.Session).WriteQueued) })
 	// One session per traffic class in use, so control messages never
 	// queue behind bulk data, and bulk_connections of them for bulk (its
 	// lanes); the server may open streams of either class.
@@ -289,6 +281,19 @@ func (c *Client) Session() *mux.Session {
 		return nil
 	}
 	return lanes[0].current.get()
+}
+
+// sumSessions adds up f over the current session of every lane of every
+// class (for the metrics read once per scrape).
+func (c *Client) sumSessions(f func(*mux.Session) int) (n int) {
+	for _, ks := range c.keeperList() {
+		for _, k := range ks {
+			if sess := k.current.get(); sess != nil {
+				n += f(sess)
+			}
+		}
+	}
+	return n
 }
 
 // Lanes are the current sessions of a class by lane, nil where a lane

@@ -68,12 +68,8 @@ func NewServer(cfg *config.Server, log hclog.Logger) (*Server, error) {
 	s.state.Store(st)
 	s.tls = ssl.NewReloader(p)
 	s.resume = newResumeTable(cfg.Settings, log, s.metrics, "")
-	s.metrics.WatchReceiveBuffered(func() (n int) {
-		for _, sess := range s.sessions.snapshot() {
-			n += sess.ReceiveBuffered()
-		}
-		return n
-	})
+	s.metrics.WatchReceiveBuffered(func() int { return s.sumSessions((*mux.Session).ReceiveBuffered) })
+	s.metrics.WatchWriteQueued(func() int { return s.sumSessions((*mux.Session).WriteQueued) })
 	return s, nil
 }
 
@@ -108,6 +104,15 @@ func newServerState(cfg *config.Server) *serverState {
 }
 
 // admit consults the current state, so reloaded rules apply to the next handshake.
+// sumSessions adds up f over the sessions up now (for the metrics read
+// once per scrape).
+func (s *Server) sumSessions(f func(*mux.Session) int) (n int) {
+	for _, sess := range s.sessions.snapshot() {
+		n += f(sess)
+	}
+	return n
+}
+
 func (s *Server) admit(id ssl.Identity) error { return s.state.Load().admit(id) }
 
 func (s *Server) cfg() *config.Server { return s.state.Load().cfg }

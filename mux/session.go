@@ -494,6 +494,11 @@ func (s *Session) Since() time.Time { return s.since }
 // streams that the local side has not read yet (0 built on upstream yamux).
 func (s *Session) ReceiveBuffered() int { return receiveBuffered(s.y) }
 
+// WriteQueued is how many bytes of frames the session's streams wrote
+// wait in its write queue for the connection now, at most about 1 MiB
+// (0 built on upstream yamux).
+func (s *Session) WriteQueued() int { return writeQueued(s.y) }
+
 // LeastRTT is the least round-trip time of the session's pings so far,
 // and of those told to NotePathRTT (0 before the first answer, or built
 // on upstream yamux). It sizes the window that bulk streams share beside

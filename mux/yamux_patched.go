@@ -53,6 +53,10 @@ func notePathFloor(y *yamux.Session, d time.Duration) { y.NotePathFloor(d) }
 // pathFloor is the floor y was told last (patch 18).
 func pathFloor(y *yamux.Session) time.Duration { return y.PathFloor() }
 
+// writeQueued is how many bytes of frame copies wait in y's write queue
+// (patch 19).
+func writeQueued(y *yamux.Session) int { return y.WriteQueued() }
+
 // windowSharedBy is by how many bulk streams y's window is shared now.
 func windowSharedBy(y *yamux.Session) int { return y.WindowSharedBy() }
 

@@ -39,6 +39,9 @@ func pathFloor(*yamux.Session) time.Duration { return 0 }
 
 func windowSharedBy(*yamux.Session) int { return 1 }
 
+// writeQueued: upstream queues no copies (its writers wait).
+func writeQueued(*yamux.Session) int { return 0 }
+
 // streamWindow: upstream does not tell.
 func streamWindow(*yamux.Session) int { return 0 }
 

@@ -38,13 +38,6 @@ func (q *writeQueue) flowState(f *writeFlow) (queued int, waiting bool) {
 	return f.queued, waiting
 }
 
-// queuedBytes is how many bytes of frame copies wait in the queue.
-func (q *writeQueue) queuedBytes() int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.queued
-}
-
 // wireFrame is a frame as it left the connection.
 type wireFrame struct {
 	typ    uint8

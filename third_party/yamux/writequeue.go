@@ -115,6 +115,19 @@ func (q *writeQueue) queueFrame(f *writeFlow, hdr header, body []byte) (bool, er
 
 var errQueueFull = errors.New("yamux: write queue full")
 
+// queuedBytes is how many bytes of frame copies wait in the queue.
+func (q *writeQueue) queuedBytes() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.queued
+}
+
+// WriteQueued is how many bytes of frame copies wait in the session's
+// write queue now for whoever holds the connection to write them: at most
+// about 1 MiB (maxQueuedBytes). Patched for tunnelworks (PATCHED.md, patch
+// 19).
+func (s *Session) WriteQueued() int { return s.writes.queuedBytes() }
+
 // drop forgets f's queued frames (its stream was reset: the peer would
 // drop them). A frame being written now is not among them.
 func (q *writeQueue) drop(f *writeFlow) {

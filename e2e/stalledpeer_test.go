@@ -1,0 +1,152 @@
+package e2e
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tunnelworks/tunnel/admin"
+)
+
+// writeQueueBound is what a session may hold of frames its streams wrote
+// and the connection has not taken: 16 frames of 64 KiB with their 12-byte
+// headers (third_party/yamux/PATCHED.md, patch 19).
+const writeQueueBound = 16 * (64<<10 + 12)
+
+// A server that stops reading (SIGSTOP) while 32 streams send through the
+// client: once the kernel's buffers toward it are full, what the client
+// holds for it in its write queue shows in /status and /metrics and stays
+// within the bound, though the streams' windows would allow 32 MiB; once
+// the server runs again (SIGCONT), every byte of every stream arrives.
+func TestWriteQueueBoundedWhileServerStopped(t *testing.T) {
+	t.Parallel()
+	const (
+		streams   = 32
+		perStream = 2 << 20
+	)
+	var received atomic.Int64
+	sink := startTarget(t, func(c net.Conn) {
+		// The SHA-256 of everything read, sent back at the end.
+		h := sha256.New()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			h.Write(buf[:n])
+			received.Add(int64(n))
+			if err != nil {
+				break
+			}
+		}
+		_, _ = c.Write(h.Sum(nil))
+	})
+	tn := startTunnel(t, tunnelSpec{
+		clientExtra: "admin {\n  listen = \"127.0.0.1:0\"\n}\n",
+		services:    []svc{{name: "sink", target: sink, allow: []string{"client-a"}}},
+		forwards:    []fwd{{name: "sink", service: "sink"}},
+	})
+	cliAdmin := tn.client.waitMatch(t, reAdmin)[1]
+
+	srv := tn.server.cmd.Process
+	var resumeOnce sync.Once
+	resume := func() {
+		resumeOnce.Do(func() {
+			if err := srv.Signal(syscall.SIGCONT); err != nil {
+				t.Errorf("SIGCONT the server: %v", err)
+			}
+		})
+	}
+	defer resume()
+
+	var wg sync.WaitGroup
+	errs := make(chan error, streams)
+	for i := 0; i < streams; i++ {
+		c := dial(t, tn.client.forwards["sink"], waitLimit)
+		wg.Go(func() {
+			sum, err := sendRandom(c, uint64(i), perStream)
+			if err == nil {
+				err = c.CloseWrite()
+			}
+			var got [32]byte
+			if err == nil {
+				_ = c.SetReadDeadline(time.Now().Add(2 * waitLimit))
+				_, err = io.ReadFull(c, got[:])
+			}
+			if err == nil && got != sum {
+				err = errWrongSum
+			}
+			errs <- err
+		})
+	}
+	waitFor(t, "a quarter of the bytes at the target", func() bool { return received.Load() >= streams*perStream/4 })
+	if err := srv.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+
+	queued := func() (perSession []int, metric float64) {
+		var st admin.Status
+		if err := json.Unmarshal(get(t, "http://"+cliAdmin+"/status"), &st); err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range st.Sessions {
+			perSession = append(perSession, s.WriteQueued)
+		}
+		return perSession, metricValue(t, string(get(t, "http://"+cliAdmin+"/metrics")), "tunnel_write_queue_bytes")
+	}
+	waitFor(t, "frames queued for the stopped server, in /status and /metrics", func() bool {
+		perSession, metric := queued()
+		total := 0
+		for _, n := range perSession {
+			if n > writeQueueBound {
+				t.Fatalf("a session holds %d bytes in its write queue, over the bound of %d", n, writeQueueBound)
+			}
+			total += n
+		}
+		if metric > float64(len(perSession)*writeQueueBound) {
+			t.Fatalf("tunnel_write_queue_bytes = %v, over %d sessions' bound", metric, len(perSession))
+		}
+		if total > 0 && metric > 0 {
+			t.Logf("queued for the stopped server: %v bytes by session, tunnel_write_queue_bytes %v", perSession, metric)
+			return true
+		}
+		return false
+	})
+	// Held there, not growing: the writers now wait for their turn.
+	time.Sleep(200 * time.Millisecond)
+	if perSession, _ := queued(); len(perSession) > 0 {
+		for _, n := range perSession {
+			if n > writeQueueBound {
+				t.Fatalf("a session holds %d bytes in its write queue, over the bound of %d", n, writeQueueBound)
+			}
+		}
+	}
+
+	resume()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("a stream after the server ran again: %v", err)
+		}
+	}
+	if got := received.Load(); got != streams*perStream {
+		t.Fatalf("the target read %d bytes, want %d", got, streams*perStream)
+	}
+	waitFor(t, "nothing queued once the server reads again", func() bool {
+		perSession, metric := queued()
+		for _, n := range perSession {
+			if n != 0 {
+				return false
+			}
+		}
+		return metric == 0
+	})
+}
+
+var errWrongSum = errors.New("the target's SHA-256 of the stream differs from what was sent")
