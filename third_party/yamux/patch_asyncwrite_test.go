@@ -6,6 +6,7 @@ package yamux
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"sync/atomic"
 	"testing"
@@ -202,4 +203,57 @@ func TestWriteQueue_FailedQueuedWriteEndsSession(t *testing.T) {
 	if _, err := m.Write([]byte("again")); err == nil {
 		t.Fatal("a write after the session failed succeeded")
 	}
+}
+
+// TestWriteQueue_SmallFramesCountTheirBuffers: the bound counts what the
+// copies hold, not their length: with the connection held, a stream's
+// 10-byte messages queue until their 4 KiB buffers reach maxQueuedBytes
+// (not 80,000 of them); the next waits for its turn. Once the connection
+// takes writes, the peer reads every message in order.
+func TestWriteQueue_SmallFramesCountTheirBuffers(t *testing.T) {
+	client, server, rec := recordedPair(t)
+	a, _ := openPair(t, client, server)
+	m, sm := openPair(t, client, server)
+	aDone := holdConn(t, rec, a)
+
+	fit := maxQueuedBytes / frameCost(10)
+	total := fit + 20
+	written := make(chan error, 1)
+	go func() {
+		for i := 0; i < total; i++ {
+			msg := []byte(fmt.Sprintf("message %2d", i%100))
+			if _, err := m.Write(msg); err != nil {
+				written <- err
+				return
+			}
+		}
+		written <- nil
+	}()
+	waitFor(t, "m's writer waiting for a turn, the queue full", func() bool {
+		_, waiting := client.writes.flowState(&m.flow)
+		return waiting
+	})
+	if n, _ := client.writes.flowState(&m.flow); n != fit {
+		t.Fatalf("%d messages queued before the writer waited, want %d (4 KiB each counted)", n, fit)
+	}
+	if q := client.WriteQueued(); q > maxQueuedBytes {
+		t.Fatalf("WriteQueued = %d, over %d", q, maxQueuedBytes)
+	}
+	rec.release()
+	if err := <-aDone; err != nil {
+		t.Fatalf("a's write: %v", err)
+	}
+	if err := <-written; err != nil {
+		t.Fatalf("m's writes: %v", err)
+	}
+	buf := make([]byte, 10*total)
+	if _, err := io.ReadFull(sm, buf); err != nil {
+		t.Fatalf("read m: %v", err)
+	}
+	for i := 0; i < total; i++ {
+		if got, want := string(buf[10*i:10*i+10]), fmt.Sprintf("message %2d", i%100); got != want {
+			t.Fatalf("message %d: %q, want %q", i, got, want)
+		}
+	}
+	waitFor(t, "nothing queued", func() bool { return client.WriteQueued() == 0 })
 }

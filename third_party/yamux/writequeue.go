@@ -29,8 +29,7 @@ const maxDataFrame = 64 * 1024
 // its start. Flows that all send share the connection by bytes, frame by
 // frame; a flow that has been quiet starts at now, so its small frame ends
 // before the next frame of any busy flow and goes next. A flow's frames
-// keep their order: its writer waits for each frame to be written before
-// it sends the next.
+// keep their order: each starts where the flow's last one ended.
 //
 // Patch 19: a stream's data frame need not wait for its turn. A writer
 // that finds the connection taken leaves a copy of its frame in the queue
@@ -46,7 +45,7 @@ type writeQueue struct {
 	now     uint64    // virtual time: the start of the frame being written
 	seq     uint64    // arrival order, for ties
 	waiting writeHeap // by end, then arrival
-	queued  int       // bytes of queued frames not yet written
+	queued  int       // bytes the queued copies hold (frameCost)
 	// conn is where release writes queued frames; failed is the first
 	// error it met (queued frames are then dropped).
 	conn   io.Writer
@@ -70,10 +69,28 @@ type queuedFrame struct {
 	turn writeTurn
 	flow *writeFlow
 	hdr  [headerSize]byte
-	body []byte
+	body []byte // a buffer of smallFrameBody or maxDataFrame bytes
 }
 
-var queuedFrames = sync.Pool{New: func() any { return new(queuedFrame) }}
+// Queued copies come from two pools by the size of their buffer, so that
+// a small message never holds a large frame's buffer: the bound counts
+// the buffers (frameCost), and a thousand messages queued hold 4 KiB each,
+// not 64.
+const smallFrameBody = 4 << 10
+
+var (
+	smallQueuedFrames = sync.Pool{New: func() any { return &queuedFrame{body: make([]byte, 0, smallFrameBody)} }}
+	largeQueuedFrames = sync.Pool{New: func() any { return &queuedFrame{body: make([]byte, 0, maxDataFrame)} }}
+)
+
+// frameCost is what a queued frame with a body of n bytes counts against
+// maxQueuedBytes: its header and its buffer.
+func frameCost(n int) int {
+	if n <= smallFrameBody {
+		return headerSize + smallFrameBody
+	}
+	return headerSize + maxDataFrame
+}
 
 // queueFrame takes the connection for f's frame of hdr and body (true:
 // the caller writes it and releases) or, if someone else holds it,
@@ -93,10 +110,15 @@ func (q *writeQueue) queueFrame(f *writeFlow, hdr header, body []byte) (bool, er
 		f.end = q.now + uint64(n)
 		return true, nil
 	}
-	if q.queued+n > maxQueuedBytes {
+	cost := frameCost(len(body))
+	if q.queued+cost > maxQueuedBytes {
 		return false, errQueueFull
 	}
-	qf := queuedFrames.Get().(*queuedFrame)
+	pool := &smallQueuedFrames
+	if len(body) > smallFrameBody {
+		pool = &largeQueuedFrames
+	}
+	qf := pool.Get().(*queuedFrame)
 	qf.flow = f
 	copy(qf.hdr[:], hdr)
 	qf.body = append(qf.body[:0], body...)
@@ -108,23 +130,24 @@ func (q *writeQueue) queueFrame(f *writeFlow, hdr header, body []byte) (bool, er
 	q.seq++
 	f.end = t.end
 	f.queued++
-	q.queued += n
+	q.queued += cost
 	heap.Push(&q.waiting, t)
 	return false, nil
 }
 
 var errQueueFull = errors.New("yamux: write queue full")
 
-// queuedBytes is how many bytes of frame copies wait in the queue.
+// queuedBytes is how many bytes the queued copies hold.
 func (q *writeQueue) queuedBytes() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return q.queued
 }
 
-// WriteQueued is how many bytes of frame copies wait in the session's
-// write queue now for whoever holds the connection to write them: at most
-// about 1 MiB (maxQueuedBytes). Patched for tunnelworks (PATCHED.md, patch
+// WriteQueued is how many bytes the frame copies that wait in the
+// session's write queue hold now (each a 4 or 64 KiB buffer and its
+// header) until whoever holds the connection writes them: at most about
+// 1 MiB (maxQueuedBytes). Patched for tunnelworks (PATCHED.md, patch
 // 19).
 func (s *Session) WriteQueued() int { return s.writes.queuedBytes() }
 
@@ -158,15 +181,17 @@ func (q *writeQueue) fail(err error) {
 	q.mu.Unlock()
 }
 
-// recycleLocked gives a written or dropped frame back to the pool.
+// recycleLocked gives a written or dropped frame back to its pool.
 func (q *writeQueue) recycleLocked(qf *queuedFrame) {
-	q.queued -= headerSize + len(qf.body)
+	n := len(qf.body)
+	q.queued -= frameCost(n)
 	qf.flow.queued--
-	qf.flow, qf.turn.frame = nil, nil
-	if cap(qf.body) > maxDataFrame {
-		qf.body = nil
+	qf.flow, qf.turn.frame, qf.body = nil, nil, qf.body[:0]
+	if n <= smallFrameBody {
+		smallQueuedFrames.Put(qf)
+	} else {
+		largeQueuedFrames.Put(qf)
 	}
-	queuedFrames.Put(qf)
 }
 
 // writeFlow is one flow's place in the queue: the virtual time at which
