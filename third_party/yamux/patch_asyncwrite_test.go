@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -140,10 +141,19 @@ func TestWriteQueue_ResetDropsQueuedFrames(t *testing.T) {
 	}
 }
 
-// failingConn fails every write once failing is set.
+// failingConn fails every write once failing is set; its Close waits
+// for closeGate to be closed, if set.
 type failingConn struct {
 	*stallConn
-	failing atomic.Bool
+	failing   atomic.Bool
+	closeGate chan struct{}
+}
+
+func (c *failingConn) Close() error {
+	if c.closeGate != nil {
+		<-c.closeGate
+	}
+	return c.stallConn.Close()
 }
 
 var errWriteFailed = errors.New("the connection failed")
@@ -158,10 +168,16 @@ func (c *failingConn) Write(b []byte) (int, error) {
 // TestWriteQueue_FailedQueuedWriteEndsSession: sendLoop holds the
 // connection (a ping) when a stream queues a frame; writing that frame
 // fails. The session ends with that error, its send loop exits (it must
-// not wait for itself in Close), and the stream's next write fails.
+// not wait for itself in Close), and the stream's next write fails, only
+// once the session is closed: a caller must see a lost session, not a
+// failed stream, as when its own frame fails (the connection's Close is
+// held back so that the session ends well after the failure).
 func TestWriteQueue_FailedQueuedWriteEndsSession(t *testing.T) {
 	c, s := tcpPair(t)
-	conn := &failingConn{stallConn: &stallConn{Conn: c, closed: make(chan struct{})}}
+	closeGate := make(chan struct{})
+	var openGate sync.Once
+	conn := &failingConn{stallConn: &stallConn{Conn: c, closed: make(chan struct{})}, closeGate: closeGate}
+	t.Cleanup(func() { openGate.Do(func() { close(closeGate) }) })
 	client, err := Client(conn, patchConf())
 	if err != nil {
 		t.Fatal(err)
@@ -183,6 +199,24 @@ func TestWriteQueue_FailedQueuedWriteEndsSession(t *testing.T) {
 	within(t, "a message", func() error { _, err := m.Write([]byte("hello")); return err })
 	conn.failing.Store(true) // the ping, past the check, is written; the message is not
 	conn.release()
+	waitFor(t, "the queued frame's write failed", func() bool {
+		client.writes.mu.Lock()
+		defer client.writes.mu.Unlock()
+		return client.writes.failed != nil
+	})
+	type result struct {
+		err    error
+		closed bool
+	}
+	again := make(chan result, 1)
+	go func() {
+		_, err := m.Write([]byte("again"))
+		again <- result{err, client.IsClosed()}
+	}()
+	openGate.Do(func() { close(closeGate) })
+	if r := <-again; r.err == nil || !r.closed {
+		t.Fatalf("a write after the failure: %v, session closed when it returned: %v; want an error from a closed session", r.err, r.closed)
+	}
 
 	select {
 	case <-client.CloseChan():
@@ -199,9 +233,6 @@ func TestWriteQueue_FailedQueuedWriteEndsSession(t *testing.T) {
 	client.shutdownErrLock.Unlock()
 	if !errors.Is(cause, errWriteFailed) {
 		t.Fatalf("session ended with %v, want the failed write's error", cause)
-	}
-	if _, err := m.Write([]byte("again")); err == nil {
-		t.Fatal("a write after the session failed succeeded")
 	}
 }
 

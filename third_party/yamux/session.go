@@ -584,7 +584,13 @@ func (s *Session) writeData(f *writeFlow, hdr header, body []byte) error {
 			return err
 		}
 	case err != nil:
-		return ErrSessionShutdown // a queued frame failed: the session is ending
+		// A queued frame failed to be written: the session is ending.
+		// Return once it has ended, so that the caller sees a closed
+		// session (IsClosed), not a failed stream, as it would had its
+		// own frame failed (the agents' resumable streams then wait for
+		// the next session instead of failing).
+		<-s.shutdownCh
+		return ErrSessionShutdown
 	case !took:
 		return nil
 	}
