@@ -19,9 +19,23 @@ import (
 // file descriptors, aborted connections) back off instead of spinning.
 // Serve closes ln and returns nil when ctx is cancelled.
 func Serve(ctx context.Context, ln net.Listener, log hclog.Logger, handle func(net.Conn)) error {
-	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
-	defer stop()
-	defer ln.Close()
+	// ln is closed when Serve returns, whoever closes it: a Close while
+	// another is in progress returns at once, before the socket is closed,
+	// so when ctx's Close has begun Serve waits for it to end. Callers
+	// count on the port being free (a removed forward refusing
+	// connections, a moved one taking the address) once Serve returns.
+	closed := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(closed)
+		_ = ln.Close()
+	})
+	defer func() {
+		if stop() {
+			_ = ln.Close()
+		} else {
+			<-closed
+		}
+	}()
 	var delay time.Duration
 	for {
 		conn, err := ln.Accept()
