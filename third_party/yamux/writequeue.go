@@ -72,25 +72,32 @@ type queuedFrame struct {
 	body []byte // a buffer of smallFrameBody or maxDataFrame bytes
 }
 
-// Queued copies come from two pools by the size of their buffer, so that
-// a small message never holds a large frame's buffer: the bound counts
-// the buffers (frameCost), and a thousand messages queued hold 4 KiB each,
-// not 64.
+// Queued copies come from pools by the size of their buffer, 4 KiB to
+// 64 KiB in powers of two, so that a frame never holds a buffer more than
+// twice its size: the bound counts the buffers (frameCost), and a
+// thousand 10-byte messages queued hold 4 KiB each, not 64.
 const smallFrameBody = 4 << 10
 
-var (
-	smallQueuedFrames = sync.Pool{New: func() any { return &queuedFrame{body: make([]byte, 0, smallFrameBody)} }}
-	largeQueuedFrames = sync.Pool{New: func() any { return &queuedFrame{body: make([]byte, 0, maxDataFrame)} }}
-)
+var queuedFramePools = [...]sync.Pool{
+	{New: func() any { return &queuedFrame{body: make([]byte, 0, smallFrameBody)} }},
+	{New: func() any { return &queuedFrame{body: make([]byte, 0, smallFrameBody<<1)} }},
+	{New: func() any { return &queuedFrame{body: make([]byte, 0, smallFrameBody<<2)} }},
+	{New: func() any { return &queuedFrame{body: make([]byte, 0, smallFrameBody<<3)} }},
+	{New: func() any { return &queuedFrame{body: make([]byte, 0, smallFrameBody<<4)} }},
+}
+
+// frameClass is the pool of a body of n bytes (at most maxDataFrame).
+func frameClass(n int) int {
+	c := 0
+	for smallFrameBody<<c < n {
+		c++
+	}
+	return c
+}
 
 // frameCost is what a queued frame with a body of n bytes counts against
 // maxQueuedBytes: its header and its buffer.
-func frameCost(n int) int {
-	if n <= smallFrameBody {
-		return headerSize + smallFrameBody
-	}
-	return headerSize + maxDataFrame
-}
+func frameCost(n int) int { return headerSize + smallFrameBody<<frameClass(n) }
 
 // queueFrame takes the connection for f's frame of hdr and body (true:
 // the caller writes it and releases) or, if someone else holds it,
@@ -114,11 +121,7 @@ func (q *writeQueue) queueFrame(f *writeFlow, hdr header, body []byte) (bool, er
 	if q.queued+cost > maxQueuedBytes {
 		return false, errQueueFull
 	}
-	pool := &smallQueuedFrames
-	if len(body) > smallFrameBody {
-		pool = &largeQueuedFrames
-	}
-	qf := pool.Get().(*queuedFrame)
+	qf := queuedFramePools[frameClass(len(body))].Get().(*queuedFrame)
 	qf.flow = f
 	copy(qf.hdr[:], hdr)
 	qf.body = append(qf.body[:0], body...)
@@ -187,11 +190,7 @@ func (q *writeQueue) recycleLocked(qf *queuedFrame) {
 	q.queued -= frameCost(n)
 	qf.flow.queued--
 	qf.flow, qf.turn.frame, qf.body = nil, nil, qf.body[:0]
-	if n <= smallFrameBody {
-		smallQueuedFrames.Put(qf)
-	} else {
-		largeQueuedFrames.Put(qf)
-	}
+	queuedFramePools[frameClass(n)].Put(qf)
 }
 
 // writeFlow is one flow's place in the queue: the virtual time at which
