@@ -86,22 +86,12 @@ func NewMetrics(agent string) *Metrics {
 			Name: "tunnel_certificate_expiry_timestamp_seconds", Help: "When our certificate, each CA and each CRL's next update expire (Unix time).", ConstLabels: constLabels,
 		}, []string{"what", "name"}),
 	}
-	received := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	received := watchedGauge(prometheus.GaugeOpts{
 		Name: "tunnel_receive_buffer_bytes", Help: "Bytes received from peers on tunnelled streams, held until the local side reads them (each stream holds at most its window).", ConstLabels: constLabels,
-	}, func() float64 {
-		if f := m.receiveBuffered.Load(); f != nil {
-			return float64((*f)())
-		}
-		return 0
-	})
-	queued := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+	}, &m.receiveBuffered)
+	queued := watchedGauge(prometheus.GaugeOpts{
 		Name: "tunnel_write_queue_bytes", Help: "Bytes of tunnelled streams copied into the sessions' write queues, waiting for the connection (each session holds at most about 1 MiB).", ConstLabels: constLabels,
-	}, func() float64 {
-		if f := m.writeQueued.Load(); f != nil {
-			return float64((*f)())
-		}
-		return 0
-	})
+	}, &m.writeQueued)
 	m.Registry.MustRegister(received, queued, m.Sessions, m.SessionsUp, m.SessionsEnded, m.HandshakeFailures, m.StreamsOpen,
 		m.StreamsOpened, m.StreamsFailed, m.StreamsRefused, m.AwaitingHeader, m.Bytes, m.PingRTT, m.CertExpiry, m.Resume,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -118,6 +108,17 @@ type ResumeStats struct {
 	PeerLost      uint64 `json:"peer_lost"`      // reset: the peer no longer held them
 	Refused       uint64 `json:"refused"`        // the peer's resumes we refused
 	ReplayedBytes uint64 `json:"replayed_bytes"` // resent after resumes
+}
+
+// watchedGauge is a gauge read, once per scrape, from the function a
+// Watch… call stored in f; 0 until one has.
+func watchedGauge(opts prometheus.GaugeOpts, f *atomic.Pointer[func() int]) prometheus.GaugeFunc {
+	return prometheus.NewGaugeFunc(opts, func() float64 {
+		if g := f.Load(); g != nil {
+			return float64((*g)())
+		}
+		return 0
+	})
 }
 
 // WatchReceiveBuffered exports the bytes held in the sessions' receive
