@@ -205,8 +205,11 @@ func openStream(ctx context.Context, st sessionSettings, sess *mux.Session, f co
 	if st.resume == nil || window <= 0 || !sess.PeerResumes() || !st.pipes.hold() {
 		return sess.Open(ctx, f.Service, source)
 	}
-	rs, err := st.resume.Open(ctx, sess, f.Service, source, local.LocalAddr(), local.RemoteAddr(),
-		resume.Options{Window: window, Class: laneKey(class, lane), MaxReplay: replayCap(class)})
+	o := resume.Options{Window: window, Class: laneKey(class, lane), MaxReplay: replayCap(class)}
+	if lane == 0 && slices.Contains(laneClasses, class) {
+		o.OnHeavy = st.onHeavy
+	}
+	rs, err := st.resume.Open(ctx, sess, f.Service, source, local.LocalAddr(), local.RemoteAddr(), o)
 	if err != nil {
 		st.pipes.release()
 		if errors.Is(err, net.ErrClosed) {
@@ -307,6 +310,9 @@ type sessionSettings struct {
 	// onPathRTT is told every answered ping's round trip, with the peer's
 	// certificate key and the session's remote address (see pathrtt.go).
 	onPathRTT func(peerKey, remote string, rtt time.Duration)
+	// onHeavy, when set, is told of a stream opened on lane 0 of a lane
+	// class that turned heavy (see resume.Options.OnHeavy).
+	onHeavy func(*resume.Stream)
 }
 
 // settingsOf are the session settings of either agent's config.

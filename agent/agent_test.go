@@ -567,8 +567,8 @@ forward "bgp" {
 		t.Fatal(err)
 	}
 	// The lanes stay as they started until the next start.
-	if got := len(r.cli.Lanes(classBulk)); got != 1 {
-		t.Errorf("%d bulk lanes after a reload to bulk_connections = 3, want the 1 it started with", got)
+	if got := len(r.cli.Lanes(classBulk)); got != config.DefaultBulkConnections {
+		t.Errorf("%d bulk lanes after a reload to bulk_connections = 3, want the %d it started with", got, config.DefaultBulkConnections)
 	}
 }
 

@@ -181,7 +181,46 @@ func (c *Client) keepLanes(keys []string) {
 // lanes with the fewest open streams, the first lane on a tie (one TLS
 // connection is one core of crypto: spread, the lanes' cores add up).
 // nil while none is up.
-func (c *Client) pick(class string) (*mux.Session, *keeper) {
+//
+// A stream that can move (movable) goes to lane 0 while it is up: the
+// lane of every stream's start and of the streams that stay light, whose
+// small messages then never wait behind a transfer's bytes in the same
+// TCP connection. One that turns heavy moves to the other lanes
+// (moveHeavy).
+func (c *Client) pick(class string, movable bool) (*mux.Session, *keeper) {
+	if movable {
+		if sess, k := c.pickLanes(class, 0, 1); sess != nil {
+			return sess, k
+		}
+	}
+	return c.pickLanes(class, 0, mux.MaxLanes)
+}
+
+// movable says whether the streams of forward f, of class, open on lane
+// 0 and move to another lane once heavy: the class has several lanes,
+// and the streams resume (a move is a resume).
+func (c *Client) movable(f config.Forward, class string) bool {
+	return c.lanes > 1 && slices.Contains(laneClasses, class) && f.ResumeWindowOr(c.cfg().ResumeWindow) > 0
+}
+
+// moveHeavy takes a stream that turned heavy off lane 0 to the least busy
+// of its class's other lanes; with none up, it stays.
+func (c *Client) moveHeavy(s *resume.Stream) {
+	class, lane := splitLaneKey(s.Class())
+	if lane != 0 {
+		return
+	}
+	sess, k := c.pickLanes(class, 1, mux.MaxLanes)
+	if sess == nil {
+		return
+	}
+	if err := s.Move(sess, k.key()); err != nil && !errors.Is(err, resume.ErrNotMoved) {
+		c.limited.Warn("move:"+class, "could not move a heavy stream to another lane of its class; it carries on where it was", "class", class, "lane", k.lane, "error", err)
+	}
+}
+
+// pickLanes is pick among the lanes [lo, hi) of class.
+func (c *Client) pickLanes(class string, lo, hi int) (*mux.Session, *keeper) {
 	c.keepersMu.Lock()
 	ks := c.keepers[class]
 	c.keepersMu.Unlock()
@@ -190,7 +229,7 @@ func (c *Client) pick(class string) (*mux.Session, *keeper) {
 		owner *keeper
 		least int
 	)
-	for _, k := range ks {
+	for _, k := range ks[min(lo, len(ks)):min(hi, len(ks))] {
 		s := k.current.get()
 		if s == nil || s.Closed() {
 			continue
@@ -226,6 +265,9 @@ func (c *Client) settings() sessionSettings {
 	cfg := c.cfg()
 	st := settingsOf(cfg.Settings, cfg.HandshakeTimeout, c.metrics, c.limited, c.resume, &c.handover.pipes)
 	st.onPathRTT = c.notePathRTT
+	if c.lanes > 1 {
+		st.onHeavy = c.moveHeavy
+	}
 	return st
 }
 
@@ -582,7 +624,7 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 		// is awaited. A refusal that retrying cannot change (revoked,
 		// not allowed) refuses at once: holding the connection for
 		// session_wait only delays the same answer.
-		sess, owner = c.pick(class)
+		sess, owner = c.pick(class, c.movable(f, class))
 		if sess == nil {
 			sess, err = k.current.wait(ctx, max(time.Until(deadline), time.Millisecond))
 			if err != nil {

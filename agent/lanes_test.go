@@ -21,18 +21,20 @@ func bulkSessions(s *Server) map[int]*mux.Session {
 	return out
 }
 
-// With bulk_connections = 2 the client holds two bulk sessions; eight
-// streams through a bulk forward spread over both, every byte checked;
-// when one lane's session dies the other carries on, and the dead lane's
-// streams resume on that lane's next session.
-func TestBulkLanesSpreadStreams(t *testing.T) {
+// With bulk_connections = 3 the client holds three bulk sessions. Every
+// stream starts on lane 0; one that turns heavy moves to the least busy
+// of lanes 1 and 2, its old carrier freed at both ends, while a light
+// stream stays on lane 0, every byte checked throughout. When a lane's
+// session dies the others carry on, and its streams resume on that lane's
+// next session.
+func TestBulkLanesCarryHeavyStreams(t *testing.T) {
 	f := startFleet(t, fleetOptions{allow: `"edge"`})
-	cli, _, _ := f.startClient(t, pki.Options{CommonName: "edge"}, "bulk_connections = 2\nforward \"echo\" {\n  listen = \"127.0.0.1:0\"\n}\n")
-	waitFor(t, "both bulk lanes", func() bool {
+	cli, _, _ := f.startClient(t, pki.Options{CommonName: "edge"}, "bulk_connections = 3\nforward \"echo\" {\n  listen = \"127.0.0.1:0\"\n}\n")
+	waitFor(t, "three bulk lanes", func() bool {
 		lanes := cli.Lanes(classBulk)
-		return len(lanes) == 2 && lanes[0] != nil && lanes[1] != nil
+		return len(lanes) == 3 && lanes[0] != nil && lanes[1] != nil && lanes[2] != nil
 	})
-	waitFor(t, "both lanes on the server", func() bool { return len(bulkSessions(f.srv)) == 2 })
+	waitFor(t, "three lanes on the server", func() bool { return len(bulkSessions(f.srv)) == 3 })
 	if got := len(cli.keeperList()[classControl]); got != 0 {
 		t.Fatalf("%d control keepers for a client without control forwards", got)
 	}
@@ -40,20 +42,49 @@ func TestBulkLanesSpreadStreams(t *testing.T) {
 	if !lanes[0].PeerHello.Has(mux.CapLanes) {
 		t.Fatal("the server did not announce lanes")
 	}
+	srvLanes := bulkSessions(f.srv)
 
-	// One after the other, each open before the next: each new stream
-	// goes to the lane with fewer.
 	addr := cli.Addr("echo").String()
-	streams := startEchoStreams(t, addr, 8)
-	for lane, sess := range lanes {
-		if n := sess.NumStreams(); n != 4 {
-			t.Errorf("lane %d holds %d streams, want 4 of 8", lane, n)
+	light := startEchoStreams(t, addr, 1)[0]
+	streams := startEchoStreams(t, addr, 4)
+	if n := lanes[0].NumStreams(); n != 5 {
+		t.Fatalf("lane 0 holds %d streams, want all 5 at their start", n)
+	}
+
+	// One at a time, so that each move sees the last: bursts until the
+	// stream moves (heavy is 4 MiB both ways within a second; the paced
+	// streams carry about 2 MB/s).
+	for i, s := range streams {
+		for burst := 0; lanes[0].NumStreams() == 5-i; burst++ {
+			if burst == 8 {
+				t.Fatalf("stream %d still on lane 0 after %d MiB echoed", i, 4*burst)
+			}
+			s.Burst(4 << 20)
+			s.Advance(t, 4<<20)
 		}
 	}
-	for lane, sess := range bulkSessions(f.srv) {
-		if n := sess.NumStreams(); n != 4 {
-			t.Errorf("server: lane %d holds %d streams, want 4 of 8", lane, n)
+	waitFor(t, "four moves counted", func() bool { return cli.resume.Stats().Moved == 4 })
+	light.Advance(t, 16<<10)
+	for _, s := range streams {
+		s.Advance(t, 64<<10)
+	}
+	for lane, want := range []int{1, 2, 2} {
+		if n := lanes[lane].NumStreams(); n != want {
+			t.Errorf("lane %d holds %d streams, want %d", lane, n, want)
 		}
+		// yamux also holds each side's control stream.
+		if n := lanes[lane].WireStreams(); n != want+2 {
+			t.Errorf("lane %d: yamux holds %d streams, want %d and the 2 control streams (a moved stream's old carrier not freed)", lane, n, want)
+		}
+		waitFor(t, "the server's lanes to match", func() bool {
+			return srvLanes[lane].NumStreams() == want && srvLanes[lane].WireStreams() == want+2
+		})
+	}
+	if st := cli.resume.Stats(); st.Resumed != 0 {
+		t.Errorf("moves counted as resumes: %+v", st)
+	}
+	if st := f.srv.resume.Stats(); st.Moved != 4 || st.Resumed != 0 {
+		t.Errorf("server counts %d moves and %d resumes, want 4 and 0", st.Moved, st.Resumed)
 	}
 	st := cli.status()
 	seen := map[int]bool{}
@@ -62,41 +93,39 @@ func TestBulkLanesSpreadStreams(t *testing.T) {
 			seen[s.Lane] = true
 		}
 	}
-	if !seen[0] || !seen[1] || !st.Healthy {
+	if !seen[0] || !seen[1] || !seen[2] || !st.Healthy {
 		t.Errorf("status: %+v", st.Sessions)
 	}
 
-	// Lane 1 dies: lane 0's streams carry on and new streams go there;
-	// lane 1's come back on its next session.
+	// Lane 1 dies: the other lanes' streams carry on and new streams go
+	// to lane 0; lane 1's come back on its next session.
 	dead := lanes[1]
 	dead.Close()
-	for i, s := range streams {
-		if i%2 == 0 { // lane 0's: 0, 2, 4, 6
-			s.Advance(t, 16<<10)
-		}
-	}
+	light.Advance(t, 16<<10)
 	late := echocheck.Start(t, addr, 20*time.Second)
 	late.Advance(t, 4096)
-	// A resumed stream's carrier is open (NumStreams) a moment before
-	// the resume counts it: wait for the count, then check the lane.
+	if n := cli.Lanes(classBulk)[0].NumStreams(); n != 2 {
+		t.Errorf("lane 0 holds %d streams, want the light one and the late one", n)
+	}
 	waitFor(t, "lane 1's streams resumed on its next session", func() bool {
 		s := cli.Lanes(classBulk)[1]
-		return s != nil && s != dead && cli.resume.Stats().Resumed >= 4
+		return s != nil && s != dead && cli.resume.Stats().Resumed >= 2
 	})
-	if n := cli.resume.Stats().Resumed; n != 4 {
-		t.Errorf("%d streams resumed, want lane 1's 4", n)
+	if n := cli.resume.Stats().Resumed; n != 2 {
+		t.Errorf("%d streams resumed, want lane 1's 2", n)
 	}
-	if s := cli.Lanes(classBulk)[1]; s.NumStreams() < 4 {
-		t.Errorf("lane 1's new session holds %d streams, want its 4 back", s.NumStreams())
+	if s := cli.Lanes(classBulk)[1]; s.NumStreams() != 2 {
+		t.Errorf("lane 1's new session holds %d streams, want its 2 back", s.NumStreams())
 	}
-	for _, s := range append(streams, late) {
+	all := append(streams, light, late)
+	for _, s := range all {
 		s.Advance(t, 16<<10)
 	}
-	for _, s := range append(streams, late) {
+	for _, s := range all {
 		s.Finish(t)
 	}
-	if got := len(bulkSessions(f.srv)); got != 2 {
-		t.Errorf("server holds %d bulk sessions, want 2", got)
+	if got := len(bulkSessions(f.srv)); got != 3 {
+		t.Errorf("server holds %d bulk sessions, want 3", got)
 	}
 }
 

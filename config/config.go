@@ -143,7 +143,7 @@ const (
 	DefaultMaxSessions            = 1024
 	DefaultMaxSessionsPerIdentity = 4
 	DefaultSessionWait            = 10 * time.Second
-	DefaultBulkConnections        = 1
+	DefaultBulkConnections        = 2
 	DefaultMaxConns               = 1024
 	DefaultCRLStale               = "warn"
 )

@@ -296,7 +296,7 @@ func TestKeys(t *testing.T) {
 		{name: "session_wait 1m", sides: []bool{true}, src: "session_wait = \"1m\"\n", get: wait, want: mins},
 
 		// bulk_connections: client only; 1; 1..8.
-		{name: "bulk_connections default", sides: []bool{true}, get: lanes, want: 1},
+		{name: "bulk_connections default", sides: []bool{true}, get: lanes, want: 2},
 		{name: "bulk_connections 1", sides: []bool{true}, src: "bulk_connections = 1\n", get: lanes, want: 1},
 		{name: "bulk_connections 8", sides: []bool{true}, src: "bulk_connections = 8\n", get: lanes, want: 8},
 

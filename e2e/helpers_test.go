@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
 
@@ -139,7 +140,7 @@ func (p *proc) countLines(subs ...string) int {
 
 // bulkLanes is the bulk sessions a client holds by default
 // (bulk_connections).
-const bulkLanes = 1
+const bulkLanes = config.DefaultBulkConnections
 
 // sessionsUp counts the "session up" lines containing every one of subs
 // of each class's first session: a client's further sessions of a class

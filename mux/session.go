@@ -529,6 +529,11 @@ func (s *Session) NumStreams() int {
 	return len(s.streams)
 }
 
+// WireStreams is how many streams yamux holds on the session: those of
+// NumStreams, any let go (Release) but not yet freed, and the two
+// sessions' control streams (each side opens one).
+func (s *Session) WireStreams() int { return s.y.NumStreams() }
+
 // Opened is how many streams this side has opened on the session. yamux
 // stream IDs run out after about 2^31 opens: rotate the session long before.
 func (s *Session) Opened() uint64 { return s.opened.Load() }

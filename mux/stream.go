@@ -104,6 +104,15 @@ func (st *Stream) Release() {
 	_ = st.y.SetDeadline(time.Unix(1, 0))
 }
 
+// Discard frees a resumable stream that moved to another session while
+// its own session lives on: Release, then a reset that frees it in both
+// yamuxes. Only once the peer has answered the move (it let its end go
+// then): a reset that arrived before the move would end the peer's side.
+func (st *Stream) Discard() {
+	st.Release()
+	_ = resetStream(st.y)
+}
+
 // Service is the name the stream was opened for.
 func (st *Stream) Service() string { return st.service }
 

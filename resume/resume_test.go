@@ -554,7 +554,7 @@ func TestFirstOpenRacesMove(t *testing.T) {
 		s, token := opening(t)
 		// SessionUp's move, while the open is on its way: it would
 		// resume (here, open again) a stream that is about to arrive.
-		if err := s.moveOpened(sess); !errors.Is(err, errNotMoved) {
+		if err := s.moveOpened(sess); !errors.Is(err, ErrNotMoved) {
 			t.Fatalf("a move to the session of the first open, before it arrived: %v, want none", err)
 		}
 		first, err := sess.OpenResumable(ctx, "echo", "", token)

@@ -116,6 +116,41 @@ type Stream struct {
 	deliverTo   func(p []byte) int
 	deliverGen  uint64
 	deliverHook func(p []byte) int
+
+	// prev is the carrier a move let go while its session lives on (a
+	// Move between lanes, or the peer's): freed on both sides once the
+	// stream is on its next carrier (see mux's Discard).
+	prev *mux.Stream
+	// onHeavy (Options.OnHeavy) until it is called; rate bytes carried
+	// since rateSince.
+	onHeavy   func(*Stream)
+	rate      int
+	rateSince time.Time
+}
+
+// countLocked counts n bytes carried either way, and calls onHeavy once
+// they reach HeavyBytes within HeavyWithin.
+func (s *Stream) countLocked(n int) {
+	if s.onHeavy == nil {
+		return
+	}
+	if s.rate += n; s.rate < HeavyBytes {
+		return
+	}
+	if now := time.Now(); now.Sub(s.rateSince) > HeavyWithin {
+		s.rate, s.rateSince = 0, now
+		return
+	}
+	f := s.onHeavy
+	s.onHeavy = nil
+	s.t.spawn(func() { f(s) })
+}
+
+// carriedLive says whether the stream's carrier is up on a live session.
+func (s *Stream) carriedLive() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.carrier != nil && !s.carrier.SessionClosed()
 }
 
 // seq is the sequence number after everything we have sent.
@@ -133,7 +168,11 @@ func (s *Stream) Token() mux.Token { return s.token }
 func (s *Stream) Service() string { return s.service }
 
 // Class is the class of session that carries it (Options.Class).
-func (s *Stream) Class() string { return s.class }
+func (s *Stream) Class() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.class
+}
 
 func (s *Stream) Read(p []byte) (int, error) {
 	n, err, _ := s.read(func(c *mux.Stream, gen uint64) (int, error, error) {
@@ -167,6 +206,7 @@ func (s *Stream) commitDelivered(gen uint64, n int) bool {
 		return false
 	}
 	s.delivered += uint64(n)
+	s.countLocked(n)
 	send := s.noteDeliveredLocked()
 	s.mu.Unlock()
 	send()
@@ -303,6 +343,7 @@ func (s *Stream) deliverDirect(p []byte) int {
 	n := s.deliverTo(p)
 	if n > 0 {
 		s.delivered += uint64(n)
+		s.countLocked(n)
 		s.noteDeliveredSoonLocked()
 	}
 	return n
@@ -372,6 +413,7 @@ func (s *Stream) write(p []byte, lent bool) (int, error) {
 		s.replay.push(p)
 	}
 	s.sent += uint64(len(p))
+	s.countLocked(len(p))
 	frozen := s.frozen
 	s.mu.Unlock()
 	if frozen {
@@ -528,6 +570,12 @@ func (s *Stream) detachLocked() {
 	if s.carrier != nil {
 		s.answered = s.answered || s.carrier.Answered()
 		s.carrier.Release()
+		if !s.carrier.SessionClosed() {
+			if s.prev != nil {
+				s.prev.Discard() // an older one, from a move that failed
+			}
+			s.prev = s.carrier
+		}
 		s.carrier = nil
 	}
 	s.gen++
@@ -700,8 +748,15 @@ func (s *Stream) finish(err error) {
 	if clean {
 		s.carrier = nil
 	}
+	prev := s.prev
+	s.prev = nil
 	s.cond.Broadcast()
 	s.mu.Unlock()
+	if prev != nil {
+		// A move that never completed: the peer may still hold its end
+		// there, and the stream ends here either way.
+		prev.Discard()
+	}
 	if c != nil {
 		c.OnDelivered(nil)
 		if clean {
@@ -795,6 +850,12 @@ func (s *Stream) moveTo(c *mux.Stream, peerDelivered uint64) error {
 		// move, so nothing more arrives on it. Let it go here too, or a
 		// reader waiting on it would wait for ever.
 		old.Release()
+	}
+	if s.prev != nil {
+		// Both ends have let it go: the peer before it answered the move
+		// (or we before we answered it).
+		s.prev.Discard()
+		s.prev = nil
 	}
 	s.carrier = c
 	s.gen++

@@ -36,7 +36,21 @@ type Options struct {
 	// MaxReplay bounds its replay buffer; default 1 MiB. It should be at
 	// least the stream's window: less slows it on a long path.
 	MaxReplay int
+	// OnHeavy, for a stream we open, is called once, on a goroutine of
+	// the table's, when the stream turns heavy: HeavyBytes carried (both
+	// ways together) within HeavyWithin. The caller may then Move it to
+	// a session of its own, away from the small messages of others.
+	OnHeavy func(*Stream)
 }
+
+// A stream is heavy once it has carried HeavyBytes within HeavyWithin,
+// both ways together (32 Mbit/s or more): a transfer, not the messages of
+// a protocol. Moving one costs a round trip and a resend of what is in
+// flight, once.
+const (
+	HeavyBytes  = 4 << 20
+	HeavyWithin = time.Second
+)
 
 // Table holds an agent's resumable streams: it names them, finds them for
 // the peer's resumes, and moves the ones we opened to each new session.
@@ -53,7 +67,7 @@ type Table struct {
 	closed  bool
 	wg      sync.WaitGroup // moves in progress
 
-	resumed, expired, replayed, refused, peerLost atomic.Uint64
+	resumed, expired, replayed, refused, peerLost, moved atomic.Uint64
 }
 
 type sessionKey struct{ key, class string }
@@ -127,6 +141,9 @@ func (t *Table) makeStream(token mux.Token, opener bool, key, peer, inst, servic
 		t: t, token: token, opener: opener, peerKey: key, peer: peer, inst: inst,
 		class: o.Class, service: service, window: o.Window, maxReplay: o.MaxReplay, budget: b.sem,
 		ctx: ctx, cancel: cancel, local: local, remote: remote,
+	}
+	if opener {
+		s.onHeavy, s.rateSince = o.OnHeavy, time.Now()
 	}
 	s.cond.L = &s.mu
 	return s
@@ -236,6 +253,11 @@ func (t *Table) ServeResume(c *mux.Stream, token mux.Token, peerDelivered uint64
 	}
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
+	// A carrier whose session lives on: the peer moves the stream to
+	// another of its sessions (Move), it did not lose this one. (A peer
+	// that saw the session die before we did looks the same; counted as
+	// a move, which is what it is from here.)
+	live := s.carriedLive()
 	delivered, err := s.detachForMove()
 	if err != nil {
 		return &mux.ResumeRefusal{Code: mux.CodeNoStream, Msg: "the stream ended here: " + err.Error()}
@@ -244,6 +266,10 @@ func (t *Table) ServeResume(c *mux.Stream, token mux.Token, peerDelivered uint64
 		return nil // the new session failed too: still suspended
 	}
 	if err := s.moveTo(c, peerDelivered); err == nil {
+		if live {
+			t.moved.Add(1)
+			return nil
+		}
 		t.resumed.Add(1)
 		// Its side logs each batch; ours, once per interval per peer.
 		t.limited.Log(hclog.Info, "resumed:"+peer.Key(), "peer is resuming its streams on a new session", "peer", peer.Name())
@@ -344,7 +370,7 @@ func (t *Table) moveAll(sess *mux.Session, streams []*Stream) {
 			switch err := s.moveOpened(sess); {
 			case err == nil:
 				moved.Add(1)
-			case errors.Is(err, errNotMoved):
+			case errors.Is(err, ErrNotMoved):
 			default:
 				failed.Add(1)
 			}
@@ -357,7 +383,55 @@ func (t *Table) moveAll(sess *mux.Session, streams []*Stream) {
 	}
 }
 
-var errNotMoved = errors.New("not moved")
+// ErrNotMoved: a move found the stream where it was to go, ended, or not
+// to be moved (see Move); it stays where it is.
+var ErrNotMoved = errors.New("stream not moved")
+
+// Move takes a live stream we opened off its session and onto sess, the
+// current session of class (another lane of the same peer): the peer
+// lets its end go on the old session, the two tell each other what they
+// delivered and resend the rest, as after a lost session, and the old
+// carrier is freed on both sides. A stream suspended, closing, handed
+// over or already on sess stays (ErrNotMoved). If the move fails the
+// stream goes back to its class and resumes as after a lost session.
+func (s *Stream) Move(sess *mux.Session, class string) error {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
+	s.mu.Lock()
+	// Answered: until the peer has taken the first open, a resume could
+	// cross it and the stream be opened twice.
+	stays := !s.opener || s.err != nil || s.carrier == nil || s.closing || s.frozen || s.carrier.Session() == sess ||
+		!(s.answered || s.carrier.Answered())
+	from := s.class
+	s.mu.Unlock()
+	if stays || sess.Closed() || !s.t.isCurrent(sess, s.peerKey, class) {
+		return ErrNotMoved
+	}
+	s.setClass(class)
+	err := s.resumeOn(sess)
+	if err == nil {
+		s.t.moved.Add(1)
+		return nil
+	}
+	s.mu.Lock()
+	suspended := s.err == nil && s.carrier == nil
+	s.mu.Unlock()
+	s.setClass(from)
+	if suspended {
+		s.t.suspended(s) // on its old class's session, if it is up
+	}
+	return err
+}
+
+// setClass changes the class the stream resumes on. Written under both
+// locks (s.mu, then t.mu, their order): the table reads it under t.mu.
+func (s *Stream) setClass(class string) {
+	s.mu.Lock()
+	s.t.mu.Lock()
+	s.class = class
+	s.t.mu.Unlock()
+	s.mu.Unlock()
+}
 
 // carrierGone: suspended, or its carrier's session has ended.
 func (s *Stream) carrierGone() bool {
@@ -387,11 +461,21 @@ func (s *Stream) moveOpened(sess *mux.Session) error {
 	// an older one (a late call) would take a live stream off a good
 	// session for one that is gone.
 	if here || ended || sess.Closed() || !s.t.isCurrent(sess, s.peerKey, s.class) {
-		return errNotMoved
+		return ErrNotMoved
 	}
+	if err := s.resumeOn(sess); err != nil {
+		return err
+	}
+	s.t.resumed.Add(1)
+	return nil
+}
+
+// resumeOn detaches the stream from its carrier, if any, and resumes it
+// on sess. Called with rmu held.
+func (s *Stream) resumeOn(sess *mux.Session) error {
 	delivered, err := s.detachForMove()
 	if err != nil {
-		return errNotMoved
+		return ErrNotMoved
 	}
 	ctx, cancel := context.WithTimeout(s.ctx, time.Minute)
 	defer cancel()
@@ -411,11 +495,7 @@ func (s *Stream) moveOpened(sess *mux.Session) error {
 		}
 		return err // the new session failed as well: still suspended, for the next
 	}
-	if err := s.moveTo(c, peerDelivered); err != nil {
-		return err
-	}
-	s.t.resumed.Add(1)
-	return nil
+	return s.moveTo(c, peerDelivered)
 }
 
 // suspended is told of a stream that lost its carrier: one we opened
@@ -457,13 +537,14 @@ type Stats struct {
 	PeerLost           uint64 // ended because the peer no longer held them
 	Refused            uint64 // the peer's resumes we refused
 	ReplayedBytes      uint64 // resent after resumes
+	Moved              uint64 // live streams moved to another session (Move)
 }
 
 // Stats counts the streams now.
 func (t *Table) Stats() Stats {
 	list := t.snapshot(false)
 	st := Stats{Streams: len(list), Resumed: t.resumed.Load(), Expired: t.expired.Load(), PeerLost: t.peerLost.Load(),
-		Refused: t.refused.Load(), ReplayedBytes: t.replayed.Load()}
+		Refused: t.refused.Load(), ReplayedBytes: t.replayed.Load(), Moved: t.moved.Load()}
 	for _, s := range list {
 		s.mu.Lock()
 		if s.carrier == nil && s.err == nil {

@@ -21,6 +21,7 @@ type Stream struct {
 	wg      sync.WaitGroup
 	mu      sync.Mutex
 	written int64
+	burst   int64 // bytes to write without pacing (Burst)
 	echoed  int64
 	err     error
 }
@@ -54,8 +55,12 @@ func Start(t testing.TB, addr string, wait time.Duration) *Stream {
 			}
 			s.mu.Lock()
 			s.written += int64(len(buf))
+			burst := s.burst > 0
+			s.burst -= min(s.burst, int64(len(buf)))
 			s.mu.Unlock()
-			time.Sleep(2 * time.Millisecond) // pacing, not a measurement
+			if !burst {
+				time.Sleep(2 * time.Millisecond) // pacing, not a measurement
+			}
 		}
 	})
 	s.wg.Go(func() {
@@ -101,6 +106,14 @@ func (s *Stream) Echoed() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.echoed
+}
+
+// Burst writes about n more bytes (rounded up to the writer's 2 KiB
+// buffers) as fast as the connection takes them, then goes back to pacing.
+func (s *Stream) Burst(n int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.burst += n
 }
 
 // Advance waits until n more bytes have come back.
