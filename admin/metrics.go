@@ -104,6 +104,7 @@ type ResumeStats struct {
 	Suspended     int    `json:"suspended"`      // of which waiting for a session
 	ReplayBytes   int64  `json:"replay_bytes"`   // held in replay buffers
 	Resumed       uint64 `json:"resumed"`        // moved to a new session
+	Moved         uint64 `json:"moved"`          // live, moved to another lane (heavy)
 	Expired       uint64 `json:"expired"`        // reset: no session within the window
 	PeerLost      uint64 `json:"peer_lost"`      // reset: the peer no longer held them
 	Refused       uint64 `json:"refused"`        // the peer's resumes we refused
@@ -154,6 +155,7 @@ func newResumeCollector(labels prometheus.Labels) *ResumeCollector {
 		d("tunnel_streams_suspended", "Resumable streams waiting for a tunnel session to resume on.", g, func(s ResumeStats) float64 { return float64(s.Suspended) }),
 		d("tunnel_resume_buffer_bytes", "Bytes held in replay buffers: sent, not yet confirmed delivered by the peer.", g, func(s ResumeStats) float64 { return float64(s.ReplayBytes) }),
 		d("tunnel_streams_resumed_total", "Streams moved to a new tunnel session after their session was lost.", c, func(s ResumeStats) float64 { return float64(s.Resumed) }),
+		d("tunnel_streams_moved_total", "Live streams moved to another session of their class: bulk streams that turned heavy, off the lane where every stream starts.", c, func(s ResumeStats) float64 { return float64(s.Moved) }),
 		d("tunnel_streams_resume_expired_total", "Suspended streams reset because no session came back within their resume window.", c, func(s ResumeStats) float64 { return float64(s.Expired) }),
 		d("tunnel_streams_resume_lost_total", "Suspended streams reset because the peer no longer held them (it restarted without a handover).", c, func(s ResumeStats) float64 { return float64(s.PeerLost) }),
 		d("tunnel_resume_refused_total", "The peer's resumes refused (no such stream for its certificate).", c, func(s ResumeStats) float64 { return float64(s.Refused) }),

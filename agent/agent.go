@@ -281,7 +281,7 @@ func serveAccepted(ctx context.Context, wg *sync.WaitGroup, log hclog.Logger, st
 // resumeStats are the table's counts for /status and /metrics.
 func resumeStats(t *resume.Table) admin.ResumeStats {
 	s := t.Stats()
-	return admin.ResumeStats{Streams: s.Streams, Suspended: s.Suspended, ReplayBytes: s.ReplayBytes, Resumed: s.Resumed,
+	return admin.ResumeStats{Streams: s.Streams, Suspended: s.Suspended, ReplayBytes: s.ReplayBytes, Resumed: s.Resumed, Moved: s.Moved,
 		Expired: s.Expired, PeerLost: s.PeerLost, Refused: s.Refused, ReplayedBytes: s.ReplayedBytes}
 }
 
