@@ -1,6 +1,9 @@
 package agent
 
 import (
+	"bytes"
+	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -45,26 +48,25 @@ func TestBulkLanesCarryHeavyStreams(t *testing.T) {
 	srvLanes := bulkSessions(f.srv)
 
 	addr := cli.Addr("echo").String()
-	light := startEchoStreams(t, addr, 1)[0]
+	light := dialMessages(t, addr)
 	streams := startEchoStreams(t, addr, 4)
 	if n := lanes[0].NumStreams(); n != 5 {
 		t.Fatalf("lane 0 holds %d streams, want all 5 at their start", n)
 	}
 
 	// One at a time, so that each move sees the last: bursts until the
-	// stream moves (heavy is 4 MiB both ways within a second; the paced
-	// streams carry about 2 MB/s).
+	// stream moves (heavy is 1 MiB both ways within a second).
 	for i, s := range streams {
 		for burst := 0; lanes[0].NumStreams() == 5-i; burst++ {
 			if burst == 8 {
-				t.Fatalf("stream %d still on lane 0 after %d MiB echoed", i, 4*burst)
+				t.Fatalf("stream %d still on lane 0 after %d MiB echoed", i, 2*burst)
 			}
-			s.Burst(4 << 20)
-			s.Advance(t, 4<<20)
+			s.Burst(2 << 20)
+			s.Advance(t, 2<<20)
 		}
 	}
 	waitFor(t, "four moves counted", func() bool { return cli.resume.Stats().Moved == 4 })
-	light.Advance(t, 16<<10)
+	light.exchange(t, 100)
 	for _, s := range streams {
 		s.Advance(t, 64<<10)
 	}
@@ -101,9 +103,9 @@ func TestBulkLanesCarryHeavyStreams(t *testing.T) {
 	// to lane 0; lane 1's come back on its next session.
 	dead := lanes[1]
 	dead.Close()
-	light.Advance(t, 16<<10)
-	late := echocheck.Start(t, addr, 20*time.Second)
-	late.Advance(t, 4096)
+	light.exchange(t, 100)
+	late := dialMessages(t, addr)
+	late.exchange(t, 10)
 	if n := cli.Lanes(classBulk)[0].NumStreams(); n != 2 {
 		t.Errorf("lane 0 holds %d streams, want the light one and the late one", n)
 	}
@@ -117,12 +119,16 @@ func TestBulkLanesCarryHeavyStreams(t *testing.T) {
 	if s := cli.Lanes(classBulk)[1]; s.NumStreams() != 2 {
 		t.Errorf("lane 1's new session holds %d streams, want its 2 back", s.NumStreams())
 	}
-	all := append(streams, light, late)
-	for _, s := range all {
+	for _, s := range streams {
 		s.Advance(t, 16<<10)
 	}
-	for _, s := range all {
+	for _, s := range streams {
 		s.Finish(t)
+	}
+	light.exchange(t, 10)
+	late.exchange(t, 10)
+	if n := cli.Lanes(classBulk)[0].NumStreams(); n != 2 {
+		t.Errorf("lane 0 holds %d streams, want the two message streams still", n)
 	}
 	if got := len(bulkSessions(f.srv)); got != 3 {
 		t.Errorf("server holds %d bulk sessions, want 3", got)
@@ -219,6 +225,48 @@ func TestKeepLanesOfHandedStreams(t *testing.T) {
 	waitFor(t, "three bulk sessions on the server", func() bool { return len(bulkSessions(f.srv)) == 3 })
 	if got := len(cli.keeperList()[classControl]); got != 0 {
 		t.Errorf("a control stream's lane key started %d control keepers", got)
+	}
+}
+
+// messages is a connection through an echo forward that exchanges small
+// messages, as a protocol's control channel does: never heavy.
+type messages struct {
+	c    net.Conn
+	sent int
+}
+
+func dialMessages(t *testing.T, addr string) *messages {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	m := &messages{c: c}
+	m.exchange(t, 1)
+	return m
+}
+
+// exchange sends n 64-byte messages, each after the echo of the last,
+// and checks every echo.
+func (m *messages) exchange(t *testing.T, n int) {
+	t.Helper()
+	msg, got := make([]byte, 64), make([]byte, 64)
+	for range n {
+		m.sent++
+		for i := range msg {
+			msg[i] = byte(m.sent + i)
+		}
+		_ = m.c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := m.c.Write(msg); err != nil {
+			t.Fatalf("message %d: %v", m.sent, err)
+		}
+		if _, err := io.ReadFull(m.c, got); err != nil {
+			t.Fatalf("echo of message %d: %v", m.sent, err)
+		}
+		if !bytes.Equal(got, msg) {
+			t.Fatalf("echo of message %d differs", m.sent)
+		}
 	}
 }
 

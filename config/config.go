@@ -69,11 +69,13 @@
 // max_sessions_per_identity = 4 (sessions of one client identity at once),
 // each at least 1. The client also takes session_wait = "10s" (how long a
 // new local connection waits for the session while it is down; "0s": not at
-// all), bulk_connections = 1 (how many parallel sessions, each its own TLS
-// connection, the bulk class may use to its server, 1..8: one TLS
-// connection is one core of crypto on each side; more suit hosts with
-// cores to spare, since bulk then takes them from the control class; beyond
-// the cores of either host it buys nothing) and tls.verify = ["rule", ...]:
+// all), bulk_connections = 2 (how many parallel sessions, each its own TLS
+// connection, the bulk class may use to its server, 1..8: every stream
+// starts on the first and one that turns heavy moves to the others, so
+// messages never queue behind a transfer in one TCP connection; one TLS
+// connection is one core of crypto on each side, so more than 2 suit hosts
+// with cores to spare, since heavy streams then take them from the control
+// class; beyond the cores of either host they buy nothing) and tls.verify = ["rule", ...]:
 // rules the server's certificate must match besides server_name, in the
 // syntax of allow (see ssl.ParseRule); left out, any certificate valid for
 // server_name is accepted.
@@ -312,7 +314,8 @@ type Client struct {
 	// BulkConnections is key bulk_connections: how many sessions (each its
 	// own TLS connection, so its own core of crypto on each side) the bulk
 	// class may use at once to the same server; 1..MaxBulkConnections,
-	// default 1.
+	// default 2 (the first for every stream's start and the light ones,
+	// the others for heavy streams).
 	BulkConnections int
 }
 

@@ -44,11 +44,12 @@ type Options struct {
 }
 
 // A stream is heavy once it has carried HeavyBytes within HeavyWithin,
-// both ways together (32 Mbit/s or more): a transfer, not the messages of
-// a protocol. Moving one costs a round trip and a resend of what is in
-// flight, once.
+// both ways together (8 Mbit/s or more): a transfer, not the messages of
+// a protocol, and past the size of a web page or an RPC's answer, which
+// would be over before a move. Moving one costs a round trip and a resend
+// of what is in flight, once.
 const (
-	HeavyBytes  = 4 << 20
+	HeavyBytes  = 1 << 20
 	HeavyWithin = time.Second
 )
 
