@@ -295,6 +295,11 @@ func (cl *client) connect() (*mux.Session, error) {
 	if cl.r.direct {
 		addr = cl.r.srvLn.Addr().String()
 	}
+	return cl.connectTo(addr)
+}
+
+// connectTo sets up a session through addr (the server or a relay to it).
+func (cl *client) connectTo(addr string) (*mux.Session, error) {
 	raw, err := net.Dial("tcp", addr)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,215 @@
+package resume
+
+import (
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tunnelworks/tunnel/forward"
+	"github.com/tunnelworks/tunnel/mux"
+)
+
+// A live stream moves between two live sessions to the same server in
+// the middle of an echo both ways: every byte comes back once and in
+// order, the application sees nothing, the old carrier is freed at both
+// ends, and both sides count a move, not a resume. A move whose new
+// session is cut before the answer puts the stream back on the session of
+// its class, where it carries on.
+func TestMoveBetweenLiveSessions(t *testing.T) {
+	r := newRig(t, time.Minute)
+	cl := r.newClient("edge")
+	sess1 := cl.session(t)
+
+	app, local := tcpPair(t)
+	rs, err := cl.table.Open(cl.ctx, sess1, "echo", "", local.LocalAddr(), local.RemoteAddr(), Options{Window: time.Minute, Class: "first"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.wg.Go(func() {
+		if res := forward.Pipe(cl.ctx, rs.Local(local), rs, nil, 0); res.Err != nil && cl.ctx.Err() == nil {
+			r.noteErr("client pipe", res.Err)
+		}
+	})
+	cl.table.SessionUp(sess1, "first")
+	echo := startEcho(t, app, 8<<20) // the first half before the failed move
+
+	// A second session of the client, as an agent's second lane.
+	second := startRelay(t, r.srvLn.Addr().String())
+	t.Cleanup(second.close)
+	sess2 := cl.serveExtra(t, second.addr(), "second")
+
+	echo.waitFor(t, 1<<20)
+	if err := rs.Move(sess2, "second"); err != nil {
+		t.Fatalf("move: %v", err)
+	}
+	if got := rs.Class(); got != "second" {
+		t.Errorf("class after the move %q, want second", got)
+	}
+	if n := sess2.NumStreams(); n != 1 {
+		t.Errorf("the new session holds %d streams, want the moved one", n)
+	}
+	// Each side's control stream stays; the old carrier goes at both ends.
+	waitUntil(t, "the old carrier freed on the client", func() bool { return sess1.NumStreams() == 0 && sess1.WireStreams() == 2 })
+	if st := cl.table.Stats(); st.Moved != 1 || st.Resumed != 0 {
+		t.Errorf("client counts %d moves and %d resumes, want 1 and 0", st.Moved, st.Resumed)
+	}
+	if st := r.serverTable().Stats(); st.Moved != 1 || st.Resumed != 0 {
+		t.Errorf("server counts %d moves and %d resumes, want 1 and 0", st.Moved, st.Resumed)
+	}
+	echo.waitFor(t, 2<<20)
+
+	// A third session, held and then cut while the move waits for its
+	// answer: the move fails and the stream resumes on the session of
+	// its class ("second" again).
+	third := startRelay(t, r.srvLn.Addr().String())
+	t.Cleanup(third.close)
+	sess3 := cl.serveExtra(t, third.addr(), "third")
+	third.hold()
+	moved := make(chan error, 1)
+	go func() { moved <- rs.Move(sess3, "third") }()
+	waitUntil(t, "the move under way", func() bool { return cl.table.Stats().Suspended == 1 })
+	third.cut()
+	if err := <-moved; err == nil || errors.Is(err, ErrNotMoved) {
+		t.Fatalf("a move to a session cut before its answer returned %v", err)
+	}
+	if got := rs.Class(); got != "second" {
+		t.Errorf("class after the failed move %q, want second back", got)
+	}
+	echo.goOn()
+	waitUntil(t, "the stream back on the second session", func() bool { return sess2.NumStreams() == 1 && cl.table.Stats().Suspended == 0 })
+	if st := cl.table.Stats(); st.Moved != 1 || st.Resumed != 1 {
+		t.Errorf("client counts %d moves and %d resumes, want 1 and 1 (the failed move resumed)", st.Moved, st.Resumed)
+	}
+	echo.finish(t)
+	if err := r.pipeErrors(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// serveExtra sets up one more session of the client through addr, serves
+// it until the test ends and makes it the current one of class.
+func (cl *client) serveExtra(t *testing.T, addr, class string) *mux.Session {
+	t.Helper()
+	sess, err := cl.connectTo(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		_ = sess.Serve(cl.ctx, func(string) (mux.Service, bool) { return mux.Service{}, false }, nil)
+	})
+	t.Cleanup(func() { sess.Close(); wg.Wait() })
+	cl.table.SessionUp(sess, class)
+	return sess
+}
+
+// echoCheck writes total pseudo-random bytes to an echo (paced in 32 KiB
+// writes; the second half once go is called) and checks every byte that
+// comes back.
+type echoCheck struct {
+	c      net.Conn
+	total  int64
+	gate   chan struct{}
+	echoed atomic.Int64
+	wg     sync.WaitGroup
+	err    atomic.Pointer[error]
+}
+
+func startEcho(t *testing.T, c net.Conn, total int64) *echoCheck {
+	e := &echoCheck{c: c, total: total, gate: make(chan struct{})}
+	_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
+	e.wg.Go(func() {
+		src := rand.New(rand.NewPCG(1, 2))
+		buf := make([]byte, 32<<10)
+		for sent := int64(0); sent < total; sent += int64(len(buf)) {
+			if sent == total/2 {
+				<-e.gate
+			}
+			for i := range buf {
+				buf[i] = byte(src.Uint32())
+			}
+			if _, err := c.Write(buf); err != nil {
+				e.fail(err)
+				return
+			}
+			time.Sleep(time.Millisecond) // so that the moves land mid-stream
+		}
+		_ = c.(*net.TCPConn).CloseWrite()
+	})
+	e.wg.Go(func() {
+		want := rand.New(rand.NewPCG(1, 2))
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := c.Read(buf)
+			for i := range n {
+				if w := byte(want.Uint32()); buf[i] != w {
+					e.fail(errors.New("echo differs at byte " + itoa(e.echoed.Load()+int64(i))))
+					return
+				}
+			}
+			e.echoed.Add(int64(n))
+			if err == io.EOF {
+				return
+			}
+			if err != nil {
+				e.fail(err)
+				return
+			}
+		}
+	})
+	t.Cleanup(func() {
+		c.Close()
+		select {
+		case <-e.gate:
+		default:
+			close(e.gate)
+		}
+		e.wg.Wait()
+	})
+	return e
+}
+
+// goOn lets the second half go.
+func (e *echoCheck) goOn() { close(e.gate) }
+
+func (e *echoCheck) fail(err error) { e.err.CompareAndSwap(nil, &err) }
+
+func (e *echoCheck) waitFor(t *testing.T, n int64) {
+	t.Helper()
+	waitUntil(t, "the echo to pass "+itoa(n)+" bytes", func() bool {
+		if p := e.err.Load(); p != nil {
+			t.Fatalf("echo: %v", *p)
+		}
+		return e.echoed.Load() >= n
+	})
+}
+
+// finish waits for the whole echo and its end of data.
+func (e *echoCheck) finish(t *testing.T) {
+	t.Helper()
+	e.wg.Wait()
+	if p := e.err.Load(); p != nil {
+		t.Fatalf("echo: %v", *p)
+	}
+	if got := e.echoed.Load(); got != e.total {
+		t.Fatalf("echoed %d bytes, want %d", got, e.total)
+	}
+}
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// waitUntil polls cond for at most 20 s.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
