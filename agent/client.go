@@ -204,7 +204,8 @@ func (c *Client) movable(f config.Forward, class string) bool {
 }
 
 // moveHeavy takes a stream that turned heavy off lane 0 to the least busy
-// of its class's other lanes; with none up, it stays.
+// of its class's other lanes; with none up, it stays, and moves once one
+// is up and it is still heavy.
 func (c *Client) moveHeavy(s *resume.Stream) {
 	class, lane := splitLaneKey(s.Class())
 	if lane != 0 {
@@ -212,6 +213,7 @@ func (c *Client) moveHeavy(s *resume.Stream) {
 	}
 	sess, k := c.pickLanes(class, 1, mux.MaxLanes)
 	if sess == nil {
+		s.WatchHeavy(c.moveHeavy)
 		return
 	}
 	if err := s.Move(sess, k.key()); err != nil && !errors.Is(err, resume.ErrNotMoved) {

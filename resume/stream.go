@@ -141,9 +141,26 @@ func (s *Stream) countLocked(n int) {
 		s.rate, s.rateSince = 0, now
 		return
 	}
+	if !s.answered && (s.carrier == nil || !s.carrier.Answered()) {
+		// Not movable until the peer has taken the open (see Move), and
+		// a fast transfer may carry a megabyte before the answer comes
+		// back: ask again with its next bytes.
+		return
+	}
 	f := s.onHeavy
 	s.onHeavy = nil
 	s.t.spawn(func() { f(s) })
+}
+
+// WatchHeavy (again) calls f once the stream, one we opened, turns heavy
+// from now on (see Options.OnHeavy): for a caller that found nowhere to
+// move it yet.
+func (s *Stream) WatchHeavy(f func(*Stream)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.opener && s.err == nil {
+		s.onHeavy, s.rate, s.rateSince = f, 0, time.Now()
+	}
 }
 
 // carriedLive says whether the stream's carrier is up on a live session.
