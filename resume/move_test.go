@@ -213,3 +213,51 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// A stream that ends here while its move is on its way (after the peer
+// answered it: the peer's end is on the new carrier already) ends at the
+// peer too, at once: the peer is told on the new carrier, not left
+// holding its end there, and its target with it, for as long as the
+// session lives.
+func TestMoveEndedBeforeItLands(t *testing.T) {
+	r := newRig(t, time.Minute)
+	cl := r.newClient("edge")
+	sess1 := cl.session(t)
+	app, local := tcpPair(t)
+	defer app.Close()
+	rs, err := cl.table.Open(cl.ctx, sess1, "echo", "", local.LocalAddr(), local.RemoteAddr(), Options{Window: time.Minute, Class: "first"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.table.SessionUp(sess1, "first")
+	// A round trip: the peer has answered the open, so it may move.
+	if _, err := rs.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(rs, make([]byte, 4)); err != nil {
+		t.Fatal(err)
+	}
+	second := startRelay(t, r.srvLn.Addr().String())
+	t.Cleanup(second.close)
+	sess2 := cl.serveExtra(t, second.addr(), "second")
+
+	// Hold the move between the peer's answer and the stream's switch
+	// to the new carrier (moveTo takes the write lock), and reset the
+	// stream there.
+	rs.wmu.Lock()
+	moved := make(chan error, 1)
+	go func() { moved <- rs.Move(sess2, "second") }()
+	waitUntil(t, "the peer's answer to the move", func() bool { return sess2.NumStreams() == 1 })
+	if err := rs.Abort(); err != nil {
+		t.Fatal(err)
+	}
+	rs.wmu.Unlock()
+	if err := <-moved; !errors.Is(err, ErrNotMoved) {
+		t.Errorf("a move of a stream reset during it returned %v, want ErrNotMoved", err)
+	}
+	waitUntil(t, "the peer's end to end", func() bool { return r.serverTable().Stats().Streams == 0 })
+	waitUntil(t, "the new carrier freed on the client", func() bool { return sess2.WireStreams() == 2 })
+	if st := cl.table.Stats(); st.Moved != 0 || st.Streams != 0 {
+		t.Errorf("client counts %d moves and holds %d streams, want none", st.Moved, st.Streams)
+	}
+}

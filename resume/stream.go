@@ -846,14 +846,21 @@ func (s *Stream) moveTo(c *mux.Stream, peerDelivered uint64) error {
 	defer s.wmu.Unlock()
 	s.mu.Lock()
 	if s.err != nil {
+		// The stream ended here while the move was on its way, and the
+		// peer, which answered it, now holds its end on c: tell it, or
+		// it waits there for as long as the session lives.
 		err := s.err
 		s.mu.Unlock()
-		c.Release()
+		if err == net.ErrClosed {
+			_ = c.Close() // a clean end (finish): the peer's is clean too
+		} else {
+			_ = c.Abort()
+		}
 		return err
 	}
 	if peerDelivered < s.acked || peerDelivered > s.seq() {
 		s.mu.Unlock()
-		c.Release()
+		_ = c.Abort()
 		return s.fail(fmt.Errorf("%w: the peer says it delivered %d bytes; we sent %d and it had confirmed %d", ErrPeerLost, peerDelivered, s.seq(), s.acked))
 	}
 	s.ackLocked(peerDelivered)

@@ -393,8 +393,9 @@ var ErrNotMoved = errors.New("stream not moved")
 // lets its end go on the old session, the two tell each other what they
 // delivered and resend the rest, as after a lost session, and the old
 // carrier is freed on both sides. A stream suspended, closing, handed
-// over or already on sess stays (ErrNotMoved). If the move fails the
-// stream goes back to its class and resumes as after a lost session.
+// over or already on sess stays, and one that ends during the move
+// returns ErrNotMoved too. If the move fails the stream goes back to its
+// class and resumes as after a lost session.
 func (s *Stream) Move(sess *mux.Session, class string) error {
 	s.rmu.Lock()
 	defer s.rmu.Unlock()
@@ -415,9 +416,14 @@ func (s *Stream) Move(sess *mux.Session, class string) error {
 		return nil
 	}
 	s.mu.Lock()
-	suspended := s.err == nil && s.carrier == nil
+	ended, suspended := s.err != nil, s.err == nil && s.carrier == nil
 	s.mu.Unlock()
 	s.setClass(from)
+	if ended {
+		// Its application or the peer ended it meanwhile (its pipe says
+		// so): nothing was lost by the move.
+		return fmt.Errorf("%w: the stream ended: %w", ErrNotMoved, err)
+	}
 	if suspended {
 		s.t.suspended(s) // on its old class's session, if it is up
 	}
