@@ -90,6 +90,7 @@ func runAgent() int {
 		return 1
 	}
 	a := &echoAgent{log: log, h: h, ln: ln, conns: map[net.Conn]*echoConn{}}
+	var inherited []net.Conn
 	for i := 0; ; i++ {
 		c, err := h.Conn("conn-" + strconv.Itoa(i))
 		if errors.Is(err, handover.ErrNotInherited) {
@@ -99,7 +100,7 @@ func runAgent() int {
 			log.Error("inherit", "error", err)
 			return 1
 		}
-		a.serve(c)
+		inherited = append(inherited, c)
 	}
 	state, err := h.State()
 	if err != nil {
@@ -107,8 +108,14 @@ func runAgent() int {
 		return 1
 	}
 	if exists(os.Getenv(failLateEnv)) {
+		// Before a byte is read: what this process read and did not
+		// echo back would be lost with it (a real agent, too, serves
+		// what it inherited only once it will carry on).
 		report("failing-late pid=%d", pid)
 		return 3
+	}
+	for _, c := range inherited {
+		a.serve(c)
 	}
 	if state != nil {
 		if err := os.WriteFile(filepath.Join(os.Getenv(stateOutEnv), strconv.Itoa(pid)), state, 0o600); err != nil {
