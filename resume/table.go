@@ -497,6 +497,14 @@ func (s *Stream) resumeOn(sess *mux.Session) error {
 	}
 	if err != nil {
 		if errors.As(err, &no) {
+			s.mu.Lock()
+			ended := s.err != nil
+			s.mu.Unlock()
+			if ended {
+				// Reset here during the resume, and the peer's end
+				// with it (the reset reached it first).
+				return ErrNotMoved
+			}
 			s.t.peerLost.Add(1)
 			return s.fail(fmt.Errorf("%w: %s", ErrPeerLost, no.Msg))
 		}
