@@ -57,9 +57,10 @@ func metricValue(t *testing.T, text, name string, subs ...string) float64 {
 	return sum
 }
 
-// Metrics and status move while a stream runs, the metrics pass the
-// Prometheus linter (what promtool check metrics runs), and `status`
-// prints the running agent's state.
+// Metrics and status move while a stream runs (and moves, once heavy,
+// to the second bulk lane), the metrics pass the Prometheus linter (what
+// promtool check metrics runs), and `status` prints the running agent's
+// state.
 func TestMetricsAndStatusWhileStreaming(t *testing.T) {
 	t.Parallel()
 	sink := startTarget(t, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
@@ -101,6 +102,30 @@ func TestMetricsAndStatusWhileStreaming(t *testing.T) {
 		text = string(get(t, "http://"+srvAdmin+"/metrics"))
 		return metricValue(t, text, "tunnel_sessions", `class="bulk"`) == bulkLanes
 	})
+	// The stream is heavy (megabytes within a second): it moves, live,
+	// off lane 0, where every stream starts, to lane 1. In bursts until
+	// it has, 64 MiB at most: a loaded machine carries one slower.
+	moved := func(addr string) float64 {
+		return metricValue(t, string(get(t, "http://"+addr+"/metrics")), "tunnel_streams_moved_total")
+	}
+	for i := 0; i < 64 && moved(cliAdmin) < 1; i++ {
+		write(16)
+	}
+	if c, s := moved(cliAdmin), moved(srvAdmin); c != 1 || s != 1 {
+		t.Fatalf("tunnel_streams_moved_total: client %v, server %v; want the heavy stream moved once", c, s)
+	}
+	waitFor(t, "the stream on lane 1 only (the old carrier freed)", func() bool {
+		var st admin.Status
+		if err := json.Unmarshal(get(t, "http://"+cliAdmin+"/status"), &st); err != nil {
+			t.Fatal(err)
+		}
+		on := map[int]int{}
+		for _, s := range st.Sessions {
+			on[s.Lane] += s.Streams
+		}
+		return on[0] == 0 && on[1] == 1 && st.Resume != nil && st.Resume.Moved == 1
+	})
+	write(16) // and carries on there
 	if v := metricValue(t, text, "tunnel_streams_open", `name="sink"`); v != 1 {
 		t.Errorf("server tunnel_streams_open{sink} = %v, want 1", v)
 	}
