@@ -261,3 +261,78 @@ func TestMoveEndedBeforeItLands(t *testing.T) {
 		t.Errorf("client counts %d moves and holds %d streams, want none", st.Moved, st.Streams)
 	}
 }
+
+// A stream turns heavy (Options.OnHeavy) once it carries a megabyte
+// within a second, and, on a path slower than that, once it fills the
+// path: a transfer through a 2 Mbit/s link, which never carries a
+// megabyte in a second, turns heavy once its writes have waited for the
+// link, and a stream of small messages over the same link does not.
+func TestHeavyStreams(t *testing.T) {
+	r := newRig(t, time.Minute)
+	cl := r.newClient("edge")
+	slow := startRelay(t, r.srvLn.Addr().String())
+	t.Cleanup(slow.close)
+	slow.slow(256 << 10) // bytes per second: 2 Mbit/s
+
+	type result struct {
+		heavy   bool
+		carried int64
+	}
+	run := func(t *testing.T, sess *mux.Session, chunk int, every time.Duration, total int64) result {
+		heavy := make(chan struct{})
+		rs, err := cl.table.Open(cl.ctx, sess, "sink", "", nil, nil, Options{Window: time.Minute, Class: "bulk",
+			OnHeavy: func(*Stream) { close(heavy) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var reading sync.WaitGroup
+		reading.Go(func() { _, _ = io.Copy(io.Discard, rs) }) // as a pipe does: it takes the answer
+		defer func() { rs.Abort(); reading.Wait() }()
+		buf := make([]byte, chunk)
+		var carried int64
+		for deadline := time.Now().Add(30 * time.Second); carried < total && time.Now().Before(deadline); carried += int64(chunk) {
+			select {
+			case <-heavy:
+				return result{true, carried}
+			default:
+			}
+			if _, err := rs.Write(buf); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(every)
+		}
+		select {
+		case <-heavy:
+			return result{true, carried}
+		case <-time.After(time.Second):
+			return result{false, carried}
+		}
+	}
+
+	t.Run("fast", func(t *testing.T) {
+		if got := run(t, cl.session(t), 64<<10, 0, 64<<20); !got.heavy {
+			t.Fatalf("a stream that carried %d bytes as fast as loopback goes did not turn heavy", got.carried)
+		}
+	})
+	sess, err := cl.connectTo(slow.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		_ = sess.Serve(cl.ctx, func(string) (mux.Service, bool) { return mux.Service{}, false }, nil)
+	})
+	defer func() { sess.Close(); wg.Wait() }()
+	t.Run("slow link, transfer", func(t *testing.T) {
+		got := run(t, sess, 32<<10, 0, 4<<20)
+		if !got.heavy {
+			t.Fatalf("a transfer through a 2 Mbit/s link did not turn heavy in %d bytes", got.carried)
+		}
+	})
+	t.Run("slow link, messages", func(t *testing.T) {
+		// 1 KiB every 10 ms: 0.8 Mbit/s, well within the link, 600 KiB.
+		if got := run(t, sess, 1<<10, 10*time.Millisecond, 600<<10); got.heavy {
+			t.Fatalf("a stream of small messages turned heavy after %d bytes", got.carried)
+		}
+	})
+}

@@ -478,7 +478,15 @@ type relay struct {
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
 	held   chan struct{} // nil: forwarding
+	rate   int           // bytes per second each way; 0: as fast as it can
 	wg     sync.WaitGroup
+}
+
+// slow makes the relay a link of rate bytes per second each way.
+func (r *relay) slow(rate int) {
+	r.mu.Lock()
+	r.rate = rate
+	r.mu.Unlock()
 }
 
 func startRelay(t testing.TB, target string) *relay {
@@ -516,13 +524,16 @@ func (r *relay) pump(dst, src net.Conn) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			r.mu.Lock()
-			held := r.held
+			held, rate := r.held, r.rate
 			r.mu.Unlock()
 			if held != nil {
 				<-held
 			}
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				err = werr
+			}
+			if rate > 0 {
+				time.Sleep(time.Duration(n) * time.Second / time.Duration(rate))
 			}
 		}
 		if err != nil {

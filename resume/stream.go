@@ -122,23 +122,34 @@ type Stream struct {
 	// stream is on its next carrier (see mux's Discard).
 	prev *mux.Stream
 	// onHeavy (Options.OnHeavy) until it is called; rate bytes carried
-	// since rateSince.
+	// since rateSince, waited the time our writes waited for the path
+	// meanwhile.
 	onHeavy   func(*Stream)
 	rate      int
+	waited    time.Duration
 	rateSince time.Time
 }
 
-// countLocked counts n bytes carried either way, and calls onHeavy once
-// they reach HeavyBytes within HeavyWithin.
-func (s *Stream) countLocked(n int) {
+// countLocked counts n bytes carried either way and waited, time a write
+// of ours waited for the path, and calls onHeavy once the stream turns
+// heavy (see HeavyBytes).
+func (s *Stream) countLocked(n int, waited time.Duration) {
 	if s.onHeavy == nil {
 		return
 	}
-	if s.rate += n; s.rate < HeavyBytes {
+	s.rate += n
+	s.waited += waited
+	if s.rate < BackloggedBytes {
 		return
 	}
-	if now := time.Now(); now.Sub(s.rateSince) > HeavyWithin {
-		s.rate, s.rateSince = 0, now
+	now := time.Now()
+	elapsed := now.Sub(s.rateSince)
+	fast := s.rate >= HeavyBytes && elapsed <= HeavyWithin
+	backlogged := s.waited >= HeavyWithin/2 && 2*s.waited >= elapsed
+	if !fast && !backlogged {
+		if s.rate >= HeavyBytes || elapsed > 4*HeavyWithin {
+			s.rate, s.waited, s.rateSince = 0, 0, now
+		}
 		return
 	}
 	if !s.answered && (s.carrier == nil || !s.carrier.Answered()) {
@@ -159,7 +170,7 @@ func (s *Stream) WatchHeavy(f func(*Stream)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.opener && s.err == nil {
-		s.onHeavy, s.rate, s.rateSince = f, 0, time.Now()
+		s.onHeavy, s.rate, s.waited, s.rateSince = f, 0, 0, time.Now()
 	}
 }
 
@@ -223,7 +234,7 @@ func (s *Stream) commitDelivered(gen uint64, n int) bool {
 		return false
 	}
 	s.delivered += uint64(n)
-	s.countLocked(n)
+	s.countLocked(n, 0)
 	send := s.noteDeliveredLocked()
 	s.mu.Unlock()
 	send()
@@ -360,7 +371,7 @@ func (s *Stream) deliverDirect(p []byte) int {
 	n := s.deliverTo(p)
 	if n > 0 {
 		s.delivered += uint64(n)
-		s.countLocked(n)
+		s.countLocked(n, 0)
 		s.noteDeliveredSoonLocked()
 	}
 	return n
@@ -407,8 +418,13 @@ func (s *Stream) write(p []byte, lent bool) (int, error) {
 		s.mu.Unlock()
 		return 0, s.endErr()
 	}
-	for s.err == nil && !s.frozen && s.replay.len() > 0 && s.replay.len()+len(p) > s.maxReplay {
-		s.cond.Wait()
+	if s.err == nil && !s.frozen && s.replay.len() > 0 && s.replay.len()+len(p) > s.maxReplay {
+		// The path holds a replay buffer of ours: a wait for it.
+		start := time.Now()
+		for s.err == nil && !s.frozen && s.replay.len() > 0 && s.replay.len()+len(p) > s.maxReplay {
+			s.cond.Wait()
+		}
+		s.countLocked(0, time.Since(start))
 	}
 	if s.err != nil || s.finSent {
 		err := s.err
@@ -430,7 +446,7 @@ func (s *Stream) write(p []byte, lent bool) (int, error) {
 		s.replay.push(p)
 	}
 	s.sent += uint64(len(p))
-	s.countLocked(len(p))
+	s.countLocked(len(p), 0)
 	frozen := s.frozen
 	s.mu.Unlock()
 	if frozen {
@@ -511,6 +527,10 @@ func (s *Stream) writeTo(c *mux.Stream, gen uint64, chunks [][]byte, fin bool) e
 		if s.gen == gen {
 			s.written += uint64(len(b))
 		}
+		var start time.Time
+		if s.onHeavy != nil {
+			start = time.Now() // how long the path keeps us waiting
+		}
 		s.mu.Unlock()
 		if _, err := c.Write(b); err != nil {
 			return err
@@ -518,6 +538,9 @@ func (s *Stream) writeTo(c *mux.Stream, gen uint64, chunks [][]byte, fin bool) e
 		s.mu.Lock()
 		if s.gen == gen {
 			s.flushed += uint64(len(b))
+		}
+		if !start.IsZero() {
+			s.countLocked(0, time.Since(start))
 		}
 		s.mu.Unlock()
 	}

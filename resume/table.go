@@ -37,20 +37,25 @@ type Options struct {
 	// least the stream's window: less slows it on a long path.
 	MaxReplay int
 	// OnHeavy, for a stream we open, is called once, on a goroutine of
-	// the table's, when the stream turns heavy: HeavyBytes carried (both
-	// ways together) within HeavyWithin. The caller may then Move it to
-	// a session of its own, away from the small messages of others.
+	// the table's, when the stream turns heavy (see HeavyBytes), once
+	// the peer has answered its open. The caller may then Move it to a
+	// session of its own, away from the small messages of others.
 	OnHeavy func(*Stream)
 }
 
 // A stream is heavy once it has carried HeavyBytes within HeavyWithin,
 // both ways together (8 Mbit/s or more): a transfer, not the messages of
 // a protocol, and past the size of a web page or an RPC's answer, which
-// would be over before a move. Moving one costs a round trip and a resend
-// of what is in flight, once.
+// would be over before a move. On a path slower than that, once it has
+// carried BackloggedBytes while our writes waited for the path (its
+// window, the connection, the replay buffer) for at least half of
+// HeavyWithin and half of the time since it was counted from: a transfer
+// that fills the path, however slow. Moving one costs a round trip and a
+// resend of what is in flight, once.
 const (
-	HeavyBytes  = 1 << 20
-	HeavyWithin = time.Second
+	HeavyBytes      = 1 << 20
+	HeavyWithin     = time.Second
+	BackloggedBytes = 256 << 10
 )
 
 // Table holds an agent's resumable streams: it names them, finds them for
