@@ -336,3 +336,49 @@ func TestHeavyStreams(t *testing.T) {
 		}
 	})
 }
+
+// A stream moved to another class's session goes home when that session
+// is lost and its class has none up: it resumes on the session of the
+// class it opened on, every byte echoed once, and is watched again for
+// turning heavy (to move once another session is up).
+func TestMovedStreamGoesHome(t *testing.T) {
+	r := newRig(t, time.Minute)
+	cl := r.newClient("edge")
+	sess1 := cl.session(t)
+	app, local := tcpPair(t)
+	var heavy atomic.Int32
+	rs, err := cl.table.Open(cl.ctx, sess1, "echo", "", local.LocalAddr(), local.RemoteAddr(), Options{Window: time.Minute, Class: "first",
+		OnHeavy: func(*Stream) { heavy.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.wg.Go(func() {
+		if res := forward.Pipe(cl.ctx, rs.Local(local), rs, nil, 0); res.Err != nil && cl.ctx.Err() == nil {
+			r.noteErr("client pipe", res.Err)
+		}
+	})
+	cl.table.SessionUp(sess1, "first")
+	echo := startEcho(t, app, 16<<20)
+	second := startRelay(t, r.srvLn.Addr().String())
+	t.Cleanup(second.close)
+	sess2 := cl.serveExtra(t, second.addr(), "second")
+
+	echo.waitFor(t, 1<<20)
+	waitUntil(t, "the stream to turn heavy on its first session", func() bool { return heavy.Load() == 1 })
+	if err := rs.Move(sess2, "second"); err != nil {
+		t.Fatalf("move: %v", err)
+	}
+	echo.waitFor(t, 2<<20)
+	second.cut()
+	waitUntil(t, "the second session to end", sess2.Closed)
+	cl.table.SessionDown(sess2, "second") // as the agent's keeper does
+	echo.goOn()
+	waitUntil(t, "the stream home on the first session", func() bool {
+		return rs.Class() == "first" && sess1.NumStreams() == 1 && cl.table.Stats().Suspended == 0
+	})
+	waitUntil(t, "the stream watched again, and heavy again", func() bool { return heavy.Load() == 2 })
+	echo.finish(t)
+	if err := r.pipeErrors(); err != nil {
+		t.Fatal(err)
+	}
+}

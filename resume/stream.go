@@ -53,6 +53,9 @@ type Stream struct {
 	peer    string // the peer's name, for logs
 	inst    string // the peer's instance when the stream opened
 	class   string
+	// home is the class it opened on: a stream moved to another (Move)
+	// resumes there while its own has no session up.
+	home    string
 	service string
 	source  string // the opener's local application, sent again in a new open
 	window  time.Duration
@@ -125,6 +128,7 @@ type Stream struct {
 	// since rateSince, waited the time our writes waited for the path
 	// meanwhile.
 	onHeavy   func(*Stream)
+	heavyHook func(*Stream) // Options.OnHeavy, to arm again at home
 	rate      int
 	waited    time.Duration
 	rateSince time.Time

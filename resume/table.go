@@ -145,11 +145,11 @@ func (t *Table) makeStream(token mux.Token, opener bool, key, peer, inst, servic
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Stream{
 		t: t, token: token, opener: opener, peerKey: key, peer: peer, inst: inst,
-		class: o.Class, service: service, window: o.Window, maxReplay: o.MaxReplay, budget: b.sem,
+		class: o.Class, home: o.Class, service: service, window: o.Window, maxReplay: o.MaxReplay, budget: b.sem,
 		ctx: ctx, cancel: cancel, local: local, remote: remote,
 	}
 	if opener {
-		s.onHeavy, s.rateSince = o.OnHeavy, time.Now()
+		s.onHeavy, s.heavyHook, s.rateSince = o.OnHeavy, o.OnHeavy, time.Now()
 	}
 	s.cond.L = &s.mu
 	return s
@@ -353,7 +353,21 @@ func (t *Table) SessionDown(sess *mux.Session, class string) {
 	if t.current[k] == sess {
 		delete(t.current, k)
 	}
+	var away []*Stream
+	for _, s := range t.streams {
+		if s.opener && s.peerKey == k.key && s.class == class && s.home != class {
+			away = append(away, s)
+		}
+	}
 	t.mu.Unlock()
+	// Streams moved here from their home class go home while this class
+	// has no session: a lane that stays down (refused, or its path
+	// broken) holds them no longer than a reconnect.
+	for _, s := range away {
+		if s.carrierGone() {
+			t.suspended(s)
+		}
+	}
 }
 
 // moveParallel bounds the moves in flight on one session: each waits a
@@ -525,12 +539,38 @@ func (t *Table) suspended(s *Stream) {
 		return
 	}
 	t.mu.Lock()
-	sess := t.current[sessionKey{s.peerKey, s.class}]
+	from := s.class
+	sess := t.current[sessionKey{s.peerKey, from}]
+	home := false
+	if (sess == nil || sess.Closed()) && from != s.home {
+		sess, home = t.current[sessionKey{s.peerKey, s.home}], true
+	}
 	t.mu.Unlock()
 	if sess == nil || sess.Closed() {
 		return
 	}
-	t.spawn(func() { t.moveAll(sess, []*Stream{s}) })
+	t.spawn(func() {
+		if home && !s.goHome(from) {
+			return
+		}
+		t.moveAll(sess, []*Stream{s})
+	})
+}
+
+// goHome puts a suspended stream that moved away from class from back on
+// its home class, watched again for turning heavy: false if it is no
+// longer suspended on from.
+func (s *Stream) goHome(from string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil || s.class != from || (s.carrier != nil && !s.carrier.SessionClosed()) {
+		return false
+	}
+	s.t.mu.Lock()
+	s.class = s.home
+	s.t.mu.Unlock()
+	s.onHeavy, s.rate, s.waited, s.rateSince = s.heavyHook, 0, 0, time.Now()
+	return true
 }
 
 // snapshot lists the streams; close also stops the table moving or taking
