@@ -47,7 +47,11 @@ func TestWriteQueueBoundedWhileServerStopped(t *testing.T) {
 		_, _ = c.Write(h.Sum(nil))
 	})
 	tn := startTunnel(t, tunnelSpec{
-		clientExtra: "admin {\n  listen = \"127.0.0.1:0\"\n}\n",
+		// One bulk lane: the streams turn heavy at once, and one caught
+		// moving to another lane when the server stops waits for its
+		// answer with its bytes in its replay buffer, in no session's
+		// queue. The queue's bound is what this test is about.
+		clientExtra: "bulk_connections = 1\nadmin {\n  listen = \"127.0.0.1:0\"\n}\n",
 		services:    []svc{{name: "sink", target: sink, allow: []string{"client-a"}}},
 		forwards:    []fwd{{name: "sink", service: "sink"}},
 	})

@@ -338,7 +338,7 @@ func TestHeavyStreams(t *testing.T) {
 }
 
 // A stream moved to another class's session goes home when that session
-// is lost and its class has none up: it resumes on the session of the
+// is lost and its class has none up for homeAfter: it resumes on the session of the
 // class it opened on, every byte echoed once, and is watched again for
 // turning heavy (to move once another session is up).
 func TestMovedStreamGoesHome(t *testing.T) {

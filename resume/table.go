@@ -541,36 +541,69 @@ func (t *Table) suspended(s *Stream) {
 	t.mu.Lock()
 	from := s.class
 	sess := t.current[sessionKey{s.peerKey, from}]
-	home := false
-	if (sess == nil || sess.Closed()) && from != s.home {
-		sess, home = t.current[sessionKey{s.peerKey, s.home}], true
-	}
 	t.mu.Unlock()
-	if sess == nil || sess.Closed() {
+	if sess != nil && !sess.Closed() {
+		t.spawn(func() { t.moveAll(sess, []*Stream{s}) })
 		return
 	}
-	t.spawn(func() {
-		if home && !s.goHome(from) {
-			return
-		}
-		t.moveAll(sess, []*Stream{s})
-	})
+	if from != s.home {
+		t.spawn(func() { s.goHomeAfter(from) })
+	}
 }
 
-// goHome puts a suspended stream that moved away from class from back on
-// its home class, watched again for turning heavy: false if it is no
-// longer suspended on from.
-func (s *Stream) goHome(from string) bool {
+// homeAfter is how long a stream moved away from its home class waits
+// for a session of its class before it resumes at home: longer than a
+// lane's reconnect, and than the loss of every session at once takes to
+// be noticed on all of them (a resume tried at home meanwhile would fail
+// on a session that is going too).
+const homeAfter = 2 * time.Second
+
+// goHomeAfter puts a stream suspended on class from back on its home
+// class once from has had no session up for homeAfter, and resumes it
+// there, watched again for turning heavy (it moves on once heavy). It
+// tries again while neither class has a session up.
+func (s *Stream) goHomeAfter(from string) {
+	for {
+		select {
+		case <-time.After(homeAfter):
+		case <-s.ctx.Done():
+			return
+		}
+		sess, retry := s.goHome(from)
+		if sess != nil {
+			s.t.moveAll(sess, []*Stream{s})
+			return
+		}
+		if !retry {
+			return
+		}
+	}
+}
+
+// goHome moves a stream still suspended on class from to its home class
+// and returns the home class's session; retry says it is still suspended
+// there with neither class up. Under rmu: a resume in progress decides
+// first.
+func (s *Stream) goHome(from string) (home *mux.Session, retry bool) {
+	s.rmu.Lock()
+	defer s.rmu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil || s.class != from || (s.carrier != nil && !s.carrier.SessionClosed()) {
-		return false
+		return nil, false
 	}
 	s.t.mu.Lock()
+	defer s.t.mu.Unlock()
+	if up := s.t.current[sessionKey{s.peerKey, from}]; up != nil && !up.Closed() {
+		return nil, false // its SessionUp moves it there
+	}
+	home = s.t.current[sessionKey{s.peerKey, s.home}]
+	if home == nil || home.Closed() {
+		return nil, true
+	}
 	s.class = s.home
-	s.t.mu.Unlock()
 	s.onHeavy, s.rate, s.waited, s.rateSince = s.heavyHook, 0, 0, time.Now()
-	return true
+	return home, false
 }
 
 // snapshot lists the streams; close also stops the table moving or taking
