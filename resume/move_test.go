@@ -26,16 +26,7 @@ func TestMoveBetweenLiveSessions(t *testing.T) {
 	cl := r.newClient("edge")
 	sess1 := cl.session(t)
 
-	app, local := tcpPair(t)
-	rs, err := cl.table.Open(cl.ctx, sess1, "echo", "", local.LocalAddr(), local.RemoteAddr(), Options{Window: time.Minute, Class: "first"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl.wg.Go(func() {
-		if res := forward.Pipe(cl.ctx, rs.Local(local), rs, nil, 0); res.Err != nil && cl.ctx.Err() == nil {
-			r.noteErr("client pipe", res.Err)
-		}
-	})
+	app, rs := cl.openPiped(t, sess1, Options{Window: time.Minute, Class: "first"})
 	cl.table.SessionUp(sess1, "first")
 	echo := startEcho(t, app, 8<<20) // the first half before the failed move
 
@@ -90,6 +81,24 @@ func TestMoveBetweenLiveSessions(t *testing.T) {
 	if err := r.pipeErrors(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// openPiped opens a resumable stream to the echo service on sess, piped
+// (as an agent's forward pipes it) to a local connection whose other end,
+// app, it returns.
+func (cl *client) openPiped(t *testing.T, sess *mux.Session, o Options) (app net.Conn, rs *Stream) {
+	t.Helper()
+	app, local := tcpPair(t)
+	rs, err := cl.table.Open(cl.ctx, sess, "echo", "", local.LocalAddr(), local.RemoteAddr(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.wg.Go(func() {
+		if res := forward.Pipe(cl.ctx, rs.Local(local), rs, nil, 0); res.Err != nil && cl.ctx.Err() == nil {
+			cl.r.noteErr("client pipe", res.Err)
+		}
+	})
+	return app, rs
 }
 
 // serveExtra sets up one more session of the client through addr, serves
@@ -345,18 +354,8 @@ func TestMovedStreamGoesHome(t *testing.T) {
 	r := newRig(t, time.Minute)
 	cl := r.newClient("edge")
 	sess1 := cl.session(t)
-	app, local := tcpPair(t)
 	var heavy atomic.Int32
-	rs, err := cl.table.Open(cl.ctx, sess1, "echo", "", local.LocalAddr(), local.RemoteAddr(), Options{Window: time.Minute, Class: "first",
-		OnHeavy: func(*Stream) { heavy.Add(1) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl.wg.Go(func() {
-		if res := forward.Pipe(cl.ctx, rs.Local(local), rs, nil, 0); res.Err != nil && cl.ctx.Err() == nil {
-			r.noteErr("client pipe", res.Err)
-		}
-	})
+	app, rs := cl.openPiped(t, sess1, Options{Window: time.Minute, Class: "first", OnHeavy: func(*Stream) { heavy.Add(1) }})
 	cl.table.SessionUp(sess1, "first")
 	echo := startEcho(t, app, 16<<20)
 	second := startRelay(t, r.srvLn.Addr().String())
