@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -133,6 +134,66 @@ func TestBulkLanesCarryHeavyStreams(t *testing.T) {
 	if got := len(bulkSessions(f.srv)); got != 3 {
 		t.Errorf("server holds %d bulk sessions, want 3", got)
 	}
+}
+
+// The streams the server opens (its forwards to a client's services) do
+// as the client's: each starts on the client's lane 0 and one that turns
+// heavy moves, by the server, to the least busy other lane, its old
+// carrier freed at both ends, while a light stream stays on lane 0; every
+// byte checked throughout.
+func TestServerOpenedHeavyStreamsMove(t *testing.T) {
+	f := startFleet(t, fleetOptions{allow: `"edge"`, extra: `forward "back" {
+  listen  = "127.0.0.1:0"
+  client  = "edge"
+  service = "echo-here"
+}
+`})
+	cli, _, _ := f.startClient(t, pki.Options{CommonName: "edge"}, fmt.Sprintf(`bulk_connections = 3
+service "echo-here" {
+  target = %q
+}
+`, echoServer(t)))
+	waitFor(t, "three lanes on the server", func() bool { return len(bulkSessions(f.srv)) == 3 })
+	srvLanes := bulkSessions(f.srv)
+	cliLanes := cli.Lanes(classBulk)
+
+	addr := f.srv.Addr("back").String()
+	light := dialMessages(t, addr)
+	streams := startEchoStreams(t, addr, 3)
+	if n := srvLanes[0].NumStreams(); n != 4 {
+		t.Fatalf("lane 0 holds %d streams, want all 4 at their start", n)
+	}
+	// One at a time, so that each move sees the last.
+	for i, s := range streams {
+		for burst := 0; srvLanes[0].NumStreams() == 4-i; burst++ {
+			if burst == 8 {
+				t.Fatalf("stream %d still on lane 0 after %d MiB echoed", i, 2*burst)
+			}
+			s.Burst(2 << 20)
+			s.Advance(t, 2<<20)
+		}
+	}
+	waitFor(t, "three moves counted", func() bool { return f.srv.resume.Stats().Moved == 3 })
+	light.exchange(t, 100)
+	for _, s := range streams {
+		s.Advance(t, 64<<10)
+	}
+	for lane, want := range []int{1, 2, 1} {
+		waitFor(t, "both sides' lanes to hold the streams (yamux also holds each side's control stream)", func() bool {
+			return srvLanes[lane].NumStreams() == want && srvLanes[lane].WireStreams() == want+2 &&
+				cliLanes[lane].NumStreams() == want && cliLanes[lane].WireStreams() == want+2
+		})
+	}
+	if st := f.srv.resume.Stats(); st.Moved != 3 || st.Resumed != 0 {
+		t.Errorf("server counts %d moves and %d resumes, want 3 and 0", st.Moved, st.Resumed)
+	}
+	if st := cli.resume.Stats(); st.Moved != 3 || st.Resumed != 0 {
+		t.Errorf("client counts %d moves and %d resumes, want 3 and 0", st.Moved, st.Resumed)
+	}
+	for _, s := range streams {
+		s.Finish(t)
+	}
+	light.exchange(t, 10)
 }
 
 // A server that does not speak lanes (as one before them) gets one bulk

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -445,13 +446,54 @@ func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.C
 		forward.Reset(local)
 		return
 	}
-	stream, err := openStream(ctx, s.settings(), sess, f, sess.PeerHello.Class, sess.PeerHello.Lane, local)
+	st := s.settings()
+	if class := sess.PeerHello.Class; s.movable(f, sess) {
+		// As the client's own: a stream starts on lane 0, the lane of
+		// the messages, and moves to another once heavy (moveHeavy).
+		if first := s.sessions.leastBusy(sess.Peer.Key(), class, 0, 1); first != nil {
+			sess = first
+		}
+		st.onHeavy = s.moveHeavy(sess.Peer.Key(), class)
+	}
+	stream, err := openStream(ctx, st, sess, f, sess.PeerHello.Class, sess.PeerHello.Lane, local)
 	if err != nil {
 		s.log.Warn("connection refused: cannot open stream", "forward", f.Name, "client", f.Client, "error", err)
 		forward.Reset(local)
 		return
 	}
 	pipeAndLog(ctx, s.log.With("peer", sess.Peer.Name()), s.metrics, "forward", f.Name, f.IdleTimeout, stream, localFor(stream, local), &s.handover.pipes)
+}
+
+// movable says whether the streams of forward f on sess open on lane 0
+// and move to another lane once heavy: its class has lanes, and the
+// streams resume (a move is a resume).
+func (s *Server) movable(f config.Forward, sess *mux.Session) bool {
+	return slices.Contains(laneClasses, sess.PeerHello.Class) && sess.PeerResumes() && f.ResumeWindowOr(s.cfg().ResumeWindow) > 0
+}
+
+// moveHeavy is the hook of a stream we opened on lane 0 of class to the
+// client with certificate key: once heavy it moves to the least busy of
+// the client's other lanes of class; with none up (a client with one
+// lane, or its others down) it stays, and moves once one is up and it is
+// still heavy.
+func (s *Server) moveHeavy(key, class string) func(*resume.Stream) {
+	var hook func(*resume.Stream)
+	hook = func(rs *resume.Stream) {
+		if _, lane := splitLaneKey(rs.Class()); lane != 0 {
+			return
+		}
+		to := s.sessions.leastBusy(key, class, 1, mux.MaxLanes)
+		if to == nil {
+			rs.WatchHeavy(hook)
+			return
+		}
+		lane := to.PeerHello.Lane
+		if err := rs.Move(to, laneKey(class, lane)); err != nil && !errors.Is(err, resume.ErrNotMoved) {
+			s.limited.Warn("move:"+key+":"+class, "could not move a heavy stream to another lane of its client; it carries on where it was",
+				"peer", to.Peer.Name(), "class", class, "lane", lane, "error", err)
+		}
+	}
+	return hook
 }
 
 // Reload re-reads the config file and its TLS files. It builds everything
@@ -645,6 +687,28 @@ func (ss *sessionSet) all() []*mux.Session {
 		out = append(out, s)
 	}
 	return out
+}
+
+// leastBusy is the live session with the fewest open streams among the
+// lanes [lo, hi) of class of the client with certificate key, the first
+// lane on a tie; nil if none is up.
+func (ss *sessionSet) leastBusy(key, class string, lo, hi int) *mux.Session {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	var (
+		best  *mux.Session
+		least int
+	)
+	for lane := lo; lane < min(hi, mux.MaxLanes); lane++ {
+		s := ss.m[sessionKey{key, class, lane}]
+		if s == nil || s.Closed() {
+			continue
+		}
+		if n := s.NumStreams(); best == nil || n < least {
+			best, least = s, n
+		}
+	}
+	return best
 }
 
 // find returns the session for a forward: among the sessions whose peer
