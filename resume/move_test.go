@@ -83,6 +83,61 @@ func TestMoveBetweenLiveSessions(t *testing.T) {
 	}
 }
 
+// A stream moved back and forth between two live sessions 200 times, in
+// the middle of an echo both ways: each move frees the old carrier at
+// both ends, so nothing builds up in either yamux (each session holds its
+// two control streams and at most the stream), both sides count every
+// move, and every byte comes back once and in order.
+func TestManyMovesHoldNothing(t *testing.T) {
+	r := newRig(t, time.Minute)
+	cl := r.newClient("edge")
+	sess1 := cl.session(t)
+	app, rs := cl.openPiped(t, sess1, Options{Window: time.Minute, Class: "first"})
+	cl.table.SessionUp(sess1, "first")
+	echo := startEcho(t, app, 16<<20) // the second half after the moves
+	second := startRelay(t, r.srvLn.Addr().String())
+	t.Cleanup(second.close)
+	sess2 := cl.serveExtra(t, second.addr(), "second")
+
+	echo.waitFor(t, 64<<10)
+	const moves = 200
+	for i := range moves {
+		to, class := sess2, "second"
+		if i%2 == 1 {
+			to, class = sess1, "first"
+		}
+		if err := rs.Move(to, class); err != nil {
+			t.Fatalf("move %d of %d: %v", i+1, moves, err)
+		}
+	}
+	echo.goOn()
+	// Back on the first session after an even number of moves.
+	for _, s := range []*mux.Session{sess1, sess2} {
+		if n := s.NumStreams(); n > 1 {
+			t.Errorf("a client session holds %d streams after the moves, want at most the moved one", n)
+		}
+	}
+	waitUntil(t, "the old carriers freed at both ends", func() bool {
+		wire := 0
+		for _, s := range r.serverSessions() {
+			wire += s.WireStreams()
+		}
+		return sess1.NumStreams() == 1 && sess1.WireStreams() == 3 && sess2.WireStreams() == 2 && wire == 2+3
+	})
+	if st := cl.table.Stats(); st.Moved != moves || st.Resumed != 0 || st.Streams != 1 {
+		t.Errorf("client counts %d moves, %d resumes and %d streams, want %d, 0 and 1", st.Moved, st.Resumed, st.Streams, moves)
+	}
+	// The server counts a move once its resend is done.
+	waitUntil(t, "the server to count every move", func() bool { return r.serverTable().Stats().Moved == moves })
+	if st := r.serverTable().Stats(); st.Resumed != 0 || st.Streams != 1 {
+		t.Errorf("server counts %d resumes and %d streams, want 0 and 1", st.Resumed, st.Streams)
+	}
+	echo.finish(t)
+	if err := r.pipeErrors(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // openPiped opens a resumable stream to the echo service on sess, piped
 // (as an agent's forward pipes it) to a local connection whose other end,
 // app, it returns.

@@ -50,6 +50,20 @@ type rig struct {
 	// delivered counts what sessions wrote straight to local sockets
 	// (SetDeliver), in every pipe of the rig.
 	delivered directCount
+	srvSessions []*mux.Session // every session the server established, under errMu
+}
+
+// serverSessions are the server's sessions still up.
+func (r *rig) serverSessions() []*mux.Session {
+	r.errMu.Lock()
+	defer r.errMu.Unlock()
+	var up []*mux.Session
+	for _, s := range r.srvSessions {
+		if !s.Closed() {
+			up = append(up, s)
+		}
+	}
+	return up
 }
 
 // directCount: the bytes delivered directly, and how many of the calls
@@ -191,6 +205,9 @@ func (r *rig) serveConn(raw net.Conn) {
 		return
 	}
 	defer sess.Close()
+	r.errMu.Lock()
+	r.srvSessions = append(r.srvSessions, sess)
+	r.errMu.Unlock()
 	table.SessionUp(sess, "")
 	defer table.SessionDown(sess, "")
 	lookup := func(name string) (mux.Service, bool) {

@@ -869,8 +869,24 @@ func (s *Stream) SetWriteDeadline(time.Time) error { return errors.ErrUnsupporte
 // peer has delivered peerDelivered of ours. It resends the rest of our
 // direction, then lets the pipe's writes go on. Called with rmu held.
 func (s *Stream) moveTo(c *mux.Stream, peerDelivered uint64) error {
+	resend, err := s.switchTo(c, peerDelivered)
+	if err != nil {
+		return err
+	}
+	return resend()
+}
+
+// switchTo is moveTo but for the resend, which it returns, to be called
+// next: until it returns the pipe's writes wait (wmu is held), and rmu
+// need not be held for it.
+func (s *Stream) switchTo(c *mux.Stream, peerDelivered uint64) (resend func() error, err error) {
 	s.wmu.Lock()
-	defer s.wmu.Unlock()
+	unlocked := false
+	defer func() {
+		if !unlocked {
+			s.wmu.Unlock()
+		}
+	}()
 	s.mu.Lock()
 	if s.err != nil {
 		// The stream ended here while the move was on its way, and the
@@ -883,12 +899,12 @@ func (s *Stream) moveTo(c *mux.Stream, peerDelivered uint64) error {
 		} else {
 			_ = c.Abort()
 		}
-		return err
+		return nil, err
 	}
 	if peerDelivered < s.acked || peerDelivered > s.seq() {
 		s.mu.Unlock()
 		_ = c.Abort()
-		return s.fail(fmt.Errorf("%w: the peer says it delivered %d bytes; we sent %d and it had confirmed %d", ErrPeerLost, peerDelivered, s.seq(), s.acked))
+		return nil, s.fail(fmt.Errorf("%w: the peer says it delivered %d bytes; we sent %d and it had confirmed %d", ErrPeerLost, peerDelivered, s.seq(), s.acked))
 	}
 	s.ackLocked(peerDelivered)
 	if s.expiry != nil && !s.closing {
@@ -918,19 +934,23 @@ func (s *Stream) moveTo(c *mux.Stream, peerDelivered uint64) error {
 	c.OnDelivered(s.acknowledge)
 	chunks := s.replay.from(nil, s.written, s.acked, s.sent)
 	fin := s.finSent
-	resend := s.sent - s.written
+	resent := s.sent - s.written
 	s.notified = s.delivered // the resume told the peer
 	s.cond.Broadcast()       // the reader goes on with c
 	s.mu.Unlock()
 
-	s.t.replayed.Add(resend)
-	if err := s.writeTo(c, gen, chunks, fin); err != nil {
-		if s.lost(c, gen, err) {
-			return nil // suspended again: the next session resends
+	unlocked = true
+	return func() error {
+		defer s.wmu.Unlock()
+		s.t.replayed.Add(resent)
+		if err := s.writeTo(c, gen, chunks, fin); err != nil {
+			if s.lost(c, gen, err) {
+				return nil // suspended again, or moved on: the next carrier resends
+			}
+			return s.fail(err)
 		}
-		return s.fail(err)
-	}
-	return nil
+		return nil
+	}, nil
 }
 
 // detachForMove stops using the current carrier and fixes what we have

@@ -258,7 +258,6 @@ func (t *Table) ServeResume(c *mux.Stream, token mux.Token, peerDelivered uint64
 		return &mux.ResumeRefusal{Code: mux.CodeNoStream, Msg: "no such stream here: it ended, its resume window passed, or this agent restarted"}
 	}
 	s.rmu.Lock()
-	defer s.rmu.Unlock()
 	// A carrier whose session lives on: the peer moves the stream to
 	// another of its sessions (Move), it did not lose this one. (A peer
 	// that saw the session die before we did looks the same; counted as
@@ -266,12 +265,24 @@ func (t *Table) ServeResume(c *mux.Stream, token mux.Token, peerDelivered uint64
 	live := s.carriedLive()
 	delivered, err := s.detachForMove()
 	if err != nil {
+		s.rmu.Unlock()
 		return &mux.ResumeRefusal{Code: mux.CodeNoStream, Msg: "the stream ended here: " + err.Error()}
 	}
 	if err := c.AcceptResume(delivered); err != nil {
+		s.rmu.Unlock()
 		return nil // the new session failed too: still suspended
 	}
-	if err := s.moveTo(c, peerDelivered); err == nil {
+	resend, err := s.switchTo(c, peerDelivered)
+	// The resend outside rmu: the peer may move the stream on as soon as
+	// it has our answer, and then reads c no more. Its move detaches c,
+	// which ends a resend waiting there for window; held under rmu, the
+	// resend waited for as long as c's session lived, and every later
+	// move or resume of the stream with it.
+	s.rmu.Unlock()
+	if err == nil {
+		err = resend()
+	}
+	if err == nil {
 		if live {
 			t.moved.Add(1)
 			return nil
