@@ -49,7 +49,7 @@ type rig struct {
 	window   time.Duration
 	// delivered counts what sessions wrote straight to local sockets
 	// (SetDeliver), in every pipe of the rig.
-	delivered directCount
+	delivered   directCount
 	srvSessions []*mux.Session // every session the server established, under errMu
 }
 
