@@ -79,7 +79,7 @@ func wanRun(bulkDial, pingDial dialer, nBulk int, d, warm time.Duration) wanResu
 type wanPath struct {
 	name      string
 	pingClass string // "" = plain TCP, no tunnel
-	sessions  int    // tunnel sessions the client holds
+	sessions  int    // classes whose first session the client must have up
 	bulk      int    // bulk streams (0: 1)
 	build     agentBuild
 }
@@ -87,16 +87,16 @@ type wanPath struct {
 func (p wanPath) bulkStreams() int { return max(p.bulk, 1) }
 
 var wanPaths = []wanPath{
-	{name: "tunnel, ping forward class = control (2 sessions)", pingClass: "control", sessions: 2},
-	{name: "tunnel, both forwards class = bulk (1 session)", pingClass: "bulk", sessions: 1},
+	{name: "tunnel, ping forward class = control (a session of its own)", pingClass: "control", sessions: 2},
+	{name: "tunnel, both forwards class = bulk (its lanes: the transfer moves off the ping's)", pingClass: "bulk", sessions: 1},
 	{name: "direct TCP, 2 connections (the floor)"},
 }
 
 // runWAN runs a bulk transfer and a ping-pong together across a linkemu
 // link (40 ms round trip) at 10 and then 2 Mbit/s, three ways: the tunnel
 // with the ping on a control-class forward (its own session), the tunnel
-// with both forwards in the bulk class (one session: the baseline the
-// classes replace), and two plain TCP connections through the same link
+// with both forwards in the bulk class (its lanes: the transfer starts
+// on the ping's and moves off it once heavy), and two plain TCP connections through the same link
 // (the floor). Each run gets a fresh link and fresh agents.
 func runWAN(ctx context.Context, w *workspace, o options, report *strings.Builder, logf func(string, ...any)) error {
 	tg, err := startTargets()
