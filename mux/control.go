@@ -49,6 +49,10 @@ const (
 	// deliveryNotice: "of stream ID (4 bytes) I have delivered N (8
 	// bytes) to my application". Sent only to a peer with CapResume.
 	deliveryNotice = 0xFFFFFFFD
+	// heavyNotice: "stream ID (4 bytes), which you opened, is a transfer
+	// toward you that keeps my writes waiting". Sent only to a peer with
+	// CapHeavy.
+	heavyNotice = 0xFFFFFFFC
 )
 
 // EndWithRefusal tells the peer why we are ending the session (its
@@ -117,6 +121,20 @@ func (s *Session) readControl(ctl *yamux.Stream) {
 			s.live.Unlock()
 			if f != nil {
 				f(binary.BigEndian.Uint64(body[4:]))
+			}
+		case heavyNotice:
+			var id [4]byte
+			if !s.cfg.Resumable {
+				return // we never announced it: a peer that sends it is confused
+			}
+			if _, err := io.ReadFull(ctl, id[:]); err != nil {
+				return
+			}
+			s.live.Lock()
+			f := s.onPeerHeavy[binary.BigEndian.Uint32(id[:])]
+			s.live.Unlock()
+			if f != nil {
+				f()
 			}
 		case refusalNotice:
 			// The refusal follows at once; a peer that stalls in the

@@ -217,6 +217,9 @@ type Session struct {
 	// onDelivered are the resumable streams' handlers of the peer's
 	// delivery notices, by stream ID.
 	onDelivered map[uint32]func(uint64)
+	// onPeerHeavy are the handlers of the peer's heavy notices for the
+	// resumable streams we opened, by stream ID.
+	onPeerHeavy map[uint32]func()
 
 	// maxStreams is the cap on streams yamux holds for this session, both
 	// directions, control streams included: Config.MaxStreams plus the two
@@ -246,7 +249,7 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 	cfg = cfg.withDefaults()
 	ours := Hello{Role: role, Agent: cfg.Agent, Class: cfg.Class, Lane: cfg.Lane, Services: cfg.Services, Instance: cfg.Instance}
 	if cfg.Resumable {
-		ours.Capabilities = append(ours.Capabilities, CapResume)
+		ours.Capabilities = append(ours.Capabilities, CapResume, CapHeavy)
 	}
 	if len(cfg.LaneClasses) > 0 {
 		ours.Capabilities = append(ours.Capabilities, CapLanes)
@@ -283,7 +286,7 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 		Peer: peer, PeerHello: hello, y: y, conn: cc, cfg: cfg, log: cfg.Logger,
 		closed: make(chan struct{}), peerDraining: make(chan struct{}), peerReplaced: make(chan struct{}),
 		streams: map[uint32]*Stream{}, since: time.Now(), maxStreams: maxStreams,
-		onDelivered: map[uint32]func(uint64){},
+		onDelivered: map[uint32]func(uint64){}, onPeerHeavy: map[uint32]func(){},
 	}
 	if s.ctl, err = y.OpenStream(); err == nil {
 		_, err = s.ctl.Write([]byte{headerControl, 0})
@@ -706,6 +709,34 @@ func (s *Session) setOnDelivered(id uint32, f func(uint64)) {
 		s.onDelivered[id] = f
 	}
 	s.live.Unlock()
+}
+
+// setOnPeerHeavy registers (f not nil) or removes the handler of the
+// peer's heavy notices for stream id.
+func (s *Session) setOnPeerHeavy(id uint32, f func()) {
+	s.live.Lock()
+	if f == nil {
+		delete(s.onPeerHeavy, id)
+	} else {
+		s.onPeerHeavy[id] = f
+	}
+	s.live.Unlock()
+}
+
+// sendHeavy tells the peer, if it takes heavy notices, that stream id is
+// a transfer toward it; false if it does not take them.
+func (s *Session) sendHeavy(id uint32) (bool, error) {
+	if !s.PeerResumes() || !s.PeerHello.Has(CapHeavy) {
+		return false, nil
+	}
+	var msg [8]byte
+	binary.BigEndian.PutUint32(msg[:], heavyNotice)
+	binary.BigEndian.PutUint32(msg[4:], id)
+	s.ctlMu.Lock()
+	defer s.ctlMu.Unlock()
+	_ = s.ctl.SetWriteDeadline(time.Now().Add(s.cfg.OpenTimeout))
+	_, err := s.ctl.Write(msg[:])
+	return true, err
 }
 
 // sendDelivered tells the peer how much of stream id we have delivered.

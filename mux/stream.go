@@ -93,6 +93,20 @@ func (st *Stream) OnDelivered(f func(delivered uint64)) {
 // side of it.
 func (st *Stream) SessionClosed() bool { return st.sess.y.IsClosed() }
 
+// OnPeerHeavy sets the handler of the peer's heavy notices for this
+// stream, one we opened (nil removes it). It runs on the session's
+// control reader and must not block.
+func (st *Stream) OnPeerHeavy(f func()) {
+	st.sess.setOnPeerHeavy(st.y.StreamID(), f)
+}
+
+// NotifyHeavy tells the peer, which opened this resumable stream, that
+// the stream's bytes toward it keep our writes waiting for the path. sent
+// is false if the peer does not take such notices.
+func (st *Stream) NotifyHeavy() (sent bool, err error) {
+	return st.sess.sendHeavy(st.y.StreamID())
+}
+
 // Release stops using a resumable stream that moved to another session,
 // without a word to the peer: a reset or a FIN here could reach the peer
 // before the move and end its side. Calls blocked on it return at once;
@@ -101,6 +115,7 @@ func (st *Stream) Release() {
 	st.aborted.Store(true)
 	st.closeOnce.Do(func() { st.sess.untrack(st) })
 	st.OnDelivered(nil)
+	st.OnPeerHeavy(nil)
 	_ = st.y.SetDeadline(time.Unix(1, 0))
 }
 

@@ -60,8 +60,12 @@ import (
 //	0xFFFFFFFD  delivery notice (only to a peer with CapResume): followed
 //	            by a stream ID (4 bytes) and the bytes we have delivered
 //	            from that resumable stream to our application (8 bytes)
+//	0xFFFFFFFC  heavy notice (only to a peer with CapHeavy): followed by
+//	            the ID (4 bytes) of a resumable stream the peer opened:
+//	            "its bytes toward you keep my writes waiting for the
+//	            path: a transfer" (the opener may move it to another lane)
 //
-// Neither value is ever a yamux stream ID (yamux never uses 0 and opens no
+// None of these values is ever a yamux stream ID (yamux never uses 0 and opens no
 // ID above 0xFFFFFFFD): an older peer, which read every message as the ID
 // of a stream to abort, ignores both. A receiver ignores values it does not
 // know.
@@ -101,6 +105,12 @@ const CapResume = "resume/1"
 // server without it keeps one session per certificate and class, and
 // would replace one lane with the next.
 const CapLanes = "lanes/1"
+
+// CapHeavy, in a hello's caps, says the agent takes heavy notices (see
+// the control stream above): the accepting side of a resumable stream
+// sees a transfer toward the opener that keeps its writes waiting for
+// the path, which the opener, only reading, cannot see.
+const CapHeavy = "heavy/1"
 
 // MaxLanes bounds the sessions of one class a client may hold at once
 // (Hello.Lane is 0 to MaxLanes-1).

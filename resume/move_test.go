@@ -393,6 +393,52 @@ func TestHeavyStreams(t *testing.T) {
 			t.Fatalf("a transfer through a 2 Mbit/s link did not turn heavy in %d bytes", got.carried)
 		}
 	})
+	// Downloads: the client only reads, and its writes never wait; the
+	// server's do, and it says so (a heavy notice).
+	download := func(t *testing.T, service string) result {
+		heavy := make(chan struct{})
+		rs, err := cl.table.Open(cl.ctx, sess, service, "", nil, nil, Options{Window: time.Minute, Class: "bulk",
+			OnHeavy: func(*Stream) { close(heavy) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var carried atomic.Int64
+		read := make(chan struct{})
+		go func() {
+			defer close(read)
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := rs.Read(buf)
+				carried.Add(int64(n))
+				if err != nil {
+					return
+				}
+			}
+		}()
+		defer func() { rs.Abort(); <-read }()
+		select {
+		case <-heavy:
+			return result{true, carried.Load()}
+		case <-read:
+		case <-time.After(30 * time.Second):
+		}
+		select {
+		case <-heavy:
+			return result{true, carried.Load()}
+		case <-time.After(time.Second):
+			return result{false, carried.Load()}
+		}
+	}
+	t.Run("slow link, download", func(t *testing.T) {
+		if got := download(t, "source"); !got.heavy {
+			t.Fatalf("a download through a 2 Mbit/s link did not turn heavy in %d bytes", got.carried)
+		}
+	})
+	t.Run("slow link, messages from the server", func(t *testing.T) {
+		if got := download(t, "drip"); got.heavy {
+			t.Fatalf("a stream of small messages from the server turned heavy after %d bytes", got.carried)
+		}
+	})
 	t.Run("slow link, messages", func(t *testing.T) {
 		// 1 KiB every 10 ms: 0.8 Mbit/s, well within the link, 600 KiB.
 		if got := run(t, sess, 1<<10, 10*time.Millisecond, 600<<10); got.heavy {

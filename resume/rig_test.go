@@ -43,6 +43,8 @@ type rig struct {
 	serverMu sync.Mutex
 	target   string // the service "echo" dials this
 	sink     string // the service "sink" dials this: it reads all, then closes
+	source   string // the service "source" dials this: it sends 4 MiB at once
+	drip     string // the service "drip" dials this: 1 KiB every 10 ms, 320 KiB
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -135,6 +137,8 @@ func newRig(t testing.TB, window time.Duration) *rig {
 	r.server = NewTable(Config{})
 	r.target = echoServer(t)
 	r.sink = sinkServer(t)
+	r.source = sourceServer(t, 4<<20, 64<<10, 0)
+	r.drip = sourceServer(t, 320<<10, 1<<10, 10*time.Millisecond)
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	if r.srvLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		t.Fatal(err)
@@ -211,7 +215,7 @@ func (r *rig) serveConn(raw net.Conn) {
 	table.SessionUp(sess, "")
 	defer table.SessionDown(sess, "")
 	lookup := func(name string) (mux.Service, bool) {
-		target := map[string]string{"echo": r.target, "sink": r.sink}[name]
+		target := map[string]string{"echo": r.target, "sink": r.sink, "source": r.source, "drip": r.drip}[name]
 		if target == "" {
 			return mux.Service{}, false
 		}
@@ -453,6 +457,20 @@ func tcpPair(t testing.TB) (a, b net.Conn) {
 
 func sinkServer(t testing.TB) string {
 	return tcpServer(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+}
+
+// sourceServer sends total bytes to each connection, chunk bytes every
+// every, then closes it.
+func sourceServer(t testing.TB, total, chunk int, every time.Duration) string {
+	return tcpServer(t, func(c net.Conn) {
+		buf := make([]byte, chunk)
+		for sent := 0; sent < total; sent += chunk {
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+			time.Sleep(every)
+		}
+	})
 }
 
 func echoServer(t testing.TB) string {

@@ -167,6 +167,34 @@ func (s *Stream) countLocked(n int, waited time.Duration) {
 	s.t.spawn(func() { f(s) })
 }
 
+// peerHeavy: the peer says (a heavy notice) that the stream, one we
+// opened, keeps its writes toward us waiting for the path: a transfer we
+// only read, which our own count cannot see (our writes never wait). As
+// if it had turned heavy here.
+func (s *Stream) peerHeavy() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.onHeavy == nil || s.err != nil || !s.answered && (s.carrier == nil || !s.carrier.Answered()) {
+		return
+	}
+	f := s.onHeavy
+	s.onHeavy = nil
+	s.t.spawn(func() { f(s) })
+}
+
+// tellPeerHeavy is the heavy hook of a stream the peer opened, when the
+// peer takes heavy notices: a transfer toward the peer that keeps our
+// writes waiting is one the peer, which opened it and may move it, cannot
+// see. Once per carrier.
+func tellPeerHeavy(s *Stream) {
+	s.mu.Lock()
+	c := s.carrier
+	s.mu.Unlock()
+	if c != nil {
+		_, _ = c.NotifyHeavy()
+	}
+}
+
 // WatchHeavy (again) calls f once the stream, one we opened, turns heavy
 // from now on (see Options.OnHeavy): for a caller that found nowhere to
 // move it yet.
@@ -803,6 +831,7 @@ func (s *Stream) finish(err error) {
 	}
 	if c != nil {
 		c.OnDelivered(nil)
+		c.OnPeerHeavy(nil)
 		if clean {
 			_ = c.Close() // both FINs crossed: yamux frees it
 		}
@@ -851,6 +880,7 @@ func (s *Stream) Abort() error {
 	s.finish(errAbortedHere)
 	if c != nil {
 		c.OnDelivered(nil)
+		c.OnPeerHeavy(nil)
 		return c.Abort()
 	}
 	return nil
@@ -932,6 +962,13 @@ func (s *Stream) switchTo(c *mux.Stream, peerDelivered uint64) (resend func() er
 	s.flushed = s.written
 	s.finWritten = peerDelivered > s.sent
 	c.OnDelivered(s.acknowledge)
+	if s.opener {
+		c.OnPeerHeavy(s.peerHeavy)
+	} else if s.heavyHook != nil {
+		// Told once per carrier: on its new lane the peer may want to
+		// know again (a stream that went home).
+		s.onHeavy, s.rate, s.waited, s.rateSince = s.heavyHook, 0, 0, time.Now()
+	}
 	chunks := s.replay.from(nil, s.written, s.acked, s.sent)
 	fin := s.finSent
 	resent := s.sent - s.written

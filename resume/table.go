@@ -131,6 +131,8 @@ func (t *Table) newStream(token mux.Token, opener bool, sess *mux.Session, servi
 	s.source, s.answered = source, !opener
 	if opener {
 		s.openingOn = sess
+	} else if sess.PeerResumes() && sess.PeerHello.Has(mux.CapHeavy) {
+		s.onHeavy, s.heavyHook, s.rateSince = tellPeerHeavy, tellPeerHeavy, time.Now()
 	}
 	t.streams[token] = s
 	return s, nil
@@ -236,6 +238,9 @@ func (s *Stream) attachFirst(c *mux.Stream) {
 	s.openingOn = nil
 	s.mu.Unlock()
 	c.OnDelivered(s.acknowledge)
+	if s.opener {
+		c.OnPeerHeavy(s.peerHeavy)
+	}
 }
 
 // ServeResume is mux's Config.Resume: the peer moves the stream named

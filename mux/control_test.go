@@ -1,0 +1,72 @@
+package mux
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// A heavy notice reaches the handler of the stream it names, on the
+// opener's side, and nothing else: not another stream's, not one whose
+// handler was removed. A peer that did not announce CapHeavy (or
+// resumable streams) is sent none.
+func TestHeavyNotice(t *testing.T) {
+	cfg := Config{Resumable: true}
+	server, client := sessions(t, "client-a", cfg)
+	if !server.PeerHello.Has(CapHeavy) || !client.PeerHello.Has(CapHeavy) {
+		t.Fatalf("heavy/1 not announced: server read %v, client read %v", server.PeerHello.Capabilities, client.PeerHello.Capabilities)
+	}
+	accepted := acceptedStreams(t, server, pipeTarget)
+	serve(t, client, nil) // it reads the server's control stream
+	var cli, srv [2]*Stream
+	heard := [2]chan struct{}{make(chan struct{}, 8), make(chan struct{}, 8)}
+	for i := range cli {
+		st, err := client.OpenResumable(context.Background(), "bulk", "", Token{byte(i + 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cli[i], srv[i] = st, <-accepted
+		cli[i].OnPeerHeavy(func() { heard[i] <- struct{}{} })
+	}
+	if sent, err := srv[1].NotifyHeavy(); !sent || err != nil {
+		t.Fatalf("notice to a peer that takes them: sent %v, %v", sent, err)
+	}
+	select {
+	case <-heard[1]:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the opener's handler never heard the notice")
+	}
+	cli[0].OnPeerHeavy(nil)
+	if _, err := srv[0].NotifyHeavy(); err != nil {
+		t.Fatal(err)
+	}
+	// Notices go in order on the control stream: one for stream 1 after
+	// it means the one for stream 0 was read, and dropped.
+	if _, err := srv[1].NotifyHeavy(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-heard[1]:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second notice never heard")
+	}
+	if len(heard[0]) != 0 || len(heard[1]) != 0 {
+		t.Fatalf("handlers heard %d and %d notices more than were sent to them", len(heard[0]), len(heard[1]))
+	}
+
+	// A client that does not resume streams announces neither.
+	srvOnly := cfg
+	server, client = sessionsWith(t, "client-a", srvOnly, Config{})
+	if !client.PeerHello.Has(CapHeavy) || server.PeerHello.Has(CapHeavy) {
+		t.Fatalf("capabilities: server read %v, client read %v", server.PeerHello.Capabilities, client.PeerHello.Capabilities)
+	}
+	accepted = acceptedStreams(t, server, pipeTarget)
+	st, err := client.Open(context.Background(), "bulk", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if sent, err := (<-accepted).NotifyHeavy(); sent || err != nil {
+		t.Fatalf("notice to a peer without heavy/1: sent %v, %v", sent, err)
+	}
+}
