@@ -45,6 +45,7 @@ func tcpDialer(addr string) dialer {
 // targets are the sink and the echo server, in this process.
 type targets struct {
 	sink, echo string
+	source     string // sends payload, cycled, until the reader closes
 	lns        []net.Listener
 	wg         sync.WaitGroup
 	mu         sync.Mutex
@@ -58,6 +59,10 @@ func startTargets() (*targets, error) {
 		return nil, err
 	}
 	if t.echo, err = t.serve(echoConn); err != nil {
+		t.close()
+		return nil, err
+	}
+	if t.source, err = t.serve(sourceConn); err != nil {
 		t.close()
 		return nil, err
 	}
@@ -129,6 +134,50 @@ func sinkConn(c net.Conn) {
 	binary.BigEndian.PutUint64(rep[:], uint64(n))
 	binary.BigEndian.PutUint32(rep[8:], crc)
 	_, _ = c.Write(rep[:])
+}
+
+// sourceConn sends payload, cycled, until the connection fails (the
+// reader closed it).
+func sourceConn(c net.Conn) {
+	for {
+		if _, err := c.Write(payload); err != nil {
+			return
+		}
+	}
+}
+
+// download reads what the source sends through dial until ctx ends,
+// checking every byte against payload, cycled; the rate is over the time
+// from the dial to the last byte read.
+func download(ctx context.Context, dial dialer) bulkResult {
+	c, err := dial(context.Background())
+	if err != nil {
+		return bulkResult{err: fmt.Errorf("dial: %w", err)}
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { _ = c.SetReadDeadline(time.Unix(1, 0)) })
+	defer stop()
+	start := time.Now()
+	buf := make([]byte, chunk)
+	var n int64
+	for {
+		k, err := c.Read(buf)
+		for i := 0; i < k; {
+			off := int((n + int64(i)) % int64(len(payload)))
+			m := min(k-i, len(payload)-off)
+			if !bytes.Equal(buf[i:i+m], payload[off:off+m]) {
+				return bulkResult{bytes: n, err: fmt.Errorf("downloaded bytes differ from the source's after %d bytes", n+int64(i))}
+			}
+			i += m
+		}
+		n += int64(k)
+		if err != nil {
+			if ctx.Err() != nil {
+				return bulkResult{bytes: n, elapsed: time.Since(start)}
+			}
+			return bulkResult{bytes: n, err: fmt.Errorf("read after %d bytes: %w", n, err)}
+		}
+	}
 }
 
 // echoConn sends back what it reads; EOF is passed on as a half-close.

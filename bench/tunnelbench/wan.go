@@ -33,10 +33,11 @@ func (r wanResult) errCell(first *error) string {
 	return r.err.Error()
 }
 
-// wanRun pushes nBulk bulk streams through bulkDial for d while a
-// 64-byte ping-pong runs through pingDial (from warm after the start of
-// the bulk transfer until its end); the goodput is theirs in all.
-func wanRun(bulkDial, pingDial dialer, nBulk int, d, warm time.Duration) wanResult {
+// wanRun pushes nBulk bulk streams through bulkDial for d (downloads
+// from the source if down, else uploads to the sink) while a 64-byte
+// ping-pong runs through pingDial (from warm after the start of the bulk
+// transfer until its end); the goodput is theirs in all.
+func wanRun(bulkDial, pingDial dialer, nBulk int, down bool, d, warm time.Duration) wanResult {
 	var r wanResult
 	// One round trip first: opens the ping stream before the link is busy.
 	if _, err := pingPong(pingDial, 1, 64, time.Now().Add(10*time.Second)); err != nil {
@@ -47,7 +48,13 @@ func wanRun(bulkDial, pingDial dialer, nBulk int, d, warm time.Duration) wanResu
 	defer cancel()
 	done := make(chan bulkResult, nBulk)
 	for i := 0; i < nBulk; i++ {
-		go func() { done <- bulk(ctx, bulkDial, 2*time.Minute) }()
+		go func() {
+			if down {
+				done <- download(ctx, bulkDial)
+				return
+			}
+			done <- bulk(ctx, bulkDial, 2*time.Minute)
+		}()
 	}
 	time.Sleep(warm)
 	rtts, perr := pingPong(pingDial, 1_000_000, 64, time.Now().Add(d-warm))
@@ -81,6 +88,7 @@ type wanPath struct {
 	pingClass string // "" = plain TCP, no tunnel
 	sessions  int    // classes whose first session the client must have up
 	bulk      int    // bulk streams (0: 1)
+	down      bool   // the bulk streams download (from the source), not upload
 	build     agentBuild
 }
 
@@ -89,6 +97,7 @@ func (p wanPath) bulkStreams() int { return max(p.bulk, 1) }
 var wanPaths = []wanPath{
 	{name: "tunnel, ping forward class = control (a session of its own)", pingClass: "control", sessions: 2},
 	{name: "tunnel, both forwards class = bulk (its lanes: the transfer moves off the ping's)", pingClass: "bulk", sessions: 1},
+	{name: "tunnel, both forwards class = bulk, the transfer a download", pingClass: "bulk", sessions: 1, down: true},
 	{name: "direct TCP, 2 connections (the floor)"},
 }
 
@@ -110,7 +119,13 @@ func runWAN(ctx context.Context, w *workspace, o options, report *strings.Builde
 	var results []wanResult
 	for _, rate := range []float64{10e6, 2e6} {
 		label := fmt.Sprintf("%g Mbit/s", rate/1e6)
-		for _, p := range wanPaths {
+		paths := wanPaths
+		for _, b := range o.others {
+			// The download row again with each other build, for the same
+			// run's before and after.
+			paths = append(paths, wanPath{name: "tunnel (" + b.label + "), both forwards class = bulk, the transfer a download", pingClass: "bulk", sessions: 1, down: true, build: b})
+		}
+		for _, p := range paths {
 			if ctx.Err() != nil {
 				break
 			}
@@ -130,7 +145,7 @@ func runWAN(ctx context.Context, w *workspace, o options, report *strings.Builde
 
 	fmt.Fprintf(report, "## WAN: through the link emulator (bench/linkemu)\n\n")
 	fmt.Fprintf(report, "One shared link per run, %v round trip, FIFO bottleneck queue of one bandwidth-delay product per direction, fresh agents each run. "+
-		"One bulk stream to the sink for %s; a 64-byte ping-pong to the echo target on another connection from %s after its start until its end. "+
+		"One bulk stream to the sink (or, in the download rows, from a source) for %s; a 64-byte ping-pong to the echo target on another connection from %s after its start until its end. "+
 		"Bulk goodput counts every verified byte over the time to the sink's answer (including the drain after the %s).\n\n", 2*oneWay, o.wanDur, warm, o.wanDur)
 	report.WriteString("| link, path | ping p50 | ping p99 | ping max | pings | bulk goodput Mbit/s | session stayed up | target | result | error |\n")
 	report.WriteString("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | --- | --- |\n")
@@ -201,7 +216,7 @@ func wanPathRun(w *workspace, tg *targets, rate float64, oneWay time.Duration, p
 		if err := errors.Join(err1, err2); err != nil {
 			return wanResult{err: fmt.Errorf("relay: %w", err)}
 		}
-		r := wanRun(tcpDialer(sinkR), tcpDialer(echoR), p.bulkStreams(), d, warm)
+		r := wanRun(tcpDialer(sinkR), tcpDialer(echoR), p.bulkStreams(), false, d, warm)
 		r.sessionUp = "—"
 		return r
 	}
@@ -209,16 +224,20 @@ func wanPathRun(w *workspace, tg *targets, rate float64, oneWay time.Duration, p
 	if b.server == "" {
 		b = agentBuild{server: w.server, client: w.client}
 	}
-	tun, err := w.startTunnelBuild(b, fmt.Sprintf("wan-%g-%s", rate/1e6, p.pingClass), map[string]string{"sink": tg.sink, "echo": tg.echo},
+	transfer, target, tag := "sink", tg.sink, ""
+	if p.down {
+		transfer, target, tag = "source", tg.source, "-down"
+	}
+	tun, err := w.startTunnelBuild(b, fmt.Sprintf("wan-%g-%s%s", rate/1e6, p.pingClass, tag), map[string]string{transfer: target, "echo": tg.echo},
 		[]forwardSpec{
-			{name: "bulk", service: "sink", class: "bulk"},
+			{name: "bulk", service: transfer, class: "bulk"},
 			{name: "ping", service: "echo", class: p.pingClass},
 		}, p.sessions, l.Relay)
 	if err != nil {
 		return wanResult{err: err}
 	}
 	defer tun.stop()
-	r := wanRun(tcpDialer(tun.forwards["bulk"]), tcpDialer(tun.forwards["ping"]), p.bulkStreams(), d, warm)
+	r := wanRun(tcpDialer(tun.forwards["bulk"]), tcpDialer(tun.forwards["ping"]), p.bulkStreams(), p.down, d, warm)
 	lost := reReconnect.FindAllString(tun.client.log.String(), -1)
 	r.sessionUp = "yes"
 	if len(lost) > 0 {
