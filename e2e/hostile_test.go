@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -869,6 +870,47 @@ func TestHostileYamuxLogFlood(t *testing.T) {
 		alive := err == nil && code == 0
 		p.close()
 		return fmt.Sprintf("session alive after the flood=%v", alive)
+	})
+}
+
+// TestHostileHeavyNoticeFlood: a heavy notice (heavy/1) tells a stream's
+// opener that the stream is a transfer toward its peer. An attacker that
+// announces heavy/1 sends 10,000 on its control stream naming streams the
+// server did not open to it (its own stream, the server's control stream,
+// IDs never used): every one is dropped, none is logged, nothing is
+// held, and the session serves on.
+func TestHostileHeavyNoticeFlood(t *testing.T) {
+	e := startHostileEnv(t, envSpec{})
+	runAttack(t, e, attackLogLimit, func(e *hostileEnv, v *verdict) string {
+		p, err := hostileDial(t, e.srv.addr, e.attacker, "bulk", "resume/1", "heavy/1")
+		if err != nil {
+			t.Fatalf("attacker refused: %v", err)
+		}
+		if code, err := p.probe("echo", 10*time.Second); err != nil || code != 0 {
+			t.Fatalf("the attacker's stream to echo: code %d, %v", code, err)
+		}
+		body := append([]byte(nil), controlHeader...)
+		for i := range uint32(10000) {
+			body = binary.BigEndian.AppendUint32(body, 0xFFFFFFFC)
+			body = binary.BigEndian.AppendUint32(body, i%5000) // 1 (its own), 2 (the server's control stream), the rest unused
+		}
+		// 80 KiB in 16 KiB frames: within the stream's first window.
+		id := p.openIDs(1)[0]
+		var frames []byte
+		for off, flags := 0, uint16(flagSYN); off < len(body); off, flags = off+16<<10, 0 {
+			frames = dataFrame(frames, flags, id, body[off:min(off+16<<10, len(body))])
+		}
+		if err := p.write(frames); err != nil {
+			v.expect(false, "the notices could not be sent: %v", err)
+		}
+		// The session reads them all before this open, which comes after.
+		code, err := p.probe("echo", 10*time.Second)
+		alive := err == nil && code == 0
+		v.expect(alive, "the session after 10,000 heavy notices: code %d, %v", code, err)
+		lines := e.srv.countLines("heavy")
+		v.expect(lines < attackLogLimit, "server logged %d lines about heavy notices, want under %d", lines, attackLogLimit)
+		p.close()
+		return fmt.Sprintf("session alive after the flood=%v heavy_lines=%d", alive, lines)
 	})
 }
 

@@ -103,38 +103,33 @@ func (s *Session) readControl(ctl *yamux.Stream) {
 		if _, err := io.ReadFull(ctl, msg[:]); err != nil {
 			return
 		}
-		switch binary.BigEndian.Uint32(msg[:]) {
+		switch m := binary.BigEndian.Uint32(msg[:]); m {
 		case drainNotice:
 			s.markPeerDraining()
 		case replacedNotice:
 			s.markPeerReplaced()
-		case deliveryNotice:
+		case deliveryNotice, heavyNotice:
+			// Both name a stream ID; a delivery notice then the count.
 			var body [12]byte
-			if !s.cfg.Resumable {
-				return // we never announced it: a peer that sends it is confused
+			n := 4
+			if m == deliveryNotice {
+				n = 12
 			}
-			if _, err := io.ReadFull(ctl, body[:]); err != nil {
+			if !s.cfg.Resumable {
+				return // we never announced them: a peer that sends them is confused
+			}
+			if _, err := io.ReadFull(ctl, body[:n]); err != nil {
 				return
 			}
+			id := binary.BigEndian.Uint32(body[:])
 			s.live.Lock()
-			f := s.onDelivered[binary.BigEndian.Uint32(body[:])]
+			delivered, heavy := s.onDelivered[id], s.onPeerHeavy[id]
 			s.live.Unlock()
-			if f != nil {
-				f(binary.BigEndian.Uint64(body[4:]))
-			}
-		case heavyNotice:
-			var id [4]byte
-			if !s.cfg.Resumable {
-				return // we never announced it: a peer that sends it is confused
-			}
-			if _, err := io.ReadFull(ctl, id[:]); err != nil {
-				return
-			}
-			s.live.Lock()
-			f := s.onPeerHeavy[binary.BigEndian.Uint32(id[:])]
-			s.live.Unlock()
-			if f != nil {
-				f()
+			switch {
+			case m == deliveryNotice && delivered != nil:
+				delivered(binary.BigEndian.Uint64(body[4:]))
+			case m == heavyNotice && heavy != nil:
+				heavy()
 			}
 		case refusalNotice:
 			// The refusal follows at once; a peer that stalls in the

@@ -22,18 +22,8 @@ import (
 // session is cut before the answer puts the stream back on the session of
 // its class, where it carries on.
 func TestMoveBetweenLiveSessions(t *testing.T) {
-	r := newRig(t, time.Minute)
-	cl := r.newClient("edge")
-	sess1 := cl.session(t)
-
-	app, rs := cl.openPiped(t, sess1, Options{Window: time.Minute, Class: "first"})
-	cl.table.SessionUp(sess1, "first")
-	echo := startEcho(t, app, 8<<20) // the first half before the failed move
-
-	// A second session of the client, as an agent's second lane.
-	second := startRelay(t, r.srvLn.Addr().String())
-	t.Cleanup(second.close)
-	sess2 := cl.serveExtra(t, second.addr(), "second")
+	m := startMoveRig(t, 8<<20) // the echo's first half before the failed move
+	r, cl, sess1, sess2, rs, echo := m.r, m.cl, m.first, m.second, m.rs, m.echo
 
 	echo.waitFor(t, 1<<20)
 	if err := rs.Move(sess2, "second"); err != nil {
@@ -89,15 +79,8 @@ func TestMoveBetweenLiveSessions(t *testing.T) {
 // two control streams and at most the stream), both sides count every
 // move, and every byte comes back once and in order.
 func TestManyMovesHoldNothing(t *testing.T) {
-	r := newRig(t, time.Minute)
-	cl := r.newClient("edge")
-	sess1 := cl.session(t)
-	app, rs := cl.openPiped(t, sess1, Options{Window: time.Minute, Class: "first"})
-	cl.table.SessionUp(sess1, "first")
-	echo := startEcho(t, app, 16<<20) // the second half after the moves
-	second := startRelay(t, r.srvLn.Addr().String())
-	t.Cleanup(second.close)
-	sess2 := cl.serveExtra(t, second.addr(), "second")
+	m := startMoveRig(t, 16<<20) // the echo's second half after the moves
+	r, cl, sess1, sess2, rs, echo := m.r, m.cl, m.first, m.second, m.rs, m.echo
 
 	echo.waitFor(t, 64<<10)
 	const moves = 200
@@ -136,6 +119,30 @@ func TestManyMovesHoldNothing(t *testing.T) {
 	if err := r.pipeErrors(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// moveRig is a client with two live sessions to the server ("first",
+// and "second" through a relay, as an agent's second lane) and a piped
+// resumable echo stream on the first.
+type moveRig struct {
+	r             *rig
+	cl            *client
+	first, second *mux.Session
+	rs            *Stream
+	echo          *echoCheck // total bytes, its second half gated (goOn)
+}
+
+func startMoveRig(t *testing.T, total int64) moveRig {
+	r := newRig(t, time.Minute)
+	cl := r.newClient("edge")
+	first := cl.session(t)
+	app, rs := cl.openPiped(t, first, Options{Window: time.Minute, Class: "first"})
+	cl.table.SessionUp(first, "first")
+	echo := startEcho(t, app, total)
+	relay := startRelay(t, r.srvLn.Addr().String())
+	t.Cleanup(relay.close)
+	second := cl.serveExtra(t, relay.addr(), "second")
+	return moveRig{r: r, cl: cl, first: first, second: second, rs: rs, echo: echo}
 }
 
 // openPiped opens a resumable stream to the echo service on sess, piped
