@@ -337,20 +337,37 @@ func classWindow(class string) uint32 {
 	return 1 << 20
 }
 
+// laneZeroLowat is TCP_NOTSENT_LOWAT on lane 0 of a class with several
+// lanes, at both ends. Lane 0 carries the messages and the start of every
+// stream, a transfer until it turns heavy and moves: without a bound the
+// kernel queues what the transfer's window allows (a megabyte) ahead of
+// the messages, and on a slow path the bytes still queued there when the
+// transfer moves cross the link twice (bench/README.md, "fifteenth part":
+// at 2 Mbit/s the worst wait of a ping beside an upload, before the
+// upload moves, went from about 530 to 80–190 ms). The
+// other lanes, the transfers', keep the kernel's queue: a bound there cost
+// one stream up to a third on loopback ("Head-of-line blocking inside a
+// session").
+const laneZeroLowat = 64 * 1024
+
 // tunnelSockopts are the options of the tunnel's own TCP connection:
 // keepalive and TCP_USER_TIMEOUT so a dead peer is noticed even while our
 // writes sit unacknowledged, and for the control class a small
 // TCP_NOTSENT_LOWAT so its messages never queue behind kilobytes of its own
-// unsent data in the kernel.
-func tunnelSockopts(st sessionSettings, class string) sockopt.Options {
+// unsent data in the kernel; firstLane: the connection is lane 0 of a
+// class with several (see laneZeroLowat).
+func tunnelSockopts(st sessionSettings, class string, firstLane bool) sockopt.Options {
 	// TCP_USER_TIMEOUT is the backstop behind our own liveness (dead_after
 	// without a byte), not a second, stricter one: on a slow link with a
 	// deep queue our data can legitimately wait unacknowledged for seconds,
 	// and a zero-window peer counts too (an e2e run with dead_after = 3s
 	// over a 2 Mbit/s relay lost its session to a 3 s user timeout).
 	o := sockopt.Options{KeepAlive: 15 * time.Second, UserTimeout: max(2*st.DeadAfter, time.Minute), DSCP: st.DSCP}
-	if class == classControl {
+	switch {
+	case class == classControl:
 		o.NotSentLowat = 16 * 1024
+	case firstLane:
+		o.NotSentLowat = laneZeroLowat
 	}
 	return o
 }

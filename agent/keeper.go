@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -254,7 +255,7 @@ func (k *keeper) connect(ctx context.Context, addr string) (*mux.Session, error)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
-	if err := sockopt.Apply(raw, tunnelSockopts(k.c.settings(), k.class)); err != nil {
+	if err := sockopt.Apply(raw, tunnelSockopts(k.c.settings(), k.class, k.lane == 0 && k.c.lanes > 1 && slices.Contains(laneClasses, k.class))); err != nil {
 		k.c.log.Warn("cannot set socket options on the tunnel connection", "error", err)
 	}
 	offer := k.c.state.Load().offer

@@ -314,7 +314,7 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	remote := conn.RemoteAddr().String()
 	cfg := s.cfg()
 	st := s.settings()
-	if err := sockopt.Apply(conn, tunnelSockopts(st, "")); err != nil {
+	if err := sockopt.Apply(conn, tunnelSockopts(st, "", false)); err != nil {
 		s.log.Warn("cannot set socket options on a tunnel connection", "remote", remote, "error", err)
 	}
 	// Refusals by our rules complete the handshake, so the client can be
@@ -362,6 +362,12 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	// server before lanes): each is a session of its own, limits included.
 	class, lane := sess.PeerHello.Class, sess.PeerHello.Lane
 	log := s.log.With("peer", peer, "remote", remote)
+	if class == classControl {
+		// Its class is known only now, from the hello.
+		if err := sockopt.Apply(conn, tunnelSockopts(st, class, false)); err != nil {
+			log.Warn("cannot set socket options on a tunnel connection", "error", err)
+		}
+	}
 	// Checked in the hello already; again here, as another session of
 	// the same client may have come up meanwhile.
 	if err := s.sessions.admit(sess.Peer, class, lane, cfg.MaxSessions, cfg.MaxSessionsPerIdentity); err != nil {
@@ -374,7 +380,16 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	// and lane at once: new streams use the new one, so its forwards never
 	// see a stale "already connected"; the old one drains in the
 	// background (a rotation) or is already dead (a reconnect).
-	if old := s.sessions.put(sess.Peer, class, lane, sess); old != nil {
+	old := s.sessions.put(sess.Peer, class, lane, sess, conn)
+	if first := s.sessions.firstOfLanes(key, class); first != nil {
+		// Lane 0 of a client with lanes carries its messages and the
+		// start of every stream (see laneZeroLowat); known once a
+		// second lane is up.
+		if err := sockopt.Apply(first, tunnelSockopts(st, class, true)); err != nil {
+			log.Warn("cannot set socket options on a tunnel connection", "error", err)
+		}
+	}
+	if old != nil {
 		log.Info("client reconnected; draining its previous session", append([]any{"class", class, "key", key}, laneFields(lane)...)...)
 		conns.Go(func() {
 			// Told first, so a client that did not open the new session
@@ -601,8 +616,9 @@ func reasonText(err error) string {
 // key replaces its session of the same class and lane; two certificates
 // with the same readable name are two clients.
 type sessionSet struct {
-	mu sync.Mutex
-	m  map[sessionKey]*mux.Session
+	mu  sync.Mutex
+	m   map[sessionKey]*mux.Session
+	raw map[sessionKey]net.Conn // each session's TCP connection
 }
 
 type sessionKey struct {
@@ -635,16 +651,33 @@ func (ss *sessionSet) admit(id ssl.Identity, class string, lane, max, perIdentit
 	return nil
 }
 
-func (ss *sessionSet) put(id ssl.Identity, class string, lane int, s *mux.Session) (old *mux.Session) {
+func (ss *sessionSet) put(id ssl.Identity, class string, lane int, s *mux.Session, raw net.Conn) (old *mux.Session) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.m == nil {
-		ss.m = map[sessionKey]*mux.Session{}
+		ss.m, ss.raw = map[sessionKey]*mux.Session{}, map[sessionKey]net.Conn{}
 	}
 	k := sessionKey{id.Key(), class, lane}
 	old = ss.m[k]
-	ss.m[k] = s
+	ss.m[k], ss.raw[k] = s, raw
 	return old
+}
+
+// firstOfLanes is the TCP connection of lane 0 of class of the client
+// with certificate key, if the class has lanes and that client has
+// another lane of it up too; else nil.
+func (ss *sessionSet) firstOfLanes(key, class string) net.Conn {
+	if !slices.Contains(laneClasses, class) {
+		return nil
+	}
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for lane := 1; lane < mux.MaxLanes; lane++ {
+		if ss.m[sessionKey{key, class, lane}] != nil {
+			return ss.raw[sessionKey{key, class, 0}]
+		}
+	}
+	return nil
 }
 
 func (ss *sessionSet) remove(id ssl.Identity, class string, lane int, s *mux.Session) {
@@ -653,6 +686,7 @@ func (ss *sessionSet) remove(id ssl.Identity, class string, lane int, s *mux.Ses
 	k := sessionKey{id.Key(), class, lane}
 	if ss.m[k] == s {
 		delete(ss.m, k)
+		delete(ss.raw, k)
 	}
 }
 

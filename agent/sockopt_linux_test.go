@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"strconv"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/mux"
 	"github.com/tunnelworks/tunnel/transport/ssl"
+	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
 
 func getInt(t *testing.T, c net.Conn, level, opt int) int {
@@ -97,5 +99,59 @@ func TestServiceDialSocketControl(t *testing.T) {
 	got := make([]byte, 5)
 	if _, err := io.ReadFull(r, got); err != nil || string(got) != "after" {
 		t.Fatalf("data after header: %q %v", got, err)
+	}
+}
+
+// The tunnel's connections as the server holds them: lane 0 of a client
+// with two bulk lanes and the control session keep a short unsent queue
+// in the kernel (TCP_NOTSENT_LOWAT), the transfers' lane does not, nor
+// the one lane of a client that holds one.
+func TestTunnelConnectionsNotSentLowat(t *testing.T) {
+	f := startFleet(t, fleetOptions{allow: `"edge", "solo"`})
+	f.startClient(t, pki.Options{CommonName: "edge"}, `bulk_connections = 2
+forward "echo" {
+  listen = "127.0.0.1:0"
+}
+forward "ctl" {
+  listen  = "127.0.0.1:0"
+  service = "echo"
+  class   = "control"
+}
+`)
+	f.startClient(t, pki.Options{CommonName: "solo"}, "bulk_connections = 1\nforward \"echo\" {\n  listen = \"127.0.0.1:0\"\n}\n")
+	lowat := func(name, class string, lane int) int {
+		t.Helper()
+		var conn net.Conn
+		waitFor(t, name+"'s "+class+" lane "+strconv.Itoa(lane), func() bool {
+			f.srv.sessions.mu.Lock()
+			defer f.srv.sessions.mu.Unlock()
+			for k, s := range f.srv.sessions.m {
+				if s.Peer.Name() == name && k.class == class && k.lane == lane {
+					conn = f.srv.sessions.raw[k]
+				}
+			}
+			return conn != nil
+		})
+		return getInt(t, conn, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT)
+	}
+	const unbounded = -1 // not set: the kernel's default, UINT_MAX
+	for _, c := range []struct {
+		name, class string
+		lane, want  int
+	}{
+		{"edge", classBulk, 1, unbounded},
+		{"edge", classBulk, 0, laneZeroLowat},
+		{"edge", classControl, 0, 16 << 10},
+		{"solo", classBulk, 0, unbounded},
+	} {
+		// Set a moment after the session is listed (lane 0's once lane 1
+		// is up): the last value read within a few seconds.
+		got := lowat(c.name, c.class, c.lane)
+		for deadline := time.Now().Add(5 * time.Second); got != c.want && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			got = lowat(c.name, c.class, c.lane)
+		}
+		if got != c.want {
+			t.Errorf("%s's %s lane %d: TCP_NOTSENT_LOWAT %d, want %d", c.name, c.class, c.lane, got, c.want)
+		}
 	}
 }
