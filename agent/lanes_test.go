@@ -55,17 +55,7 @@ func TestBulkLanesCarryHeavyStreams(t *testing.T) {
 		t.Fatalf("lane 0 holds %d streams, want all 5 at their start", n)
 	}
 
-	// One at a time, so that each move sees the last: bursts until the
-	// stream moves (heavy is 1 MiB both ways within a second).
-	for i, s := range streams {
-		for burst := 0; lanes[0].NumStreams() == 5-i; burst++ {
-			if burst == 8 {
-				t.Fatalf("stream %d still on lane 0 after %d MiB echoed", i, 2*burst)
-			}
-			s.Burst(2 << 20)
-			s.Advance(t, 2<<20)
-		}
-	}
+	burstUntilMoved(t, streams, lanes[0], 5)
 	waitFor(t, "four moves counted", func() bool { return cli.resume.Stats().Moved == 4 })
 	light.exchange(t, 100)
 	for _, s := range streams {
@@ -163,16 +153,7 @@ service "echo-here" {
 	if n := srvLanes[0].NumStreams(); n != 4 {
 		t.Fatalf("lane 0 holds %d streams, want all 4 at their start", n)
 	}
-	// One at a time, so that each move sees the last.
-	for i, s := range streams {
-		for burst := 0; srvLanes[0].NumStreams() == 4-i; burst++ {
-			if burst == 8 {
-				t.Fatalf("stream %d still on lane 0 after %d MiB echoed", i, 2*burst)
-			}
-			s.Burst(2 << 20)
-			s.Advance(t, 2<<20)
-		}
-	}
+	burstUntilMoved(t, streams, srvLanes[0], 4)
 	waitFor(t, "three moves counted", func() bool { return f.srv.resume.Stats().Moved == 3 })
 	light.exchange(t, 100)
 	for _, s := range streams {
@@ -342,6 +323,22 @@ func startEchoStreams(t *testing.T, addr string, n int) []*echocheck.Stream {
 		streams = append(streams, s)
 	}
 	return streams
+}
+
+// burstUntilMoved echoes bursts through each of streams in turn until it
+// leaves lane0, which holds n streams at the start (heavy is 1 MiB both
+// ways within a second). One at a time, so that each move sees the last.
+func burstUntilMoved(t *testing.T, streams []*echocheck.Stream, lane0 *mux.Session, n int) {
+	t.Helper()
+	for i, s := range streams {
+		for burst := 0; lane0.NumStreams() == n-i; burst++ {
+			if burst == 8 {
+				t.Fatalf("stream %d still on lane 0 after %d MiB echoed", i, 2*burst)
+			}
+			s.Burst(2 << 20)
+			s.Advance(t, 2<<20)
+		}
+	}
 }
 
 // bulkRefusal is the definite refusal the client's first bulk keeper
