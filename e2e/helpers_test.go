@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"github.com/tunnelworks/tunnel/bench/linkemu"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -437,7 +438,8 @@ type tunnelSpec struct {
 	clientServices []svc
 	serverBin      string // default: the agents built for these tests
 	clientBin      string
-	relayed        bool // the client reaches the server through a pathRelay
+	relayed        bool          // the client reaches the server through a pathRelay
+	link           *linkemu.Link // if set, the client reaches the server across it
 }
 
 type tunnel struct {
@@ -467,6 +469,12 @@ func startTunnel(t testing.TB, spec tunnelSpec) *tunnel {
 	if spec.relayed {
 		rl = startPathRelay(t, srv.addr)
 		addr = rl.addr()
+	}
+	if spec.link != nil {
+		var err error
+		if addr, err = spec.link.Relay(srv.addr); err != nil {
+			t.Fatalf("link relay: %v", err)
+		}
 	}
 	cert, key := p.clientCert(t, spec.clientName, pki.Options{})
 	cli := startClientBin(t, spec.clientBin, clientHCL(addr, cert, key, p.caFile, spec.clientExtra, spec.forwards, spec.clientServices), len(spec.forwards))

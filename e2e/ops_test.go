@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/tunnelworks/tunnel/bench/linkemu"
 	"io"
 	"net"
 	"net/http"
@@ -165,6 +166,71 @@ func TestMetricsAndStatusWhileStreaming(t *testing.T) {
 		t.Errorf("status command: %v\n%s", err, out)
 	}
 	c.Close()
+}
+
+// A download through a bulk forward across a 2 Mbit/s link, between the
+// real agents: the client only reads it, and at that rate it never
+// carries a megabyte within a second, so only the server sees it as a
+// transfer (its writes wait for the path). The server says so and the
+// client moves it to lane 1, counted on both agents; every byte arrives.
+func TestSlowDownloadMoves(t *testing.T) {
+	t.Parallel()
+	link := linkemu.New(linkemu.Config{RateBitsPerSec: 2e6, OneWayDelay: 20 * time.Millisecond})
+	t.Cleanup(func() { link.Close() })
+	block := pattern(251 * 1024)
+	source := startTarget(t, func(c net.Conn) {
+		_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
+		for {
+			if _, err := c.Write(block); err != nil {
+				return
+			}
+		}
+	})
+	tn := startTunnel(t, tunnelSpec{
+		serverExtra: "admin {\n  listen = \"127.0.0.1:0\"\n}\n",
+		clientExtra: "bulk_connections = 2\nadmin {\n  listen = \"127.0.0.1:0\"\n}\n",
+		services:    []svc{{name: "source", target: source, allow: []string{"client-a"}}},
+		forwards:    []fwd{{name: "source", service: "source"}},
+		link:        link,
+	})
+	cliAdmin := tn.client.waitMatch(t, reAdmin)[1]
+	srvAdmin := tn.server.waitMatch(t, reAdmin)[1]
+	moved := func(addr string) float64 {
+		return metricValue(t, string(get(t, "http://"+addr+"/metrics")), "tunnel_streams_moved_total")
+	}
+
+	c := dial(t, tn.client.forwards["source"], waitLimit)
+	_ = c.SetReadDeadline(time.Now().Add(90 * time.Second))
+	var (
+		read int
+		buf  = make([]byte, 32<<10)
+	)
+	// Reads until the move and 64 KiB past it, checking every byte: 30 s
+	// of the link at most (a move needs half a second of the server
+	// waiting).
+	for deadline, after := time.Now().Add(30*time.Second), -1; after < 0 || read < after; {
+		n, err := c.Read(buf)
+		for i := range n {
+			if buf[i] != byte((read+i)%251) {
+				t.Fatalf("byte %d of the download differs", read+i)
+			}
+		}
+		read += n
+		if err != nil {
+			t.Fatalf("download after %d bytes: %v", read, err)
+		}
+		if after < 0 && moved(cliAdmin) == 1 {
+			after = read + 64<<10
+		}
+		if after < 0 && time.Now().After(deadline) {
+			t.Fatalf("a download at 2 Mbit/s did not move in 30 s (%d bytes read; tunnel_streams_moved_total %v)", read, moved(cliAdmin))
+		}
+	}
+	// The server counts the move once it has resent what was in flight.
+	waitFor(t, "the server to count the move", func() bool { return moved(srvAdmin) == 1 })
+	if c := moved(cliAdmin); c != 1 {
+		t.Fatalf("client tunnel_streams_moved_total %v, want the download moved once", c)
+	}
 }
 
 // SIGHUP after revoking the connected client: its session is closed within

@@ -70,9 +70,15 @@ func TestWriteQueueBoundedWhileServerStopped(t *testing.T) {
 
 	var wg sync.WaitGroup
 	errs := make(chan error, streams)
+	// All streams start sending together, once all are dialed: dialed
+	// and started one by one, on a loaded machine the first ones were
+	// done before the last was dialed, and the few left to stop the
+	// server under fit in the kernel's buffers, queueing nothing.
+	start := make(chan struct{})
 	for i := 0; i < streams; i++ {
 		c := dial(t, tn.client.forwards["sink"], waitLimit)
 		wg.Go(func() {
+			<-start
 			sum, err := sendRandom(c, uint64(i), perStream)
 			if err == nil {
 				err = c.CloseWrite()
@@ -88,6 +94,7 @@ func TestWriteQueueBoundedWhileServerStopped(t *testing.T) {
 			errs <- err
 		})
 	}
+	close(start)
 	waitFor(t, "a quarter of the bytes at the target", func() bool { return received.Load() >= streams*perStream/4 })
 	if err := srv.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
