@@ -57,6 +57,11 @@ type Config struct {
 	// it is answered with a reset and never allocated. Zero means no cap.
 	// Patched for tunnelworks, see PATCHED.md.
 	MaxStreams int
+
+	// afterIncoming, in tests only, runs on the receive loop after a
+	// frame's SYN has made its stream, before the frame is handled
+	// (patch 20).
+	afterIncoming func(*Stream)
 }
 
 func (c *Config) Clone() *Config {

@@ -505,3 +505,50 @@ func TestStream_ResetBeforeAck(t *testing.T) {
 	waitFor(t, "server frees the streams", func() bool { return server.NumStreams() == 0 })
 	noStrayFrames(t, client, server, serverLog)
 }
+
+// Patch 20: a stream reset by its acceptor before the receive loop has
+// handled the frame that opened it (a refusal at once): that frame is
+// the stream's own, dropped, and not counted or logged as a frame for a
+// missing stream. The hook holds the receive loop until the reset is
+// done, the widest the race can be.
+func TestStream_ResetAtAcceptNotStray(t *testing.T) {
+	c, s := tcpPair(t)
+	serverConf := patchConf()
+	serverLog := captureLogs(serverConf)
+	accepted := make(chan *Stream)
+	reset := make(chan struct{})
+	serverConf.afterIncoming = func(*Stream) { <-reset }
+	client, err := Client(c, patchConf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := Server(s, serverConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	go func() {
+		for {
+			ss, err := server.AcceptStream()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- ss
+		}
+	}()
+	for i := 0; i < 3; i++ {
+		cs, err := client.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ss := <-accepted
+		if err := ss.Reset(); err != nil {
+			t.Fatal(err)
+		}
+		reset <- struct{}{} // the receive loop goes on with the opening frame
+		waitFor(t, "client sees the reset", func() bool { return stateOf(cs) == streamReset })
+	}
+	waitFor(t, "server frees the streams", func() bool { return server.NumStreams() == 0 })
+	noStrayFrames(t, client, server, serverLog)
+}

@@ -772,8 +772,13 @@ func (s *Session) handleStreamMessage(hdr header) error {
 	// Check for a new stream creation
 	id := hdr.StreamID()
 	flags := hdr.Flags()
+	var created *Stream
 	if flags&flagSYN == flagSYN {
-		refused, err := s.incomingStream(id)
+		var (
+			refused bool
+			err     error
+		)
+		created, refused, err = s.incomingStream(id)
 		if err != nil {
 			return err
 		}
@@ -788,10 +793,27 @@ func (s *Session) handleStreamMessage(hdr header) error {
 		}
 	}
 
+	if created != nil && s.config.afterIncoming != nil {
+		s.config.afterIncoming(created)
+	}
+
 	// Get the stream
 	s.streamLock.Lock()
 	stream := s.streams[id]
 	s.streamLock.Unlock()
+
+	// Patched for tunnelworks (see PATCHED.md): the stream this frame
+	// opened, accepted and already reset by its acceptor (a refusal):
+	// its frame is dropped as upstream drops it, but it is not a frame
+	// for a missing stream, and not counted or logged as one.
+	if stream == nil && created != nil {
+		if hdr.MsgType() == typeData && hdr.Length() > 0 {
+			if _, err := io.CopyN(ioutil.Discard, s.bufRead, int64(hdr.Length())); err != nil {
+				s.logger.Printf("[ERR] yamux: Failed to discard data: %v", err)
+			}
+		}
+		return nil
+	}
 
 	// If we do not have a stream, likely we sent a RST
 	if stream == nil {
@@ -884,10 +906,10 @@ func (s *Session) handleGoAway(hdr header) error {
 
 // incomingStream is used to create a new incoming stream. refused reports
 // a stream reset at once (MaxStreams, full backlog or go away).
-func (s *Session) incomingStream(id uint32) (refused bool, err error) {
+func (s *Session) incomingStream(id uint32) (stream *Stream, refused bool, err error) {
 	// Reject immediately if we are doing a go away
 	if atomic.LoadInt32(&s.localGoAway) == 1 {
-		return true, s.sendRST(id)
+		return nil, true, s.sendRST(id)
 	}
 
 	s.streamLock.Lock()
@@ -899,7 +921,7 @@ func (s *Session) incomingStream(id uint32) (refused bool, err error) {
 		if sendErr := s.sendNoWait(s.goAway(goAwayProtoErr)); sendErr != nil {
 			s.logger.Printf("[WARN] yamux: failed to send go away: %v", sendErr)
 		}
-		return false, ErrDuplicateStream
+		return nil, false, ErrDuplicateStream
 	}
 
 	// Patched for tunnelworks: refuse before allocating a stream the cap
@@ -908,25 +930,25 @@ func (s *Session) incomingStream(id uint32) (refused bool, err error) {
 	if max := s.config.MaxStreams; max > 0 && len(s.streams) >= max {
 		s.streamLock.Unlock()
 		s.refusedOverLimit.Add(1)
-		return true, s.sendRST(id)
+		return nil, true, s.sendRST(id)
 	}
 
 	// Allocate and register the stream
-	stream := newStream(s, id, streamSYNReceived)
+	stream = newStream(s, id, streamSYNReceived)
 	s.streams[id] = stream
 
 	// Check if we've exceeded the backlog
 	select {
 	case s.acceptCh <- stream:
 		s.streamLock.Unlock()
-		return false, nil
+		return stream, false, nil
 	default:
 		// Backlog exceeded! RST the stream. Patched for tunnelworks:
 		// counted, not logged once per stream.
 		delete(s.streams, id)
 		s.streamLock.Unlock()
 		s.refusedBacklog.Add(1)
-		return true, s.sendRST(id)
+		return nil, true, s.sendRST(id)
 	}
 }
 
