@@ -144,6 +144,10 @@ service "echo-here" {
 }
 `, echoServer(t)))
 	waitFor(t, "three lanes on the server", func() bool { return len(bulkSessions(f.srv)) == 3 })
+	waitFor(t, "three lanes on the client", func() bool {
+		lanes := cli.Lanes(classBulk)
+		return len(lanes) == 3 && lanes[0] != nil && lanes[1] != nil && lanes[2] != nil
+	})
 	srvLanes := bulkSessions(f.srv)
 	cliLanes := cli.Lanes(classBulk)
 
