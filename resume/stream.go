@@ -112,6 +112,7 @@ type Stream struct {
 	notified     uint64      // what we last told the peer
 	ackTimer     *time.Timer // tells the peer the rest, a moment later
 	ackArmed     bool
+	ackNow       bool // armed to fire at once (a notice is due)
 	// Direct delivery (see SetDeliver): the carrier it is set on, the
 	// pipe's function and the generation it was set for; deliverHook is
 	// s.deliverDirect, bound once (an idle stream sits with it set).
@@ -747,10 +748,10 @@ func (s *Stream) noteDeliveredLocked() func() {
 // not block: a notice due now is sent by the timer at once.
 func (s *Stream) noteDeliveredSoonLocked() {
 	due := s.delivered-s.notified >= s.notifyEvery()
-	if s.ackArmed && !due {
-		return
+	if s.ackArmed && (!due || s.ackNow) {
+		return // set already; resetting a timer due now wakes the poller again
 	}
-	s.ackArmed = true
+	s.ackArmed, s.ackNow = true, due
 	delay := notifyDelay
 	if due {
 		delay = 0
@@ -764,7 +765,7 @@ func (s *Stream) noteDeliveredSoonLocked() {
 
 func (s *Stream) notifyLater() {
 	s.mu.Lock()
-	s.ackArmed = false
+	s.ackArmed, s.ackNow = false, false
 	send := s.notifyNowLocked()
 	s.mu.Unlock()
 	send()
