@@ -30,6 +30,7 @@ import (
 // sent.
 type frameJoiner struct {
 	net.Conn
+	now     nowWriter  // nil: never writable at once
 	pair    pairWriter // nil: join every body
 	held    []byte     // headers waiting for what follows them
 	bodyDue bool       // held ends with a data header whose body is next
@@ -61,8 +62,20 @@ const (
 // newFrameJoiner joins frames written to c; pair, if not nil, is c's
 // way to write a header and a large body without joining them.
 func newFrameJoiner(c net.Conn, pair pairWriter) *frameJoiner {
-	return &frameJoiner{Conn: c, pair: pair, maxBody: maxJoinedBody, held: make([]byte, 0, maxHeldHeaders)}
+	now, _ := pair.(nowWriter)
+	return &frameJoiner{Conn: c, now: now, pair: pair, maxBody: maxJoinedBody, held: make([]byte, 0, maxHeldHeaders)}
 }
+
+// nowWriter says whether a small write would leave without waiting
+// (transport/ssl.Conn).
+type nowWriter interface {
+	WritableNow() bool
+}
+
+// WritableNow passes on the connection's: yamux's receive loop writes a
+// window update itself when it is true (patch 21), and a write goes
+// straight to the connection when no header is held, as an update's does.
+func (f *frameJoiner) WritableNow() bool { return f.now != nil && f.now.WritableNow() }
 
 func (f *frameJoiner) Write(p []byte) (int, error) {
 	if !f.bodyDue && len(p) == yamuxHeaderSize && len(f.held)+yamuxHeaderSize <= maxHeldHeaders {

@@ -109,3 +109,27 @@ func TestFrameJoinerPairsLargeBodies(t *testing.T) {
 		t.Fatal("the held SYN did not go with the pair")
 	}
 }
+
+// nowPair is a pairRecorder whose socket has room or not.
+type nowPair struct {
+	pairRecorder
+	room bool
+}
+
+func (n *nowPair) WritableNow() bool { return n.room }
+
+// The joiner passes on its connection's WritableNow (yamux writes a
+// window update from the goroutine that makes it only when it is true,
+// patch 21); over a connection that cannot tell, it says no.
+func TestFrameJoinerWritableNow(t *testing.T) {
+	for _, room := range []bool{true, false} {
+		c := &nowPair{room: room}
+		if got := newFrameJoiner(c, c).WritableNow(); got != room {
+			t.Errorf("WritableNow %v over a connection saying %v", got, room)
+		}
+	}
+	rec := &pairRecorder{}
+	if newFrameJoiner(rec, rec).WritableNow() || newFrameJoiner(rec, nil).WritableNow() {
+		t.Error("WritableNow true over a connection that cannot tell")
+	}
+}

@@ -174,7 +174,12 @@ func (s *Stream) sendWindowUpdateNoWait() {
 	s.recvWindow += delta
 	s.recvLock.Unlock()
 
-	hdr := header(make([]byte, headerSize))
+	hdr := header(s.session.recvHdr[:])
+	hdr.encode(typeWindowUpdate, 0, s.id, delta)
+	if s.session.sendUpdateNoWait(&s.session.recvFlow, hdr) { // patch 21
+		return
+	}
+	hdr = header(make([]byte, headerSize))
 	hdr.encode(typeWindowUpdate, 0, s.id, delta)
 	select {
 	case s.session.sendCh <- &sendReady{Hdr: hdr}:

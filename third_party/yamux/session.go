@@ -72,6 +72,11 @@ type Session struct {
 	// stream writing its own data frame (writeData); one at a time.
 	// Patched for tunnelworks, see PATCHED.md.
 	writes writeQueue
+	// recvFlow is recvLoop's place in writes for the window updates it
+	// writes itself, recvHdr their header (patch 21); only recvLoop uses
+	// them.
+	recvFlow writeFlow
+	recvHdr  [headerSize]byte
 
 	// recvDoneCh is closed when recv() exits to avoid a race
 	// between stream registration and stream shutdown

@@ -49,6 +49,9 @@ type Stream struct {
 	// flow is this stream's place in the session's write order, held
 	// with sendLock. Patched for tunnelworks, see PATCHED.md.
 	flow writeFlow
+	// ctlFlow is its window updates' place in the write order (patch
+	// 21), held with controlHdrLock.
+	ctlFlow writeFlow
 
 	recvNotifyCh chan struct{}
 	sendNotifyCh chan struct{}
@@ -353,6 +356,12 @@ func (s *Stream) sendWindowUpdate() error {
 
 	// Send the header
 	s.controlHdr.encode(typeWindowUpdate, flags, s.id, delta)
+	if flags == 0 && s.session.sendUpdateNoWait(&s.ctlFlow, s.controlHdr) {
+		// Patched (patch 21): written by us or left as a copy for
+		// whoever holds the connection, not handed to sendLoop. An update
+		// with flags still goes through sendLoop, as upstream.
+		return nil
+	}
 	if err := s.session.waitForSendErr(s.controlHdr, nil, s.controlErr); err != nil {
 		if errors.Is(err, ErrSessionShutdown) || errors.Is(err, ErrConnectionWriteTimeout) {
 			// Message left in ready queue, header re-use is unsafe.
@@ -488,6 +497,7 @@ func (s *Stream) Reset() error {
 // peer would drop them, and they would otherwise go after the RST.
 func (s *Stream) sendReset() error {
 	s.session.writes.drop(&s.flow)
+	s.session.writes.drop(&s.ctlFlow) // patch 21
 	hdr := header(make([]byte, headerSize))
 	hdr.encode(typeWindowUpdate, flagRST, s.id, 0)
 	return s.session.sendNoWait(hdr)
@@ -585,6 +595,7 @@ func (s *Stream) processFlags(flags uint16) error {
 		// Patch 19: what we queued for it, the peer would only count as
 		// stray.
 		s.session.writes.drop(&s.flow)
+		s.session.writes.drop(&s.ctlFlow) // patch 21
 	}
 	return nil
 }

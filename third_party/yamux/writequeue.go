@@ -319,6 +319,21 @@ func (q *writeQueue) release() {
 	q.mu.Unlock()
 }
 
+// releaseNoWrite is release for recvLoop (patch 21), which must not
+// write others' queued frames: a write can wait for the peer, and the
+// peer's receive loop for ours. If any wait, a goroutine of its own
+// hands the connection on.
+func (q *writeQueue) releaseNoWrite() {
+	q.mu.Lock()
+	if len(q.waiting) == 0 {
+		q.busy = false
+		q.mu.Unlock()
+		return
+	}
+	q.mu.Unlock()
+	go q.release()
+}
+
 // writeHeap orders waiting turns by end, then arrival.
 type writeHeap []*writeTurn
 

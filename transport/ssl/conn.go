@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"net"
 	"sync"
+	"syscall"
 )
 
 // Conn is a TLS connection that moves bulk data in few system calls.
@@ -19,25 +20,34 @@ import (
 // part").
 type Conn struct {
 	*tls.Conn
-	raw *batchingConn
+	raw    *batchingConn
+	socket syscall.RawConn // raw's socket, for WritableNow; nil without one
 }
 
 // Client starts the client side of a TLS connection on raw (the handshake
 // runs on first use or with Handshake).
 func Client(raw net.Conn, cfg *tls.Config) *Conn {
 	b := newBatchingConn(raw)
-	return &Conn{Conn: tls.Client(b, cfg), raw: b}
+	return &Conn{Conn: tls.Client(b, cfg), raw: b, socket: socketOf(raw)}
 }
 
 // Server starts the server side of a TLS connection on raw.
 func Server(raw net.Conn, cfg *tls.Config) *Conn {
 	b := newBatchingConn(raw)
-	return &Conn{Conn: tls.Server(b, cfg), raw: b}
+	return &Conn{Conn: tls.Server(b, cfg), raw: b, socket: socketOf(raw)}
 }
 
 // Raw is the connection under TLS (for what the kernel knows of it, such
 // as its round trip; never for reading or writing).
 func (c *Conn) Raw() net.Conn { return c.raw.Conn }
+
+// WritableNow says whether a small record written now would leave at once
+// without waiting: the socket under the connection has room (a poll(2)
+// that does not wait; false without a socket or off Unix). yamux's
+// receive loop, which must never wait for a write, writes its window
+// updates itself only then (third_party/yamux, patch 21); otherwise it
+// hands them to another goroutine.
+func (c *Conn) WritableNow() bool { return socketWritable(c.socket) }
 
 // Write encrypts p into as many records as it needs and sends them in one
 // system call.

@@ -1,0 +1,14 @@
+//go:build !unix
+
+package ssl
+
+import (
+	"net"
+	"syscall"
+)
+
+func socketOf(net.Conn) syscall.RawConn { return nil }
+
+// socketWritable is never sure here: yamux's receive loop hands its window
+// updates to its send loop, as upstream does.
+func socketWritable(syscall.RawConn) bool { return false }
