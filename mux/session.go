@@ -740,11 +740,24 @@ func (s *Session) sendHeavy(id uint32) (bool, error) {
 }
 
 // sendDelivered tells the peer how much of stream id we have delivered.
-func (s *Session) sendDelivered(id uint32, n uint64) error {
-	var msg [16]byte
+func deliveredMsg(id uint32, n uint64) (msg [16]byte) {
 	binary.BigEndian.PutUint32(msg[:], deliveryNotice)
 	binary.BigEndian.PutUint32(msg[4:], id)
 	binary.BigEndian.PutUint64(msg[8:], n)
+	return msg
+}
+
+func (s *Session) trySendDelivered(id uint32, n uint64) bool {
+	if !s.ctlMu.TryLock() {
+		return false
+	}
+	defer s.ctlMu.Unlock()
+	msg := deliveredMsg(id, n)
+	return s.ctl.TryWrite(msg[:])
+}
+
+func (s *Session) sendDelivered(id uint32, n uint64) error {
+	msg := deliveredMsg(id, n)
 	s.ctlMu.Lock()
 	defer s.ctlMu.Unlock()
 	_ = s.ctl.SetWriteDeadline(time.Now().Add(s.cfg.OpenTimeout))

@@ -2,7 +2,6 @@ package resume
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -76,6 +75,9 @@ type directCount struct {
 	// buffered: bytes the pipe had the stream write from its own buffer
 	// (WriteBufferedTo).
 	buffered atomic.Int64
+	// noticesInline: delivery notices resumable streams sent from the
+	// session's receive loop as they delivered (TrySendDelivered).
+	noticesInline atomic.Int64
 }
 
 // countedStream and countedCarrier count what their pipe's direct
@@ -195,8 +197,8 @@ func (r *rig) serve() {
 
 func (r *rig) serveConn(raw net.Conn) {
 	defer raw.Close()
-	conn := tls.Server(raw, ssl.ServerConfig(r.srvMat))
-	if err := ssl.Handshake(r.ctx, conn, 5*time.Second); err != nil {
+	conn := ssl.Server(raw, ssl.ServerConfig(r.srvMat)) // as the agents: yamux may write from its receive loop
+	if err := ssl.Handshake(r.ctx, conn.Conn, 5*time.Second); err != nil {
 		return
 	}
 	peer, _ := ssl.PeerIdentity(conn.ConnectionState())
@@ -244,6 +246,7 @@ func (r *rig) serveConn(raw net.Conn) {
 			if res := forward.Pipe(ctx, rs.Local(target), countedStream{rs, &r.delivered}, nil, 0); res.Err != nil {
 				r.noteErr("server pipe", res.Err)
 			}
+			r.delivered.noticesInline.Add(rs.inlineNotices())
 		})
 	})
 }
@@ -325,8 +328,8 @@ func (cl *client) connectTo(addr string) (*mux.Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn := tls.Client(raw, ssl.ClientConfig(cl.mat, "localhost"))
-	if err := ssl.Handshake(cl.ctx, conn, 5*time.Second); err != nil {
+	conn := ssl.Client(raw, ssl.ClientConfig(cl.mat, "localhost"))
+	if err := ssl.Handshake(cl.ctx, conn.Conn, 5*time.Second); err != nil {
 		raw.Close()
 		return nil, err
 	}
@@ -431,6 +434,9 @@ func (cl *client) dial(t testing.TB, service string, resumable bool) net.Conn {
 	cl.wg.Go(func() {
 		if res := forward.Pipe(cl.ctx, local, stream, nil, 0); res.Err != nil && cl.ctx.Err() == nil {
 			cl.r.noteErr("client pipe", res.Err)
+		}
+		if cs, ok := stream.(countedStream); ok {
+			cl.r.delivered.noticesInline.Add(cs.Stream.inlineNotices())
 		}
 	})
 	return app

@@ -149,3 +149,74 @@ func TestWindowUpdateWriter(t *testing.T) {
 		})
 	}
 }
+
+// TryWrite sends a small frame only when nothing has to wait: over a
+// connection with room it goes out at once and arrives; over a full one,
+// before the stream is established, beyond its window or above 4 KiB it
+// returns false having sent nothing (the stream's next bytes arrive
+// first). Before the patch there was no such write.
+func TestStream_TryWrite(t *testing.T) {
+	c, s := tcpPair(t)
+	uc := &updateConn{Conn: c, writers: map[string]int{}}
+	client, err := Client(uc, patchConf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := Server(s, patchConf())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	cs, err := client.OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cs.TryWrite([]byte("early")) {
+		t.Fatal("TryWrite true before the stream was established")
+	}
+	if _, err := cs.Write([]byte("open")); err != nil {
+		t.Fatal(err)
+	}
+	ss, err := server.AcceptStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = ss.SetReadDeadline(time.Now().Add(patchBound))
+	expect := func(want string) {
+		t.Helper()
+		got := make([]byte, len(want))
+		if _, err := io.ReadFull(ss, got); err != nil || string(got) != want {
+			t.Fatalf("read %q, %v; want %q", got, err, want)
+		}
+	}
+	expect("open")
+	if _, err := ss.Write([]byte("ack")); err != nil { // the ACK establishes cs
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(cs, make([]byte, 3)); err != nil {
+		t.Fatal(err)
+	}
+
+	uc.writable.Store(true)
+	if !cs.TryWrite([]byte("now")) {
+		t.Fatal("TryWrite false on an established stream over a connection with room")
+	}
+	expect("now")
+	if cs.TryWrite(make([]byte, 4097)) {
+		t.Fatal("TryWrite true for more than 4 KiB")
+	}
+	uc.writable.Store(false)
+	if cs.TryWrite([]byte("full")) {
+		t.Fatal("TryWrite true over a full connection nobody holds")
+	}
+	uc.writable.Store(true)
+	atomic.StoreUint32(&cs.sendWindow, 3)
+	if cs.TryWrite([]byte("four")) {
+		t.Fatal("TryWrite true beyond the stream's window")
+	}
+	atomic.StoreUint32(&cs.sendWindow, initialStreamWindow)
+	if _, err := cs.Write([]byte("last")); err != nil {
+		t.Fatal(err)
+	}
+	expect("last") // nothing of the refused writes came before it
+}
