@@ -96,10 +96,17 @@ func (s *Session) sendControl(m uint32) {
 }
 
 // readControl serves the peer's control stream until the session ends.
-// Values it does not know are ignored (a newer peer's notices).
+// Values it does not know are ignored (a newer peer's notices). While it
+// waits, the session's receive loop handles whole notices as it receives
+// them (takeControl): a delivery notice every MiB of a transfer would
+// otherwise wake this goroutine each time.
 func (s *Session) readControl(ctl *yamux.Stream) {
 	var msg [4]byte
 	for {
+		if setDeliver(ctl, s.takeControl) {
+			_, _ = ctl.Read(nil) // returns once takeControl left bytes, or at the end
+			setDeliver(ctl, nil)
+		}
 		if _, err := io.ReadFull(ctl, msg[:]); err != nil {
 			return
 		}
@@ -109,28 +116,15 @@ func (s *Session) readControl(ctl *yamux.Stream) {
 		case replacedNotice:
 			s.markPeerReplaced()
 		case deliveryNotice, heavyNotice:
-			// Both name a stream ID; a delivery notice then the count.
-			var body [12]byte
-			n := 4
-			if m == deliveryNotice {
-				n = 12
-			}
 			if !s.cfg.Resumable {
 				return // we never announced them: a peer that sends them is confused
 			}
+			var body [12]byte
+			n := streamNoticeSize(m) - 4
 			if _, err := io.ReadFull(ctl, body[:n]); err != nil {
 				return
 			}
-			id := binary.BigEndian.Uint32(body[:])
-			s.live.Lock()
-			delivered, heavy := s.onDelivered[id], s.onPeerHeavy[id]
-			s.live.Unlock()
-			switch {
-			case m == deliveryNotice && delivered != nil:
-				delivered(binary.BigEndian.Uint64(body[4:]))
-			case m == heavyNotice && heavy != nil:
-				heavy()
-			}
+			s.streamNotice(m, body[:n])
 		case refusalNotice:
 			// The refusal follows at once; a peer that stalls in the
 			// middle of one has said enough.
@@ -145,6 +139,60 @@ func (s *Session) readControl(ctl *yamux.Stream) {
 			}
 			return
 		}
+	}
+}
+
+// takeControl handles the whole control messages at the front of p, a
+// frame of the control stream, on the session's receive loop (it must not
+// block: the handlers it calls do not), and returns how many bytes they
+// took. It stops at anything else (a refusal, a value it does not know,
+// a notice never announced, part of a message): those bytes and all that
+// follows wait for readControl, in order.
+func (s *Session) takeControl(p []byte) int {
+	n := 0
+	for len(p)-n >= 4 {
+		switch m := binary.BigEndian.Uint32(p[n:]); m {
+		case drainNotice:
+			s.markPeerDraining()
+			n += 4
+		case replacedNotice:
+			s.markPeerReplaced()
+			n += 4
+		case deliveryNotice, heavyNotice:
+			size := streamNoticeSize(m)
+			if !s.cfg.Resumable || len(p)-n < size {
+				return n
+			}
+			s.streamNotice(m, p[n+4:n+size])
+			n += size
+		default:
+			return n
+		}
+	}
+	return n
+}
+
+// streamNoticeSize is the length of a notice that names a stream: its
+// type, the stream ID and, for a delivery notice, the count.
+func streamNoticeSize(m uint32) int {
+	if m == deliveryNotice {
+		return 16
+	}
+	return 8
+}
+
+// streamNotice passes a delivery or heavy notice (body: what follows its
+// type) to the stream's handler, if it has one.
+func (s *Session) streamNotice(m uint32, body []byte) {
+	id := binary.BigEndian.Uint32(body)
+	s.live.Lock()
+	delivered, heavy := s.onDelivered[id], s.onPeerHeavy[id]
+	s.live.Unlock()
+	switch {
+	case m == deliveryNotice && delivered != nil:
+		delivered(binary.BigEndian.Uint64(body[4:]))
+	case m == heavyNotice && heavy != nil:
+		heavy()
 	}
 }
 

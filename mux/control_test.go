@@ -2,6 +2,9 @@ package mux
 
 import (
 	"context"
+	"fmt"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 )
@@ -69,4 +72,60 @@ func TestHeavyNotice(t *testing.T) {
 	if sent, err := (<-accepted).NotifyHeavy(); sent || err != nil {
 		t.Fatalf("notice to a peer without heavy/1: sent %v, %v", sent, err)
 	}
+}
+
+// Whole notices are handled on the session's receive loop as they
+// arrive, without waking the control reader; a notice cut across two
+// frames waits for the control reader, which handles it and what came
+// after it, in order.
+func TestNoticesOnReceiveLoop(t *testing.T) {
+	server, client := sessions(t, "client-a", Config{Resumable: true})
+	accepted := acceptedStreams(t, server, pipeTarget)
+	serve(t, client, nil)
+	st, err := client.OpenResumable(context.Background(), "bulk", "", Token{1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := <-accepted
+	heard := make(chan string, 8)
+	st.OnDelivered(func(n uint64) {
+		buf := make([]byte, 16<<10)
+		stack := string(buf[:runtime.Stack(buf, false)])
+		who := "another goroutine"
+		for _, f := range []string{"recvLoop", "readControl"} {
+			if strings.Contains(stack, f) {
+				who = f
+				break
+			}
+		}
+		heard <- fmt.Sprint(n, " on ", who)
+	})
+	expect := func(want string) {
+		t.Helper()
+		select {
+		case got := <-heard:
+			if got != want {
+				t.Fatalf("heard %q, want %q", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("never heard %q", want)
+		}
+	}
+	if err := srv.SendDelivered(5); err != nil {
+		t.Fatal(err)
+	}
+	expect("5 on recvLoop")
+
+	cut := deliveredMsg(srv.y.StreamID(), 9)
+	next := deliveredMsg(srv.y.StreamID(), 11)
+	server.ctlMu.Lock()
+	defer server.ctlMu.Unlock()
+	if _, err := server.ctl.Write(cut[:10]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := server.ctl.Write(append(cut[10:], next[:]...)); err != nil {
+		t.Fatal(err)
+	}
+	expect("9 on readControl")
+	expect("11 on readControl")
 }

@@ -753,7 +753,7 @@ func (s *Session) trySendDelivered(id uint32, n uint64) bool {
 	}
 	defer s.ctlMu.Unlock()
 	msg := deliveredMsg(id, n)
-	return s.ctl.TryWrite(msg[:])
+	return tryWrite(s.ctl, msg[:])
 }
 
 func (s *Session) sendDelivered(id uint32, n uint64) error {

@@ -90,8 +90,8 @@ func (st *Stream) TrySendDelivered(n uint64) bool {
 }
 
 // OnDelivered sets the handler of the peer's delivery notices for this
-// stream (nil removes it). It runs on the session's control reader and
-// must not block.
+// stream (nil removes it). It runs on the session's receive loop (or its
+// control reader): it must not block, nor write to the session.
 func (st *Stream) OnDelivered(f func(delivered uint64)) {
 	st.sess.setOnDelivered(st.y.StreamID(), f)
 }
@@ -103,7 +103,8 @@ func (st *Stream) SessionClosed() bool { return st.sess.y.IsClosed() }
 
 // OnPeerHeavy sets the handler of the peer's heavy notices for this
 // stream, one we opened (nil removes it). It runs on the session's
-// control reader and must not block.
+// receive loop (or its control reader): it must not block, nor write to
+// the session.
 func (st *Stream) OnPeerHeavy(f func()) {
 	st.sess.setOnPeerHeavy(st.y.StreamID(), f)
 }

@@ -685,7 +685,9 @@ func (s *Stream) acknowledge(n uint64) {
 	complete := s.closing && s.completeLocked()
 	s.mu.Unlock()
 	if complete {
-		s.finish(nil)
+		// Not here: this runs on the carrier's receive loop, and the
+		// end closes the carrier (a write).
+		s.t.spawn(func() { s.finish(nil) })
 	}
 }
 
