@@ -747,15 +747,6 @@ func deliveredMsg(id uint32, n uint64) (msg [16]byte) {
 	return msg
 }
 
-func (s *Session) trySendDelivered(id uint32, n uint64) bool {
-	if !s.ctlMu.TryLock() {
-		return false
-	}
-	defer s.ctlMu.Unlock()
-	msg := deliveredMsg(id, n)
-	return tryWrite(s.ctl, msg[:])
-}
-
 func (s *Session) sendDelivered(id uint32, n uint64) error {
 	msg := deliveredMsg(id, n)
 	s.ctlMu.Lock()

@@ -81,14 +81,6 @@ func (st *Stream) SendDelivered(n uint64) error {
 	return st.sess.sendDelivered(st.y.StreamID(), n)
 }
 
-// TrySendDelivered is SendDelivered for a goroutine that must never wait
-// (the session's receive loop, delivering directly): false, and nothing
-// sent, if the notice would have to wait for the control stream or the
-// connection; the caller then sends it from elsewhere.
-func (st *Stream) TrySendDelivered(n uint64) bool {
-	return st.sess.trySendDelivered(st.y.StreamID(), n)
-}
-
 // OnDelivered sets the handler of the peer's delivery notices for this
 // stream (nil removes it). It runs on the session's receive loop (or its
 // control reader): it must not block, nor write to the session.

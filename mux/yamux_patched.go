@@ -29,9 +29,6 @@ func setDeliver(y *yamux.Stream, f func(p []byte) int) (ok bool) {
 	return true
 }
 
-// tryWrite writes b to y only if that needs no wait (patch 22).
-func tryWrite(y *yamux.Stream, b []byte) bool { return y.TryWrite(b) }
-
 // deliversLarge says whether y's large frames go to its deliver function
 // now (patches 10 and 16).
 func deliversLarge(y *yamux.Stream) bool { return y.DeliversLarge() }

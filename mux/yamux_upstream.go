@@ -24,8 +24,6 @@ func setDeliver(*yamux.Stream, func([]byte) int) bool { return false }
 
 func deliversLarge(*yamux.Stream) bool { return false }
 
-func tryWrite(*yamux.Stream, []byte) bool { return false }
-
 // receiveBuffered: upstream does not tell.
 func receiveBuffered(*yamux.Session) int { return 0 }
 

@@ -75,9 +75,6 @@ type directCount struct {
 	// buffered: bytes the pipe had the stream write from its own buffer
 	// (WriteBufferedTo).
 	buffered atomic.Int64
-	// noticesInline: delivery notices resumable streams sent from the
-	// session's receive loop as they delivered (TrySendDelivered).
-	noticesInline atomic.Int64
 }
 
 // countedStream and countedCarrier count what their pipe's direct
@@ -246,7 +243,6 @@ func (r *rig) serveConn(raw net.Conn) {
 			if res := forward.Pipe(ctx, rs.Local(target), countedStream{rs, &r.delivered}, nil, 0); res.Err != nil {
 				r.noteErr("server pipe", res.Err)
 			}
-			r.delivered.noticesInline.Add(rs.inlineNotices())
 		})
 	})
 }
@@ -434,9 +430,6 @@ func (cl *client) dial(t testing.TB, service string, resumable bool) net.Conn {
 	cl.wg.Go(func() {
 		if res := forward.Pipe(cl.ctx, local, stream, nil, 0); res.Err != nil && cl.ctx.Err() == nil {
 			cl.r.noteErr("client pipe", res.Err)
-		}
-		if cs, ok := stream.(countedStream); ok {
-			cl.r.delivered.noticesInline.Add(cs.Stream.inlineNotices())
 		}
 	})
 	return app

@@ -112,8 +112,7 @@ type Stream struct {
 	notified     uint64      // what we last told the peer
 	ackTimer     *time.Timer // tells the peer the rest, a moment later
 	ackArmed     bool
-	ackNow       bool  // armed to fire at once (a notice is due)
-	sentInline   int64 // notices sent from the receive loop (tests read it)
+	ackNow       bool // armed to fire at once (a notice is due)
 	// Direct delivery (see SetDeliver): the carrier it is set on, the
 	// pipe's function and the generation it was set for; deliverHook is
 	// s.deliverDirect, bound once (an idle stream sits with it set).
@@ -395,8 +394,7 @@ func (s *Stream) DeliversLarge() bool {
 }
 
 // deliverDirect runs on the carrier session's receive goroutine: it must
-// not block, so a notice due now goes out at once only if it need not
-// wait (TrySendDelivered), else from the notice timer.
+// not block, so a notice due now goes out from the notice timer.
 func (s *Stream) deliverDirect(p []byte) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -749,17 +747,9 @@ func (s *Stream) noteDeliveredLocked() func() {
 }
 
 // noteDeliveredSoonLocked is noteDeliveredLocked for a caller that must
-// not block: a notice due now is sent at once if that needs no wait,
-// else by the timer at once.
+// not block: a notice due now is sent by the timer at once.
 func (s *Stream) noteDeliveredSoonLocked() {
 	due := s.delivered-s.notified >= s.notifyEvery()
-	if due && s.carrier != nil && s.carrier.TrySendDelivered(s.delivered) {
-		// Sent from here: no timer to wake, no goroutine to start. A
-		// timer armed for the rest sends what came since, if anything.
-		s.notified = s.delivered
-		s.sentInline++
-		return
-	}
 	if s.ackArmed && (!due || s.ackNow) {
 		return // set already; resetting a timer due now wakes the poller again
 	}
@@ -773,14 +763,6 @@ func (s *Stream) noteDeliveredSoonLocked() {
 	} else {
 		s.ackTimer.Reset(delay)
 	}
-}
-
-// inlineNotices is how many delivery notices went out from the carrier's
-// receive loop as it delivered, without the timer.
-func (s *Stream) inlineNotices() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.sentInline
 }
 
 func (s *Stream) notifyLater() {

@@ -176,7 +176,7 @@ func (s *Stream) sendWindowUpdateNoWait() {
 
 	hdr := header(s.session.recvHdr[:])
 	hdr.encode(typeWindowUpdate, 0, s.id, delta)
-	if s.session.writeFrameNoWait(&s.session.recvFlow, hdr, nil) { // patch 21
+	if s.session.sendUpdateNoWait(&s.session.recvFlow, hdr) { // patch 21
 		return
 	}
 	hdr = header(make([]byte, headerSize))

@@ -356,7 +356,7 @@ func (s *Stream) sendWindowUpdate() error {
 
 	// Send the header
 	s.controlHdr.encode(typeWindowUpdate, flags, s.id, delta)
-	if flags == 0 && s.session.writeFrameNoWait(&s.ctlFlow, s.controlHdr, nil) {
+	if flags == 0 && s.session.sendUpdateNoWait(&s.ctlFlow, s.controlHdr) {
 		// Patched (patch 21): written by us or left as a copy for
 		// whoever holds the connection, not handed to sendLoop. An update
 		// with flags still goes through sendLoop, as upstream.
