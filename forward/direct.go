@@ -4,6 +4,8 @@ import (
 	"net"
 	"os"
 	"syscall"
+
+	"github.com/tunnelworks/tunnel/transport/sockopt"
 )
 
 // deliverer is a stream whose session can hand small frames straight to a
@@ -45,12 +47,8 @@ func newDirectDelivery(dst, src net.Conn, count func(int)) *directDelivery {
 	if !ok || !canWriteFD {
 		return nil
 	}
-	sc, ok := dst.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := sockopt.RawSocket(dst)
+	if rc == nil {
 		return nil
 	}
 	dd := &directDelivery{src: d, dst: dst, rc: rc, count: count}

@@ -8,6 +8,8 @@ import (
 	"os"
 	"sync"
 	"syscall"
+
+	"github.com/tunnelworks/tunnel/transport/sockopt"
 )
 
 // socketWaiter waits in the runtime's poller, as a Read would, holding no
@@ -36,12 +38,8 @@ type socketWaiter struct {
 // newSocketWaiter returns nil when c is not a socket with a file
 // descriptor.
 func newSocketWaiter(c net.Conn) *socketWaiter {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
+	rc := sockopt.RawSocket(c)
+	if rc == nil {
 		return nil
 	}
 	w := &socketWaiter{c: c, rc: rc}

@@ -28,6 +28,20 @@ type Options struct {
 // Unset is an Options that changes nothing.
 var Unset = Options{DSCP: -1}
 
+// RawSocket is c's socket, to ask the kernel about it or to call on it
+// directly; nil when c has none (a pipe, a wrapped connection).
+func RawSocket(c net.Conn) syscall.RawConn {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
 // Apply sets o on an established TCP connection.
 func Apply(c net.Conn, o Options) error {
 	tc, ok := c.(*net.TCPConn)

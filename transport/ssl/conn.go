@@ -5,6 +5,8 @@ import (
 	"net"
 	"sync"
 	"syscall"
+
+	"github.com/tunnelworks/tunnel/transport/sockopt"
 )
 
 // Conn is a TLS connection that moves bulk data in few system calls.
@@ -28,13 +30,13 @@ type Conn struct {
 // runs on first use or with Handshake).
 func Client(raw net.Conn, cfg *tls.Config) *Conn {
 	b := newBatchingConn(raw)
-	return &Conn{Conn: tls.Client(b, cfg), raw: b, socket: socketOf(raw)}
+	return &Conn{Conn: tls.Client(b, cfg), raw: b, socket: sockopt.RawSocket(raw)}
 }
 
 // Server starts the server side of a TLS connection on raw.
 func Server(raw net.Conn, cfg *tls.Config) *Conn {
 	b := newBatchingConn(raw)
-	return &Conn{Conn: tls.Server(b, cfg), raw: b, socket: socketOf(raw)}
+	return &Conn{Conn: tls.Server(b, cfg), raw: b, socket: sockopt.RawSocket(raw)}
 }
 
 // Raw is the connection under TLS (for what the kernel knows of it, such

@@ -3,11 +3,8 @@
 package ssl
 
 import (
-	"net"
 	"syscall"
 )
-
-func socketOf(net.Conn) syscall.RawConn { return nil }
 
 // socketWritable is never sure here: yamux's receive loop hands its window
 // updates to its send loop, as upstream does.

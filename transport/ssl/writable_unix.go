@@ -3,25 +3,10 @@
 package ssl
 
 import (
-	"net"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 )
-
-// socketOf is c's socket, for asking the kernel about it; nil when c has
-// none (a pipe in a test).
-func socketOf(c net.Conn) syscall.RawConn {
-	sc, ok := c.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return nil
-	}
-	return rc
-}
 
 // socketWritable polls rc for room to write, without waiting. A socket
 // that polls writable takes a small write whole: the kernel reports
