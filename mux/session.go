@@ -739,7 +739,7 @@ func (s *Session) sendHeavy(id uint32) (bool, error) {
 	return true, err
 }
 
-// sendDelivered tells the peer how much of stream id we have delivered.
+// deliveredMsg is the delivery notice for n bytes of stream id.
 func deliveredMsg(id uint32, n uint64) (msg [16]byte) {
 	binary.BigEndian.PutUint32(msg[:], deliveryNotice)
 	binary.BigEndian.PutUint32(msg[4:], id)
@@ -747,6 +747,7 @@ func deliveredMsg(id uint32, n uint64) (msg [16]byte) {
 	return msg
 }
 
+// sendDelivered tells the peer how much of stream id we have delivered.
 func (s *Session) sendDelivered(id uint32, n uint64) error {
 	msg := deliveredMsg(id, n)
 	s.ctlMu.Lock()
