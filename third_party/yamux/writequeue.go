@@ -211,20 +211,6 @@ type writeTurn struct {
 	frame           *queuedFrame // a queued copy, written by the holder (patch 19)
 }
 
-// tryTake takes the connection for a frame of n bytes of f if nobody
-// writes or waits.
-func (q *writeQueue) tryTake(f *writeFlow, n int) bool {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	if q.busy || len(q.waiting) > 0 || q.failed != nil {
-		return false
-	}
-	q.busy = true
-	q.now = later(q.now, f.end)
-	f.end = q.now + uint64(n)
-	return true
-}
-
 // take waits for f's turn to write a frame of n bytes, until done is
 // closed (errDone) or timeout fires (errTimeout; a nil timeout never
 // does).
