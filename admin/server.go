@@ -61,6 +61,9 @@ type SessionStatus struct {
 	// toward us now, in bytes: the class's window, or less while bulk
 	// streams share it beside messages or are sized to the path.
 	StreamWindow int `json:"stream_window_bytes"`
+	// LoneWindowLent: window beyond the class's that the session's only
+	// bulk receiver holds now (a fast path lets it grow), in bytes.
+	LoneWindowLent int64 `json:"lone_window_lent_bytes"`
 }
 
 type ForwardStatus struct {

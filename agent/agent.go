@@ -185,14 +185,18 @@ type tunnelStream interface {
 	Service() string
 }
 
-// replayCap bounds a resumable stream's replay buffer: four times its
-// class's window, so that a stream is never slowed by it. At full speed
-// the buffer holds a window in flight, up to a quarter of the cap
-// delivered but not yet confirmed (the peer confirms every quarter), and
-// what is sent while a confirmation travels; at twice the window, a
-// confirmation a millisecond late stalled a fast stream (bench/README.md,
-// "seventh part").
-func replayCap(class string) int { return 4 * int(classWindow(class)) }
+// replayCap bounds a resumable stream's replay buffer: four times the
+// most its class lets a stream have in flight (the lone window where
+// there is one), so that a stream is never slowed by it. At full speed
+// the buffer holds a window in flight, what was delivered but not yet
+// confirmed (the peer confirms every quarter of the cap, at most every
+// MiB), and what is sent while a confirmation travels; at twice the
+// window, a confirmation a millisecond late stalled a fast stream
+// (bench/README.md, "seventh part"), and at the lone window alone
+// ("seventeenth part"). The peer's replay budget bounds the sum.
+func replayCap(class string) int {
+	return 4 * int(max(classWindow(class), classLoneWindow(class)))
+}
 
 // openStream opens the stream of a forward's local connection: resumable
 // when both agents speak it and the forward's resume window is not zero.
@@ -337,6 +341,18 @@ func classWindow(class string) uint32 {
 	return 1 << 20
 }
 
+// classLoneWindow is how far the window of a session's only bulk
+// receiver may grow on a fast path (yamux patch 22): with a window of 1
+// MiB, one stream's sender stopped whenever a reader on a shared CPU fell
+// a millisecond or two behind (bench/README.md, "seventeenth part").
+// Control keeps its window: its sessions carry messages.
+func classLoneWindow(class string) uint32 {
+	if class == classControl {
+		return 0
+	}
+	return 4 << 20
+}
+
 // laneZeroLowat is TCP_NOTSENT_LOWAT on lane 0 of a class with several
 // lanes, at both ends. Lane 0 carries the messages and the start of every
 // stream, a transfer until it turns heavy and moves: without a bound the
@@ -421,12 +437,13 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, lane int
 		},
 		// The least ping never rises; the kernel's recent minimum does
 		// when the path lengthens under the connection (a failover).
-		PathMinRTT:   func() time.Duration { return sockopt.MinRTT(conn.Raw()) },
-		OnRefuse:     func(kind, service string, err error, n int) { refused(st, id, remote, kind, service, err, n) },
-		OnHeaderWait: func(d int) { st.metrics.AwaitingHeader.Add(float64(d)) },
-		WindowFor:    classWindow,
-		Logger:       log,
-		YamuxLog:     st.limited,
+		PathMinRTT:    func() time.Duration { return sockopt.MinRTT(conn.Raw()) },
+		OnRefuse:      func(kind, service string, err error, n int) { refused(st, id, remote, kind, service, err, n) },
+		OnHeaderWait:  func(d int) { st.metrics.AwaitingHeader.Add(float64(d)) },
+		WindowFor:     classWindow,
+		LoneWindowFor: classLoneWindow,
+		Logger:        log,
+		YamuxLog:      st.limited,
 	}
 	if st.resume != nil {
 		cfg.Resumable, cfg.Instance, cfg.Resume = true, st.resume.Instance(), st.resume.ServeResume
@@ -748,7 +765,8 @@ func endReason(err error) string {
 func sessionStatus(sess *mux.Session, key, class string, lane int) admin.SessionStatus {
 	return admin.SessionStatus{Peer: sess.Peer.Name(), Key: key, Class: class, Lane: lane, Remote: sess.RemoteAddr(),
 		Since: sess.Since(), Streams: sess.NumStreams(), ReceiveBuffered: sess.ReceiveBuffered(), WriteQueued: sess.WriteQueued(),
-		LeastRTTMicros: sess.LeastRTT().Microseconds(), TCPMinRTTMicros: sess.PathFloor().Microseconds(), StreamWindow: sess.StreamWindow()}
+		LeastRTTMicros: sess.LeastRTT().Microseconds(), TCPMinRTTMicros: sess.PathFloor().Microseconds(), StreamWindow: sess.StreamWindow(),
+		LoneWindowLent: sess.LoneWindowLent()}
 }
 
 func forwardStatus(m *admin.Metrics, kind, name, listen, target, class, classFrom string) admin.ForwardStatus {

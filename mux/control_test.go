@@ -111,10 +111,27 @@ func TestNoticesOnReceiveLoop(t *testing.T) {
 			t.Fatalf("never heard %q", want)
 		}
 	}
-	if err := srv.SendDelivered(5); err != nil {
-		t.Fatal(err)
+	// A notice that comes before the control reader has started (a
+	// loaded machine) waits for it, as any buffered bytes do: send until
+	// one is handled where it arrives. Without direct delivery none is.
+	for n := uint64(1); ; n++ {
+		if err := srv.SendDelivered(n); err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		select {
+		case got = <-heard:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("never heard of notice %d", n)
+		}
+		if got == fmt.Sprint(n, " on recvLoop") {
+			break
+		}
+		if got != fmt.Sprint(n, " on readControl") || n == 50 {
+			t.Fatalf("heard %q for notice %d; want it on recvLoop once the control reader waits", got, n)
+		}
+		time.Sleep(10 * time.Millisecond) // let the control reader wait again
 	}
-	expect("5 on recvLoop")
 
 	cut := deliveredMsg(srv.y.StreamID(), 9)
 	next := deliveredMsg(srv.y.StreamID(), 11)

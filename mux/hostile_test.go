@@ -38,7 +38,7 @@ func rawClient(t *testing.T, cfg Config, svcs map[string]Service) (*Session, *ya
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
-	ycfg := yamuxConfig(hclog.NewNullLogger(), nil, 256<<10, 0)
+	ycfg := yamuxConfig(hclog.NewNullLogger(), nil, 256<<10, 0, 0)
 	raw, err := yamux.Client(cliConn, ycfg)
 	if err != nil {
 		t.Fatal(err)

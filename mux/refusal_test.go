@@ -134,7 +134,7 @@ func TestRefusedClientGetsNothing(t *testing.T) {
 	if _, err := cliConn.Write(hello); err != nil {
 		t.Fatal(err)
 	}
-	y, err := yamux.Client(cliConn, yamuxConfig(hclog.NewNullLogger(), nil, 256<<10, 0))
+	y, err := yamux.Client(cliConn, yamuxConfig(hclog.NewNullLogger(), nil, 256<<10, 0, 0))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -96,7 +96,14 @@ type Config struct {
 	// WindowFor, if set, picks the window from the session's traffic class
 	// (ours on the client, the hello's on the server), so both ends agree.
 	WindowFor func(class string) uint32
-	Logger    hclog.Logger
+	// LoneWindowFor, if set, is how far the window of a session's only
+	// bulk receiver may grow past Window on a fast path (by the class, as
+	// WindowFor); 0 or less than Window: no further. Only the receiver
+	// decides its credit, so the ends need not agree. The session holds
+	// the excess beyond its streams' windows, so fewer streams fit in
+	// MaxBuffer.
+	LoneWindowFor func(class string) uint32
+	Logger        hclog.Logger
 	// Resumable announces CapResume in our hello: streams with a peer that
 	// announces it too may be opened resumable (OpenResumable).
 	Resumable bool
@@ -145,7 +152,7 @@ func (c Config) withDefaults() Config {
 
 // yamuxConfig is the same on both sides: the receive window must agree
 // (a frame beyond it kills the whole session) and so should the backlog.
-func yamuxConfig(log hclog.Logger, limited *ratelog.Log, window uint32, maxStreams int) *yamux.Config {
+func yamuxConfig(log hclog.Logger, limited *ratelog.Log, window, lone uint32, maxStreams int) *yamux.Config {
 	c := &yamux.Config{
 		// Both sides alike; our accept loop never blocks (each stream is
 		// handled on its own goroutine), so the backlog only absorbs bursts.
@@ -174,6 +181,7 @@ func yamuxConfig(log hclog.Logger, limited *ratelog.Log, window uint32, maxStrea
 	// The peer's opens beyond the session's cap are reset by yamux before
 	// it allocates anything, and counted (refusedStreams).
 	setMaxStreams(c, maxStreams)
+	setLoneWindow(c, lone)
 	return c
 }
 
@@ -271,13 +279,23 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 		}
 		cfg.Window = max(cfg.WindowFor(class), cfg.Window)
 	}
-	maxStreams := streamCap(cfg.MaxStreams, cfg.MaxBuffer, cfg.Window)
+	var lone uint32
+	if cfg.LoneWindowFor != nil {
+		class := cfg.Class
+		if role == RoleServer {
+			class = hello.Class
+		}
+		if w := cfg.LoneWindowFor(class); w > cfg.Window {
+			lone = w
+		}
+	}
+	maxStreams := streamCap(cfg.MaxStreams, cfg.MaxBuffer-int64(max(lone, cfg.Window)-cfg.Window), cfg.Window)
 	pair, _ := conn.(pairWriter) // writes go to conn: cc counts only reads
 	joined := newFrameJoiner(cc, pair)
 	if role == RoleClient {
-		y, err = yamux.Client(joined, yamuxConfig(cfg.Logger, cfg.YamuxLog, cfg.Window, maxStreams))
+		y, err = yamux.Client(joined, yamuxConfig(cfg.Logger, cfg.YamuxLog, cfg.Window, lone, maxStreams))
 	} else {
-		y, err = yamux.Server(joined, yamuxConfig(cfg.Logger, cfg.YamuxLog, cfg.Window, maxStreams))
+		y, err = yamux.Server(joined, yamuxConfig(cfg.Logger, cfg.YamuxLog, cfg.Window, lone, maxStreams))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("start yamux: %w", err)
@@ -524,6 +542,11 @@ func (s *Session) NotePathRTT(d time.Duration) { notePathRTT(s.y, d) }
 // share it beside a stream exchanging messages or are sized to the path's
 // rate and round trip (0 built on upstream yamux).
 func (s *Session) StreamWindow() int { return streamWindow(s.y) }
+
+// LoneWindowLent is how many bytes of window beyond the class's its only
+// bulk receiver holds now (Config.LoneWindowFor; 0 built on upstream
+// yamux): receive buffer a peer may fill on top of the streams' windows.
+func (s *Session) LoneWindowLent() int64 { return loneWindowLent(s.y) }
 
 // NumStreams is the number of tunnelled streams open on the session.
 func (s *Session) NumStreams() int {

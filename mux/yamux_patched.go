@@ -23,6 +23,14 @@ func refusedStreams(y *yamux.Session) (overLimit, backlogFull uint64) { return y
 // setMaxStreams caps the streams yamux holds.
 func setMaxStreams(c *yamux.Config, n int) { c.MaxStreams = n }
 
+// setLoneWindow lets a session's only bulk receiver's window grow to n
+// (patch 22; 0: no further than the stream window).
+func setLoneWindow(c *yamux.Config, n uint32) { c.LoneStreamWindow = n }
+
+// loneWindowLent is how much of the lone window's excess y's streams
+// hold now (patch 22).
+func loneWindowLent(y *yamux.Session) int64 { return y.LoneExtraLent() }
+
 // setDeliver sets y's direct delivery (patch 9); ok says it can.
 func setDeliver(y *yamux.Stream, f func(p []byte) int) (ok bool) {
 	y.SetDeliver(f)

@@ -20,6 +20,10 @@ func refusedStreams(*yamux.Session) (overLimit, backlogFull uint64) { return 0, 
 
 func setMaxStreams(*yamux.Config, int) {}
 
+func setLoneWindow(*yamux.Config, uint32) {}
+
+func loneWindowLent(*yamux.Session) int64 { return 0 }
+
 func setDeliver(*yamux.Stream, func([]byte) int) bool { return false }
 
 func deliversLarge(*yamux.Stream) bool { return false }

@@ -727,7 +727,13 @@ func (s *Stream) completeLocked() bool {
 // of an idle stream empties a moment later).
 const notifyDelay = 20 * time.Millisecond
 
-func (s *Stream) notifyEvery() uint64 { return uint64(max(s.maxReplay/4, 4096)) }
+// maxNotifyEvery: a notice at least every MiB. Our peer's replay cap may
+// be smaller than ours (an agent from before lone windows had 4 MiB for
+// bulk): it must hear from us before it fills. Fewer notices bought
+// nothing measurable (bench/README.md, "seventeenth part").
+const maxNotifyEvery = 1 << 20
+
+func (s *Stream) notifyEvery() uint64 { return uint64(max(min(s.maxReplay/4, maxNotifyEvery), 4096)) }
 
 // noteDeliveredLocked returns what to call, without the lock, to tell
 // the peer what we delivered (a no-op when not yet due).

@@ -58,6 +58,13 @@ type Config struct {
 	// Patched for tunnelworks, see PATCHED.md.
 	MaxStreams int
 
+	// LoneStreamWindow, when above MaxStreamWindowSize, is the window a
+	// session's only bulk receiver may grow to on a path fast enough for
+	// it; the session lends the difference to one such stream at a time.
+	// Zero: never above MaxStreamWindowSize. Patched for tunnelworks,
+	// see PATCHED.md (patch 22).
+	LoneStreamWindow uint32
+
 	// afterIncoming, in tests only, runs on the receive loop after a
 	// frame's SYN has made its stream, before the frame is handled
 	// (patch 20).
@@ -96,6 +103,9 @@ func VerifyConfig(config *Config) error {
 	}
 	if config.MaxStreamWindowSize < initialStreamWindow {
 		return fmt.Errorf("MaxStreamWindowSize must be larger than %d", initialStreamWindow)
+	}
+	if config.LoneStreamWindow != 0 && config.LoneStreamWindow < config.MaxStreamWindowSize {
+		return fmt.Errorf("LoneStreamWindow must be 0 or at least MaxStreamWindowSize")
 	}
 	if config.LogOutput != nil && config.Logger != nil {
 		return fmt.Errorf("both Logger and LogOutput may not be set, select one")

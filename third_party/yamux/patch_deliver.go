@@ -166,6 +166,7 @@ func (s *Stream) sendWindowUpdateNoWait() {
 	if s.recvBuf != nil {
 		bufLen = uint32(s.recvBuf.Len())
 	}
+	max = s.loneWindowLocked(max, bufLen)           // patch 22
 	delta := creditDelta(max, bufLen, s.recvWindow) // patched (patch 12): never below 0
 	if delta < max/2 {
 		s.recvLock.Unlock()

@@ -266,7 +266,7 @@ func (s *Session) updateBudget(now time.Time) {
 	if s.sharedBudget.Load() != b {
 		s.sharedBudget.Store(b)
 	}
-	if c := loneCap(bytes, elapsed, rtt, s.config.MaxStreamWindowSize); c != 0 {
+	if c := loneCap(bytes, elapsed, rtt, s.loneCeiling()); c != 0 {
 		s.loneCap.Store(c)
 	}
 }

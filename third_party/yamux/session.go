@@ -131,7 +131,10 @@ type Session struct {
 	aloneBeside  atomic.Bool // one bulk stream, another waiting (patch 13)
 	// loneCap: what a bulk stream nobody waits behind may have in flight
 	// (0: MaxStreamWindowSize), from the same rate and RTT (patch 13).
-	loneCap   atomic.Uint32
+	loneCap atomic.Uint32
+	// loneLent is how much of the lone window's extra
+	// (LoneStreamWindow - MaxStreamWindowSize) streams hold now (patch 22).
+	loneLent  atomic.Int64
 	pathRTT   atomic.Int64
 	pathFloor atomic.Int64 // ns; patch 18
 	rateStart time.Time
@@ -969,6 +972,9 @@ func (s *Session) sendRST(id uint32) error {
 // was not yet established, then this will give the credit back.
 func (s *Session) closeStream(id uint32) {
 	s.streamLock.Lock()
+	if st := s.streams[id]; st != nil {
+		st.returnLoneExtra() // patch 22
+	}
 	if _, ok := s.inflight[id]; ok {
 		// Patched for tunnelworks (see PATCHED.md): forget the entry too,
 		// or a second close (Reset racing a close timeout) would take

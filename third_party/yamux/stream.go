@@ -52,6 +52,10 @@ type Stream struct {
 	// ctlFlow is its window updates' place in the write order (patch
 	// 21), held with controlHdrLock.
 	ctlFlow writeFlow
+	// lent is what the stream holds of the session's lone window extra
+	// (patch 22); lentDone: closed, it may take no more.
+	lent     atomic.Uint32
+	lentDone atomic.Bool
 
 	recvNotifyCh chan struct{}
 	sendNotifyCh chan struct{}
@@ -339,6 +343,7 @@ func (s *Stream) sendWindowUpdate() error {
 	if s.recvBuf != nil {
 		bufLen = uint32(s.recvBuf.Len())
 	}
+	max = s.loneWindowLocked(max, bufLen)           // patched (patch 22)
 	delta := creditDelta(max, bufLen, s.recvWindow) // patched (patch 12): never below 0
 
 	// Determine the flags if any
