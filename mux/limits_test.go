@@ -87,3 +87,36 @@ func TestHeaderlessFlood(t *testing.T) {
 	server.Close()
 	waitUntil(t, "goroutines back to the baseline", func() bool { return runtime.NumGoroutine() <= base+8 })
 }
+
+// The lone window's extra (Config.LoneWindowFor) is held beside the
+// streams' windows: the buffer budget counts it before the stream cap.
+// The server takes the class from the client's hello.
+func TestStreamCapCountsLoneWindow(t *testing.T) {
+	const mib = 1 << 20
+	cfg := Config{
+		Class: "bulk", Classes: []string{"control", "bulk"}, MaxStreams: 100, MaxBuffer: 8 * mib,
+		WindowFor: func(string) uint32 { return mib },
+		LoneWindowFor: func(class string) uint32 {
+			if class == "bulk" {
+				return 4 * mib
+			}
+			return 0
+		},
+	}
+	srvCfg := cfg
+	srvCfg.Class = ""
+	server, client := sessionsWith(t, "client-a", srvCfg, cfg)
+	// (8 MiB - 3 MiB of extra) / 1 MiB windows.
+	for name, s := range map[string]*Session{"server": server, "client": client} {
+		if got := s.MaxStreams(); got != 5 {
+			t.Errorf("%s: stream cap %d, want 5", name, got)
+		}
+	}
+	cfg.Class = "control"
+	server, client = sessionsWith(t, "client-a", srvCfg, cfg)
+	for name, s := range map[string]*Session{"server": server, "client": client} {
+		if got := s.MaxStreams(); got != 8 {
+			t.Errorf("%s: stream cap %d with no lone window, want 8", name, got)
+		}
+	}
+}

@@ -272,25 +272,21 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 	cc := &countingConn{Conn: conn, start: time.Now()}
 	cc.touch()
 	var y *yamux.Session
+	class := cfg.Class // the session's traffic class, as both ends know it
+	if role == RoleServer {
+		class = hello.Class
+	}
 	if cfg.WindowFor != nil {
-		class := cfg.Class
-		if role == RoleServer {
-			class = hello.Class
-		}
 		cfg.Window = max(cfg.WindowFor(class), cfg.Window)
 	}
 	var lone uint32
 	if cfg.LoneWindowFor != nil {
-		class := cfg.Class
-		if role == RoleServer {
-			class = hello.Class
-		}
 		if w := cfg.LoneWindowFor(class); w > cfg.Window {
 			lone = w
 		}
 	}
-	maxStreams := streamCap(cfg.MaxStreams, cfg.MaxBuffer-int64(max(lone, cfg.Window)-cfg.Window), cfg.Window)
-	pair, _ := conn.(pairWriter) // writes go to conn: cc counts only reads
+	maxStreams := streamCap(cfg.MaxStreams, cfg.MaxBuffer-int64(max(lone, cfg.Window)-cfg.Window), cfg.Window) // the lone extra is held beside the windows
+	pair, _ := conn.(pairWriter)                                                                               // writes go to conn: cc counts only reads
 	joined := newFrameJoiner(cc, pair)
 	if role == RoleClient {
 		y, err = yamux.Client(joined, yamuxConfig(cfg.Logger, cfg.YamuxLog, cfg.Window, lone, maxStreams))
