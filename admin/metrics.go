@@ -87,7 +87,7 @@ func NewMetrics(agent string) *Metrics {
 		}, []string{"what", "name"}),
 	}
 	received := watchedGauge(prometheus.GaugeOpts{
-		Name: "tunnel_receive_buffer_bytes", Help: "Bytes received from peers on tunnelled streams, held until the local side reads them (each stream holds at most its window).", ConstLabels: constLabels,
+		Name: "tunnel_receive_buffer_bytes", Help: "Bytes received from peers on tunnelled streams, held until the local side reads them (each stream holds at most its window; a session's only bulk receiver on a fast path up to its lone window, 4 MiB).", ConstLabels: constLabels,
 	}, &m.receiveBuffered)
 	queued := watchedGauge(prometheus.GaugeOpts{
 		Name: "tunnel_write_queue_bytes", Help: "Bytes of tunnelled streams copied into the sessions' write queues, waiting for the connection (each session holds at most about 1 MiB).", ConstLabels: constLabels,
