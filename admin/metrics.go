@@ -26,6 +26,7 @@ type Metrics struct {
 	StreamsFailed     *prometheus.CounterVec // kind, name, reason
 	StreamsRefused    *prometheus.CounterVec // kind: a fixed set (mux.RefusedKinds)
 	AwaitingHeader    prometheus.Gauge       // streams the peer opened whose header has not arrived
+	StrayFrames       prometheus.Counter     // frames peers sent for streams no longer held
 	Bytes             *prometheus.CounterVec // kind, name, direction
 	PingRTT           prometheus.Histogram
 	CertExpiry        *prometheus.GaugeVec // what, name
@@ -75,6 +76,9 @@ func NewMetrics(agent string) *Metrics {
 		AwaitingHeader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tunnel_streams_awaiting_header", Help: "Streams the peer opened whose header has not arrived yet.", ConstLabels: constLabels,
 		}),
+		StrayFrames: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tunnel_stray_frames_total", Help: "Frames peers sent for streams the session no longer holds, dropped (a few follow any reset; many say a confused or hostile peer).", ConstLabels: constLabels,
+		}),
 		Bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "tunnel_stream_bytes_total", Help: "Bytes carried, by forward or service and direction (to_peer, from_peer).", ConstLabels: constLabels,
 		}, []string{"kind", "name", "direction"}),
@@ -93,7 +97,7 @@ func NewMetrics(agent string) *Metrics {
 		Name: "tunnel_write_queue_bytes", Help: "Bytes of tunnelled streams copied into the sessions' write queues, waiting for the connection (each session holds at most about 1 MiB).", ConstLabels: constLabels,
 	}, &m.writeQueued)
 	m.Registry.MustRegister(received, queued, m.Sessions, m.SessionsUp, m.SessionsEnded, m.HandshakeFailures, m.StreamsOpen,
-		m.StreamsOpened, m.StreamsFailed, m.StreamsRefused, m.AwaitingHeader, m.Bytes, m.PingRTT, m.CertExpiry, m.Resume,
+		m.StreamsOpened, m.StreamsFailed, m.StreamsRefused, m.AwaitingHeader, m.StrayFrames, m.Bytes, m.PingRTT, m.CertExpiry, m.Resume,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -440,6 +440,7 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, lane int
 		PathMinRTT:    func() time.Duration { return sockopt.MinRTT(conn.Raw()) },
 		OnRefuse:      func(kind, service string, err error, n int) { refused(st, id, remote, kind, service, err, n) },
 		OnHeaderWait:  func(d int) { st.metrics.AwaitingHeader.Add(float64(d)) },
+		OnStrayFrames: func(n int) { st.metrics.StrayFrames.Add(float64(n)) },
 		WindowFor:     classWindow,
 		LoneWindowFor: classLoneWindow,
 		Logger:        log,

@@ -873,6 +873,41 @@ func TestHostileYamuxLogFlood(t *testing.T) {
 	})
 }
 
+// TestHostileStrayFrames: 10,000 window updates for streams the server
+// never held (no SYN) are dropped, counted in tunnel_stray_frames_total,
+// not logged one by one, and the session serves on.
+func TestHostileStrayFrames(t *testing.T) {
+	e := startHostileEnv(t, envSpec{})
+	runAttack(t, e, attackLogLimit, func(e *hostileEnv, v *verdict) string {
+		p, err := hostileDial(t, e.srv.addr, e.attacker, "bulk")
+		if err != nil {
+			t.Fatalf("attacker refused: %v", err)
+		}
+		var buf []byte
+		for i := range 10000 {
+			buf = windowFrame(buf, 0, uint32(1001+2*(i%500)), 4096) // odd IDs: the attacker's, never opened
+		}
+		if err := p.write(buf); err != nil {
+			v.expect(false, "the frames could not be sent: %v", err)
+		}
+		code, err := p.probe("echo", 10*time.Second)
+		alive := err == nil && code == 0
+		v.expect(alive, "the session serves after the stray frames: code %d, %v", code, err)
+		// Counted on the session's watcher, once per ping tick.
+		var counted float64
+		deadline := time.Now().Add(waitLimit)
+		for counted < 10000 && time.Now().Before(deadline) {
+			time.Sleep(200 * time.Millisecond)
+			if b, err := e.get("/metrics", 5*time.Second); err == nil {
+				counted = metricValue(t, string(b), "tunnel_stray_frames_total")
+			}
+		}
+		v.expect(counted == 10000, "tunnel_stray_frames_total = %v, want 10000", counted)
+		p.close()
+		return fmt.Sprintf("session alive after the frames=%v, counted=%v", alive, counted)
+	})
+}
+
 // TestHostileHeavyNoticeFlood: a heavy notice (heavy/1) tells a stream's
 // opener that the stream is a transfer toward its peer. An attacker that
 // announces heavy/1 sends 10,000 on its control stream naming streams the

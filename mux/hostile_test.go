@@ -2,6 +2,7 @@ package mux
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -297,4 +298,51 @@ func TestResetNotEOFOnCongestedStream(t *testing.T) {
 		}
 		waitReset(t, y, "raw peer")
 	})
+}
+
+// Frames for streams the session does not hold are dropped and counted,
+// and the count reaches OnStrayFrames, without a log line each.
+func TestStrayFramesCounted(t *testing.T) {
+	srvConn, cliConn, srvPeer, _ := tlsPair(t, "client-a")
+	var stray atomic.Int64
+	cfg := Config{PingAfter: 200 * time.Millisecond, DeadAfter: time.Minute, OnStrayFrames: func(n int) { stray.Add(int64(n)) }}
+	type res struct {
+		s   *Session
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		s, err := Establish(context.Background(), srvConn, RoleServer, srvPeer, cfg)
+		ch <- res{s, err}
+	}()
+	if _, err := exchangeHello(context.Background(), cliConn, RoleClient, Hello{Role: RoleClient}, Config{HelloTimeout: 5 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(func() { r.s.Close(); cliConn.Close() })
+	// Drain what the server writes (its control stream, pings): a raw
+	// peer that never reads would stall it.
+	go func() { _, _ = io.Copy(io.Discard, cliConn) }()
+	// 100 window updates for streams never opened (odd IDs: ours), no SYN.
+	var frames []byte
+	for i := range 100 {
+		var hdr [12]byte
+		hdr[1] = 1 // window update
+		binary.BigEndian.PutUint32(hdr[4:], uint32(1001+2*i))
+		binary.BigEndian.PutUint32(hdr[8:], 4096)
+		frames = append(frames, hdr[:]...)
+	}
+	if _, err := cliConn.Write(frames); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "100 stray frames counted", func() bool { return stray.Load() >= 100 })
+	if n := stray.Load(); n != 100 {
+		t.Fatalf("stray frames %d, want 100", n)
+	}
+	if r.s.Closed() {
+		t.Fatal("the session ended over frames for missing streams")
+	}
 }

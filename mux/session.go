@@ -87,6 +87,12 @@ type Config struct {
 	// for yamux's own counts). It runs on the stream's goroutine or the
 	// session's watcher and must not block. mux logs them only at debug.
 	OnRefuse func(kind, service string, err error, n int)
+	// OnStrayFrames, if set, is told how many frames the peer sent for
+	// streams the session no longer holds (yamux drops them), since it
+	// was last told; polled with the refusals, on the session's watcher.
+	// A few follow any reset (the peer's data already on its way); a
+	// stream of them is a confused or hostile peer.
+	OnStrayFrames func(n int)
 	// OnHeaderWait, if set, is told +1 when an accepted stream starts
 	// waiting for its header and -1 when the wait ends.
 	OnHeaderWait func(delta int)
@@ -346,7 +352,7 @@ func (s *Session) watch() {
 		outstanding atomic.Int32
 		lastPing    time.Time
 		sent        int       // pings sent
-		refused     [2]uint64 // yamux's counts already reported
+		counted     [3]uint64 // yamux's counts already reported (pollCounts)
 	)
 	ping := func() bool {
 		lastPing = time.Now()
@@ -378,12 +384,12 @@ func (s *Session) watch() {
 	for {
 		select {
 		case <-s.y.CloseChan():
-			s.pollRefused(&refused)
+			s.pollCounts(&counted)
 			s.finish(nil)
 			return
 		case <-tick.C:
 		}
-		s.pollRefused(&refused)
+		s.pollCounts(&counted)
 		if quiet := s.conn.quietFor(); quiet >= s.cfg.DeadAfter {
 			s.finish(fmt.Errorf("peer silent for %s (dead after %s)", quiet.Round(time.Second), s.cfg.DeadAfter))
 			return
@@ -402,9 +408,10 @@ func (s *Session) watch() {
 	}
 }
 
-// pollRefused reports the opens yamux reset on its own since the last
-// poll: beyond the session's cap, or with its accept backlog full.
-func (s *Session) pollRefused(last *[2]uint64) {
+// pollCounts reports what yamux counted on its own since the last poll:
+// the opens it reset (beyond the session's cap, or with its accept
+// backlog full) and the frames for streams it no longer holds.
+func (s *Session) pollCounts(last *[3]uint64) {
 	overLimit, backlogFull := refusedStreams(s.y)
 	if d := overLimit - last[0]; d > 0 {
 		s.refused(RefusedStreamLimit, "", fmt.Errorf("the session holds its limit of %d streams", s.maxStreams), int(d))
@@ -412,7 +419,11 @@ func (s *Session) pollRefused(last *[2]uint64) {
 	if d := backlogFull - last[1]; d > 0 {
 		s.refused(RefusedBacklogFull, "", errors.New("the accept backlog was full"), int(d))
 	}
-	last[0], last[1] = overLimit, backlogFull
+	stray := strayFrames(s.y)
+	if d := stray - last[2]; d > 0 && s.cfg.OnStrayFrames != nil {
+		s.cfg.OnStrayFrames(int(d))
+	}
+	last[0], last[1], last[2] = overLimit, backlogFull, stray
 }
 
 // maxOutstandingPings bounds the pings awaiting a reply (each holds a

@@ -20,6 +20,10 @@ func resetStream(y *yamux.Stream) error { return y.Reset() }
 // refusedStreams is how many opens yamux reset on its own.
 func refusedStreams(y *yamux.Session) (overLimit, backlogFull uint64) { return y.RefusedStreams() }
 
+// strayFrames is how many frames y dropped for streams it does not hold
+// (patch 6).
+func strayFrames(y *yamux.Session) uint64 { return y.StrayFrames() }
+
 // setMaxStreams caps the streams yamux holds.
 func setMaxStreams(c *yamux.Config, n int) { c.MaxStreams = n }
 

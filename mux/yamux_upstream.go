@@ -18,6 +18,8 @@ func resetStream(y *yamux.Stream) error { return y.Close() }
 
 func refusedStreams(*yamux.Session) (overLimit, backlogFull uint64) { return 0, 0 }
 
+func strayFrames(*yamux.Session) uint64 { return 0 }
+
 func setMaxStreams(*yamux.Config, int) {}
 
 func setLoneWindow(*yamux.Config, uint32) {}
