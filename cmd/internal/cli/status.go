@@ -143,7 +143,11 @@ func printStatus(w io.Writer, st admin.Status) {
 		if s.LeastRTTMicros > 0 {
 			rtt = (time.Duration(s.LeastRTTMicros) * time.Microsecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", peer, class, s.Remote, s.Since.Local().Format(time.DateTime), s.Streams, rtt, windowSize(s.StreamWindow))
+		window := windowSize(s.StreamWindow)
+		if s.LoneWindowLent > 0 { // its only bulk receiver's extra (lone window)
+			window += " + " + windowSize(int(s.LoneWindowLent)) + " lent"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", peer, class, s.Remote, s.Since.Local().Format(time.DateTime), s.Streams, rtt, window)
 	}
 	for _, group := range []struct {
 		title string

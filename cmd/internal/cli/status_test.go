@@ -18,6 +18,7 @@ func TestPrintStatusShowsKeyWhereNamesCollide(t *testing.T) {
 		{Peer: "edge", Key: "sha256:BBBB", Class: "bulk", Since: now},
 		{Peer: "solo", Key: "sha256:CCCC", Class: "bulk", Since: now, StreamWindow: 1 << 20},
 		{Peer: "solo", Key: "sha256:CCCC", Class: "bulk", Lane: 1, Since: now, StreamWindow: 104857},
+		{Peer: "solo", Key: "sha256:CCCC", Class: "bulk", Lane: 2, Since: now, StreamWindow: 1 << 20, LoneWindowLent: 3 << 20},
 		{Peer: "solo", Key: "sha256:CCCC", Class: "control", Since: now, LeastRTTMicros: 1234},
 	}}
 	var out bytes.Buffer
@@ -38,6 +39,10 @@ func TestPrintStatusShowsKeyWhereNamesCollide(t *testing.T) {
 	// The window a stream is offered now: whole, or sized to the path.
 	if !strings.Contains(got, "STREAM WINDOW") || !strings.Contains(got, "1 MiB") || !strings.Contains(got, "102 KiB") {
 		t.Errorf("status lacks the stream windows:\n%s", got)
+	}
+	// What a lone bulk receiver is lent beyond it.
+	if !strings.Contains(got, "1 MiB + 3 MiB lent") || strings.Count(got, "lent") != 1 {
+		t.Errorf("status does not show the lone window lent (once):\n%s", got)
 	}
 	// A further session of a class (bulk_connections) shows its lane.
 	if !strings.Contains(got, "bulk (lane 1)") || strings.Contains(got, "lane 0") {
