@@ -22,6 +22,23 @@ import (
 // speaks raw yamux to a real server session, which serves svcs.
 func rawClient(t *testing.T, cfg Config, svcs map[string]Service) (*Session, *yamux.Session) {
 	t.Helper()
+	s, cliConn := rawPeer(t, cfg)
+	ycfg := yamuxConfig(hclog.NewNullLogger(), nil, 256<<10, 0, 0)
+	raw, err := yamux.Client(cliConn, ycfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svcs != nil {
+		serve(t, s, svcs)
+	}
+	t.Cleanup(func() { raw.Close() })
+	return s, raw
+}
+
+// rawPeer completes TLS and the hello as a client with a real server
+// session, and leaves the connection to the caller's bytes.
+func rawPeer(t *testing.T, cfg Config) (*Session, net.Conn) {
+	t.Helper()
 	srvConn, cliConn, srvPeer, _ := tlsPair(t, "client-a")
 	type res struct {
 		s   *Session
@@ -39,16 +56,8 @@ func rawClient(t *testing.T, cfg Config, svcs map[string]Service) (*Session, *ya
 	if r.err != nil {
 		t.Fatal(r.err)
 	}
-	ycfg := yamuxConfig(hclog.NewNullLogger(), nil, 256<<10, 0, 0)
-	raw, err := yamux.Client(cliConn, ycfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if svcs != nil {
-		serve(t, r.s, svcs)
-	}
-	t.Cleanup(func() { raw.Close(); r.s.Close() })
-	return r.s, raw
+	t.Cleanup(func() { r.s.Close(); cliConn.Close() })
+	return r.s, cliConn
 }
 
 // rawOpen opens a raw stream and writes b on it.
@@ -303,26 +312,9 @@ func TestResetNotEOFOnCongestedStream(t *testing.T) {
 // Frames for streams the session does not hold are dropped and counted,
 // and the count reaches OnStrayFrames, without a log line each.
 func TestStrayFramesCounted(t *testing.T) {
-	srvConn, cliConn, srvPeer, _ := tlsPair(t, "client-a")
 	var stray atomic.Int64
 	cfg := Config{PingAfter: 200 * time.Millisecond, DeadAfter: time.Minute, OnStrayFrames: func(n int) { stray.Add(int64(n)) }}
-	type res struct {
-		s   *Session
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		s, err := Establish(context.Background(), srvConn, RoleServer, srvPeer, cfg)
-		ch <- res{s, err}
-	}()
-	if _, err := exchangeHello(context.Background(), cliConn, RoleClient, Hello{Role: RoleClient}, Config{HelloTimeout: 5 * time.Second}); err != nil {
-		t.Fatal(err)
-	}
-	r := <-ch
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	t.Cleanup(func() { r.s.Close(); cliConn.Close() })
+	s, cliConn := rawPeer(t, cfg)
 	// Drain what the server writes (its control stream, pings): a raw
 	// peer that never reads would stall it.
 	go func() { _, _ = io.Copy(io.Discard, cliConn) }()
@@ -342,7 +334,7 @@ func TestStrayFramesCounted(t *testing.T) {
 	if n := stray.Load(); n != 100 {
 		t.Fatalf("stray frames %d, want 100", n)
 	}
-	if r.s.Closed() {
+	if s.Closed() {
 		t.Fatal("the session ended over frames for missing streams")
 	}
 }
