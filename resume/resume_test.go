@@ -736,3 +736,50 @@ func TestChunkPoolsKeepArrays(t *testing.T) {
 		putChunk(b[:7]) // any length: the whole array goes back
 	}
 }
+
+// A notice is due every quarter of the replay cap to a peer that keeps
+// long replay buffers (mux.CapLongReplay), every MiB at most to one that
+// does not, and never under 4 KiB.
+func TestNotifyInterval(t *testing.T) {
+	for _, c := range []struct {
+		maxReplay int
+		long      bool
+		want      uint64
+	}{
+		{16 << 20, true, 4 << 20},
+		{16 << 20, false, 1 << 20},
+		{1 << 20, true, 256 << 10},
+		{1 << 20, false, 256 << 10},
+		{8 << 10, true, 4096},
+		{8 << 10, false, 4096},
+	} {
+		if got := notifyInterval(c.maxReplay, c.long); got != c.want {
+			t.Errorf("notifyInterval(%d, %v) = %d, want %d", c.maxReplay, c.long, got, c.want)
+		}
+	}
+}
+
+// Between two agents of this version (both announce mux.CapLongReplay),
+// a stream with a 16 MiB replay cap is confirmed every 4 MiB, not every
+// MiB, and bytes still cross both ways intact.
+func TestNotifiesPerQuarterOfCap(t *testing.T) {
+	r := newRig(t, 30*time.Second)
+	cl := r.newClient("client-a")
+	sess := cl.session(t)
+	if !sess.PeerLongReplay() {
+		t.Fatalf("the rig's server did not announce long replay: %v", sess.PeerHello.Capabilities)
+	}
+	_, local := tcpPair(t) // its addresses only
+	rs, err := cl.table.Open(cl.ctx, sess, "echo", "", local.LocalAddr(), local.RemoteAddr(), Options{Window: r.window, MaxReplay: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	rs.mu.Lock()
+	every := rs.notifyEvery()
+	rs.mu.Unlock()
+	if every != 4<<20 {
+		t.Fatalf("notices every %d bytes, want every 4 MiB", every)
+	}
+	echoRoundTrip(t, rs, "with notices every 4 MiB")
+}
