@@ -146,39 +146,3 @@ func TestNoticesOnReceiveLoop(t *testing.T) {
 	expect("9 on readControl")
 	expect("11 on readControl")
 }
-
-// CapLongReplay is announced by a resumable agent and read from the
-// peer's hello: a peer that resumes streams but predates it (resume/1 and
-// heavy/1 only) must be told of delivery every MiB, and is.
-func TestLongReplayAnnounced(t *testing.T) {
-	cfg := Config{Resumable: true}
-	server, client := sessions(t, "client-a", cfg)
-	if !server.PeerLongReplay() || !client.PeerLongReplay() {
-		t.Fatalf("longreplay/1 not read: server read %v, client read %v", server.PeerHello.Capabilities, client.PeerHello.Capabilities)
-	}
-	accepted := acceptedStreams(t, server, pipeTarget)
-	st, err := client.OpenResumable(context.Background(), "bulk", "", Token{9})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	if !st.PeerLongReplay() || !(<-accepted).PeerLongReplay() {
-		t.Fatal("a stream of sessions that both announced longreplay/1 says its peer did not")
-	}
-
-	// A client that does not resume streams announces none of it.
-	server, client = sessionsWith(t, "client-a", cfg, Config{})
-	if server.PeerLongReplay() || client.PeerLongReplay() {
-		t.Fatalf("long replay with a client that does not resume: server read %v", server.PeerHello.Capabilities)
-	}
-
-	// An agent from before: it resumes, but keeps 4 MiB for bulk.
-	older, _ := rawPeerWith(t, cfg, []string{CapResume, CapHeavy})
-	if !older.PeerResumes() || older.PeerLongReplay() {
-		t.Fatalf("peer announcing %v: resumes %v, long replay %v", older.PeerHello.Capabilities, older.PeerResumes(), older.PeerLongReplay())
-	}
-	newer, _ := rawPeerWith(t, cfg, []string{CapResume, CapHeavy, CapLongReplay})
-	if !newer.PeerLongReplay() {
-		t.Fatalf("peer announcing %v: no long replay", newer.PeerHello.Capabilities)
-	}
-}

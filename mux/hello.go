@@ -70,7 +70,7 @@ func checkHello(h Hello, ours string, classes, laneClasses []string) (Hello, err
 	if len(h.Capabilities) > maxCaps {
 		return Hello{}, fmt.Errorf("peer's hello lists %d capabilities, more than %d", len(h.Capabilities), maxCaps)
 	}
-	h.Capabilities = slices.DeleteFunc(h.Capabilities, func(c string) bool { return c != CapResume && c != CapLanes && c != CapHeavy && c != CapLongReplay })
+	h.Capabilities = slices.DeleteFunc(h.Capabilities, func(c string) bool { return c != CapResume && c != CapLanes && c != CapHeavy })
 	if len(h.Instance) > maxInstance || strings.IndexFunc(h.Instance, func(r rune) bool {
 		return !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f')
 	}) >= 0 {

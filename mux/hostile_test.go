@@ -39,12 +39,6 @@ func rawClient(t *testing.T, cfg Config, svcs map[string]Service) (*Session, *ya
 // session, and leaves the connection to the caller's bytes.
 func rawPeer(t *testing.T, cfg Config) (*Session, net.Conn) {
 	t.Helper()
-	return rawPeerWith(t, cfg, nil)
-}
-
-// rawPeerWith is rawPeer whose hello announces caps.
-func rawPeerWith(t *testing.T, cfg Config, caps []string) (*Session, net.Conn) {
-	t.Helper()
 	srvConn, cliConn, srvPeer, _ := tlsPair(t, "client-a")
 	type res struct {
 		s   *Session
@@ -55,7 +49,7 @@ func rawPeerWith(t *testing.T, cfg Config, caps []string) (*Session, net.Conn) {
 		s, err := Establish(context.Background(), srvConn, RoleServer, srvPeer, cfg)
 		ch <- res{s, err}
 	}()
-	if _, err := exchangeHello(context.Background(), cliConn, RoleClient, Hello{Role: RoleClient, Class: cfg.Class, Capabilities: caps}, Config{HelloTimeout: 5 * time.Second, Classes: cfg.Classes}); err != nil {
+	if _, err := exchangeHello(context.Background(), cliConn, RoleClient, Hello{Role: RoleClient, Class: cfg.Class}, Config{HelloTimeout: 5 * time.Second, Classes: cfg.Classes}); err != nil {
 		t.Fatal(err)
 	}
 	r := <-ch

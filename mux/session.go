@@ -196,14 +196,11 @@ type Session struct {
 	Peer      ssl.Identity
 	PeerHello Hello
 
-	y    *yamux.Session
-	conn *countingConn
-	cfg  Config
-	// peerLongReplay: both announced CapLongReplay (fixed at the hello;
-	// asked for every frame delivered, so not a search of the caps).
-	peerLongReplay bool
-	log            hclog.Logger
-	closed         chan struct{}
+	y      *yamux.Session
+	conn   *countingConn
+	cfg    Config
+	log    hclog.Logger
+	closed chan struct{}
 
 	wg        sync.WaitGroup // every goroutine the session starts
 	spawnMu   sync.Mutex
@@ -266,7 +263,7 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 	cfg = cfg.withDefaults()
 	ours := Hello{Role: role, Agent: cfg.Agent, Class: cfg.Class, Lane: cfg.Lane, Services: cfg.Services, Instance: cfg.Instance}
 	if cfg.Resumable {
-		ours.Capabilities = append(ours.Capabilities, CapResume, CapHeavy, CapLongReplay)
+		ours.Capabilities = append(ours.Capabilities, CapResume, CapHeavy)
 	}
 	if len(cfg.LaneClasses) > 0 {
 		ours.Capabilities = append(ours.Capabilities, CapLanes)
@@ -309,8 +306,7 @@ func Establish(ctx context.Context, conn net.Conn, role string, peer ssl.Identit
 		Peer: peer, PeerHello: hello, y: y, conn: cc, cfg: cfg, log: cfg.Logger,
 		closed: make(chan struct{}), peerDraining: make(chan struct{}), peerReplaced: make(chan struct{}),
 		streams: map[uint32]*Stream{}, since: time.Now(), maxStreams: maxStreams,
-		peerLongReplay: cfg.Resumable && hello.Has(CapLongReplay),
-		onDelivered:    map[uint32]func(uint64){}, onPeerHeavy: map[uint32]func(){},
+		onDelivered: map[uint32]func(uint64){}, onPeerHeavy: map[uint32]func(){},
 	}
 	if s.ctl, err = y.OpenStream(); err == nil {
 		_, err = s.ctl.Write([]byte{headerControl, 0})
@@ -633,10 +629,6 @@ func (s *Session) OpenResumable(ctx context.Context, service, source string, tok
 
 // PeerResumes says whether both sides announced CapResume.
 func (s *Session) PeerResumes() bool { return s.cfg.Resumable && s.PeerHello.Has(CapResume) }
-
-// PeerLongReplay says whether the peer announced CapLongReplay: it may be
-// told of delivery less often than every MiB.
-func (s *Session) PeerLongReplay() bool { return s.peerLongReplay }
 
 func (s *Session) open(ctx context.Context, service, source string, token *Token) (*Stream, error) {
 	hdr, err := encodeHeader(service, source, token)

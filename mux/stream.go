@@ -93,10 +93,6 @@ func (st *Stream) OnDelivered(f func(delivered uint64)) {
 // side of it.
 func (st *Stream) SessionClosed() bool { return st.sess.y.IsClosed() }
 
-// PeerLongReplay says whether the session's peer takes delivery notices
-// less often than every MiB (Session.PeerLongReplay).
-func (st *Stream) PeerLongReplay() bool { return st.sess.PeerLongReplay() }
-
 // OnPeerHeavy sets the handler of the peer's heavy notices for this
 // stream, one we opened (nil removes it). It runs on the session's
 // receive loop (or its control reader): it must not block, nor write to

@@ -112,13 +112,6 @@ const CapLanes = "lanes/1"
 // the path, which the opener, only reading, cannot see.
 const CapHeavy = "heavy/1"
 
-// CapLongReplay, in a hello's caps, says the agent keeps a resumable
-// stream's unconfirmed bytes up to four times the most its class lets a
-// stream have in flight (16 MiB for bulk), so a peer may confirm delivery
-// every quarter of its own replay cap for the class. Agents before it kept
-// 4 MiB for bulk and must hear every MiB.
-const CapLongReplay = "longreplay/1"
-
 // MaxLanes bounds the sessions of one class a client may hold at once
 // (Hello.Lane is 0 to MaxLanes-1).
 const MaxLanes = 8

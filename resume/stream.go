@@ -727,31 +727,13 @@ func (s *Stream) completeLocked() bool {
 // of an idle stream empties a moment later).
 const notifyDelay = 20 * time.Millisecond
 
-// maxNotifyEvery: a notice at least every MiB to a peer that did not
-// announce mux.CapLongReplay. Its replay cap may be smaller than ours (an
-// agent from before lone windows had 4 MiB for bulk): it must hear from
-// us before it fills. A peer that did gets one every quarter of our cap,
-// as its own is the same: with 8 bulk streams, notices every MiB cost
-// both agents a timer, a record and a wake-up each, and 8 streams 10%
-// (bench/README.md, "eighteenth part").
+// maxNotifyEvery: a notice at least every MiB. Our peer's replay cap may
+// be smaller than ours (an agent from before lone windows had 4 MiB for
+// bulk): it must hear from us before it fills. Fewer notices bought
+// nothing measurable (bench/README.md, "seventeenth part").
 const maxNotifyEvery = 1 << 20
 
-// notifyEvery is called with s.mu held.
-func (s *Stream) notifyEvery() uint64 {
-	return notifyInterval(s.maxReplay, s.carrier != nil && s.carrier.PeerLongReplay())
-}
-
-// notifyInterval is how many delivered bytes make a notice due: a quarter
-// of our replay cap for the stream (the peer's is the same), at most
-// maxNotifyEvery unless the peer announced long replay buffers, and never
-// under 4 KiB.
-func notifyInterval(maxReplay int, peerLongReplay bool) uint64 {
-	every := maxReplay / 4
-	if !peerLongReplay {
-		every = min(every, maxNotifyEvery)
-	}
-	return uint64(max(every, 4096))
-}
+func (s *Stream) notifyEvery() uint64 { return uint64(max(min(s.maxReplay/4, maxNotifyEvery), 4096)) }
 
 // noteDeliveredLocked returns what to call, without the lock, to tell
 // the peer what we delivered (a no-op when not yet due).
