@@ -331,6 +331,11 @@ func (t *tunnel) stop() {
 
 func (t *tunnel) pids() []int { return []int{t.server.pid(), t.client.pid()} }
 
+// logTails is the end of both agents' logs, for a failed measurement.
+func (t *tunnel) logTails() string {
+	return fmt.Sprintf("%s log, last lines:\n%s\n%s log, last lines:\n%s", t.server.name, tail(t.server.log.String(), 3000), t.client.name, tail(t.client.log.String(), 3000))
+}
+
 // rssKiB is VmRSS of pid in KiB.
 func rssKiB(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))

@@ -139,8 +139,11 @@ type path struct {
 	// session: the bulk echo shares a session with the sink (a tunnel),
 	// so the round trips beside bulk streams are measured through it too.
 	session bool
-	fig     figures
-	runs    []figures // the timed figures of each run so far (-runs)
+	// logs, if set, is the tail of the path's processes' logs: a failed
+	// measurement shows it, so that a stream the agents ended says why.
+	logs func() string
+	fig  figures
+	runs []figures // the timed figures of each run so far (-runs)
 }
 
 // endRun keeps the timed figures of the run just done and clears them for
@@ -426,7 +429,7 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 	direct := newPath("direct TCP", tcpDialer(tg.sink), tcpDialer(tg.echo), tcpDialer(tg.echo))
 	tunnel := newPath("tunnel", tcpDialer(tun.forwards["sink"]), tcpDialer(tun.forwards["echo"]), tcpDialer(tun.forwards["echo-bulk"]))
 	tunnel.sinkPids, tunnel.echoPids = tun.pids(), tun.pids()
-	tunnel.session = true
+	tunnel.session, tunnel.logs = true, tun.logTails
 	// Other agent builds (-agents), each a tunnel path of its own.
 	var others []*path
 	for _, b := range o.others {
@@ -436,7 +439,7 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		}
 		defer t.stop()
 		p := newPath("tunnel ("+b.label+")", tcpDialer(t.forwards["sink"]), tcpDialer(t.forwards["echo"]), tcpDialer(t.forwards["echo-bulk"]))
-		p.sinkPids, p.echoPids, p.session = t.pids(), t.pids(), true
+		p.sinkPids, p.echoPids, p.session, p.logs = t.pids(), t.pids(), true, t.logTails
 		others = append(others, p)
 	}
 	relay := chainPath(relayName, relays)
@@ -477,6 +480,9 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 			return ctx.Err() == nil
 		}
 		e = fmt.Errorf("%s: %s: %w", p.name, what, e)
+		if p.logs != nil {
+			e = fmt.Errorf("%w\n%s", e, p.logs())
+		}
 		if p.peer {
 			p.failed = e
 			logf("%v (dropped from the comparison)", e)
