@@ -199,6 +199,18 @@ func (m *Metrics) Counts(kind, name string) *Counts {
 	return c
 }
 
+// OpenStreams is how many streams are open now, of every forward and
+// service.
+func (m *Metrics) OpenStreams() int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var n int64
+	for _, c := range m.stats {
+		n += c.Open.Load()
+	}
+	return n
+}
+
 // Names lists the names of kind that have carried streams, sorted.
 func (m *Metrics) Names(kind string) []string {
 	m.mu.Lock()

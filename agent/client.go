@@ -36,6 +36,7 @@ type Client struct {
 	state    atomic.Pointer[clientState]
 	reloadMu sync.Mutex
 	resume   *resume.Table // streams that outlive their session
+	heavy    heavyStreams  // our streams that turned heavy (spread.go)
 
 	// keepers keep the sessions of each traffic class in use, by class and
 	// lane: those of the config at start, and any class the server gives a
@@ -209,6 +210,12 @@ func (c *Client) movable(f config.Forward, class string) bool {
 func (c *Client) moveHeavy(s *resume.Stream) {
 	class, lane := splitLaneKey(s.Class())
 	if lane != 0 {
+		return
+	}
+	c.heavy.add(s)
+	if c.onlyHeavy() {
+		// Nobody waits behind the bulk: it may use lane 0 too (spread.go).
+		c.balanceHeavy(class)
 		return
 	}
 	sess, k := c.pickLanes(class, 1, mux.MaxLanes)
@@ -413,6 +420,7 @@ func (c *Client) Run(ctx context.Context) error {
 		for _, r := range handed {
 			conns.Go(func() {
 				pipeAndLog(streamCtx, c.log.With("peer", r.peer), c.metrics, r.kind, r.name, r.idle, r.stream, r.stream.Local(r.local), &c.handover.pipes)
+				c.heavy.forget(r.stream)
 			})
 		}
 		err = c.handover.ready(c.log)
@@ -660,5 +668,7 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 		forward.Reset(local)
 		return
 	}
+	c.lightArrived()
 	pipeAndLog(ctx, c.log.With("peer", sess.Peer.Name()), c.metrics, "forward", f.Name, f.IdleTimeout, stream, localFor(stream, local), &c.handover.pipes)
+	c.heavy.forget(stream)
 }

@@ -159,6 +159,7 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 		ended := make(chan error, 1)
 		serving.Go(func() {
 			ended <- sess.Serve(streamCtx, c.lookup, func(ctx context.Context, service string, stream *mux.Stream, target net.Conn) {
+				c.lightArrived()
 				serveAccepted(ctx, &serving, log, c.settings(), c.metrics, c.cfg().Services, k.class, k.lane, service, stream, target)
 			})
 		})

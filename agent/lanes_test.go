@@ -126,6 +126,77 @@ func TestBulkLanesCarryHeavyStreams(t *testing.T) {
 	}
 }
 
+// While the client carries nothing but heavy streams, nobody waits
+// behind them: they spread over both bulk lanes, lane 0 too, two on each
+// (one TLS connection is one core of crypto). The first stream to open
+// afterwards sends them off lane 0, and it alone stays there; every byte
+// checked throughout.
+func TestHeavyStreamsSpreadWhileNothingElseRides(t *testing.T) {
+	f := startFleet(t, fleetOptions{allow: `"edge"`})
+	cli, _, _ := f.startClient(t, pki.Options{CommonName: "edge"}, "bulk_connections = 2\nforward \"echo\" {\n  listen = \"127.0.0.1:0\"\n}\n")
+	waitFor(t, "two bulk lanes", func() bool {
+		lanes := cli.Lanes(classBulk)
+		return len(lanes) == 2 && lanes[0] != nil && lanes[1] != nil
+	})
+	waitFor(t, "two lanes on the server", func() bool { return len(bulkSessions(f.srv)) == 2 })
+	lanes := cli.Lanes(classBulk)
+	srvLanes := bulkSessions(f.srv)
+	addr := cli.Addr("echo").String()
+
+	streams := startEchoStreams(t, addr, 4)
+	// Each turns heavy in turn: while others are still light it moves
+	// off lane 0; once all are heavy they balance, two and two.
+	for i, s := range streams {
+		for burst := 0; len(cli.heavy.list()) < i+1; burst++ {
+			if burst == 8 {
+				t.Fatalf("stream %d not heavy after %d MiB echoed", i, 2*burst)
+			}
+			s.Burst(2 << 20)
+			s.Advance(t, 2<<20)
+		}
+	}
+	spread := func(want0, want1 int) func() bool {
+		return func() bool {
+			return lanes[0].NumStreams() == want0 && lanes[1].NumStreams() == want1 &&
+				srvLanes[0].NumStreams() == want0 && srvLanes[1].NumStreams() == want1
+		}
+	}
+	waitFor(t, "the heavy streams two on each lane", spread(2, 2))
+	for _, s := range streams {
+		s.Burst(1 << 20)
+		s.Advance(t, 1<<20)
+	}
+	if !spread(2, 2)() {
+		t.Fatalf("lanes hold %d and %d streams after more bulk, want 2 and 2", lanes[0].NumStreams(), lanes[1].NumStreams())
+	}
+
+	light := dialMessages(t, addr)
+	waitFor(t, "lane 0 left to the new stream", spread(1, 4))
+	light.exchange(t, 100)
+	for _, s := range streams {
+		s.Burst(1 << 20)
+		s.Advance(t, 1<<20)
+	}
+	if !spread(1, 4)() {
+		t.Errorf("lanes hold %d and %d streams beside a light one, want 1 and 4", lanes[0].NumStreams(), lanes[1].NumStreams())
+	}
+	for lane := range 2 {
+		// yamux also holds each side's control stream; moved streams'
+		// old carriers are freed.
+		want := []int{1, 4}[lane] + 2
+		waitFor(t, "old carriers freed", func() bool {
+			return lanes[lane].WireStreams() == want && srvLanes[lane].WireStreams() == want
+		})
+	}
+	if st := cli.resume.Stats(); st.Resumed != 0 {
+		t.Errorf("moves counted as resumes: %+v", st)
+	}
+	for _, s := range streams {
+		s.Finish(t)
+	}
+	light.exchange(t, 10)
+}
+
 // The streams the server opens (its forwards to a client's services) do
 // as the client's: each starts on the client's lane 0 and one that turns
 // heavy moves, by the server, to the least busy other lane, its old

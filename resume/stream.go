@@ -222,6 +222,9 @@ func (s *Stream) seq() uint64 {
 	return s.sent
 }
 
+// Ended says whether the stream has ended (its state is gone).
+func (s *Stream) Ended() bool { return s.ctx.Err() != nil }
+
 // Token is the stream's name on the wire.
 func (s *Stream) Token() mux.Token { return s.token }
 

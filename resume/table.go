@@ -347,6 +347,10 @@ func (t *Table) SessionUp(sess *mux.Session, class string) {
 }
 
 // spawn runs f on a goroutine Close waits for, unless closed.
+// Spawn runs f on the table's goroutines (Close waits for them): for a
+// caller's moves of its streams.
+func (t *Table) Spawn(f func()) { t.spawn(f) }
+
 func (t *Table) spawn(f func()) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
