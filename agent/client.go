@@ -212,11 +212,14 @@ func (c *Client) moveHeavy(s *resume.Stream) {
 	if lane != 0 {
 		return
 	}
-	c.heavy.add(s)
-	if c.onlyHeavy() {
-		// Nobody waits behind the bulk: it may use lane 0 too (spread.go).
-		c.balanceHeavy(class)
-		return
+	if c.cfg().BulkSpread {
+		c.heavy.add(s)
+		if c.onlyHeavy() {
+			// Nobody waits behind the bulk: it may use lane 0 too
+			// (spread.go).
+			c.balanceHeavy(class)
+			return
+		}
 	}
 	sess, k := c.pickLanes(class, 1, mux.MaxLanes)
 	if sess == nil {
@@ -560,6 +563,9 @@ func (c *Client) Reload() error {
 	changes := describeChanges(c.tls.Policy(), p, old.Services, cfg.Services, old.Forwards, cfg.Forwards)
 	if !slices.Equal(old.Servers, cfg.Servers) || old.TLS.ServerName != cfg.TLS.ServerName {
 		changes = append(changes, "servers used from the next connection")
+	}
+	if old.BulkSpread != cfg.BulkSpread {
+		changes = append(changes, fmt.Sprintf("bulk_spread = %v from the next heavy stream", cfg.BulkSpread))
 	}
 	c.tls.Store(p)
 	c.state.Store(newClientState(cfg))

@@ -126,14 +126,15 @@ func TestBulkLanesCarryHeavyStreams(t *testing.T) {
 	}
 }
 
-// While the client carries nothing but heavy streams, nobody waits
-// behind them: they spread over both bulk lanes, lane 0 too, two on each
-// (one TLS connection is one core of crypto). The first stream to open
-// afterwards sends them off lane 0, and it alone stays there; every byte
-// checked throughout.
+// With bulk_spread, while the client carries nothing but heavy streams,
+// nobody waits behind them: they spread over both bulk lanes, lane 0 too,
+// two on each (one TLS connection is one core of crypto). The first
+// stream to open afterwards sends them off lane 0, and it alone stays
+// there; every byte checked throughout. (Without it they all move to
+// lane 1: the e2e TestMetricsAndStatusWhileStreaming.)
 func TestHeavyStreamsSpreadWhileNothingElseRides(t *testing.T) {
 	f := startFleet(t, fleetOptions{allow: `"edge"`})
-	cli, _, _ := f.startClient(t, pki.Options{CommonName: "edge"}, "bulk_connections = 2\nforward \"echo\" {\n  listen = \"127.0.0.1:0\"\n}\n")
+	cli, _, _ := f.startClient(t, pki.Options{CommonName: "edge"}, "bulk_connections = 2\nbulk_spread = true\nforward \"echo\" {\n  listen = \"127.0.0.1:0\"\n}\n")
 	waitFor(t, "two bulk lanes", func() bool {
 		lanes := cli.Lanes(classBulk)
 		return len(lanes) == 2 && lanes[0] != nil && lanes[1] != nil

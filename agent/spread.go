@@ -17,12 +17,14 @@ import (
 // other lanes, bulk_connections = 2 gives them one TLS connection, one
 // core of crypto on each side.
 //
-// So while the agent carries no light stream at all, nobody can wait
-// behind the bulk, and heavy streams spread over every lane of their
-// class, lane 0 too, as evenly as the lanes' counts allow. The first
-// stream to open afterwards (every stream starts light) sends them off
-// lane 0 again before it has waited long: its first messages may wait
-// behind lane 0's bulk for as long as the moves take.
+// With bulk_spread = true, while the agent carries no light stream at
+// all, nobody can wait behind the bulk, and heavy streams spread over
+// every lane of their class, lane 0 too, as evenly as the lanes' counts
+// allow. The first stream to open afterwards (every stream starts light)
+// sends them off lane 0 again before it has waited long: its first
+// messages may wait behind lane 0's bulk for as long as the moves take.
+// Off by default: on the 2-CPU test machine the bulk beside a ping then
+// ran faster and the ping slower (bench/README.md, "nineteenth part").
 
 // heavyStreams are the client's streams that turned heavy, with the
 // lock that lets one balancing run at a time.

@@ -75,7 +75,10 @@
 // messages never queue behind a transfer in one TCP connection; one TLS
 // connection is one core of crypto on each side, so more than 2 suit hosts
 // with cores to spare, since heavy streams then take them from the control
-// class; beyond the cores of either host they buy nothing) and tls.verify = ["rule", ...]:
+// class; beyond the cores of either host they buy nothing), bulk_spread =
+// false (true: while the client carries nothing but heavy streams, they
+// spread over all the bulk lanes, the first too, and leave it once another
+// stream opens) and tls.verify = ["rule", ...]:
 // rules the server's certificate must match besides server_name, in the
 // syntax of allow (see ssl.ParseRule); left out, any certificate valid for
 // server_name is accepted.
@@ -317,6 +320,10 @@ type Client struct {
 	// default 2 (the first for every stream's start and the light ones,
 	// the others for heavy streams).
 	BulkConnections int
+	// BulkSpread is key bulk_spread: while the client carries nothing but
+	// heavy streams, they spread over all the bulk lanes, the first too;
+	// default false (they ride the others only).
+	BulkSpread bool
 }
 
 // LoadServer reads and parses the server config file at path.
@@ -430,6 +437,11 @@ func ParseClient(filename string, src []byte) (*Client, error) {
 			} else {
 				cl.BulkConnections = n
 			}
+		}
+	}
+	if a := top.attr("bulk_spread"); a != nil {
+		if v, ok := d.boolean(top, a); ok {
+			cl.BulkSpread = v
 		}
 	}
 	c := d.common(top, false)

@@ -524,6 +524,9 @@ func TestParseErrors(t *testing.T) {
 		{name: "bulk_connections huge", client: true, src: "bulk_connections = 1e100\n", line: 1, want: "bulk_connections is too large"},
 		{name: "bulk_connections as a block", client: true, src: "bulk_connections {}\n", line: 1, want: "bulk_connections is a key, not a block"},
 		{name: "bulk_connections on the server", src: "bulk_connections = 2\n", line: 1, want: "bulk_connections is only for the client (remove it)"},
+		{name: "bulk_spread a string", client: true, src: "bulk_spread = \"yes\"\n", line: 1, want: "bulk_spread must be true or false, not a string (write it without quotes)"},
+		{name: "bulk_spread a number", client: true, src: "bulk_spread = 1\n", line: 1, want: "bulk_spread must be true or false"},
+		{name: "bulk_spread on the server", src: "bulk_spread = true\n", line: 1, want: "bulk_spread is only for the client (remove it)"},
 
 		// dscp.
 		{name: "dscp negative", src: "dscp = -1\n", line: 1, want: "dscp = -1 is out of range (0 to 63)"},

@@ -138,10 +138,11 @@ var (
 			"server":           `server is a client key (the server accepts connections on listen = "host:port")`,
 			"session_wait":     "session_wait is only for the client (remove it)",
 			"bulk_connections": "bulk_connections is only for the client (remove it)",
+			"bulk_spread":      "bulk_spread is only for the client (remove it)",
 		},
 	}
 	clientTop = schema{
-		attrs:  append([]string{"server", "handshake_timeout", "dial_timeout", "log_level", "log_format", "session_wait", "bulk_connections"}, commonKeys...),
+		attrs:  append([]string{"server", "handshake_timeout", "dial_timeout", "log_level", "log_format", "session_wait", "bulk_connections", "bulk_spread"}, commonKeys...),
 		blocks: []string{"tls", "service", "forward", "admin"},
 		elsewhere: map[string]string{
 			"listen":                    `listen is a server key (the client connects to server = "host:port"; put listeners in forward blocks)`,

@@ -171,6 +171,7 @@ func TestKeys(t *testing.T) {
 		perID    = func(p parsed) any { return p.srv.MaxSessionsPerIdentity }
 		wait     = func(p parsed) any { return p.cl.SessionWait }
 		lanes    = func(p parsed) any { return p.cl.BulkConnections }
+		spread   = func(p parsed) any { return p.cl.BulkSpread }
 		crl      = tls(func(t TLS) any { return t.CRL })
 		crlStale = tls(func(t TLS) any { return t.CRLStale })
 		verify   = tls(func(t TLS) any { return t.Verify })
@@ -299,6 +300,10 @@ func TestKeys(t *testing.T) {
 		{name: "bulk_connections default", sides: []bool{true}, get: lanes, want: 2},
 		{name: "bulk_connections 1", sides: []bool{true}, src: "bulk_connections = 1\n", get: lanes, want: 1},
 		{name: "bulk_connections 8", sides: []bool{true}, src: "bulk_connections = 8\n", get: lanes, want: 8},
+
+		// bulk_spread: client only; false.
+		{name: "bulk_spread default", sides: []bool{true}, get: spread, want: false},
+		{name: "bulk_spread true", sides: []bool{true}, src: "bulk_spread = true\n", get: spread, want: true},
 
 		// tls.crl: none by default; paths resolved like cert.
 		{name: "crl default", sides: both, get: crl, want: []string(nil)},

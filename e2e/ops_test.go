@@ -58,10 +58,10 @@ func metricValue(t *testing.T, text, name string, subs ...string) float64 {
 	return sum
 }
 
-// Metrics and status move while a stream runs (and moves, once heavy and
-// another stream opens, to the second bulk lane), the metrics pass the
-// Prometheus linter (what promtool check metrics runs), and `status`
-// prints the running agent's state.
+// Metrics and status move while a stream runs (and moves, once heavy,
+// to the second bulk lane), the metrics pass the Prometheus linter (what
+// promtool check metrics runs), and `status` prints the running agent's
+// state.
 func TestMetricsAndStatusWhileStreaming(t *testing.T) {
 	t.Parallel()
 	sink := startTarget(t, func(c net.Conn) { _, _ = io.Copy(io.Discard, c) })
@@ -103,22 +103,19 @@ func TestMetricsAndStatusWhileStreaming(t *testing.T) {
 		text = string(get(t, "http://"+srvAdmin+"/metrics"))
 		return metricValue(t, text, "tunnel_sessions", `class="bulk"`) == bulkLanes
 	})
-	// The stream is heavy (megabytes within a second), and alone: it
-	// stays on lane 0, where every stream starts (nobody waits behind
-	// it). Once another stream opens it moves, live, to lane 1, and the
-	// new one has lane 0 to itself.
+	// The stream is heavy (megabytes within a second): it moves, live,
+	// off lane 0, where every stream starts, to lane 1. In bursts until
+	// it has, 64 MiB at most: a loaded machine carries one slower.
 	moved := func(addr string) float64 {
 		return metricValue(t, string(get(t, "http://"+addr+"/metrics")), "tunnel_streams_moved_total")
 	}
-	write(64)
-	if c, s := moved(cliAdmin), moved(srvAdmin); c != 0 || s != 0 {
-		t.Fatalf("tunnel_streams_moved_total: client %v, server %v; want the lone heavy stream left on lane 0", c, s)
+	for i := 0; i < 64 && moved(cliAdmin) < 1; i++ {
+		write(16)
 	}
-	light := dial(t, tn.client.forwards["sink"], waitLimit)
-	if _, err := light.Write([]byte("x")); err != nil {
-		t.Fatal(err)
+	if c, s := moved(cliAdmin), moved(srvAdmin); c != 1 || s != 1 {
+		t.Fatalf("tunnel_streams_moved_total: client %v, server %v; want the heavy stream moved once", c, s)
 	}
-	waitFor(t, "the heavy stream on lane 1, the new one on lane 0 (the old carrier freed)", func() bool {
+	waitFor(t, "the stream on lane 1 only (the old carrier freed)", func() bool {
 		var st admin.Status
 		if err := json.Unmarshal(get(t, "http://"+cliAdmin+"/status"), &st); err != nil {
 			t.Fatal(err)
@@ -127,15 +124,11 @@ func TestMetricsAndStatusWhileStreaming(t *testing.T) {
 		for _, s := range st.Sessions {
 			on[s.Lane] += s.Streams
 		}
-		return on[0] == 1 && on[1] == 1 && st.Resume != nil && st.Resume.Moved == 1
+		return on[0] == 0 && on[1] == 1 && st.Resume != nil && st.Resume.Moved == 1
 	})
-	if c, s := moved(cliAdmin), moved(srvAdmin); c != 1 || s != 1 {
-		t.Fatalf("tunnel_streams_moved_total: client %v, server %v; want the heavy stream moved once", c, s)
-	}
 	write(16) // and carries on there
-	text = string(get(t, "http://"+srvAdmin+"/metrics"))
-	if v := metricValue(t, text, "tunnel_streams_open", `name="sink"`); v != 2 {
-		t.Errorf("server tunnel_streams_open{sink} = %v, want 2", v)
+	if v := metricValue(t, text, "tunnel_streams_open", `name="sink"`); v != 1 {
+		t.Errorf("server tunnel_streams_open{sink} = %v, want 1", v)
 	}
 	if metricValue(t, text, "tunnel_certificate_expiry_timestamp_seconds", `what="certificate"`) < float64(time.Now().Unix()) {
 		t.Error("certificate expiry metric missing or in the past")
@@ -162,7 +155,7 @@ func TestMetricsAndStatusWhileStreaming(t *testing.T) {
 		lanes[s.Lane] = true
 	}
 	if !st.Healthy || len(st.Sessions) != bulkLanes || len(lanes) != bulkLanes || len(st.Forwards) != 1 ||
-		st.Forwards[0].StreamsOpen != 2 || st.Forwards[0].BytesToPeer < 2<<20 || len(st.Expiries) < 2 {
+		st.Forwards[0].StreamsOpen != 1 || st.Forwards[0].BytesToPeer < 2<<20 || len(st.Expiries) < 2 {
 		t.Errorf("client status: %+v", st)
 	}
 	if b := get(t, "http://"+cliAdmin+"/healthz"); string(b) != "ok\n" {
@@ -173,11 +166,10 @@ func TestMetricsAndStatusWhileStreaming(t *testing.T) {
 		t.Errorf("status command: %v\n%s", err, out)
 	}
 	c.Close()
-	light.Close()
 }
 
 // A download through a bulk forward across a 2 Mbit/s link, between the
-// real agents, beside a light stream: the client only reads it, and at that rate it never
+// real agents: the client only reads it, and at that rate it never
 // carries a megabyte within a second, so only the server sees it as a
 // transfer (its writes wait for the path). The server says so and the
 // client moves it to lane 1, counted on both agents; every byte arrives.
@@ -197,8 +189,8 @@ func TestSlowDownloadMoves(t *testing.T) {
 	tn := startTunnel(t, tunnelSpec{
 		serverExtra: "admin {\n  listen = \"127.0.0.1:0\"\n}\n",
 		clientExtra: "bulk_connections = 2\nadmin {\n  listen = \"127.0.0.1:0\"\n}\n",
-		services:    []svc{{name: "source", target: source, allow: []string{"client-a"}}, {name: "echo", target: startEcho(t), allow: []string{"client-a"}}},
-		forwards:    []fwd{{name: "source", service: "source"}, {name: "echo", service: "echo"}},
+		services:    []svc{{name: "source", target: source, allow: []string{"client-a"}}},
+		forwards:    []fwd{{name: "source", service: "source"}},
 		link:        link,
 	})
 	cliAdmin := tn.client.waitMatch(t, reAdmin)[1]
@@ -206,12 +198,6 @@ func TestSlowDownloadMoves(t *testing.T) {
 	moved := func(addr string) float64 {
 		return metricValue(t, string(get(t, "http://"+addr+"/metrics")), "tunnel_streams_moved_total")
 	}
-	// A light stream open beside it: a heavy one leaves lane 0 only when
-	// another stream could wait behind it there.
-	light := dial(t, tn.client.forwards["echo"], waitLimit)
-	defer light.Close()
-	_ = light.SetDeadline(time.Now().Add(2 * time.Minute))
-	roundTrip(t, light, "beside the download")
 
 	c := dial(t, tn.client.forwards["source"], waitLimit)
 	_ = c.SetReadDeadline(time.Now().Add(90 * time.Second))
