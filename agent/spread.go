@@ -155,22 +155,25 @@ func (c *Client) lightArrived() {
 		c.heavy.balance.Lock()
 		defer c.heavy.balance.Unlock()
 		heavy := c.heavy.list()
-		loads := map[string][]int{}
+		type lanes struct {
+			load     []int
+			sessions []*mux.Session
+			keys     []string
+		}
+		byClass := map[string]*lanes{}
 		var moves sync.WaitGroup
 		for _, s := range heavy {
 			class, lane := splitLaneKey(s.Class())
 			if lane != 0 {
 				continue
 			}
-			load, ok := loads[class]
-			var sessions []*mux.Session
-			var keys []string
-			if !ok {
-				load, sessions, keys = c.laneLoad(class, heavy)
-				loads[class] = load
-			} else {
-				_, sessions, keys = c.laneLoad(class, nil)
+			ls := byClass[class]
+			if ls == nil {
+				ls = &lanes{}
+				ls.load, ls.sessions, ls.keys = c.laneLoad(class, heavy)
+				byClass[class] = ls
 			}
+			load, sessions, keys := ls.load, ls.sessions, ls.keys
 			to := -1
 			for l := 1; l < len(load); l++ {
 				if load[l] >= 0 && (to < 0 || load[l] < load[to]) {
