@@ -56,6 +56,13 @@ func (h *heavyStreams) forget(s tunnelStream) {
 	delete(h.streams, rs)
 }
 
+// none says whether no stream is heavy (cheap: it runs at every open).
+func (h *heavyStreams) none() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.streams) == 0
+}
+
 // list is the heavy streams that have not ended, pruning those that have.
 func (h *heavyStreams) list() []*resume.Stream {
 	h.mu.Lock()
@@ -148,7 +155,7 @@ func (c *Client) moveOne(heavy []*resume.Stream, class string, lane int, sess *m
 // least busy other lane; the lane-0 list is taken once a balancing in
 // progress is done.
 func (c *Client) lightArrived() {
-	if len(c.heavy.list()) == 0 {
+	if c.heavy.none() {
 		return
 	}
 	c.resume.Spawn(func() {
