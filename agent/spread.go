@@ -86,23 +86,52 @@ func (c *Client) onlyHeavy() bool {
 	return c.metrics.OpenStreams() <= int64(len(c.heavy.list()))
 }
 
-// laneLoad is how many heavy streams of class ride each of its lanes
-// that has a session up (-1 for a lane without one), and the sessions.
-func (c *Client) laneLoad(class string, heavy []*resume.Stream) ([]int, []*mux.Session, []string) {
+// lanesOf is a class's lanes as heavy streams load them: per lane, the
+// heavy streams on it (-1 for a lane without a session up), its session
+// and its lane key.
+type lanesOf struct {
+	load     []int
+	sessions []*mux.Session
+	keys     []string
+}
+
+func (c *Client) laneLoad(class string, heavy []*resume.Stream) *lanesOf {
 	ks := c.keeperList()[class]
-	load, sessions, keys := make([]int, len(ks)), make([]*mux.Session, len(ks)), make([]string, len(ks))
+	l := &lanesOf{load: make([]int, len(ks)), sessions: make([]*mux.Session, len(ks)), keys: make([]string, len(ks))}
 	for i, k := range ks {
-		sessions[i], keys[i] = k.current.get(), k.key()
-		if sessions[i] == nil || sessions[i].Closed() {
-			load[i] = -1
+		l.sessions[i], l.keys[i] = k.current.get(), k.key()
+		if l.sessions[i] == nil || l.sessions[i].Closed() {
+			l.load[i] = -1
 		}
 	}
 	for _, s := range heavy {
-		if cl, lane := splitLaneKey(s.Class()); cl == class && lane < len(load) && load[lane] >= 0 {
-			load[lane]++
+		if cl, lane := splitLaneKey(s.Class()); cl == class && lane < len(l.load) && l.load[lane] >= 0 {
+			l.load[lane]++
 		}
 	}
-	return load, sessions, keys
+	return l
+}
+
+// least is the least loaded lane up from lane from on; -1 if none.
+func (l *lanesOf) least(from int) int {
+	to := -1
+	for lane := from; lane < len(l.load); lane++ {
+		if l.load[lane] >= 0 && (to < 0 || l.load[lane] < l.load[to]) {
+			to = lane
+		}
+	}
+	return to
+}
+
+// busiest is the most loaded lane up; -1 if none.
+func (l *lanesOf) busiest() int {
+	hi := -1
+	for lane, n := range l.load {
+		if n >= 0 && (hi < 0 || n > l.load[hi]) {
+			hi = lane
+		}
+	}
+	return hi
 }
 
 // balanceHeavy spreads class's heavy streams over all its lanes while
@@ -114,23 +143,12 @@ func (c *Client) balanceHeavy(class string) {
 	defer c.heavy.balance.Unlock()
 	for c.onlyHeavy() {
 		heavy := c.heavy.list()
-		load, sessions, keys := c.laneLoad(class, heavy)
-		hi, lo := -1, -1
-		for lane, n := range load {
-			if n < 0 {
-				continue
-			}
-			if hi < 0 || n > load[hi] {
-				hi = lane
-			}
-			if lo < 0 || n < load[lo] {
-				lo = lane
-			}
-		}
-		if hi < 0 || load[hi]-load[lo] <= 1 {
+		l := c.laneLoad(class, heavy)
+		hi, lo := l.busiest(), l.least(0)
+		if hi < 0 || l.load[hi]-l.load[lo] <= 1 {
 			return
 		}
-		if !c.moveOne(heavy, class, hi, sessions[lo], keys[lo]) {
+		if !c.moveOne(heavy, class, hi, l.sessions[lo], l.keys[lo]) {
 			return
 		}
 	}
@@ -163,37 +181,26 @@ func (c *Client) lightArrived() {
 		c.heavy.balance.Lock()
 		defer c.heavy.balance.Unlock()
 		heavy := c.heavy.list()
-		type lanes struct {
-			load     []int
-			sessions []*mux.Session
-			keys     []string
-		}
-		byClass := map[string]*lanes{}
+		byClass := map[string]*lanesOf{}
 		var moves sync.WaitGroup
 		for _, s := range heavy {
 			class, lane := splitLaneKey(s.Class())
 			if lane != 0 {
 				continue
 			}
-			ls := byClass[class]
-			if ls == nil {
-				ls = &lanes{}
-				ls.load, ls.sessions, ls.keys = c.laneLoad(class, heavy)
-				byClass[class] = ls
+			l := byClass[class]
+			if l == nil {
+				l = c.laneLoad(class, heavy)
+				byClass[class] = l
 			}
-			load, sessions, keys := ls.load, ls.sessions, ls.keys
-			to := -1
-			for l := 1; l < len(load); l++ {
-				if load[l] >= 0 && (to < 0 || load[l] < load[to]) {
-					to = l
-				}
-			}
+			to := l.least(1)
 			if to < 0 {
 				continue // no other lane up: it stays
 			}
-			load[to]++
+			l.load[to]++
+			sess, key := l.sessions[to], l.keys[to]
 			moves.Go(func() {
-				if err := s.Move(sessions[to], keys[to]); err != nil && !errors.Is(err, resume.ErrNotMoved) {
+				if err := s.Move(sess, key); err != nil && !errors.Is(err, resume.ErrNotMoved) {
 					c.limited.Warn("move:"+class, "could not move a heavy stream off the first lane of its class for a new stream; it carries on where it was", "class", class, "lane", to, "error", err)
 				}
 			})
