@@ -1,5 +1,7 @@
 package yamux
 
+import "time"
+
 // Patch 22: a lone bulk stream's window grows past MaxStreamWindowSize.
 // Patched for tunnelworks, see PATCHED.md.
 //
@@ -16,6 +18,12 @@ package yamux
 // what it no longer holds as credit or buffered bytes when it sends its
 // next window update, and the rest when it closes; so the session never
 // holds more than its streams' windows plus the one extra.
+
+// loneSettle is how long a stream must have received every large frame
+// of its session before it may borrow the extra (patch 23): several bulk
+// streams whose senders share busy CPUs leave gaps of milliseconds, in
+// which one of them gets many frames in a row.
+const loneSettle = 100 * time.Millisecond
 
 // loneCeiling is the most a lone bulk stream is ever offered: the lone
 // window when set, else MaxStreamWindowSize.
@@ -49,7 +57,13 @@ func (s *Stream) loneWindowLocked(base, buffered uint32) uint32 {
 		return base
 	}
 	want := int64(0)
-	if base >= sess.config.MaxStreamWindowSize && sess.soleReceiver.Load() == s.id &&
+	// The only bulk receiver: the stream of the last large frames
+	// (patch 10's run) and of every large frame of the last loneSettle
+	// and bulkHistory (patch 23). A run alone is not enough: with several
+	// bulk streams one often gets soleRun frames in a row, or 16 while
+	// the others' senders wait for a CPU, and the extra went to
+	// whichever did (TestLoneWindowNotLentBesideOtherBulk).
+	if base >= sess.config.MaxStreamWindowSize && sess.soleReceiver.Load() == s.id && sess.bulkAlone.Load() &&
 		sess.shareWindow.Load() <= 1 && !sess.aloneBeside.Load() {
 		// Patch 13's lone cap, sized to the path, decides how far: on a
 		// slow path it stays under one window and nothing is lent.

@@ -1,6 +1,7 @@
 package yamux
 
 import (
+	"io"
 	"testing"
 	"time"
 )
@@ -45,19 +46,9 @@ func TestLoneWindow(t *testing.T) {
 			}
 			cs, ss := openPair(t, client, server)
 			msg := pattern(64 << 10)
-			// 4 MiB read as it comes: the stream is the sole receiver and
-			// its rate is measured.
-			for i := 0; i < 64; i++ {
-				sent := make(chan error, 1)
-				go func() {
-					_, err := cs.Write(msg)
-					sent <- err
-				}()
-				readFull(t, ss, msg)
-				if err := <-sent; err != nil {
-					t.Fatal(err)
-				}
-			}
+			// Read as it comes: the stream is the sole receiver and its
+			// rate is measured.
+			receiveAlone(t, cs, ss, msg)
 			if got := server.soleReceiver.Load(); got != ss.id {
 				t.Fatalf("sole receiver %d, want the stream %d", got, ss.id)
 			}
@@ -146,22 +137,8 @@ func TestLoneWindowGivenBack(t *testing.T) {
 	t.Cleanup(func() { client.Close(); server.Close() })
 	server.NotePathRTT(50 * time.Millisecond)
 	msg := pattern(64 << 10)
-	bulk := func(cs, ss *Stream, rounds int) {
-		t.Helper()
-		for i := 0; i < rounds; i++ {
-			sent := make(chan error, 1)
-			go func() {
-				_, err := cs.Write(msg)
-				sent <- err
-			}()
-			readFull(t, ss, msg)
-			if err := <-sent; err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
 	ca, sa := openPair(t, client, server)
-	bulk(ca, sa, 64)
+	receiveAlone(t, ca, sa, msg)
 	if got := sa.lent.Load(); got == 0 {
 		t.Fatalf("the lone stream borrowed nothing")
 	}
@@ -169,7 +146,7 @@ func TestLoneWindowGivenBack(t *testing.T) {
 	// read to the end of what it was sent, holds no credit beyond a
 	// window once it updates again.
 	cb, sb := openPair(t, client, server)
-	bulk(cb, sb, 64)
+	receiveAlone(t, cb, sb, msg)
 	if got := server.soleReceiver.Load(); got != sb.id {
 		t.Fatalf("sole receiver %d, want %d", got, sb.id)
 	}
@@ -186,4 +163,117 @@ func TestLoneWindowGivenBack(t *testing.T) {
 	if total := server.LoneExtraLent(); total > int64(conf.LoneStreamWindow-conf.MaxStreamWindowSize) {
 		t.Fatalf("lent %d in all, more than the extra", total)
 	}
+}
+
+// A stream that receives runs of large frames while another bulk stream
+// receives between them is not the only bulk receiver: nothing is lent
+// to it, whether its runs are patch 10's four frames or longer than
+// patch 12's history of 16 (the other's frame came less than loneSettle
+// ago). Once it receives alone, it borrows (so the test can fail).
+func TestLoneWindowNotLentBesideOtherBulk(t *testing.T) {
+	cc, sc := tcpPair(t)
+	conf := patchConf()
+	conf.MaxStreamWindowSize = 256 << 10
+	conf.LoneStreamWindow = 1 << 20
+	client, err := Client(cc, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := Server(sc, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close(); server.Close() })
+	server.NotePathRTT(50 * time.Millisecond)
+	ca, sa := openPair(t, client, server)
+	cb, sb := openPair(t, client, server)
+	msg := pattern(64 << 10)
+	drain := func(ss *Stream) (chan<- int, <-chan error) {
+		frames, done := make(chan int, 1024), make(chan error, 1)
+		go func() {
+			for n := range frames {
+				got := make([]byte, n)
+				if _, err := io.ReadFull(ss, got); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+		return frames, done
+	}
+	toA, doneA := drain(sa)
+	toB, doneB := drain(sb)
+	send := func(cs *Stream, to chan<- int) {
+		t.Helper()
+		to <- len(msg)
+		if _, err := cs.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// From one goroutine, so the frames leave in this order: a run of
+	// A's, then one of B's.
+	for _, run := range []int{soleRun, bulkHistory + 4} {
+		for round := 0; round < 64; round++ {
+			start := time.Now()
+			for i := 0; i < run; i++ {
+				send(ca, toA)
+			}
+			send(cb, toB)
+			if time.Since(start) >= loneSettle {
+				// A stalled machine: A did receive alone that long.
+				t.Logf("runs of %d: round %d took %v; the rest of these rounds is not conclusive", run, round, time.Since(start))
+				break
+			}
+			if n := server.LoneExtraLent(); n != 0 {
+				t.Fatalf("runs of %d: round %d: %d bytes lent while two streams receive bulk", run, round, n)
+			}
+		}
+	}
+	close(toB)
+	if err := <-doneB; err != nil {
+		t.Fatal(err)
+	}
+	// A alone now, for longer than loneSettle: it borrows.
+	for i := 0; i < 64; i++ {
+		send(ca, toA)
+	}
+	time.Sleep(loneSettle + 10*time.Millisecond)
+	for i := 0; i < 64 && server.LoneExtraLent() == 0; i++ {
+		send(ca, toA)
+	}
+	close(toA)
+	if err := <-doneA; err != nil {
+		t.Fatal(err)
+	}
+	if server.LoneExtraLent() == 0 {
+		t.Fatalf("the stream receiving alone borrowed nothing")
+	}
+}
+
+// sendRead writes msg on cs rounds times, each read whole on ss before
+// the next.
+func sendRead(t *testing.T, cs, ss *Stream, msg []byte, rounds int) {
+	t.Helper()
+	for i := 0; i < rounds; i++ {
+		sent := make(chan error, 1)
+		go func() {
+			_, err := cs.Write(msg)
+			sent <- err
+		}()
+		readFull(t, ss, msg)
+		if err := <-sent; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// receiveAlone makes ss its session's only bulk receiver for long enough
+// to borrow (patch 23): 64 frames of msg read as they come, a pause past
+// loneSettle, 16 more.
+func receiveAlone(t *testing.T, cs, ss *Stream, msg []byte) {
+	t.Helper()
+	sendRead(t, cs, ss, msg, 64)
+	time.Sleep(loneSettle + 10*time.Millisecond)
+	sendRead(t, cs, ss, msg, 16)
 }

@@ -71,6 +71,14 @@ func (s *Session) noteBulk(st *Stream, length uint32) {
 		}
 	}
 	s.bulkCount = k
+	// Patch 23: alone for long enough that the other bulk streams of the
+	// session, if any, are not just waiting for their turn or their CPU.
+	if id != s.aloneID {
+		s.aloneID, s.aloneSince = id, now
+	}
+	if alone := k == 1 && now.Sub(s.aloneSince) >= loneSettle; s.bulkAlone.Load() != alone {
+		s.bulkAlone.Store(alone)
+	}
 	if s.sinceSmall < interactiveSpan {
 		s.sinceSmall++
 	}

@@ -133,14 +133,22 @@ type Session struct {
 	// (0: MaxStreamWindowSize), from the same rate and RTT (patch 13).
 	loneCap atomic.Uint32
 	// loneLent is how much of the lone window's extra
-	// (LoneStreamWindow - MaxStreamWindowSize) streams hold now (patch 22).
+	// (LoneStreamWindow - MaxStreamWindowSize) streams hold now (patch
+	// 22), and bulkAlone whether one stream alone received the large
+	// frames of the last loneSettle and bulkHistory, the only receiver
+	// the extra is lent to (patch 23).
 	loneLent  atomic.Int64
+	bulkAlone atomic.Bool
 	pathRTT   atomic.Int64
 	pathFloor atomic.Int64 // ns; patch 18
 	rateStart time.Time
 	rateBytes uint64
-	lastLarge time.Time     // when the last large frame came (recvLoop only)
-	frameGap  time.Duration // the mean gap between them, last measured
+	lastLarge time.Time // when the last large frame came (recvLoop only)
+	// aloneID is the stream that received every large frame since
+	// aloneSince (recvLoop only; patch 23).
+	aloneID    uint32
+	aloneSince time.Time
+	frameGap   time.Duration // the mean gap between them, last measured
 
 	// shutdown is used to safely close a session
 	shutdown        bool
