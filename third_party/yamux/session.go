@@ -143,12 +143,12 @@ type Session struct {
 	pathFloor atomic.Int64 // ns; patch 18
 	rateStart time.Time
 	rateBytes uint64
-	lastLarge time.Time // when the last large frame came (recvLoop only)
+	lastLarge time.Time     // when the last large frame came (recvLoop only)
+	frameGap  time.Duration // the mean gap between them, last measured
 	// aloneID is the stream that received every large frame since
 	// aloneSince (recvLoop only; patch 23).
 	aloneID    uint32
 	aloneSince time.Time
-	frameGap   time.Duration // the mean gap between them, last measured
 
 	// shutdown is used to safely close a session
 	shutdown        bool
