@@ -23,9 +23,10 @@ import (
 // allow. The first stream to open afterwards (every stream starts light)
 // sends them off lane 0 again before it has waited long: its first
 // messages may wait behind lane 0's bulk for as long as the moves take.
-// Off by default: on the 2-CPU test machine a ping that opened while
-// bulk streams were spread (they then left lane 0) was slower, the bulk
-// beside it faster (bench/README.md, "nineteenth" and "twentieth part").
+// Off by default: on the 2-CPU test machine spreading grew the transfer
+// lane's TCP receive buffer (autotuned, never shrunk), and beside a
+// deeper kernel queue a ping was slower, the bulk faster (bench/README.md,
+// "nineteenth" and "twentieth part").
 
 // heavyStreams are the client's streams that turned heavy, with the
 // lock that lets one balancing run at a time.
