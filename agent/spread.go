@@ -25,8 +25,8 @@ import (
 // messages may wait behind lane 0's bulk for as long as the moves take.
 // Off by default: on the 2-CPU test machine spreading grew the transfer
 // lane's TCP receive buffer (autotuned, never shrunk), and beside a
-// deeper kernel queue a ping was slower, the bulk faster (bench/README.md,
-// "nineteenth" and "twentieth part").
+// lane with a larger buffer a ping was slower, the bulk faster
+// (bench/README.md, "nineteenth" and "twentieth part").
 
 // heavyStreams are the client's streams that turned heavy, with the
 // lock that lets one balancing run at a time.
