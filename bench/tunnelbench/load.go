@@ -323,8 +323,8 @@ func pingPong(dial dialer, n, size int, deadline time.Time) ([]time.Duration, er
 
 // underLoad measures 64-byte ping-pong round trips for d while load bulk
 // streams push through bulkDial (started warm earlier); the bulk data is
-// verified too.
-func underLoad(bulkDial, pingDial dialer, load int, d, warm time.Duration) (rtts []time.Duration, bulkBytes int64, err error) {
+// verified too. bulkGbps is the bulk streams' rate over the whole of it.
+func underLoad(bulkDial, pingDial dialer, load int, d, warm time.Duration) (rtts []time.Duration, bulkGbps float64, err error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	res := make([]bulkResult, load)
@@ -336,13 +336,19 @@ func underLoad(bulkDial, pingDial dialer, load int, d, warm time.Duration) (rtts
 	rtts, err = pingPong(pingDial, 10_000_000, 64, time.Now().Add(d))
 	cancel()
 	wg.Wait()
+	var bytes int64
+	var longest time.Duration
 	for _, r := range res {
 		if r.err != nil && err == nil {
 			err = fmt.Errorf("bulk stream: %w", r.err)
 		}
-		bulkBytes += r.bytes
+		bytes += r.bytes
+		longest = max(longest, r.elapsed)
 	}
-	return rtts, bulkBytes, err
+	if longest > 0 {
+		bulkGbps = float64(bytes) * 8 / longest.Seconds() / 1e9
+	}
+	return rtts, bulkGbps, err
 }
 
 // connRate opens, echoes one byte on, and closes connections with workers

@@ -151,7 +151,7 @@ type path struct {
 func (p *path) endRun() {
 	p.runs = append(p.runs, p.fig)
 	p.fig.t1, p.fig.t8, p.fig.cpuPerGB, p.fig.conns = -1, -1, -1, -1
-	p.fig.rtt, p.fig.load, p.fig.loadSame = nil, nil, nil
+	p.fig.rtt, p.fig.load, p.fig.loadSame, p.fig.loadBulk = nil, nil, nil, nil
 	p.fig.perf1, p.fig.perf8 = nil, nil
 	p.fig.kinds8 = nil
 }
@@ -187,6 +187,7 @@ func (p *path) mergeRuns() {
 		p.fig.rtt = append(p.fig.rtt, r.rtt...)
 		p.fig.load = append(p.fig.load, r.load...)
 		p.fig.loadSame = append(p.fig.loadSame, r.loadSame...)
+		p.fig.loadBulk = append(p.fig.loadBulk, r.loadBulk...)
 	}
 }
 
@@ -220,6 +221,10 @@ type figures struct {
 	// bulk streams' session); the same samples as load where there are
 	// no sessions.
 	loadSame []time.Duration
+	// loadBulk: Gbit/s of the bulk streams beside each round of pings
+	// (both rows where there are sessions): what the ping's share of the
+	// CPU left them.
+	loadBulk []float64
 	conns    float64 // per second
 	// perf1, perf8: -perf's counts per GB moved (by event) on the
 	// processes carrying the sink, in the 1- and 8-stream runs; nil when
@@ -278,6 +283,20 @@ type metric struct {
 	get          func(*figures) float64 // -1: not measured
 }
 
+// meanUs is the mean of d in µs, -1 if d is empty: of a closed-loop ping,
+// one over the round trips it completed per second, where the tail counts
+// in proportion (a p50 does not see it).
+func meanUs(d []time.Duration) float64 {
+	if len(d) == 0 {
+		return -1
+	}
+	var s time.Duration
+	for _, x := range d {
+		s += x
+	}
+	return us(s / time.Duration(len(d)))
+}
+
 func pct(d []time.Duration, q float64) float64 {
 	if len(d) == 0 {
 		return -1
@@ -294,6 +313,9 @@ var (
 	mLoad99 = metric{"64 B round trip p99, 4 bulk streams alongside", "µs", false, func(f *figures) float64 { return pct(f.load, 0.99) }}
 	mSame50 = metric{"64 B round trip p50, 4 bulk streams alongside, same session", "µs", false, func(f *figures) float64 { return pct(f.loadSame, 0.5) }}
 	mSame99 = metric{"64 B round trip p99, 4 bulk streams alongside, same session", "µs", false, func(f *figures) float64 { return pct(f.loadSame, 0.99) }}
+	mLoadMn = metric{"64 B round trip mean, 4 bulk streams alongside", "µs", false, func(f *figures) float64 { return meanUs(f.load) }}
+	mSameMn = metric{"64 B round trip mean, 4 bulk streams alongside, same session", "µs", false, func(f *figures) float64 { return meanUs(f.loadSame) }}
+	mLoadBk = metric{"4 bulk streams beside the round trips", "Gbit/s", true, func(f *figures) float64 { return median(slices.Clone(f.loadBulk)) }}
 	mConns  = metric{"connections/s (open, 1 B echo, close; 16 parallel)", "conn/s", true, func(f *figures) float64 { return f.conns }}
 	mIdle   = metric{"RSS per idle connection, both sides", "KiB", false, (*figures).idleKiB}
 	mIdleMB = metric{"RSS with the idle connections open, both sides", "MiB", false, (*figures).idleMiB}
@@ -559,13 +581,15 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		for range loadRounds {
 			for _, p := range append([]*path{direct}, order...) {
 				if !step(p, "round trips under load", func() error {
-					r, _, e := underLoad(p.sink, p.echo, 4, loadDur, warm)
+					r, bg, e := underLoad(p.sink, p.echo, 4, loadDur, warm)
 					p.fig.load = append(p.fig.load, r...)
+					p.fig.loadBulk = append(p.fig.loadBulk, bg)
 					if e != nil || !p.session {
 						return e
 					}
-					r, _, e = underLoad(p.sink, p.echoBulk, 4, loadDur, warm)
+					r, bg, e = underLoad(p.sink, p.echoBulk, 4, loadDur, warm)
 					p.fig.loadSame = append(p.fig.loadSame, r...)
+					p.fig.loadBulk = append(p.fig.loadBulk, bg)
 					return e
 				}) {
 					return err
@@ -626,6 +650,9 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		target(mk(mLoad99, direct), 1.3, false),
 		mk(mSame50, direct),
 		mk(mSame99, direct),
+		mk(mLoadMn, direct),
+		mk(mSameMn, direct),
+		mk(mLoadBk, direct),
 		target(mk(mConns, direct), 0.45, false),
 		mk(mT1, relay),
 		mk(mRTT50, other),
@@ -684,7 +711,7 @@ func writePaths(b *strings.Builder, direct, relay *path, peers []*path, tunnels 
 	b.WriteString(" tunnel / best peer |\n| --- | --- |")
 	b.WriteString(strings.Repeat(" ---: |", len(cols)+1) + "\n")
 	idleName := fmt.Sprintf("%s (%d connections)", mIdle.name, idle)
-	for _, m := range []metric{mT1, mT8, mRTT50, mRTT99, mLoad50, mLoad99, mSame50, mSame99, mConns, mIdle, mIdleMB, mCPU} {
+	for _, m := range []metric{mT1, mT8, mRTT50, mRTT99, mLoad50, mLoad99, mSame50, mSame99, mLoadMn, mSameMn, mLoadBk, mConns, mIdle, mIdleMB, mCPU} {
 		name := m.name
 		if m.name == mIdle.name {
 			name = idleName
