@@ -279,15 +279,26 @@ func throughput(dial dialer, streams int, d time.Duration) (gbps float64, bytes 
 		wg.Go(func() { res[i] = bulk(ctx, dial, 30*time.Second) })
 	}
 	wg.Wait()
-	var longest time.Duration
 	for _, r := range res {
 		if r.err != nil {
 			return 0, 0, r.err
 		}
+	}
+	gbps, bytes = bulkRate(res)
+	return gbps, bytes, nil
+}
+
+// bulkRate is the streams' bytes together over the slowest one's time.
+func bulkRate(res []bulkResult) (gbps float64, bytes int64) {
+	var longest time.Duration
+	for _, r := range res {
 		bytes += r.bytes
 		longest = max(longest, r.elapsed)
 	}
-	return float64(bytes) * 8 / longest.Seconds() / 1e9, bytes, nil
+	if longest <= 0 {
+		return 0, bytes
+	}
+	return float64(bytes) * 8 / longest.Seconds() / 1e9, bytes
 }
 
 // pingPong does up to n round trips of size bytes on one connection, until
@@ -336,18 +347,12 @@ func underLoad(bulkDial, pingDial dialer, load int, d, warm time.Duration) (rtts
 	rtts, err = pingPong(pingDial, 10_000_000, 64, time.Now().Add(d))
 	cancel()
 	wg.Wait()
-	var bytes int64
-	var longest time.Duration
 	for _, r := range res {
 		if r.err != nil && err == nil {
 			err = fmt.Errorf("bulk stream: %w", r.err)
 		}
-		bytes += r.bytes
-		longest = max(longest, r.elapsed)
 	}
-	if longest > 0 {
-		bulkGbps = float64(bytes) * 8 / longest.Seconds() / 1e9
-	}
+	bulkGbps, _ = bulkRate(res)
 	return rtts, bulkGbps, err
 }
 

@@ -112,6 +112,28 @@ func TestPercentile(t *testing.T) {
 	}
 }
 
+// A ping's mean counts its tail in proportion, where its p50 does not;
+// the bulk beside it is all streams' bytes over the slowest one's time.
+func TestLoadMeanAndBulkRate(t *testing.T) {
+	d := []time.Duration{100 * time.Microsecond, 100 * time.Microsecond, 100 * time.Microsecond, 10 * time.Millisecond}
+	if got := meanUs(d); got != 2575 {
+		t.Errorf("mean %v µs, want 2575", got)
+	}
+	if pct(d, 0.5) != 100 {
+		t.Errorf("p50 %v µs, want 100", pct(d, 0.5))
+	}
+	if meanUs(nil) != -1 {
+		t.Error("the mean of no samples is not -1 (not measured)")
+	}
+	gbps, bytes := bulkRate([]bulkResult{{bytes: 1e9, elapsed: 2 * time.Second}, {bytes: 5e8, elapsed: 4 * time.Second}})
+	if bytes != 15e8 || gbps != 3 {
+		t.Errorf("bulk rate %v Gbit/s of %d bytes, want 3 of 1.5e9 (over the slower stream's 4 s)", gbps, bytes)
+	}
+	if gbps, _ := bulkRate([]bulkResult{{}}); gbps != 0 {
+		t.Errorf("a rate of %v Gbit/s over no time", gbps)
+	}
+}
+
 // Several runs give each scalar's median (runs that did not measure it
 // left out), pool the round trips, and keep the idle figures measured once.
 func TestMergeRuns(t *testing.T) {
@@ -120,10 +142,11 @@ func TestMergeRuns(t *testing.T) {
 	for _, r := range []struct {
 		t1, conns float64
 		rtt       time.Duration
-	}{{3, 10, 1}, {1, -1, 2}, {2, 30, 3}} {
-		p.fig.t1, p.fig.conns, p.fig.rtt = r.t1, r.conns, []time.Duration{r.rtt}
+		bulk      []float64
+	}{{3, 10, 1, []float64{4}}, {1, -1, 2, []float64{9, 5}}, {2, 30, 3, nil}} {
+		p.fig.t1, p.fig.conns, p.fig.rtt, p.fig.loadBulk = r.t1, r.conns, []time.Duration{r.rtt}, r.bulk
 		p.endRun()
-		if p.fig.t1 != -1 || p.fig.rtt != nil {
+		if p.fig.t1 != -1 || p.fig.rtt != nil || p.fig.loadBulk != nil {
 			t.Fatal("endRun left the run's figures for the next")
 		}
 	}
@@ -133,6 +156,9 @@ func TestMergeRuns(t *testing.T) {
 	}
 	if len(p.fig.rtt) != 3 || p.fig.idleKiB() != 20 {
 		t.Errorf("round trips %v (want 3 pooled), idle %v KiB (want 20)", p.fig.rtt, p.fig.idleKiB())
+	}
+	if got := mLoadBk.get(&p.fig); got != 5 {
+		t.Errorf("bulk beside the pings %v, want 5 (the median of the rounds of all runs)", got)
 	}
 	if got := spread(mT1, p); got != " (1.00–3.00)" {
 		t.Errorf("spread of t1 = %q", got)
