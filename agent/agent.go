@@ -358,11 +358,10 @@ func classLoneWindow(class string) uint32 {
 // stream, a transfer until it turns heavy and moves: without a bound the
 // kernel queues what the transfer's window allows (a megabyte) ahead of
 // the messages, and on a slow path the bytes still queued there when the
-// transfer moves cross the link twice (bench/README.md, "fifteenth part":
-// at 2 Mbit/s the worst wait of a ping beside an upload, before the
-// upload moves, went from about 530 to 80–190 ms). The
-// other lanes, the transfers', keep the kernel's queue: a bound there cost
-// one stream up to a third on loopback ("Head-of-line blocking inside a
+// transfer moves cross the link twice (the worst wait of a ping beside an
+// upload on a slow link: bench/README.md, "fifteenth part"). The other
+// lanes, the transfers', keep the kernel's queue: a bound there cost one
+// stream's throughput on loopback ("Head-of-line blocking inside a
 // session").
 const laneZeroLowat = 64 * 1024
 

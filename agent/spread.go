@@ -171,7 +171,7 @@ func (c *Client) moveOne(heavy []*resume.Stream, class string, lane int, sess *m
 
 // lightArrived: a stream opened (it starts light). Heavy streams that
 // share lane 0 because nothing else rode the agent leave it, all at once
-// (one by one, the last left 100 ms later on a busy host), each to the
+// (one by one, the last left long after on a busy host), each to the
 // least busy other lane; the lane-0 list is taken once a balancing in
 // progress is done.
 func (c *Client) lightArrived() {

@@ -5,8 +5,8 @@ package yamux
 // holds, down to 32 KiB. A receiver sends a window update once half its
 // window is read: with one frame the size of the whole window in flight,
 // the update waits for the whole frame, and the path idles for a round
-// trip per window (a 64 KiB window on a 2 Mbit/s link lost a tenth of
-// its goodput). Two frames keep one in flight while the other is read.
+// trip per window (what that cost a slow link: PATCHED.md, patch 15). Two
+// frames keep one in flight while the other is read.
 
 // minFrameCap is the smallest bound frameCap puts on a frame: the frame
 // size of patch 8, so a small window is sent as it was then.

@@ -10,7 +10,7 @@ import (
 // a bytes.Buffer. Upstream's buffer grows by reallocating (a fresh,
 // zeroed array twice the size, and a copy of what is unread) or slides
 // its unread bytes down, whenever a frame arrives while the reader is
-// behind; under bulk traffic that was 6% of the receiving agent's CPU.
+// behind, which under bulk traffic is often (profile in PATCHED.md).
 // Chunks are only appended and consumed: no reallocation, no slide, and
 // a drained buffer gives its chunks back, so an idle stream holds none.
 

@@ -13,13 +13,13 @@ import (
 //
 // crypto/tls writes every record (at most 16 KiB of data) with its own
 // write(2). Over loopback each of those calls also runs the peer's TCP
-// receive path, so calls, not AES, were the main cost of the tunnel (about
-// 60% of CPU in syscalls before this, see bench/README.md). Conn sends all
-// records of one Write in a single call. Reads go straight to the socket:
-// crypto/tls reads what its record buffer has room for, often several
-// records a call, and a buffer of our own under it cost a copy of every
-// byte received for 10% fewer read(2) calls (bench/README.md, "eighth
-// part").
+// receive path, so calls, not AES, were the main cost of the tunnel
+// (profiles in bench/README.md). Conn sends all records of one Write in a
+// single call, for one copy of what it sends. Reads go straight to the
+// socket: crypto/tls reads what its record buffer has room for, often
+// several records a call, and a buffer of our own under it saved few
+// read(2) calls for a copy of every byte received (bench/README.md,
+// "eighth part").
 type Conn struct {
 	*tls.Conn
 	raw    *batchingConn
