@@ -35,6 +35,7 @@ type Metrics struct {
 	stats map[[2]string]*Counts // by kind, name: the numbers /status shows
 
 	receiveBuffered atomic.Pointer[func() int] // WatchReceiveBuffered
+	kernelHeld      atomic.Pointer[func() int] // WatchKernelHeld
 	writeQueued     atomic.Pointer[func() int] // WatchWriteQueued
 }
 
@@ -96,7 +97,10 @@ func NewMetrics(agent string) *Metrics {
 	queued := watchedGauge(prometheus.GaugeOpts{
 		Name: "tunnel_write_queue_bytes", Help: "Bytes of tunnelled streams copied into the sessions' write queues, waiting for the connection (each session holds at most about 1 MiB).", ConstLabels: constLabels,
 	}, &m.writeQueued)
-	m.Registry.MustRegister(received, queued, m.Sessions, m.SessionsUp, m.SessionsEnded, m.HandshakeFailures, m.StreamsOpen,
+	kernel := watchedGauge(prometheus.GaugeOpts{
+		Name: "tunnel_tcp_queued_bytes", Help: "Bytes the kernel holds for the agent's tunnel connections: received and not yet read, or sent and not yet acknowledged by the peer (each connection at most its socket buffers, which Linux grows with traffic up to net.ipv4.tcp_rmem and tcp_wmem).", ConstLabels: constLabels,
+	}, &m.kernelHeld)
+	m.Registry.MustRegister(received, queued, kernel, m.Sessions, m.SessionsUp, m.SessionsEnded, m.HandshakeFailures, m.StreamsOpen,
 		m.StreamsOpened, m.StreamsFailed, m.StreamsRefused, m.AwaitingHeader, m.StrayFrames, m.Bytes, m.PingRTT, m.CertExpiry, m.Resume,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -133,6 +137,10 @@ func (m *Metrics) WatchReceiveBuffered(bytes func() int) { m.receiveBuffered.Sto
 // WatchWriteQueued exports the bytes waiting in the sessions' write
 // queues, read once per scrape.
 func (m *Metrics) WatchWriteQueued(bytes func() int) { m.writeQueued.Store(&bytes) }
+
+// WatchKernelHeld makes tunnel_tcp_queued_bytes read bytes on each scrape:
+// what the kernel holds for the agent's tunnel connections.
+func (m *Metrics) WatchKernelHeld(bytes func() int) { m.kernelHeld.Store(&bytes) }
 
 // WatchResume exports stats, read once per scrape.
 func (m *Metrics) WatchResume(stats func() ResumeStats) { m.Resume.stats.Store(&stats) }

@@ -64,6 +64,19 @@ type SessionStatus struct {
 	// LoneWindowLent: window beyond the class's that the session's only
 	// bulk receiver holds now (a fast path lets it grow), in bytes.
 	LoneWindowLent int64 `json:"lone_window_lent_bytes"`
+	// TCP is what the kernel holds for the session's connection (left
+	// out where the system does not tell).
+	TCP *TCPQueues `json:"tcp,omitempty"`
+}
+
+// TCPQueues are a session connection's kernel queues, in bytes.
+type TCPQueues struct {
+	// ReceiveBuffer: the most the kernel may hold of the peer's bytes.
+	// Linux grows it with the connection's traffic and never shrinks it.
+	ReceiveBuffer int `json:"receive_buffer_bytes"`
+	Unread        int `json:"unread_bytes"` // received, not yet read by the agent
+	SendBuffer    int `json:"send_buffer_bytes"`
+	SendQueue     int `json:"send_queue_bytes"` // written, not yet acknowledged by the peer
 }
 
 type ForwardStatus struct {

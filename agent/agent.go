@@ -437,6 +437,7 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, lane int
 		// The least ping never rises; the kernel's recent minimum does
 		// when the path lengthens under the connection (a failover).
 		PathMinRTT:    func() time.Duration { return sockopt.MinRTT(conn.Raw()) },
+		KernelQueues:  func() (sockopt.Queues, bool) { return sockopt.ReadQueues(conn.Raw()) },
 		OnRefuse:      func(kind, service string, err error, n int) { refused(st, id, remote, kind, service, err, n) },
 		OnHeaderWait:  func(d int) { st.metrics.AwaitingHeader.Add(float64(d)) },
 		OnStrayFrames: func(n int) { st.metrics.StrayFrames.Add(float64(n)) },
@@ -763,10 +764,14 @@ func endReason(err error) string {
 
 // sessionStatus is what /status shows of one session, on either agent.
 func sessionStatus(sess *mux.Session, key, class string, lane int) admin.SessionStatus {
-	return admin.SessionStatus{Peer: sess.Peer.Name(), Key: key, Class: class, Lane: lane, Remote: sess.RemoteAddr(),
+	st := admin.SessionStatus{Peer: sess.Peer.Name(), Key: key, Class: class, Lane: lane, Remote: sess.RemoteAddr(),
 		Since: sess.Since(), Streams: sess.NumStreams(), ReceiveBuffered: sess.ReceiveBuffered(), WriteQueued: sess.WriteQueued(),
 		LeastRTTMicros: sess.LeastRTT().Microseconds(), TCPMinRTTMicros: sess.PathFloor().Microseconds(), StreamWindow: sess.StreamWindow(),
 		LoneWindowLent: sess.LoneWindowLent()}
+	if q, ok := sess.KernelQueues(); ok {
+		st.TCP = &admin.TCPQueues{ReceiveBuffer: q.ReceiveBuffer, Unread: q.Unread, SendBuffer: q.SendBuffer, SendQueue: q.SendQueue}
+	}
+	return st
 }
 
 func forwardStatus(m *admin.Metrics, kind, name, listen, target, class, classFrom string) admin.ForwardStatus {

@@ -73,6 +73,7 @@ func NewClient(cfg *config.Client, log hclog.Logger) (*Client, error) {
 	c.resume = newResumeTable(cfg.Settings, log, c.metrics, "")
 	c.metrics.WatchReceiveBuffered(func() int { return c.sumSessions((*mux.Session).ReceiveBuffered) })
 	c.metrics.WatchWriteQueued(func() int { return c.sumSessions((*mux.Session).WriteQueued) })
+	c.metrics.WatchKernelHeld(func() int { return c.sumSessions((*mux.Session).KernelHeld) })
 	// One session per traffic class in use, so control messages never
 	// queue behind bulk data, and bulk_connections of them for bulk (its
 	// lanes); the server may open streams of either class.

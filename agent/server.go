@@ -71,6 +71,7 @@ func NewServer(cfg *config.Server, log hclog.Logger) (*Server, error) {
 	s.resume = newResumeTable(cfg.Settings, log, s.metrics, "")
 	s.metrics.WatchReceiveBuffered(func() int { return s.sumSessions((*mux.Session).ReceiveBuffered) })
 	s.metrics.WatchWriteQueued(func() int { return s.sumSessions((*mux.Session).WriteQueued) })
+	s.metrics.WatchKernelHeld(func() int { return s.sumSessions((*mux.Session).KernelHeld) })
 	return s, nil
 }
 

@@ -128,6 +128,12 @@ func TestWriteQueueBoundedWhileServerStopped(t *testing.T) {
 		}
 		return false
 	})
+	// The kernel's queue toward the stopped server shows too, within the
+	// socket's buffer.
+	waitFor(t, "the kernel's queue toward the stopped server, in /status and /metrics", func() bool {
+		held, metric := kernelQueued(t, cliAdmin)
+		return held > 0 && metric > 0
+	})
 	// Held there, not growing: the writers now wait for their turn.
 	time.Sleep(200 * time.Millisecond)
 	if perSession, _ := queued(); len(perSession) > 0 {
@@ -158,6 +164,32 @@ func TestWriteQueueBoundedWhileServerStopped(t *testing.T) {
 		}
 		return metric == 0
 	})
+	waitFor(t, "the kernel holds nothing once the server reads again", func() bool {
+		held, metric := kernelQueued(t, cliAdmin)
+		return held == 0 && metric == 0
+	})
+}
+
+// kernelQueued is what the kernel holds for an agent's sessions, by the
+// sum of /status's tcp fields and by tunnel_tcp_queued_bytes; a session
+// without them, or whose send queue is over its send buffer, fails t.
+func kernelQueued(t *testing.T, adminAddr string) (held int, metric float64) {
+	t.Helper()
+	var st admin.Status
+	if err := json.Unmarshal(get(t, "http://"+adminAddr+"/status"), &st); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st.Sessions {
+		q := s.TCP
+		if q == nil {
+			t.Fatalf("session %s (lane %d): no tcp queues in /status", s.Class, s.Lane)
+		}
+		if q.ReceiveBuffer <= 0 || q.SendBuffer <= 0 || q.SendQueue > q.SendBuffer {
+			t.Fatalf("session %s (lane %d): tcp queues %+v", s.Class, s.Lane, *q)
+		}
+		held += q.Unread + q.SendQueue
+	}
+	return held, metricValue(t, string(get(t, "http://"+adminAddr+"/metrics")), "tunnel_tcp_queued_bytes")
 }
 
 var errWrongSum = errors.New("the target's SHA-256 of the stream differs from what was sent")

@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/tunnelworks/tunnel/ratelog"
+	"github.com/tunnelworks/tunnel/transport/sockopt"
 	"github.com/tunnelworks/tunnel/transport/ssl"
 )
 
@@ -42,6 +43,9 @@ type Config struct {
 	// (the kernel's: sockopt.MinRTT). It is read at every answered ping;
 	// windows are sized by the longer of it and the least ping.
 	PathMinRTT func() time.Duration
+	// KernelQueues, if set, reads what the kernel holds for the
+	// session's connection (sockopt.ReadQueues); false where it cannot.
+	KernelQueues func() (sockopt.Queues, bool)
 	// MaxStreams bounds the tunnelled streams the session holds at once,
 	// both directions, each counted from the moment yamux accepts it
 	// (before its header has arrived). The two control streams come on
@@ -538,6 +542,24 @@ func (s *Session) LeastRTT() time.Duration { return pathRTT(s.y) }
 // or built on upstream yamux). Windows are sized by the longer of it and
 // LeastRTT.
 func (s *Session) PathFloor() time.Duration { return pathFloor(s.y) }
+
+// KernelQueues is what the kernel holds for the session's connection:
+// the peer's bytes we have not read yet, ours it has not acknowledged,
+// and the buffers' sizes (false if Config.KernelQueues is not set or
+// cannot tell).
+func (s *Session) KernelQueues() (sockopt.Queues, bool) {
+	if s.cfg.KernelQueues == nil {
+		return sockopt.Queues{}, false
+	}
+	return s.cfg.KernelQueues()
+}
+
+// KernelHeld is what the kernel holds for the session's connection, in
+// bytes: unread plus unacknowledged (0 where it cannot tell).
+func (s *Session) KernelHeld() int {
+	q, _ := s.KernelQueues()
+	return q.Unread + q.SendQueue
+}
 
 // NotePathRTT tells the session a round trip of its path measured by
 // another session to the same peer (the agent's path sharing: a bulk

@@ -147,3 +147,83 @@ func TestMinRTTOfLoopbackConnection(t *testing.T) {
 		t.Errorf("MinRTT of a pipe: %s, want 0", d)
 	}
 }
+
+// waitQueues reads c's queues until ok says they are as expected, for at
+// most 10 s (loopback delivers at once; the bound is for a loaded host).
+func waitQueues(t *testing.T, c net.Conn, what string, ok func(Queues) bool) Queues {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		q, read := ReadQueues(c)
+		if !read {
+			t.Fatalf("ReadQueues of a loopback TCP connection: not read")
+		}
+		if ok(q) {
+			return q
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: queues %+v", what, q)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestQueuesOfLoopbackConnection(t *testing.T) {
+	dialed, accepted := pair(t, "tcp4", "127.0.0.1:0", Unset)
+	defer dialed.Close()
+	defer accepted.Close()
+
+	// Unread bytes wait in the receiver's queue, exactly as many as sent.
+	msg := make([]byte, 10000)
+	if _, err := dialed.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	q := waitQueues(t, accepted, "10000 bytes unread", func(q Queues) bool { return q.Unread == len(msg) })
+	if q.ReceiveBuffer <= 0 || q.SendBuffer <= 0 {
+		t.Fatalf("buffer sizes not read: %+v", q)
+	}
+
+	// A reader that stops: the sender's writes block once both buffers
+	// are full, and what it wrote waits in its send queue.
+	written := len(msg)
+	chunk := make([]byte, 64<<10)
+	for {
+		dialed.SetWriteDeadline(time.Now().Add(200 * time.Millisecond))
+		n, err := dialed.Write(chunk)
+		written += n
+		if err != nil {
+			break
+		}
+	}
+	dialed.SetWriteDeadline(time.Time{})
+	sq, ok := ReadQueues(dialed)
+	if !ok || sq.SendQueue <= 0 {
+		t.Fatalf("sender blocked by a reader that stopped: queues %+v (read %v)", sq, ok)
+	}
+	rq, _ := ReadQueues(accepted)
+	if rq.Unread <= len(msg) {
+		t.Fatalf("receiver of a blocked sender: queues %+v", rq)
+	}
+
+	// Reading all of it empties both queues.
+	if _, err := io.ReadFull(accepted, make([]byte, written)); err != nil {
+		t.Fatal(err)
+	}
+	waitQueues(t, accepted, "receiver drained", func(q Queues) bool { return q.Unread == 0 })
+	waitQueues(t, dialed, "sender acknowledged", func(q Queues) bool { return q.SendQueue == 0 })
+}
+
+func TestQueuesOnlyOfTCP(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	if q, ok := ReadQueues(a); ok {
+		t.Fatalf("a pipe has no kernel queues, read %+v", q)
+	}
+	dialed, accepted := pair(t, "tcp4", "127.0.0.1:0", Unset)
+	accepted.Close()
+	dialed.Close()
+	if q, ok := ReadQueues(dialed); ok {
+		t.Fatalf("a closed connection: read %+v", q)
+	}
+}
