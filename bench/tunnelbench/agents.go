@@ -3,8 +3,10 @@ package tunnelbench
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"maps"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tunnelworks/tunnel/admin"
 	"github.com/tunnelworks/tunnel/agent"
 )
 
@@ -101,13 +104,17 @@ func moduleRoot(ctx context.Context) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-// common settings of both agents: a short drain so stopping is quick, and
+// common settings of both agents: a short drain so stopping is quick,
 // stream limits above the -idle maximum (5,000 idle streams on one bulk
-// session; the defaults hold 256 there, see the README's stream limits).
+// session; the defaults hold 256 there, see the README's stream limits),
+// and /status on loopback (tunnel.kernelReceiveBuffer).
 const commonHCL = `log_level     = "info"
 drain_timeout = "1s"
 max_streams_per_session = 8192
 max_session_buffer = "8GiB"
+admin {
+  listen = "127.0.0.1:0"
+}
 `
 
 // serverConfig writes a server config with a service per name → target.
@@ -251,7 +258,8 @@ func tail(s string, n int) string {
 }
 
 var (
-	reListening = regexp.MustCompile(`listening: addr=(\S+)`)
+	reListening = regexp.MustCompile(`: listening: addr=(\S+)`)
+	reAdmin     = regexp.MustCompile(`admin listening: addr=(\S+)`)
 	// The first session of each class: further ones of a class (the
 	// client's bulk_connections) end their line with lane=N.
 	reSessionUp = regexp.MustCompile(`(?m)session up:.* agent=\S+$`)
@@ -330,6 +338,50 @@ func (t *tunnel) stop() {
 }
 
 func (t *tunnel) pids() []int { return []int{t.server.pid(), t.client.pid()} }
+
+// kernelReceiveBuffer is the largest kernel receive buffer of the
+// tunnel's connections at either agent, in MiB, from /status: Linux grows
+// a connection's buffer with its traffic and never shrinks it, and a ping
+// beside bulk streams was measured slower beside a larger one
+// (bench/README.md, "twentieth part"). -1 where an agent does not tell
+// (a build from before /status showed it, another system).
+func (t *tunnel) kernelReceiveBuffer() float64 {
+	largest := -1
+	for _, p := range []*proc{t.server, t.client} {
+		m := reAdmin.FindStringSubmatch(p.log.String())
+		if m == nil {
+			return -1
+		}
+		var st admin.Status
+		if err := getJSON("http://"+m[1]+"/status", &st); err != nil {
+			return -1
+		}
+		for _, s := range st.Sessions {
+			if s.TCP == nil {
+				return -1
+			}
+			largest = max(largest, s.TCP.ReceiveBuffer)
+		}
+	}
+	if largest < 0 {
+		return -1
+	}
+	return float64(largest) / (1 << 20)
+}
+
+// getJSON decodes the JSON answer to a GET of url into v, within 5 s.
+func getJSON(url string, v any) error {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
 
 // logTails is the end of both agents' logs, for a failed measurement.
 func (t *tunnel) logTails() string {

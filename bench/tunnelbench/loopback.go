@@ -142,15 +142,18 @@ type path struct {
 	// logs, if set, is the tail of the path's processes' logs: a failed
 	// measurement shows it, so that a stream the agents ended says why.
 	logs func() string
-	fig  figures
-	runs []figures // the timed figures of each run so far (-runs)
+	// kernelRcv, if set, reads the largest kernel receive buffer of the
+	// path's tunnel connections (tunnel.kernelReceiveBuffer).
+	kernelRcv func() float64
+	fig       figures
+	runs      []figures // the timed figures of each run so far (-runs)
 }
 
 // endRun keeps the timed figures of the run just done and clears them for
 // the next; the idle-connection figures (measured once) stay.
 func (p *path) endRun() {
 	p.runs = append(p.runs, p.fig)
-	p.fig.t1, p.fig.t8, p.fig.cpuPerGB, p.fig.conns = -1, -1, -1, -1
+	p.fig.t1, p.fig.t8, p.fig.cpuPerGB, p.fig.conns, p.fig.rcvBufMiB = -1, -1, -1, -1, -1
 	p.fig.rtt, p.fig.load, p.fig.loadSame, p.fig.loadBulk = nil, nil, nil, nil
 	p.fig.perf1, p.fig.perf8 = nil, nil
 	p.fig.kinds8 = nil
@@ -173,6 +176,7 @@ func (p *path) mergeRuns() {
 	p.fig.t8 = med(func(f *figures) float64 { return f.t8 })
 	p.fig.cpuPerGB = med(func(f *figures) float64 { return f.cpuPerGB })
 	p.fig.conns = med(func(f *figures) float64 { return f.conns })
+	p.fig.rcvBufMiB = med(func(f *figures) float64 { return f.rcvBufMiB })
 	var perf1, perf8 []map[string]float64
 	for _, r := range p.runs {
 		perf1, perf8 = append(perf1, r.perf1), append(perf8, r.perf8)
@@ -225,7 +229,10 @@ type figures struct {
 	// (both rows where there are sessions): what the ping's share of the
 	// CPU left them.
 	loadBulk []float64
-	conns    float64 // per second
+	// rcvBufMiB: the largest kernel receive buffer of the path's tunnel
+	// connections after the round trips beside bulk (-1: not read).
+	rcvBufMiB float64
+	conns     float64 // per second
 	// perf1, perf8: -perf's counts per GB moved (by event) on the
 	// processes carrying the sink, in the 1- and 8-stream runs; nil when
 	// not counted.
@@ -240,7 +247,7 @@ type figures struct {
 }
 
 func newPath(name string, sink, echo, echoBulk dialer) *path {
-	return &path{name: name, sink: sink, echo: echo, echoBulk: echoBulk, fig: figures{t1: -1, t8: -1, cpuPerGB: -1, conns: -1}}
+	return &path{name: name, sink: sink, echo: echo, echoBulk: echoBulk, fig: figures{t1: -1, t8: -1, cpuPerGB: -1, conns: -1, rcvBufMiB: -1}}
 }
 
 // chainPath is the path through a chain carrying the echo (0) and the
@@ -316,6 +323,7 @@ var (
 	mLoadMn = metric{"64 B round trip mean, 4 bulk streams alongside", "µs", false, func(f *figures) float64 { return meanUs(f.load) }}
 	mSameMn = metric{"64 B round trip mean, 4 bulk streams alongside, same session", "µs", false, func(f *figures) float64 { return meanUs(f.loadSame) }}
 	mLoadBk = metric{"4 bulk streams beside the round trips", "Gbit/s", true, func(f *figures) float64 { return median(slices.Clone(f.loadBulk)) }}
+	mRcvBuf = metric{"largest kernel receive buffer of a tunnel connection, after the round trips beside bulk", "MiB", false, func(f *figures) float64 { return f.rcvBufMiB }}
 	mConns  = metric{"connections/s (open, 1 B echo, close; 16 parallel)", "conn/s", true, func(f *figures) float64 { return f.conns }}
 	mIdle   = metric{"RSS per idle connection, both sides", "KiB", false, (*figures).idleKiB}
 	mIdleMB = metric{"RSS with the idle connections open, both sides", "MiB", false, (*figures).idleMiB}
@@ -451,7 +459,7 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 	direct := newPath("direct TCP", tcpDialer(tg.sink), tcpDialer(tg.echo), tcpDialer(tg.echo))
 	tunnel := newPath("tunnel", tcpDialer(tun.forwards["sink"]), tcpDialer(tun.forwards["echo"]), tcpDialer(tun.forwards["echo-bulk"]))
 	tunnel.sinkPids, tunnel.echoPids = tun.pids(), tun.pids()
-	tunnel.session, tunnel.logs = true, tun.logTails
+	tunnel.session, tunnel.logs, tunnel.kernelRcv = true, tun.logTails, tun.kernelReceiveBuffer
 	// Other agent builds (-agents), each a tunnel path of its own.
 	var others []*path
 	for _, b := range o.others {
@@ -461,7 +469,7 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		}
 		defer t.stop()
 		p := newPath("tunnel ("+b.label+")", tcpDialer(t.forwards["sink"]), tcpDialer(t.forwards["echo"]), tcpDialer(t.forwards["echo-bulk"]))
-		p.sinkPids, p.echoPids, p.session, p.logs = t.pids(), t.pids(), true, t.logTails
+		p.sinkPids, p.echoPids, p.session, p.logs, p.kernelRcv = t.pids(), t.pids(), true, t.logTails, t.kernelReceiveBuffer
 		others = append(others, p)
 	}
 	relay := chainPath(relayName, relays)
@@ -590,6 +598,9 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 					r, bg, e = underLoad(p.sink, p.echoBulk, 4, loadDur, warm)
 					p.fig.loadSame = append(p.fig.loadSame, r...)
 					p.fig.loadBulk = append(p.fig.loadBulk, bg)
+					if p.kernelRcv != nil {
+						p.fig.rcvBufMiB = p.kernelRcv()
+					}
 					return e
 				}) {
 					return err
@@ -711,7 +722,7 @@ func writePaths(b *strings.Builder, direct, relay *path, peers []*path, tunnels 
 	b.WriteString(" tunnel / best peer |\n| --- | --- |")
 	b.WriteString(strings.Repeat(" ---: |", len(cols)+1) + "\n")
 	idleName := fmt.Sprintf("%s (%d connections)", mIdle.name, idle)
-	for _, m := range []metric{mT1, mT8, mRTT50, mRTT99, mLoad50, mLoad99, mSame50, mSame99, mLoadMn, mSameMn, mLoadBk, mConns, mIdle, mIdleMB, mCPU} {
+	for _, m := range []metric{mT1, mT8, mRTT50, mRTT99, mLoad50, mLoad99, mSame50, mSame99, mLoadMn, mSameMn, mLoadBk, mRcvBuf, mConns, mIdle, mIdleMB, mCPU} {
 		name := m.name
 		if m.name == mIdle.name {
 			name = idleName

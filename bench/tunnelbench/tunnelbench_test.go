@@ -140,13 +140,13 @@ func TestMergeRuns(t *testing.T) {
 	p := newPath("x", nil, nil, nil)
 	p.fig.rssBefore, p.fig.rssAfter, p.fig.idle = []float64{100}, []float64{300}, 10
 	for _, r := range []struct {
-		t1, conns float64
-		rtt       time.Duration
-		bulk      []float64
-	}{{3, 10, 1, []float64{4}}, {1, -1, 2, []float64{9, 5}}, {2, 30, 3, nil}} {
-		p.fig.t1, p.fig.conns, p.fig.rtt, p.fig.loadBulk = r.t1, r.conns, []time.Duration{r.rtt}, r.bulk
+		t1, conns, rcvBuf float64
+		rtt               time.Duration
+		bulk              []float64
+	}{{3, 10, 2, 1, []float64{4}}, {1, -1, -1, 2, []float64{9, 5}}, {2, 30, 6, 3, nil}} {
+		p.fig.t1, p.fig.conns, p.fig.rcvBufMiB, p.fig.rtt, p.fig.loadBulk = r.t1, r.conns, r.rcvBuf, []time.Duration{r.rtt}, r.bulk
 		p.endRun()
-		if p.fig.t1 != -1 || p.fig.rtt != nil || p.fig.loadBulk != nil {
+		if p.fig.t1 != -1 || p.fig.rcvBufMiB != -1 || p.fig.rtt != nil || p.fig.loadBulk != nil {
 			t.Fatal("endRun left the run's figures for the next")
 		}
 	}
@@ -156,6 +156,9 @@ func TestMergeRuns(t *testing.T) {
 	}
 	if len(p.fig.rtt) != 3 || p.fig.idleKiB() != 20 {
 		t.Errorf("round trips %v (want 3 pooled), idle %v KiB (want 20)", p.fig.rtt, p.fig.idleKiB())
+	}
+	if got := mRcvBuf.get(&p.fig); got != 4 {
+		t.Errorf("kernel receive buffer %v MiB, want 4 (the median of the runs that read it)", got)
 	}
 	if got := mLoadBk.get(&p.fig); got != 5 {
 		t.Errorf("bulk beside the pings %v, want 5 (the median of the rounds of all runs)", got)
