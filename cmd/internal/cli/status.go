@@ -117,9 +117,9 @@ func printStatus(w io.Writer, st admin.Status) {
 	// the table is copied out below.
 	var table bytes.Buffer
 	tw := tabwriter.NewWriter(&table, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nSESSION\tCLASS\tREMOTE\tUP SINCE\tSTREAMS\tLEAST RTT\tSTREAM WINDOW")
+	fmt.Fprintln(tw, "\nSESSION\tCLASS\tREMOTE\tUP SINCE\tSTREAMS\tLEAST RTT\tSTREAM WINDOW\tTCP QUEUED IN / OUT")
 	if len(st.Sessions) == 0 {
-		fmt.Fprintln(tw, "(none)\t\t\t\t\t\t")
+		fmt.Fprintln(tw, "(none)\t\t\t\t\t\t\t")
 	}
 	// Names need not be unique: where one names several certificates,
 	// show each one's key too.
@@ -147,7 +147,14 @@ func printStatus(w io.Writer, st admin.Status) {
 		if s.LoneWindowLent > 0 { // its only bulk receiver's extra (lone window)
 			window += " + " + windowSize(int(s.LoneWindowLent)) + " lent"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", peer, class, s.Remote, s.Since.Local().Format(time.DateTime), s.Streams, rtt, window)
+		// What the kernel holds for the connection: the peer's bytes not
+		// yet read, ours not yet acknowledged (a peer that stops reading
+		// shows here first).
+		queued := "-"
+		if q := s.TCP; q != nil {
+			queued = byteSize(q.Unread) + " / " + byteSize(q.SendQueue)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", peer, class, s.Remote, s.Since.Local().Format(time.DateTime), s.Streams, rtt, window, queued)
 	}
 	for _, group := range []struct {
 		title string
@@ -187,6 +194,17 @@ func printStatus(w io.Writer, st admin.Status) {
 
 // windowSize shows a stream window in KiB (MiB when whole), "-" when the
 // agent does not tell.
+// byteSize is n bytes, short: 0 B, 900 B, 12 KiB, 1.5 MiB.
+func byteSize(n int) string {
+	switch {
+	case n < 1<<10:
+		return fmt.Sprintf("%d B", n)
+	case n < 1<<20:
+		return fmt.Sprintf("%d KiB", (n+512)>>10)
+	}
+	return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+}
+
 func windowSize(n int) string {
 	switch {
 	case n <= 0:

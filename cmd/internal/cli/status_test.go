@@ -19,7 +19,8 @@ func TestPrintStatusShowsKeyWhereNamesCollide(t *testing.T) {
 		{Peer: "solo", Key: "sha256:CCCC", Class: "bulk", Since: now, StreamWindow: 1 << 20},
 		{Peer: "solo", Key: "sha256:CCCC", Class: "bulk", Lane: 1, Since: now, StreamWindow: 104857},
 		{Peer: "solo", Key: "sha256:CCCC", Class: "bulk", Lane: 2, Since: now, StreamWindow: 1 << 20, LoneWindowLent: 3 << 20},
-		{Peer: "solo", Key: "sha256:CCCC", Class: "control", Since: now, LeastRTTMicros: 1234},
+		{Peer: "solo", Key: "sha256:CCCC", Class: "control", Since: now, LeastRTTMicros: 1234,
+			TCP: &admin.TCPQueues{ReceiveBuffer: 6 << 20, Unread: 300, SendBuffer: 4 << 20, SendQueue: 3 << 19}},
 	}}
 	var out bytes.Buffer
 	printStatus(&out, st)
@@ -43,6 +44,10 @@ func TestPrintStatusShowsKeyWhereNamesCollide(t *testing.T) {
 	// What a lone bulk receiver is lent beyond it.
 	if !strings.Contains(got, "1 MiB + 3 MiB lent") || strings.Count(got, "lent") != 1 {
 		t.Errorf("status does not show the lone window lent (once):\n%s", got)
+	}
+	// What the kernel holds for a session's connection, where it tells.
+	if !strings.Contains(got, "TCP QUEUED IN / OUT") || !strings.Contains(got, "300 B / 1.5 MiB") || strings.Count(got, " / ") != 2 {
+		t.Errorf("status does not show the kernel's queues (once, in and out):\n%s", got)
 	}
 	// A further session of a class (bulk_connections) shows its lane.
 	if !strings.Contains(got, "bulk (lane 1)") || strings.Contains(got, "lane 0") {
