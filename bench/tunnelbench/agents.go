@@ -107,7 +107,7 @@ func moduleRoot(ctx context.Context) (string, error) {
 // common settings of both agents: a short drain so stopping is quick,
 // stream limits above the -idle maximum (5,000 idle streams on one bulk
 // session; the defaults hold 256 there, see the README's stream limits),
-// and /status on loopback (tunnel.kernelReceiveBuffer).
+// and /status on loopback (tunnel.kernelReceiveBuffers).
 const commonHCL = `log_level     = "info"
 drain_timeout = "1s"
 max_streams_per_session = 8192
@@ -339,34 +339,42 @@ func (t *tunnel) stop() {
 
 func (t *tunnel) pids() []int { return []int{t.server.pid(), t.client.pid()} }
 
-// kernelReceiveBuffer is the largest kernel receive buffer of the
-// tunnel's connections at either agent, in MiB, from /status: Linux grows
-// a connection's buffer with its traffic and never shrinks it, and a ping
-// beside bulk streams was measured slower beside a larger one
-// (bench/README.md, "twentieth part"). -1 where an agent does not tell
-// (a build from before /status showed it, another system).
-func (t *tunnel) kernelReceiveBuffer() float64 {
-	largest := -1
+// kernelReceiveBuffers are the largest kernel receive buffers of the
+// tunnel's bulk connections at either agent, in MiB, from /status: of
+// lane 0 (messages and the start of every stream) and of the other lanes
+// (the transfers'). Linux grows a connection's buffer with its traffic and
+// never shrinks it, and a ping beside bulk streams was measured slower
+// beside a larger one (bench/README.md, "twentieth part"). -1 where an
+// agent does not tell (a build from before /status showed it, another
+// system).
+func (t *tunnel) kernelReceiveBuffers() (lane0, others float64) {
+	largest := [2]int{-1, -1}
 	for _, p := range []*proc{t.server, t.client} {
 		m := reAdmin.FindStringSubmatch(p.log.String())
 		if m == nil {
-			return -1
+			return -1, -1
 		}
 		var st admin.Status
 		if err := getJSON("http://"+m[1]+"/status", &st); err != nil {
-			return -1
+			return -1, -1
 		}
 		for _, s := range st.Sessions {
 			if s.TCP == nil {
-				return -1
+				return -1, -1
 			}
-			largest = max(largest, s.TCP.ReceiveBuffer)
+			if s.Class == "bulk" {
+				i := min(s.Lane, 1)
+				largest[i] = max(largest[i], s.TCP.ReceiveBuffer)
+			}
 		}
 	}
-	if largest < 0 {
-		return -1
+	mib := func(n int) float64 {
+		if n < 0 {
+			return -1
+		}
+		return float64(n) / (1 << 20)
 	}
-	return float64(largest) / (1 << 20)
+	return mib(largest[0]), mib(largest[1])
 }
 
 // getJSON decodes the JSON answer to a GET of url into v, within 5 s.

@@ -142,9 +142,9 @@ type path struct {
 	// logs, if set, is the tail of the path's processes' logs: a failed
 	// measurement shows it, so that a stream the agents ended says why.
 	logs func() string
-	// kernelRcv, if set, reads the largest kernel receive buffer of the
-	// path's tunnel connections (tunnel.kernelReceiveBuffer).
-	kernelRcv func() float64
+	// kernelRcv, if set, reads the largest kernel receive buffers of the
+	// path's tunnel connections (tunnel.kernelReceiveBuffers).
+	kernelRcv func() (lane0, others float64)
 	fig       figures
 	runs      []figures // the timed figures of each run so far (-runs)
 }
@@ -153,7 +153,7 @@ type path struct {
 // the next; the idle-connection figures (measured once) stay.
 func (p *path) endRun() {
 	p.runs = append(p.runs, p.fig)
-	p.fig.t1, p.fig.t8, p.fig.cpuPerGB, p.fig.conns, p.fig.rcvBufMiB = -1, -1, -1, -1, -1
+	p.fig.t1, p.fig.t8, p.fig.cpuPerGB, p.fig.conns, p.fig.rcvBuf0, p.fig.rcvBufN = -1, -1, -1, -1, -1, -1
 	p.fig.rtt, p.fig.load, p.fig.loadSame, p.fig.loadBulk = nil, nil, nil, nil
 	p.fig.perf1, p.fig.perf8 = nil, nil
 	p.fig.kinds8 = nil
@@ -176,7 +176,8 @@ func (p *path) mergeRuns() {
 	p.fig.t8 = med(func(f *figures) float64 { return f.t8 })
 	p.fig.cpuPerGB = med(func(f *figures) float64 { return f.cpuPerGB })
 	p.fig.conns = med(func(f *figures) float64 { return f.conns })
-	p.fig.rcvBufMiB = med(func(f *figures) float64 { return f.rcvBufMiB })
+	p.fig.rcvBuf0 = med(func(f *figures) float64 { return f.rcvBuf0 })
+	p.fig.rcvBufN = med(func(f *figures) float64 { return f.rcvBufN })
 	var perf1, perf8 []map[string]float64
 	for _, r := range p.runs {
 		perf1, perf8 = append(perf1, r.perf1), append(perf8, r.perf8)
@@ -229,10 +230,11 @@ type figures struct {
 	// (both rows where there are sessions): what the ping's share of the
 	// CPU left them.
 	loadBulk []float64
-	// rcvBufMiB: the largest kernel receive buffer of the path's tunnel
-	// connections after the round trips beside bulk (-1: not read).
-	rcvBufMiB float64
-	conns     float64 // per second
+	// rcvBuf0, rcvBufN: the largest kernel receive buffers (MiB) of the
+	// path's bulk lane 0 and other bulk lanes after the round trips beside
+	// bulk (-1: not read).
+	rcvBuf0, rcvBufN float64
+	conns            float64 // per second
 	// perf1, perf8: -perf's counts per GB moved (by event) on the
 	// processes carrying the sink, in the 1- and 8-stream runs; nil when
 	// not counted.
@@ -247,7 +249,7 @@ type figures struct {
 }
 
 func newPath(name string, sink, echo, echoBulk dialer) *path {
-	return &path{name: name, sink: sink, echo: echo, echoBulk: echoBulk, fig: figures{t1: -1, t8: -1, cpuPerGB: -1, conns: -1, rcvBufMiB: -1}}
+	return &path{name: name, sink: sink, echo: echo, echoBulk: echoBulk, fig: figures{t1: -1, t8: -1, cpuPerGB: -1, conns: -1, rcvBuf0: -1, rcvBufN: -1}}
 }
 
 // chainPath is the path through a chain carrying the echo (0) and the
@@ -323,7 +325,8 @@ var (
 	mLoadMn = metric{"64 B round trip mean, 4 bulk streams alongside", "µs", false, func(f *figures) float64 { return meanUs(f.load) }}
 	mSameMn = metric{"64 B round trip mean, 4 bulk streams alongside, same session", "µs", false, func(f *figures) float64 { return meanUs(f.loadSame) }}
 	mLoadBk = metric{"4 bulk streams beside the round trips", "Gbit/s", true, func(f *figures) float64 { return median(slices.Clone(f.loadBulk)) }}
-	mRcvBuf = metric{"largest kernel receive buffer of a tunnel connection, after the round trips beside bulk", "MiB", false, func(f *figures) float64 { return f.rcvBufMiB }}
+	mRcvBf0 = metric{"kernel receive buffer after the rows beside bulk, bulk lane 0 (largest)", "MiB", false, func(f *figures) float64 { return f.rcvBuf0 }}
+	mRcvBfN = metric{"… other bulk lanes (largest)", "MiB", false, func(f *figures) float64 { return f.rcvBufN }}
 	mConns  = metric{"connections/s (open, 1 B echo, close; 16 parallel)", "conn/s", true, func(f *figures) float64 { return f.conns }}
 	mIdle   = metric{"RSS per idle connection, both sides", "KiB", false, (*figures).idleKiB}
 	mIdleMB = metric{"RSS with the idle connections open, both sides", "MiB", false, (*figures).idleMiB}
@@ -459,7 +462,7 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 	direct := newPath("direct TCP", tcpDialer(tg.sink), tcpDialer(tg.echo), tcpDialer(tg.echo))
 	tunnel := newPath("tunnel", tcpDialer(tun.forwards["sink"]), tcpDialer(tun.forwards["echo"]), tcpDialer(tun.forwards["echo-bulk"]))
 	tunnel.sinkPids, tunnel.echoPids = tun.pids(), tun.pids()
-	tunnel.session, tunnel.logs, tunnel.kernelRcv = true, tun.logTails, tun.kernelReceiveBuffer
+	tunnel.session, tunnel.logs, tunnel.kernelRcv = true, tun.logTails, tun.kernelReceiveBuffers
 	// Other agent builds (-agents), each a tunnel path of its own.
 	var others []*path
 	for _, b := range o.others {
@@ -469,7 +472,7 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 		}
 		defer t.stop()
 		p := newPath("tunnel ("+b.label+")", tcpDialer(t.forwards["sink"]), tcpDialer(t.forwards["echo"]), tcpDialer(t.forwards["echo-bulk"]))
-		p.sinkPids, p.echoPids, p.session, p.logs, p.kernelRcv = t.pids(), t.pids(), true, t.logTails, t.kernelReceiveBuffer
+		p.sinkPids, p.echoPids, p.session, p.logs, p.kernelRcv = t.pids(), t.pids(), true, t.logTails, t.kernelReceiveBuffers
 		others = append(others, p)
 	}
 	relay := chainPath(relayName, relays)
@@ -599,7 +602,7 @@ func runLoopback(ctx context.Context, w *workspace, o options, report *strings.B
 					p.fig.loadSame = append(p.fig.loadSame, r...)
 					p.fig.loadBulk = append(p.fig.loadBulk, bg)
 					if p.kernelRcv != nil {
-						p.fig.rcvBufMiB = p.kernelRcv()
+						p.fig.rcvBuf0, p.fig.rcvBufN = p.kernelRcv()
 					}
 					return e
 				}) {
@@ -722,7 +725,7 @@ func writePaths(b *strings.Builder, direct, relay *path, peers []*path, tunnels 
 	b.WriteString(" tunnel / best peer |\n| --- | --- |")
 	b.WriteString(strings.Repeat(" ---: |", len(cols)+1) + "\n")
 	idleName := fmt.Sprintf("%s (%d connections)", mIdle.name, idle)
-	for _, m := range []metric{mT1, mT8, mRTT50, mRTT99, mLoad50, mLoad99, mSame50, mSame99, mLoadMn, mSameMn, mLoadBk, mRcvBuf, mConns, mIdle, mIdleMB, mCPU} {
+	for _, m := range []metric{mT1, mT8, mRTT50, mRTT99, mLoad50, mLoad99, mSame50, mSame99, mLoadMn, mSameMn, mLoadBk, mRcvBf0, mRcvBfN, mConns, mIdle, mIdleMB, mCPU} {
 		name := m.name
 		if m.name == mIdle.name {
 			name = idleName

@@ -144,9 +144,9 @@ func TestMergeRuns(t *testing.T) {
 		rtt               time.Duration
 		bulk              []float64
 	}{{3, 10, 2, 1, []float64{4}}, {1, -1, -1, 2, []float64{9, 5}}, {2, 30, 6, 3, nil}} {
-		p.fig.t1, p.fig.conns, p.fig.rcvBufMiB, p.fig.rtt, p.fig.loadBulk = r.t1, r.conns, r.rcvBuf, []time.Duration{r.rtt}, r.bulk
+		p.fig.t1, p.fig.conns, p.fig.rcvBuf0, p.fig.rtt, p.fig.loadBulk = r.t1, r.conns, r.rcvBuf, []time.Duration{r.rtt}, r.bulk
 		p.endRun()
-		if p.fig.t1 != -1 || p.fig.rcvBufMiB != -1 || p.fig.rtt != nil || p.fig.loadBulk != nil {
+		if p.fig.t1 != -1 || p.fig.rcvBuf0 != -1 || p.fig.rtt != nil || p.fig.loadBulk != nil {
 			t.Fatal("endRun left the run's figures for the next")
 		}
 	}
@@ -157,8 +157,8 @@ func TestMergeRuns(t *testing.T) {
 	if len(p.fig.rtt) != 3 || p.fig.idleKiB() != 20 {
 		t.Errorf("round trips %v (want 3 pooled), idle %v KiB (want 20)", p.fig.rtt, p.fig.idleKiB())
 	}
-	if got := mRcvBuf.get(&p.fig); got != 4 {
-		t.Errorf("kernel receive buffer %v MiB, want 4 (the median of the runs that read it)", got)
+	if got, other := mRcvBf0.get(&p.fig), mRcvBfN.get(&p.fig); got != 4 || other != -1 {
+		t.Errorf("kernel receive buffers %v and %v MiB, want 4 (the median of the runs that read it) and -1 (never read)", got, other)
 	}
 	if got := mLoadBk.get(&p.fig); got != 5 {
 		t.Errorf("bulk beside the pings %v, want 5 (the median of the rounds of all runs)", got)
