@@ -37,6 +37,7 @@ type Metrics struct {
 	receiveBuffered atomic.Pointer[func() int] // WatchReceiveBuffered
 	kernelHeld      atomic.Pointer[func() int] // WatchKernelHeld
 	writeQueued     atomic.Pointer[func() int] // WatchWriteQueued
+	streamStarted   atomic.Pointer[func()]     // OnStreamStarted
 }
 
 // Counts are one forward's or service's stream numbers, for /status.
@@ -219,6 +220,29 @@ func (m *Metrics) OpenStreams() int64 {
 	return n
 }
 
+// Carrying is how many streams are open now, of every forward and
+// service, and the bytes all streams have carried each way so far.
+func (m *Metrics) Carrying() (open, toPeer, fromPeer int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range m.stats {
+		open += c.Open.Load()
+		toPeer += c.ToPeer.Load()
+		fromPeer += c.FromPeer.Load()
+	}
+	return open, toPeer, fromPeer
+}
+
+// OnStreamStarted has f called as each stream starts, before its first
+// byte moves (nil: nothing is called).
+func (m *Metrics) OnStreamStarted(f func()) {
+	if f == nil {
+		m.streamStarted.Store(nil)
+		return
+	}
+	m.streamStarted.Store(&f)
+}
+
 // Names lists the names of kind that have carried streams, sorted.
 func (m *Metrics) Names(kind string) []string {
 	m.mu.Lock()
@@ -243,6 +267,9 @@ type StreamMeter struct {
 // StreamStarted counts a new stream and resolves its labels once; the
 // per-read cost is then two atomic adds.
 func (m *Metrics) StreamStarted(kind, name string) StreamMeter {
+	if f := m.streamStarted.Load(); f != nil {
+		(*f)()
+	}
 	m.StreamsOpened.WithLabelValues(kind, name).Inc()
 	m.StreamsOpen.WithLabelValues(kind, name).Inc()
 	c := m.Counts(kind, name)

@@ -53,6 +53,8 @@ type Client struct {
 	mu       sync.Mutex
 	forwards *forwardSet
 	ready    chan struct{}
+
+	manageProcs bool // ManageGoProcs: Run sets the Go scheduler's Ps (procs.go)
 }
 
 type clientState struct {
@@ -363,11 +365,17 @@ func (c *Client) Lanes(class string) []*mux.Session {
 
 // Run keeps the session up and serves forwards until ctx is cancelled, then
 // stops gracefully like Server.Run.
+// ManageGoProcs lets Run set the Go scheduler's Ps for the whole process:
+// one while the agent carries a lone transfer (procs.go). Only the
+// process's owner calls it, before Run.
+func (c *Client) ManageGoProcs() { c.manageProcs = true }
+
 func (c *Client) Run(ctx context.Context) error {
 	start := c.cfg()
 	logSetupWarnings(c.log, start.TLS.Key, start.Admin, start.AdminPublic)
 	streamCtx, killStreams := context.WithCancel(context.WithoutCancel(ctx))
 	defer killStreams()
+	defer startGoProcs(streamCtx, c.manageProcs, c.log, c.metrics)()
 	acceptCtx, stopAccepting := context.WithCancel(ctx)
 	defer stopAccepting()
 

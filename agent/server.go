@@ -47,6 +47,8 @@ type Server struct {
 	tunnel   net.Addr
 	forwards *forwardSet
 	ready    chan struct{}
+
+	manageProcs bool // ManageGoProcs: Run sets the Go scheduler's Ps (procs.go)
 }
 
 // serverState is everything a reload replaces, published in one store.
@@ -149,12 +151,18 @@ func (s *Server) Addr(name string) net.Addr {
 // Run serves until ctx is cancelled, then stops gracefully: listeners close,
 // each client is told to open no more streams, streams in flight get up to
 // the drain timeout to finish, and Run returns nil.
+// ManageGoProcs lets Run set the Go scheduler's Ps for the whole process:
+// one while the agent carries a lone transfer (procs.go). Only the
+// process's owner calls it, before Run.
+func (s *Server) ManageGoProcs() { s.manageProcs = true }
+
 func (s *Server) Run(ctx context.Context) error {
 	cfg := s.cfg()
 	logSetupWarnings(s.log, cfg.TLS.Key, cfg.Admin, cfg.AdminPublic)
 	// Streams and sessions live on streamCtx, which outlives ctx by the drain.
 	streamCtx, killStreams := context.WithCancel(context.WithoutCancel(ctx))
 	defer killStreams()
+	defer startGoProcs(streamCtx, s.manageProcs, s.log, s.metrics)()
 	acceptCtx, stopAccepting := context.WithCancel(ctx)
 	defer stopAccepting()
 

@@ -1,10 +1,13 @@
 package e2e
 
 import (
+	"io"
+	"net"
 	"regexp"
 	"runtime"
 	"strconv"
 	"testing"
+	"time"
 )
 
 var reScheduler = regexp.MustCompile(`go scheduler: procs=(\d+) cpus=(\d+)`)
@@ -22,4 +25,92 @@ func TestAgentLogsSchedulerProcs(t *testing.T) {
 	if procs != 1 || cpus != runtime.NumCPU() {
 		t.Errorf("GOMAXPROCS=1: the server logs procs=%d cpus=%d, want procs=1 cpus=%d", procs, cpus, runtime.NumCPU())
 	}
+}
+
+// While the agents carry one stream and it is a one-way transfer, each
+// runs its Go scheduler on one P (go_sched_gomaxprocs_threads in
+// /metrics); a second stream takes the default back on both at once, and
+// so does the transfer's end. Every byte arrives.
+func TestLoneTransferRunsOnOneP(t *testing.T) {
+	t.Parallel()
+	received := make(chan int64, 1)
+	sink := startTarget(t, func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		received <- n
+	})
+	adminBlock := "admin {\n  listen = \"127.0.0.1:0\"\n}\n"
+	tn := startTunnel(t, tunnelSpec{
+		serverExtra: adminBlock,
+		clientExtra: adminBlock,
+		services: []svc{
+			{name: "sink", target: sink, allow: []string{"client-a"}},
+			{name: "echo", target: startEcho(t), allow: []string{"client-a"}},
+		},
+		forwards: []fwd{{name: "sink", service: "sink"}, {name: "echo", service: "echo"}},
+	})
+	m := tn.server.waitMatch(t, reScheduler)
+	if procs, _ := strconv.Atoi(m[1]); procs < 2 {
+		t.Skipf("the agents run on %d P by default: nothing to take away", procs)
+	}
+	admins := []string{tn.server.waitMatch(t, reAdmin)[1], tn.client.waitMatch(t, reAdmin)[1]}
+	procsOf := func(addr string) float64 {
+		return metricValue(t, string(get(t, "http://"+addr+"/metrics")), "go_sched_gomaxprocs_threads")
+	}
+	defaultProcs := procsOf(admins[0])
+	both := func(want float64) func() bool {
+		return func() bool { return procsOf(admins[0]) == want && procsOf(admins[1]) == want }
+	}
+
+	c := dial(t, tn.client.forwards["sink"], waitLimit)
+	defer c.Close()
+	stop := make(chan struct{})
+	sent := make(chan int64, 1)
+	go func() {
+		var n int64
+		defer func() { sent <- n }()
+		chunk := make([]byte, 64<<10)
+		for i := 0; i < 1<<16; i++ { // at most 4 GiB, until told to stop
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			k, err := c.Write(chunk)
+			n += int64(k)
+			if err != nil {
+				return
+			}
+		}
+	}()
+	waitFor(t, "both agents on one P during the lone upload", both(1))
+
+	// A second stream: both back to the default while it is open, and
+	// its bytes come back whole.
+	e := dial(t, tn.client.forwards["echo"], waitLimit)
+	msg := []byte("a message beside the transfer")
+	if _, err := e.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(e, got); err != nil || string(got) != string(msg) {
+		t.Fatalf("echo beside the transfer: %q, %v", got, err)
+	}
+	waitFor(t, "both agents back to their default Ps with a second stream open", both(defaultProcs))
+	e.Close()
+	waitFor(t, "both agents on one P again once the upload is alone", both(1))
+
+	close(stop)
+	n := <-sent
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-received:
+		if got != n {
+			t.Fatalf("the target received %d bytes of %d", got, n)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("the target did not see the end of the upload")
+	}
+	waitFor(t, "both agents back to their default Ps once the transfer ended", both(defaultProcs))
 }
