@@ -26,6 +26,7 @@ func TestMoveBetweenLiveSessions(t *testing.T) {
 	r, cl, sess1, sess2, rs, echo := m.r, m.cl, m.first, m.second, m.rs, m.echo
 
 	echo.waitFor(t, 1<<20)
+	waitHeld(t, rs)
 	if err := rs.Move(sess2, "second"); err != nil {
 		t.Fatalf("move: %v", err)
 	}
@@ -83,6 +84,7 @@ func TestManyMovesHoldNothing(t *testing.T) {
 	r, cl, sess1, sess2, rs, echo := m.r, m.cl, m.first, m.second, m.rs, m.echo
 
 	echo.waitFor(t, 64<<10)
+	waitHeld(t, rs)
 	const moves = 200
 	for i := range moves {
 		to, class := sess2, "second"
@@ -308,6 +310,7 @@ func TestMoveEndedBeforeItLands(t *testing.T) {
 	if _, err := io.ReadFull(rs, make([]byte, 4)); err != nil {
 		t.Fatal(err)
 	}
+	waitHeld(t, rs)
 	second := startRelay(t, r.srvLn.Addr().String())
 	t.Cleanup(second.close)
 	sess2 := cl.serveExtra(t, second.addr(), "second")
@@ -488,4 +491,64 @@ func TestMovedStreamGoesHome(t *testing.T) {
 	if err := r.pipeErrors(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// The peer answers a stream's open before it holds the stream for
+// resumes (its handler can be descheduled between the two on a busy
+// host). A move in that gap would reach the peer on another connection,
+// find nothing there and cut the stream: it must wait until the peer has
+// shown it holds the stream (a delivery notice). Then it moves, and every
+// byte comes back once.
+func TestNoMoveBeforeThePeerHoldsIt(t *testing.T) {
+	r := newRig(t, time.Minute)
+	release := make(chan struct{})
+	hold := func() { <-release }
+	r.beforeAccept.Store(&hold)
+	cl := r.newClient("edge")
+	first := cl.session(t)
+	cl.table.SessionUp(first, "first")
+	relay := startRelay(t, r.srvLn.Addr().String())
+	t.Cleanup(relay.close)
+	second := cl.serveExtra(t, relay.addr(), "second")
+
+	app, rs := cl.openPiped(t, first, Options{Window: time.Minute, Class: "first"})
+	echo := startEcho(t, app, 8<<20)
+	echo.goOn()
+	waitUntil(t, "the open answered", rs.carrierAnswered)
+	if err := rs.Move(second, "second"); !errors.Is(err, ErrNotMoved) || rs.Ended() {
+		t.Fatalf("a move before the peer held the stream: %v (stream ended: %v), want ErrNotMoved and the stream carrying on", err, rs.Ended())
+	}
+	if got := rs.Class(); got != "first" {
+		t.Fatalf("class after the move not made %q, want first", got)
+	}
+	close(release)
+	waitHeld(t, rs)
+	if err := rs.Move(second, "second"); err != nil {
+		t.Fatalf("a move once the peer held the stream: %v", err)
+	}
+	echo.finish(t)
+	if st := r.serverTable().Stats(); st.Refused != 0 || st.Moved != 1 {
+		t.Errorf("the server refused %d resumes and counted %d moves, want 0 and 1", st.Refused, st.Moved)
+	}
+	if err := r.pipeErrors(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitHeld waits until the peer has shown it holds rs (a delivery notice),
+// after which rs may move.
+func waitHeld(t *testing.T, rs *Stream) {
+	t.Helper()
+	waitUntil(t, "the peer to hold the stream (a delivery notice)", func() bool {
+		rs.mu.Lock()
+		defer rs.mu.Unlock()
+		return rs.peerHoldsLocked()
+	})
+}
+
+// carrierAnswered says whether the peer has taken the stream's open.
+func (s *Stream) carrierAnswered() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.answered || s.carrier != nil && s.carrier.Answered()
 }

@@ -52,6 +52,9 @@ type rig struct {
 	// (SetDeliver), in every pipe of the rig.
 	delivered   directCount
 	srvSessions []*mux.Session // every session the server established, under errMu
+	// beforeAccept, if set, runs on the server between a resumable
+	// stream's answer and its Accept (a handler descheduled there).
+	beforeAccept atomic.Pointer[func()]
 }
 
 // serverSessions are the server's sessions still up.
@@ -230,6 +233,9 @@ func (r *rig) serveConn(raw net.Conn) {
 		if _, ok := st.Token(); !ok {
 			forward.Pipe(ctx, target, countedCarrier{st, &r.delivered}, nil, 0)
 			return
+		}
+		if f := r.beforeAccept.Load(); f != nil {
+			(*f)()
 		}
 		rs, err := table.Accept(st, target.LocalAddr(), target.RemoteAddr(), Options{Window: r.window})
 		if err != nil {

@@ -85,6 +85,10 @@ type Stream struct {
 	// answered: the peer has accepted the stream (see mux's Answered).
 	// Until then a lost stream is opened again, not resumed.
 	answered bool
+	// peerHolds: the peer has shown that its resume table holds the
+	// stream (a heavy notice, a resume it served). A delivery notice
+	// (acked > 0) shows it too: see peerHoldsLocked.
+	peerHolds bool
 	// openingOn: the session our first open of it is on its way to, until
 	// it is attached (see moveOpened).
 	openingOn *mux.Session
@@ -157,10 +161,10 @@ func (s *Stream) countLocked(n int, waited time.Duration) {
 		}
 		return
 	}
-	if !s.answered && (s.carrier == nil || !s.carrier.Answered()) {
-		// Not movable until the peer has taken the open (see Move), and
-		// a fast transfer may carry a megabyte before the answer comes
-		// back: ask again with its next bytes.
+	if !s.answered && (s.carrier == nil || !s.carrier.Answered()) || !s.peerHoldsLocked() {
+		// Not movable until the peer has taken the open and holds the
+		// stream (see Move), and a fast transfer may carry a megabyte
+		// before either is known here: ask again with its next bytes.
 		return
 	}
 	f := s.onHeavy
@@ -175,6 +179,7 @@ func (s *Stream) countLocked(n int, waited time.Duration) {
 func (s *Stream) peerHeavy() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.peerHolds = true // only the stream in its table sends the notice
 	if s.onHeavy == nil || s.err != nil || !s.answered && (s.carrier == nil || !s.carrier.Answered()) {
 		return
 	}
@@ -907,6 +912,13 @@ func (s *Stream) SetDeadline(time.Time) error      { return errors.ErrUnsupporte
 func (s *Stream) SetReadDeadline(time.Time) error  { return errors.ErrUnsupported }
 func (s *Stream) SetWriteDeadline(time.Time) error { return errors.ErrUnsupported }
 
+// peerHoldsLocked says whether the peer has shown that it holds the
+// stream for resumes. It answers an open before its resume table holds
+// the stream, and a resume (a move) sent in between, on another
+// connection, would find nothing there and cut the stream. A delivery
+// notice, a heavy notice or a resume served come from the peer's table.
+func (s *Stream) peerHoldsLocked() bool { return s.peerHolds || s.acked > 0 }
+
 // moveTo puts the stream on carrier c, which the peer has answered: the
 // peer has delivered peerDelivered of ours. It resends the rest of our
 // direction, then lets the pipe's writes go on. Called with rmu held.
@@ -949,6 +961,7 @@ func (s *Stream) switchTo(c *mux.Stream, peerDelivered uint64) (resend func() er
 		return nil, s.fail(fmt.Errorf("%w: the peer says it delivered %d bytes; we sent %d and it had confirmed %d", ErrPeerLost, peerDelivered, s.seq(), s.acked))
 	}
 	s.ackLocked(peerDelivered)
+	s.peerHolds = true // it served the resume
 	if s.expiry != nil && !s.closing {
 		s.expiry.Stop()
 		s.expiry = nil

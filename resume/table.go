@@ -440,9 +440,10 @@ func (s *Stream) Move(sess *mux.Session, class string) error {
 	defer s.rmu.Unlock()
 	s.mu.Lock()
 	// Answered: until the peer has taken the first open, a resume could
-	// cross it and the stream be opened twice.
+	// cross it and the stream be opened twice. Held: until the peer's
+	// table holds it, the resume would find nothing and cut it.
 	stays := !s.opener || s.err != nil || s.carrier == nil || s.closing || s.frozen || s.carrier.Session() == sess ||
-		!(s.answered || s.carrier.Answered())
+		!(s.answered || s.carrier.Answered()) || !s.peerHoldsLocked()
 	from := s.class
 	s.mu.Unlock()
 	if stays || sess.Closed() || !s.t.isCurrent(sess, s.peerKey, class) {
