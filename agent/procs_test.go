@@ -56,31 +56,28 @@ func TestGoProcsFollowsTheStreams(t *testing.T) {
 
 	g.prev = g.read()
 	upload := m.StreamStarted("forward", "sink")
-	g.look() // the stream opened between readings: not yet
-	for range loneTicks - 1 {
-		upload.AToB(loneTransferBytes)
-		g.look()
+	// carry: the upload moves a tick's worth before each of n readings.
+	carry := func(n int) {
+		for range n {
+			upload.AToB(loneTransferBytes)
+			g.look()
+		}
 	}
+	g.look() // the stream opened between readings: not yet
+	carry(loneTicks - 1)
 	state(0, 0, "before loneTicks readings of the transfer")
-	upload.AToB(loneTransferBytes)
-	g.look()
+	carry(1)
 	state(1, 0, "after loneTicks readings of the transfer")
-	upload.AToB(loneTransferBytes)
-	g.look()
+	carry(1)
 	state(1, 0, "one P is set once")
 
 	other := m.StreamStarted("forward", "echo")
 	state(1, 1, "as a second stream starts")
-	upload.AToB(loneTransferBytes)
-	g.look()
+	carry(1)
 	m.StreamEnded("forward", "echo", "", other)
-	for range loneTicks {
-		upload.AToB(loneTransferBytes)
-		g.look()
-	}
+	carry(loneTicks)
 	state(1, 1, "a second stream ended a reading ago")
-	upload.AToB(loneTransferBytes)
-	g.look()
+	carry(1)
 	state(2, 1, "alone again for loneTicks readings")
 
 	g.look() // nothing moved

@@ -669,3 +669,65 @@ func expectRefused(t testing.TB, addr string) {
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
 	expectClosedNoData(t, c)
 }
+
+// upload is a lone upload into a sink target that counts what it read:
+// startUpload writes 64 KiB chunks to the forward at addr until finish,
+// which half-closes and checks that the target received every byte.
+type upload struct {
+	c        *net.TCPConn
+	stop     chan struct{}
+	sent     chan int64
+	received chan int64
+}
+
+// startSink is a target that reads each connection to its end and
+// reports the bytes, for startUpload.
+func startSink(t *testing.T) (addr string, received chan int64) {
+	received = make(chan int64, 1)
+	return startTarget(t, func(c net.Conn) {
+		n, _ := io.Copy(io.Discard, c)
+		received <- n
+	}), received
+}
+
+func startUpload(t *testing.T, addr string, received chan int64) *upload {
+	u := &upload{c: dial(t, addr, waitLimit), stop: make(chan struct{}), sent: make(chan int64, 1), received: received}
+	t.Cleanup(func() { u.c.Close() })
+	go func() {
+		var n int64
+		defer func() { u.sent <- n }()
+		chunk := make([]byte, 64<<10)
+		for i := 0; i < 1<<16; i++ { // at most 4 GiB, until told to stop
+			select {
+			case <-u.stop:
+				return
+			default:
+			}
+			k, err := u.c.Write(chunk)
+			n += int64(k)
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return u
+}
+
+// finish stops the writes, half-closes and waits for the target to have
+// read every byte.
+func (u *upload) finish(t *testing.T) {
+	t.Helper()
+	close(u.stop)
+	n := <-u.sent
+	if err := u.c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-u.received:
+		if got != n {
+			t.Fatalf("the target received %d bytes of %d", got, n)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("the target did not see the end of the upload")
+	}
+}

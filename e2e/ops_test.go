@@ -445,11 +445,7 @@ func TestReceiveBufferMetric(t *testing.T) {
 // session holds none of it. Every byte arrives.
 func TestLoneWindowLent(t *testing.T) {
 	t.Parallel()
-	received := make(chan int64, 1)
-	sink := startTarget(t, func(c net.Conn) {
-		n, _ := io.Copy(io.Discard, c)
-		received <- n
-	})
+	sink, received := startSink(t)
 	tn := startTunnel(t, tunnelSpec{
 		serverExtra: "admin {\n  listen = \"127.0.0.1:0\"\n}\n",
 		services:    []svc{{name: "sink", target: sink, allow: []string{"client-a"}}},
@@ -470,40 +466,8 @@ func TestLoneWindowLent(t *testing.T) {
 		return total
 	}
 
-	c := dial(t, tn.client.forwards["sink"], waitLimit)
-	defer c.Close()
-	stop := make(chan struct{})
-	sent := make(chan int64, 1)
-	go func() {
-		var n int64
-		defer func() { sent <- n }()
-		chunk := make([]byte, 64<<10)
-		for i := 0; i < 1<<16; i++ { // at most 4 GiB, until told to stop
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			m, err := c.Write(chunk)
-			n += int64(m)
-			if err != nil {
-				return
-			}
-		}
-	}()
+	up := startUpload(t, tn.client.forwards["sink"], received)
 	waitFor(t, "window lent to the lone upload, in the server's /status", func() bool { return lent() > 0 })
-	close(stop)
-	n := <-sent
-	if err := c.CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case got := <-received:
-		if got != n {
-			t.Fatalf("the target received %d bytes of %d", got, n)
-		}
-	case <-time.After(waitLimit):
-		t.Fatal("the target did not see the end of the upload")
-	}
+	up.finish(t)
 	waitFor(t, "nothing lent once the stream ended", func() bool { return lent() == 0 })
 }

@@ -2,12 +2,10 @@ package e2e
 
 import (
 	"io"
-	"net"
 	"regexp"
 	"runtime"
 	"strconv"
 	"testing"
-	"time"
 )
 
 var reScheduler = regexp.MustCompile(`go scheduler: procs=(\d+) cpus=(\d+)`)
@@ -33,11 +31,7 @@ func TestAgentLogsSchedulerProcs(t *testing.T) {
 // so does the transfer's end. Every byte arrives.
 func TestLoneTransferRunsOnOneP(t *testing.T) {
 	t.Parallel()
-	received := make(chan int64, 1)
-	sink := startTarget(t, func(c net.Conn) {
-		n, _ := io.Copy(io.Discard, c)
-		received <- n
-	})
+	sink, received := startSink(t)
 	adminBlock := "admin {\n  listen = \"127.0.0.1:0\"\n}\n"
 	tn := startTunnel(t, tunnelSpec{
 		serverExtra: adminBlock,
@@ -61,27 +55,7 @@ func TestLoneTransferRunsOnOneP(t *testing.T) {
 		return func() bool { return procsOf(admins[0]) == want && procsOf(admins[1]) == want }
 	}
 
-	c := dial(t, tn.client.forwards["sink"], waitLimit)
-	defer c.Close()
-	stop := make(chan struct{})
-	sent := make(chan int64, 1)
-	go func() {
-		var n int64
-		defer func() { sent <- n }()
-		chunk := make([]byte, 64<<10)
-		for i := 0; i < 1<<16; i++ { // at most 4 GiB, until told to stop
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			k, err := c.Write(chunk)
-			n += int64(k)
-			if err != nil {
-				return
-			}
-		}
-	}()
+	up := startUpload(t, tn.client.forwards["sink"], received)
 	waitFor(t, "both agents on one P during the lone upload", both(1))
 
 	// A second stream: both back to the default while it is open, and
@@ -99,18 +73,6 @@ func TestLoneTransferRunsOnOneP(t *testing.T) {
 	e.Close()
 	waitFor(t, "both agents on one P again once the upload is alone", both(1))
 
-	close(stop)
-	n := <-sent
-	if err := c.CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case got := <-received:
-		if got != n {
-			t.Fatalf("the target received %d bytes of %d", got, n)
-		}
-	case <-time.After(waitLimit):
-		t.Fatal("the target did not see the end of the upload")
-	}
+	up.finish(t)
 	waitFor(t, "both agents back to their default Ps once the transfer ended", both(defaultProcs))
 }
