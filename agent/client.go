@@ -363,13 +363,13 @@ func (c *Client) Lanes(class string) []*mux.Session {
 	return out
 }
 
-// Run keeps the session up and serves forwards until ctx is cancelled, then
-// stops gracefully like Server.Run.
 // ManageGoProcs lets Run set the Go scheduler's Ps for the whole process:
 // one while the agent carries a lone transfer (procs.go). Only the
 // process's owner calls it, before Run.
 func (c *Client) ManageGoProcs() { c.manageProcs = true }
 
+// Run keeps the session up and serves forwards until ctx is cancelled, then
+// stops gracefully like Server.Run.
 func (c *Client) Run(ctx context.Context) error {
 	start := c.cfg()
 	logSetupWarnings(c.log, start.TLS.Key, start.Admin, start.AdminPublic)

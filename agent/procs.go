@@ -84,7 +84,7 @@ func newGoProcs(log hclog.Logger, m *admin.Metrics) *goProcs {
 	}
 }
 
-// applies says whether the policy may run in this process: GOMAXPROCS is
+// goProcsApply says whether the policy may run in this process: GOMAXPROCS is
 // the default (not set by the operator) and more than one.
 func goProcsApply() bool {
 	return os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) > 1

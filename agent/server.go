@@ -148,14 +148,14 @@ func (s *Server) Addr(name string) net.Addr {
 	return s.forwards.addr(name)
 }
 
-// Run serves until ctx is cancelled, then stops gracefully: listeners close,
-// each client is told to open no more streams, streams in flight get up to
-// the drain timeout to finish, and Run returns nil.
 // ManageGoProcs lets Run set the Go scheduler's Ps for the whole process:
 // one while the agent carries a lone transfer (procs.go). Only the
 // process's owner calls it, before Run.
 func (s *Server) ManageGoProcs() { s.manageProcs = true }
 
+// Run serves until ctx is cancelled, then stops gracefully: listeners close,
+// each client is told to open no more streams, streams in flight get up to
+// the drain timeout to finish, and Run returns nil.
 func (s *Server) Run(ctx context.Context) error {
 	cfg := s.cfg()
 	logSetupWarnings(s.log, cfg.TLS.Key, cfg.Admin, cfg.AdminPublic)
