@@ -335,6 +335,22 @@ func TestSessionLimitPerKey(t *testing.T) {
 	if old := ss.put(b, classBulk, 1, &mux.Session{Peer: b}, nil); old != lane1 {
 		t.Fatal("a reconnect of lane 1 did not replace lane 1")
 	}
+
+	// A further lane before lane 0 of its class is refused, whatever the
+	// limit: admitted, it could hold the certificate's last session and
+	// keep lane 0 out (a race seen when lane 0's admission was slow).
+	c := issue()
+	err = ss.admit(c, classBulk, 1, max, 2)
+	if err == nil || !strings.Contains(err.Error(), "no first session of class bulk") {
+		t.Fatalf("lane 1 before lane 0: %v, want refused", err)
+	}
+	if err := ss.admit(c, classBulk, 0, max, 1); err != nil {
+		t.Fatalf("lane 0 of a certificate with nothing up: %v", err)
+	}
+	ss.put(c, classBulk, 0, &mux.Session{Peer: c}, nil)
+	if err := ss.admit(c, classBulk, 1, max, 2); err != nil {
+		t.Fatalf("lane 1 after lane 0, within the limit: %v", err)
+	}
 }
 
 // A client whose certificate expires loses its session when it does, the

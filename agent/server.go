@@ -637,13 +637,20 @@ type sessionKey struct {
 
 // admit checks the session limits for a new session of id. A session that
 // would replace one of the same class and lane does not count against
-// them; every lane counts as a session.
+// them; every lane counts as a session. A further lane comes only after
+// lane 0 of its class: admitted first, it could take the last session
+// the limit allows the certificate, and lane 0, which carries the
+// class's messages and the start of every stream, would be refused for
+// as long as it lived.
 func (ss *sessionSet) admit(id ssl.Identity, class string, lane, max, perIdentity int) error {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	key := id.Key()
 	if _, replaces := ss.m[sessionKey{key, class, lane}]; replaces {
 		return nil
+	}
+	if _, first := ss.m[sessionKey{key, class, 0}]; lane > 0 && !first {
+		return fmt.Errorf("certificate of %q (%s) has no first session of class %s yet; lane %d comes after it", id.Name(), key, class, lane)
 	}
 	if len(ss.m) >= max {
 		return fmt.Errorf("server has %d sessions, its limit (max_sessions)", len(ss.m))
