@@ -41,6 +41,9 @@ func TestMoveBetweenLiveSessions(t *testing.T) {
 	if st := cl.table.Stats(); st.Moved != 1 || st.Resumed != 0 {
 		t.Errorf("client counts %d moves and %d resumes, want 1 and 0", st.Moved, st.Resumed)
 	}
+	// The server counts the move once its resend is done, which may be
+	// after the client's Move has its answer.
+	waitUntil(t, "the server to count the move", func() bool { return r.serverTable().Stats().Moved == 1 })
 	if st := r.serverTable().Stats(); st.Moved != 1 || st.Resumed != 0 {
 		t.Errorf("server counts %d moves and %d resumes, want 1 and 0", st.Moved, st.Resumed)
 	}
@@ -527,6 +530,7 @@ func TestNoMoveBeforeThePeerHoldsIt(t *testing.T) {
 		t.Fatalf("a move once the peer held the stream: %v", err)
 	}
 	echo.finish(t)
+	waitUntil(t, "the server to count the move", func() bool { return r.serverTable().Stats().Moved == 1 })
 	if st := r.serverTable().Stats(); st.Refused != 0 || st.Moved != 1 {
 		t.Errorf("the server refused %d resumes and counted %d moves, want 0 and 1", st.Refused, st.Moved)
 	}
