@@ -32,7 +32,8 @@ type Metrics struct {
 	CertExpiry        *prometheus.GaugeVec // what, name
 
 	mu    sync.Mutex
-	stats map[[2]string]*Counts // by kind, name: the numbers /status shows
+	stats map[[2]string]*Counts     // by kind, name: the numbers /status shows
+	open  map[*StreamBytes]struct{} // every open stream's own bytes
 
 	receiveBuffered atomic.Pointer[func() int] // WatchReceiveBuffered
 	kernelHeld      atomic.Pointer[func() int] // WatchKernelHeld
@@ -220,17 +221,24 @@ func (m *Metrics) OpenStreams() int64 {
 	return n
 }
 
-// Carrying is how many streams are open now, of every forward and
-// service, and the bytes all streams have carried each way so far.
-func (m *Metrics) Carrying() (open, toPeer, fromPeer int64) {
+// StreamBytes is one stream's bytes so far, each way.
+type StreamBytes struct {
+	toPeer, fromPeer atomic.Int64
+}
+
+// Load reads both counts.
+func (b *StreamBytes) Load() (toPeer, fromPeer int64) {
+	return b.toPeer.Load(), b.fromPeer.Load()
+}
+
+// EachOpenStream calls f with each open stream's bytes, under the
+// metrics' lock (f must not call back into m).
+func (m *Metrics) EachOpenStream(f func(*StreamBytes)) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, c := range m.stats {
-		open += c.Open.Load()
-		toPeer += c.ToPeer.Load()
-		fromPeer += c.FromPeer.Load()
+	for b := range m.open {
+		f(b)
 	}
-	return open, toPeer, fromPeer
 }
 
 // OnStreamStarted has f called as each stream starts, before its first
@@ -262,6 +270,7 @@ func (m *Metrics) Names(kind string) []string {
 type StreamMeter struct {
 	toPeer, fromPeer prometheus.Counter
 	counts           *Counts
+	own              *StreamBytes
 }
 
 // StreamStarted counts a new stream and resolves its labels once; the
@@ -275,10 +284,18 @@ func (m *Metrics) StreamStarted(kind, name string) StreamMeter {
 	c := m.Counts(kind, name)
 	c.Open.Add(1)
 	c.Total.Add(1)
+	own := &StreamBytes{}
+	m.mu.Lock()
+	if m.open == nil {
+		m.open = map[*StreamBytes]struct{}{}
+	}
+	m.open[own] = struct{}{}
+	m.mu.Unlock()
 	return StreamMeter{
 		toPeer:   m.Bytes.WithLabelValues(kind, name, "to_peer"),
 		fromPeer: m.Bytes.WithLabelValues(kind, name, "from_peer"),
 		counts:   c,
+		own:      own,
 	}
 }
 
@@ -286,6 +303,9 @@ func (m *Metrics) StreamStarted(kind, name string) StreamMeter {
 func (m *Metrics) StreamEnded(kind, name, reason string, meter StreamMeter) {
 	m.StreamsOpen.WithLabelValues(kind, name).Dec()
 	meter.counts.Open.Add(-1)
+	m.mu.Lock()
+	delete(m.open, meter.own)
+	m.mu.Unlock()
 	if reason != "" {
 		m.StreamsFailed.WithLabelValues(kind, name, reason).Inc()
 	}
@@ -295,10 +315,12 @@ func (m *Metrics) StreamEnded(kind, name, reason string, meter StreamMeter) {
 func (s StreamMeter) AToB(n int) {
 	s.toPeer.Add(float64(n))
 	s.counts.ToPeer.Add(int64(n))
+	s.own.toPeer.Add(int64(n))
 }
 
 // BToA counts bytes from the peer to the local side.
 func (s StreamMeter) BToA(n int) {
 	s.fromPeer.Add(float64(n))
 	s.counts.FromPeer.Add(int64(n))
+	s.own.fromPeer.Add(int64(n))
 }

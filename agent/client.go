@@ -364,7 +364,7 @@ func (c *Client) Lanes(class string) []*mux.Session {
 }
 
 // ManageGoProcs lets Run set the Go scheduler's Ps for the whole process:
-// one while the agent carries a lone transfer (procs.go). Only the
+// one while the agent carries one-way transfers only (procs.go). Only the
 // process's owner calls it, before Run.
 func (c *Client) ManageGoProcs() { c.manageProcs = true }
 

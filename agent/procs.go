@@ -13,17 +13,20 @@ import (
 	"github.com/tunnelworks/tunnel/admin"
 )
 
-// One P for a lone transfer. While the agent carries a single stream and
-// that stream is a one-way transfer, its bytes go through one goroutine
-// per agent at a time (read, seal, write; or read, open, write), so a
-// second P adds no parallelism: it only adds hand-offs between threads,
-// which cost CPU on a machine the transfer shares with its endpoints.
-// Then the Go scheduler runs on one P. Anything else takes the default
-// back at once: a stream that opens (before its first byte moves), bytes
-// the other way, the transfer slowing or ending. With one P a goroutine
-// woken by the network can wait for the busy one to block or for Go's
-// 10 ms network poll, which is why light streams never run on one P
-// (bench/README.md, "twenty-third part").
+// One P while the agent carries only one-way transfers. While every
+// stream the agent carries moves bytes one way only and fast, nobody
+// waits on a reply: each transfer's bytes go through one goroutine per
+// agent at a time (read, seal, write; or read, open, write), and a second
+// P adds hand-offs between threads, which cost CPU on a machine the
+// transfers share with their endpoints, more than the parallelism it
+// adds. Then the Go scheduler runs on one P. Anything else takes the
+// default back at once: a stream that opens (before its first byte
+// moves), bytes the other way, a stream slowing or ending. With one P a
+// goroutine woken by the network can wait for the busy one to block or
+// for Go's 10 ms network poll, which is why a stream that is not a
+// transfer (an idle one included) never runs on one P (bench/README.md,
+// "twenty-third part" for a lone transfer, "twenty-fourth part" for
+// several).
 //
 // Only the process's owner turns this on (ManageGoProcs): GOMAXPROCS is
 // the whole process's, and an operator's GOMAXPROCS is left alone.
@@ -31,42 +34,53 @@ import (
 const (
 	// procsTick is how often the policy looks at the streams.
 	procsTick = 100 * time.Millisecond
-	// loneTransferBytes a tick (10 MiB/s) one way make a stream a transfer.
-	loneTransferBytes = 1 << 20
+	// transferBytes a tick (10 MiB/s) one way make a stream a transfer.
+	transferBytes = 1 << 20
 	// quietBytes a tick at most may go the other way (a peer's acks and
 	// flow-control updates); more means someone waits on replies.
 	quietBytes = 16 << 10
-	// loneTicks in a row (half a second) make it a lone transfer: a
-	// message stream's burst is not one, and connections that come and go
-	// beside a transfer more often than that find the default Ps.
-	loneTicks = 5
+	// transferTicks in a row (half a second) make it transfers only: a
+	// message stream's burst is not a transfer, and connections that come
+	// and go beside transfers more often than that find the default Ps.
+	transferTicks = 5
 )
 
-// carried is what the policy reads of the agent's streams: how many are
-// open and the bytes all of them carried so far, each way.
-type carried struct {
-	open, toPeer, fromPeer int64
-}
+// sent is one stream's bytes so far, each way.
+type sent struct{ toPeer, fromPeer int64 }
 
-// loneTransfer decides, from two readings a tick apart, whether the agent
-// carries a single one-way transfer.
-func loneTransfer(prev, now carried) bool {
-	if now.open != 1 || prev.open != 1 {
+// reading is every open stream's bytes at one moment.
+type reading map[*admin.StreamBytes]sent
+
+// transfersOnly decides, from two readings a tick apart, whether every
+// stream the agent carries is a one-way transfer: the same streams open
+// at both, at least one, each with transferBytes or more one way and
+// quietBytes or less the other.
+func transfersOnly(prev, now reading) bool {
+	if len(now) == 0 || len(now) != len(prev) {
 		return false
 	}
-	up, down := now.toPeer-prev.toPeer, now.fromPeer-prev.fromPeer
-	return max(up, down) >= loneTransferBytes && min(up, down) <= quietBytes
+	for s, n := range now {
+		p, ok := prev[s]
+		if !ok {
+			return false
+		}
+		up, down := n.toPeer-p.toPeer, n.fromPeer-p.fromPeer
+		if max(up, down) < transferBytes || min(up, down) > quietBytes {
+			return false
+		}
+	}
+	return true
 }
 
 // goProcs runs the policy for one agent.
 type goProcs struct {
 	log   hclog.Logger
-	read  func() carried
-	one   func() // the scheduler on one P
-	reset func() // the scheduler back to its default
+	read  func(into reading) // fills an empty reading
+	one   func()             // the scheduler on one P
+	reset func()             // the scheduler back to its default
 
-	prev carried // the last reading (run's goroutine only)
-	lone int     // readings in a row that saw a lone transfer
+	prev, now reading // the last two readings (run's goroutine only)
+	ticks     int     // readings in a row that saw transfers only
 
 	mu     sync.Mutex
 	single atomic.Bool // on one P now
@@ -75,12 +89,16 @@ type goProcs struct {
 func newGoProcs(log hclog.Logger, m *admin.Metrics) *goProcs {
 	return &goProcs{
 		log: log,
-		read: func() carried {
-			open, up, down := m.Carrying()
-			return carried{open, up, down}
+		read: func(into reading) {
+			m.EachOpenStream(func(b *admin.StreamBytes) {
+				up, down := b.Load()
+				into[b] = sent{up, down}
+			})
 		},
 		one:   func() { runtime.GOMAXPROCS(1) },
 		reset: runtime.SetDefaultGOMAXPROCS,
+		prev:  reading{},
+		now:   reading{},
 	}
 }
 
@@ -95,7 +113,7 @@ func (g *goProcs) run(ctx context.Context, tick time.Duration) {
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	defer g.leave("agent stopping")
-	g.prev = g.read()
+	g.read(g.prev)
 	for {
 		select {
 		case <-ctx.Done():
@@ -108,15 +126,16 @@ func (g *goProcs) run(ctx context.Context, tick time.Duration) {
 
 // look reads the streams once more and enters or leaves one P.
 func (g *goProcs) look() {
-	now := g.read()
-	if loneTransfer(g.prev, now) {
-		g.lone++
+	clear(g.now)
+	g.read(g.now)
+	if transfersOnly(g.prev, g.now) {
+		g.ticks++
 	} else {
-		g.lone = 0
-		g.leave("not a lone transfer")
+		g.ticks = 0
+		g.leave("not transfers only")
 	}
-	g.prev = now
-	if g.lone >= loneTicks {
+	g.prev, g.now = g.now, g.prev
+	if g.ticks >= transferTicks {
 		g.enter()
 	}
 }
@@ -129,7 +148,7 @@ func (g *goProcs) enter() {
 	}
 	g.one()
 	g.single.Store(true)
-	g.log.Debug("go scheduler on one P: the agent carries a lone transfer")
+	g.log.Debug("go scheduler on one P: the agent carries one-way transfers only")
 }
 
 // leave takes the default back if on one P. A stream's start calls it

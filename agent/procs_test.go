@@ -9,41 +9,45 @@ import (
 	"github.com/tunnelworks/tunnel/admin"
 )
 
-func TestLoneTransferDecision(t *testing.T) {
+func TestTransfersOnlyDecision(t *testing.T) {
 	mib := int64(1 << 20)
+	a, b := new(admin.StreamBytes), new(admin.StreamBytes)
 	for _, tc := range []struct {
 		name      string
-		prev, now carried
+		prev, now reading
 		want      bool
 	}{
-		{"an upload alone", carried{1, 0, 0}, carried{1, 2 * mib, 0}, true},
-		{"a download alone, a few acks back", carried{1, 5, 7 * mib}, carried{1, 4096, 9 * mib}, true},
-		{"just enough", carried{1, 0, 0}, carried{1, loneTransferBytes, quietBytes}, true},
-		{"too slow to be a transfer", carried{1, 0, 0}, carried{1, loneTransferBytes - 1, 0}, false},
-		{"replies going back", carried{1, 0, 0}, carried{1, 2 * mib, quietBytes + 1}, false},
-		{"two streams", carried{2, 0, 0}, carried{2, 8 * mib, 0}, false},
-		{"a second stream came and went", carried{2, 0, 0}, carried{1, 8 * mib, 0}, false},
-		{"nothing open", carried{0, 0, 0}, carried{0, 0, 0}, false},
-		{"an idle stream", carried{1, 100, 100}, carried{1, 164, 164}, false},
+		{"an upload alone", reading{a: {0, 0}}, reading{a: {2 * mib, 0}}, true},
+		{"a download alone, a few acks back", reading{a: {5, 7 * mib}}, reading{a: {4096, 9 * mib}}, true},
+		{"just enough", reading{a: {0, 0}}, reading{a: {transferBytes, quietBytes}}, true},
+		{"too slow to be a transfer", reading{a: {0, 0}}, reading{a: {transferBytes - 1, 0}}, false},
+		{"replies going back", reading{a: {0, 0}}, reading{a: {2 * mib, quietBytes + 1}}, false},
+		{"an upload and a download", reading{a: {0, 0}, b: {0, 0}}, reading{a: {8 * mib, 0}, b: {0, 3 * mib}}, true},
+		{"a transfer beside an idle stream", reading{a: {0, 0}, b: {10, 10}}, reading{a: {8 * mib, 0}, b: {10, 10}}, false},
+		{"a transfer beside a slow one", reading{a: {0, 0}, b: {0, 0}}, reading{a: {8 * mib, 0}, b: {transferBytes - 1, 0}}, false},
+		{"a transfer beside messages", reading{a: {0, 0}, b: {0, 0}}, reading{a: {8 * mib, 0}, b: {64 << 10, 64 << 10}}, false},
+		{"a second stream came and went", reading{a: {0, 0}, b: {0, 0}}, reading{a: {8 * mib, 0}}, false},
+		{"a stream came", reading{a: {0, 0}}, reading{a: {8 * mib, 0}, b: {8 * mib, 0}}, false},
+		{"one stream ended, another began", reading{a: {0, 0}}, reading{b: {8 * mib, 0}}, false},
+		{"nothing open", reading{}, reading{}, false},
+		{"an idle stream", reading{a: {100, 100}}, reading{a: {164, 164}}, false},
 	} {
-		if got := loneTransfer(tc.prev, tc.now); got != tc.want {
-			t.Errorf("%s: loneTransfer(%+v, %+v) = %v, want %v", tc.name, tc.prev, tc.now, got, tc.want)
+		if got := transfersOnly(tc.prev, tc.now); got != tc.want {
+			t.Errorf("%s: transfersOnly(%v, %v) = %v, want %v", tc.name, tc.prev, tc.now, got, tc.want)
 		}
 	}
 }
 
-// The policy on an agent's real metrics: one P only after loneTicks
-// readings of a lone transfer, the default back at the next stream's
-// start (before its first byte) and when the transfer stops.
+// The policy on an agent's real metrics: one P only after transferTicks
+// readings of transfers only, the default back at the next stream's
+// start (before its first byte), while that stream is not a transfer,
+// and when the transfers stop.
 func TestGoProcsFollowsTheStreams(t *testing.T) {
 	m := admin.NewMetrics("test")
 	var ones, resets int
-	g := &goProcs{
-		log:   hclog.NewNullLogger(),
-		read:  newGoProcs(hclog.NewNullLogger(), m).read,
-		one:   func() { ones++ },
-		reset: func() { resets++ },
-	}
+	g := newGoProcs(hclog.NewNullLogger(), m)
+	g.one = func() { ones++ }
+	g.reset = func() { resets++ }
 	m.OnStreamStarted(g.streamStarted)
 	defer m.OnStreamStarted(nil)
 	state := func(wantOnes, wantResets int, when string) {
@@ -54,37 +58,58 @@ func TestGoProcsFollowsTheStreams(t *testing.T) {
 		}
 	}
 
-	g.prev = g.read()
+	g.read(g.prev)
 	upload := m.StreamStarted("forward", "sink")
-	// carry: the upload moves a tick's worth before each of n readings.
+	// carry: the transfers move a tick's worth before each of n readings.
+	transfers := []func(int){upload.AToB}
 	carry := func(n int) {
 		for range n {
-			upload.AToB(loneTransferBytes)
+			for _, move := range transfers {
+				move(transferBytes)
+			}
 			g.look()
 		}
 	}
 	g.look() // the stream opened between readings: not yet
-	carry(loneTicks - 1)
-	state(0, 0, "before loneTicks readings of the transfer")
+	carry(transferTicks - 1)
+	state(0, 0, "before transferTicks readings of the transfer")
 	carry(1)
-	state(1, 0, "after loneTicks readings of the transfer")
+	state(1, 0, "after transferTicks readings of the transfer")
 	carry(1)
 	state(1, 0, "one P is set once")
 
 	other := m.StreamStarted("forward", "echo")
 	state(1, 1, "as a second stream starts")
-	carry(1)
+	carry(transferTicks + 1)
+	state(1, 1, "beside a stream that moves nothing")
+	other.BToA(64)
 	m.StreamEnded("forward", "echo", "", other)
-	carry(loneTicks)
+	carry(transferTicks)
 	state(1, 1, "a second stream ended a reading ago")
 	carry(1)
-	state(2, 1, "alone again for loneTicks readings")
+	state(2, 1, "alone again for transferTicks readings")
 
+	download := m.StreamStarted("forward", "source")
+	state(2, 2, "as a download starts")
+	carry(1) // the download's first tick: it moves nothing yet
+	transfers = append(transfers, download.BToA)
+	carry(transferTicks)
+	state(3, 2, "an upload and a download for transferTicks readings")
+	download.AToB(quietBytes + 1) // replies: someone waits on them
+	carry(1)
+	state(3, 3, "bytes went back on the download")
+
+	m.StreamEnded("forward", "source", "", download)
+	transfers = transfers[:1]
+	carry(transferTicks) // the first reading still saw the download
+	state(3, 3, "the download ended transferTicks readings ago")
+	carry(1)
+	state(4, 3, "the upload alone again")
 	g.look() // nothing moved
-	state(2, 2, "the transfer paused")
+	state(4, 4, "the transfer paused")
 	m.StreamEnded("forward", "sink", "", upload)
 	g.look()
-	state(2, 2, "nothing open")
+	state(4, 4, "nothing open")
 }
 
 // An operator's GOMAXPROCS is theirs: the policy stays off.

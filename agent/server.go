@@ -149,7 +149,7 @@ func (s *Server) Addr(name string) net.Addr {
 }
 
 // ManageGoProcs lets Run set the Go scheduler's Ps for the whole process:
-// one while the agent carries a lone transfer (procs.go). Only the
+// one while the agent carries one-way transfers only (procs.go). Only the
 // process's owner calls it, before Run.
 func (s *Server) ManageGoProcs() { s.manageProcs = true }
 

@@ -25,22 +25,25 @@ func TestAgentLogsSchedulerProcs(t *testing.T) {
 	}
 }
 
-// While the agents carry one stream and it is a one-way transfer, each
-// runs its Go scheduler on one P (go_sched_gomaxprocs_threads in
-// /metrics); a second stream takes the default back on both at once, and
-// so does the transfer's end. Every byte arrives.
-func TestLoneTransferRunsOnOneP(t *testing.T) {
+// While every stream the agents carry is a one-way transfer, each runs
+// its Go scheduler on one P (go_sched_gomaxprocs_threads in /metrics):
+// a lone upload, then two. A stream that exchanges messages takes the
+// default back on both at once, and so does the transfers' end. Every
+// byte arrives.
+func TestTransfersRunOnOneP(t *testing.T) {
 	t.Parallel()
 	sink, received := startSink(t)
+	sink2, received2 := startSink(t)
 	adminBlock := "admin {\n  listen = \"127.0.0.1:0\"\n}\n"
 	tn := startTunnel(t, tunnelSpec{
 		serverExtra: adminBlock,
 		clientExtra: adminBlock,
 		services: []svc{
 			{name: "sink", target: sink, allow: []string{"client-a"}},
+			{name: "sink2", target: sink2, allow: []string{"client-a"}},
 			{name: "echo", target: startEcho(t), allow: []string{"client-a"}},
 		},
-		forwards: []fwd{{name: "sink", service: "sink"}, {name: "echo", service: "echo"}},
+		forwards: []fwd{{name: "sink", service: "sink"}, {name: "sink2", service: "sink2"}, {name: "echo", service: "echo"}},
 	})
 	m := tn.server.waitMatch(t, reScheduler)
 	if procs, _ := strconv.Atoi(m[1]); procs < 2 {
@@ -58,8 +61,8 @@ func TestLoneTransferRunsOnOneP(t *testing.T) {
 	up := startUpload(t, tn.client.forwards["sink"], received)
 	waitFor(t, "both agents on one P during the lone upload", both(1))
 
-	// A second stream: both back to the default while it is open, and
-	// its bytes come back whole.
+	// A stream that exchanges messages: both back to the default while
+	// it is open, and its bytes come back whole.
 	e := dial(t, tn.client.forwards["echo"], waitLimit)
 	msg := []byte("a message beside the transfer")
 	if _, err := e.Write(msg); err != nil {
@@ -69,10 +72,14 @@ func TestLoneTransferRunsOnOneP(t *testing.T) {
 	if _, err := io.ReadFull(e, got); err != nil || string(got) != string(msg) {
 		t.Fatalf("echo beside the transfer: %q, %v", got, err)
 	}
-	waitFor(t, "both agents back to their default Ps with a second stream open", both(defaultProcs))
+	waitFor(t, "both agents back to their default Ps with a message stream open", both(defaultProcs))
+	// A second upload starts while they are on the default, and the
+	// message stream ends: two transfers and nothing else.
+	up2 := startUpload(t, tn.client.forwards["sink2"], received2)
 	e.Close()
-	waitFor(t, "both agents on one P again once the upload is alone", both(1))
+	waitFor(t, "both agents on one P with two uploads and nothing else", both(1))
 
+	up2.finish(t)
 	up.finish(t)
-	waitFor(t, "both agents back to their default Ps once the transfer ended", both(defaultProcs))
+	waitFor(t, "both agents back to their default Ps once the transfers ended", both(defaultProcs))
 }

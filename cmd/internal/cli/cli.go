@@ -239,7 +239,7 @@ func run(role Role, prog string, args []string, stdout, stderr io.Writer) int {
 	}
 	// A CPU quota or a GOMAXPROCS left from tuning shows here first.
 	log.Info("go scheduler", "procs", runtime.GOMAXPROCS(0), "cpus", runtime.NumCPU())
-	// The process is the agent's: it may run a lone transfer on one P.
+	// The process is the agent's: it may run one-way transfers on one P.
 	a.ManageGoProcs()
 	if scm != nil {
 		scm.a = a
