@@ -221,6 +221,19 @@ func (m *Metrics) OpenStreams() int64 {
 	return n
 }
 
+// Carrying is how many streams are open now, of every forward and
+// service, and the bytes all streams have carried so far, both ways
+// together (per forward, not per stream: cheap with many streams).
+func (m *Metrics) Carrying() (open, bytes int64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, c := range m.stats {
+		open += c.Open.Load()
+		bytes += c.ToPeer.Load() + c.FromPeer.Load()
+	}
+	return open, bytes
+}
+
 // StreamBytes is one stream's bytes so far, each way.
 type StreamBytes struct {
 	toPeer, fromPeer atomic.Int64

@@ -72,15 +72,32 @@ func transfersOnly(prev, now reading) bool {
 	return true
 }
 
+// totals is all the agent's streams together: how many are open and
+// the bytes they carried so far, both ways.
+type totals struct{ open, bytes int64 }
+
+// mayBeTransfers is what transfersOnly needs of the totals, read without
+// going over every stream: the same number open, and bytes enough for
+// each to be a transfer. An agent with many streams, most idle, pays for
+// this only.
+func mayBeTransfers(prev, now totals) bool {
+	return now.open > 0 && now.open == prev.open && now.bytes-prev.bytes >= now.open*transferBytes
+}
+
 // goProcs runs the policy for one agent.
 type goProcs struct {
-	log   hclog.Logger
-	read  func(into reading) // fills an empty reading
-	one   func()             // the scheduler on one P
-	reset func()             // the scheduler back to its default
+	log        hclog.Logger
+	readTotals func() totals
+	read       func(into reading) // fills an empty reading
+	one        func()             // the scheduler on one P
+	reset      func()             // the scheduler back to its default
 
-	prev, now reading // the last two readings (run's goroutine only)
-	ticks     int     // readings in a row that saw transfers only
+	// The last readings (run's goroutine only). A reading of every
+	// stream is taken only when the totals allow transfers; otherwise
+	// now stays empty, and the next tick's comparison fails.
+	lastTotals totals
+	prev, now  reading
+	ticks      int // readings in a row that saw transfers only
 
 	mu     sync.Mutex
 	single atomic.Bool // on one P now
@@ -89,6 +106,10 @@ type goProcs struct {
 func newGoProcs(log hclog.Logger, m *admin.Metrics) *goProcs {
 	return &goProcs{
 		log: log,
+		readTotals: func() totals {
+			open, bytes := m.Carrying()
+			return totals{open, bytes}
+		},
 		read: func(into reading) {
 			m.EachOpenStream(func(b *admin.StreamBytes) {
 				up, down := b.Load()
@@ -113,7 +134,7 @@ func (g *goProcs) run(ctx context.Context, tick time.Duration) {
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	defer g.leave("agent stopping")
-	g.read(g.prev)
+	g.lastTotals = g.readTotals()
 	for {
 		select {
 		case <-ctx.Done():
@@ -126,8 +147,12 @@ func (g *goProcs) run(ctx context.Context, tick time.Duration) {
 
 // look reads the streams once more and enters or leaves one P.
 func (g *goProcs) look() {
+	t := g.readTotals()
 	clear(g.now)
-	g.read(g.now)
+	if mayBeTransfers(g.lastTotals, t) {
+		g.read(g.now)
+	}
+	g.lastTotals = t
 	if transfersOnly(g.prev, g.now) {
 		g.ticks++
 	} else {

@@ -58,7 +58,7 @@ func TestGoProcsFollowsTheStreams(t *testing.T) {
 		}
 	}
 
-	g.read(g.prev)
+	g.lastTotals = g.readTotals()
 	upload := m.StreamStarted("forward", "sink")
 	// carry: the transfers move a tick's worth before each of n readings.
 	transfers := []func(int){upload.AToB}
@@ -70,7 +70,12 @@ func TestGoProcsFollowsTheStreams(t *testing.T) {
 			g.look()
 		}
 	}
+	// settle: after the streams change, a reading sees the totals change
+	// and the next one takes every stream's counts; transferTicks
+	// comparisons come after those.
+	settle := func() { carry(2) }
 	g.look() // the stream opened between readings: not yet
+	carry(1) // its first bytes: every stream read for the first time
 	carry(transferTicks - 1)
 	state(0, 0, "before transferTicks readings of the transfer")
 	carry(1)
@@ -80,12 +85,13 @@ func TestGoProcsFollowsTheStreams(t *testing.T) {
 
 	other := m.StreamStarted("forward", "echo")
 	state(1, 1, "as a second stream starts")
-	carry(transferTicks + 1)
+	carry(transferTicks + 2)
 	state(1, 1, "beside a stream that moves nothing")
 	other.BToA(64)
 	m.StreamEnded("forward", "echo", "", other)
-	carry(transferTicks)
-	state(1, 1, "a second stream ended a reading ago")
+	settle()
+	carry(transferTicks - 1)
+	state(1, 1, "a second stream ended a while ago")
 	carry(1)
 	state(2, 1, "alone again for transferTicks readings")
 
@@ -93,6 +99,7 @@ func TestGoProcsFollowsTheStreams(t *testing.T) {
 	state(2, 2, "as a download starts")
 	carry(1) // the download's first tick: it moves nothing yet
 	transfers = append(transfers, download.BToA)
+	carry(1) // both move: every stream read for the first time
 	carry(transferTicks)
 	state(3, 2, "an upload and a download for transferTicks readings")
 	download.AToB(quietBytes + 1) // replies: someone waits on them
@@ -101,8 +108,9 @@ func TestGoProcsFollowsTheStreams(t *testing.T) {
 
 	m.StreamEnded("forward", "source", "", download)
 	transfers = transfers[:1]
-	carry(transferTicks) // the first reading still saw the download
-	state(3, 3, "the download ended transferTicks readings ago")
+	settle()
+	carry(transferTicks - 1)
+	state(3, 3, "the download ended a while ago")
 	carry(1)
 	state(4, 3, "the upload alone again")
 	g.look() // nothing moved
@@ -110,6 +118,53 @@ func TestGoProcsFollowsTheStreams(t *testing.T) {
 	m.StreamEnded("forward", "sink", "", upload)
 	g.look()
 	state(4, 4, "nothing open")
+}
+
+// Many open streams, most of them idle: the policy looks at the totals
+// only, and never reads every stream.
+func TestGoProcsReadsEveryStreamOnlyWhenTheTotalsAllow(t *testing.T) {
+	m := admin.NewMetrics("test")
+	g := newGoProcs(hclog.NewNullLogger(), m)
+	read := g.read
+	reads := 0
+	g.read = func(into reading) { reads++; read(into) }
+	g.one, g.reset = func() {}, func() {}
+	var meters []admin.StreamMeter
+	for range 1000 {
+		meters = append(meters, m.StreamStarted("forward", "idle"))
+	}
+	upload := m.StreamStarted("forward", "sink")
+	g.lastTotals = g.readTotals()
+	for range 3 * transferTicks {
+		upload.AToB(8 * transferBytes)
+		meters[0].BToA(100)
+		g.look()
+	}
+	if reads != 0 || g.single.Load() {
+		t.Errorf("a transfer beside 1000 idle streams: every stream read %d times, single %v; want 0, false", reads, g.single.Load())
+	}
+	for _, s := range meters {
+		m.StreamEnded("forward", "idle", "", s)
+	}
+	m.StreamEnded("forward", "sink", "", upload)
+}
+
+func TestMayBeTransfers(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		prev, now totals
+		want      bool
+	}{
+		{"one stream, enough", totals{1, 0}, totals{1, transferBytes}, true},
+		{"three streams, enough for three", totals{3, 5}, totals{3, 5 + 3*transferBytes}, true},
+		{"three streams, enough for two", totals{3, 0}, totals{3, 3*transferBytes - 1}, false},
+		{"a stream came", totals{1, 0}, totals{2, 8 * transferBytes}, false},
+		{"nothing open", totals{0, 0}, totals{0, 0}, false},
+	} {
+		if got := mayBeTransfers(tc.prev, tc.now); got != tc.want {
+			t.Errorf("%s: mayBeTransfers(%v, %v) = %v, want %v", tc.name, tc.prev, tc.now, got, tc.want)
+		}
+	}
 }
 
 // An operator's GOMAXPROCS is theirs: the policy stays off.
