@@ -309,7 +309,7 @@ func TestSessionLimitPerKey(t *testing.T) {
 	if err := ss.admit(b, classBulk, 0, max, perIdentity); err != nil {
 		t.Fatalf("another certificate of the same name counted against the first: %v", err)
 	}
-	if old := ss.put(b, classBulk, 0, &mux.Session{Peer: b}, nil); old != nil {
+	if old, _ := ss.put(b, classBulk, 0, &mux.Session{Peer: b}, nil); old != nil {
 		t.Fatal("a certificate of the same name replaced another's session")
 	}
 	if got := len(ss.snapshot()); got != 2 {
@@ -326,13 +326,13 @@ func TestSessionLimitPerKey(t *testing.T) {
 	if err := ss.admit(b, classBulk, 1, max, 2); err != nil {
 		t.Fatal(err)
 	}
-	if old := ss.put(b, classBulk, 1, lane1, nil); old != nil {
+	if old, _ := ss.put(b, classBulk, 1, lane1, nil); old != nil {
 		t.Fatal("a second lane replaced the first")
 	}
 	if s, _ := ss.find(clientMatcher(b.Key()), classBulk); s == nil || s == lane1 {
 		t.Fatal("find on a tie did not pick lane 0")
 	}
-	if old := ss.put(b, classBulk, 1, &mux.Session{Peer: b}, nil); old != lane1 {
+	if old, _ := ss.put(b, classBulk, 1, &mux.Session{Peer: b}, nil); old != lane1 {
 		t.Fatal("a reconnect of lane 1 did not replace lane 1")
 	}
 

@@ -42,6 +42,9 @@ type Server struct {
 	admin    adminHost
 	handover handoverHost
 	noLanes  bool // announce no lanes, as a server before them (tests only)
+	// beforePut, if set, runs as a session that passed its handshake and
+	// admission is about to be put in the set (tests only).
+	beforePut func(class string, lane int)
 
 	mu       sync.Mutex
 	tunnel   net.Addr
@@ -261,7 +264,7 @@ func (s *Server) HandOver(ctx context.Context) error {
 
 // drain tells every client to open no more streams and waits up to limit
 // for the streams in flight.
-func (s *Server) drain(limit time.Duration) { drainSessions(s.log, s.sessions.all(), limit) }
+func (s *Server) drain(limit time.Duration) { drainSessions(s.log, s.sessions.drainAll(), limit) }
 
 func (s *Server) serveTunnel(acceptCtx, streamCtx context.Context, ln net.Listener, conns *sync.WaitGroup) error {
 	// Bound concurrent handshakes: when all slots are busy the accept loop
@@ -389,7 +392,22 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	// and lane at once: new streams use the new one, so its forwards never
 	// see a stale "already connected"; the old one drains in the
 	// background (a rotation) or is already dead (a reconnect).
-	old := s.sessions.put(sess.Peer, class, lane, sess, conn)
+	if s.beforePut != nil {
+		s.beforePut(class, lane)
+	}
+	old, stopping := s.sessions.put(sess.Peer, class, lane, sess, conn)
+	if stopping {
+		// Its handshake began before the listener closed and ended after
+		// the drain began: drained now, so the client takes its new
+		// connections to wherever the listener went (a restarted or
+		// handed-over server) instead of to this stopping one.
+		log.Info("session came up while stopping; draining it", append([]any{"class", class}, laneFields(lane)...)...)
+		conns.Go(func() {
+			ctx, cancel := context.WithTimeout(streamCtx, cfg.DrainTimeout)
+			defer cancel()
+			_ = sess.Drain(ctx)
+		})
+	}
 	if first := s.sessions.firstOfLanes(key, class); first != nil {
 		// Lane 0 of a client with lanes carries its messages and the
 		// start of every stream (see laneZeroLowat); known once a
@@ -628,6 +646,10 @@ type sessionSet struct {
 	mu  sync.Mutex
 	m   map[sessionKey]*mux.Session
 	raw map[sessionKey]net.Conn // each session's TCP connection
+	// stopping: the server drains its sessions to stop (drainAll). A
+	// handshake accepted before the listener closed can end after that:
+	// its session must be drained too, not serve new streams.
+	stopping bool
 }
 
 type sessionKey struct {
@@ -667,7 +689,9 @@ func (ss *sessionSet) admit(id ssl.Identity, class string, lane, max, perIdentit
 	return nil
 }
 
-func (ss *sessionSet) put(id ssl.Identity, class string, lane int, s *mux.Session, raw net.Conn) (old *mux.Session) {
+// put adds a session, returning the one it replaces, if any, and
+// whether the server is stopping (then the caller drains s).
+func (ss *sessionSet) put(id ssl.Identity, class string, lane int, s *mux.Session, raw net.Conn) (old *mux.Session, stopping bool) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.m == nil {
@@ -676,7 +700,7 @@ func (ss *sessionSet) put(id ssl.Identity, class string, lane int, s *mux.Sessio
 	k := sessionKey{id.Key(), class, lane}
 	old = ss.m[k]
 	ss.m[k], ss.raw[k] = s, raw
-	return old
+	return old, ss.stopping
 }
 
 // firstOfLanes is the TCP connection of lane 0 of class of the client
@@ -727,6 +751,15 @@ func (ss *sessionSet) snapshot() map[sessionKey]*mux.Session {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	return maps.Clone(ss.m)
+}
+
+// drainAll is every session, to drain as the server stops; a session
+// put after it is told it is stopping.
+func (ss *sessionSet) drainAll() []*mux.Session {
+	ss.mu.Lock()
+	ss.stopping = true
+	ss.mu.Unlock()
+	return ss.all()
 }
 
 func (ss *sessionSet) all() []*mux.Session {
