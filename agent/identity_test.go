@@ -31,18 +31,22 @@ type fleet struct {
 	srvLog  *syncBuffer
 	clients []*Client
 	cliLogs []*syncBuffer
-	ctx     context.Context
+	ctx     context.Context // the clients'
 	done    *sync.WaitGroup
+	// stopServer stops the server alone (a graceful stop); the clients
+	// run on until the test ends.
+	stopServer context.CancelFunc
 }
 
 // fleetOptions shape the server of a fleet.
 type fleetOptions struct {
-	allow    string      // the echo service's allow list (HCL list body)
-	extra    string      // more server config: forwards, limits
-	tlsExtra string      // more lines of the server's tls block
-	cert     pki.Options // the server's certificate (its names are set)
-	ca       *pki.Cert   // the CA of both sides; default a new one
-	noLanes  bool        // the server speaks no lanes, as one before them
+	allow    string        // the echo service's allow list (HCL list body)
+	extra    string        // more server config: forwards, limits
+	tlsExtra string        // more lines of the server's tls block
+	cert     pki.Options   // the server's certificate (its names are set)
+	ca       *pki.Cert     // the CA of both sides; default a new one
+	noLanes  bool          // the server speaks no lanes, as one before them
+	prepare  func(*Server) // run on the server before it starts
 }
 
 // startFleet starts a server with an echo service and opts.
@@ -73,10 +77,17 @@ func startFleet(t *testing.T, opts fleetOptions) *fleet {
 	if err := os.WriteFile(path, []byte(hcl), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var cancel context.CancelFunc
-	f.srv, f.ctx, cancel = runServerWith(t, path, f.srvLog, f.done, func(s *Server) { s.noLanes = opts.noLanes })
+	f.srv, _, f.stopServer = runServerWith(t, path, f.srvLog, f.done, func(s *Server) {
+		s.noLanes = opts.noLanes
+		if opts.prepare != nil {
+			opts.prepare(s)
+		}
+	})
+	var stopClients context.CancelFunc
+	f.ctx, stopClients = context.WithCancel(context.Background())
 	t.Cleanup(func() {
-		cancel()
+		f.stopServer()
+		stopClients()
 		f.done.Wait()
 		if t.Failed() {
 			t.Logf("server log:\n%s", f.srvLog)

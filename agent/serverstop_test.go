@@ -1,19 +1,13 @@
 package agent
 
 import (
-	"context"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-
-	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
 
@@ -24,81 +18,20 @@ import (
 // lane came up on a draining server and carried the connections meant
 // for its successor.
 func TestSessionUpWhileStoppingIsDrained(t *testing.T) {
-	dir := t.TempDir()
-	ca, err := pki.NewRootCA(pki.Options{CommonName: "stop test CA"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "ca.crt"), ca.CertPEM(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	srvCert, err := ca.IssueServer(pki.Options{CommonName: "tunnel-server", DNSNames: []string{"localhost"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srvCert.WriteFiles(filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key")); err != nil {
-		t.Fatal(err)
-	}
-	srvPath := filepath.Join(dir, "server.hcl")
-	if err := os.WriteFile(srvPath, []byte(serverHCL(echoServer(t), `"edge"`, "drain_timeout = \"30s\"\n")), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	srvLog := &syncBuffer{}
-	var running sync.WaitGroup
 	// Lane 1's session waits between its admission and joining the set.
 	lane1Held, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	srv, _, stopServer := runServerWith(t, srvPath, srvLog, &running, func(s *Server) {
+	releaseOnce := sync.OnceFunc(func() { close(release) })
+	defer releaseOnce()
+	f := startFleet(t, fleetOptions{allow: `"edge"`, extra: "drain_timeout = \"30s\"\n", prepare: func(s *Server) {
 		s.beforePut = func(_ string, lane int) {
 			if lane == 1 {
 				once.Do(func() { close(lane1Held); <-release })
 			}
 		}
-	})
-	defer running.Wait()
-	defer stopServer()
-	releaseOnce := sync.OnceFunc(func() { close(release) })
-	defer releaseOnce()
-	cliCert, err := ca.IssueClient(pki.Options{CommonName: "edge"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cliCert.WriteFiles(filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key")); err != nil {
-		t.Fatal(err)
-	}
-	cliPath := filepath.Join(dir, "client.hcl")
-	if err := os.WriteFile(cliPath, []byte(`server = "`+srv.Addr("tunnel").String()+`"
-tls {
-  cert = "client.crt"
-  key  = "client.key"
-  ca   = "ca.crt"
-  server_name = "localhost"
-}
-bulk_connections = 2
-forward "echo" {
-  listen = "127.0.0.1:0"
-}
-`), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := config.LoadClient(cliPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cliLog := &syncBuffer{}
-	cli, err := NewClient(cfg, hclog.New(&hclog.LoggerOptions{Output: cliLog, Level: hclog.Debug}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cliCtx, stopClient := context.WithCancel(context.Background())
-	running.Go(func() { _ = cli.Run(cliCtx) })
-	defer stopClient()
-	defer func() {
-		if t.Failed() {
-			t.Logf("server log:\n%s\nclient log:\n%s", srvLog, cliLog)
-		}
-	}()
-	<-cli.Ready()
+	}})
+	cli, cliLog, _ := f.startClient(t, pki.Options{CommonName: "edge"}, "bulk_connections = 2\nforward \"echo\" {\n  listen = \"127.0.0.1:0\"\n}\n")
+	srvLog := f.srvLog
 	waitFor(t, "lane 0 up", func() bool { return cli.Lanes(classBulk)[0] != nil })
 	select {
 	case <-lane1Held:
@@ -120,7 +53,7 @@ forward "echo" {
 		t.Fatal(err)
 	}
 
-	stopServer()
+	f.stopServer()
 	waitFor(t, "the server draining", func() bool { return strings.Contains(srvLog.String(), "stopping: draining streams") })
 	releaseOnce() // lane 1's session joins the set now
 	waitFor(t, "the client told that lane 1 drains", func() bool {
