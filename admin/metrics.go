@@ -198,6 +198,10 @@ func (r *ResumeCollector) Collect(ch chan<- prometheus.Metric) {
 func (m *Metrics) Counts(kind, name string) *Counts {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.countsLocked(kind, name)
+}
+
+func (m *Metrics) countsLocked(kind, name string) *Counts {
 	if m.stats == nil {
 		m.stats = map[[2]string]*Counts{}
 	}
@@ -294,16 +298,16 @@ func (m *Metrics) StreamStarted(kind, name string) StreamMeter {
 	}
 	m.StreamsOpened.WithLabelValues(kind, name).Inc()
 	m.StreamsOpen.WithLabelValues(kind, name).Inc()
-	c := m.Counts(kind, name)
-	c.Open.Add(1)
-	c.Total.Add(1)
 	own := &StreamBytes{}
 	m.mu.Lock()
+	c := m.countsLocked(kind, name)
 	if m.open == nil {
 		m.open = map[*StreamBytes]struct{}{}
 	}
 	m.open[own] = struct{}{}
 	m.mu.Unlock()
+	c.Open.Add(1)
+	c.Total.Add(1)
 	return StreamMeter{
 		toPeer:   m.Bytes.WithLabelValues(kind, name, "to_peer"),
 		fromPeer: m.Bytes.WithLabelValues(kind, name, "from_peer"),
