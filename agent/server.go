@@ -401,7 +401,9 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 		// the drain began: drained now, so the client takes its new
 		// connections to wherever the listener went (a restarted or
 		// handed-over server) instead of to this stopping one.
-		log.Info("session came up while stopping; draining it", append([]any{"class", class}, laneFields(lane)...)...)
+		// Once per interval: a flood of handshakes finishing as the
+		// server stops (at most max_handshakes) is one line.
+		s.limited.Log(hclog.Info, "stopping-session", "session came up while stopping; draining it", append([]any{"peer", peer, "remote", remote, "class", class}, laneFields(lane)...)...)
 		conns.Go(func() {
 			ctx, cancel := context.WithTimeout(streamCtx, cfg.DrainTimeout)
 			defer cancel()
