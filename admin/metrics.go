@@ -115,6 +115,7 @@ type ResumeStats struct {
 	ReplayBytes   int64  `json:"replay_bytes"`   // held in replay buffers
 	Resumed       uint64 `json:"resumed"`        // moved to a new session
 	Moved         uint64 `json:"moved"`          // live, moved to another lane (heavy)
+	Evicted       uint64 `json:"evicted"`        // idle, reset to make room under the bound per certificate
 	Expired       uint64 `json:"expired"`        // reset: no session within the window
 	PeerLost      uint64 `json:"peer_lost"`      // reset: the peer no longer held them
 	Refused       uint64 `json:"refused"`        // the peer's resumes we refused
@@ -172,6 +173,7 @@ func newResumeCollector(labels prometheus.Labels) *ResumeCollector {
 		d("tunnel_streams_moved_total", "Live streams moved to another session of their class: bulk streams that turned heavy, off the lane where every stream starts.", c, func(s ResumeStats) float64 { return float64(s.Moved) }),
 		d("tunnel_streams_resume_expired_total", "Suspended streams reset because no session came back within their resume window.", c, func(s ResumeStats) float64 { return float64(s.Expired) }),
 		d("tunnel_streams_resume_lost_total", "Suspended streams reset because the peer no longer held them (it restarted without a handover).", c, func(s ResumeStats) float64 { return float64(s.PeerLost) }),
+		d("tunnel_streams_resume_evicted_total", "Idle resumable streams (suspended, or ended and awaiting the peer's confirmation) reset to make room for a new one when a peer certificate held as many as its bound.", c, func(s ResumeStats) float64 { return float64(s.Evicted) }),
 		d("tunnel_resume_refused_total", "The peer's resumes refused (no such stream for its certificate).", c, func(s ResumeStats) float64 { return float64(s.Refused) }),
 		d("tunnel_resume_replayed_bytes_total", "Bytes resent from replay buffers after resumes.", c, func(s ResumeStats) float64 { return float64(s.ReplayedBytes) }),
 	}}

@@ -282,18 +282,26 @@ func serveAccepted(ctx context.Context, wg *sync.WaitGroup, log hclog.Logger, st
 	pipeAndLog(ctx, log, m, "service", service, serviceIdle(services, service), ts, target, st.pipes)
 }
 
+// resumeBound is how many resumable streams one peer certificate may
+// hold: twice what its sessions may carry at once, so as many again may
+// wait for a resume (or for the peer to confirm their end) beside a full
+// set of live ones.
+func resumeBound(streamsPerSession, sessions int) int { return 2 * streamsPerSession * sessions }
+
 // resumeStats are the table's counts for /status and /metrics.
 func resumeStats(t *resume.Table) admin.ResumeStats {
 	s := t.Stats()
 	return admin.ResumeStats{Streams: s.Streams, Suspended: s.Suspended, ReplayBytes: s.ReplayBytes, Resumed: s.Resumed, Moved: s.Moved,
-		Expired: s.Expired, PeerLost: s.PeerLost, Refused: s.Refused, ReplayedBytes: s.ReplayedBytes}
+		Evicted: s.Evicted, Expired: s.Expired, PeerLost: s.PeerLost, Refused: s.Refused, ReplayedBytes: s.ReplayedBytes}
 }
 
 // newResumeTable is an agent's table of resumable streams; its metrics
 // are read at each scrape.
 // instance is the predecessor's after a handover ("": a new one).
-func newResumeTable(cfg config.Settings, log hclog.Logger, m *admin.Metrics, instance string) *resume.Table {
-	t := resume.NewTable(resume.Config{Budget: cfg.MaxSessionBuffer, Logger: log.Named("resume"), Instance: instance})
+// maxPeerStreams bounds the streams held per peer certificate (see
+// resumeBound), read at each check.
+func newResumeTable(cfg config.Settings, log hclog.Logger, m *admin.Metrics, instance string, maxPeerStreams func() int) *resume.Table {
+	t := resume.NewTable(resume.Config{Budget: cfg.MaxSessionBuffer, Logger: log.Named("resume"), Instance: instance, MaxPeerStreams: maxPeerStreams})
 	m.WatchResume(func() admin.ResumeStats { return resumeStats(t) })
 	return t
 }

@@ -72,7 +72,7 @@ func NewClient(cfg *config.Client, log hclog.Logger) (*Client, error) {
 	c := &Client{log: log, limited: ratelog.New(log, time.Minute), metrics: admin.NewMetrics("client"), started: time.Now(), tls: ssl.NewReloader(p), ready: make(chan struct{}),
 		keepers: map[string][]*keeper{}, lanes: max(cfg.BulkConnections, 1)}
 	c.state.Store(newClientState(cfg))
-	c.resume = newResumeTable(cfg.Settings, log, c.metrics, "")
+	c.resume = newResumeTable(cfg.Settings, log, c.metrics, "", c.resumeBound)
 	c.metrics.WatchReceiveBuffered(func() int { return c.sumSessions((*mux.Session).ReceiveBuffered) })
 	c.metrics.WatchWriteQueued(func() int { return c.sumSessions((*mux.Session).WriteQueued) })
 	c.metrics.WatchKernelHeld(func() int { return c.sumSessions((*mux.Session).KernelHeld) })
@@ -485,7 +485,7 @@ func (c *Client) Run(ctx context.Context) error {
 // Server.UseHandover). Call it before Run.
 func (c *Client) UseHandover(h *handover.Handover) {
 	c.resume = c.handover.use(h, c.resume, func(inst string) *resume.Table {
-		return newResumeTable(c.cfg().Settings, c.log, c.metrics, inst)
+		return newResumeTable(c.cfg().Settings, c.log, c.metrics, inst, c.resumeBound)
 	}, c.log)
 }
 
@@ -686,4 +686,10 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 	c.lightArrived()
 	pipeAndLog(ctx, c.log.With("peer", sess.Peer.Name()), c.metrics, "forward", f.Name, f.IdleTimeout, stream, localFor(stream, local), &c.handover.pipes)
 	c.heavy.forget(stream)
+}
+
+// resumeBound bounds the resumable streams the server may hold here: a
+// session per class and lane at most.
+func (c *Client) resumeBound() int {
+	return resumeBound(c.cfg().Settings.MaxStreamsPerSession, len(laneClasses)+1) * mux.MaxLanes
 }

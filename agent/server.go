@@ -73,7 +73,7 @@ func NewServer(cfg *config.Server, log hclog.Logger) (*Server, error) {
 	}
 	s.state.Store(st)
 	s.tls = ssl.NewReloader(p)
-	s.resume = newResumeTable(cfg.Settings, log, s.metrics, "")
+	s.resume = newResumeTable(cfg.Settings, log, s.metrics, "", s.resumeBound)
 	s.metrics.WatchReceiveBuffered(func() int { return s.sumSessions((*mux.Session).ReceiveBuffered) })
 	s.metrics.WatchWriteQueued(func() int { return s.sumSessions((*mux.Session).WriteQueued) })
 	s.metrics.WatchKernelHeld(func() int { return s.sumSessions((*mux.Session).KernelHeld) })
@@ -248,7 +248,7 @@ func (s *Server) Run(ctx context.Context) error {
 // Run still tells systemd when it is ready.
 func (s *Server) UseHandover(h *handover.Handover) {
 	s.resume = s.handover.use(h, s.resume, func(inst string) *resume.Table {
-		return newResumeTable(s.cfg().Settings, s.log, s.metrics, inst)
+		return newResumeTable(s.cfg().Settings, s.log, s.metrics, inst, s.resumeBound)
 	}, s.log)
 }
 
@@ -847,4 +847,11 @@ func clientMatcher(client string) func(ssl.Identity) bool {
 		return r.Match
 	}
 	return func(id ssl.Identity) bool { return id.Is(client) }
+}
+
+// resumeBound bounds the resumable streams one client certificate may
+// hold: its sessions are at most max_sessions_per_identity.
+func (s *Server) resumeBound() int {
+	c := s.cfg()
+	return resumeBound(c.Settings.MaxStreamsPerSession, c.MaxSessionsPerIdentity)
 }

@@ -95,6 +95,7 @@ type Stream struct {
 	done      bool        // ended: out of the table, budget returned
 	expiry    *time.Timer // while suspended (or closing): the end of the window
 	since     time.Time   // suspended since
+	order     uint64      // when the table made it, for the bound's oldest first
 
 	// Our direction (sequence numbers count data bytes, then one for FIN).
 	replay     replayBuffer
@@ -670,6 +671,20 @@ func (s *Stream) armExpiryLocked(d time.Duration, f func()) {
 		s.expiry.Stop()
 	}
 	s.expiry = time.AfterFunc(d, f)
+}
+
+// waitsForSessionLocked: suspended, or ended here while the session that
+// carried it is gone (it waits for a resume to confirm its end).
+func (s *Stream) waitsForSessionLocked() bool {
+	return s.err == nil && (s.carrier == nil || (s.closing && s.carrier.SessionClosed()))
+}
+
+// idle says that no pipe uses the stream: it waits for a new session, or
+// it ended here and waits for the peer to confirm it.
+func (s *Stream) idle() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err == nil && !s.frozen && (s.carrier == nil || s.closing)
 }
 
 // Suspended says whether the stream waits for a new session, and since when.

@@ -26,8 +26,22 @@ type Config struct {
 	// Instance names this agent's stream state in its hellos; random if
 	// empty (a handover passes the old one on).
 	Instance string
-	Logger   hclog.Logger
+	// MaxPeerStreams bounds the streams held for one peer certificate:
+	// open, suspended, or ended and waiting for the peer to confirm our
+	// end. Streams outlive their sessions, so the session limits alone
+	// do not bound them: a peer that opens streams and drops its
+	// connection, again and again, would leave a resume window's worth.
+	// At the bound the oldest stream no pipe uses (suspended or ended)
+	// is reset to make room; with none, the new stream is refused
+	// (ErrTooManyStreams). Read at each check (a reload may change it);
+	// nil or 0: no bound.
+	MaxPeerStreams func() int
+	Logger         hclog.Logger
 }
+
+// ErrTooManyStreams refuses a stream when its peer certificate holds
+// Config.MaxPeerStreams streams that are all in use.
+var ErrTooManyStreams = errors.New("the peer's certificate holds as many resumable streams as the limit allows, all in use")
 
 // Options are one stream's.
 type Options struct {
@@ -73,7 +87,8 @@ type Table struct {
 	closed  bool
 	wg      sync.WaitGroup // moves in progress
 
-	resumed, expired, replayed, refused, peerLost, moved atomic.Uint64
+	resumed, expired, replayed, refused, peerLost, moved, evicted atomic.Uint64
+	opened                                                        uint64 // streams made, for their age order; under mu
 }
 
 type sessionKey struct{ key, class string }
@@ -112,30 +127,78 @@ func (t *Table) newStream(token mux.Token, opener bool, sess *mux.Session, servi
 	if o.Window <= 0 {
 		return nil, errors.New("resumable stream without a resume window")
 	}
+	key := sess.Peer.Key()
+	// Each round that finds the certificate at its bound resets one idle
+	// stream of it; a few rounds cover streams ending meanwhile.
+	for range 4 {
+		s, idle, err := t.register(token, opener, key, sess, service, source, local, remote, o)
+		if idle == nil {
+			return s, err
+		}
+		t.evicted.Add(1)
+		t.limited.Warn("resume-evict:"+key, "peer's certificate at its bound of resumable streams: reset the oldest idle one to make room", "peer", sess.Peer.Name(), "key", key, "bound", t.maxPeerStreams())
+		_ = idle.Abort()
+	}
+	return nil, ErrTooManyStreams
+}
+
+// register adds the stream unless the peer's certificate is at its
+// bound; then it returns the stream to reset first (idle), or
+// ErrTooManyStreams when none is idle.
+func (t *Table) register(token mux.Token, opener bool, key string, sess *mux.Session, service, source string, local, remote net.Addr, o Options) (s, idle *Stream, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
-		return nil, net.ErrClosed
+		return nil, nil, net.ErrClosed
 	}
 	if _, dup := t.streams[token]; dup {
-		return nil, errors.New("a stream with this token exists already")
+		return nil, nil, errors.New("a stream with this token exists already")
 	}
-	key := sess.Peer.Key()
 	b := t.budgets[key]
 	if b == nil {
 		b = &peerBudget{sem: newBudget(t.cfg.Budget)}
 		t.budgets[key] = b
 	}
+	if lim := t.maxPeerStreams(); lim > 0 && b.streams >= lim {
+		if idle = t.oldestIdleLocked(key); idle == nil {
+			return nil, nil, ErrTooManyStreams
+		}
+		return nil, idle, nil
+	}
 	b.streams++
-	s := t.makeStream(token, opener, key, sess.Peer.Name(), sess.PeerHello.Instance, service, local, remote, o, b)
-	s.source, s.answered = source, !opener
+	t.opened++
+	s = t.makeStream(token, opener, key, sess.Peer.Name(), sess.PeerHello.Instance, service, local, remote, o, b)
+	s.source, s.answered, s.order = source, !opener, t.opened
 	if opener {
 		s.openingOn = sess
 	} else if sess.PeerResumes() && sess.PeerHello.Has(mux.CapHeavy) {
 		s.onHeavy, s.heavyHook, s.rateSince = tellPeerHeavy, tellPeerHeavy, time.Now()
 	}
 	t.streams[token] = s
-	return s, nil
+	return s, nil, nil
+}
+
+func (t *Table) maxPeerStreams() int {
+	if t.cfg.MaxPeerStreams == nil {
+		return 0
+	}
+	return t.cfg.MaxPeerStreams()
+}
+
+// oldestIdleLocked is the oldest of key's streams that no pipe uses: one
+// that waits for a new session, or one that ended here and waits for the
+// peer to confirm it. O(streams), only at the bound.
+func (t *Table) oldestIdleLocked(key string) *Stream {
+	var oldest *Stream
+	for _, s := range t.streams {
+		if s.peerKey != key || (oldest != nil && s.order > oldest.order) {
+			continue
+		}
+		if s.idle() {
+			oldest = s
+		}
+	}
+	return oldest
 }
 
 func newBudget(n int64) *semaphore.Weighted { return semaphore.NewWeighted(n) }
@@ -652,16 +715,17 @@ type Stats struct {
 	Refused            uint64 // the peer's resumes we refused
 	ReplayedBytes      uint64 // resent after resumes
 	Moved              uint64 // live streams moved to another session (Move)
+	Evicted            uint64 // idle streams reset to make room under Config.MaxPeerStreams
 }
 
 // Stats counts the streams now.
 func (t *Table) Stats() Stats {
 	list := t.snapshot(false)
 	st := Stats{Streams: len(list), Resumed: t.resumed.Load(), Expired: t.expired.Load(), PeerLost: t.peerLost.Load(),
-		Refused: t.refused.Load(), ReplayedBytes: t.replayed.Load(), Moved: t.moved.Load()}
+		Refused: t.refused.Load(), ReplayedBytes: t.replayed.Load(), Moved: t.moved.Load(), Evicted: t.evicted.Load()}
 	for _, s := range list {
 		s.mu.Lock()
-		if s.carrier == nil && s.err == nil {
+		if s.waitsForSessionLocked() {
 			st.Suspended++
 		}
 		st.ReplayBytes += int64(s.replay.len())
