@@ -155,6 +155,10 @@ server accepted us). It starts no session: a running client is not disturbed.`
 		fmt.Fprintf(stderr, "%s %s: %s\n", prog, cmd, fmt.Sprintf(format, a...))
 		return f, exitUsage, false
 	}
+	if len(pos) > 0 && f.config == "" {
+		// The usual slip: the file named without its flag.
+		return fail("unexpected argument %q (the config file goes after -config: -config %s)", pos[0], pos[0])
+	}
 	if len(pos) > 0 {
 		return fail("unexpected argument %q", pos[0])
 	}

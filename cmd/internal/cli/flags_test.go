@@ -94,6 +94,7 @@ func TestUsageMistakes(t *testing.T) {
 		"run":               "-config FILE is required",
 		"run -bogus":        "flag provided but not defined: -bogus",
 		"run -config a b":   `unexpected argument "b"`,
+		"run server.hcl":    `unexpected argument "server.hcl" (the config file goes after -config: -config server.hcl)`,
 		"version extra":     `unexpected argument "extra"`,
 		"demo extra":        "takes no arguments",
 		"status":            "give -config FILE or -admin HOST:PORT",
