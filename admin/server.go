@@ -89,6 +89,9 @@ type ForwardStatus struct {
 	StreamsTotal int64  `json:"streams_total"`
 	BytesToPeer  int64  `json:"bytes_to_peer"`
 	BytesFrom    int64  `json:"bytes_from_peer"`
+	// NotApplied says why a forward does not run as the config file says
+	// (its new listener could not be opened; Listen is where it runs).
+	NotApplied string `json:"not_applied,omitempty"`
 }
 
 type ExpiryStatus struct {

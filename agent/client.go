@@ -383,7 +383,7 @@ func (c *Client) Run(ctx context.Context) error {
 	// down, so local applications see a stable port.
 	var conns sync.WaitGroup
 	fs := newForwardSet(c.log, &conns, c.handover.listen, c.serveForward)
-	if err := fs.start(acceptCtx, streamCtx, c.cfg().Forwards); err != nil {
+	if err := fs.start(acceptCtx, streamCtx, c.cfg().Forwards, c.cfg().Path); err != nil {
 		fs.stop()
 		return err
 	}
@@ -530,7 +530,9 @@ func (c *Client) status() admin.Status {
 	}
 	for _, f := range cfg.Forwards {
 		class, from := c.forwardClass(f)
-		st.Forwards = append(st.Forwards, forwardStatus(c.metrics, "forward", f.Name, addrString(c.Addr(f.Name)), "", class, from))
+		fst := forwardStatus(c.metrics, "forward", f.Name, addrString(c.Addr(f.Name)), "", class, from)
+		fst.NotApplied = c.forwardProblem(f.Name)
+		st.Forwards = append(st.Forwards, fst)
 	}
 	for _, svc := range cfg.Services {
 		st.Services = append(st.Services, forwardStatus(c.metrics, "service", svc.Name, "", svc.Target, svc.Class, serviceClassFrom(svc)))
@@ -583,7 +585,7 @@ func (c *Client) Reload() error {
 	c.mu.Unlock()
 	var ferr, aerr error
 	if fs != nil {
-		ferr = fs.apply(cfg.Forwards)
+		ferr = fs.apply(cfg.Forwards, cfg.Path)
 	}
 	var moved string
 	if moved, aerr = c.admin.apply(cfg.Admin); moved != "" {
@@ -618,7 +620,26 @@ func (c *Client) Reload() error {
 			}
 		}
 	}
-	return incomplete(ferr, aerr)
+	return c.noteIncomplete(incomplete(ferr, aerr))
+}
+
+// noteIncomplete keeps a reload's listeners that could not be opened as
+// the last error, for status; err is returned as is.
+func (c *Client) noteIncomplete(err error) error {
+	if err != nil {
+		c.setLastErr(err)
+	}
+	return err
+}
+
+// forwardProblem says why a forward does not run as the file says, or "".
+func (c *Client) forwardProblem(name string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.forwards == nil {
+		return ""
+	}
+	return c.forwards.problem(name)
 }
 
 // serverSaid is the classes of the server's services from its last hello.

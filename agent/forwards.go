@@ -19,8 +19,9 @@ import (
 
 // forwardSet runs the local listeners of an agent's forwards and changes
 // them on reload: a forward whose block is unchanged keeps its listener;
-// a removed or changed one stops accepting (its streams in flight go on);
-// a new one starts listening.
+// a removed one stops accepting (its streams in flight go on); a changed
+// one moves to its new listener once that is open, and keeps its old one
+// (and old settings) when it cannot be; a new one starts listening.
 type forwardSet struct {
 	log     hclog.Logger
 	limited *ratelog.Log
@@ -32,8 +33,9 @@ type forwardSet struct {
 
 	mu        sync.Mutex
 	running   map[string]*runningForward
-	acceptCtx context.Context // stops accept loops (the agent stopping)
-	streamCtx context.Context // given to handle (outlives acceptCtx by the drain)
+	stale     map[string]string // forwards not run as the file says: why
+	acceptCtx context.Context   // stops accept loops (the agent stopping)
+	streamCtx context.Context   // given to handle (outlives acceptCtx by the drain)
 }
 
 type runningForward struct {
@@ -47,90 +49,202 @@ type runningForward struct {
 type listenFunc func(ctx context.Context, addr string, opts ...sockopt.Options) (net.Listener, error)
 
 func newForwardSet(log hclog.Logger, conns *sync.WaitGroup, listen listenFunc, handle func(context.Context, config.Forward, net.Conn)) *forwardSet {
-	return &forwardSet{log: log, limited: ratelog.New(log, time.Minute), handle: handle, listen: listen, conns: conns, running: map[string]*runningForward{}}
+	return &forwardSet{log: log, limited: ratelog.New(log, time.Minute), handle: handle, listen: listen, conns: conns,
+		running: map[string]*runningForward{}, stale: map[string]string{}}
 }
 
 // start runs the first set of forwards. acceptCtx stops the accept loops;
 // streamCtx is passed to handle.
-func (fs *forwardSet) start(acceptCtx, streamCtx context.Context, want []config.Forward) error {
+func (fs *forwardSet) start(acceptCtx, streamCtx context.Context, want []config.Forward, file string) error {
 	fs.mu.Lock()
 	fs.acceptCtx, fs.streamCtx = acceptCtx, streamCtx
 	fs.mu.Unlock()
-	return fs.apply(want)
+	return fs.apply(want, file)
 }
 
-// apply makes the running forwards match want. Listeners are stopped first,
-// so a forward moved to another name can take over the same address. It
-// returns every forward that could not start; the others run regardless.
-func (fs *forwardSet) apply(want []config.Forward) error {
+// apply makes the running forwards match want, read from file (named in
+// errors). Removed forwards stop first, so a forward renamed can take
+// over the same address. A changed or new forward's listener is opened
+// before its old one closes: a forward whose new address cannot be opened
+// keeps running as before (old address, old settings) and is reported,
+// here and by problem. It returns every forward that could not start or
+// move; the others run regardless.
+func (fs *forwardSet) apply(want []config.Forward, file string) error {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	acceptCtx, streamCtx := fs.acceptCtx, fs.streamCtx
-	if acceptCtx.Err() != nil {
+	if fs.acceptCtx.Err() != nil {
 		want = nil // stopping: start nothing new
 	}
-	keep := map[string]bool{}
+	wanted := map[string]bool{}
 	for _, f := range want {
-		if r, ok := fs.running[f.Name]; ok && reflect.DeepEqual(r.cfg, f) {
-			keep[f.Name] = true
-		}
+		wanted[f.Name] = true
 	}
 	for name, r := range fs.running {
-		if !keep[name] {
-			r.cancel()
-			<-r.done
-			delete(fs.running, name)
-			fs.log.Info("forward stopped", "forward", name, "listen", r.addr.String())
+		if !wanted[name] {
+			fs.stopOne(name, r)
 		}
 	}
-	var errs []error
+	var todo []config.Forward
 	for _, f := range want {
-		if keep[f.Name] {
+		if r, ok := fs.running[f.Name]; ok && reflect.DeepEqual(r.cfg, f) {
 			continue
 		}
-		// The minimum TTL and DSCP sit on the listening socket, so they
-		// hold for every accepted connection from its first packet.
-		ln, err := fs.listen(acceptCtx, f.Listen, sockopt.Options{MinTTL: f.MinTTL, DSCP: f.DSCP})
-		if err != nil {
-			errs = append(errs, fmt.Errorf("forward %q: %w", f.Name, err))
+		todo = append(todo, f)
+	}
+	failed := fs.openAll(todo)
+	fs.moveInPlace(todo, failed)
+	clear(fs.stale)
+	var errs []error
+	for _, f := range todo {
+		err, ok := failed[f.Name]
+		if !ok {
 			continue
 		}
-		ctx, cancel := context.WithCancel(acceptCtx)
-		r := &runningForward{cfg: f, addr: ln.Addr(), cancel: cancel, done: make(chan struct{})}
-		fs.running[f.Name] = r
-		fields := []any{"forward", f.Name, "listen", ln.Addr().String(), "service", f.Service}
-		if f.Client != "" {
-			fields = append(fields, "client", f.Client)
+		err = fmt.Errorf("forward %q in %s: %w", f.Name, file, err)
+		if r, ok := fs.running[f.Name]; ok {
+			err = fmt.Errorf("%w (still on %s)", err, r.addr)
 		}
-		fs.log.Info("forward listening", fields...)
-		go func() {
-			defer close(r.done)
-			// At most MaxConns connections in progress through this forward;
-			// beyond that new ones are closed at once (and logged, rarely).
-			slots := make(chan struct{}, max(f.MaxConns, 1))
-			err := forward.Serve(ctx, ln, fs.log, func(local net.Conn) {
-				select {
-				case slots <- struct{}{}:
-				default:
-					fs.limited.Warn("max_conns:"+f.Name, "connection refused: forward at its connection limit", "forward", f.Name, "max_conns", f.MaxConns)
-					forward.Reset(local)
-					return
-				}
-				fs.conns.Go(func() {
-					defer func() { <-slots }()
-					fs.handle(streamCtx, f, local)
-				})
-			})
-			if err != nil {
-				fs.log.Error("forward stopped accepting", "forward", f.Name, "error", err)
-			}
-		}()
+		fs.stale[f.Name] = err.Error()
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
 
+// openAll opens the new listener of each forward in todo and moves the
+// forward onto it, in passes: a forward that moves frees its old address
+// for one that wants it. It returns why each of the rest failed; they
+// run as before, if they ran.
+func (fs *forwardSet) openAll(todo []config.Forward) map[string]error {
+	failed := map[string]error{}
+	for len(todo) > 0 {
+		var rest []config.Forward
+		for _, f := range todo {
+			ln, err := fs.listen(fs.acceptCtx, f.Listen, socketOptions(f))
+			if err != nil {
+				failed[f.Name] = err
+				rest = append(rest, f)
+				continue
+			}
+			delete(failed, f.Name)
+			fs.serve(f, ln)
+		}
+		if len(rest) == len(todo) {
+			break // none moved, so no address was freed
+		}
+		todo = rest
+	}
+	return failed
+}
+
+// moveInPlace retries the failed forwards whose new address the old
+// listener of a failed forward holds (an unchanged address with other
+// settings, the same port on another host, two forwards that swap
+// addresses) by closing those old listeners first. A forward whose new
+// listener still cannot be opened gets its old one back. failed is
+// updated.
+func (fs *forwardSet) moveInPlace(todo []config.Forward, failed map[string]error) {
+	var held []config.Forward
+	for _, f := range todo {
+		if _, ok := failed[f.Name]; ok && fs.heldByFailed(f.Listen, failed) {
+			held = append(held, f)
+		}
+	}
+	old := map[string]*runningForward{}
+	for _, f := range held {
+		if r, ok := fs.running[f.Name]; ok {
+			old[f.Name] = r
+			fs.stopOne(f.Name, r)
+		}
+	}
+	for _, f := range held {
+		ln, err := fs.listen(fs.acceptCtx, f.Listen, socketOptions(f))
+		if err == nil {
+			delete(failed, f.Name)
+			fs.serve(f, ln)
+			continue
+		}
+		failed[f.Name] = err
+		r, ok := old[f.Name]
+		if !ok {
+			continue
+		}
+		back, berr := fs.listen(fs.acceptCtx, r.addr.String(), socketOptions(r.cfg))
+		if berr != nil {
+			failed[f.Name] = fmt.Errorf("%w (and its old address %s could not be reopened: %v)", err, r.addr, berr)
+			continue
+		}
+		fs.serve(r.cfg, back)
+	}
+}
+
+// heldByFailed reports whether addr is on the port of the old listener of
+// a forward in failed.
+func (fs *forwardSet) heldByFailed(addr string, failed map[string]error) bool {
+	for name := range failed {
+		if r, ok := fs.running[name]; ok && samePort(addr, r.addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// socketOptions are a forward's options for its listening socket. The
+// minimum TTL and DSCP sit there, so they hold for every accepted
+// connection from its first packet.
+func socketOptions(f config.Forward) sockopt.Options {
+	return sockopt.Options{MinTTL: f.MinTTL, DSCP: f.DSCP}
+}
+
+// stopOne stops a running forward's listener and waits for its accept
+// loop; connections it accepted go on. fs.mu is held.
+func (fs *forwardSet) stopOne(name string, r *runningForward) {
+	r.cancel()
+	<-r.done
+	delete(fs.running, name)
+	fs.log.Info("forward stopped", "forward", name, "listen", r.addr.String())
+}
+
+// serve runs f on ln, in place of the forward of that name if one runs
+// (its listener closes now that the new one is open). fs.mu is held.
+func (fs *forwardSet) serve(f config.Forward, ln net.Listener) {
+	if r, ok := fs.running[f.Name]; ok {
+		fs.stopOne(f.Name, r)
+	}
+	ctx, cancel := context.WithCancel(fs.acceptCtx)
+	r := &runningForward{cfg: f, addr: ln.Addr(), cancel: cancel, done: make(chan struct{})}
+	fs.running[f.Name] = r
+	fields := []any{"forward", f.Name, "listen", ln.Addr().String(), "service", f.Service}
+	if f.Client != "" {
+		fields = append(fields, "client", f.Client)
+	}
+	fs.log.Info("forward listening", fields...)
+	streamCtx := fs.streamCtx
+	go func() {
+		defer close(r.done)
+		// At most MaxConns connections in progress through this forward;
+		// beyond that new ones are closed at once (and logged, rarely).
+		slots := make(chan struct{}, max(f.MaxConns, 1))
+		err := forward.Serve(ctx, ln, fs.log, func(local net.Conn) {
+			select {
+			case slots <- struct{}{}:
+			default:
+				fs.limited.Warn("max_conns:"+f.Name, "connection refused: forward at its connection limit", "forward", f.Name, "max_conns", f.MaxConns)
+				forward.Reset(local)
+				return
+			}
+			fs.conns.Go(func() {
+				defer func() { <-slots }()
+				fs.handle(streamCtx, f, local)
+			})
+		})
+		if err != nil {
+			fs.log.Error("forward stopped accepting", "forward", f.Name, "error", err)
+		}
+	}()
+}
+
 // stop stops every listener and waits for the accept loops.
-func (fs *forwardSet) stop() { _ = fs.apply(nil) }
+func (fs *forwardSet) stop() { _ = fs.apply(nil, "") }
 
 // addr is the bound address of a forward, or nil.
 func (fs *forwardSet) addr(name string) net.Addr {
@@ -140,4 +254,12 @@ func (fs *forwardSet) addr(name string) net.Addr {
 		return r.addr
 	}
 	return nil
+}
+
+// problem says why a forward does not run as the file says ("" when it
+// does): its listener could not be opened at the last start or reload.
+func (fs *forwardSet) problem(name string) string {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	return fs.stale[name]
 }

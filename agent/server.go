@@ -175,7 +175,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	var conns sync.WaitGroup // every session and stream goroutine
 	fs := newForwardSet(s.log, &conns, s.handover.listen, s.serveForward)
-	if err := fs.start(acceptCtx, streamCtx, cfg.Forwards); err != nil {
+	if err := fs.start(acceptCtx, streamCtx, cfg.Forwards, cfg.Path); err != nil {
 		fs.stop()
 		tunnelLn.Close()
 		return err
@@ -569,7 +569,7 @@ func (s *Server) Reload() error {
 	var ferr, aerr error
 	if fs != nil {
 		// Forward listeners use the agent's own contexts, kept by apply.
-		ferr = fs.apply(cfg.Forwards)
+		ferr = fs.apply(cfg.Forwards, cfg.Path)
 	}
 	var moved string
 	if moved, aerr = s.admin.apply(cfg.Admin); moved != "" {
@@ -596,7 +596,26 @@ func (s *Server) Reload() error {
 		}
 	}
 	endRefused(ends)
-	return incomplete(ferr, aerr)
+	return s.noteIncomplete(incomplete(ferr, aerr))
+}
+
+// noteIncomplete keeps a reload's listeners that could not be opened as
+// the last error, for status; err is returned as is.
+func (s *Server) noteIncomplete(err error) error {
+	if err != nil {
+		s.setLastErr(err)
+	}
+	return err
+}
+
+// forwardProblem says why a forward does not run as the file says, or "".
+func (s *Server) forwardProblem(name string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.forwards == nil {
+		return ""
+	}
+	return s.forwards.problem(name)
 }
 
 func (s *Server) watchedFiles() []string {
@@ -622,7 +641,9 @@ func (s *Server) status() admin.Status {
 	for _, f := range cfg.Forwards {
 		sess, _ := s.sessions.find(clientMatcher(f.Client), f.Class)
 		class, from := forwardClass(f, peerServices(sess))
-		st.Forwards = append(st.Forwards, forwardStatus(s.metrics, "forward", f.Name, addrString(s.Addr(f.Name)), "", class, from))
+		fst := forwardStatus(s.metrics, "forward", f.Name, addrString(s.Addr(f.Name)), "", class, from)
+		fst.NotApplied = s.forwardProblem(f.Name)
+		st.Forwards = append(st.Forwards, fst)
 	}
 	for _, svc := range cfg.Services {
 		st.Services = append(st.Services, forwardStatus(s.metrics, "service", svc.Name, "", svc.Target, svc.Class, serviceClassFrom(svc)))

@@ -113,6 +113,13 @@ func printStatus(w io.Writer, st admin.Status) {
 	if st.LastError != "" {
 		fmt.Fprintf(w, "last error: %s\n", st.LastError)
 	}
+	// A forward still on its old listener (or none) serves, but not as
+	// the file says: say so where the eye lands first.
+	for _, f := range st.Forwards {
+		if f.NotApplied != "" {
+			fmt.Fprintf(w, "not as in the config file: %s\n", f.NotApplied)
+		}
+	}
 	// tabwriter pads every cell but a line's last; trailing spaces go when
 	// the table is copied out below.
 	var table bytes.Buffer
@@ -168,6 +175,9 @@ func printStatus(w io.Writer, st admin.Status) {
 			addr := f.Listen
 			if addr == "" {
 				addr = f.Target
+			}
+			if addr == "" && f.NotApplied != "" {
+				addr = "(not listening)" // its listener could not be opened
 			}
 			// The class and where it came from: "control (service)" is
 			// the class the other side gave its service.
