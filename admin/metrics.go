@@ -74,7 +74,7 @@ func NewMetrics(agent string) *Metrics {
 			Name: "tunnel_streams_failed_total", Help: "Streams that ended with an error or were refused, by reason.", ConstLabels: constLabels,
 		}, []string{"kind", "name", "reason"}),
 		StreamsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "tunnel_streams_refused_total", Help: "Streams the peer opened that were refused, by kind (bad_header, header_timeout, second_control, stream_limit, backlog_full, unknown_service, denied, dial_failed).", ConstLabels: constLabels,
+			Name: "tunnel_streams_refused_total", Help: "Streams the peer opened that were refused, by kind (bad_header, header_timeout, second_control, stream_limit, backlog_full, unknown_service, denied, dial_failed, token_held).", ConstLabels: constLabels,
 		}, []string{"kind"}),
 		AwaitingHeader: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tunnel_streams_awaiting_header", Help: "Streams the peer opened whose header has not arrived yet.", ConstLabels: constLabels,

@@ -268,7 +268,7 @@ func acceptStream(st sessionSettings, stream *mux.Stream, services []config.Serv
 func serveAccepted(ctx context.Context, wg *sync.WaitGroup, log hclog.Logger, st sessionSettings, m *admin.Metrics, services []config.Service, class string, lane int, service string, stream *mux.Stream, target net.Conn) {
 	ts, err := acceptStream(st, stream, services, class, lane)
 	if err != nil {
-		log.Warn("stream refused: cannot hold it as resumable", "service", service, "error", err)
+		refusedAccepted(st, stream, service, err)
 		_ = stream.Abort()
 		forward.Reset(target)
 		return
@@ -287,6 +287,25 @@ func serveAccepted(ctx context.Context, wg *sync.WaitGroup, log hclog.Logger, st
 // wait for a resume (or for the peer to confirm their end) beside a full
 // set of live ones.
 func resumeBound(streamsPerSession, sessions int) int { return 2 * streamsPerSession * sessions }
+
+// refusedAccepted reports a stream answered and dialled that the table
+// would not hold as resumable: an open under a held token that raced
+// mux's check before the dial (Table.Holds), or one over its
+// certificate's bound with every stream in use. Counted and logged as
+// mux's refusals are, at most once per interval per peer.
+func refusedAccepted(st sessionSettings, stream *mux.Stream, service string, err error) {
+	sess := stream.Session()
+	switch {
+	case errors.Is(err, resume.ErrTokenHeld):
+		refused(st, sess.Peer, sess.RemoteAddr(), mux.RefusedTokenHeld, service, err, 1)
+		return
+	case errors.Is(err, resume.ErrTooManyStreams):
+		refused(st, sess.Peer, sess.RemoteAddr(), mux.RefusedStreamLimit, service, err, 1)
+		return
+	}
+	st.limited.Warn("stream-refused:resumable:"+sess.Peer.Key(), "stream refused: cannot hold it as resumable",
+		"peer", sess.Peer.Name(), "remote", sess.RemoteAddr(), "service", service, "error", err)
+}
 
 // resumeStats are the table's counts for /status and /metrics.
 func resumeStats(t *resume.Table) admin.ResumeStats {
@@ -456,6 +475,7 @@ func establish(ctx context.Context, conn *ssl.Conn, role, class string, lane int
 	}
 	if st.resume != nil {
 		cfg.Resumable, cfg.Instance, cfg.Resume = true, st.resume.Instance(), st.resume.ServeResume
+		cfg.TokenHeld = st.resume.Holds
 	}
 	if !hi.noLanes {
 		cfg.LaneClasses = laneClasses

@@ -118,6 +118,13 @@ service "id" {
 // the given config body (forwards, services, settings).
 func (f *fleet) startClient(t *testing.T, opts pki.Options, body string) (*Client, *syncBuffer, *pki.Cert) {
 	t.Helper()
+	return f.startClientOf(t, f.srv.Addr("tunnel").String(), opts, body)
+}
+
+// startClientOf is startClient with another server's address (one the
+// test plays itself, with a certificate of f's CA).
+func (f *fleet) startClientOf(t *testing.T, server string, opts pki.Options, body string) (*Client, *syncBuffer, *pki.Cert) {
+	t.Helper()
 	n := len(f.clients)
 	c, err := f.ca.IssueClient(opts)
 	if err != nil {
@@ -135,7 +142,7 @@ tls {
   ca   = "ca.crt"
   server_name = "localhost"
 }
-%s`, f.srv.Addr("tunnel").String(), certFile, keyFile, body), 0o644); err != nil {
+%s`, server, certFile, keyFile, body), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfg, err := config.LoadClient(path)

@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -11,9 +13,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/tunnelworks/tunnel/admin"
+	"github.com/tunnelworks/tunnel/mux"
+	"github.com/tunnelworks/tunnel/transport/ssl"
 	"github.com/tunnelworks/tunnel/transport/ssl/pki"
 )
 
@@ -283,4 +290,243 @@ func TestSessionLimitToldNotDefinite(t *testing.T) {
 	if refused := bulkRefusal(second); refused != nil {
 		t.Fatalf("a session limit was taken as definite: %v", refused)
 	}
+}
+
+// A peer with one valid certificate that holds a resumable stream open
+// and opens more under its token is refused before the target is dialled:
+// each open answered with a refusal, counted (token_held), and logged
+// once, however many. The held stream carries on.
+func TestReplayedTokenRefusedBeforeDial(t *testing.T) {
+	var dialled atomic.Int64
+	target := testServer(t, func(c net.Conn) { dialled.Add(1); io.Copy(c, c) })
+	f := startFleet(t, fleetOptions{allow: `"edge"`, extra: fmt.Sprintf("service \"counted\" {\n  target = %q\n  allow  = [\"hostile\"]\n}\n", target)})
+	answered := replayHeldToken(t, hostileClient(t, f, "hostile"), "counted", replayedOpens)
+	checkReplayRefused(t, f.srv.metrics, f.srvLog, &dialled, answered)
+}
+
+// The same from a hostile server to a client's service: the client
+// refuses, counts and logs as a server does.
+func TestReplayedTokenRefusedBeforeDialByClient(t *testing.T) {
+	var dialled atomic.Int64
+	target := testServer(t, func(c net.Conn) { dialled.Add(1); io.Copy(c, c) })
+	f := startFleet(t, fleetOptions{allow: `"edge"`})
+	addr, sessions := hostileServer(t, f)
+	cli, log, _ := f.startClientOf(t, addr, pki.Options{CommonName: "edge"}, fmt.Sprintf("service \"counted\" {\n  target = %q\n}\n", target))
+	var sess *mux.Session
+	select {
+	case sess = <-sessions:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client did not connect to the hostile server")
+	}
+	answered := replayHeldToken(t, sess, "counted", replayedOpens)
+	checkReplayRefused(t, cli.metrics, log, &dialled, answered)
+}
+
+// replayedOpens is how many opens the hostile peers make under a held
+// token.
+const replayedOpens = 50
+
+// replayHeldToken opens a resumable stream to service on sess, holds it,
+// and opens n more under its token; it returns how many of those were
+// answered with a refusal (CodeBadHeader), and checks that the held
+// stream still carries data after them.
+func replayHeldToken(t *testing.T, sess *mux.Session, service string, n int) int {
+	t.Helper()
+	ctx := context.Background()
+	token := mux.Token{0x70, 0x6b}
+	held, err := sess.OpenResumable(ctx, service, "", token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	echoOn(t, held, "held")
+	var answered int
+	for i := range n {
+		st, err := sess.OpenResumable(ctx, service, "", token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = st.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err = st.Read(make([]byte, 1))
+		var refusal *mux.OpenError
+		if errors.As(err, &refusal) && refusal.Code == mux.CodeBadHeader {
+			answered++
+		} else if i == 0 {
+			t.Errorf("an open under a held token: %v, want a refusal", err)
+		}
+		st.Close()
+	}
+	echoOn(t, held, "still held")
+	return answered
+}
+
+// checkReplayRefused checks the side that was sent replayedOpens opens
+// under a held token: each answered with a refusal and counted, its
+// target dialled only for the held stream, one line in its log.
+func checkReplayRefused(t *testing.T, m *admin.Metrics, log *syncBuffer, dialled *atomic.Int64, answered int) {
+	t.Helper()
+	if answered != replayedOpens {
+		t.Errorf("%d of %d opens under a held token answered with a refusal", answered, replayedOpens)
+	}
+	if got := dialled.Load(); got != 1 {
+		t.Errorf("the target was dialled %d times, want once (the held stream)", got)
+	}
+	if got := metricValue(t, m.StreamsRefused.WithLabelValues(mux.RefusedTokenHeld)); got != replayedOpens {
+		t.Errorf("tunnel_streams_refused_total{kind=token_held} = %v, want %d", got, replayedOpens)
+	}
+	if c := warnLines(log.String(), "stream refused"); c != 1 {
+		t.Errorf("%d refusal lines logged for %d refusals, want 1", c, replayedOpens)
+	}
+}
+
+// hostileClient is a peer that speaks the protocol itself with a client
+// certificate of f's CA named cn: TLS, a hello announcing resume, then
+// whatever streams the test opens. It serves nothing.
+func hostileClient(t *testing.T, f *fleet, cn string) *mux.Session {
+	t.Helper()
+	cert, err := f.ca.IssueClient(pki.Options{CommonName: cn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(f.dir, cn+".crt"), filepath.Join(f.dir, cn+".key")
+	if err := cert.WriteFiles(certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ssl.LoadMaterial(certFile, keyFile, filepath.Join(f.dir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.DialTimeout("tcp", f.srv.Addr("tunnel").String(), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := ssl.Client(raw, ssl.ClientConfig(m, "localhost"))
+	if err := ssl.Handshake(context.Background(), conn.Conn, 5*time.Second); err != nil {
+		raw.Close()
+		t.Fatal(err)
+	}
+	peer, _ := ssl.PeerIdentity(conn.ConnectionState())
+	sess, err := mux.Establish(context.Background(), conn, mux.RoleClient, peer, mux.Config{Class: classBulk, Classes: classes, Resumable: true, Instance: "4057113e"})
+	if err != nil {
+		raw.Close()
+		t.Fatal(err)
+	}
+	var served sync.WaitGroup
+	served.Go(func() {
+		_ = sess.Serve(context.Background(), func(string) (mux.Service, bool) { return mux.Service{}, false }, nil)
+	})
+	t.Cleanup(func() { sess.Close(); served.Wait() })
+	return sess
+}
+
+// hostileServer is a server that speaks the protocol itself with a
+// certificate of f's CA: it answers each client's TLS and hello, announcing
+// resume, and hands the sessions to the test. It serves nothing.
+func hostileServer(t *testing.T, f *fleet) (string, <-chan *mux.Session) {
+	t.Helper()
+	cert, err := f.ca.IssueServer(pki.Options{CommonName: "hostile-server", DNSNames: []string{"localhost"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(f.dir, "hostile-server.crt"), filepath.Join(f.dir, "hostile-server.key")
+	if err := cert.WriteFiles(certFile, keyFile); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ssl.LoadMaterial(certFile, keyFile, filepath.Join(f.dir, "ca.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sessions := make(chan *mux.Session, 16)
+	var (
+		served sync.WaitGroup
+		mu     sync.Mutex
+		all    []*mux.Session
+		closed bool
+	)
+	served.Go(func() {
+		for {
+			raw, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			served.Go(func() {
+				sess := hostileServe(raw, m)
+				if sess == nil {
+					return
+				}
+				mu.Lock()
+				all = append(all, sess)
+				if closed { // up as the test ended
+					sess.Close()
+				}
+				mu.Unlock()
+				select {
+				case sessions <- sess:
+				default:
+				}
+				_ = sess.Serve(context.Background(), func(string) (mux.Service, bool) { return mux.Service{}, false }, nil)
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		closed = true
+		for _, sess := range all {
+			sess.Close()
+		}
+		mu.Unlock()
+		served.Wait()
+	})
+	return ln.Addr().String(), sessions
+}
+
+// hostileServe runs TLS and the hello as a server on raw, announcing
+// resume; nil if either fails.
+func hostileServe(raw net.Conn, m *ssl.Material) *mux.Session {
+	conn := ssl.Server(raw, ssl.ServerConfig(m))
+	if err := ssl.Handshake(context.Background(), conn.Conn, 5*time.Second); err != nil {
+		raw.Close()
+		return nil
+	}
+	peer, _ := ssl.PeerIdentity(conn.ConnectionState())
+	sess, err := mux.Establish(context.Background(), conn, mux.RoleServer, peer, mux.Config{Classes: classes, Resumable: true, Instance: "5e77e7"})
+	if err != nil {
+		raw.Close()
+		return nil
+	}
+	return sess
+}
+
+// echoOn writes msg on a stream to an echo target and reads it back.
+func echoOn(t *testing.T, st *mux.Stream, msg string) {
+	t.Helper()
+	_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(st, msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	n, err := st.Read(got) // reads the open's answer first, which clears the deadline
+	if err == nil {
+		_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err = io.ReadFull(st, got[n:])
+	}
+	if err != nil || string(got) != msg {
+		t.Fatalf("echo of %q: %q, %v", msg, got, err)
+	}
+}
+
+// warnLines counts the warning lines of log that contain s.
+func warnLines(log, s string) int {
+	var n int
+	for line := range strings.Lines(log) {
+		if strings.Contains(line, "[WARN]") && strings.Contains(line, s) {
+			n++
+		}
+	}
+	return n
 }

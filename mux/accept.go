@@ -68,11 +68,12 @@ const (
 	RefusedDenied        = "denied"          // the service's allow list refused the peer
 	RefusedDialFailed    = "dial_failed"     // the service's target could not be reached
 	RefusedResume        = "resume"          // a resume of a stream we do not hold for this peer
+	RefusedTokenHeld     = "token_held"      // a resumable open naming a stream held here already
 )
 
 // RefusedKinds lists every kind OnRefuse may be told.
 var RefusedKinds = []string{RefusedBadHeader, RefusedHeaderTimeout, RefusedControl, RefusedStreamLimit,
-	RefusedBacklogFull, RefusedUnknown, RefusedDenied, RefusedDialFailed, RefusedResume}
+	RefusedBacklogFull, RefusedUnknown, RefusedDenied, RefusedDialFailed, RefusedResume, RefusedTokenHeld}
 
 // refused reports n refusals of one kind to the owner. A flood of them is
 // the owner's to rate-limit: mux itself logs them only at debug.
@@ -145,6 +146,11 @@ func (s *Session) handle(ctx context.Context, y *yamux.Stream, lookup Lookup, ac
 		s.refuse(y, CodeDenied, fmt.Sprintf("service %q is not available to you", name))
 		return
 	}
+	if s.tokenHeld(h) {
+		s.refused(RefusedTokenHeld, name, errors.New("a resumable open names the token of a stream held here already"), 1)
+		s.refuse(y, CodeBadHeader, "a stream with this token is open here already")
+		return
+	}
 	target, err := svc.Dial(ctx, Request{Service: name, Source: h.source, Peer: s.Peer})
 	if err != nil {
 		s.refused(RefusedDialFailed, name, err, 1)
@@ -160,6 +166,13 @@ func (s *Session) handle(ctx context.Context, y *yamux.Stream, lookup Lookup, ac
 	st := &Stream{y: y, sess: s, service: name, token: h.token, resumable: h.resumable}
 	st.answered.Store(true)
 	accepted(ctx, name, s.track(st), target)
+}
+
+// tokenHeld says whether h opens a resumable stream under the token of
+// one held here already: refused before the dial, or a peer replaying a
+// token would have us dial the target for every open only to drop it.
+func (s *Session) tokenHeld(h header) bool {
+	return h.resumable && s.cfg.TokenHeld != nil && s.cfg.TokenHeld(h.token)
 }
 
 // handleResume serves the peer's move of a resumable stream here.

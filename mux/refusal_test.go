@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -314,4 +315,66 @@ func TestServerHelloWithLaneRefused(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 	cliConn.Close()
+}
+
+// A resumable open under a token the owner holds already is refused
+// before its target is dialled and reported as token_held; another token,
+// and a plain open, are served. The allow list is asked first: a service
+// the peer may not open is denied whatever the token.
+func TestHeldTokenRefusedBeforeDial(t *testing.T) {
+	held := Token{7}
+	var (
+		mu     sync.Mutex
+		kinds  []string
+		dialed int
+	)
+	srv := Config{Resumable: true, TokenHeld: func(tok Token) bool { return tok == held },
+		OnRefuse: func(kind, _ string, _ error, _ int) { mu.Lock(); kinds = append(kinds, kind); mu.Unlock() }}
+	server, client := sessionsWith(t, "client-a", srv, Config{Resumable: true})
+	echo := echoTarget(t)
+	counted := func(ctx context.Context, req Request) (net.Conn, error) {
+		mu.Lock()
+		dialed++
+		mu.Unlock()
+		return dialTo(echo)(ctx, req)
+	}
+	serve(t, server, map[string]Service{
+		"echo":   {Allowed: allowOnly("client-a"), Dial: counted},
+		"secret": {Allowed: allowOnly("client-b"), Dial: counted},
+	})
+	for _, tc := range []struct {
+		service string
+		token   *Token
+		code    Code // CodeOK: served
+		kind    string
+		dials   int
+	}{
+		{"echo", &held, CodeBadHeader, RefusedTokenHeld, 0},
+		{"secret", &held, CodeDenied, RefusedDenied, 0},
+		{"echo", &Token{8}, CodeOK, "", 1},
+		{"echo", nil, CodeOK, "", 2},
+	} {
+		mu.Lock()
+		kinds = nil
+		mu.Unlock()
+		st, err := client.open(context.Background(), tc.service, "", tc.token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st.Write([]byte("x"))
+		_, err = st.Read(make([]byte, 1))
+		var oe *OpenError
+		switch {
+		case tc.code == CodeOK && err != nil:
+			t.Errorf("%s, token %v: %v, want served", tc.service, tc.token, err)
+		case tc.code != CodeOK && (!errors.As(err, &oe) || oe.Code != tc.code):
+			t.Errorf("%s, token %v: %v, want %s", tc.service, tc.token, err, tc.code)
+		}
+		st.Close()
+		mu.Lock()
+		if got := strings.Join(kinds, ","); got != tc.kind || dialed != tc.dials {
+			t.Errorf("%s, token %v: reported %q, %d dials; want %q, %d", tc.service, tc.token, got, dialed, tc.kind, tc.dials)
+		}
+		mu.Unlock()
+	}
 }

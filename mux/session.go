@@ -124,6 +124,10 @@ type Config struct {
 	// that it is this peer's, and answers with st.AcceptResume; an error
 	// refuses the move (a *ResumeRefusal says with what code and words).
 	Resume func(st *Stream, token Token, delivered uint64) error
+	// TokenHeld, if set, says whether a resumable stream named token is
+	// held here already: the peer's resumable open naming one is refused
+	// (RefusedTokenHeld) before its service's target is dialled.
+	TokenHeld func(token Token) bool
 	// YamuxLog, if set, limits yamux's own log lines across every session
 	// that shares it (the agent's); nil limits each session on its own.
 	YamuxLog *ratelog.Log

@@ -152,7 +152,7 @@ func (t *Table) register(token mux.Token, opener bool, key string, sess *mux.Ses
 		return nil, nil, net.ErrClosed
 	}
 	if _, dup := t.streams[token]; dup {
-		return nil, nil, errors.New("a stream with this token exists already")
+		return nil, nil, ErrTokenHeld
 	}
 	b := t.budgets[key]
 	if b == nil {
@@ -199,6 +199,19 @@ func (t *Table) oldestIdleLocked(key string) *Stream {
 		}
 	}
 	return oldest
+}
+
+// ErrTokenHeld: a stream is opened under the token of one the table
+// holds already (a peer replaying a token, or two opens racing).
+var ErrTokenHeld = errors.New("a stream with this token exists already")
+
+// Holds says whether a stream named token is held here (mux's
+// Config.TokenHeld: a peer's open naming it is refused before its dial).
+// A closed table holds none: its opens are served as plain streams.
+func (t *Table) Holds(token mux.Token) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return !t.closed && t.streams[token] != nil
 }
 
 func newBudget(n int64) *semaphore.Weighted { return semaphore.NewWeighted(n) }
