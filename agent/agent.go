@@ -770,10 +770,15 @@ func failureReason(err error) string {
 
 // endReason names why a session ended, for the metrics.
 func endReason(err error) string {
-	var expired *ssl.ExpiredError
+	var (
+		expired    *ssl.ExpiredError
+		drainLimit *drainLimitError
+	)
 	switch {
 	case err == nil:
 		return "closed"
+	case errors.As(err, &drainLimit):
+		return "drain_limit"
 	case errors.As(err, &expired) && strings.Contains(expired.What, "CRL"):
 		return "crl_stale"
 	case errors.As(err, &expired):

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/big"
@@ -9,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -312,7 +314,7 @@ func TestSessionLimitPerKey(t *testing.T) {
 	if err := ss.admit(a, classBulk, 0, max, perIdentity); err != nil {
 		t.Fatal(err)
 	}
-	ss.put(a, classBulk, 0, &mux.Session{Peer: a}, nil)
+	ss.put(a, classBulk, 0, &mux.Session{Peer: a}, nil, perIdentity)
 	if err := ss.admit(a, classBulk, 0, max, perIdentity); err != nil {
 		t.Fatalf("a reconnect of the same certificate and class was refused: %v", err)
 	}
@@ -327,7 +329,7 @@ func TestSessionLimitPerKey(t *testing.T) {
 	if err := ss.admit(b, classBulk, 0, max, perIdentity); err != nil {
 		t.Fatalf("another certificate of the same name counted against the first: %v", err)
 	}
-	if old, _ := ss.put(b, classBulk, 0, &mux.Session{Peer: b}, nil); old != nil {
+	if old, _, _ := ss.put(b, classBulk, 0, &mux.Session{Peer: b}, nil, perIdentity); old != nil {
 		t.Fatal("a certificate of the same name replaced another's session")
 	}
 	if got := len(ss.snapshot()); got != 2 {
@@ -344,13 +346,13 @@ func TestSessionLimitPerKey(t *testing.T) {
 	if err := ss.admit(b, classBulk, 1, max, 2); err != nil {
 		t.Fatal(err)
 	}
-	if old, _ := ss.put(b, classBulk, 1, lane1, nil); old != nil {
+	if old, _, _ := ss.put(b, classBulk, 1, lane1, nil, 2); old != nil {
 		t.Fatal("a second lane replaced the first")
 	}
 	if s, _ := ss.find(clientMatcher(b.Key()), classBulk); s == nil || s == lane1 {
 		t.Fatal("find on a tie did not pick lane 0")
 	}
-	if old, _ := ss.put(b, classBulk, 1, &mux.Session{Peer: b}, nil); old != lane1 {
+	if old, _, _ := ss.put(b, classBulk, 1, &mux.Session{Peer: b}, nil, 2); old != lane1 {
 		t.Fatal("a reconnect of lane 1 did not replace lane 1")
 	}
 
@@ -365,7 +367,7 @@ func TestSessionLimitPerKey(t *testing.T) {
 	if err := ss.admit(c, classBulk, 0, max, 1); err != nil {
 		t.Fatalf("lane 0 of a certificate with nothing up: %v", err)
 	}
-	ss.put(c, classBulk, 0, &mux.Session{Peer: c}, nil)
+	ss.put(c, classBulk, 0, &mux.Session{Peer: c}, nil, 1)
 	if err := ss.admit(c, classBulk, 1, max, 2); err != nil {
 		t.Fatalf("lane 1 after lane 0, within the limit: %v", err)
 	}
@@ -512,5 +514,164 @@ func TestSameCertificateReplacesItsSession(t *testing.T) {
 	}
 	if err := roundTrip(r.cli.Addr("echo").String(), []byte("after the replacement")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Sessions a reconnect replaced count until they have drained: against
+// max_sessions, and within a bound per certificate that put enforces by
+// handing back the draining sessions to end at once.
+func TestReplacedSessionsDrainingAreBounded(t *testing.T) {
+	ca, err := pki.NewRootCA(pki.Options{CommonName: "drain test CA"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(name string) ssl.Identity {
+		c, err := ca.IssueClient(pki.Options{CommonName: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ssl.Identity{Leaf: c.Cert}
+	}
+	a, b := issue("edge"), issue("edge-2")
+	var ss sessionSet
+	const perIdentity = 2
+	put := func(id ssl.Identity, class string, lane int) (*mux.Session, *mux.Session, []heldSession) {
+		t.Helper()
+		s := &mux.Session{Peer: id}
+		old, ended, _ := ss.put(id, class, lane, s, nil, perIdentity)
+		return s, old, ended
+	}
+	// A client that reconnects once: its old session drains beside the
+	// new one, and counts against max_sessions meanwhile.
+	first, _, _ := put(a, classBulk, 0)
+	second, old, ended := put(a, classBulk, 0)
+	if old != first || len(ended) != 0 {
+		t.Fatalf("a reconnect replaced %p (want %p) and ended %d draining sessions, want none", old, first, len(ended))
+	}
+	if got := len(ss.held()); got != 2 {
+		t.Fatalf("%d sessions held, want the new one and the one draining", got)
+	}
+	err = ss.admit(b, classBulk, 0, 2, perIdentity)
+	if err == nil || !strings.Contains(err.Error(), "1 of them replaced and draining") {
+		t.Fatalf("another client past max_sessions counting a draining session: %v", err)
+	}
+	// Again in the same place: the first replaced one ends at once.
+	if _, old, ended := put(a, classBulk, 0); old != second || len(ended) != 1 || ended[0].s != first {
+		t.Fatalf("a second reconnect ended %+v, want the first session", ended)
+	}
+	// Draining in other places: at most perIdentity of one certificate,
+	// its oldest ended first; another certificate's are not touched.
+	bs, _, _ := put(b, classBulk, 0)
+	put(b, classBulk, 0)
+	put(a, classControl, 0)
+	if _, _, ended := put(a, classControl, 0); len(ended) != 0 {
+		t.Fatalf("two draining sessions in two places ended %d, want none (the limit is %d)", len(ended), perIdentity)
+	}
+	ss.remove(a, classControl, 0, ss.m[sessionKey{a.Key(), classControl, 0}])
+	put(a, classBulk, 1)
+	_, _, ended = put(a, classBulk, 1)
+	if len(ended) != 1 || ended[0].s != second {
+		t.Fatalf("a third place draining ended %+v, want the oldest (%p)", ended, second)
+	}
+	n := 0
+	for _, d := range ss.draining {
+		if d.key == a.Key() {
+			n++
+		}
+		if d.s == bs {
+			bs = nil
+		}
+	}
+	if n != perIdentity || bs != nil {
+		t.Fatalf("%d draining sessions of one certificate, want %d, and the other's kept (%v)", n, perIdentity, bs == nil)
+	}
+	// A draining session that ends leaves the count.
+	for _, d := range slices.Clone(ss.draining) {
+		ss.remove(d.s.Peer, d.class, d.lane, d.s)
+	}
+	if len(ss.draining) != 0 {
+		t.Fatalf("%d draining sessions left after they all ended", len(ss.draining))
+	}
+}
+
+// A client that reconnects in a loop, each session holding open streams,
+// cannot pile up sessions on the server: a session it replaced drains
+// beside its successor (a single reconnect loses nothing), but one
+// replaced again while draining ends at once, its streams cut rather
+// than ended cleanly, and counted. The drain would otherwise keep each
+// for a minute here.
+func TestReconnectLoopCannotPileUpSessions(t *testing.T) {
+	f := startFleet(t, fleetOptions{allow: `"edge"`, extra: "drain_timeout = \"60s\"\n"})
+	cli, _, _ := f.startClient(t, pki.Options{CommonName: "edge"}, "")
+	// Sessions of a keeper that is not run: nothing reconnects them but
+	// this test, in the control class, where the client has none.
+	hostile := newKeeper(cli, classControl, 0, nil)
+	addr := f.srv.Addr("tunnel").String()
+	var sessions []*mux.Session
+	t.Cleanup(func() {
+		for _, s := range sessions {
+			s.Close()
+		}
+	})
+	const perSession, reconnects = 4, 8
+	streams := make([][]*mux.Stream, 0, reconnects)
+	held := func() float64 { return metricValue(t, f.srv.metrics.Sessions.WithLabelValues(classControl)) }
+	for i := range reconnects {
+		sess, err := hostile.connect(f.ctx, addr)
+		if err != nil {
+			t.Fatalf("reconnect %d: %v", i, err)
+		}
+		sessions = append(sessions, sess)
+		var open []*mux.Stream
+		for range perSession {
+			st := openEcho(t, sess)
+			open = append(open, st)
+		}
+		streams = append(streams, open)
+		// The one it replaced drains: its streams still carry data.
+		if i > 0 {
+			echoOn(t, streams[i-1][0], "still draining")
+		}
+		waitFor(t, "the server to hold at most 2 sessions of the client", func() bool { return held() <= 2 })
+	}
+	// Those replaced twice were ended, their streams cut, not at their end.
+	for i, open := range streams[:reconnects-2] {
+		open[0].SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.ReadAll(open[0]); !errors.Is(err, mux.ErrSessionLost) {
+			t.Fatalf("a stream of session %d, replaced twice: read %v, want it cut with its session", i, err)
+		}
+	}
+	ended := f.srv.metrics.SessionsEnded.WithLabelValues(classControl, "drain_limit")
+	waitFor(t, "the ended sessions counted", func() bool { return metricValue(t, ended) == reconnects-2 })
+	if n := strings.Count(f.srvLog.String(), "faster than they drain; ending a replaced one at once"); n != 1 {
+		t.Errorf("%d lines about ending replaced sessions, want 1 per interval", n)
+	}
+	if got := held(); got != 2 {
+		t.Errorf("server holds %v control sessions of the client, want the last one and the one it replaced", got)
+	}
+}
+
+// openEcho opens a stream to the echo service on sess and sees it answer.
+func openEcho(t *testing.T, sess *mux.Session) *mux.Stream {
+	t.Helper()
+	st, err := sess.Open(context.Background(), "echo", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoOn(t, st, "ping")
+	return st
+}
+
+// echoOn sends msg on st and reads it back.
+func echoOn(t *testing.T, st *mux.Stream, msg string) {
+	t.Helper()
+	st.SetDeadline(time.Now().Add(10 * time.Second))
+	defer st.SetDeadline(time.Time{})
+	if _, err := io.WriteString(st, msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(st, got); err != nil || string(got) != msg {
+		t.Fatalf("echo: got %q, %v", got, err)
 	}
 }

@@ -111,10 +111,10 @@ func newServerState(cfg *config.Server) *serverState {
 }
 
 // admit consults the current state, so reloaded rules apply to the next handshake.
-// sumSessions adds up f over the sessions up now (for the metrics read
-// once per scrape).
+// sumSessions adds up f over the sessions held now, replaced ones still
+// draining too (for the metrics read once per scrape).
 func (s *Server) sumSessions(f func(*mux.Session) int) (n int) {
-	for _, sess := range s.sessions.snapshot() {
+	for _, sess := range s.sessions.held() {
 		n += f(sess)
 	}
 	return n
@@ -395,7 +395,8 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	if s.beforePut != nil {
 		s.beforePut(class, lane)
 	}
-	old, stopping := s.sessions.put(sess.Peer, class, lane, sess, conn)
+	old, ended, stopping := s.sessions.put(sess.Peer, class, lane, sess, conn, cfg.MaxSessionsPerIdentity)
+	s.endOverDrained(ended, peer, cfg.MaxSessionsPerIdentity, conns)
 	if stopping {
 		// Its handshake began before the listener closed and ended after
 		// the drain began: drained now, so the client takes its new
@@ -455,6 +456,17 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	if streamCtx.Err() == nil {
 		log.Info("session ended", append([]any{"class", class, "reason", reasonText(err)}, laneFields(lane)...)...)
 		s.metrics.SessionsEnded.WithLabelValues(class, endReason(err)).Inc()
+	}
+}
+
+// endOverDrained ends at once the replaced sessions of peer that put
+// took out of the draining ones: their streams are reset, not drained.
+// Counted as ended for drain_limit; one line per certificate and interval.
+func (s *Server) endOverDrained(ended []heldSession, peer string, perIdentity int, conns *sync.WaitGroup) {
+	for _, d := range ended {
+		s.limited.Warn("drain-limit:"+d.key, "client replaces its sessions faster than they drain; ending a replaced one at once, its streams reset",
+			append([]any{"peer", peer, "key", d.key, "class", d.class, "streams", d.s.NumStreams(), "max_sessions_per_identity", perIdentity}, laneFields(d.lane)...)...)
+		conns.Go(func() { d.s.CloseWithReason(&drainLimitError{limit: perIdentity}) })
 	}
 }
 
@@ -589,7 +601,7 @@ func (s *Server) Reload() error {
 	logSetupWarnings(s.log, cfg.TLS.Key, cfg.Admin, cfg.AdminPublic)
 	s.log.Info("reloaded", "changes", changesSentence(changes))
 	ends := map[*mux.Session]error{}
-	for _, sess := range s.sessions.all() {
+	for _, sess := range s.sessions.held() {
 		if err := p.Recheck(sess.Peer, x509.ExtKeyUsageClientAuth, time.Now()); err != nil {
 			s.log.Warn("closing session: its client no longer passes", "peer", sess.Peer.Name(), "reason", err)
 			ends[sess] = err
@@ -669,6 +681,11 @@ type sessionSet struct {
 	mu  sync.Mutex
 	m   map[sessionKey]*mux.Session
 	raw map[sessionKey]net.Conn // each session's TCP connection
+	// draining are the sessions a reconnect replaced, oldest first, until
+	// they end: they still hold their streams (up to drain_timeout), so
+	// they count against max_sessions, and put bounds them per
+	// certificate (a client reconnecting in a loop must not pile them up).
+	draining []heldSession
 	// stopping: the server drains its sessions to stop (drainAll). A
 	// handshake accepted before the listener closed can end after that:
 	// its session must be drained too, not serve new streams.
@@ -680,9 +697,25 @@ type sessionKey struct {
 	lane       int
 }
 
+// heldSession is a session with the place it had in the set.
+type heldSession struct {
+	sessionKey
+	s *mux.Session
+}
+
+// drainLimitError ends a replaced session before its drain is over: its
+// certificate had more replaced sessions draining than put allows.
+type drainLimitError struct{ limit int }
+
+func (e *drainLimitError) Error() string {
+	return fmt.Sprintf("ended before its drain was over: its client replaces its sessions faster than they drain (one replaced session may drain per class and lane, %d per certificate: max_sessions_per_identity)", e.limit)
+}
+
 // admit checks the session limits for a new session of id. A session that
 // would replace one of the same class and lane does not count against
-// them; every lane counts as a session. A further lane comes only after
+// them (put bounds what a replacement leaves draining); every lane counts
+// as a session, and so does every replaced session still draining
+// against max_sessions. A further lane comes only after
 // lane 0 of its class: admitted first, it could take the last session
 // the limit allows the certificate, and lane 0, which carries the
 // class's messages and the start of every stream, would be refused for
@@ -697,8 +730,8 @@ func (ss *sessionSet) admit(id ssl.Identity, class string, lane, max, perIdentit
 	if _, first := ss.m[sessionKey{key, class, 0}]; lane > 0 && !first {
 		return fmt.Errorf("certificate of %q (%s) has no first session of class %s yet; lane %d comes after it", id.Name(), key, class, lane)
 	}
-	if len(ss.m) >= max {
-		return fmt.Errorf("server has %d sessions, its limit (max_sessions)", len(ss.m))
+	if n := len(ss.m) + len(ss.draining); n >= max {
+		return fmt.Errorf("server has %d sessions (%d of them replaced and draining), its limit (max_sessions)", n, len(ss.draining))
 	}
 	n := 0
 	for k := range ss.m {
@@ -712,9 +745,10 @@ func (ss *sessionSet) admit(id ssl.Identity, class string, lane, max, perIdentit
 	return nil
 }
 
-// put adds a session, returning the one it replaces, if any, and
-// whether the server is stopping (then the caller drains s).
-func (ss *sessionSet) put(id ssl.Identity, class string, lane int, s *mux.Session, raw net.Conn) (old *mux.Session, stopping bool) {
+// put adds a session, returning the one it replaces, if any, which the
+// caller drains; the draining sessions the caller ends at once (see
+// retire); and whether the server is stopping (then the caller drains s).
+func (ss *sessionSet) put(id ssl.Identity, class string, lane int, s *mux.Session, raw net.Conn, perIdentity int) (old *mux.Session, ended []heldSession, stopping bool) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	if ss.m == nil {
@@ -723,7 +757,41 @@ func (ss *sessionSet) put(id ssl.Identity, class string, lane int, s *mux.Sessio
 	k := sessionKey{id.Key(), class, lane}
 	old = ss.m[k]
 	ss.m[k], ss.raw[k] = s, raw
-	return old, ss.stopping
+	if old != nil {
+		ended = ss.retire(heldSession{k, old}, perIdentity)
+	}
+	return old, ended, ss.stopping
+}
+
+// retire keeps old, just replaced, among the draining sessions, and
+// takes out those that must end at once: a place keeps one draining
+// predecessor (an older one served a connection the client has already
+// replaced twice), and a certificate at most perIdentity in all, its
+// oldest first. So a certificate holds at most twice its limit of
+// sessions, however fast it reconnects, and a client that reconnects
+// once still has its old session drain. Called with ss.mu held.
+func (ss *sessionSet) retire(old heldSession, perIdentity int) (ended []heldSession) {
+	n := 0 // old's certificate's draining sessions of other places, not yet ended
+	for _, d := range ss.draining {
+		if d.key == old.key && d.sessionKey != old.sessionKey {
+			n++
+		}
+	}
+	kept := ss.draining[:0]
+	for _, d := range ss.draining {
+		switch {
+		case d.sessionKey == old.sessionKey:
+			ended = append(ended, d)
+		case d.key == old.key && n >= perIdentity:
+			ended = append(ended, d)
+			n--
+		default:
+			kept = append(kept, d)
+		}
+	}
+	clear(ss.draining[len(kept):])
+	ss.draining = append(kept, old)
+	return ended
 }
 
 // firstOfLanes is the TCP connection of lane 0 of class of the client
@@ -751,6 +819,7 @@ func (ss *sessionSet) remove(id ssl.Identity, class string, lane int, s *mux.Ses
 		delete(ss.m, k)
 		delete(ss.raw, k)
 	}
+	ss.draining = slices.DeleteFunc(ss.draining, func(d heldSession) bool { return d.s == s })
 }
 
 // notePathRTT tells a round trip measured by a session of the client
@@ -791,6 +860,20 @@ func (ss *sessionSet) all() []*mux.Session {
 	out := make([]*mux.Session, 0, len(ss.m))
 	for _, s := range ss.m {
 		out = append(out, s)
+	}
+	return out
+}
+
+// held is every session, those up and those replaced and draining.
+func (ss *sessionSet) held() []*mux.Session {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	out := make([]*mux.Session, 0, len(ss.m)+len(ss.draining))
+	for _, s := range ss.m {
+		out = append(out, s)
+	}
+	for _, d := range ss.draining {
+		out = append(out, d.s)
 	}
 	return out
 }
