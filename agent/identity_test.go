@@ -661,17 +661,3 @@ func openEcho(t *testing.T, sess *mux.Session) *mux.Stream {
 	echoOn(t, st, "ping")
 	return st
 }
-
-// echoOn sends msg on st and reads it back.
-func echoOn(t *testing.T, st *mux.Stream, msg string) {
-	t.Helper()
-	st.SetDeadline(time.Now().Add(10 * time.Second))
-	defer st.SetDeadline(time.Time{})
-	if _, err := io.WriteString(st, msg); err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(st, got); err != nil || string(got) != msg {
-		t.Fatalf("echo: got %q, %v", got, err)
-	}
-}

@@ -506,6 +506,7 @@ func hostileServe(raw net.Conn, m *ssl.Material) *mux.Session {
 func echoOn(t *testing.T, st *mux.Stream, msg string) {
 	t.Helper()
 	_ = st.SetDeadline(time.Now().Add(10 * time.Second))
+	defer st.SetDeadline(time.Time{})
 	if _, err := io.WriteString(st, msg); err != nil {
 		t.Fatal(err)
 	}
