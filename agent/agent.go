@@ -118,14 +118,16 @@ func services(list []config.Service, dialTimeout time.Duration, allowAll bool) m
 }
 
 // pipeAndLog copies between a local connection and a stream, counts it in
-// the metrics and writes the one log line every stream gets when it ends.
-// log carries the peer; kind is "forward" (we opened the stream for a
-// local connection) or "service" (the peer opened it to one of ours).
+// the metrics and writes the one log line every stream gets when it ends
+// (a failure's, once per interval per peer, forward and reason: see
+// endLog). kind is "forward" (we opened the stream for a local
+// connection) or "service" (the peer opened it to one of ours).
 //
 // A resumable stream's pipe is counted in pipes (its local connection
 // comes wrapped: see localFor), so that a handover to a new process can
 // freeze it and wait for the pipe to stop.
-func pipeAndLog(ctx context.Context, log hclog.Logger, m *admin.Metrics, kind, name string, idle time.Duration, stream tunnelStream, local net.Conn, pipes *pipeSet) {
+func pipeAndLog(ctx context.Context, el endLog, m *admin.Metrics, kind, name string, idle time.Duration, stream tunnelStream, local net.Conn, pipes *pipeSet) {
+	log := el.log
 	start := time.Now()
 	meter := m.StreamStarted(kind, name)
 	rs, resumable := stream.(*resume.Stream)
@@ -156,26 +158,42 @@ func pipeAndLog(ctx context.Context, log hclog.Logger, m *admin.Metrics, kind, n
 		log.Info("stream closed", append(fields, "ended", "closed")...)
 	case errors.As(res.Err, &open):
 		reason = "refused: " + open.Code.String()
-		log.Warn("stream refused by peer", append(fields, "ended", "refused", "reason", open.Code.String(), "error", open.Msg)...)
+		el.failed(kind, name, reason, "stream refused by peer", append(fields, "ended", "refused", "reason", open.Code.String(), "error", open.Msg)...)
 	case errors.Is(res.Err, context.Canceled):
 		log.Info("stream closed", append(fields, "ended", "agent stopping")...)
 	case errors.Is(res.Err, mux.ErrAborted):
 		reason = "reset by peer"
-		log.Warn("stream failed", append(fields, "ended", reason, "error", res.Err)...)
+		el.failed(kind, name, reason, "stream failed", append(fields, "ended", reason, "error", res.Err)...)
 	case errors.Is(res.Err, mux.ErrSessionLost):
 		reason = "session lost"
-		log.Warn("stream cut: tunnel session lost", append(fields, "ended", reason, "error", res.Err)...)
+		el.failed(kind, name, reason, "stream cut: tunnel session lost", append(fields, "ended", reason, "error", res.Err)...)
 	case errors.Is(res.Err, resume.ErrExpired):
 		reason = "resume window passed"
-		log.Warn("stream cut: tunnel not back within the resume window", append(fields, "ended", reason, "error", res.Err)...)
+		el.failed(kind, name, reason, "stream cut: tunnel not back within the resume window", append(fields, "ended", reason, "error", res.Err)...)
 	case errors.Is(res.Err, resume.ErrPeerLost):
 		reason = "peer lost the stream"
-		log.Warn("stream cut: the peer no longer holds it", append(fields, "ended", reason, "error", res.Err)...)
+		el.failed(kind, name, reason, "stream cut: the peer no longer holds it", append(fields, "ended", reason, "error", res.Err)...)
 	default:
 		reason = forward.Classify(res.Err)
-		log.Warn("stream failed", append(fields, "ended", reason, "error", res.Err)...)
+		el.failed(kind, name, reason, "stream failed", append(fields, "ended", reason, "error", res.Err)...)
 	}
 	m.StreamEnded(kind, name, reason, meter)
+}
+
+// endLog is where pipeAndLog logs a stream's end: log carries the
+// peer's fields. A failure's line goes through limited, once per interval
+// per peer, forward (or service) and reason, with a count of the rest: a
+// session lost with a thousand streams, or a peer that resets them in a
+// flood, is a line per interval, not one per stream. The count per
+// reason is in tunnel_streams_failed_total.
+type endLog struct {
+	log     hclog.Logger
+	limited *ratelog.Log
+	peer    string // for the key: the peer's certificate key (or name)
+}
+
+func (el endLog) failed(kind, name, reason, msg string, fields ...any) {
+	el.limited.LogTo(el.log, hclog.Warn, "stream-end:"+el.peer+":"+kind+":"+name+":"+reason, msg, fields...)
 }
 
 // tunnelStream is a stream as the pipe carries it: a *mux.Stream, or a
@@ -275,11 +293,11 @@ func serveAccepted(ctx context.Context, wg *sync.WaitGroup, log hclog.Logger, st
 	}
 	if rs, ok := ts.(*resume.Stream); ok {
 		wg.Go(func() {
-			pipeAndLog(ctx, log, m, "service", service, serviceIdle(services, service), rs, rs.Local(target), st.pipes)
+			pipeAndLog(ctx, endLog{log, st.limited, stream.Session().Peer.Key()}, m, "service", service, serviceIdle(services, service), rs, rs.Local(target), st.pipes)
 		})
 		return
 	}
-	pipeAndLog(ctx, log, m, "service", service, serviceIdle(services, service), ts, target, st.pipes)
+	pipeAndLog(ctx, endLog{log, st.limited, stream.Session().Peer.Key()}, m, "service", service, serviceIdle(services, service), ts, target, st.pipes)
 }
 
 // resumeBound is how many resumable streams one peer certificate may

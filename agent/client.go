@@ -431,7 +431,7 @@ func (c *Client) Run(ctx context.Context) error {
 	if err == nil {
 		for _, r := range handed {
 			conns.Go(func() {
-				pipeAndLog(streamCtx, c.log.With("peer", r.peer), c.metrics, r.kind, r.name, r.idle, r.stream, r.stream.Local(r.local), &c.handover.pipes)
+				pipeAndLog(streamCtx, endLog{c.log.With("peer", r.peer), c.limited, r.peer}, c.metrics, r.kind, r.name, r.idle, r.stream, r.stream.Local(r.local), &c.handover.pipes)
 				c.heavy.forget(r.stream)
 			})
 		}
@@ -705,7 +705,7 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 		return
 	}
 	c.lightArrived()
-	pipeAndLog(ctx, c.log.With("peer", sess.Peer.Name()), c.metrics, "forward", f.Name, f.IdleTimeout, stream, localFor(stream, local), &c.handover.pipes)
+	pipeAndLog(ctx, endLog{c.log.With("peer", sess.Peer.Name()), c.limited, sess.Peer.Key()}, c.metrics, "forward", f.Name, f.IdleTimeout, stream, localFor(stream, local), &c.handover.pipes)
 	c.heavy.forget(stream)
 }
 

@@ -201,7 +201,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err == nil {
 		for _, r := range handed {
 			conns.Go(func() {
-				pipeAndLog(streamCtx, s.log.With("peer", r.peer), s.metrics, r.kind, r.name, r.idle, r.stream, r.stream.Local(r.local), &s.handover.pipes)
+				pipeAndLog(streamCtx, endLog{s.log.With("peer", r.peer), s.limited, r.peer}, s.metrics, r.kind, r.name, r.idle, r.stream, r.stream.Local(r.local), &s.handover.pipes)
 			})
 		}
 		loops.Go(func() { tunnelErr <- s.serveTunnel(acceptCtx, streamCtx, tunnelLn, &conns) })
@@ -517,7 +517,7 @@ func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.C
 		forward.Reset(local)
 		return
 	}
-	pipeAndLog(ctx, s.log.With("peer", sess.Peer.Name()), s.metrics, "forward", f.Name, f.IdleTimeout, stream, localFor(stream, local), &s.handover.pipes)
+	pipeAndLog(ctx, endLog{s.log.With("peer", sess.Peer.Name()), s.limited, sess.Peer.Key()}, s.metrics, "forward", f.Name, f.IdleTimeout, stream, localFor(stream, local), &s.handover.pipes)
 }
 
 // movable says whether the streams of forward f on sess open on lane 0

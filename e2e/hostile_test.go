@@ -1221,3 +1221,58 @@ func readSlowly(c net.Conn) (int, error) {
 	}
 	return total, errors.New("read loop bound reached")
 }
+
+// TestHostileReconnectLoop: one certificate reconnects 30 times, one
+// after another, with 100 streams open to the echo on each session and
+// every connection kept open. A reconnect replaces the session of its
+// class and lane, and the replaced one drains beside it. Fixed: one
+// replaced session drains per class and lane (and max_sessions_per_identity
+// per certificate); past that the oldest is ended at once, its streams
+// reset, so the attacker never holds more than two bulk sessions.
+func TestHostileReconnectLoop(t *testing.T) {
+	e := startHostileEnv(t, envSpec{})
+	bulkSessions := func() float64 {
+		b, err := e.get("/metrics", 5*time.Second)
+		if err != nil {
+			return -1
+		}
+		n, ok := metricNumber(string(b), `tunnel_sessions{agent="server",class="bulk"}`)
+		if !ok {
+			return -1
+		}
+		return n
+	}
+	// Each reconnect is a session's life, logged as such (up, the one it
+	// replaced, that one's end: 3 lines); its streams' ends are not one
+	// line each (2,828 "stream cut" lines before they were limited).
+	const reconnects = 30
+	runAttack(t, e, attackLogLimit+3*reconnects, func(e *hostileEnv, v *verdict) string {
+		base := bulkSessions()
+		v.expect(base >= 0, "no tunnel_sessions gauge for the bulk class in /metrics")
+		var peers []*rawPeer
+		defer func() {
+			for _, p := range peers {
+				p.close()
+			}
+		}()
+		peak := base
+		for range reconnects {
+			p, err := hostileDial(t, e.srv.addr, e.attacker, "bulk")
+			if err != nil {
+				t.Fatalf("attacker refused: %v", err)
+			}
+			peers = append(peers, p)
+			if err := p.openMany(100, openHeader("echo"), false, 100); err != nil {
+				v.expect(false, "the streams could not be sent: %v", err)
+			}
+			if _, err := p.probe("echo", 5*time.Second); err != nil {
+				v.expect(false, "a stream on the attacker's newest session: %v", err)
+			}
+			peak = max(peak, bulkSessions())
+		}
+		// Two of the attacker's, and a third one ending: the gauge falls
+		// when a session's goroutines are done, a moment after its end.
+		v.expect(peak <= base+3, "the server held %.0f bulk sessions during the loop, %.0f before it; want at most 2 of the attacker's (3 while one ends)", peak, base)
+		return fmt.Sprintf("bulk sessions before=%.0f peak=%.0f", base, peak)
+	})
+}
