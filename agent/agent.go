@@ -763,6 +763,7 @@ func failureReason(err error) string {
 		{"did not complete it within", "timeout"},
 		{"no hello within", "timeout"},
 		{"not speaking TLS", "not_tls"},
+		{"not a tunnel server", "not_tls"},
 		{"does not speak", "wrong_protocol"},
 		{"unknown CA", "unknown_ca"},
 		{"does not trust the CA", "unknown_ca"},

@@ -275,6 +275,11 @@ func Describe(err error) string {
 		return "we refused the peer's certificate: " + verify.Err.Error()
 	}
 	msg := err.Error()
+	// crypto/tls has no type for this: our own ClientHello came back, so the
+	// port echoes what it gets (a plain TCP echo, or a loop back to us).
+	if strings.Contains(msg, "unexpected handshake message of type *tls.clientHelloMsg") {
+		return "the peer is not a tunnel server: it sent our own TLS hello back (a plain TCP echo or a loop; is this the tunnel's port?)"
+	}
 	// Alerts received over TCP are an unexported type: match their text.
 	if i := strings.Index(msg, "remote error: tls: "); i >= 0 {
 		text := msg[i+len("remote error: tls: "):]

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
+	"io"
 	"net"
 	"path/filepath"
 	"strings"
@@ -305,4 +307,40 @@ func TestCheck(t *testing.T) {
 			t.Errorf("our own certificate called the peer's: %v", e)
 		}
 	}
+}
+
+// A client pointed at a plain TCP echo gets its own ClientHello back:
+// crypto/tls calls that an unexpected message, we call it what it is.
+func TestHandshakeWithEchoServer(t *testing.T) {
+	p := newPKI(t)
+	cli := p.material(t, "client", issueClient(t, p.ca, pki.Options{}), p.caFile)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		raw, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer raw.Close()
+		_, _ = io.Copy(raw, raw)
+	}()
+	raw, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = Handshake(context.Background(), tls.Client(raw, ClientConfig(cli, "localhost")), 5*time.Second)
+	raw.Close()
+	<-done
+	if err == nil || !strings.Contains(err.Error(), "not a tunnel server") || strings.Contains(err.Error(), "clientHelloMsg") {
+		t.Fatalf("err = %v", err)
+	}
+	if errors.Unwrap(err) == nil || !strings.Contains(errors.Unwrap(err).Error(), "clientHelloMsg") {
+		t.Errorf("the original error is not kept: %#v", errors.Unwrap(err))
+	}
+	t.Log(err)
 }
