@@ -605,6 +605,21 @@ func refused(st sessionSettings, peer ssl.Identity, remote, kind, service string
 	st.limited.Warn("stream-refused:"+kind+":"+peer.Key(), "stream refused: "+strings.ReplaceAll(kind, "_", " "), args...)
 }
 
+// loadPolicy reads the TLS files and refuses our own certificate when every
+// handshake would fail with it (expired, not yet valid, not issued for
+// usage), as validate does: run does not start, and a reload keeps the
+// running certificate instead of swapping in a broken one.
+func loadPolicy(spec ssl.PolicySpec, usage x509.ExtKeyUsage) (*ssl.Policy, error) {
+	p, err := ssl.LoadPolicy(spec)
+	if err == nil {
+		err = p.CheckUsable(time.Now(), usage)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	return p, nil
+}
+
 // watchPeer closes sess, saying why, when time alone makes its peer fail
 // the current policy (certificate expired, stale CRL under crl_stale =
 // "refuse"); see ssl.Reloader.WatchPeer. It returns when sess ends.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -277,6 +278,140 @@ func TestReloadBrokenFileKeepsRunningConfig(t *testing.T) {
 	}
 	if r.cli.Session() == nil || strings.Contains(r.srvLog.String(), "closing session") {
 		t.Fatal("a failed reload touched the session")
+	}
+}
+
+// A reload refuses our own certificate when every handshake would fail
+// with it (validate's verdict), names the file, and keeps the running one:
+// new handshakes still get the old certificate.
+func TestReloadRefusesUnusableCertificate(t *testing.T) {
+	r := startRig(t)
+	serial := r.srv.tls.Policy().Material.Leaf.SerialNumber
+	expired, err := r.ca.IssueServer(pki.Options{CommonName: "tunnel-server", DNSNames: []string{"localhost"}, NotBefore: time.Now().Add(-48 * time.Hour), Validity: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientOnly, err := r.ca.IssueClient(pki.Options{CommonName: "tunnel-server", DNSNames: []string{"localhost"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		cert *pki.Cert
+		want string
+	}{
+		{"expired", expired, "expired on"},
+		{"clientAuth only", clientOnly, "not issued for this use"},
+	} {
+		if err := replaceFiles(tc.cert, r.files.ServerCert, r.files.ServerKey); err != nil {
+			t.Fatal(err)
+		}
+		err := r.srv.Reload()
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), r.files.ServerCert) {
+			t.Fatalf("%s: reload: %v", tc.name, err)
+		}
+		if got := handshakeSerial(t, r); got.Cmp(serial) != 0 {
+			t.Fatalf("%s: the server presents serial %s, want the running %s", tc.name, ssl.FormatSerial(got), ssl.FormatSerial(serial))
+		}
+	}
+	if strings.Contains(r.srvLog.String(), "reloaded") {
+		t.Errorf("a refused reload logged as applied:\n%s", r.srvLog)
+	}
+
+	// The client likewise keeps its certificate: after the refused reload
+	// its next session comes up, which the server would refuse with the
+	// expired one.
+	cliSerial := r.cli.tls.Policy().Material.Leaf.SerialNumber
+	old, err := r.ca.IssueClient(pki.Options{CommonName: "client-a", NotBefore: time.Now().Add(-48 * time.Hour), Validity: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := replaceFiles(old, r.files.ClientCert, r.files.ClientKey); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.cli.Reload(); err == nil || !strings.Contains(err.Error(), "expired on") || !strings.Contains(err.Error(), r.files.ClientCert) {
+		t.Fatalf("client reload with an expired certificate: %v", err)
+	}
+	sess := r.cli.Session()
+	sess.CloseWithReason(errors.New("test: reconnect"))
+	waitFor(t, "a new session", func() bool { s := r.cli.Session(); return s != nil && s != sess })
+	if got := r.cli.tls.Policy().Material.Leaf.SerialNumber; got.Cmp(cliSerial) != 0 {
+		t.Errorf("the client holds serial %s, want the running %s", ssl.FormatSerial(got), ssl.FormatSerial(cliSerial))
+	}
+}
+
+// replaceFiles writes c over an existing pair (WriteFiles keeps a key file).
+func replaceFiles(c *pki.Cert, certFile, keyFile string) error {
+	if err := os.Remove(keyFile); err != nil {
+		return err
+	}
+	return c.WriteFiles(certFile, keyFile)
+}
+
+// handshakeSerial runs a TLS handshake with the rig's server as its client
+// and returns the serial of the certificate the server presented.
+func handshakeSerial(t *testing.T, r *rig) *big.Int {
+	t.Helper()
+	m, err := ssl.LoadMaterial(r.files.ClientCert, r.files.ClientKey, r.files.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Dial("tcp", r.srv.Addr("tunnel").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := tls.Client(raw, ssl.ClientConfig(m, "localhost"))
+	defer conn.Close()
+	if err := ssl.Handshake(context.Background(), conn, 10*time.Second); err != nil {
+		t.Fatalf("handshake with the server: %v", err)
+	}
+	return conn.ConnectionState().PeerCertificates[0].SerialNumber
+}
+
+// Started with a certificate that every handshake would refuse, neither
+// agent starts, and the error names the file.
+func TestStartRefusesUnusableCertificate(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.NewRootCA(pki.Options{CommonName: "agent test CA"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := writePKI(t, dir, ca)
+	expired := pki.Options{CommonName: "x", DNSNames: []string{"localhost"}, NotBefore: time.Now().Add(-48 * time.Hour), Validity: 24 * time.Hour}
+	srvCert, err := ca.IssueServer(expired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := replaceFiles(srvCert, files.ServerCert, files.ServerKey); err != nil {
+		t.Fatal(err)
+	}
+	cliCert, err := ca.IssueClient(expired)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := replaceFiles(cliCert, files.ClientCert, files.ClientKey); err != nil {
+		t.Fatal(err)
+	}
+	srvPath, cliPath := filepath.Join(dir, "server.hcl"), filepath.Join(dir, "client.hcl")
+	if err := os.WriteFile(srvPath, []byte(serverHCL("127.0.0.1:1", `"client-a"`, "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cliPath, []byte("server = \"127.0.0.1:1\"\ntls {\n  cert = \"client.crt\"\n  key = \"client.key\"\n  ca = \"ca.crt\"\n}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	scfg, err := config.LoadServer(srvPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewServer(scfg, hclog.NewNullLogger()); err == nil || !strings.Contains(err.Error(), "expired on") || !strings.Contains(err.Error(), files.ServerCert) {
+		t.Errorf("server with an expired certificate: %v", err)
+	}
+	ccfg, err := config.LoadClient(cliPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := NewClient(ccfg, hclog.NewNullLogger()); err == nil || !strings.Contains(err.Error(), "expired on") || !strings.Contains(err.Error(), files.ClientCert) {
+		t.Errorf("client with an expired certificate: %v", err)
 	}
 }
 

@@ -65,9 +65,9 @@ type clientState struct {
 
 // NewClient checks what can never work before anything starts.
 func NewClient(cfg *config.Client, log hclog.Logger) (*Client, error) {
-	p, err := ssl.LoadPolicy(clientPolicySpec(cfg))
+	p, err := loadPolicy(clientPolicySpec(cfg), x509.ExtKeyUsageClientAuth)
 	if err != nil {
-		return nil, fmt.Errorf("tls: %w", err)
+		return nil, err
 	}
 	c := &Client{log: log, limited: ratelog.New(log, time.Minute), metrics: admin.NewMetrics("client"), started: time.Now(), tls: ssl.NewReloader(p), ready: make(chan struct{}),
 		keepers: map[string][]*keeper{}, lanes: max(cfg.BulkConnections, 1)}
@@ -567,9 +567,9 @@ func (c *Client) Reload() error {
 	if err != nil {
 		return err
 	}
-	p, err := ssl.LoadPolicy(clientPolicySpec(cfg))
+	p, err := loadPolicy(clientPolicySpec(cfg), x509.ExtKeyUsageClientAuth)
 	if err != nil {
-		return fmt.Errorf("tls: %w", err)
+		return err
 	}
 	changes := describeChanges(c.tls.Policy(), p, old.Services, cfg.Services, old.Forwards, cfg.Forwards)
 	if !slices.Equal(old.Servers, cfg.Servers) || old.TLS.ServerName != cfg.TLS.ServerName {

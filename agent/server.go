@@ -67,9 +67,9 @@ type serverState struct {
 func NewServer(cfg *config.Server, log hclog.Logger) (*Server, error) {
 	s := &Server{log: log, limited: ratelog.New(log, time.Minute), metrics: admin.NewMetrics("server"), started: time.Now(), ready: make(chan struct{})}
 	st := newServerState(cfg)
-	p, err := ssl.LoadPolicy(serverPolicySpec(cfg, s.admit))
+	p, err := loadPolicy(serverPolicySpec(cfg, s.admit), x509.ExtKeyUsageServerAuth)
 	if err != nil {
-		return nil, fmt.Errorf("tls: %w", err)
+		return nil, err
 	}
 	s.state.Store(st)
 	s.tls = ssl.NewReloader(p)
@@ -568,9 +568,9 @@ func (s *Server) Reload() error {
 		return fmt.Errorf("listen changed from %s to %s: that needs a restart (nothing was reloaded)", old.Listen, cfg.Listen)
 	}
 	st := newServerState(cfg)
-	p, err := ssl.LoadPolicy(serverPolicySpec(cfg, st.admit))
+	p, err := loadPolicy(serverPolicySpec(cfg, st.admit), x509.ExtKeyUsageServerAuth)
 	if err != nil {
-		return fmt.Errorf("tls: %w", err)
+		return err
 	}
 	changes := describeChanges(s.tls.Policy(), p, old.Services, cfg.Services, old.Forwards, cfg.Forwards)
 	s.tls.Store(p)

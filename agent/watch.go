@@ -32,11 +32,24 @@ func watchFiles(ctx context.Context, interval time.Duration, files func() []stri
 		if now == last {
 			continue
 		}
+		prev := last
 		last = now
 		if err := reload(); err != nil {
 			LogReloadFailure(log, err, "trigger", "file change")
+			if validSoon(err) {
+				// The same files will do once the certificate starts: try
+				// them again at the next check.
+				last = prev
+			}
 		}
 	}
+}
+
+// validSoon reports whether a reload failed only because our new
+// certificate is not valid yet (issued by a CA whose clock runs ahead).
+func validSoon(err error) bool {
+	var own *ssl.OwnCertError
+	return errors.As(err, &own) && own.Pending()
 }
 
 // fingerprint hashes the files' contents (a missing file hashes as such),

@@ -106,14 +106,24 @@ func TestClientWithoutCertificate(t *testing.T) {
 	t.Log(srv.waitLine(t, "client refused", "remote="+local, "it sent no certificate"))
 }
 
+// The server refuses an expired client certificate and says why; the
+// client does not start with one at all (validate's verdict), naming it.
 func TestExpiredClientCertificate(t *testing.T) {
 	t.Parallel()
 	p, srv := startPlainServer(t, "")
-	cert, key := p.clientCert(t, "client-a", pki.Options{NotBefore: time.Now().Add(-48 * time.Hour), Validity: 24 * time.Hour})
-	cli := startClient(t, clientHCL(srv.addr, cert, key, p.caFile, "", nil, nil), 0)
-	stopLater(t, cli.proc)
-	t.Log(srv.waitLine(t, "client refused", "we refused the peer's certificate", "client-a", "expired"))
-	t.Log(cli.waitLine(t, "cannot reach server; retrying", "the peer refused us", "expired"))
+	expired := pki.Options{NotBefore: time.Now().Add(-48 * time.Hour), Validity: 24 * time.Hour}
+	local, err := tlsAttempt(t, srv.addr, clientTLS(p, tlsCert(t, p.issueClient(t, "client-a", expired))))
+	if err == nil {
+		t.Fatal("an expired client certificate got through")
+	}
+	t.Logf("client side: %v", err)
+	t.Log(srv.waitLine(t, "client refused", "remote="+local, "we refused the peer's certificate", "client-a", "expired"))
+	cert, key := p.clientCert(t, "client-a", expired)
+	cli := startProc(t, "tunnel-client", clientBin, "run", "-config", writeConfig(t, "client.hcl", clientHCL(srv.addr, cert, key, p.caFile, "", nil, nil)))
+	if code := cli.wait(t); code != 2 {
+		t.Errorf("tunnel-client run with an expired certificate: exit %d, want 2", code)
+	}
+	t.Log(cli.waitLine(t, cert, "expired on"))
 }
 
 func TestTLS11Refused(t *testing.T) {

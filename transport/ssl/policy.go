@@ -464,6 +464,18 @@ func (p *Policy) CheckOwn(now time.Time, usage x509.ExtKeyUsage) (problems, warn
 	return problems, warnings
 }
 
+// CheckUsable is nil unless our own certificate would fail every handshake
+// now (Material.Check: expired, not yet valid, not issued for usage, a CA
+// certificate, a chain that does not verify), as validate says too. The
+// CRL verdicts of CheckOwn are left out: refusing a reload over them would
+// keep an older CRL that revokes fewer peers.
+func (p *Policy) CheckUsable(now time.Time, usage x509.ExtKeyUsage) error {
+	if problems := p.Material.Check(now, usage); len(problems) > 0 {
+		return &OwnCertError{Problems: problems}
+	}
+	return nil
+}
+
 func crlSignedByBundle(c *CRL, lists ...[]*x509.Certificate) bool {
 	for _, l := range lists {
 		for _, ca := range l {

@@ -96,7 +96,7 @@ func (m *Material) Check(now time.Time, usage x509.ExtKeyUsage) []error {
 	var errs []error
 	leaf := m.Leaf
 	if now.Before(leaf.NotBefore) {
-		errs = append(errs, fmt.Errorf("certificate %s (%s) is not valid until %s", m.CertFile, leaf.Subject.CommonName, leaf.NotBefore.UTC().Format(time.RFC3339)))
+		errs = append(errs, &NotYetValidError{File: m.CertFile, Name: leaf.Subject.CommonName, NotBefore: leaf.NotBefore})
 	}
 	if now.After(leaf.NotAfter) {
 		errs = append(errs, fmt.Errorf("certificate %s (%s) expired on %s", m.CertFile, leaf.Subject.CommonName, leaf.NotAfter.UTC().Format(time.RFC3339)))
@@ -136,6 +136,44 @@ func (m *Material) Check(now time.Time, usage x509.ExtKeyUsage) []error {
 }
 
 const usageHint = "a server needs serverAuth, a client clientAuth"
+
+// NotYetValidError is our certificate before its NotBefore: often a fresh
+// one from a CA whose clock runs ahead, which will do in a moment.
+type NotYetValidError struct {
+	File, Name string
+	NotBefore  time.Time
+}
+
+func (e *NotYetValidError) Error() string {
+	return fmt.Sprintf("certificate %s (%s) is not valid until %s", e.File, e.Name, e.NotBefore.UTC().Format(time.RFC3339))
+}
+
+// OwnCertError lists what makes our own certificate fail every handshake
+// (Material.Check): the agent does not start with it, nor reload to it.
+type OwnCertError struct{ Problems []error }
+
+func (e *OwnCertError) Error() string {
+	msgs := make([]string, len(e.Problems))
+	for i, p := range e.Problems {
+		msgs[i] = p.Error()
+	}
+	// One line: it goes into a log line's error field.
+	return strings.Join(msgs, "; ")
+}
+
+func (e *OwnCertError) Unwrap() []error { return e.Problems }
+
+// Pending reports whether the only problem is a NotBefore still ahead, so
+// that the same files are worth trying again.
+func (e *OwnCertError) Pending() bool {
+	for _, p := range e.Problems {
+		var nyv *NotYetValidError
+		if !errors.As(p, &nyv) {
+			return false
+		}
+	}
+	return true
+}
 
 // hasUsage reports whether the leaf's extended key usage allows usage (no
 // extended key usage at all allows every use, as crypto/x509 treats it).

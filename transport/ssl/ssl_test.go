@@ -344,3 +344,37 @@ func TestHandshakeWithEchoServer(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+// CheckUsable refuses what would fail every handshake of ours, names the
+// file, and tells a certificate that is only early from a broken one.
+func TestCheckUsable(t *testing.T) {
+	p := newPKI(t)
+	policy := func(name string, c *pki.Cert) *Policy {
+		return &Policy{Material: p.material(t, name, c, p.caFile)}
+	}
+	now := time.Now()
+	if err := policy("good", issueServer(t, p.ca, pki.Options{})).CheckUsable(now, x509.ExtKeyUsageServerAuth); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name    string
+		cert    *pki.Cert
+		usage   x509.ExtKeyUsage
+		want    string
+		pending bool
+	}{
+		{"expired", issueServer(t, p.ca, pki.Options{NotBefore: now.Add(-48 * time.Hour), Validity: time.Hour}), x509.ExtKeyUsageServerAuth, "expired on", false},
+		{"client-as-server", issueClient(t, p.ca, pki.Options{}), x509.ExtKeyUsageServerAuth, "not issued for this use", false},
+		{"early", issueServer(t, p.ca, pki.Options{NotBefore: now.Add(time.Hour)}), x509.ExtKeyUsageServerAuth, "is not valid until", true},
+	} {
+		err := policy(tc.name, tc.cert).CheckUsable(now, tc.usage)
+		var own *OwnCertError
+		if !errors.As(err, &own) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), filepath.Join(p.dir, tc.name+".crt")) {
+			t.Errorf("%s: err = %v", tc.name, err)
+			continue
+		}
+		if own.Pending() != tc.pending {
+			t.Errorf("%s: Pending() = %v", tc.name, own.Pending())
+		}
+	}
+}
