@@ -103,20 +103,7 @@ func startRig(t *testing.T) *rig {
 	r.writeServer(t, serverHCL(r.echo, `"client-a"`, ""))
 	var ctx context.Context
 	r.srv, ctx, r.cancel = runServerFile(t, r.srvPath, r.srvLog, &r.done)
-	cliPath := filepath.Join(r.dir, "client.hcl")
-	if err := os.WriteFile(cliPath, fmt.Appendf(nil, `server = %q
-tls {
-  cert = "client.crt"
-  key  = "client.key"
-  ca   = "ca.crt"
-  server_name = "localhost"
-}
-forward "echo" {
-  listen = "127.0.0.1:0"
-}
-`, r.srv.Addr("tunnel").String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	cliPath := r.writeClient(t, "127.0.0.1:0")
 	ccfg, err := config.LoadClient(cliPath)
 	if err != nil {
 		t.Fatal(err)
