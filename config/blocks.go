@@ -182,7 +182,13 @@ func canonHost(h string) string {
 	if ip, err := netip.ParseAddr(h); err == nil {
 		return ip.Unmap().String()
 	}
-	return strings.ToLower(h)
+	h = strings.ToLower(h)
+	if h == "localhost" {
+		// Go listens on a name's first IPv4 address: localhost's is
+		// 127.0.0.1 wherever loopback is configured.
+		return "127.0.0.1"
+	}
+	return h
 }
 
 func isIPv6(h string) bool {

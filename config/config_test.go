@@ -778,6 +778,9 @@ func TestOverlap(t *testing.T) {
 		{"0.0.0.0:1", "[::1]:1", false},
 		{"[::1]:1", "[0:0::1]:1", true},
 		{"LocalHost:1", "localhost:1", true},
+		{"localhost:1", "127.0.0.1:1", true},
+		{"localhost:1", "[::1]:1", false},
+		{"localhost:1", "0.0.0.0:1", true},
 		{":0", ":0", false},
 	}
 	for _, tt := range tests {
