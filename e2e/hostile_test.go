@@ -1276,3 +1276,38 @@ func TestHostileReconnectLoop(t *testing.T) {
 		return fmt.Sprintf("bulk sessions before=%.0f peak=%.0f", base, peak)
 	})
 }
+
+// TestHostileTokenReplay: a peer holds one resumable stream and opens 200
+// more under its token. Fixed: each is refused before its target is
+// dialled ("bad header"), counted as token_held, and logged once per
+// interval, not once per open (each was dialled, answered, then reset,
+// with a warning line apiece).
+func TestHostileTokenReplay(t *testing.T) {
+	e := startHostileEnv(t, envSpec{})
+	runAttack(t, e, attackLogLimit, func(e *hostileEnv, v *verdict) string {
+		p, err := hostileDial(t, e.srv.addr, e.attacker, "bulk", "resume/1")
+		if err != nil {
+			t.Fatalf("attacker refused: %v", err)
+		}
+		defer p.close()
+		var token [16]byte
+		_, _ = rand.Read(token[:])
+		header := func() []byte {
+			h := []byte{3, byte(len("echo"))}
+			h = append(h, "echo"...)
+			h = append(h, 0) // no source
+			return append(h, token[:]...)
+		}
+		first := openPacedHeader(t, v, p, "first resumable open", header, 1)
+		v.expect(first[0] == 1, "the first resumable open under the token: %v, want ok (0)", first)
+		const replays = 200
+		answers := openPacedHeader(t, v, p, "opens under a held token", header, replays)
+		v.expect(answers[4] == replays, "answers to %d opens under a held token: %v, want all \"bad header\" (4)", replays, answers)
+		refused := -1.0
+		if b, err := e.get("/metrics", 5*time.Second); err == nil {
+			refused, _ = metricNumber(string(b), `tunnel_streams_refused_total{agent="server",kind="token_held"}`)
+		}
+		v.expect(refused == replays, "tunnel_streams_refused_total{kind=\"token_held\"} = %v, want %d", refused, replays)
+		return fmt.Sprintf("answers=%v token_held=%v", answers, refused)
+	})
+}
