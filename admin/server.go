@@ -23,10 +23,13 @@ type Status struct {
 	Healthy   bool            `json:"healthy"`
 	LastError string          `json:"last_error,omitempty"`
 	Sessions  []SessionStatus `json:"sessions"`
-	Forwards  []ForwardStatus `json:"forwards"`
-	Services  []ForwardStatus `json:"services"`
-	Expiries  []ExpiryStatus  `json:"expiries"`
-	Resume    *ResumeStats    `json:"resume,omitempty"`
+	// Draining are sessions a reconnect replaced, still draining beside
+	// their successors (server; at most drain_timeout each).
+	Draining []SessionStatus `json:"draining,omitempty"`
+	Forwards []ForwardStatus `json:"forwards"`
+	Services []ForwardStatus `json:"services"`
+	Expiries []ExpiryStatus  `json:"expiries"`
+	Resume   *ResumeStats    `json:"resume,omitempty"`
 }
 
 type SessionStatus struct {

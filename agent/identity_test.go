@@ -649,6 +649,9 @@ func TestReconnectLoopCannotPileUpSessions(t *testing.T) {
 	if got := held(); got != 2 {
 		t.Errorf("server holds %v control sessions of the client, want the last one and the one it replaced", got)
 	}
+	if st := f.srv.status(); len(st.Draining) != 1 || st.Draining[0].Class != classControl {
+		t.Errorf("/status lists %d draining sessions (%+v), want the one replaced last", len(st.Draining), st.Draining)
+	}
 }
 
 // openEcho opens a stream to the echo service on sess and sees it answer.

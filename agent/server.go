@@ -650,6 +650,9 @@ func (s *Server) status() admin.Status {
 	for k, sess := range s.sessions.snapshot() {
 		st.Sessions = append(st.Sessions, sessionStatus(sess, k.key, k.class, k.lane))
 	}
+	for _, d := range s.sessions.drainingNow() {
+		st.Draining = append(st.Draining, sessionStatus(d.s, d.key, d.class, d.lane))
+	}
 	for _, f := range cfg.Forwards {
 		sess, _ := s.sessions.find(clientMatcher(f.Client), f.Class)
 		class, from := forwardClass(f, peerServices(sess))
@@ -843,6 +846,13 @@ func (ss *sessionSet) snapshot() map[sessionKey]*mux.Session {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	return maps.Clone(ss.m)
+}
+
+// drainingNow are the sessions a reconnect replaced, still draining.
+func (ss *sessionSet) drainingNow() []heldSession {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return slices.Clone(ss.draining)
 }
 
 // drainAll is every session, to drain as the server stops; a session

@@ -163,6 +163,10 @@ func printStatus(w io.Writer, st admin.Status) {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", peer, class, s.Remote, s.Since.Local().Format(time.DateTime), s.Streams, rtt, window, queued)
 	}
+	// Replaced by a reconnect, their streams finishing (drain_timeout).
+	for _, s := range st.Draining {
+		fmt.Fprintf(tw, "%s (draining)\t%s\t%s\t%s\t%d\t\t\t\n", s.Peer, s.Class, s.Remote, s.Since.Local().Format(time.DateTime), s.Streams)
+	}
 	for _, group := range []struct {
 		title string
 		list  []admin.ForwardStatus

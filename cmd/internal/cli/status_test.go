@@ -62,6 +62,7 @@ func TestPrintStatusNoTrailingSpaces(t *testing.T) {
 		{Agent: "client", Healthy: false, LastError: "dial: refused"},
 		{Agent: "server", Healthy: true,
 			Sessions: []admin.SessionStatus{{Peer: "edge-1", Key: "sha256:AAAA", Class: "control", Remote: "192.0.2.1:50000", Since: now, Streams: 3}},
+			Draining: []admin.SessionStatus{{Peer: "edge-1", Key: "sha256:AAAA", Class: "control", Remote: "192.0.2.1:49999", Since: now, Streams: 1}},
 			Forwards: []admin.ForwardStatus{{Name: "edge-ssh", Listen: "127.0.0.1:2222", StreamsOpen: 1}},
 			Services: []admin.ForwardStatus{{Name: "bgp", Target: "127.0.0.1:179"}},
 			Expiries: []admin.ExpiryStatus{{What: "certificate", Name: "tunnel.example.net", When: now, DaysLeft: 364}}},
@@ -72,6 +73,9 @@ func TestPrintStatusNoTrailingSpaces(t *testing.T) {
 			if strings.TrimRight(line, " \t") != line {
 				t.Errorf("line %d ends in spaces: %q\n%s", i+1, line, out.String())
 			}
+		}
+		if st.Draining != nil && !strings.Contains(out.String(), "edge-1 (draining)") {
+			t.Errorf("no row for the draining session:\n%s", out.String())
 		}
 		if !strings.Contains(out.String(), "EXPIRES") || !strings.HasSuffix(out.String(), "\n") {
 			t.Errorf("status output:\n%s", out.String())
