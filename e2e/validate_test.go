@@ -124,6 +124,18 @@ func TestValidate(t *testing.T) {
 		}
 		t.Log(strings.TrimSpace(stderr))
 	})
+	t.Run("expired certificate beside a broken CA bundle", func(t *testing.T) {
+		t.Parallel()
+		// Both named in one run: the bundle that cannot be loaded does
+		// not hide what is wrong with the certificate.
+		cert, key := p.clientCert(t, "client-older", pki.Options{NotBefore: time.Now().Add(-48 * time.Hour), Validity: 24 * time.Hour})
+		cfg := writeConfig(t, "client.hcl", clientHCL("127.0.0.1:8443", cert, key, key, "", []fwd{{name: "echo", service: "echo"}}, nil))
+		code, stdout, stderr := validate(t, clientBin, cfg)
+		if code != 2 || !strings.Contains(stderr, "expired") || !strings.Contains(stderr, "no CERTIFICATE blocks") {
+			t.Fatalf("exit %d, stdout %q, stderr %q; want 2, the bundle and the expired certificate both reported", code, stdout, stderr)
+		}
+		t.Log(strings.TrimSpace(stderr))
+	})
 }
 
 // Each side's tls.ca is the bundle the PEER's certificate must chain to: a

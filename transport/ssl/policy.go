@@ -49,18 +49,17 @@ type CRL struct {
 // old policy when it does.
 func LoadPolicy(spec PolicySpec) (*Policy, error) {
 	m, err := LoadMaterial(spec.Cert, spec.Key, spec.CA)
-	if err != nil {
-		return nil, err
-	}
-	p := &Policy{Material: m, spec: spec}
+	errs := []error{err}
+	var crls []*CRL
 	for _, file := range spec.CRLs {
 		crl, err := loadCRLFile(file)
-		if err != nil {
-			return nil, err
-		}
-		p.CRLs = append(p.CRLs, crl)
+		errs = append(errs, err)
+		crls = append(crls, crl)
 	}
-	return p, nil
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return &Policy{Material: m, spec: spec, CRLs: crls}, nil
 }
 
 func loadCRLFile(file string) (*CRL, error) {

@@ -36,19 +36,38 @@ type Material struct {
 
 // LoadMaterial reads and checks a certificate chain, its private key and a CA bundle.
 func LoadMaterial(certFile, keyFile, caFile string) (*Material, error) {
+	// Both halves are read whatever the other gave, so one run names
+	// every broken file.
+	pair, pairErr := loadPair(certFile, keyFile)
+	cas, caErr := loadCAs(caFile)
+	if err := errors.Join(pairErr, caErr); err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	for _, c := range cas {
+		pool.AddCert(c)
+	}
+	return &Material{Cert: pair, Leaf: pair.Leaf, CAs: pool, CACerts: cas, CertFile: certFile, CAFile: caFile}, nil
+}
+
+func loadPair(certFile, keyFile string) (tls.Certificate, error) {
 	certPEM, err := os.ReadFile(certFile)
 	if err != nil {
-		return nil, fmt.Errorf("read certificate: %w", err)
+		return tls.Certificate{}, fmt.Errorf("read certificate: %w", err)
 	}
 	keyPEM, err := os.ReadFile(keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("read key: %w", err)
+		return tls.Certificate{}, fmt.Errorf("read key: %w", err)
 	}
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		// Never echo key bytes: the standard errors don't, and we add only file names.
-		return nil, fmt.Errorf("certificate %s with key %s: %w", certFile, keyFile, err)
+		return tls.Certificate{}, fmt.Errorf("certificate %s with key %s: %w", certFile, keyFile, err)
 	}
+	return pair, nil
+}
+
+func loadCAs(caFile string) ([]*x509.Certificate, error) {
 	caPEM, err := os.ReadFile(caFile)
 	if err != nil {
 		return nil, fmt.Errorf("read CA bundle: %w", err)
@@ -60,11 +79,21 @@ func LoadMaterial(certFile, keyFile, caFile string) (*Material, error) {
 	if len(cas) == 0 {
 		return nil, fmt.Errorf("CA bundle %s: no CERTIFICATE blocks found (want PEM)", caFile)
 	}
-	pool := x509.NewCertPool()
-	for _, c := range cas {
-		pool.AddCert(c)
+	return cas, nil
+}
+
+// CheckPair checks our certificate on its own (its dates, CA flag and
+// usage, as Check does without a CA bundle to verify against), for
+// validate when the rest of the TLS files could not be loaded: every
+// problem in one run. Nil when the pair itself does not load (that error
+// is LoadMaterial's).
+func CheckPair(certFile, keyFile string, now time.Time, usage x509.ExtKeyUsage) []error {
+	pair, err := loadPair(certFile, keyFile)
+	if err != nil {
+		return nil
 	}
-	return &Material{Cert: pair, Leaf: pair.Leaf, CAs: pool, CACerts: cas, CertFile: certFile, CAFile: caFile}, nil
+	m := &Material{Cert: pair, Leaf: pair.Leaf, CAs: x509.NewCertPool(), CertFile: certFile}
+	return m.Check(now, usage)
 }
 
 func parseCAs(data []byte) ([]*x509.Certificate, error) {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -398,12 +399,19 @@ func validate(role Role, prog string, args []string, stdout, stderr io.Writer) i
 		printLoadError(stderr, role, prog, f.config, err)
 		return exitUsage
 	}
+	now := time.Now()
 	p, err := ssl.LoadPolicy(spec)
 	if err != nil {
-		fmt.Fprintf(stderr, "%s: tls: %v\n", f.config, err)
+		// Every file that failed, and what our certificate alone shows
+		// (an expired one beside a broken CA bundle): all in one run.
+		for line := range strings.SplitSeq(err.Error(), "\n") {
+			fmt.Fprintf(stderr, "%s: tls: %s\n", f.config, line)
+		}
+		for _, pr := range ssl.CheckPair(spec.Cert, spec.Key, now, usage) {
+			fmt.Fprintf(stderr, "%s: tls: %v\n", f.config, pr)
+		}
 		return exitUsage
 	}
-	now := time.Now()
 	problems, warnings := p.CheckOwn(now, usage)
 	for _, e := range p.Expiries() {
 		if left := e.When.Sub(now); left > 0 && left < e.Window(window) {
