@@ -679,8 +679,9 @@ func (s *Stream) waitsForSessionLocked() bool {
 	return s.err == nil && (s.carrier == nil || (s.closing && s.carrier.SessionClosed()))
 }
 
-// idle says that no pipe uses the stream: it waits for a new session, or
-// it ended here and waits for the peer to confirm it.
+// idle says that no bytes can move on the stream now: it waits for a new
+// session (its pipe, if any, waits with it), or it ended here and waits
+// for the peer to confirm it.
 func (s *Stream) idle() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()

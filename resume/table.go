@@ -31,8 +31,9 @@ type Config struct {
 	// end. Streams outlive their sessions, so the session limits alone
 	// do not bound them: a peer that opens streams and drops its
 	// connection, again and again, would leave a resume window's worth.
-	// At the bound the oldest stream no pipe uses (suspended or ended)
-	// is reset to make room; with none, the new stream is refused
+	// At the bound the oldest idle stream (suspended, or ended and
+	// waiting for the peer's confirmation; nothing moves on either) is
+	// reset to make room; with none, the new stream is refused
 	// (ErrTooManyStreams). Read at each check (a reload may change it);
 	// nil or 0: no bound.
 	MaxPeerStreams func() int
@@ -185,9 +186,8 @@ func (t *Table) maxPeerStreams() int {
 	return t.cfg.MaxPeerStreams()
 }
 
-// oldestIdleLocked is the oldest of key's streams that no pipe uses: one
-// that waits for a new session, or one that ended here and waits for the
-// peer to confirm it. O(streams), only at the bound.
+// oldestIdleLocked is the oldest of key's idle streams (see idle).
+// O(streams), only at the bound.
 func (t *Table) oldestIdleLocked(key string) *Stream {
 	var oldest *Stream
 	for _, s := range t.streams {
