@@ -361,13 +361,19 @@ func (p *rawPeer) close() {
 // server's answer: the reply code, or -1 if the stream was reset. An error
 // means no answer: the connection ended or the limit passed.
 func (p *rawPeer) probe(service string, limit time.Duration) (int, error) {
+	return p.probeHeader(openHeader(service), limit)
+}
+
+// probeHeader is probe with the stream's header given; the stream stays
+// open (no FIN).
+func (p *rawPeer) probeHeader(header []byte, limit time.Duration) (int, error) {
 	id := p.openIDs(1)[0]
 	w := make(chan int, 1)
 	p.mu.Lock()
 	p.waiters[id] = w
 	p.mu.Unlock()
-	if err := p.write(dataFrame(nil, flagSYN, id, openHeader(service))); err != nil {
-		return 0, fmt.Errorf("open a stream to %q: %w", service, err)
+	if err := p.write(dataFrame(nil, flagSYN, id, header)); err != nil {
+		return 0, fmt.Errorf("open a stream: %w", err)
 	}
 	select {
 	case code := <-w:
