@@ -76,6 +76,9 @@ func TestBulkLanesCarryHeavyStreams(t *testing.T) {
 	if st := cli.resume.Stats(); st.Resumed != 0 {
 		t.Errorf("moves counted as resumes: %+v", st)
 	}
+	// The server counts a move once its resend is done, which may be
+	// after its lanes hold the streams.
+	waitFor(t, "the server to count four moves", func() bool { return f.srv.resume.Stats().Moved == 4 })
 	if st := f.srv.resume.Stats(); st.Moved != 4 || st.Resumed != 0 {
 		t.Errorf("server counts %d moves and %d resumes, want 4 and 0", st.Moved, st.Resumed)
 	}
@@ -244,6 +247,9 @@ service "echo-here" {
 	if st := f.srv.resume.Stats(); st.Moved != 3 || st.Resumed != 0 {
 		t.Errorf("server counts %d moves and %d resumes, want 3 and 0", st.Moved, st.Resumed)
 	}
+	// The client counts a move once its Move returns, which may be after
+	// the server has counted it.
+	waitFor(t, "the client to count three moves", func() bool { return cli.resume.Stats().Moved == 3 })
 	if st := cli.resume.Stats(); st.Moved != 3 || st.Resumed != 0 {
 		t.Errorf("client counts %d moves and %d resumes, want 3 and 0", st.Moved, st.Resumed)
 	}

@@ -67,7 +67,12 @@ func TestMoveBetweenLiveSessions(t *testing.T) {
 		t.Errorf("class after the failed move %q, want second back", got)
 	}
 	echo.goOn()
-	waitUntil(t, "the stream back on the second session", func() bool { return sess2.NumStreams() == 1 && cl.table.Stats().Suspended == 0 })
+	// The resume is counted once it is done, just after the stream is
+	// back on its carrier: wait for the count as well.
+	waitUntil(t, "the stream back on the second session", func() bool {
+		st := cl.table.Stats()
+		return sess2.NumStreams() == 1 && st.Suspended == 0 && st.Resumed >= 1
+	})
 	if st := cl.table.Stats(); st.Moved != 1 || st.Resumed != 1 {
 		t.Errorf("client counts %d moves and %d resumes, want 1 and 1 (the failed move resumed)", st.Moved, st.Resumed)
 	}

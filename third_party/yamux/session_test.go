@@ -700,7 +700,11 @@ func TestSendData_Large(t *testing.T) {
 		var sz int
 		buf := make([]byte, recvSize)
 		for i := 0; i < sendSize/recvSize; i++ {
-			n, err := stream.Read(buf)
+			// Patched for tunnelworks (patch 5): ReadFull, as io.Reader
+			// lets a Read return less than is asked. Shared windows
+			// (patch 12) need not be multiples of 4 KiB, nor then the
+			// frames sent into them (seen once: "short read: 2048").
+			n, err := io.ReadFull(stream, buf)
 			if err != nil {
 				errCh <- err
 				return
