@@ -62,10 +62,18 @@ func loadPair(certFile, keyFile string) (tls.Certificate, error) {
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		// Never echo key bytes: the standard errors don't, and we add only file names.
-		return tls.Certificate{}, fmt.Errorf("certificate %s with key %s: %w", certFile, keyFile, err)
+		return tls.Certificate{}, fmt.Errorf("certificate %s with key %s: %w", certFile, keyFile, withoutTLSPrefix{err})
 	}
 	return pair, nil
 }
+
+// withoutTLSPrefix drops crypto/tls's "tls: " from its message: callers
+// already say the error is in the TLS files, and "tls: ... tls: private
+// key does not match" reads as two errors.
+type withoutTLSPrefix struct{ err error }
+
+func (e withoutTLSPrefix) Error() string { return strings.TrimPrefix(e.err.Error(), "tls: ") }
+func (e withoutTLSPrefix) Unwrap() error { return e.err }
 
 func loadCAs(caFile string) ([]*x509.Certificate, error) {
 	caPEM, err := os.ReadFile(caFile)

@@ -271,6 +271,11 @@ func TestLoadMaterialErrors(t *testing.T) {
 			if strings.Contains(err.Error(), "PRIVATE KEY") {
 				t.Fatal("error leaks key material")
 			}
+			// crypto/tls's own "tls: " prefix is dropped: the agent says
+			// "tls:" once, in front of the file names.
+			if strings.Contains(err.Error(), ": tls: ") {
+				t.Fatalf("err = %v: crypto/tls's prefix kept", err)
+			}
 		})
 	}
 }
