@@ -383,7 +383,7 @@ func (c *Client) Run(ctx context.Context) error {
 	// down, so local applications see a stable port.
 	var conns sync.WaitGroup
 	fs := newForwardSet(c.log, &conns, c.handover.listen, c.serveForward)
-	if err := fs.start(acceptCtx, streamCtx, c.cfg().Forwards, c.cfg().Path); err != nil {
+	if err := fs.start(acceptCtx, streamCtx, c.cfg().Forwards, origin{c.cfg().Path, c.cfg().ForwardLines}); err != nil {
 		fs.stop()
 		return err
 	}
@@ -585,7 +585,7 @@ func (c *Client) Reload() error {
 	c.mu.Unlock()
 	var ferr, aerr error
 	if fs != nil {
-		ferr = fs.apply(cfg.Forwards, cfg.Path)
+		ferr = fs.apply(cfg.Forwards, origin{cfg.Path, cfg.ForwardLines})
 	}
 	var moved string
 	if moved, aerr = c.admin.apply(cfg.Admin); moved != "" {
@@ -607,7 +607,7 @@ func (c *Client) Reload() error {
 	}
 	// Warnings first, so that whoever sees the reloaded line has seen them.
 	logSetupWarnings(c.log, cfg.TLS.Key, cfg.Admin, cfg.AdminPublic)
-	c.log.Info("reloaded", "changes", changesSentence(changes))
+	reloadErr := logReloaded(c.log, changes, ferr, aerr)
 	for _, ks := range c.keeperList() {
 		for _, k := range ks {
 			sess := k.current.get()
@@ -620,7 +620,7 @@ func (c *Client) Reload() error {
 			}
 		}
 	}
-	return c.noteIncomplete(incomplete(ferr, aerr))
+	return c.noteIncomplete(reloadErr)
 }
 
 // noteIncomplete keeps a reload's listeners that could not be opened as

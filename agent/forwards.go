@@ -55,21 +55,35 @@ func newForwardSet(log hclog.Logger, conns *sync.WaitGroup, listen listenFunc, h
 
 // start runs the first set of forwards. acceptCtx stops the accept loops;
 // streamCtx is passed to handle.
-func (fs *forwardSet) start(acceptCtx, streamCtx context.Context, want []config.Forward, file string) error {
+func (fs *forwardSet) start(acceptCtx, streamCtx context.Context, want []config.Forward, at origin) error {
 	fs.mu.Lock()
 	fs.acceptCtx, fs.streamCtx = acceptCtx, streamCtx
 	fs.mu.Unlock()
-	return fs.apply(want, file)
+	return fs.apply(want, at)
 }
 
-// apply makes the running forwards match want, read from file (named in
+// origin is where the forwards were configured, for errors.
+type origin struct {
+	file  string
+	lines map[string]int // line of each forward's listen key, by name
+}
+
+// of says where forward name's listen key is: "file:line", or the file.
+func (o origin) of(name string) string {
+	if l := o.lines[name]; l > 0 {
+		return fmt.Sprintf("%s:%d", o.file, l)
+	}
+	return o.file
+}
+
+// apply makes the running forwards match want, configured at (named in
 // errors). Removed forwards stop first, so a forward renamed can take
 // over the same address. A changed or new forward's listener is opened
 // before its old one closes: a forward whose new address cannot be opened
 // keeps running as before (old address, old settings) and is reported,
 // here and by problem. It returns every forward that could not start or
 // move; the others run regardless.
-func (fs *forwardSet) apply(want []config.Forward, file string) error {
+func (fs *forwardSet) apply(want []config.Forward, at origin) error {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	if fs.acceptCtx.Err() != nil {
@@ -100,7 +114,7 @@ func (fs *forwardSet) apply(want []config.Forward, file string) error {
 		if !ok {
 			continue
 		}
-		err = fmt.Errorf("forward %q in %s: %w", f.Name, file, err)
+		err = fmt.Errorf("%s: forward %q: %w", at.of(f.Name), f.Name, err)
 		if r, ok := fs.running[f.Name]; ok {
 			err = fmt.Errorf("%w (still on %s)", err, r.addr)
 		}
@@ -244,7 +258,7 @@ func (fs *forwardSet) serve(f config.Forward, ln net.Listener) {
 }
 
 // stop stops every listener and waits for the accept loops.
-func (fs *forwardSet) stop() { _ = fs.apply(nil, "") }
+func (fs *forwardSet) stop() { _ = fs.apply(nil, origin{}) }
 
 // addr is the bound address of a forward, or nil.
 func (fs *forwardSet) addr(name string) net.Addr {

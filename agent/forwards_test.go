@@ -79,15 +79,31 @@ func TestReloadForwardOntoBusyPortKeepsOld(t *testing.T) {
 	b := busy.Addr().String()
 
 	path := r.writeClient(t, b)
+	reloadedBefore := strings.Count(r.cliLog.String(), "reloaded:")
 	err = r.cli.Reload()
 	var inc *IncompleteReloadError
 	if !errors.As(err, &inc) {
 		t.Fatalf("reload onto a busy port: %v, want an incomplete reload", err)
 	}
-	for _, want := range []string{`forward "echo"`, path, "listen on " + b, "already in use", "still on " + a} {
+	// The file and the line of the forward's listen key (writeClient's
+	// line 9), as config errors name them.
+	for _, want := range []string{path + `:9: forward "echo"`, "listen on " + b, "already in use", "still on " + a} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("reload error lacks %q: %v", want, err)
 		}
+	}
+	// One line says it, at ERROR, with what did change: no "reloaded"
+	// line first that reads as a clean reload.
+	if n := strings.Count(r.cliLog.String(), "reloaded:"); n != reloadedBefore {
+		t.Errorf("an incomplete reload logged as reloaded: %s", r.cliLog)
+	}
+	if inc.Changes == "" || !strings.Contains(inc.Changes, "echo") {
+		t.Errorf("incomplete reload's changes %q, want the forward echo changed", inc.Changes)
+	}
+	log := &syncBuffer{}
+	LogReloadFailure(hclog.New(&hclog.LoggerOptions{Output: log}), err)
+	if got := log.String(); !strings.Contains(got, "reload applied except for some listeners") || !strings.Contains(got, "changes=") {
+		t.Errorf("logged as %q", got)
 	}
 	if got := r.cli.Addr("echo"); got == nil || got.String() != a {
 		t.Fatalf("forward after a failed move: %v, want %s", got, a)
@@ -136,7 +152,7 @@ func namedSet(t *testing.T) *forwardSet {
 		io.WriteString(local, f.Service)
 	})
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := fs.start(ctx, ctx, nil, "test.hcl"); err != nil {
+	if err := fs.start(ctx, ctx, nil, origin{file: "test.hcl"}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cancel(); fs.stop(); conns.Wait() })
@@ -185,8 +201,8 @@ func TestForwardSetNewOnBusyPort(t *testing.T) {
 	defer busy.Close()
 	b, ok := busy.Addr().String(), freePort(t)
 	want := []config.Forward{fwd("x", b, "sx"), fwd("y", ok, "sy")}
-	err = fs.apply(want, "test.hcl")
-	if err == nil || !strings.Contains(err.Error(), `forward "x" in test.hcl: listen on `+b+": address already in use") || strings.Contains(err.Error(), "still on") {
+	err = fs.apply(want, origin{file: "test.hcl", lines: map[string]int{"x": 3, "y": 7}})
+	if err == nil || !strings.Contains(err.Error(), `test.hcl:3: forward "x": listen on `+b+": address already in use") || strings.Contains(err.Error(), "still on") {
 		t.Fatalf("new forward on a busy port: %v", err)
 	}
 	if fs.addr("x") != nil || fs.problem("x") == "" || fs.problem("y") != "" {
@@ -196,7 +212,7 @@ func TestForwardSetNewOnBusyPort(t *testing.T) {
 		t.Errorf("y answers as %q", got)
 	}
 	busy.Close()
-	if err := fs.apply(want, "test.hcl"); err != nil {
+	if err := fs.apply(want, origin{file: "test.hcl"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := serviceAt(t, b); got != "sx" || fs.problem("x") != "" {
@@ -209,7 +225,7 @@ func TestForwardSetNewOnBusyPort(t *testing.T) {
 // new ones when it moves.
 func TestForwardSetChangedWithListenKeepsOldSettings(t *testing.T) {
 	fs := namedSet(t)
-	if err := fs.apply([]config.Forward{fwd("x", "127.0.0.1:0", "old")}, "test.hcl"); err != nil {
+	if err := fs.apply([]config.Forward{fwd("x", "127.0.0.1:0", "old")}, origin{file: "test.hcl"}); err != nil {
 		t.Fatal(err)
 	}
 	a := fs.addr("x").String()
@@ -219,14 +235,14 @@ func TestForwardSetChangedWithListenKeepsOldSettings(t *testing.T) {
 	}
 	defer busy.Close()
 	b := busy.Addr().String()
-	if err := fs.apply([]config.Forward{fwd("x", b, "new")}, "test.hcl"); err == nil || !strings.Contains(err.Error(), "still on "+a) {
+	if err := fs.apply([]config.Forward{fwd("x", b, "new")}, origin{file: "test.hcl"}); err == nil || !strings.Contains(err.Error(), "still on "+a) {
 		t.Fatalf("move onto a busy port: %v", err)
 	}
 	if got := serviceAt(t, a); got != "old" {
 		t.Errorf("after a failed move x answers as %q, want its old service", got)
 	}
 	busy.Close()
-	if err := fs.apply([]config.Forward{fwd("x", b, "new")}, "test.hcl"); err != nil {
+	if err := fs.apply([]config.Forward{fwd("x", b, "new")}, origin{file: "test.hcl"}); err != nil {
 		t.Fatal(err)
 	}
 	if got := serviceAt(t, b); got != "new" {
@@ -240,18 +256,18 @@ func TestForwardSetChangedWithListenKeepsOldSettings(t *testing.T) {
 func TestForwardSetSwapAndChainAndInPlace(t *testing.T) {
 	fs := namedSet(t)
 	p, q, r := freePort(t), freePort(t), freePort(t)
-	if err := fs.apply([]config.Forward{fwd("x", p, "s1"), fwd("y", q, "s2")}, "test.hcl"); err != nil {
+	if err := fs.apply([]config.Forward{fwd("x", p, "s1"), fwd("y", q, "s2")}, origin{file: "test.hcl"}); err != nil {
 		t.Fatal(err)
 	}
 	// Swap.
-	if err := fs.apply([]config.Forward{fwd("x", q, "s1"), fwd("y", p, "s2")}, "test.hcl"); err != nil {
+	if err := fs.apply([]config.Forward{fwd("x", q, "s1"), fwd("y", p, "s2")}, origin{file: "test.hcl"}); err != nil {
 		t.Fatalf("swap: %v", err)
 	}
 	if serviceAt(t, q) != "s1" || serviceAt(t, p) != "s2" {
 		t.Error("swap not applied")
 	}
 	// Chain: y moves off p, and x takes it (x listed first).
-	if err := fs.apply([]config.Forward{fwd("x", p, "s1"), fwd("y", r, "s2")}, "test.hcl"); err != nil {
+	if err := fs.apply([]config.Forward{fwd("x", p, "s1"), fwd("y", r, "s2")}, origin{file: "test.hcl"}); err != nil {
 		t.Fatalf("chain: %v", err)
 	}
 	if serviceAt(t, p) != "s1" || serviceAt(t, r) != "s2" {
@@ -259,7 +275,7 @@ func TestForwardSetSwapAndChainAndInPlace(t *testing.T) {
 	}
 	expectClosed(t, q)
 	// Same address, another service.
-	if err := fs.apply([]config.Forward{fwd("x", p, "s3"), fwd("y", r, "s2")}, "test.hcl"); err != nil {
+	if err := fs.apply([]config.Forward{fwd("x", p, "s3"), fwd("y", r, "s2")}, origin{file: "test.hcl"}); err != nil {
 		t.Fatalf("in place: %v", err)
 	}
 	if got := serviceAt(t, p); got != "s3" {

@@ -175,7 +175,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	var conns sync.WaitGroup // every session and stream goroutine
 	fs := newForwardSet(s.log, &conns, s.handover.listen, s.serveForward)
-	if err := fs.start(acceptCtx, streamCtx, cfg.Forwards, cfg.Path); err != nil {
+	if err := fs.start(acceptCtx, streamCtx, cfg.Forwards, origin{cfg.Path, cfg.ForwardLines}); err != nil {
 		fs.stop()
 		tunnelLn.Close()
 		return err
@@ -581,7 +581,7 @@ func (s *Server) Reload() error {
 	var ferr, aerr error
 	if fs != nil {
 		// Forward listeners use the agent's own contexts, kept by apply.
-		ferr = fs.apply(cfg.Forwards, cfg.Path)
+		ferr = fs.apply(cfg.Forwards, origin{cfg.Path, cfg.ForwardLines})
 	}
 	var moved string
 	if moved, aerr = s.admin.apply(cfg.Admin); moved != "" {
@@ -599,7 +599,7 @@ func (s *Server) Reload() error {
 	}
 	// Warnings first, so that whoever sees the reloaded line has seen them.
 	logSetupWarnings(s.log, cfg.TLS.Key, cfg.Admin, cfg.AdminPublic)
-	s.log.Info("reloaded", "changes", changesSentence(changes))
+	reloadErr := logReloaded(s.log, changes, ferr, aerr)
 	ends := map[*mux.Session]error{}
 	for _, sess := range s.sessions.held() {
 		if err := p.Recheck(sess.Peer, x509.ExtKeyUsageClientAuth, time.Now()); err != nil {
@@ -608,7 +608,7 @@ func (s *Server) Reload() error {
 		}
 	}
 	endRefused(ends)
-	return s.noteIncomplete(incomplete(ferr, aerr))
+	return s.noteIncomplete(reloadErr)
 }
 
 // noteIncomplete keeps a reload's listeners that could not be opened as

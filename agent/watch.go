@@ -96,17 +96,25 @@ func warnExpiries(ctx context.Context, window time.Duration, policy func() *ssl.
 
 // IncompleteReloadError is a reload that was applied except for the
 // listeners it names (a forward or the admin listener that could not be
-// opened; the old one keeps serving where it could).
-type IncompleteReloadError struct{ Err error }
+// opened; the old one keeps serving where it could). Changes is what it
+// did change, as the reloaded line says it: an incomplete reload is
+// logged once, by LogReloadFailure, not as reloaded first.
+type IncompleteReloadError struct {
+	Err     error
+	Changes string
+}
 
 func (e *IncompleteReloadError) Error() string { return "reloaded, except: " + e.Err.Error() }
 func (e *IncompleteReloadError) Unwrap() error { return e.Err }
 
-// incomplete wraps the errors of a reload already published, if any.
-func incomplete(errs ...error) error {
+// logReloaded logs a reload published with changes, as done or, when
+// some listeners could not be applied (errs), returns it as incomplete
+// for the caller to log once (LogReloadFailure).
+func logReloaded(log hclog.Logger, changes []string, errs ...error) error {
 	if err := errors.Join(errs...); err != nil {
-		return &IncompleteReloadError{Err: err}
+		return &IncompleteReloadError{Err: err, Changes: changesSentence(changes)}
 	}
+	log.Info("reloaded", "changes", changesSentence(changes))
 	return nil
 }
 
@@ -115,7 +123,7 @@ func incomplete(errs ...error) error {
 func LogReloadFailure(log hclog.Logger, err error, args ...any) {
 	var inc *IncompleteReloadError
 	if errors.As(err, &inc) {
-		log.Error("reload applied except for some listeners", append(args, "error", inc.Err)...)
+		log.Error("reload applied except for some listeners", append(args, "changes", inc.Changes, "error", inc.Err)...)
 		return
 	}
 	log.Error("reload failed; keeping the running configuration", append(args, "error", err)...)

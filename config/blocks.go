@@ -30,7 +30,8 @@ type common struct {
 	logFormat        string
 	services         []Service
 	forwards         []Forward
-	listens          []listener // the forwards' listen addresses
+	forwardLines     map[string]int // line of each forward's listen key, by name
+	listens          []listener     // the forwards' listen addresses
 	settings         Settings
 }
 
@@ -124,6 +125,10 @@ func (d *decoder) common(top *body, server bool) common {
 			c.listens = append(c.listens, listener{addr: f.Listen, who: who, rng: listenAt})
 			if ok {
 				c.forwards = append(c.forwards, f)
+				if c.forwardLines == nil {
+					c.forwardLines = map[string]int{}
+				}
+				c.forwardLines[f.Name] = listenAt.Start.Line
 			}
 		}
 	}

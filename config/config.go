@@ -289,11 +289,12 @@ type Server struct {
 	// least 1), at most MaxHandshakes. A flood from one host then cannot
 	// keep every other client out until its handshakes time out.
 	MaxHandshakesPerSource int
-	DialTimeout            time.Duration // key dial_timeout; default 10s; > 0
-	LogLevel               string        // key log_level: trace|debug|info|warn|error; default "info"
-	LogFormat              string        // key log_format: text|json; default "text"
-	Services               []Service     // in file order
-	Forwards               []Forward     // in file order
+	DialTimeout            time.Duration  // key dial_timeout; default 10s; > 0
+	LogLevel               string         // key log_level: trace|debug|info|warn|error; default "info"
+	LogFormat              string         // key log_format: text|json; default "text"
+	Services               []Service      // in file order
+	Forwards               []Forward      // in file order
+	ForwardLines           map[string]int // line of each forward's listen key, by name: for the agents' errors
 	Settings
 
 	MaxSessions            int // key max_sessions: default 1024
@@ -302,15 +303,16 @@ type Server struct {
 
 // Client is the configuration of tunnel-client.
 type Client struct {
-	Path             string        // the config file, absolute
-	Servers          []string      // key server: a string or a list of strings, tried in order; required
-	TLS              TLS           // required; ServerName defaults to the host of Servers[0]
-	HandshakeTimeout time.Duration // key handshake_timeout; default 10s; > 0
-	DialTimeout      time.Duration // key dial_timeout; default 10s; > 0
-	LogLevel         string        // key log_level: trace|debug|info|warn|error; default "info"
-	LogFormat        string        // key log_format: text|json; default "text"
-	Services         []Service     // in file order
-	Forwards         []Forward     // in file order
+	Path             string         // the config file, absolute
+	Servers          []string       // key server: a string or a list of strings, tried in order; required
+	TLS              TLS            // required; ServerName defaults to the host of Servers[0]
+	HandshakeTimeout time.Duration  // key handshake_timeout; default 10s; > 0
+	DialTimeout      time.Duration  // key dial_timeout; default 10s; > 0
+	LogLevel         string         // key log_level: trace|debug|info|warn|error; default "info"
+	LogFormat        string         // key log_format: text|json; default "text"
+	Services         []Service      // in file order
+	Forwards         []Forward      // in file order
+	ForwardLines     map[string]int // line of each forward's listen key, by name: for the agents' errors
 	Settings
 
 	SessionWait time.Duration // key session_wait: how long a new local connection waits for the session while it is down; default 10s
@@ -401,6 +403,7 @@ func ParseServer(filename string, src []byte) (*Server, error) {
 	s.LogFormat = c.logFormat
 	s.Services = c.services
 	s.Forwards = c.forwards
+	s.ForwardLines = c.forwardLines
 	if s.Listen != "" {
 		d.listenClash(c, s.Listen, top.attr("listen"))
 	}
@@ -456,6 +459,7 @@ func ParseClient(filename string, src []byte) (*Client, error) {
 	cl.LogFormat = c.logFormat
 	cl.Services = c.services
 	cl.Forwards = c.forwards
+	cl.ForwardLines = c.forwardLines
 	if err := d.err(); err != nil {
 		return nil, err
 	}

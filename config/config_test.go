@@ -97,6 +97,7 @@ func TestParseServer(t *testing.T) {
 			LogFormat:              "text",
 			Services:               []Service{{Name: "echo", Target: "127.0.0.1:7", Allow: []string{"client-a"}, AllowRules: rulesOf("client-a")}},
 			Forwards:               []Forward{{Name: "edge-ssh", Listen: "127.0.0.1:2222", Service: "ssh", Client: "edge-1"}},
+			ForwardLines:           map[string]int{"edge-ssh": 13},
 		},
 	}, {
 		name: "every key set, absolute and nested paths, blocks in file order",
@@ -148,6 +149,7 @@ forward "a" {
 				{Name: "b", Listen: ":0", Service: "b", Client: "edge-2"},
 				{Name: "a", Listen: ":0", Service: "z", Client: "edge-1"},
 			},
+			ForwardLines: map[string]int{"b": 9, "a": 26},
 		},
 	}, {
 		name: "minimal",
@@ -205,10 +207,11 @@ func TestParseClient(t *testing.T) {
 		name: "example",
 		src:  clientExample,
 		want: defaults(&Client{
-			Servers:  []string{"tunnel.example.net:8443"},
-			TLS:      tls("tunnel.example.net"),
-			Services: []Service{{Name: "ssh", Target: "127.0.0.1:22"}},
-			Forwards: []Forward{{Name: "echo", Listen: "127.0.0.1:10007", Service: "echo"}},
+			Servers:      []string{"tunnel.example.net:8443"},
+			TLS:          tls("tunnel.example.net"),
+			Services:     []Service{{Name: "ssh", Target: "127.0.0.1:22"}},
+			Forwards:     []Forward{{Name: "echo", Listen: "127.0.0.1:10007", Service: "echo"}},
+			ForwardLines: map[string]int{"echo": 10},
 		}),
 	}, {
 		name: "server as a string defaults server_name",
@@ -269,6 +272,7 @@ forward "db" {
 			LogFormat:        "json",
 			Services:         []Service{{Name: "web", Target: "localhost:8080", Allow: []string{"tunnel-server"}, AllowRules: rulesOf("tunnel-server")}},
 			Forwards:         []Forward{{Name: "db", Listen: "127.0.0.1:5432", Service: "db"}},
+			ForwardLines:     map[string]int{"db": 17},
 		},
 	}}
 	for _, tt := range tests {

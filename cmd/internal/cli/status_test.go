@@ -87,16 +87,16 @@ func TestPrintStatusNoTrailingSpaces(t *testing.T) {
 // its row shows where it still runs; one that never started shows that.
 func TestPrintStatusNamesForwardsNotAsInTheFile(t *testing.T) {
 	st := admin.Status{Agent: "client", Healthy: true, Forwards: []admin.ForwardStatus{
-		{Name: "edge-echo", Listen: "127.0.0.1:7000", NotApplied: `forward "edge-echo" in /etc/tunnel/client.hcl: listen on 127.0.0.1:7001: address already in use (still on 127.0.0.1:7000)`},
-		{Name: "edge-new", NotApplied: `forward "edge-new" in /etc/tunnel/client.hcl: listen on 127.0.0.1:7002: address already in use`},
+		{Name: "edge-echo", Listen: "127.0.0.1:7000", NotApplied: `/etc/tunnel/client.hcl:12: forward "edge-echo": listen on 127.0.0.1:7001: address already in use (still on 127.0.0.1:7000)`},
+		{Name: "edge-new", NotApplied: `/etc/tunnel/client.hcl:17: forward "edge-new": listen on 127.0.0.1:7002: address already in use`},
 		{Name: "edge-ok", Listen: "127.0.0.1:7003"},
 	}}
 	var out bytes.Buffer
 	printStatus(&out, st)
 	got := out.String()
 	for _, want := range []string{
-		`not as in the config file: forward "edge-echo" in /etc/tunnel/client.hcl: listen on 127.0.0.1:7001: address already in use (still on 127.0.0.1:7000)`,
-		`not as in the config file: forward "edge-new"`,
+		`not as in the config file: /etc/tunnel/client.hcl:12: forward "edge-echo": listen on 127.0.0.1:7001: address already in use (still on 127.0.0.1:7000)`,
+		`not as in the config file: /etc/tunnel/client.hcl:17: forward "edge-new"`,
 		"edge-new   (not listening)",
 	} {
 		if !strings.Contains(got, want) {
