@@ -958,3 +958,27 @@ func drainSessions(log hclog.Logger, sessions []*mux.Session, limit time.Duratio
 	}
 	wg.Wait()
 }
+
+// lastError is the agent's last error, stamped with its time, for status.
+type lastError struct{ msg atomic.Pointer[string] }
+
+func (l *lastError) set(err error) {
+	msg := time.Now().UTC().Format(time.RFC3339) + " " + err.Error()
+	l.msg.Store(&msg)
+}
+
+func (l *lastError) get() string {
+	if m := l.msg.Load(); m != nil {
+		return *m
+	}
+	return ""
+}
+
+// note keeps err, if any (a reload's listeners that could not be
+// opened), and returns it as is.
+func (l *lastError) note(err error) error {
+	if err != nil {
+		l.set(err)
+	}
+	return err
+}

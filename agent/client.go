@@ -31,7 +31,7 @@ type Client struct {
 	limited  *ratelog.Log
 	metrics  *admin.Metrics
 	started  time.Time
-	lastErr  atomic.Pointer[string]
+	lastErr  lastError
 	tls      *ssl.Reloader
 	state    atomic.Pointer[clientState]
 	reloadMu sync.Mutex
@@ -509,18 +509,11 @@ func (c *Client) healthy() bool {
 	return true
 }
 
-func (c *Client) setLastErr(err error) {
-	msg := time.Now().UTC().Format(time.RFC3339) + " " + err.Error()
-	c.lastErr.Store(&msg)
-}
-
 // status is what the admin listener's /status shows.
 func (c *Client) status() admin.Status {
 	cfg := c.cfg()
 	st := admin.Status{Agent: "client", Version: Version, Started: c.started, Uptime: time.Since(c.started).Round(time.Second).String(), Healthy: c.healthy()}
-	if e := c.lastErr.Load(); e != nil {
-		st.LastError = *e
-	}
+	st.LastError = c.lastErr.get()
 	for class, ks := range c.keeperList() {
 		for _, k := range ks {
 			if sess := k.current.get(); sess != nil {
@@ -528,10 +521,13 @@ func (c *Client) status() admin.Status {
 			}
 		}
 	}
+	c.mu.Lock()
+	fs := c.forwards
+	c.mu.Unlock()
 	for _, f := range cfg.Forwards {
 		class, from := c.forwardClass(f)
 		fst := forwardStatus(c.metrics, "forward", f.Name, addrString(c.Addr(f.Name)), "", class, from)
-		fst.NotApplied = c.forwardProblem(f.Name)
+		fst.NotApplied = fs.problem(f.Name)
 		st.Forwards = append(st.Forwards, fst)
 	}
 	for _, svc := range cfg.Services {
@@ -620,26 +616,7 @@ func (c *Client) Reload() error {
 			}
 		}
 	}
-	return c.noteIncomplete(reloadErr)
-}
-
-// noteIncomplete keeps a reload's listeners that could not be opened as
-// the last error, for status; err is returned as is.
-func (c *Client) noteIncomplete(err error) error {
-	if err != nil {
-		c.setLastErr(err)
-	}
-	return err
-}
-
-// forwardProblem says why a forward does not run as the file says, or "".
-func (c *Client) forwardProblem(name string) string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.forwards == nil {
-		return ""
-	}
-	return c.forwards.problem(name)
+	return c.lastErr.note(reloadErr)
 }
 
 // serverSaid is the classes of the server's services from its last hello.

@@ -273,6 +273,9 @@ func (fs *forwardSet) addr(name string) net.Addr {
 // problem says why a forward does not run as the file says ("" when it
 // does): its listener could not be opened at the last start or reload.
 func (fs *forwardSet) problem(name string) string {
+	if fs == nil {
+		return "" // not started
+	}
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
 	return fs.stale[name]

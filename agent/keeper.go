@@ -129,7 +129,7 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 				// connections at once (any other outcome lets them wait again).
 				k.current.refuse(definiteRefusal(err))
 			}
-			c.setLastErr(err)
+			c.lastErr.set(err)
 			limit := backoffMax
 			if k.lane > 0 && refusal != nil {
 				// The server refuses the extra session on purpose (its
@@ -230,7 +230,7 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 		}
 		c.metrics.SessionsEnded.WithLabelValues(k.class, endReason(err)).Inc()
 		if err != nil {
-			c.setLastErr(fmt.Errorf("session ended: %w", err))
+			c.lastErr.set(fmt.Errorf("session ended: %w", err))
 		}
 		log.Warn("session ended; reconnecting", append([]any{"class", k.class, "reason", reasonText(err), "uptime", time.Since(up).Round(time.Second)}, laneFields(k.lane)...)...)
 		if k.lane == 0 {

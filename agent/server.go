@@ -32,7 +32,7 @@ type Server struct {
 	limited  *ratelog.Log
 	metrics  *admin.Metrics
 	started  time.Time
-	lastErr  atomic.Pointer[string]
+	lastErr  lastError
 	tls      *ssl.Reloader
 	state    atomic.Pointer[serverState]
 	sessions sessionSet
@@ -362,7 +362,7 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 			// Counted first: whoever reads the line finds it counted.
 			s.metrics.HandshakeFailures.WithLabelValues(kind).Inc()
 			s.limited.Warn("refused:"+host+":"+kind, "client refused", "remote", remote, "error", err)
-			s.setLastErr(err)
+			s.lastErr.set(err)
 		}
 		conn.Close()
 		return
@@ -608,26 +608,7 @@ func (s *Server) Reload() error {
 		}
 	}
 	endRefused(ends)
-	return s.noteIncomplete(reloadErr)
-}
-
-// noteIncomplete keeps a reload's listeners that could not be opened as
-// the last error, for status; err is returned as is.
-func (s *Server) noteIncomplete(err error) error {
-	if err != nil {
-		s.setLastErr(err)
-	}
-	return err
-}
-
-// forwardProblem says why a forward does not run as the file says, or "".
-func (s *Server) forwardProblem(name string) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.forwards == nil {
-		return ""
-	}
-	return s.forwards.problem(name)
+	return s.lastErr.note(reloadErr)
 }
 
 func (s *Server) watchedFiles() []string {
@@ -635,29 +616,25 @@ func (s *Server) watchedFiles() []string {
 	return append([]string{cfg.Path, cfg.TLS.Cert, cfg.TLS.Key, cfg.TLS.CA}, cfg.TLS.CRL...)
 }
 
-func (s *Server) setLastErr(err error) {
-	msg := time.Now().UTC().Format(time.RFC3339) + " " + err.Error()
-	s.lastErr.Store(&msg)
-}
-
 // status is what the admin listener's /status shows.
 func (s *Server) status() admin.Status {
 	cfg := s.cfg()
 	st := admin.Status{Agent: "server", Version: Version, Started: s.started, Uptime: time.Since(s.started).Round(time.Second).String(), Healthy: true}
-	if e := s.lastErr.Load(); e != nil {
-		st.LastError = *e
-	}
+	st.LastError = s.lastErr.get()
 	for k, sess := range s.sessions.snapshot() {
 		st.Sessions = append(st.Sessions, sessionStatus(sess, k.key, k.class, k.lane))
 	}
 	for _, d := range s.sessions.drainingNow() {
 		st.Draining = append(st.Draining, sessionStatus(d.s, d.key, d.class, d.lane))
 	}
+	s.mu.Lock()
+	fs := s.forwards
+	s.mu.Unlock()
 	for _, f := range cfg.Forwards {
 		sess, _ := s.sessions.find(clientMatcher(f.Client), f.Class)
 		class, from := forwardClass(f, peerServices(sess))
 		fst := forwardStatus(s.metrics, "forward", f.Name, addrString(s.Addr(f.Name)), "", class, from)
-		fst.NotApplied = s.forwardProblem(f.Name)
+		fst.NotApplied = fs.problem(f.Name)
 		st.Forwards = append(st.Forwards, fst)
 	}
 	for _, svc := range cfg.Services {
