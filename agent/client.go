@@ -677,7 +677,11 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 		owner.current.clear(sess)
 	}
 	if err != nil {
-		c.log.Warn("connection refused: cannot open stream", "forward", f.Name, "error", err)
+		// Once per interval per forward and cause, as "no session": a
+		// session that takes no more streams (our bound of resumable
+		// streams reached, a wedged server) would otherwise give every
+		// local connection a line.
+		c.limited.Warn("open-failed:"+f.Name+":"+failureReason(err), "connection refused: cannot open stream", "forward", f.Name, "local", local.RemoteAddr().String(), "error", err)
 		forward.Reset(local)
 		return
 	}

@@ -95,6 +95,10 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 	var serving sync.WaitGroup // the Serve loops of this keeper's sessions
 	defer serving.Wait()
 	delay := backoffMin
+	// Sessions in a row the server drained before they were stable: a
+	// server that drains each one as soon as it is up (hostile, or broken)
+	// must not have us reconnect at once in a loop.
+	youngDrains := 0
 	for attempt := 0; ctx.Err() == nil; attempt++ {
 		servers := c.cfg().Servers
 		addr := servers[attempt%len(servers)]
@@ -193,7 +197,19 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 			// after any failure, and say so once per interval.
 			c.limited.Warn("replaced:"+k.class, "session replaced by a newer one from the same certificate (another host with this key?); reconnecting after a backoff", append([]any{"class", k.class, "server", addr, "uptime", time.Since(up).Round(time.Second)}, laneFields(k.lane)...)...)
 		case "server draining":
-			log.Info("server is draining; connecting a new session", append([]any{"class", k.class, "streams", sess.NumStreams()}, laneFields(k.lane)...)...)
+			fields := append([]any{"class", k.class, "streams", sess.NumStreams()}, laneFields(k.lane)...)
+			youngDrains++
+			if time.Since(up) >= stableAfter {
+				youngDrains = 1 // a stable session's: a restart, reconnect at once
+			}
+			if youngDrains > 1 {
+				// The second in a row: a backoff, and a line per interval.
+				c.limited.LogTo(log, hclog.Info, "drained-again:"+k.key(), "server drained the new session too before it was stable; connecting another after a backoff", fields...)
+			} else {
+				log.Info("server is draining; connecting a new session", fields...)
+			}
+		default:
+			youngDrains = 0
 		}
 		c.resume.SessionDown(sess, k.key())
 		if reason != "" {
@@ -211,7 +227,7 @@ func (k *keeper) run(ctx, streamCtx context.Context) {
 				<-ended
 			})
 			attempt-- // the same server: a restart comes back on it
-			if reason == "replaced" {
+			if reason == "replaced" || youngDrains > 1 {
 				if time.Since(up) >= stableAfter {
 					delay = backoffMin
 				}

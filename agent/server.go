@@ -513,7 +513,11 @@ func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.C
 	}
 	stream, err := openStream(ctx, st, sess, f, sess.PeerHello.Class, sess.PeerHello.Lane, local)
 	if err != nil {
-		s.log.Warn("connection refused: cannot open stream", "forward", f.Name, "client", f.Client, "error", err)
+		// Once per interval per forward and cause, as "client not
+		// connected": a client whose session stays up but takes no
+		// streams (draining, at its bound of resumable streams) would
+		// otherwise give every local connection a line.
+		s.limited.Warn("open-failed:"+f.Name+":"+failureReason(err), "connection refused: cannot open stream", "forward", f.Name, "client", f.Client, "local", local.RemoteAddr().String(), "error", err)
 		forward.Reset(local)
 		return
 	}
