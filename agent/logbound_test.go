@@ -139,3 +139,40 @@ func TestServerDrainingEverySessionLoggedOnce(t *testing.T) {
 		t.Errorf("%d lines about the server draining for %d sessions, want at most 2", n, strings.Count(s, "session up"))
 	}
 }
+
+// A certificate's holder that connects and closes sessions in a loop
+// gets at most sessionLineBurst "session up" and "session ended" lines on
+// the server (within a minute), not one each per session; the metrics
+// count every session.
+func TestSessionLoopLogsABurst(t *testing.T) {
+	f := startFleet(t, fleetOptions{allow: `"edge"`})
+	cli, _, _ := f.startClient(t, pki.Options{CommonName: "edge"}, "")
+	// Sessions of a keeper that is not run (control class, which the
+	// client does not use): with the client's certificate, as its holder.
+	hostile := newKeeper(cli, classControl, 0, nil)
+	addr := f.srv.Addr("tunnel").String()
+	held := func() float64 { return metricValue(t, f.srv.metrics.Sessions.WithLabelValues(classControl)) }
+	const loops = 3 * sessionLineBurst
+	for i := range loops {
+		sess, err := hostile.connect(f.ctx, addr)
+		if err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		// Up on the server (its line logged, or not) before it ends.
+		waitFor(t, "the server to hold the session", func() bool { return held() == 1 })
+		sess.Close()
+		// The gauge drops after the server's line about the end.
+		waitFor(t, "the server to end the session", func() bool { return held() == 0 })
+	}
+	if n := metricValue(t, f.srv.metrics.SessionsUp.WithLabelValues(classControl)); n != loops {
+		t.Errorf("%v control sessions counted, want %d", n, loops)
+	}
+	log := f.srvLog.String()
+	up, ended := strings.Count(log, "session up:"), strings.Count(log, "session ended:")
+	if up > sessionLineBurst || ended > sessionLineBurst {
+		t.Errorf("%d session up and %d session ended lines for %d sessions, want at most %d each", up, ended, loops, sessionLineBurst)
+	}
+	if up < sessionLineBurst/2 {
+		t.Errorf("%d session up lines: the first sessions of a minute are each logged", up)
+	}
+}

@@ -420,7 +420,7 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 		}
 	}
 	if old != nil {
-		log.Info("client reconnected; draining its previous session", append([]any{"class", class, "key", key}, laneFields(lane)...)...)
+		s.limited.LogBurst(log, hclog.Info, "session-replaced:"+key, sessionLineBurst, "client reconnected; draining its previous session", append([]any{"class", class, "key", key}, laneFields(lane)...)...)
 		conns.Go(func() {
 			// Told first, so a client that did not open the new session
 			// (another host with the same key) backs off, not reconnects.
@@ -441,7 +441,7 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 			return
 		}
 	}
-	log.Info("session up", append([]any{"class", class, "agent", sess.PeerHello.Agent, "key", key}, laneFields(lane)...)...)
+	s.limited.LogBurst(log, hclog.Info, "session-up:"+key, sessionLineBurst, "session up", append([]any{"class", class, "agent", sess.PeerHello.Agent, "key", key}, laneFields(lane)...)...)
 	s.resume.SessionUp(sess, laneKey(class, lane)) // our suspended streams to this client move here
 	defer s.resume.SessionDown(sess, laneKey(class, lane))
 	conns.Go(func() { watchPeer(s.tls, sess, x509.ExtKeyUsageClientAuth, log) })
@@ -454,10 +454,18 @@ func (s *Server) serveConn(acceptCtx, streamCtx context.Context, conn net.Conn, 
 	s.sessions.remove(sess.Peer, class, lane, sess)
 	sess.Close()
 	if streamCtx.Err() == nil {
-		log.Info("session ended", append([]any{"class", class, "reason", reasonText(err)}, laneFields(lane)...)...)
+		s.limited.LogBurst(log, hclog.Info, "session-ended:"+key, sessionLineBurst, "session ended", append([]any{"class", class, "reason", reasonText(err)}, laneFields(lane)...)...)
 		s.metrics.SessionsEnded.WithLabelValues(class, endReason(err)).Inc()
 	}
 }
+
+// sessionLineBurst is how many of each of a certificate's session lines
+// (up, replaced, ended) are logged a minute: a client's classes and lanes
+// coming up together, and a few reconnects, each get theirs; a
+// certificate's holder that connects in a loop gets this many a minute,
+// not hundreds a second. tunnel_sessions_established_total and
+// tunnel_sessions_ended_total count every one.
+const sessionLineBurst = 16
 
 // endOverDrained ends at once the replaced sessions of peer that put
 // took out of the draining ones: their streams are reset, not drained.

@@ -18,14 +18,15 @@ type Log struct {
 	interval time.Duration
 
 	mu     sync.Mutex
-	last   map[string]time.Time
+	last   map[string]time.Time // LogBurst: the start of the key's interval
 	held   map[string]int
+	burst  map[string]int // LogBurst: lines of the key in its interval
 	pruned time.Time
 	now    func() time.Time // time.Now; tests move it
 }
 
 func New(log hclog.Logger, interval time.Duration) *Log {
-	return &Log{log: log, interval: interval, last: map[string]time.Time{}, held: map[string]int{}, now: time.Now}
+	return &Log{log: log, interval: interval, last: map[string]time.Time{}, held: map[string]int{}, burst: map[string]int{}, now: time.Now}
 }
 
 // Keys carry source addresses, and a scan from many addresses must not
@@ -51,13 +52,7 @@ func (l *Log) Log(level hclog.Level, key, msg string, args ...any) {
 func (l *Log) LogTo(to hclog.Logger, level hclog.Level, key, msg string, args ...any) {
 	l.mu.Lock()
 	now := l.now()
-	if len(l.last) >= pruneAbove && now.Sub(l.pruned) >= l.interval/4 {
-		l.prune(now)
-		l.pruned = now
-	}
-	if _, known := l.last[key]; !known && len(l.last) >= maxKeys {
-		key = overflowKey
-	}
+	key = l.keyLocked(key, now)
 	if last, ok := l.last[key]; ok && now.Sub(last) < l.interval {
 		l.held[key]++
 		l.mu.Unlock()
@@ -73,6 +68,47 @@ func (l *Log) LogTo(to hclog.Logger, level hclog.Level, key, msg string, args ..
 	to.Log(level, msg, args...)
 }
 
+// LogBurst is LogTo for events that are normal a few at a time (a
+// client's sessions coming up, its lanes and classes together): the
+// first burst lines of key in an interval are logged, the rest counted
+// and reported on the key's first line of a later interval. A loop of
+// such events gives burst lines an interval, not a line each.
+func (l *Log) LogBurst(to hclog.Logger, level hclog.Level, key string, burst int, msg string, args ...any) {
+	l.mu.Lock()
+	now := l.now()
+	key = l.keyLocked(key, now)
+	if start, ok := l.last[key]; !ok || now.Sub(start) >= l.interval {
+		l.last[key] = now
+		l.burst[key] = 0
+	}
+	if l.burst[key] >= burst {
+		l.held[key]++
+		l.mu.Unlock()
+		return
+	}
+	l.burst[key]++
+	suppressed := l.held[key]
+	l.held[key] = 0
+	l.mu.Unlock()
+	if suppressed > 0 {
+		args = append(args, "suppressed_since_last", suppressed)
+	}
+	to.Log(level, msg, args...)
+}
+
+// keyLocked prunes the maps when they are large and returns the key to
+// count under: key, or past maxKeys new keys the shared overflow key.
+func (l *Log) keyLocked(key string, now time.Time) string {
+	if len(l.last) >= pruneAbove && now.Sub(l.pruned) >= l.interval/4 {
+		l.prune(now)
+		l.pruned = now
+	}
+	if _, known := l.last[key]; !known && len(l.last) >= maxKeys {
+		return overflowKey
+	}
+	return key
+}
+
 // prune forgets keys last logged an interval or more ago. Their next
 // warning is logged at once anyway; only a count of suppressed repeats
 // since then is lost.
@@ -81,6 +117,7 @@ func (l *Log) prune(now time.Time) {
 		if now.Sub(last) >= l.interval {
 			delete(l.last, key)
 			delete(l.held, key)
+			delete(l.burst, key)
 		}
 	}
 }

@@ -73,3 +73,29 @@ func TestLimitedLogBounded(t *testing.T) {
 		t.Fatalf("%d keys kept after an interval, want 1", n)
 	}
 }
+
+// LogBurst logs the first burst lines of a key in an interval, then
+// holds the rest back until the next interval, whose first line counts
+// them; another key has its own burst.
+func TestLogBurst(t *testing.T) {
+	var buf syncBuffer
+	l := New(hclog.New(&hclog.LoggerOptions{Output: &buf}), time.Minute)
+	clock := time.Now()
+	l.now = func() time.Time { return clock }
+	to := hclog.New(&hclog.LoggerOptions{Output: &buf})
+	for i := range 40 {
+		l.LogBurst(to, hclog.Info, "k", 8, "session up", "n", i)
+	}
+	l.LogBurst(to, hclog.Info, "other", 8, "session up", "n", "other")
+	if n := strings.Count(buf.String(), "session up"); n != 9 {
+		t.Fatalf("%d lines in the first interval, want 8 of k and 1 of other:\n%s", n, buf.String())
+	}
+	if !strings.Contains(buf.String(), "n=7") || strings.Contains(buf.String(), "n=8") {
+		t.Fatalf("want the first 8 of k logged, no more:\n%s", buf.String())
+	}
+	clock = clock.Add(61 * time.Second)
+	l.LogBurst(to, hclog.Info, "k", 8, "session up", "n", "later")
+	if out := buf.String(); strings.Count(out, "session up") != 10 || !strings.Contains(out, "n=later suppressed_since_last=32") {
+		t.Fatalf("the next interval's first line, with the 32 held back:\n%s", out)
+	}
+}
