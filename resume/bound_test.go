@@ -3,8 +3,12 @@ package resume
 import (
 	crand "crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"runtime"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -84,4 +88,125 @@ func TestPeerStreamsBounded(t *testing.T) {
 			t.Fatalf("%+v, want %d streams, none evicted", st, bound)
 		}
 	})
+}
+
+// TestPeerStreamsBoundedConcurrentOpens: opens that reach the bound at
+// once each reset an idle stream of their own: the count of evictions is
+// the streams reset, and none is refused while idle ones remain. (Each
+// picked the oldest idle stream under the table's lock and reset it
+// after: two opens at once picked the same one, both counted it, and the
+// second reset a further one, or gave up after its rounds.)
+func TestPeerStreamsBoundedConcurrentOpens(t *testing.T) {
+	r := newRig(t, time.Hour)
+	const bound, opens = 8, 8
+	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}
+	for trial := range 50 {
+		cl := r.newClient(fmt.Sprintf("client-%d", trial))
+		cl.table.cfg.MaxPeerStreams = func() int { return bound }
+		sess := cl.session(t)
+		open := func() (*Stream, error) {
+			var token mux.Token
+			_, _ = crand.Read(token[:])
+			s, err := cl.table.newStream(token, true, sess, "echo", "", addr, addr, Options{Window: time.Hour})
+			if err == nil {
+				t.Cleanup(func() { _ = s.Abort() })
+			}
+			return s, err
+		}
+		var held []*Stream
+		for range bound {
+			s, err := open()
+			if err != nil {
+				t.Fatalf("stream within the bound: %v", err)
+			}
+			held = append(held, s)
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, opens)
+		for range opens {
+			wg.Go(func() {
+				if _, err := open(); err != nil {
+					errs <- err
+				}
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Errorf("trial %d: an open at the bound with idle streams to reset: %v", trial, err)
+		}
+		reset := 0
+		for _, s := range held {
+			if s.Ended() {
+				reset++
+			}
+		}
+		if st := cl.table.Stats(); st.Streams != bound || int(st.Evicted) != reset || reset != opens {
+			t.Fatalf("trial %d: %d opens at once at the bound: %+v, %d streams reset; want %d streams, %d evicted and reset", trial, opens, st, reset, bound, opens)
+		}
+	}
+}
+
+// TestPeerStreamsBoundLockOrder: an open at the bound looks for an idle
+// stream without holding the table's lock while it takes a stream's: a
+// stream's own paths take its lock, then the table's (a lost session
+// moving the stream, Move), so the other order deadlocks.
+func TestPeerStreamsBoundLockOrder(t *testing.T) {
+	r := newRig(t, time.Hour)
+	cl := r.newClient("client-a")
+	cl.table.cfg.MaxPeerStreams = func() int { return 1 }
+	sess := cl.session(t)
+	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}
+	open := func() (*Stream, error) {
+		var token mux.Token
+		_, _ = crand.Read(token[:])
+		s, err := cl.table.newStream(token, true, sess, "echo", "", addr, addr, Options{Window: time.Hour})
+		if err == nil {
+			t.Cleanup(func() { _ = s.Abort() })
+		}
+		return s, err
+	}
+	idle, err := open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The idle stream's lock held, as its own path holds it ...
+	idle.mu.Lock()
+	opened := make(chan error, 1)
+	go func() {
+		_, err := open()
+		opened <- err
+	}()
+	// ... that path can still take the table's lock while the open at
+	// the bound waits for the stream's.
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(goroutines(), "resume.(*Stream).idle("); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			idle.mu.Unlock()
+			t.Fatal("the open at the bound never looked at the idle stream")
+		}
+	}
+	got := make(chan struct{})
+	go func() {
+		cl.table.Holds(idle.token)
+		close(got)
+	}()
+	select {
+	case <-got:
+	case <-time.After(10 * time.Second):
+		t.Error("the table's lock held by an open at the bound waiting for a stream's lock: deadlock")
+	}
+	idle.mu.Unlock()
+	<-got
+	if err := <-opened; err != nil {
+		t.Fatalf("the open at the bound: %v", err)
+	}
+	if !idle.Ended() {
+		t.Fatal("the idle stream was not reset to make room")
+	}
+}
+
+// goroutines is the stacks of every goroutine.
+func goroutines() string {
+	buf := make([]byte, 1<<20)
+	return string(buf[:runtime.Stack(buf, true)])
 }

@@ -129,31 +129,41 @@ func (t *Table) newStream(token mux.Token, opener bool, sess *mux.Session, servi
 		return nil, errors.New("resumable stream without a resume window")
 	}
 	key := sess.Peer.Key()
-	// Each round that finds the certificate at its bound resets one idle
-	// stream of it; a few rounds cover streams ending meanwhile.
+	// At the bound the new stream takes the slot of the oldest idle one,
+	// which it resets: found without the table's lock (a stream's lock
+	// comes first), taken over under it, so that two opens at once never
+	// take the same one. A round whose pick ended or stopped being held
+	// meanwhile looks again; a few rounds cover streams ending meanwhile.
+	var victim *Stream
 	for range 4 {
-		s, idle, err := t.register(token, opener, key, sess, service, source, local, remote, o)
-		if idle == nil {
+		s, evicted, full, err := t.register(token, opener, key, sess, service, source, local, remote, o, victim)
+		if evicted != nil {
+			t.evicted.Add(1)
+			t.limited.Warn("resume-evict:"+key, "peer's certificate at its bound of resumable streams: reset the oldest idle one to make room", "peer", sess.Peer.Name(), "key", key, "bound", t.maxPeerStreams())
+			_ = evicted.Abort()
+		}
+		if s != nil || err != nil {
 			return s, err
 		}
-		t.evicted.Add(1)
-		t.limited.Warn("resume-evict:"+key, "peer's certificate at its bound of resumable streams: reset the oldest idle one to make room", "peer", sess.Peer.Name(), "key", key, "bound", t.maxPeerStreams())
-		_ = idle.Abort()
+		if victim = oldestIdle(full); victim == nil {
+			return nil, ErrTooManyStreams
+		}
 	}
 	return nil, ErrTooManyStreams
 }
 
 // register adds the stream unless the peer's certificate is at its
-// bound; then it returns the stream to reset first (idle), or
-// ErrTooManyStreams when none is idle.
-func (t *Table) register(token mux.Token, opener bool, key string, sess *mux.Session, service, source string, local, remote net.Addr, o Options) (s, idle *Stream, err error) {
+// bound. There it takes the slot of victim, if given and still held:
+// victim leaves the table at once (evicted; the caller resets it); else
+// it returns the certificate's streams (full) to pick an idle one from.
+func (t *Table) register(token mux.Token, opener bool, key string, sess *mux.Session, service, source string, local, remote net.Addr, o Options, victim *Stream) (s, evicted *Stream, full []*Stream, err error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
-		return nil, nil, net.ErrClosed
+		return nil, nil, nil, net.ErrClosed
 	}
 	if _, dup := t.streams[token]; dup {
-		return nil, nil, ErrTokenHeld
+		return nil, nil, nil, ErrTokenHeld
 	}
 	b := t.budgets[key]
 	if b == nil {
@@ -161,10 +171,13 @@ func (t *Table) register(token mux.Token, opener bool, key string, sess *mux.Ses
 		t.budgets[key] = b
 	}
 	if lim := t.maxPeerStreams(); lim > 0 && b.streams >= lim {
-		if idle = t.oldestIdleLocked(key); idle == nil {
-			return nil, nil, ErrTooManyStreams
+		if victim == nil || t.streams[victim.token] != victim {
+			return nil, nil, t.peerStreamsLocked(key), nil
 		}
-		return nil, idle, nil
+		// Its slot is the new stream's; its own remove finds it gone.
+		delete(t.streams, victim.token)
+		b.streams--
+		evicted = victim
 	}
 	b.streams++
 	t.opened++
@@ -176,7 +189,7 @@ func (t *Table) register(token mux.Token, opener bool, key string, sess *mux.Ses
 		s.onHeavy, s.heavyHook, s.rateSince = tellPeerHeavy, tellPeerHeavy, time.Now()
 	}
 	t.streams[token] = s
-	return s, nil, nil
+	return s, evicted, nil, nil
 }
 
 func (t *Table) maxPeerStreams() int {
@@ -186,15 +199,23 @@ func (t *Table) maxPeerStreams() int {
 	return t.cfg.MaxPeerStreams()
 }
 
-// oldestIdleLocked is the oldest of key's idle streams (see idle).
-// O(streams), only at the bound.
-func (t *Table) oldestIdleLocked(key string) *Stream {
-	var oldest *Stream
+// peerStreamsLocked lists key's streams. O(streams), only at the bound.
+func (t *Table) peerStreamsLocked(key string) []*Stream {
+	var list []*Stream
 	for _, s := range t.streams {
-		if s.peerKey != key || (oldest != nil && s.order > oldest.order) {
-			continue
+		if s.peerKey == key {
+			list = append(list, s)
 		}
-		if s.idle() {
+	}
+	return list
+}
+
+// oldestIdle is the oldest idle stream of list (see idle), or nil. Called
+// without the table's lock: idle takes the stream's, which comes first.
+func oldestIdle(list []*Stream) *Stream {
+	var oldest *Stream
+	for _, s := range list {
+		if (oldest == nil || s.order < oldest.order) && s.idle() {
 			oldest = s
 		}
 	}
