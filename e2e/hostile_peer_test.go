@@ -63,6 +63,21 @@ func openHeader(service string) []byte {
 	return append(b, 0)
 }
 
+// resumableHeader is a resumable stream-open header (kind 3) for service
+// under token, with an empty source.
+func resumableHeader(service string, token [16]byte) []byte {
+	b := openHeader(service)
+	b[0] = 3
+	return append(b, token[:]...)
+}
+
+// resumeHeader is a resume header (kind 4): move the stream named token
+// here, having delivered delivered bytes of it.
+func resumeHeader(token [16]byte, delivered uint64) []byte {
+	b := append([]byte{4}, token[:]...)
+	return binary.BigEndian.AppendUint64(b, delivered)
+}
+
 // controlHeader is the header of a control stream.
 var controlHeader = []byte{2, 0}
 
@@ -367,25 +382,36 @@ func (p *rawPeer) probe(service string, limit time.Duration) (int, error) {
 // probeHeader is probe with the stream's header given; the stream stays
 // open (no FIN).
 func (p *rawPeer) probeHeader(header []byte, limit time.Duration) (int, error) {
-	id := p.openIDs(1)[0]
+	_, code, err := p.probeStream(header, limit)
+	return code, err
+}
+
+// probeStream is probeHeader that also returns the stream's ID.
+func (p *rawPeer) probeStream(header []byte, limit time.Duration) (id uint32, code int, err error) {
+	id = p.openIDs(1)[0]
 	w := make(chan int, 1)
 	p.mu.Lock()
 	p.waiters[id] = w
 	p.mu.Unlock()
 	if err := p.write(dataFrame(nil, flagSYN, id, header)); err != nil {
-		return 0, fmt.Errorf("open a stream: %w", err)
+		return id, 0, fmt.Errorf("open a stream: %w", err)
 	}
 	select {
 	case code := <-w:
-		return code, nil
+		return id, code, nil
 	case <-p.done:
 		p.mu.Lock()
 		err := p.readErr
 		p.mu.Unlock()
-		return 0, fmt.Errorf("connection ended before the answer: %w", err)
+		return id, 0, fmt.Errorf("connection ended before the answer: %w", err)
 	case <-time.After(limit):
-		return 0, fmt.Errorf("no answer to a stream open within %s", limit)
+		return id, 0, fmt.Errorf("no answer to a stream open within %s", limit)
 	}
+}
+
+// reset resets one of our streams (RST).
+func (p *rawPeer) reset(id uint32) error {
+	return p.write(windowFrame(nil, flagRST, id, 0))
 }
 
 // errAnswer is the text of a read error for reports: EOF and resets are

@@ -827,10 +827,9 @@ func TestHostileResumeFlood(t *testing.T) {
 			t.Fatalf("attacker refused: %v", err)
 		}
 		guess := func() []byte {
-			h := make([]byte, 1+16+8)
-			h[0] = 4 // resume
-			_, _ = rand.Read(h[1:])
-			return h
+			var r [16 + 8]byte
+			_, _ = rand.Read(r[:])
+			return resumeHeader([16]byte(r[:16]), binary.BigEndian.Uint64(r[16:])) // any token, any count delivered
 		}
 		answers := openPacedHeader(t, v, p, "resume", guess, 5000)
 		p.close()
@@ -1295,12 +1294,7 @@ func TestHostileTokenReplay(t *testing.T) {
 		defer p.close()
 		var token [16]byte
 		_, _ = rand.Read(token[:])
-		header := func() []byte {
-			h := []byte{3, byte(len("echo"))}
-			h = append(h, "echo"...)
-			h = append(h, 0) // no source
-			return append(h, token[:]...)
-		}
+		header := func() []byte { return resumableHeader("echo", token) }
 		// Held open (no FIN), so the token stays held throughout.
 		first, err := p.probeHeader(header(), 5*time.Second)
 		v.expect(err == nil && first == 0, "the first resumable open under the token: code %d, %v; want ok (0)", first, err)
