@@ -318,6 +318,24 @@ func (m *Metrics) StreamStarted(kind, name string) StreamMeter {
 	}
 }
 
+// Local connection refusal reasons (LocalRefused): a forward closed a
+// connection it accepted without a stream.
+const (
+	RefusedMaxConns   = "max_conns"   // the forward at its max_conns
+	RefusedNoSession  = "no_session"  // no session to the peer (the client: none within session_wait; the server: the forward's client not connected)
+	RefusedOpenFailed = "open_failed" // the session would not take the stream (draining, at a bound, gone)
+)
+
+// LocalRefused counts a connection forward name accepted and closed
+// without a stream, in tunnel_streams_failed_total; reason is one of the
+// Refused constants. Nil-safe.
+func (m *Metrics) LocalRefused(name, reason string) {
+	if m == nil {
+		return
+	}
+	m.StreamsFailed.WithLabelValues("forward", name, reason).Inc()
+}
+
 // StreamEnded counts the end of a stream; reason is "" when it ended cleanly.
 func (m *Metrics) StreamEnded(kind, name, reason string, meter StreamMeter) {
 	m.StreamsOpen.WithLabelValues(kind, name).Dec()

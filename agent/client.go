@@ -382,7 +382,7 @@ func (c *Client) Run(ctx context.Context) error {
 	// Listeners open before the first session and stay open while it is
 	// down, so local applications see a stable port.
 	var conns sync.WaitGroup
-	fs := newForwardSet(c.log, &conns, c.handover.listen, c.serveForward)
+	fs := newForwardSet(c.log, c.metrics, &conns, c.handover.listen, c.serveForward)
 	if err := fs.start(acceptCtx, streamCtx, c.cfg().Forwards, origin{c.cfg().Path, c.cfg().ForwardLines}); err != nil {
 		fs.stop()
 		return err
@@ -652,6 +652,7 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 			sess, err = k.current.wait(ctx, max(time.Until(deadline), time.Millisecond))
 			if err != nil {
 				// Keyed by cause too, so a new cause is logged at once.
+				c.metrics.LocalRefused(f.Name, admin.RefusedNoSession)
 				c.limited.Warn("no-session:"+f.Name+":"+failureReason(err), "connection refused: no session to the server", "forward", f.Name, "local", local.RemoteAddr().String(), "error", err)
 				forward.Reset(local)
 				return
@@ -681,6 +682,7 @@ func (c *Client) serveForward(ctx context.Context, f config.Forward, local net.C
 		// session that takes no more streams (our bound of resumable
 		// streams reached, a wedged server) would otherwise give every
 		// local connection a line.
+		c.metrics.LocalRefused(f.Name, admin.RefusedOpenFailed)
 		c.limited.Warn("open-failed:"+f.Name+":"+failureReason(err), "connection refused: cannot open stream", "forward", f.Name, "local", local.RemoteAddr().String(), "error", err)
 		forward.Reset(local)
 		return

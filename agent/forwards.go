@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/tunnelworks/tunnel/admin"
 	"github.com/tunnelworks/tunnel/config"
 	"github.com/tunnelworks/tunnel/forward"
 	"github.com/tunnelworks/tunnel/ratelog"
@@ -24,6 +25,7 @@ import (
 // (and old settings) when it cannot be; a new one starts listening.
 type forwardSet struct {
 	log     hclog.Logger
+	metrics *admin.Metrics // nil in tests
 	limited *ratelog.Log
 	handle  func(ctx context.Context, f config.Forward, local net.Conn)
 	listen  listenFunc
@@ -48,8 +50,8 @@ type runningForward struct {
 // listenFunc opens a listener (forward.Listen, or through a handover).
 type listenFunc func(ctx context.Context, addr string, opts ...sockopt.Options) (net.Listener, error)
 
-func newForwardSet(log hclog.Logger, conns *sync.WaitGroup, listen listenFunc, handle func(context.Context, config.Forward, net.Conn)) *forwardSet {
-	return &forwardSet{log: log, limited: ratelog.New(log, time.Minute), handle: handle, listen: listen, conns: conns,
+func newForwardSet(log hclog.Logger, metrics *admin.Metrics, conns *sync.WaitGroup, listen listenFunc, handle func(context.Context, config.Forward, net.Conn)) *forwardSet {
+	return &forwardSet{log: log, metrics: metrics, limited: ratelog.New(log, time.Minute), handle: handle, listen: listen, conns: conns,
 		running: map[string]*runningForward{}, stale: map[string]string{}}
 }
 
@@ -242,6 +244,7 @@ func (fs *forwardSet) serve(f config.Forward, ln net.Listener) {
 			select {
 			case slots <- struct{}{}:
 			default:
+				fs.metrics.LocalRefused(f.Name, admin.RefusedMaxConns)
 				fs.limited.Warn("max_conns:"+f.Name, "connection refused: forward at its connection limit", "forward", f.Name, "max_conns", f.MaxConns)
 				forward.Reset(local)
 				return

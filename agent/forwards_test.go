@@ -147,7 +147,7 @@ func TestReloadForwardOntoBusyPortKeepsOld(t *testing.T) {
 func namedSet(t *testing.T) *forwardSet {
 	t.Helper()
 	var conns sync.WaitGroup
-	fs := newForwardSet(hclog.NewNullLogger(), &conns, forward.Listen, func(_ context.Context, f config.Forward, local net.Conn) {
+	fs := newForwardSet(hclog.NewNullLogger(), nil, &conns, forward.Listen, func(_ context.Context, f config.Forward, local net.Conn) {
 		defer local.Close()
 		io.WriteString(local, f.Service)
 	})

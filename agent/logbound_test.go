@@ -76,6 +76,11 @@ func TestServerForwardOpenFailuresLoggedOnce(t *testing.T) {
 	if c := warnLines(f.srvLog.String(), "connection refused: cannot open stream"); c != 1 {
 		t.Errorf("%d lines for %d local connections refused, want 1", c, openFailures)
 	}
+	// Each is counted; refusedLocally returns once the agent reset it,
+	// after the count.
+	if n := metricValue(t, f.srv.metrics.StreamsFailed.WithLabelValues("forward", "to-hostile", "open_failed")); n != openFailures {
+		t.Errorf("%v refusals counted, want %d", n, openFailures)
+	}
 }
 
 // A local application that holds as many connections through a client's
@@ -102,6 +107,9 @@ func TestClientForwardOpenFailuresLoggedOnce(t *testing.T) {
 	refusedLocally(t, addr, openFailures)
 	if c := warnLines(log.String(), "connection refused: cannot open stream"); c != 1 {
 		t.Errorf("%d lines for %d local connections refused, want 1", c, openFailures)
+	}
+	if n := metricValue(t, cli.metrics.StreamsFailed.WithLabelValues("forward", "echo", "open_failed")); n != openFailures {
+		t.Errorf("%v refusals counted, want %d", n, openFailures)
 	}
 }
 
@@ -174,5 +182,63 @@ func TestSessionLoopLogsABurst(t *testing.T) {
 	}
 	if up < sessionLineBurst/2 {
 		t.Errorf("%d session up lines: the first sessions of a minute are each logged", up)
+	}
+}
+
+// A forward at its max_conns refuses the connections past it at once,
+// counts each and logs one line; a connection it held ending frees a
+// slot.
+func TestForwardMaxConnsRefusesCountsLogsOnce(t *testing.T) {
+	f := startFleet(t, fleetOptions{allow: `"edge"`})
+	cli, log, _ := f.startClient(t, pki.Options{CommonName: "edge"}, "forward \"echo\" {\n  listen = \"127.0.0.1:0\"\n  max_conns = 2\n}\n")
+	waitFor(t, "the session", func() bool { return cli.Session() != nil })
+	addr := cli.Addr("echo").String()
+	var held []net.Conn
+	for i := range 2 {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := echoOnce(c, "held"); err != nil {
+			t.Fatalf("held connection %d: %v", i, err)
+		}
+		held = append(held, c)
+	}
+	refusedLocally(t, addr, openFailures)
+	if c := warnLines(log.String(), "connection refused: forward at its connection limit"); c != 1 {
+		t.Errorf("%d lines for %d local connections refused, want 1", c, openFailures)
+	}
+	if n := metricValue(t, cli.metrics.StreamsFailed.WithLabelValues("forward", "echo", "max_conns")); n != openFailures {
+		t.Errorf("%v refusals counted, want %d", n, openFailures)
+	}
+	held[0].Close()
+	// The slot is freed once the stream's goroutine ends: retry until a
+	// connection is served (each refused one is counted, not logged).
+	waitFor(t, "a connection served after one held ended", func() bool {
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return echoOnce(c, "after") == nil
+	})
+}
+
+// A server forward whose client is not connected refuses each local
+// connection at once: each counted, one line.
+func TestServerForwardNoClientCountsLogsOnce(t *testing.T) {
+	f := startFleet(t, fleetOptions{allow: `"edge"`, extra: `forward "to-nobody" {
+  listen  = "127.0.0.1:0"
+  client  = "nobody"
+  service = "anything"
+}
+`})
+	refusedLocally(t, f.srv.Addr("to-nobody").String(), openFailures)
+	if c := warnLines(f.srvLog.String(), "connection refused: client not connected"); c != 1 {
+		t.Errorf("%d lines for %d local connections refused, want 1", c, openFailures)
+	}
+	if n := metricValue(t, f.srv.metrics.StreamsFailed.WithLabelValues("forward", "to-nobody", "no_session")); n != openFailures {
+		t.Errorf("%v refusals counted, want %d", n, openFailures)
 	}
 }

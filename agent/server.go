@@ -174,7 +174,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	var conns sync.WaitGroup // every session and stream goroutine
-	fs := newForwardSet(s.log, &conns, s.handover.listen, s.serveForward)
+	fs := newForwardSet(s.log, s.metrics, &conns, s.handover.listen, s.serveForward)
 	if err := fs.start(acceptCtx, streamCtx, cfg.Forwards, origin{cfg.Path, cfg.ForwardLines}); err != nil {
 		fs.stop()
 		tunnelLn.Close()
@@ -506,6 +506,7 @@ func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.C
 			"forward", f.Name, "client", f.Client, "certificates", certs, "chosen", sess.Peer.Key())
 	}
 	if sess == nil {
+		s.metrics.LocalRefused(f.Name, admin.RefusedNoSession)
 		s.limited.Warn("no-client:"+f.Name, "connection refused: client not connected", "forward", f.Name, "client", f.Client, "local", local.RemoteAddr().String())
 		forward.Reset(local)
 		return
@@ -525,6 +526,7 @@ func (s *Server) serveForward(ctx context.Context, f config.Forward, local net.C
 		// connected": a client whose session stays up but takes no
 		// streams (draining, at its bound of resumable streams) would
 		// otherwise give every local connection a line.
+		s.metrics.LocalRefused(f.Name, admin.RefusedOpenFailed)
 		s.limited.Warn("open-failed:"+f.Name+":"+failureReason(err), "connection refused: cannot open stream", "forward", f.Name, "client", f.Client, "local", local.RemoteAddr().String(), "error", err)
 		forward.Reset(local)
 		return
