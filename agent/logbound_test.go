@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -16,6 +17,12 @@ import (
 // openFailures is how many local connections each test below makes
 // that the agent cannot open a stream for.
 const openFailures = 20
+
+// serverForward is a server's forward block: name, on an ephemeral
+// loopback port, to the service "anything" of client.
+func serverForward(name, client string) string {
+	return fmt.Sprintf("forward %q {\n  listen  = \"127.0.0.1:0\"\n  client  = %q\n  service = \"anything\"\n}\n", name, client)
+}
 
 // refusedLocally connects n times to addr and waits for each connection
 // to be refused (closed or reset without a byte).
@@ -44,12 +51,7 @@ func refusedLocally(t *testing.T, addr string, n int) {
 // server forward naming it fail to open: one line per interval, however
 // many connections.
 func TestServerForwardOpenFailuresLoggedOnce(t *testing.T) {
-	f := startFleet(t, fleetOptions{allow: `"edge"`, extra: `forward "to-hostile" {
-  listen  = "127.0.0.1:0"
-  client  = "hostile"
-  service = "anything"
-}
-`})
+	f := startFleet(t, fleetOptions{allow: `"edge"`, extra: serverForward("to-hostile", "hostile")})
 	sess := hostileClient(t, f, "hostile")
 	waitFor(t, "the client's session on the server", func() bool {
 		held, _ := f.srv.sessions.find(clientMatcher("hostile"), classBulk)
@@ -228,12 +230,7 @@ func TestForwardMaxConnsRefusesCountsLogsOnce(t *testing.T) {
 // A server forward whose client is not connected refuses each local
 // connection at once: each counted, one line.
 func TestServerForwardNoClientCountsLogsOnce(t *testing.T) {
-	f := startFleet(t, fleetOptions{allow: `"edge"`, extra: `forward "to-nobody" {
-  listen  = "127.0.0.1:0"
-  client  = "nobody"
-  service = "anything"
-}
-`})
+	f := startFleet(t, fleetOptions{allow: `"edge"`, extra: serverForward("to-nobody", "nobody")})
 	refusedLocally(t, f.srv.Addr("to-nobody").String(), openFailures)
 	if c := warnLines(f.srvLog.String(), "connection refused: client not connected"); c != 1 {
 		t.Errorf("%d lines for %d local connections refused, want 1", c, openFailures)

@@ -99,20 +99,10 @@ func TestPeerStreamsBounded(t *testing.T) {
 func TestPeerStreamsBoundedConcurrentOpens(t *testing.T) {
 	r := newRig(t, time.Hour)
 	const bound, opens = 8, 8
-	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}
 	for trial := range 50 {
 		cl := r.newClient(fmt.Sprintf("client-%d", trial))
 		cl.table.cfg.MaxPeerStreams = func() int { return bound }
-		sess := cl.session(t)
-		open := func() (*Stream, error) {
-			var token mux.Token
-			_, _ = crand.Read(token[:])
-			s, err := cl.table.newStream(token, true, sess, "echo", "", addr, addr, Options{Window: time.Hour})
-			if err == nil {
-				t.Cleanup(func() { _ = s.Abort() })
-			}
-			return s, err
-		}
+		open := newStreamOn(t, cl, cl.session(t))
 		var held []*Stream
 		for range bound {
 			s, err := open()
@@ -155,17 +145,7 @@ func TestPeerStreamsBoundLockOrder(t *testing.T) {
 	r := newRig(t, time.Hour)
 	cl := r.newClient("client-a")
 	cl.table.cfg.MaxPeerStreams = func() int { return 1 }
-	sess := cl.session(t)
-	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}
-	open := func() (*Stream, error) {
-		var token mux.Token
-		_, _ = crand.Read(token[:])
-		s, err := cl.table.newStream(token, true, sess, "echo", "", addr, addr, Options{Window: time.Hour})
-		if err == nil {
-			t.Cleanup(func() { _ = s.Abort() })
-		}
-		return s, err
-	}
+	open := newStreamOn(t, cl, cl.session(t))
 	idle, err := open()
 	if err != nil {
 		t.Fatal(err)
@@ -209,4 +189,20 @@ func TestPeerStreamsBoundLockOrder(t *testing.T) {
 func goroutines() string {
 	buf := make([]byte, 1<<20)
 	return string(buf[:runtime.Stack(buf, true)])
+}
+
+// newStreamOn returns a function that adds a resumable stream of cl's to
+// its table on sess, as an open does (no target behind it), each reset
+// when the test ends.
+func newStreamOn(t *testing.T, cl *client, sess *mux.Session) func() (*Stream, error) {
+	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}
+	return func() (*Stream, error) {
+		var token mux.Token
+		_, _ = crand.Read(token[:])
+		s, err := cl.table.newStream(token, true, sess, "echo", "", addr, addr, Options{Window: time.Hour})
+		if err == nil {
+			t.Cleanup(func() { _ = s.Abort() })
+		}
+		return s, err
+	}
 }
