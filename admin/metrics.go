@@ -44,6 +44,7 @@ type Metrics struct {
 // Counts are one forward's or service's stream numbers, for /status.
 type Counts struct {
 	Open, Total, ToPeer, FromPeer atomic.Int64
+	Refused                       atomic.Int64 // a forward's local connections closed without a stream (LocalRefused)
 }
 
 // NewMetrics registers every collector, plus Go runtime and process metrics.
@@ -334,6 +335,7 @@ func (m *Metrics) LocalRefused(name, reason string) {
 		return
 	}
 	m.StreamsFailed.WithLabelValues("forward", name, reason).Inc()
+	m.Counts("forward", name).Refused.Add(1)
 }
 
 // StreamEnded counts the end of a stream; reason is "" when it ended cleanly.

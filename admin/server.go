@@ -92,6 +92,9 @@ type ForwardStatus struct {
 	StreamsTotal int64  `json:"streams_total"`
 	BytesToPeer  int64  `json:"bytes_to_peer"`
 	BytesFrom    int64  `json:"bytes_from_peer"`
+	// Refused is a forward's local connections closed without a stream
+	// (max_conns, no session, the session would not take it).
+	Refused int64 `json:"refused,omitempty"`
 	// NotApplied says why a forward does not run as the config file says
 	// (its new listener could not be opened; Listen is where it runs).
 	NotApplied string `json:"not_applied,omitempty"`

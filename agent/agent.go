@@ -844,7 +844,7 @@ func sessionStatus(sess *mux.Session, key, class string, lane int) admin.Session
 func forwardStatus(m *admin.Metrics, kind, name, listen, target, class, classFrom string) admin.ForwardStatus {
 	c := m.Counts(kind, name)
 	return admin.ForwardStatus{Name: name, Listen: listen, Target: target, Class: class, ClassFrom: classFrom,
-		StreamsOpen: c.Open.Load(), StreamsTotal: c.Total.Load(), BytesToPeer: c.ToPeer.Load(), BytesFrom: c.FromPeer.Load()}
+		StreamsOpen: c.Open.Load(), StreamsTotal: c.Total.Load(), BytesToPeer: c.ToPeer.Load(), BytesFrom: c.FromPeer.Load(), Refused: c.Refused.Load()}
 }
 
 // Where a forward's or a service's class came from, for status.

@@ -214,6 +214,9 @@ func TestForwardMaxConnsRefusesCountsLogsOnce(t *testing.T) {
 	if n := metricValue(t, cli.metrics.StreamsFailed.WithLabelValues("forward", "echo", "max_conns")); n != openFailures {
 		t.Errorf("%v refusals counted, want %d", n, openFailures)
 	}
+	if st := cli.status(); len(st.Forwards) != 1 || st.Forwards[0].Refused != openFailures {
+		t.Errorf("status forwards %+v, want echo with %d refused", st.Forwards, openFailures)
+	}
 	held[0].Close()
 	// The slot is freed once the stream's goroutine ends: retry until a
 	// connection is served (each refused one is counted, not logged).

@@ -174,7 +174,12 @@ func printStatus(w io.Writer, st admin.Status) {
 		if len(group.list) == 0 {
 			continue
 		}
-		fmt.Fprintf(tw, "\n%s\tADDRESS\tCLASS\tOPEN\tTOTAL\tBYTES TO PEER\tBYTES FROM PEER\n", group.title)
+		refused := group.title == "FORWARD" // local connections turned away; services have none
+		header := "\n%s\tADDRESS\tCLASS\tOPEN\tTOTAL\tBYTES TO PEER\tBYTES FROM PEER\n"
+		if refused {
+			header = "\n%s\tADDRESS\tCLASS\tOPEN\tTOTAL\tBYTES TO PEER\tBYTES FROM PEER\tREFUSED\n"
+		}
+		fmt.Fprintf(tw, header, group.title)
 		for _, f := range group.list {
 			addr := f.Listen
 			if addr == "" {
@@ -188,6 +193,10 @@ func printStatus(w io.Writer, st admin.Status) {
 			class := f.Class
 			if f.ClassFrom != "" {
 				class += " (" + f.ClassFrom + ")"
+			}
+			if refused {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", f.Name, addr, class, f.StreamsOpen, f.StreamsTotal, f.BytesToPeer, f.BytesFrom, f.Refused)
+				continue
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\n", f.Name, addr, class, f.StreamsOpen, f.StreamsTotal, f.BytesToPeer, f.BytesFrom)
 		}

@@ -107,3 +107,30 @@ func TestPrintStatusNamesForwardsNotAsInTheFile(t *testing.T) {
 		t.Errorf("status names a forward that runs as the file says:\n%s", got)
 	}
 }
+
+// A forward's local connections turned away (max_conns, no session) show
+// in its row, under REFUSED; services have no such column.
+func TestPrintStatusShowsForwardRefusals(t *testing.T) {
+	st := admin.Status{Agent: "client", Healthy: true,
+		Forwards: []admin.ForwardStatus{{Name: "db", Listen: "127.0.0.1:5432", Class: "bulk", StreamsTotal: 3, Refused: 20}},
+		Services: []admin.ForwardStatus{{Name: "ssh", Target: "127.0.0.1:22", Class: "bulk"}},
+	}
+	var out bytes.Buffer
+	printStatus(&out, st)
+	lines := strings.Split(out.String(), "\n")
+	var header, row, svcHeader string
+	for i, l := range lines {
+		switch {
+		case strings.Contains(l, "FORWARD") && strings.Contains(l, "ADDRESS"):
+			header, row = l, lines[i+1]
+		case strings.Contains(l, "SERVICE") && strings.Contains(l, "ADDRESS"):
+			svcHeader = l
+		}
+	}
+	if !strings.HasSuffix(strings.TrimSpace(header), "REFUSED") || !strings.HasSuffix(strings.TrimSpace(row), " 20") {
+		t.Errorf("forward table without its refusals:\n%s", out.String())
+	}
+	if svcHeader == "" || strings.Contains(svcHeader, "REFUSED") {
+		t.Errorf("service table:\n%s", out.String())
+	}
+}
