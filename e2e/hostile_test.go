@@ -86,6 +86,10 @@ const (
 	// Lines the server may log because of one attack: once per interval
 	// per kind of refusal, plus a session's own up/ended lines.
 	attackLogLimit = 20
+	// The server logs each kind of a certificate's session lines (up,
+	// replaced, ended) this many times a minute at most (agent's
+	// sessionLineBurst).
+	sessionLineBurst = 16
 	// The fixed design's default max_streams_per_session, and the slack
 	// above it for the streams in flight while the cap acts. An upper
 	// bound: a bulk session's cap is lower by default (max_session_buffer
@@ -1246,15 +1250,17 @@ func TestHostileReconnectLoop(t *testing.T) {
 		}
 		return n
 	}
-	// Each reconnect is a session's life, logged as such (up, the one it
-	// replaced, that one's end: 3 lines); its streams' ends are not one
-	// line each (2,828 "stream cut" lines before they were limited).
+	// Each reconnect is a session's life (up, the one it replaced, that
+	// one's end: 3 lines), but one certificate's session lines are 16 of
+	// each kind a minute at most (90 lines before they were), and its
+	// streams' ends are not one line each (2,828 "stream cut" lines
+	// before they were limited).
 	// 40 streams a session keeps the race-built server within the RSS
 	// slack (100 per session left it at +92–102 MiB: the race detector's
 	// memory for the streams' goroutines and accesses, not Go's heap,
 	// which stays under 25 MiB; see rssSlack).
 	const reconnects, streamsEach = 30, 40
-	runAttack(t, e, attackLogLimit+3*reconnects, func(e *hostileEnv, v *verdict) string {
+	runAttack(t, e, attackLogLimit+3*sessionLineBurst, func(e *hostileEnv, v *verdict) string {
 		base := bulkSessions()
 		v.expect(base >= 0, "no tunnel_sessions gauge for the bulk class in /metrics")
 		var peers []*rawPeer
